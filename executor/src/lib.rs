@@ -1,0 +1,1 @@
+//! Diego-style actions on top of the Garden API.

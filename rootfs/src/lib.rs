@@ -1,0 +1,1 @@
+//! Root filesystems for containers.
