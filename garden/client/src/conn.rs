@@ -1,0 +1,433 @@
+//! Minimal HTTP/1.1 over TCP or a unix socket: dialing, request heads, response heads and
+//! response body framing (Content-Length, chunked, or until close).
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use garden_api::{ErrorBody, GardenError};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, BufReader, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::error::ClientError;
+
+/// The Go client's dial timeout; it covers connecting only, never the request itself.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Response heads larger than this are refused rather than buffered without bound.
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size or trailer line accepted in a chunked body.
+const MAX_LINE: usize = 4096;
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// `host:port`.
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// `unix:///path` or `/path` is a unix socket; `tcp://host:port` or `host:port` is TCP.
+    pub fn parse(s: &str) -> Result<Address, ClientError> {
+        let bad = |why: &str| ClientError::Protocol(format!("invalid server address {s:?}: {why}"));
+        if let Some(path) = s.strip_prefix("unix://") {
+            if !path.starts_with('/') {
+                return Err(bad("unix socket path must be absolute"));
+            }
+            return Ok(Address::Unix(PathBuf::from(path)));
+        }
+        if s.starts_with('/') {
+            return Ok(Address::Unix(PathBuf::from(s)));
+        }
+        let hostport = s.strip_prefix("tcp://").unwrap_or(s);
+        match hostport.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(Address::Tcp(hostport.to_string()))
+            }
+            _ => Err(bad(
+                "expected unix:///path, /path, tcp://host:port or host:port",
+            )),
+        }
+    }
+}
+
+impl FromStr for Address {
+    type Err = ClientError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Address::parse(s)
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Tcp(hostport) => write!(f, "tcp://{hostport}"),
+            Address::Unix(path) => write!(f, "unix://{}", path.display()),
+        }
+    }
+}
+
+/// A connected socket of either kind.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Open a fresh connection, giving up after [`DIAL_TIMEOUT`].
+pub(crate) async fn dial(addr: &Address) -> Result<Stream, ClientError> {
+    let context = || format!("connecting to {addr}");
+    let connect = async {
+        match addr {
+            Address::Tcp(hostport) => {
+                let s = TcpStream::connect(hostport.as_str()).await?;
+                // Process messages are small and latency-sensitive; Go disables Nagle too.
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            Address::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path).await?)),
+        }
+    };
+    match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(ClientError::io(context(), e)),
+        Err(_) => Err(ClientError::io(
+            context(),
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {DIAL_TIMEOUT:?}"),
+            ),
+        )),
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Serialise a request head. Every request carries `Host: api` and Go's user agent, as the Go
+/// client's do; `headers` adds the rest.
+pub(crate) fn request_head(method: &str, target: &str, headers: &[(&str, String)]) -> Vec<u8> {
+    let mut out =
+        format!("{method} {target} HTTP/1.1\r\nHost: api\r\nUser-Agent: Go-http-client/1.1\r\n");
+    for (name, value) in headers {
+        out.push_str(name);
+        out.push_str(": ");
+        out.push_str(value);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Read a response head. Returns it with the bytes that arrived after the blank line, which
+/// belong to the body (or, on hijacked routes, to the raw stream).
+pub(crate) async fn read_head<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    what: &str,
+) -> Result<(Head, Vec<u8>), ClientError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = reader
+            .read(&mut chunk)
+            .await
+            .map_err(|e| ClientError::io(format!("reading response head of {what}"), e))?;
+        if n == 0 {
+            return Err(ClientError::Protocol(if buf.is_empty() {
+                format!("{what}: connection closed before a response")
+            } else {
+                format!("{what}: connection closed inside the response head")
+            }));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let head = Head {
+                    status: resp.code.unwrap_or(0),
+                    headers: resp
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).trim().to_string(),
+                            )
+                        })
+                        .collect(),
+                };
+                return Ok((head, buf.split_off(len)));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(ClientError::Protocol(format!(
+                    "{what}: response head larger than {MAX_HEAD} bytes"
+                )))
+            }
+            Err(e) => {
+                return Err(ClientError::Protocol(format!(
+                    "{what}: malformed response head: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// A reader that first yields already-buffered bytes, then the rest of the socket.
+pub(crate) type Prefixed<R> = tokio::io::Chain<io::Cursor<Vec<u8>>, R>;
+
+pub(crate) fn prefixed<R: AsyncRead>(leftover: Vec<u8>, reader: R) -> Prefixed<R> {
+    io::Cursor::new(leftover).chain(reader)
+}
+
+/// A response body, decoded according to the head's framing. Streams; never buffers the
+/// whole body. A body cut short (by length or chunking) is an `UnexpectedEof` error.
+pub(crate) struct Body<R> {
+    inner: BufReader<Prefixed<R>>,
+    framing: Framing,
+}
+
+enum Framing {
+    Length(u64),
+    Close,
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    ChunkEnd(Vec<u8>),
+    Trailer(Vec<u8>),
+    Done,
+}
+
+impl<R: AsyncRead + Unpin> Body<R> {
+    pub fn new(head: &Head, leftover: Vec<u8>, reader: R) -> Result<Self, ClientError> {
+        let chunked = head.header("Transfer-Encoding").is_some_and(|te| {
+            te.rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+        });
+        let framing =
+            if head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {
+                Framing::Done
+            } else if chunked {
+                Framing::ChunkSize(Vec::new())
+            } else if let Some(len) = head.header("Content-Length") {
+                let len = len.parse::<u64>().map_err(|_| {
+                    ClientError::Protocol(format!("invalid Content-Length {len:?} in response"))
+                })?;
+                Framing::Length(len)
+            } else {
+                Framing::Close
+            };
+        Ok(Body {
+            inner: BufReader::new(prefixed(leftover, reader)),
+            framing,
+        })
+    }
+
+    /// Read the whole body (used for JSON replies and error bodies).
+    pub async fn read_all(&mut self, what: &str) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::new();
+        self.read_to_end(&mut out)
+            .await
+            .map_err(|e| ClientError::io(format!("reading response body of {what}"), e))?;
+        Ok(out)
+    }
+}
+
+fn eof(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("connection closed {what}"),
+    )
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Append bytes up to and including `\n` to `line`; ready once the line is complete, with the
+/// line ending stripped.
+fn poll_line<B: AsyncBufRead + Unpin>(
+    inner: &mut B,
+    cx: &mut Context<'_>,
+    line: &mut Vec<u8>,
+) -> Poll<io::Result<()>> {
+    loop {
+        let available = ready!(Pin::new(&mut *inner).poll_fill_buf(cx))?;
+        if available.is_empty() {
+            return Poll::Ready(Err(eof("inside chunked body framing")));
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        line.extend_from_slice(&available[..take]);
+        Pin::new(&mut *inner).consume(take);
+        if line.len() > MAX_LINE {
+            return Poll::Ready(Err(invalid("chunked body framing line too long".into())));
+        }
+        if done {
+            while matches!(line.last(), Some(b'\n' | b'\r')) {
+                line.pop();
+            }
+            return Poll::Ready(Ok(()));
+        }
+    }
+}
+
+/// Read at most `limit` bytes from `inner` into `buf`; returns the count (0 only at EOF).
+fn poll_limited<B: AsyncRead + Unpin>(
+    inner: &mut B,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+    limit: u64,
+) -> Poll<io::Result<usize>> {
+    let max = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .min(buf.remaining());
+    let mut sub = ReadBuf::new(buf.initialize_unfilled_to(max));
+    ready!(Pin::new(inner).poll_read(cx, &mut sub))?;
+    let n = sub.filled().len();
+    buf.advance(n);
+    Poll::Ready(Ok(n))
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Body<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            match &mut this.framing {
+                Framing::Done => return Poll::Ready(Ok(())),
+                Framing::Close => return Pin::new(&mut this.inner).poll_read(cx, buf),
+                Framing::Length(0) => this.framing = Framing::Done,
+                Framing::Length(left) => {
+                    let n = ready!(poll_limited(&mut this.inner, cx, buf, *left))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(eof("before the end of the response body")));
+                    }
+                    *left -= n as u64;
+                    return Poll::Ready(Ok(()));
+                }
+                Framing::ChunkSize(line) => {
+                    ready!(poll_line(&mut this.inner, cx, line))?;
+                    let text = String::from_utf8_lossy(line);
+                    let digits = text.split(';').next().unwrap_or("").trim();
+                    let size = u64::from_str_radix(digits, 16)
+                        .map_err(|_| invalid(format!("invalid chunk size line {text:?}")))?;
+                    this.framing = if size == 0 {
+                        Framing::Trailer(Vec::new())
+                    } else {
+                        Framing::ChunkData(size)
+                    };
+                }
+                Framing::ChunkData(left) => {
+                    let n = ready!(poll_limited(&mut this.inner, cx, buf, *left))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(eof("inside a chunk of the response body")));
+                    }
+                    *left -= n as u64;
+                    if *left == 0 {
+                        this.framing = Framing::ChunkEnd(Vec::new());
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Framing::ChunkEnd(line) => {
+                    ready!(poll_line(&mut this.inner, cx, line))?;
+                    if !line.is_empty() {
+                        return Poll::Ready(Err(invalid("missing CRLF after chunk data".into())));
+                    }
+                    this.framing = Framing::ChunkSize(Vec::new());
+                }
+                Framing::Trailer(line) => {
+                    ready!(poll_line(&mut this.inner, cx, line))?;
+                    if line.is_empty() {
+                        this.framing = Framing::Done;
+                    } else {
+                        line.clear();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turn a non-2xx reply into an error: the typed Garden error when the body is Garden's JSON
+/// error body, otherwise a protocol error naming the status and body (e.g. a router's 404).
+pub(crate) fn error_from_response(what: &str, status: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(err) => ClientError::Garden(GardenError::from_body(err)),
+        Err(_) => ClientError::Protocol(format!(
+            "bad response to {what}: status {status}, body {:?}",
+            String::from_utf8_lossy(body).trim_end()
+        )),
+    }
+}
