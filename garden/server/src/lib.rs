@@ -7,5 +7,8 @@
 //! - `runtime/`, `cgroups/`: namespaces, mounts, cgroups; the only code that talks to the kernel.
 //! - `garden-init` (src/bin/garden-init.rs): pid 1 of every container.
 
+pub mod cgroups;
 pub mod config;
+pub mod init;
+pub mod runtime;
 pub mod service;

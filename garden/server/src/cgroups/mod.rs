@@ -1,0 +1,288 @@
+//! cgroups: one container cgroup per hierarchy under a parent gardend owns at each root.
+//!
+//! The layout is probed once at start ([`Layout::detect`]): a unified (v2) root, or v1
+//! controllers each on its own mount (a hybrid host like this one also has a v2 mount carrying
+//! only leftovers, which we ignore). Everything takes the cgroup root as a parameter, so the
+//! file-level logic is tested against a temporary directory.
+
+mod v1;
+mod v2;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use garden_api::{ContainerCpuStat, ContainerMemoryStat, ContainerPidStat, Limits};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no usable cgroup hierarchy found under {0}")]
+    NoHierarchy(PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, CgroupError>;
+
+pub(crate) fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io { op, path: path.to_path_buf(), source }
+}
+
+pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(io("write", path))
+}
+
+pub(crate) fn read(path: &Path) -> Result<String> {
+    fs::read_to_string(path).map_err(io("read", path))
+}
+
+/// Which cgroup layout the host has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// v1: controller name -> mount point (e.g. "memory" -> /sys/fs/cgroup/memory).
+    V1(Vec<(String, PathBuf)>),
+    /// v2 unified hierarchy mounted at this root.
+    V2(PathBuf),
+}
+
+impl Layout {
+    /// Probe the host: cgroup2 mounted at /sys/fs/cgroup means unified; otherwise use the v1
+    /// controller mounts listed in /proc/self/mountinfo.
+    pub fn detect() -> Result<Layout> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(io("read", Path::new("/proc/self/mountinfo")))?;
+        Layout::from_mountinfo(&mountinfo)
+    }
+
+    pub fn from_mountinfo(mountinfo: &str) -> Result<Layout> {
+        let mut v1 = Vec::new();
+        let mut unified_root = None;
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let mount_point = left.split_whitespace().nth(4).unwrap_or("");
+            let mut r = right.split_whitespace();
+            let fstype = r.next().unwrap_or("");
+            let _source = r.next();
+            let options = r.next().unwrap_or("");
+            match fstype {
+                "cgroup2" if mount_point == "/sys/fs/cgroup" => unified_root = Some(PathBuf::from(mount_point)),
+                "cgroup" => {
+                    for ctrl in options.split(',') {
+                        if v1::CONTROLLERS.contains(&ctrl) && !v1.iter().any(|(c, _): &(String, PathBuf)| c == ctrl) {
+                            v1.push((ctrl.to_string(), PathBuf::from(mount_point)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(root) = unified_root {
+            return Ok(Layout::V2(root));
+        }
+        if v1.iter().any(|(c, _)| c == "memory") {
+            return Ok(Layout::V1(v1));
+        }
+        Err(CgroupError::NoHierarchy(PathBuf::from("/sys/fs/cgroup")))
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Layout::V2(_))
+    }
+}
+
+/// The cgroups of gardend: a parent per hierarchy, a child per container.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Layout,
+    parent: String,
+}
+
+/// One container's cgroup directories.
+#[derive(Debug, Clone)]
+pub struct ContainerCgroup {
+    layout: Layout,
+    /// One directory per distinct hierarchy mount.
+    dirs: Vec<PathBuf>,
+}
+
+/// What [`ContainerCgroup::stats`] reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stats {
+    pub memory: ContainerMemoryStat,
+    pub cpu: ContainerCpuStat,
+    pub pids: ContainerPidStat,
+}
+
+impl Cgroups {
+    /// Create (if needed) the parent cgroup in every hierarchy.
+    pub fn new(layout: Layout, parent: &str) -> Result<Cgroups> {
+        let c = Cgroups { layout, parent: parent.to_string() };
+        match &c.layout {
+            Layout::V1(_) => {
+                for dir in c.dirs_for(None) {
+                    fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+                }
+            }
+            Layout::V2(root) => v2::prepare_parent(root, &root.join(&c.parent))?,
+        }
+        Ok(c)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn dirs_for(&self, handle: Option<&str>) -> Vec<PathBuf> {
+        let base = |root: &Path| {
+            let p = root.join(&self.parent);
+            match handle {
+                Some(h) => p.join(h),
+                None => p,
+            }
+        };
+        match &self.layout {
+            Layout::V1(ctrls) => {
+                let mut dirs: Vec<PathBuf> = Vec::new();
+                for (_, mount) in ctrls {
+                    let d = base(mount);
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
+                }
+                dirs
+            }
+            Layout::V2(root) => vec![base(root)],
+        }
+    }
+
+    /// The container's cgroup, without touching the filesystem.
+    pub fn container(&self, handle: &str) -> ContainerCgroup {
+        ContainerCgroup { layout: self.layout.clone(), dirs: self.dirs_for(Some(handle)) }
+    }
+
+    /// Create the container's cgroup and apply its limits.
+    pub fn create(&self, handle: &str, limits: &Limits) -> Result<ContainerCgroup> {
+        let cg = self.container(handle);
+        for d in &cg.dirs {
+            fs::create_dir_all(d).map_err(io("create", d))?;
+        }
+        let applied = match &self.layout {
+            Layout::V1(ctrls) => v1::apply(ctrls, &cg.dirs, limits),
+            Layout::V2(_) => v2::apply(&cg.dirs[0], limits),
+        };
+        if let Err(e) = applied {
+            let _ = cg.remove();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+}
+
+impl ContainerCgroup {
+    /// The `cgroup.procs` files a task writes itself into to join the container.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// Host pids in the container (read from the first hierarchy: all hold the same tasks).
+    pub fn pids(&self) -> Vec<i32> {
+        let Some(d) = self.dirs.first() else { return Vec::new() };
+        fs::read_to_string(d.join("cgroup.procs"))
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> Stats {
+        match &self.layout {
+            Layout::V1(ctrls) => v1::stats(ctrls, &self.dirs),
+            Layout::V2(_) => v2::stats(&self.dirs[0]),
+        }
+    }
+
+    /// Whether the memory controller recorded an OOM kill since creation.
+    pub fn oom_kills(&self) -> u64 {
+        match &self.layout {
+            Layout::V1(ctrls) => v1::oom_kills(ctrls, &self.dirs),
+            Layout::V2(_) => v2::oom_kills(&self.dirs[0]),
+        }
+    }
+
+    /// Remove every directory; retries while the kernel still counts exiting tasks.
+    pub fn remove(&self) -> Result<()> {
+        for d in &self.dirs {
+            let mut attempts = 0;
+            loop {
+                match fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if attempts < 200 && e.raw_os_error() == Some(libc::EBUSY) => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(CgroupError::Io { op: "remove", path: d.clone(), source: e }),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// cgroup v2 `cpu.weight` for v1 shares, as the OCI runtimes convert it.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 0;
+    }
+    if shares <= 2 {
+        return 1;
+    }
+    if shares >= 262_144 {
+        return 10_000;
+    }
+    let l = (shares as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    10f64.powf(exponent).ceil() as u64
+}
+
+/// Parse `key value` lines (memory.stat, cpu.stat).
+pub(crate) fn parse_kv(s: &str) -> impl Iterator<Item = (&str, u64)> {
+    s.lines().filter_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        Some((k, v.trim().parse().ok()?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_hybrid_as_v1() {
+        let mi = "\
+35 25 0:30 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+37 35 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+38 35 0:33 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct
+39 35 0:34 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+40 35 0:35 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+";
+        let l = Layout::from_mountinfo(mi).unwrap();
+        match l {
+            Layout::V1(c) => {
+                assert!(c.contains(&("memory".into(), "/sys/fs/cgroup/memory".into())));
+                assert!(c.contains(&("cpuacct".into(), "/sys/fs/cgroup/cpuacct".into())));
+            }
+            other => panic!("{other:?}"),
+        }
+        let v2 = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(Layout::from_mountinfo(v2).unwrap(), Layout::V2("/sys/fs/cgroup".into()));
+        assert!(Layout::from_mountinfo("").is_err());
+    }
+
+    #[test]
+    fn weight_conversion_matches_guardian() {
+        assert_eq!(shares_to_weight(0), 0);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(512), 59);
+    }
+}

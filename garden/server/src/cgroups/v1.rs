@@ -1,0 +1,150 @@
+//! cgroup v1: one directory per controller mount.
+
+use std::path::{Path, PathBuf};
+
+use garden_api::{ContainerMemoryStat, Limits};
+
+use super::{parse_kv, read, write, Result, Stats};
+
+/// The controllers gardend uses.
+pub const CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct"];
+
+fn dir_of<'a>(ctrls: &[(String, PathBuf)], dirs: &'a [PathBuf], ctrl: &str) -> Option<&'a Path> {
+    let (_, mount) = ctrls.iter().find(|(c, _)| c == ctrl)?;
+    dirs.iter().find(|d| d.starts_with(mount)).map(PathBuf::as_path)
+}
+
+pub fn apply(ctrls: &[(String, PathBuf)], dirs: &[PathBuf], limits: &Limits) -> Result<()> {
+    if let Some(mem) = dir_of(ctrls, dirs, "memory") {
+        let bytes = limits.memory_limits.limit_in_bytes;
+        if bytes > 0 {
+            write(&mem.join("memory.limit_in_bytes"), &bytes.to_string())?;
+            // memory+swap = memory: no swapping past the limit. Absent without swap accounting.
+            let memsw = mem.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                write(&memsw, &bytes.to_string())?;
+            }
+        }
+    }
+    if let Some(pids) = dir_of(ctrls, dirs, "pids") {
+        if limits.pid_limits.max > 0 {
+            write(&pids.join("pids.max"), &limits.pid_limits.max.to_string())?;
+        }
+    }
+    if let Some(cpu) = dir_of(ctrls, dirs, "cpu") {
+        let shares = limits.cpu_limits.shares();
+        if shares > 0 {
+            write(&cpu.join("cpu.shares"), &shares.max(2).to_string())?;
+        }
+    }
+    Ok(())
+}
+
+pub fn stats(ctrls: &[(String, PathBuf)], dirs: &[PathBuf]) -> Stats {
+    let mut s = Stats::default();
+    if let Some(mem) = dir_of(ctrls, dirs, "memory") {
+        if let Ok(text) = read(&mem.join("memory.stat")) {
+            s.memory = memory_stat(&text);
+        }
+    }
+    if let Some(acct) = dir_of(ctrls, dirs, "cpuacct") {
+        s.cpu.usage = read(&acct.join("cpuacct.usage")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        if let Ok(text) = read(&acct.join("cpuacct.stat")) {
+            // USER_HZ ticks (100 per second on Linux) to nanoseconds.
+            for (k, v) in parse_kv(&text) {
+                match k {
+                    "user" => s.cpu.user = v * 10_000_000,
+                    "system" => s.cpu.system = v * 10_000_000,
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some(pids) = dir_of(ctrls, dirs, "pids") {
+        s.pids.current = read(&pids.join("pids.current")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        s.pids.max = read(&pids.join("pids.max")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    }
+    s
+}
+
+pub fn oom_kills(ctrls: &[(String, PathBuf)], dirs: &[PathBuf]) -> u64 {
+    dir_of(ctrls, dirs, "memory")
+        .and_then(|m| read(&m.join("memory.oom_control")).ok())
+        .and_then(|t| parse_kv(&t).find(|(k, _)| *k == "oom_kill").map(|(_, v)| v))
+        .unwrap_or(0)
+}
+
+pub fn memory_stat(text: &str) -> ContainerMemoryStat {
+    let mut m = ContainerMemoryStat::default();
+    for (k, v) in parse_kv(text) {
+        match k {
+            "active_anon" => m.active_anon = v,
+            "active_file" => m.active_file = v,
+            "cache" => m.cache = v,
+            "hierarchical_memory_limit" => m.hierarchical_memory_limit = v,
+            "inactive_anon" => m.inactive_anon = v,
+            "inactive_file" => m.inactive_file = v,
+            "mapped_file" => m.mapped_file = v,
+            "pgfault" => m.pgfault = v,
+            "pgmajfault" => m.pgmajfault = v,
+            "pgpgin" => m.pgpgin = v,
+            "pgpgout" => m.pgpgout = v,
+            "rss" => m.rss = v,
+            "total_active_anon" => m.total_active_anon = v,
+            "total_active_file" => m.total_active_file = v,
+            "total_cache" => m.total_cache = v,
+            "total_inactive_anon" => m.total_inactive_anon = v,
+            "total_inactive_file" => m.total_inactive_file = v,
+            "total_mapped_file" => m.total_mapped_file = v,
+            "total_pgfault" => m.total_pgfault = v,
+            "total_pgmajfault" => m.total_pgmajfault = v,
+            "total_pgpgin" => m.total_pgpgin = v,
+            "total_pgpgout" => m.total_pgpgout = v,
+            "total_rss" => m.total_rss = v,
+            "total_unevictable" => m.total_unevictable = v,
+            "unevictable" => m.unevictable = v,
+            "swap" => m.swap = v,
+            "hierarchical_memsw_limit" => m.hierarchical_memsw_limit = v,
+            "total_swap" => m.total_swap = v,
+            _ => {}
+        }
+    }
+    m.total_usage_toward_limit =
+        (m.total_rss + m.total_cache + m.total_swap).saturating_sub(m.total_inactive_file);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applies_limits_to_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = |c: &str| tmp.path().join(c);
+        let ctrls: Vec<(String, PathBuf)> = CONTROLLERS.iter().map(|c| (c.to_string(), mount(c))).collect();
+        let dirs: Vec<PathBuf> = CONTROLLERS.iter().map(|c| mount(c).join("garden/h")).collect();
+        for d in &dirs {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(dirs[0].join("memory.memsw.limit_in_bytes"), "").unwrap();
+        let mut limits = Limits::default();
+        limits.memory_limits.limit_in_bytes = 64 << 20;
+        limits.pid_limits.max = 50;
+        limits.cpu_limits.limit_in_shares = 512;
+        limits.cpu_limits.weight = 100;
+        apply(&ctrls, &dirs, &limits).unwrap();
+        let r = |d: &PathBuf, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        assert_eq!(r(&dirs[0], "memory.limit_in_bytes"), "67108864");
+        assert_eq!(r(&dirs[0], "memory.memsw.limit_in_bytes"), "67108864");
+        assert_eq!(r(&dirs[1], "pids.max"), "50");
+        assert_eq!(r(&dirs[2], "cpu.shares"), "100");
+    }
+
+    #[test]
+    fn usage_toward_limit() {
+        let m = memory_stat("total_rss 100\ntotal_cache 50\ntotal_swap 0\ntotal_inactive_file 30\nrss 7\n");
+        assert_eq!(m.total_usage_toward_limit, 120);
+        assert_eq!(m.rss, 7);
+    }
+}

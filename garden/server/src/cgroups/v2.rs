@@ -1,0 +1,134 @@
+//! cgroup v2: one directory in the unified hierarchy.
+
+use std::fs;
+use std::path::Path;
+
+use garden_api::{ContainerMemoryStat, Limits};
+
+use super::{io, parse_kv, read, shares_to_weight, write, Result, Stats};
+
+const CONTROLLERS: &[&str] = &["memory", "pids", "cpu"];
+
+/// Enable our controllers from the root down to the parent, so container cgroups get them.
+pub fn prepare_parent(root: &Path, parent: &Path) -> Result<()> {
+    enable(root);
+    fs::create_dir_all(parent).map_err(io("create", parent))?;
+    enable(parent);
+    Ok(())
+}
+
+fn enable(dir: &Path) {
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    for c in CONTROLLERS.iter().filter(|c| available.split_whitespace().any(|a| a == **c)) {
+        // Best effort: a controller that cannot be enabled shows up as a missing limit file.
+        let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+    }
+}
+
+pub fn apply(dir: &Path, limits: &Limits) -> Result<()> {
+    let bytes = limits.memory_limits.limit_in_bytes;
+    if bytes > 0 {
+        write(&dir.join("memory.max"), &bytes.to_string())?;
+        let swap = dir.join("memory.swap.max");
+        if swap.exists() {
+            write(&swap, "0")?;
+        }
+    }
+    if limits.pid_limits.max > 0 {
+        write(&dir.join("pids.max"), &limits.pid_limits.max.to_string())?;
+    }
+    let shares = limits.cpu_limits.shares();
+    if shares > 0 {
+        write(&dir.join("cpu.weight"), &shares_to_weight(shares).to_string())?;
+    }
+    Ok(())
+}
+
+pub fn stats(dir: &Path) -> Stats {
+    let mut s = Stats::default();
+    if let Ok(text) = read(&dir.join("memory.stat")) {
+        s.memory = memory_stat(&text);
+    }
+    if let Ok(text) = read(&dir.join("cpu.stat")) {
+        for (k, v) in parse_kv(&text) {
+            match k {
+                "usage_usec" => s.cpu.usage = v * 1000,
+                "user_usec" => s.cpu.user = v * 1000,
+                "system_usec" => s.cpu.system = v * 1000,
+                _ => {}
+            }
+        }
+    }
+    s.pids.current = read(&dir.join("pids.current")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    s.pids.max = read(&dir.join("pids.max")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    s
+}
+
+pub fn oom_kills(dir: &Path) -> u64 {
+    read(&dir.join("memory.events"))
+        .ok()
+        .and_then(|t| parse_kv(&t).find(|(k, _)| *k == "oom_kill").map(|(_, v)| v))
+        .unwrap_or(0)
+}
+
+pub fn memory_stat(text: &str) -> ContainerMemoryStat {
+    let mut m = ContainerMemoryStat::default();
+    for (k, v) in parse_kv(text) {
+        match k {
+            "anon" => m.anon = v,
+            "file" => m.file = v,
+            "swapcached" => m.swapcached = v,
+            "active_anon" => m.active_anon = v,
+            "active_file" => m.active_file = v,
+            "inactive_anon" => m.inactive_anon = v,
+            "inactive_file" => m.inactive_file = v,
+            "file_mapped" => m.mapped_file = v,
+            "pgfault" => m.pgfault = v,
+            "pgmajfault" => m.pgmajfault = v,
+            "unevictable" => m.unevictable = v,
+            _ => {}
+        }
+    }
+    // Mirror the v1 names too, so clients reading total_* see the same figures.
+    m.rss = m.anon;
+    m.cache = m.file;
+    m.total_rss = m.anon;
+    m.total_cache = m.file;
+    m.total_active_anon = m.active_anon;
+    m.total_active_file = m.active_file;
+    m.total_inactive_anon = m.inactive_anon;
+    m.total_inactive_file = m.inactive_file;
+    m.total_mapped_file = m.mapped_file;
+    m.total_pgfault = m.pgfault;
+    m.total_pgmajfault = m.pgmajfault;
+    m.total_unevictable = m.unevictable;
+    m.total_usage_toward_limit = (m.file + m.anon + m.swapcached).saturating_sub(m.inactive_file);
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applies_limits_to_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        fs::write(d.join("memory.swap.max"), "").unwrap();
+        let mut limits = Limits::default();
+        limits.memory_limits.limit_in_bytes = 1 << 20;
+        limits.pid_limits.max = 10;
+        limits.cpu_limits.weight = 1024;
+        apply(d, &limits).unwrap();
+        assert_eq!(fs::read_to_string(d.join("memory.max")).unwrap(), "1048576");
+        assert_eq!(fs::read_to_string(d.join("memory.swap.max")).unwrap(), "0");
+        assert_eq!(fs::read_to_string(d.join("pids.max")).unwrap(), "10");
+        assert_eq!(fs::read_to_string(d.join("cpu.weight")).unwrap(), "100");
+    }
+
+    #[test]
+    fn usage_toward_limit() {
+        let m = memory_stat("anon 100\nfile 50\nswapcached 0\ninactive_file 30\n");
+        assert_eq!(m.total_usage_toward_limit, 120);
+    }
+}

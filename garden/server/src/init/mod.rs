@@ -1,0 +1,51 @@
+//! garden-init: pid 1 of every container.
+//!
+//! gardend clones it into new mount, pid, uts, ipc and net namespaces. It joins the
+//! container's cgroups, builds the root filesystem (overlay, /proc, /sys, /dev, tmpfs),
+//! pivots into it, tells gardend it is ready on fd 3, then serves spawn and signal requests
+//! on a unix socket in the bundle directory. As the parent of every process it starts, it
+//! reaps them (and any orphan) at once and records exit codes in the bundle, so processes
+//! depend on neither gardend's liveness nor its sockets.
+
+pub mod proto;
+mod setup;
+mod supervisor;
+pub mod user;
+
+use std::io::Write;
+use std::os::fd::FromRawFd;
+
+/// Entry point of the garden-init binary: `garden-init <bundle-dir>`.
+pub fn main() -> ! {
+    let bundle = match std::env::args_os().nth(1) {
+        Some(b) => std::path::PathBuf::from(b),
+        None => fatal("usage: garden-init <bundle-dir>"),
+    };
+    // SAFETY: gardend hands us the write end of the ready pipe as fd 3 and nothing else owns it.
+    let mut ready = unsafe { std::fs::File::from_raw_fd(3) };
+    let config = match std::fs::read(bundle.join("init.json"))
+        .map_err(|e| format!("read init.json: {e}"))
+        .and_then(|b| serde_json::from_slice::<proto::InitConfig>(&b).map_err(|e| format!("parse init.json: {e}")))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.write_all(e.as_bytes());
+            std::process::exit(1);
+        }
+    };
+    let prepared = match setup::prepare(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = ready.write_all(e.as_bytes());
+            std::process::exit(1);
+        }
+    };
+    let _ = ready.write_all(b"ok");
+    drop(ready);
+    supervisor::run(prepared)
+}
+
+fn fatal(msg: &str) -> ! {
+    eprintln!("garden-init: {msg}");
+    std::process::exit(1)
+}

@@ -1,0 +1,218 @@
+//! Building the container's world, in order: cgroups, private mounts, the overlay root, bind
+//! mounts, /proc, /sys, /dev, /dev/shm, /tmp, hostname, the control socket, pivot_root,
+//! loopback. Each step's error names the step and the path.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chdir, pivot_root, sethostname};
+
+use super::proto::InitConfig;
+
+/// What the supervisor needs once the container is built.
+pub struct Prepared {
+    pub listener: OwnedFd,
+    pub processes_dir: OwnedFd,
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn ctx<T, E: std::fmt::Display>(r: std::result::Result<T, E>, what: impl FnOnce() -> String) -> Result<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+pub fn prepare(c: &InitConfig) -> Result<Prepared> {
+    for procs in &c.cgroup_procs {
+        ctx(fs::write(procs, "0"), || format!("join cgroup {}", procs.display()))?;
+    }
+    ctx(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || {
+        "make / private".into()
+    })?;
+    mount_root(c)?;
+    let root = &c.rootfs;
+    for b in &c.bind_mounts {
+        bind_mount(root, &b.src, &b.dst, b.read_only)?;
+    }
+    mount_at(root, "proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
+    mount_at(
+        root,
+        "sys",
+        "sysfs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    make_dev(root)?;
+    mount_at(root, "tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    write_etc(root, &c.hostname)?;
+    ctx(sethostname(&c.hostname), || format!("set hostname {}", c.hostname))?;
+
+    let listener = ctx(
+        socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None),
+        || "create control socket".into(),
+    )?;
+    let _ = fs::remove_file(&c.socket);
+    let addr = ctx(UnixAddr::new(&c.socket), || format!("socket path {}", c.socket.display()))?;
+    ctx(bind(listener.as_raw_fd(), &addr), || format!("bind {}", c.socket.display()))?;
+    ctx(listen(&listener, Backlog::new(16).expect("small backlog")), || "listen".into())?;
+    let processes_dir = ctx(
+        open(&c.processes_dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()),
+        || format!("open {}", c.processes_dir.display()),
+    )?;
+
+    ctx(chdir(root), || format!("chdir {}", root.display()))?;
+    ctx(pivot_root(".", "."), || "pivot_root".into())?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || "detach old root".into())?;
+    ctx(chdir("/"), || "chdir /".into())?;
+    loopback_up()?;
+    Ok(Prepared { listener, processes_dir })
+}
+
+fn mount_root(c: &InitConfig) -> Result<()> {
+    let lower = c.lower_dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    let data = format!("lowerdir={lower},upperdir={},workdir={}", c.upper_dir.display(), c.work_dir.display());
+    ctx(mount(Some("overlay"), &c.rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str())), || {
+        format!("mount overlay on {} ({data})", c.rootfs.display())
+    })
+}
+
+/// `dst` is a path inside the container; it is created (as a dir, or an empty file when the
+/// source is a file) if missing.
+fn bind_mount(root: &Path, src: &Path, dst: &Path, read_only: bool) -> Result<()> {
+    let target = inside(root, dst)?;
+    let meta = ctx(fs::metadata(src), || format!("bind mount source {}", src.display()))?;
+    if meta.is_dir() {
+        ctx(fs::create_dir_all(&target), || format!("create bind mount target {}", dst.display()))?;
+    } else if !target.exists() {
+        if let Some(parent) = target.parent() {
+            ctx(fs::create_dir_all(parent), || format!("create bind mount target {}", dst.display()))?;
+        }
+        ctx(fs::write(&target, b""), || format!("create bind mount target {}", dst.display()))?;
+    }
+    ctx(mount(Some(src), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>), || {
+        format!("bind mount {} to {}", src.display(), dst.display())
+    })?;
+    if read_only {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC;
+        ctx(mount(None::<&str>, &target, None::<&str>, flags, None::<&str>), || {
+            format!("remount {} read-only", dst.display())
+        })?;
+    }
+    Ok(())
+}
+
+/// Join a container path onto the root lexically, refusing `..` so a bind mount target cannot
+/// land outside the container. The overlay is not yet anybody's root, so symlinks in the image
+/// are not followed by `create_dir_all` beyond what the image already holds; targets are
+/// checked again after creation.
+fn inside(root: &Path, path: &Path) -> Result<PathBuf> {
+    let mut out = root.to_path_buf();
+    for comp in path.components() {
+        match comp {
+            std::path::Component::Normal(c) => out.push(c),
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            _ => return Err(format!("path {} leaves the container", path.display())),
+        }
+    }
+    Ok(out)
+}
+
+fn mount_at(root: &Path, dir: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    let target = root.join(dir);
+    ctx(fs::create_dir_all(&target), || format!("create {}", target.display()))?;
+    ctx(mount(Some(fstype), &target, Some(fstype), flags, data), || format!("mount {fstype} on /{dir}"))
+}
+
+fn make_dev(root: &Path) -> Result<()> {
+    let dev = root.join("dev");
+    mount_at(root, "dev", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    for (name, major, minor) in
+        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    {
+        let path = dev.join(name);
+        ctx(mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor)), || {
+            format!("mknod /dev/{name}")
+        })?;
+        // mknod is subject to the umask; devices must be usable by every user.
+        ctx(fs::set_permissions(&path, fs::Permissions::from_mode(0o666)), || format!("chmod /dev/{name}"))?;
+    }
+    let pts = dev.join("pts");
+    ctx(fs::create_dir_all(&pts), || "create /dev/pts".into())?;
+    ctx(
+        mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+        || "mount devpts".into(),
+    )?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(symlink(target, dev.join(link)), || format!("symlink /dev/{link}"))?;
+    }
+    let shm = dev.join("shm");
+    ctx(fs::create_dir_all(&shm), || "create /dev/shm".into())?;
+    ctx(
+        mount(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        ),
+        || "mount /dev/shm".into(),
+    )?;
+    Ok(())
+}
+
+/// /etc/hosts with localhost and the container's own name, so the container resolves itself
+/// even when the image has no such file.
+fn write_etc(root: &Path, hostname: &str) -> Result<()> {
+    let etc = root.join("etc");
+    if fs::symlink_metadata(&etc).map(|m| !m.is_dir()).unwrap_or(false) {
+        return Ok(()); // an image with a strange /etc: leave it alone
+    }
+    ctx(fs::create_dir_all(&etc), || "create /etc".into())?;
+    let hosts = format!("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.0.1 {hostname}\n");
+    let path = etc.join("hosts");
+    if fs::symlink_metadata(&path).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        let _ = fs::remove_file(&path);
+    }
+    ctx(fs::write(&path, hosts), || "write /etc/hosts".into())
+}
+
+/// A new network namespace starts with `lo` down.
+fn loopback_up() -> Result<()> {
+    let sock = ctx(
+        socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None),
+        || "socket for lo".into(),
+    )?;
+    // SAFETY: ifreq is plain old data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: valid socket and a properly sized ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(format!("get lo flags: {}", std::io::Error::last_os_error()));
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(format!("bring lo up: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}

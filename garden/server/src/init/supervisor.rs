@@ -1,0 +1,378 @@
+//! garden-init's event loop: accept gardend connections, spawn and signal processes, reap
+//! every child at once and report exits.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{accept4, SockFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{chown, dup2, execve, fork, pipe2, setgid, setgroups, setsid, setuid, ForkResult, Gid, Pid, Uid};
+
+use super::proto::{self, FromInit, Received, SpawnFailure, SpawnRequest, ToInit};
+use super::setup::Prepared;
+use super::user;
+
+struct Supervisor {
+    listener: OwnedFd,
+    processes_dir: OwnedFd,
+    clients: Vec<OwnedFd>,
+    /// pid (in the container) -> process id.
+    running: HashMap<i32, String>,
+    by_id: HashMap<String, i32>,
+}
+
+pub fn run(prepared: Prepared) -> ! {
+    // Container processes must start with a clean mask: each child undoes this after fork.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).expect("block SIGCHLD");
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).expect("signalfd");
+    let mut s = Supervisor {
+        listener: prepared.listener,
+        processes_dir: prepared.processes_dir,
+        clients: Vec::new(),
+        running: HashMap::new(),
+        by_id: HashMap::new(),
+    };
+    loop {
+        let (sig_ready, accept_ready, client_ready) = {
+            let mut fds = vec![
+                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(s.listener.as_fd(), PollFlags::POLLIN),
+            ];
+            fds.extend(s.clients.iter().map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("garden-init: poll: {e}");
+                    continue;
+                }
+            }
+            let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]), fds[2..].iter().map(ready).collect::<Vec<_>>())
+        };
+        if sig_ready {
+            while let Ok(Some(_)) = sfd.read_signal() {}
+            s.reap();
+        }
+        if accept_ready {
+            s.accept();
+        }
+        let mut closed = Vec::new();
+        for (i, ready) in client_ready.into_iter().enumerate() {
+            if ready && !s.serve(i) {
+                closed.push(i);
+            }
+        }
+        for i in closed.into_iter().rev() {
+            s.clients.remove(i);
+        }
+    }
+}
+
+impl Supervisor {
+    fn accept(&mut self) {
+        loop {
+            match accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                // SAFETY: accept4 returned a new descriptor that we now own.
+                Ok(fd) => self.clients.push(unsafe { OwnedFd::from_raw_fd(fd) }),
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("garden-init: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handle one message from client `i`; false = the client is gone.
+    fn serve(&mut self, i: usize) -> bool {
+        let msg = match proto::recv::<ToInit>(self.clients[i].as_fd()) {
+            Ok(Received::Message(m, fds)) => (m, fds),
+            Ok(Received::Closed) => return false,
+            Ok(Received::Garbage(e)) => {
+                eprintln!("garden-init: bad message: {e}");
+                return true;
+            }
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return true,
+            Err(e) => {
+                eprintln!("garden-init: recv: {e}");
+                return false;
+            }
+        };
+        match msg {
+            (ToInit::Spawn(req), fds) => {
+                let reply = match self.spawn(&req, fds) {
+                    Ok(pid) => FromInit::Spawned { id: req.id.clone(), pid },
+                    Err((kind, error)) => FromInit::SpawnFailed { id: req.id.clone(), kind, error },
+                };
+                let _ = proto::send(self.clients[i].as_fd(), &reply, &[]);
+            }
+            (ToInit::Signal { id, signal }, _) => {
+                if let (Some(pid), Ok(sig)) = (self.by_id.get(&id), Signal::try_from(signal)) {
+                    let _ = kill(Pid::from_raw(*pid), sig);
+                }
+            }
+            (ToInit::SignalAll { signal }, _) => {
+                if let Ok(sig) = Signal::try_from(signal) {
+                    // From pid 1, pid -1 means every process of the namespace but ourselves.
+                    let _ = kill(Pid::from_raw(-1), sig);
+                }
+            }
+        }
+        true
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("garden-init: waitpid: {e}");
+                    return;
+                }
+                Ok(s) => s,
+            };
+            let (pid, code) = match status {
+                WaitStatus::Exited(pid, code) => (pid, code),
+                WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32),
+                _ => continue,
+            };
+            if let Some(id) = self.running.remove(&pid.as_raw()) {
+                self.by_id.remove(&id);
+                self.record_exit(&id, code);
+                let msg = FromInit::Exited { id, status: code };
+                for c in &self.clients {
+                    let _ = proto::send(c.as_fd(), &msg, &[]);
+                }
+            }
+        }
+    }
+
+    /// `<processes_dir>/<id>.exit`, so an exit code survives gardend restarts.
+    fn record_exit(&self, id: &str, code: i32) {
+        let name = format!("{id}.exit");
+        let flags = nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_TRUNC;
+        let flags = flags | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW;
+        match nix::fcntl::openat(
+            self.processes_dir.as_fd(),
+            name.as_str(),
+            flags,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        ) {
+            Ok(fd) => {
+                let mut f = std::fs::File::from(fd);
+                let _ = writeln!(f, "{code}");
+            }
+            Err(e) => eprintln!("garden-init: record exit of {id}: {e}"),
+        }
+    }
+
+    fn spawn(&mut self, req: &SpawnRequest, fds: Vec<OwnedFd>) -> Result<i32, (SpawnFailure, String)> {
+        let other = |e: String| (SpawnFailure::Other, e);
+        if self.by_id.contains_key(&req.id) {
+            return Err(other(format!("process ID '{}' already in use", req.id)));
+        }
+        let want = if req.tty { 1 } else { 3 };
+        if fds.len() != want {
+            return Err(other(format!("expected {want} stdio descriptors, got {}", fds.len())));
+        }
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        let user = user::resolve(&req.user, &passwd, &group).map_err(other)?;
+        let env = user::merge_env(&req.env, &user, &req.user);
+        let dir = if req.dir.is_empty() { user.home.clone() } else { req.dir.clone() };
+        let dir = if Path::new(&dir).is_absolute() { PathBuf::from(dir) } else { Path::new(&user.home).join(dir) };
+        ensure_dir(&dir, user.uid, user.gid).map_err(other)?;
+        let exe = resolve_executable(&req.path, user::env_get(&env, "PATH").unwrap_or(""), &dir)?;
+
+        let cstr = |s: &str| CString::new(s).map_err(|_| other(format!("NUL byte in {s:?}")));
+        let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(|_| other("NUL byte in path".into()))?;
+        let mut argv = vec![cstr(&req.path)?];
+        for a in &req.args {
+            argv.push(cstr(a)?);
+        }
+        let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
+        let dir_c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| other("NUL byte in dir".into()))?;
+        let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| other(format!("pipe: {e}")))?;
+
+        let stdio: [RawFd; 3] = if req.tty {
+            [fds[0].as_raw_fd(); 3]
+        } else {
+            [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()]
+        };
+        // SAFETY: garden-init is single-threaded, so the child may allocate and run normal code.
+        match unsafe { fork() } {
+            Err(e) => Err(other(format!("fork: {e}"))),
+            Ok(ForkResult::Child) => {
+                drop(err_r);
+                let (stage, errno) = child(stdio, req, &user, &dir_c, &exe_c, &argv, &envp);
+                let mut w = std::fs::File::from(err_w);
+                let _ = w.write_all(&[stage]);
+                let _ = w.write_all(&(errno as i32).to_le_bytes());
+                // SAFETY: leave without running the parent's atexit handlers or destructors.
+                unsafe { libc::_exit(127) }
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop(err_w);
+                drop(fds);
+                let pid = child.as_raw();
+                self.running.insert(pid, req.id.clone());
+                self.by_id.insert(req.id.clone(), pid);
+                let mut buf = Vec::new();
+                let _ = std::fs::File::from(err_r).read_to_end(&mut buf);
+                if buf.len() >= 5 {
+                    let errno = Errno::from_raw(i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]));
+                    // The child is gone; the reaper reports nothing for it because we forget it.
+                    self.running.remove(&pid);
+                    self.by_id.remove(&req.id);
+                    let _ = waitpid(child, None);
+                    return Err(match (buf[0], errno) {
+                        (STAGE_EXEC, Errno::ENOENT) => (
+                            SpawnFailure::ExecutableNotFound,
+                            format!("exec: \"{}\": executable file not found in $PATH", req.path),
+                        ),
+                        (STAGE_EXEC, e) => other(format!("exec {}: {}", req.path, e.desc())),
+                        (STAGE_CHDIR, e) => other(format!("chdir {}: {}", dir.display(), e.desc())),
+                        (_, e) => other(format!("start {}: {}", req.path, e.desc())),
+                    });
+                }
+                Ok(pid)
+            }
+        }
+    }
+}
+
+const STAGE_SETUP: u8 = 1;
+const STAGE_CHDIR: u8 = 2;
+const STAGE_EXEC: u8 = 3;
+
+/// In the forked child: become the process. Returns only on failure, with the stage and errno.
+fn child(
+    stdio: [RawFd; 3],
+    req: &SpawnRequest,
+    user: &user::User,
+    dir: &CString,
+    exe: &CString,
+    argv: &[CString],
+    envp: &[CString],
+) -> (u8, Errno) {
+    let fail = |stage: u8| move |e: Errno| (stage, e);
+    let run = || -> Result<std::convert::Infallible, (u8, Errno)> {
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(fail(STAGE_SETUP))?;
+        setsid().map_err(fail(STAGE_SETUP))?;
+        // Move stdio to 0..2. The sources are > 2 (init's own 0..2 are open), so no clobbering.
+        for (target, src) in stdio.iter().enumerate() {
+            // SAFETY: both descriptors are valid; dup2 onto 0..2 replaces init's inherited ones.
+            let mut t = unsafe { OwnedFd::from_raw_fd(target as RawFd) };
+            // SAFETY: src is a live descriptor received with the request.
+            dup2(unsafe { BorrowedFd::borrow_raw(*src) }, &mut t).map_err(fail(STAGE_SETUP))?;
+            std::mem::forget(t);
+        }
+        if req.tty {
+            // SAFETY: fd 0 is the pty slave; make it our controlling terminal.
+            if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+                return Err((STAGE_SETUP, Errno::last()));
+            }
+        }
+        for (resource, value) in &req.rlimits {
+            if let Some(r) = rlimit_resource(*resource) {
+                setrlimit(r, *value, *value).map_err(fail(STAGE_SETUP))?;
+            }
+        }
+        let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        setgroups(&groups).map_err(fail(STAGE_SETUP))?;
+        setgid(Gid::from_raw(user.gid)).map_err(fail(STAGE_SETUP))?;
+        setuid(Uid::from_raw(user.uid)).map_err(fail(STAGE_SETUP))?;
+        nix::unistd::chdir(dir.as_c_str()).map_err(fail(STAGE_CHDIR))?;
+        execve(exe, argv, envp).map_err(fail(STAGE_EXEC))
+    };
+    match run() {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
+}
+
+fn rlimit_resource(n: i32) -> Option<Resource> {
+    use Resource::*;
+    Some(match n as u32 {
+        libc::RLIMIT_AS => RLIMIT_AS,
+        libc::RLIMIT_CORE => RLIMIT_CORE,
+        libc::RLIMIT_CPU => RLIMIT_CPU,
+        libc::RLIMIT_DATA => RLIMIT_DATA,
+        libc::RLIMIT_FSIZE => RLIMIT_FSIZE,
+        libc::RLIMIT_LOCKS => RLIMIT_LOCKS,
+        libc::RLIMIT_MEMLOCK => RLIMIT_MEMLOCK,
+        libc::RLIMIT_MSGQUEUE => RLIMIT_MSGQUEUE,
+        libc::RLIMIT_NICE => RLIMIT_NICE,
+        libc::RLIMIT_NOFILE => RLIMIT_NOFILE,
+        libc::RLIMIT_NPROC => RLIMIT_NPROC,
+        libc::RLIMIT_RSS => RLIMIT_RSS,
+        libc::RLIMIT_RTPRIO => RLIMIT_RTPRIO,
+        libc::RLIMIT_SIGPENDING => RLIMIT_SIGPENDING,
+        libc::RLIMIT_STACK => RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Create the working directory if missing, each new component owned by the user, 0755.
+/// An existing directory is left as it is (the process then fails itself if it may not use it).
+fn ensure_dir(dir: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.exists() {
+        missing.push(cur.to_path_buf());
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    for d in missing.iter().rev() {
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(d)
+            .map_err(|e| format!("create working directory {}: {e}", d.display()))?;
+        chown(d, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .map_err(|e| format!("chown working directory {}: {e}", d.display()))?;
+        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
+    }
+    Ok(())
+}
+
+/// A path with a `/` is used as is (relative to the working dir); otherwise search `PATH`.
+fn resolve_executable(path: &str, search: &str, dir: &Path) -> Result<PathBuf, (SpawnFailure, String)> {
+    let not_found =
+        || (SpawnFailure::ExecutableNotFound, format!("exec: \"{path}\": executable file not found in $PATH"));
+    if path.is_empty() {
+        return Err(not_found());
+    }
+    if path.contains('/') {
+        let p = Path::new(path);
+        return Ok(if p.is_absolute() { p.to_path_buf() } else { dir.join(p) });
+    }
+    for d in search.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(d).join(path);
+        if let Ok(meta) = std::fs::metadata(&candidate) {
+            if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+                return Ok(candidate);
+            }
+        }
+    }
+    Err(not_found())
+}

@@ -1,0 +1,123 @@
+//! gardend's end of the garden-init socket: requests out, replies and exit events in.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::init::proto::{self, FromInit, Received, SpawnFailure, SpawnRequest, ToInit};
+
+/// Why a spawn failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{0}")]
+    ExecutableNotFound(String),
+    #[error("{0}")]
+    Failed(String),
+    #[error("container init is gone")]
+    InitGone,
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<i32, SpawnError>>>>>;
+
+/// A connection to one container's garden-init.
+pub struct InitClient {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    pending: Pending,
+}
+
+impl InitClient {
+    /// Connect, and start routing replies. Exit events arrive on the returned channel as
+    /// (process id, status).
+    pub async fn connect(path: &Path) -> std::io::Result<(InitClient, mpsc::UnboundedReceiver<(String, i32)>)> {
+        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+        let addr = UnixAddr::new(path)?;
+        // A unix connect to a listening socket completes at once, even when non-blocking.
+        connect(fd.as_raw_fd(), &addr)?;
+        // SAFETY: the socket is owned by the AsyncFd and stays open until it is dropped.
+        let fd = Arc::new(unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?);
+        let pending: Pending = Arc::default();
+        let (exits_tx, exits) = mpsc::unbounded_channel();
+        tokio::spawn(read_loop(fd.clone(), pending.clone(), exits_tx));
+        Ok((InitClient { fd, pending }, exits))
+    }
+
+    async fn send(&self, msg: &ToInit, fds: &[RawFd]) -> std::io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| proto::send(fd.get_ref().as_fd(), msg, fds).map_err(std::io::Error::from)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Start a process; returns its pid inside the container.
+    pub async fn spawn(&self, req: SpawnRequest, fds: &[RawFd]) -> Result<i32, SpawnError> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("pending lock").insert(req.id.clone(), tx);
+        let id = req.id.clone();
+        if let Err(e) = self.send(&ToInit::Spawn(req), fds).await {
+            self.pending.lock().expect("pending lock").remove(&id);
+            return Err(if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                SpawnError::Failed("process spec too large".into())
+            } else {
+                SpawnError::InitGone
+            });
+        }
+        rx.await.unwrap_or(Err(SpawnError::InitGone))
+    }
+
+    pub async fn signal(&self, id: &str, signal: i32) -> std::io::Result<()> {
+        self.send(&ToInit::Signal { id: id.to_string(), signal }, &[]).await
+    }
+
+    pub async fn signal_all(&self, signal: i32) -> std::io::Result<()> {
+        self.send(&ToInit::SignalAll { signal }, &[]).await
+    }
+}
+
+async fn read_loop(fd: Arc<AsyncFd<OwnedFd>>, pending: Pending, exits: mpsc::UnboundedSender<(String, i32)>) {
+    loop {
+        let Ok(mut guard) = fd.readable().await else { break };
+        let msg = match guard.try_io(|fd| proto::recv::<FromInit>(fd.get_ref().as_fd()).map_err(std::io::Error::from)) {
+            Err(_would_block) => continue,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "read from garden-init");
+                break;
+            }
+            Ok(Ok(Received::Closed)) => break,
+            Ok(Ok(Received::Garbage(e))) => {
+                tracing::warn!(error = %e, "bad message from garden-init");
+                continue;
+            }
+            Ok(Ok(Received::Message(m, _fds))) => m,
+        };
+        match msg {
+            FromInit::Spawned { id, pid } => {
+                if let Some(tx) = pending.lock().expect("pending lock").remove(&id) {
+                    let _ = tx.send(Ok(pid));
+                }
+            }
+            FromInit::SpawnFailed { id, kind, error } => {
+                if let Some(tx) = pending.lock().expect("pending lock").remove(&id) {
+                    let _ = tx.send(Err(match kind {
+                        SpawnFailure::ExecutableNotFound => SpawnError::ExecutableNotFound(error),
+                        SpawnFailure::Other => SpawnError::Failed(error),
+                    }));
+                }
+            }
+            FromInit::Exited { id, status } => {
+                let _ = exits.send((id, status));
+            }
+        }
+    }
+    // Init is gone: fail whoever still waits for a spawn reply.
+    for (_, tx) in pending.lock().expect("pending lock").drain() {
+        let _ = tx.send(Err(SpawnError::InitGone));
+    }
+}

@@ -1,0 +1,64 @@
+//! Starting garden-init with clone(2): the child is pid 1 of a new pid namespace from its
+//! first instruction, with no intermediate process and no setns dance.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::sched::{clone, CloneFlags};
+use nix::sys::signal::Signal;
+
+/// Clone garden-init into new mount, pid, uts, ipc and net namespaces. `ready` becomes its
+/// fd 3. Returns its host pid.
+pub fn spawn_init(init_bin: &Path, bundle: &Path, ready: &OwnedFd) -> nix::Result<i32> {
+    // Everything the child touches is prepared here: after clone in a multi-threaded process
+    // the child may only make async-signal-safe calls (no allocation).
+    let bin = CString::new(init_bin.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let argv0 = CString::new("garden-init").expect("static string");
+    let arg1 = CString::new(bundle.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    let path_env = CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string");
+    let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
+    let ready_fd = ready.as_raw_fd();
+    let mut stack = vec![0u8; 256 * 1024];
+    let flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET;
+    let child = Box::new(|| -> isize {
+        // SAFETY: only dup2, open, execve and _exit run in the child, all async-signal-safe, on
+        // pointers prepared before clone.
+        unsafe {
+            if ready_fd == 3 {
+                // dup2 onto itself keeps close-on-exec set: clear it instead.
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(ready_fd, 3) < 0 {
+                libc::_exit(126);
+            }
+            // stdin from /dev/null; stdout/stderr stay gardend's (its log).
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            if null >= 0 && null != 0 {
+                libc::dup2(null, 0);
+                libc::close(null);
+            }
+            libc::execve(bin.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127)
+        }
+    });
+    // SAFETY: the callback only performs async-signal-safe calls (see above).
+    let pid = unsafe { clone(child, &mut stack, flags, Some(Signal::SIGCHLD as i32)) }?;
+    Ok(pid.as_raw())
+}
+
+/// A pidfd for `pid`, readable once the process exits.
+pub fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: the kernel returned a fresh descriptor (close-on-exec by default).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -1,0 +1,248 @@
+//! The kernel side of a container: clone garden-init into new namespaces, talk to it, watch it
+//! die. Nothing here knows about HTTP or Garden's wire types beyond limits.
+
+mod client;
+mod clone;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup};
+use crate::init::proto::{InitBindMount, InitConfig};
+pub use client::{InitClient, SpawnError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("start garden-init: {0}")]
+    Clone(nix::Error),
+    #[error("container setup failed: {0}")]
+    Setup(String),
+    #[error("garden-init did not become ready within {0:?}")]
+    NotReady(Duration),
+    #[error("connect to garden-init at {path}: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// What a container needs from the kernel.
+pub struct SandboxSpec<'a> {
+    pub handle: &'a str,
+    pub bundle: &'a Path,
+    /// Overlay lower layers, top first.
+    pub lower_dirs: Vec<PathBuf>,
+    pub hostname: String,
+    pub bind_mounts: Vec<InitBindMount>,
+    pub limits: &'a garden_api::Limits,
+}
+
+/// Creates sandboxes: owns the cgroup parents and knows where garden-init lives.
+pub struct Runtime {
+    cgroups: Cgroups,
+    init_bin: PathBuf,
+}
+
+/// A running container at the kernel level: garden-init (pid 1) and its cgroup.
+pub struct Sandbox {
+    /// garden-init's pid on the host.
+    pub init_pid: i32,
+    pub cgroup: ContainerCgroup,
+    pub init: InitClient,
+    /// Becomes true once garden-init (and so every process of the container) is gone.
+    exited: watch::Receiver<bool>,
+}
+
+/// Directory layout of a bundle.
+pub fn upper_dir(bundle: &Path) -> PathBuf {
+    bundle.join("upper")
+}
+pub fn rootfs_dir(bundle: &Path) -> PathBuf {
+    bundle.join("rootfs")
+}
+pub fn processes_dir(bundle: &Path) -> PathBuf {
+    bundle.join("processes")
+}
+pub fn socket_path(bundle: &Path) -> PathBuf {
+    bundle.join("init.sock")
+}
+
+impl Runtime {
+    pub fn new(cgroups: Cgroups, init_bin: PathBuf) -> Runtime {
+        Runtime { cgroups, init_bin }
+    }
+
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    /// Build the container and start its init. On error nothing is left behind but the bundle
+    /// directory, which the caller owns.
+    pub async fn create(&self, spec: SandboxSpec<'_>) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
+        let bundle = spec.bundle;
+        for d in [upper_dir(bundle), bundle.join("work"), rootfs_dir(bundle), processes_dir(bundle)] {
+            std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+        }
+        let cgroup = self.cgroups.create(spec.handle, spec.limits)?;
+        match self.start(&spec, &cgroup).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                let _ = cgroup.remove();
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        spec: &SandboxSpec<'_>,
+        cgroup: &ContainerCgroup,
+    ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
+        let bundle = spec.bundle;
+        let config = InitConfig {
+            lower_dirs: spec.lower_dirs.clone(),
+            upper_dir: upper_dir(bundle),
+            work_dir: bundle.join("work"),
+            rootfs: rootfs_dir(bundle),
+            hostname: spec.hostname.clone(),
+            bind_mounts: spec.bind_mounts.clone(),
+            cgroup_procs: cgroup.procs_files(),
+            socket: socket_path(bundle),
+            processes_dir: processes_dir(bundle),
+        };
+        let init_json = bundle.join("init.json");
+        std::fs::write(&init_json, serde_json::to_vec(&config).expect("init config serialises"))
+            .map_err(io_err("write", &init_json))?;
+
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .map_err(RuntimeError::Clone)?;
+        let pid = clone::spawn_init(&self.init_bin, bundle, &ready_w).map_err(RuntimeError::Clone)?;
+        drop(ready_w);
+        let pidfd = clone::pidfd_open(pid).map_err(RuntimeError::Clone)?;
+        let (exited_tx, exited) = watch::channel(false);
+        tokio::spawn(monitor(pid, pidfd, exited_tx));
+
+        let abort = |e: RuntimeError| {
+            // SAFETY: plain kill(2) of our own child; the monitor task reaps it.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            e
+        };
+        let timeout = Duration::from_secs(20);
+        let msg = match tokio::time::timeout(timeout, read_all(ready_r)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return Err(abort(RuntimeError::Setup(format!("read ready pipe: {e}")))),
+            Err(_) => return Err(abort(RuntimeError::NotReady(timeout))),
+        };
+        if msg != "ok" {
+            let msg = if msg.is_empty() { "garden-init exited during setup".to_string() } else { msg };
+            return Err(abort(RuntimeError::Setup(msg)));
+        }
+        let socket = socket_path(bundle);
+        let (init, exits) = InitClient::connect(&socket)
+            .await
+            .map_err(|source| abort(RuntimeError::Connect { path: socket.clone(), source }))?;
+        Ok((Sandbox { init_pid: pid, cgroup: cgroup.clone(), init, exited }, exits))
+    }
+}
+
+impl Sandbox {
+    pub fn has_exited(&self) -> bool {
+        *self.exited.borrow()
+    }
+
+    /// Wait until garden-init is gone.
+    pub async fn wait_exit(&self) {
+        let mut rx = self.exited.clone();
+        let _ = rx.wait_for(|e| *e).await;
+    }
+
+    /// Kill the whole container: SIGKILL to pid 1 makes the kernel kill every process of the
+    /// pid namespace and wait for them before init itself is reaped; the mount namespace (and
+    /// with it the overlay and every other mount) goes away with the last process.
+    pub async fn kill(&self) {
+        // SAFETY: plain kill(2); the pid stays ours until the monitor reaps it.
+        unsafe { libc::kill(self.init_pid, libc::SIGKILL) };
+        self.wait_exit().await;
+    }
+
+    /// Host pids in the container other than init.
+    pub fn other_pids(&self) -> Vec<i32> {
+        self.cgroup.pids().into_iter().filter(|p| *p != self.init_pid).collect()
+    }
+
+    /// An fd of the container's root directory, for path resolution inside it.
+    pub fn open_root(&self) -> std::io::Result<OwnedFd> {
+        let path = format!("/proc/{}/root", self.init_pid);
+        nix::fcntl::open(
+            path.as_str(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+    }
+}
+
+/// Reap garden-init as soon as its pidfd says it exited.
+async fn monitor(pid: i32, pidfd: OwnedFd, exited: watch::Sender<bool>) {
+    // SAFETY: the pidfd is owned by the AsyncFd and stays open until it is dropped.
+    match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+        Ok(fd) => {
+            let _ = fd.readable().await;
+            let mut status = 0;
+            // SAFETY: reaping our own exited child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            drop(fd);
+        }
+        Err(e) => {
+            let (pidfd, e) = e.into_parts();
+            tracing::warn!(pid, error = %e, "pidfd not pollable; reaping in a blocking thread");
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut status = 0;
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                drop(pidfd);
+            })
+            .await;
+        }
+    }
+    let _ = exited.send(true);
+}
+
+async fn read_all(fd: OwnedFd) -> std::io::Result<String> {
+    let _ = fd.as_raw_fd();
+    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
+    let mut buf = Vec::new();
+    rx.read_to_end(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Where garden-init is: an explicit path, or next to the running gardend.
+pub fn find_init_bin(explicit: Option<&Path>) -> std::io::Result<PathBuf> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("garden-init"),
+    };
+    if !path.exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("garden-init not found at {} (build it, or pass --init-bin)", path.display()),
+        ));
+    }
+    Ok(path)
+}
+
+/// Shared handle to a sandbox.
+pub type SandboxRef = Arc<Sandbox>;
