@@ -9,6 +9,8 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod garden;
 pub mod init;
+pub mod process;
 pub mod runtime;
 pub mod service;

@@ -1,0 +1,181 @@
+//! Processes as gardend sees them: stdio plumbing, exit publication and Run/Attach sessions.
+//!
+//! A process's exit is published only after its output has been read to the end (or, when a
+//! background child keeps the pipe open, to what was buffered), so the terminal message on a
+//! Run/Attach connection never overtakes the process's last bytes.
+
+pub mod stdio;
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use garden_api::{ProcessInput, Signal, WindowSize};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::runtime::Sandbox;
+use crate::service::ExitOutcome;
+use stdio::{async_fd, cloexec, Hub, PendingStream, StdinSink};
+
+/// One process of a container, from Run to long after its exit.
+pub struct Process {
+    pub id: String,
+    stdin: tokio::sync::Mutex<Option<StdinSink>>,
+    /// The pty master, for resizes.
+    tty: Option<StdinSink>,
+    pub stdout: Arc<Hub>,
+    pub stderr: Arc<Hub>,
+    exited: watch::Sender<bool>,
+    outcome: watch::Sender<Option<ExitOutcome>>,
+    pumps: Mutex<Vec<JoinHandle<()>>>,
+    sandbox: Arc<Sandbox>,
+}
+
+/// The descriptors the process itself gets: `[stdin, stdout, stderr]` or `[pty slave]`.
+pub type ChildFds = Vec<OwnedFd>;
+
+impl Process {
+    /// Create the plumbing and start reading; the caller sends `ChildFds` to garden-init.
+    pub fn new(id: &str, tty: Option<WindowSize>, sandbox: Arc<Sandbox>) -> std::io::Result<(Arc<Process>, ChildFds)> {
+        let (exited, exited_rx) = watch::channel(false);
+        let (outcome, _) = watch::channel(None);
+        let stdout = Arc::new(Hub::default());
+        let stderr = Arc::new(Hub::default());
+        let mut pumps = Vec::new();
+        let (stdin, tty_sink, child) = match tty {
+            Some(ws) => {
+                let size = libc::winsize {
+                    ws_row: if ws.rows == 0 { 24 } else { ws.rows },
+                    ws_col: if ws.columns == 0 { 80 } else { ws.columns },
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                let pty = nix::pty::openpty(Some(&size), None)?;
+                cloexec(&pty.master)?;
+                cloexec(&pty.slave)?;
+                let master = Arc::new(async_fd(pty.master)?);
+                pumps.push(tokio::spawn(stdio::pump(master.clone(), stdout.clone(), exited_rx.clone())));
+                // With a tty everything arrives on stdout; stderr just ends.
+                pumps.push(tokio::spawn(close_hub(stderr.clone())));
+                (StdinSink::new(master.clone(), true), Some(StdinSink::new(master, true)), vec![pty.slave])
+            }
+            None => {
+                let flags = nix::fcntl::OFlag::O_CLOEXEC;
+                let (in_r, in_w) = nix::unistd::pipe2(flags)?;
+                let (out_r, out_w) = nix::unistd::pipe2(flags)?;
+                let (err_r, err_w) = nix::unistd::pipe2(flags)?;
+                // A larger pipe means fewer wake-ups for chatty processes.
+                let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+                let out = Arc::new(async_fd(out_r)?);
+                let err = Arc::new(async_fd(err_r)?);
+                pumps.push(tokio::spawn(stdio::pump(out, stdout.clone(), exited_rx.clone())));
+                pumps.push(tokio::spawn(stdio::pump(err, stderr.clone(), exited_rx.clone())));
+                (StdinSink::new(Arc::new(async_fd(in_w)?), false), None, vec![in_r, out_w, err_w])
+            }
+        };
+        let p = Process {
+            id: id.to_string(),
+            stdin: tokio::sync::Mutex::new(Some(stdin)),
+            tty: tty_sink,
+            stdout,
+            stderr,
+            exited,
+            outcome,
+            pumps: Mutex::new(pumps),
+            sandbox,
+        };
+        Ok((Arc::new(p), child))
+    }
+
+    /// garden-init reported the exit: drain output, then publish.
+    pub fn on_exit(self: &Arc<Self>, status: i32) {
+        if self.exited.send_replace(true) {
+            return; // already exited (e.g. the container was destroyed first)
+        }
+        let pumps: Vec<JoinHandle<()>> = std::mem::take(&mut *self.pumps.lock().expect("pumps lock"));
+        let me = self.clone();
+        tokio::spawn(async move {
+            for p in pumps {
+                let _ = p.await;
+            }
+            *me.stdin.lock().await = None;
+            me.outcome.send_replace(Some(Ok(status)));
+        });
+    }
+
+    /// The outcome once published.
+    pub fn outcome(&self) -> Option<ExitOutcome> {
+        self.outcome.borrow().clone()
+    }
+
+    pub fn is_running(&self) -> bool {
+        !*self.exited.borrow()
+    }
+
+    /// Resolves with the outcome.
+    pub fn wait(&self) -> oneshot::Receiver<ExitOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let mut watch = self.outcome.subscribe();
+        tokio::spawn(async move {
+            if let Ok(v) = watch.wait_for(|o| o.is_some()).await {
+                let _ = tx.send(v.clone().expect("checked by wait_for"));
+            }
+        });
+        rx
+    }
+
+    /// Subscribe a new session's stdout and stderr streams.
+    pub fn subscribe(&self, stream_id: &str) -> (PendingStream, PendingStream) {
+        (self.stdout.subscribe(stream_id), self.stderr.subscribe(stream_id))
+    }
+
+    /// Serve one session's inbound messages until its client goes away, then detach.
+    pub async fn serve_input(self: Arc<Self>, stream_id: String, mut input: mpsc::UnboundedReceiver<ProcessInput>) {
+        while let Some(msg) = input.recv().await {
+            match msg {
+                ProcessInput::Stdin(data) => {
+                    if let Some(sink) = self.stdin.lock().await.as_ref() {
+                        let _ = sink.write_all(&data).await;
+                    }
+                }
+                ProcessInput::StdinEof => self.close_stdin().await,
+                ProcessInput::Resize(ws) => {
+                    if let Some(t) = &self.tty {
+                        t.resize(ws.columns, ws.rows);
+                    }
+                }
+                ProcessInput::ResizeWithoutSize => {}
+                ProcessInput::Signal(s) => self.signal(s).await,
+                // Go closes stdin and stops reading; we close stdin and keep listening.
+                ProcessInput::Unknown => self.close_stdin().await,
+            }
+        }
+        // The client disconnected: stop its streams; the process itself keeps running.
+        self.stdout.unsubscribe(&stream_id);
+        self.stderr.unsubscribe(&stream_id);
+    }
+
+    async fn close_stdin(&self) {
+        let mut stdin = self.stdin.lock().await;
+        if let Some(sink) = stdin.as_ref() {
+            sink.eof().await;
+        }
+        if self.tty.is_none() {
+            *stdin = None;
+        }
+    }
+
+    pub async fn signal(&self, signal: Signal) {
+        let sig = match signal {
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        if self.is_running() {
+            let _ = self.sandbox.init.signal(&self.id, sig).await;
+        }
+    }
+}
+
+async fn close_hub(hub: Arc<Hub>) {
+    hub.close_now();
+}

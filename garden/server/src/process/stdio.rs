@@ -1,0 +1,193 @@
+//! A process's stdio on gardend's side: the pipes or pty it was given, the reader tasks that
+//! fan output out to every attached stream, and the stdin writer.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, watch};
+
+/// Chunks buffered for a stream that has not connected yet (Go keeps 4000), and the queue
+/// depth of a connected one (beyond it the process is slowed down, not its output lost).
+const STREAM_QUEUE: usize = 4000;
+const READ_CHUNK: usize = 128 * 1024;
+
+pub fn nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+pub fn cloexec(fd: &OwnedFd) -> std::io::Result<()> {
+    fcntl(fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
+/// Register an fd with the reactor.
+pub fn async_fd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    nonblocking(&fd)?;
+    // SAFETY: the AsyncFd owns the descriptor until it is dropped.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+struct Subscriber {
+    stream_id: String,
+    tx: mpsc::Sender<Bytes>,
+    connected: Arc<AtomicBool>,
+}
+
+/// Fan-out of one output stream (stdout or stderr) to the streams of every Run/Attach.
+#[derive(Default)]
+pub struct Hub {
+    inner: Mutex<HubInner>,
+}
+
+#[derive(Default)]
+struct HubInner {
+    subs: Vec<Subscriber>,
+    closed: bool,
+}
+
+/// A stream's receiving end, waiting for its HTTP request.
+pub struct PendingStream {
+    pub rx: mpsc::Receiver<Bytes>,
+    pub connected: Arc<AtomicBool>,
+}
+
+impl Hub {
+    /// A new subscriber; output produced from now on reaches it. On a closed hub the stream
+    /// is simply empty.
+    pub fn subscribe(&self, stream_id: &str) -> PendingStream {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let connected = Arc::new(AtomicBool::new(false));
+        let mut inner = self.inner.lock().expect("hub lock");
+        if !inner.closed {
+            inner.subs.push(Subscriber { stream_id: stream_id.to_string(), tx, connected: connected.clone() });
+        }
+        PendingStream { rx, connected }
+    }
+
+    /// Drop a session's subscriber (its client went away).
+    pub fn unsubscribe(&self, stream_id: &str) {
+        self.inner.lock().expect("hub lock").subs.retain(|s| s.stream_id != stream_id);
+    }
+
+    async fn publish(&self, data: Bytes) {
+        let targets: Vec<(mpsc::Sender<Bytes>, bool)> = {
+            let inner = self.inner.lock().expect("hub lock");
+            inner.subs.iter().map(|s| (s.tx.clone(), s.connected.load(Ordering::Acquire))).collect()
+        };
+        for (tx, connected) in targets {
+            if connected {
+                // Back-pressure: a connected reader slows the process down rather than lose data.
+                let _ = tx.send(data.clone()).await;
+            } else {
+                // Nobody reads yet: buffer up to the queue size, then drop, like Go.
+                let _ = tx.try_send(data.clone());
+            }
+        }
+    }
+
+    /// No more output: every stream ends once drained.
+    fn close(&self) {
+        let mut inner = self.inner.lock().expect("hub lock");
+        inner.closed = true;
+        inner.subs.clear();
+    }
+}
+
+/// Read `fd` until EOF, or — once `exited` turns true — until nothing more is buffered
+/// (a background child may hold the pipe open forever). Then close the hub.
+pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, hub: Arc<Hub>, mut exited: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut draining = false;
+    loop {
+        let ready = if draining {
+            None
+        } else {
+            tokio::select! {
+                biased;
+                r = fd.readable() => Some(r),
+                _ = exited.wait_for(|e| *e) => None,
+            }
+        };
+        match ready {
+            Some(Ok(mut guard)) => match guard.try_io(|f| read(f.get_ref(), &mut buf)) {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => hub.publish(Bytes::copy_from_slice(&buf[..n])).await,
+                Ok(Err(_)) => break,
+                Err(_would_block) => continue,
+            },
+            Some(Err(_)) => break,
+            None => {
+                draining = true;
+                match read(fd.get_ref(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => hub.publish(Bytes::copy_from_slice(&buf[..n])).await,
+                    Err(_) => break, // EAGAIN: everything the process wrote has been read
+                }
+            }
+        }
+    }
+    hub.close();
+}
+
+/// read(2); a pty master answers EIO once the slave side is closed, which is EOF for us.
+fn read(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    match nix::unistd::read(fd, buf) {
+        Ok(n) => Ok(n),
+        Err(nix::errno::Errno::EIO) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where stdin messages go.
+pub struct StdinSink {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    /// A pty has no separate stdin to close: EOF is sent as ^D.
+    tty: bool,
+}
+
+impl StdinSink {
+    pub fn new(fd: Arc<AsyncFd<OwnedFd>>, tty: bool) -> Self {
+        StdinSink { fd, tty }
+    }
+
+    pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|f| nix::unistd::write(f.get_ref(), data).map_err(std::io::Error::from)) {
+                Ok(Ok(n)) => data = &data[n..],
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+
+    /// Stdin EOF. For a pipe the caller drops the sink, which closes it.
+    pub async fn eof(&self) {
+        if self.tty {
+            let _ = self.write_all(&[4]).await;
+        }
+    }
+
+    pub fn resize(&self, columns: u16, rows: u16) {
+        if !self.tty {
+            return;
+        }
+        let ws = libc::winsize { ws_row: rows, ws_col: columns, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ on our pty master with a valid winsize; the kernel sends SIGWINCH.
+        unsafe { libc::ioctl(self.fd.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+}
+
+impl Hub {
+    /// Close at once (a stream that will never carry output).
+    pub fn close_now(&self) {
+        self.close();
+    }
+}
