@@ -625,6 +625,9 @@ impl Garden {
             rlimits: rlimits(&spec.rlimits),
             tty: spec.tty.is_some(),
         };
+        // Subscribe before the process starts, so its very first bytes reach this Run's streams.
+        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
+        let streams = process.subscribe(&stream_id);
         let raw: Vec<i32> = child_fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         let spawned = c.sandbox.init.spawn(request, &raw).await;
         drop(child_fds);
@@ -637,7 +640,7 @@ impl Garden {
                 SpawnError::InitGone => GardenError::generic("container is not running"),
             });
         }
-        Ok(Reply::Process(self.session(&c, process, guard)))
+        Ok(Reply::Process(self.session(&c, process, guard, stream_id, streams)))
     }
 
     fn attach(&self, handle: &str, process_id: &str) -> Result<Reply> {
@@ -650,12 +653,19 @@ impl Garden {
             .get(process_id)
             .cloned()
             .ok_or_else(|| GardenError::process_not_found(process_id))?;
-        Ok(Reply::Process(self.session(&c, p, guard)))
+        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
+        let streams = p.subscribe(&stream_id);
+        Ok(Reply::Process(self.session(&c, p, guard, stream_id, streams)))
     }
 
-    fn session(&self, c: &Arc<Container>, p: Arc<Process>, guard: ActiveGuard) -> ProcessSession {
-        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
-        let (stdout, stderr) = p.subscribe(&stream_id);
+    fn session(
+        &self,
+        c: &Arc<Container>,
+        p: Arc<Process>,
+        guard: ActiveGuard,
+        stream_id: String,
+        (stdout, stderr): (PendingStream, PendingStream),
+    ) -> ProcessSession {
         c.streams
             .lock()
             .expect("streams lock")
