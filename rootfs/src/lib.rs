@@ -83,7 +83,11 @@ fn at_entry(entry: &Option<String>) -> String {
 }
 
 impl RootfsError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Self {
         RootfsError::Io {
             op,
             path: path.into(),

@@ -82,12 +82,22 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 /// Opens `path` (absolute or not, it is always taken relative to `root`) as a process chrooted
 /// at `root` would, but without ever leaving `root`: `..` at the root stays there, absolute
 /// symlinks restart at `root`, magic links such as `/proc/self/root` are refused.
-pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd> {
+pub fn open_in_root(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    flags: OFlag,
+    mode: Mode,
+) -> Result<OwnedFd> {
     open_in_root_raw(root, path.as_os_str().as_bytes(), flags, mode)
         .map_err(|e| RootfsError::io("open", path, e))
 }
 
-fn open_in_root_raw(root: BorrowedFd<'_>, path: &[u8], flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+fn open_in_root_raw(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlag,
+    mode: Mode,
+) -> nix::Result<OwnedFd> {
     let trimmed: &[u8] = {
         let mut p = path;
         while let [b'/', rest @ ..] = p {
@@ -241,10 +251,12 @@ pub(crate) fn extract_with<R: Read>(
         dir_times: Vec::new(),
     };
     let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|source| RootfsError::CorruptArchive {
-        entry: None,
-        source,
-    })?;
+    let entries = archive
+        .entries()
+        .map_err(|source| RootfsError::CorruptArchive {
+            entry: None,
+            source,
+        })?;
     let mut last: Option<String> = None;
     for entry in entries {
         let mut entry = entry.map_err(|source| RootfsError::CorruptArchive {
@@ -257,13 +269,9 @@ pub(crate) fn extract_with<R: Read>(
     }
     // Directory mtimes last: creating their children bumped them.
     for (path, mtime) in ex.dir_times.iter().rev() {
-        let fd = open_in_root(
-            root,
-            path,
-            DIR_FLAGS | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        )?;
-        futimens(&fd, &TimeSpec::UTIME_OMIT, mtime).map_err(|e| RootfsError::io("set mtime of", path, e))?;
+        let fd = open_in_root(root, path, DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())?;
+        futimens(&fd, &TimeSpec::UTIME_OMIT, mtime)
+            .map_err(|e| RootfsError::io("set mtime of", path, e))?;
     }
     Ok(ex.stats)
 }
@@ -281,14 +289,20 @@ fn mkdir_p(root: BorrowedFd<'_>, comps: &[OsString], owner: Owner) -> Result<Own
                     Ok(()) => {
                         let fd = openat(&cur, name, DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
                             .map_err(|e| RootfsError::io("open", &path, e))?;
-                        fchown(&fd, Some(Uid::from_raw(owner.uid)), Some(Gid::from_raw(owner.gid)))
-                            .map_err(|e| RootfsError::io("chown", &path, e))?;
+                        fchown(
+                            &fd,
+                            Some(Uid::from_raw(owner.uid)),
+                            Some(Gid::from_raw(owner.gid)),
+                        )
+                        .map_err(|e| RootfsError::io("chown", &path, e))?;
                         fchmod(&fd, Mode::from_bits_truncate(0o755))
                             .map_err(|e| RootfsError::io("chmod", &path, e))?;
                         cur = fd;
                     }
                     // Lost a race with a concurrent creator: use theirs.
-                    Err(Errno::EEXIST) => cur = open_in_root(root, &path, DIR_FLAGS, Mode::empty())?,
+                    Err(Errno::EEXIST) => {
+                        cur = open_in_root(root, &path, DIR_FLAGS, Mode::empty())?
+                    }
                     Err(e) => return Err(RootfsError::io("mkdir", &path, e)),
                 }
             }
@@ -362,8 +376,14 @@ impl Extractor<'_> {
                 if !self.opts.allow_devices {
                     return Err(Self::unsafe_entry(name, "device nodes are not allowed"));
                 }
-                let major = header.device_major().map_err(|e| Self::corrupt(name, e))?.unwrap_or(0);
-                let minor = header.device_minor().map_err(|e| Self::corrupt(name, e))?.unwrap_or(0);
+                let major = header
+                    .device_major()
+                    .map_err(|e| Self::corrupt(name, e))?
+                    .unwrap_or(0);
+                let minor = header
+                    .device_minor()
+                    .map_err(|e| Self::corrupt(name, e))?
+                    .unwrap_or(0);
                 let kind = if etype == EntryType::Char {
                     SFlag::S_IFCHR
                 } else {
@@ -384,7 +404,10 @@ impl Extractor<'_> {
             // `./`: the destination itself, which already exists; keep its metadata.
             return match kind {
                 Kind::Dir => Ok(()),
-                _ => Err(Self::unsafe_entry(name, "only a directory may name the destination itself")),
+                _ => Err(Self::unsafe_entry(
+                    name,
+                    "only a directory may name the destination itself",
+                )),
             };
         };
         let mut parent: Vec<OsString> = self.dest.clone();
@@ -404,7 +427,11 @@ impl Extractor<'_> {
                 let fd = openat(
                     &parent_fd,
                     base,
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| RootfsError::io("create", &full, e))?;
@@ -439,8 +466,13 @@ impl Extractor<'_> {
                         Err(Errno::EEXIST) => false,
                         Err(e) => return Err(RootfsError::io("mkdir", &full, e)),
                     };
-                let fd = openat(&parent_fd, base, DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
-                    .map_err(|e| RootfsError::io("open", &full, e))?;
+                let fd = openat(
+                    &parent_fd,
+                    base,
+                    DIR_FLAGS | OFlag::O_NOFOLLOW,
+                    Mode::empty(),
+                )
+                .map_err(|e| RootfsError::io("open", &full, e))?;
                 let file = File::from(fd);
                 apply_fd_meta(&file, &meta, created, false, &full)?;
                 self.dir_times.push((full, meta.mtime));
@@ -467,19 +499,31 @@ impl Extractor<'_> {
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| RootfsError::io("chown", &full, e))?;
-                utimensat(&parent_fd, base, &TimeSpec::UTIME_OMIT, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-                    .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
+                utimensat(
+                    &parent_fd,
+                    base,
+                    &TimeSpec::UTIME_OMIT,
+                    &meta.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
                 self.stats.symlinks += 1;
             }
             Kind::Hardlink(target) => {
                 let trel = archive_relative(&target).map_err(|r| {
                     Self::unsafe_entry(
                         name,
-                        format!("hard link target {:?}: {r}", String::from_utf8_lossy(&target)),
+                        format!(
+                            "hard link target {:?}: {r}",
+                            String::from_utf8_lossy(&target)
+                        ),
                     )
                 })?;
                 let Some((tbase, tparent_rel)) = trel.split_last() else {
-                    return Err(Self::unsafe_entry(name, "hard link to the destination directory"));
+                    return Err(Self::unsafe_entry(
+                        name,
+                        "hard link to the destination directory",
+                    ));
                 };
                 let mut tparent = self.dest.clone();
                 tparent.extend(tparent_rel.iter().cloned());
@@ -489,8 +533,22 @@ impl Extractor<'_> {
                 let tparent_path = join_abs(&tparent);
                 let tparent_fd = open_in_root(self.root, &tparent_path, DIR_FLAGS, Mode::empty())?;
                 remove_existing(&parent_fd, base, &full)?;
-                linkat(&tparent_fd, tbase.as_os_str(), &parent_fd, base, AtFlags::empty()).map_err(|e| {
-                    RootfsError::io("hard link", &full, io::Error::new(io::Error::from(e).kind(), format!("to {}: {e}", tparent_path.join(tbase).display())))
+                linkat(
+                    &tparent_fd,
+                    tbase.as_os_str(),
+                    &parent_fd,
+                    base,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| {
+                    RootfsError::io(
+                        "hard link",
+                        &full,
+                        io::Error::new(
+                            io::Error::from(e).kind(),
+                            format!("to {}: {e}", tparent_path.join(tbase).display()),
+                        ),
+                    )
                 })?;
                 self.stats.hardlinks += 1;
             }
@@ -500,12 +558,23 @@ impl Extractor<'_> {
                     _ => (SFlag::S_IFIFO, 0),
                 };
                 remove_existing(&parent_fd, base, &full)?;
-                mknodat(&parent_fd, base, sflag, Mode::from_bits_truncate(0o600), dev)
-                    .map_err(|e| RootfsError::io("mknod", &full, e))?;
+                mknodat(
+                    &parent_fd,
+                    base,
+                    sflag,
+                    Mode::from_bits_truncate(0o600),
+                    dev,
+                )
+                .map_err(|e| RootfsError::io("mknod", &full, e))?;
                 // O_PATH never opens the device or blocks on the fifo; the fd pins the node
                 // we created so metadata cannot be redirected through a swapped-in symlink.
-                let fd = openat(&parent_fd, base, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                    .map_err(|e| RootfsError::io("open", &full, e))?;
+                let fd = openat(
+                    &parent_fd,
+                    base,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| RootfsError::io("open", &full, e))?;
                 let st = fstat(&fd).map_err(|e| RootfsError::io("stat", &full, e))?;
                 if !is_type(&st, sflag) {
                     return Err(RootfsError::io(
@@ -527,8 +596,14 @@ impl Extractor<'_> {
                     std::fs::Permissions::from_mode(meta.mode.bits()),
                 )
                 .map_err(|e| RootfsError::io("chmod", &full, e))?;
-                utimensat(&parent_fd, base, &TimeSpec::UTIME_OMIT, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-                    .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
+                utimensat(
+                    &parent_fd,
+                    base,
+                    &TimeSpec::UTIME_OMIT,
+                    &meta.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
                 if sflag == SFlag::S_IFIFO {
                     self.stats.fifos += 1;
                 } else {
@@ -548,8 +623,10 @@ impl Extractor<'_> {
                 let uid = header.uid().map_err(|e| Self::corrupt(name, e))?;
                 let gid = header.gid().map_err(|e| Self::corrupt(name, e))?;
                 (
-                    u32::try_from(uid).map_err(|_| Self::unsafe_entry(name, format!("uid {uid} out of range")))?,
-                    u32::try_from(gid).map_err(|_| Self::unsafe_entry(name, format!("gid {gid} out of range")))?,
+                    u32::try_from(uid)
+                        .map_err(|_| Self::unsafe_entry(name, format!("uid {uid} out of range")))?,
+                    u32::try_from(gid)
+                        .map_err(|_| Self::unsafe_entry(name, format!("gid {gid} out of range")))?,
                 )
             }
         };
@@ -561,7 +638,10 @@ impl Extractor<'_> {
                 let ext = ext.map_err(|e| Self::corrupt(name, e))?;
                 let key = ext.key_bytes();
                 if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((OsStr::from_bytes(attr).to_os_string(), ext.value_bytes().to_vec()));
+                    xattrs.push((
+                        OsStr::from_bytes(attr).to_os_string(),
+                        ext.value_bytes().to_vec(),
+                    ));
                 } else if key == b"mtime" {
                     if let Some((s, ns)) = parse_pax_time(ext.value_bytes()) {
                         mtime = s;
@@ -582,7 +662,12 @@ impl Extractor<'_> {
     /// The fd of an entry's parent directory, creating missing directories like tar does.
     fn open_parent(&self, parent: &[OsString]) -> Result<OwnedFd> {
         let path = join_abs(parent);
-        match open_in_root_raw(self.root, path.as_os_str().as_bytes(), DIR_FLAGS, Mode::empty()) {
+        match open_in_root_raw(
+            self.root,
+            path.as_os_str().as_bytes(),
+            DIR_FLAGS,
+            Mode::empty(),
+        ) {
             Ok(fd) => Ok(fd),
             Err(Errno::ENOENT) => mkdir_p(self.root, parent, self.dir_owner),
             Err(e) => Err(RootfsError::io("open", path, e)),
@@ -626,17 +711,28 @@ fn copy_entry(src: &mut impl Read, out: &mut File, name: &str, full: &Path) -> R
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Extractor::corrupt(name, e)),
         };
-        out.write_all(&buf[..n]).map_err(|e| RootfsError::io("write", full, e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| RootfsError::io("write", full, e))?;
         total += n as u64;
     }
 }
 
 /// chown (first, since it clears setuid bits), chmod, xattrs (after chown and data, which
 /// clear `security.capability`), mtime (directories get theirs at the end).
-fn apply_fd_meta(file: &File, meta: &Meta, chown: bool, set_mtime: bool, full: &Path) -> Result<()> {
+fn apply_fd_meta(
+    file: &File,
+    meta: &Meta,
+    chown: bool,
+    set_mtime: bool,
+    full: &Path,
+) -> Result<()> {
     if chown {
-        fchown(file, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-            .map_err(|e| RootfsError::io("chown", full, e))?;
+        fchown(
+            file,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| RootfsError::io("chown", full, e))?;
     }
     fchmod(file, meta.mode).map_err(|e| RootfsError::io("chmod", full, e))?;
     for (k, v) in &meta.xattrs {
@@ -649,7 +745,8 @@ fn apply_fd_meta(file: &File, meta: &Meta, chown: bool, set_mtime: bool, full: &
         })?;
     }
     if set_mtime {
-        futimens(file, &TimeSpec::UTIME_OMIT, &meta.mtime).map_err(|e| RootfsError::io("set mtime of", full, e))?;
+        futimens(file, &TimeSpec::UTIME_OMIT, &meta.mtime)
+            .map_err(|e| RootfsError::io("set mtime of", full, e))?;
     }
     Ok(())
 }
@@ -695,15 +792,25 @@ pub fn pack<W: Write>(root: BorrowedFd<'_>, source: &Path, writer: W) -> Result<
     match comps.split_last() {
         Some((base, parent)) if !trailing => {
             let parent_path = join_abs(parent);
-            let pfd = open_in_root_raw(root, parent_path.as_os_str().as_bytes(), DIR_FLAGS, Mode::empty())
-                .map_err(|e| not_found(e, "open"))?;
+            let pfd = open_in_root_raw(
+                root,
+                parent_path.as_os_str().as_bytes(),
+                DIR_FLAGS,
+                Mode::empty(),
+            )
+            .map_err(|e| not_found(e, "open"))?;
             let st = fstatat(&pfd, base.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                 .map_err(|e| not_found(e, "stat"))?;
             out.add(&pfd, base, base.as_bytes().to_vec(), &st)?;
         }
         _ => {
-            let fd = open_in_root_raw(root, source.as_os_str().as_bytes(), DIR_FLAGS, Mode::empty())
-                .map_err(|e| not_found(e, "open"))?;
+            let fd = open_in_root_raw(
+                root,
+                source.as_os_str().as_bytes(),
+                DIR_FLAGS,
+                Mode::empty(),
+            )
+            .map_err(|e| not_found(e, "open"))?;
             let st = fstat(&fd).map_err(|e| RootfsError::io("stat", source, e))?;
             out.dir(fd, b".".to_vec(), &st, source)?;
         }
@@ -724,7 +831,13 @@ impl<W: Write> TarWriter<W> {
         }
     }
 
-    fn add(&mut self, dirfd: &OwnedFd, name: &OsStr, arcname: Vec<u8>, st: &FileStat) -> Result<()> {
+    fn add(
+        &mut self,
+        dirfd: &OwnedFd,
+        name: &OsStr,
+        arcname: Vec<u8>,
+        st: &FileStat,
+    ) -> Result<()> {
         let shown = || PathBuf::from(OsStr::from_bytes(&arcname));
         let fmt = st.st_mode & SFlag::S_IFMT.bits();
         if fmt == SFlag::S_IFDIR.bits() {
@@ -792,8 +905,12 @@ impl<W: Write> TarWriter<W> {
         name.push(b'/');
         self.entry(header_for(st, EntryType::Directory), &name, None, &xattrs)?;
 
-        let listing_fd = file.as_fd().try_clone_to_owned().map_err(|e| RootfsError::io("open", display, e))?;
-        let mut dir = nix::dir::Dir::from_fd(listing_fd).map_err(|e| RootfsError::io("read directory", display, e))?;
+        let listing_fd = file
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| RootfsError::io("open", display, e))?;
+        let mut dir = nix::dir::Dir::from_fd(listing_fd)
+            .map_err(|e| RootfsError::io("read directory", display, e))?;
         let mut children: Vec<OsString> = Vec::new();
         for ent in dir.iter() {
             let ent = ent.map_err(|e| RootfsError::io("read directory", display, e))?;
@@ -820,7 +937,13 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Writes a header (with GNU long-name/long-link and PAX xattr records as needed).
-    fn entry(&mut self, mut header: tar::Header, name: &[u8], link: Option<&[u8]>, xattrs: &[(OsString, Vec<u8>)]) -> Result<()> {
+    fn entry(
+        &mut self,
+        mut header: tar::Header,
+        name: &[u8],
+        link: Option<&[u8]>,
+        xattrs: &[(OsString, Vec<u8>)],
+    ) -> Result<()> {
         if !xattrs.is_empty() {
             let mut records = Vec::new();
             for (k, v) in xattrs {
@@ -842,7 +965,9 @@ impl<W: Write> TarWriter<W> {
         }
         set_name_field(&mut header, name, link);
         header.set_cksum();
-        self.w.write_all(header.as_bytes()).map_err(|e| self.werr(e))
+        self.w
+            .write_all(header.as_bytes())
+            .map_err(|e| self.werr(e))
     }
 
     fn special(&mut self, name: &[u8], kind: EntryType, data: &[u8]) -> Result<()> {
@@ -882,7 +1007,9 @@ impl<W: Write> TarWriter<W> {
     fn pad(&mut self, len: u64) -> Result<()> {
         let rem = (len % 512) as usize;
         if rem != 0 {
-            self.w.write_all(&[0u8; 512][..512 - rem]).map_err(|e| self.werr(e))?;
+            self.w
+                .write_all(&[0u8; 512][..512 - rem])
+                .map_err(|e| self.werr(e))?;
         }
         Ok(())
     }
@@ -951,7 +1078,10 @@ mod tests {
 
     #[test]
     fn archive_names() {
-        assert_eq!(archive_relative(b"./a/b/").unwrap(), vec![OsString::from("a"), OsString::from("b")]);
+        assert_eq!(
+            archive_relative(b"./a/b/").unwrap(),
+            vec![OsString::from("a"), OsString::from("b")]
+        );
         assert!(archive_relative(b"./").unwrap().is_empty());
         assert!(archive_relative(b"/abs").is_err());
         assert!(archive_relative(b"a/../../evil").is_err());
@@ -972,25 +1102,35 @@ mod tests {
 
     #[test]
     fn pax_record_length_counts_itself() {
-        for (k, v) in [(&b"a"[..], &b"b"[..]), (b"SCHILY.xattr.user.test", &[7u8; 93][..])] {
+        for (k, v) in [
+            (&b"a"[..], &b"b"[..]),
+            (b"SCHILY.xattr.user.test", &[7u8; 93][..]),
+        ] {
             let rec = pax_record(k, v);
-            let (len, _) = std::str::from_utf8(&rec[..rec.iter().position(|b| *b == b' ').unwrap()])
-                .map(|s| (s.parse::<usize>().unwrap(), ()))
-                .unwrap();
+            let (len, _) =
+                std::str::from_utf8(&rec[..rec.iter().position(|b| *b == b' ').unwrap()])
+                    .map(|s| (s.parse::<usize>().unwrap(), ()))
+                    .unwrap();
             assert_eq!(len, rec.len());
         }
     }
 
     #[test]
     fn pax_time() {
-        assert_eq!(parse_pax_time(b"1700000000.5"), Some((1_700_000_000, 500_000_000)));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
         assert_eq!(parse_pax_time(b"12"), Some((12, 0)));
         assert_eq!(parse_pax_time(b"x"), None);
     }
 
     #[test]
     fn normalize_clamps_at_root() {
-        assert_eq!(normalize_abs(Path::new("/../a/./b/..")).unwrap(), vec![OsString::from("a")]);
+        assert_eq!(
+            normalize_abs(Path::new("/../a/./b/..")).unwrap(),
+            vec![OsString::from("a")]
+        );
         assert!(normalize_abs(Path::new("rel")).is_err());
     }
 }

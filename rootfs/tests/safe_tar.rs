@@ -14,7 +14,10 @@ use rootfs::{extract, open_in_root, pack, Owner, RootfsError};
 use tar::EntryType;
 use xattr::FileExt;
 
-const ALICE: Owner = Owner { uid: 1000, gid: 1000 };
+const ALICE: Owner = Owner {
+    uid: 1000,
+    gid: 1000,
+};
 
 /// A scratch area with a container root nested four levels inside it, so that any escape a
 /// broken implementation could make with the hostile archives below (at most a few `..`, or
@@ -57,7 +60,12 @@ impl Scene {
                 if p == self.root() {
                     continue;
                 }
-                out.push(p.strip_prefix(self.tmp.path()).unwrap().display().to_string());
+                out.push(
+                    p.strip_prefix(self.tmp.path())
+                        .unwrap()
+                        .display()
+                        .to_string(),
+                );
                 if p.symlink_metadata().unwrap().is_dir() {
                     stack.push(p);
                 }
@@ -90,7 +98,10 @@ fn round_trip_preserves_content_modes_links_xattrs_and_sets_owner() {
     symlink("/etc/absolute", data.join("abs-link")).unwrap();
     nix::unistd::mkfifo(&data.join("fifo"), Mode::from_bits_truncate(0o600)).unwrap();
     fs::set_permissions(data.join("fifo"), fs::Permissions::from_mode(0o620)).unwrap();
-    File::open(data.join("plain")).unwrap().set_xattr("user.test", b"xattr-value").unwrap();
+    File::open(data.join("plain"))
+        .unwrap()
+        .set_xattr("user.test", b"xattr-value")
+        .unwrap();
     let long = "n".repeat(120);
     fs::write(data.join(&long), b"long name").unwrap();
     File::options()
@@ -109,26 +120,53 @@ fn round_trip_preserves_content_modes_links_xattrs_and_sets_owner() {
 
     let copy = s.root().join("copy/of/data");
     assert_eq!(fs::read(copy.join("plain")).unwrap(), b"hello");
-    assert_eq!(fs::read(copy.join("sub/deeper/big")).unwrap(), vec![7u8; 300_000]);
+    assert_eq!(
+        fs::read(copy.join("sub/deeper/big")).unwrap(),
+        vec![7u8; 300_000]
+    );
     assert_eq!(fs::read(copy.join(&long)).unwrap(), b"long name");
     let mode = |p: &str| fs::symlink_metadata(copy.join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("plain"), 0o640);
     assert_eq!(mode("suid"), 0o4755, "setuid bit survives the chown");
     assert_eq!(mode("sub"), 0o750);
     assert_eq!(mode("fifo"), 0o620);
-    assert!(fs::symlink_metadata(copy.join("fifo")).unwrap().file_type().is_fifo());
-    assert_eq!(fs::read_link(copy.join("sub/rel-link")).unwrap(), Path::new("../plain"));
-    assert_eq!(fs::read_link(copy.join("abs-link")).unwrap(), Path::new("/etc/absolute"));
+    assert!(fs::symlink_metadata(copy.join("fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     assert_eq!(
-        File::open(copy.join("plain")).unwrap().get_xattr("user.test").unwrap().as_deref(),
+        fs::read_link(copy.join("sub/rel-link")).unwrap(),
+        Path::new("../plain")
+    );
+    assert_eq!(
+        fs::read_link(copy.join("abs-link")).unwrap(),
+        Path::new("/etc/absolute")
+    );
+    assert_eq!(
+        File::open(copy.join("plain"))
+            .unwrap()
+            .get_xattr("user.test")
+            .unwrap()
+            .as_deref(),
         Some(&b"xattr-value"[..])
     );
-    assert_eq!(fs::metadata(copy.join("plain")).unwrap().mtime(), 1_500_000_000);
+    assert_eq!(
+        fs::metadata(copy.join("plain")).unwrap().mtime(),
+        1_500_000_000
+    );
 
     // Everything extracted, and every directory created for the destination, is alice's.
-    for p in ["copy", "copy/of", "copy/of/data", "copy/of/data/plain", "copy/of/data/suid", "copy/of/data/sub",
-        "copy/of/data/sub/deeper/big", "copy/of/data/sub/rel-link", "copy/of/data/fifo"]
-    {
+    for p in [
+        "copy",
+        "copy/of",
+        "copy/of/data",
+        "copy/of/data/plain",
+        "copy/of/data/suid",
+        "copy/of/data/sub",
+        "copy/of/data/sub/deeper/big",
+        "copy/of/data/sub/rel-link",
+        "copy/of/data/fifo",
+    ] {
         let m = fs::symlink_metadata(s.root().join(p)).unwrap();
         assert_eq!((m.uid(), m.gid()), (1000, 1000), "owner of {p}");
     }
@@ -153,12 +191,28 @@ fn pax_xattr_and_user_owner_from_handmade_archive() {
             &[(b"SCHILY.xattr.user.test", b"\x01\x02binary")],
         )
         .finish();
-    let owner = Owner { uid: 2000, gid: 2001 };
-    extract(s.root_fd().as_fd(), Path::new("/home/vcap"), &tar[..], owner).unwrap();
+    let owner = Owner {
+        uid: 2000,
+        gid: 2001,
+    };
+    extract(
+        s.root_fd().as_fd(),
+        Path::new("/home/vcap"),
+        &tar[..],
+        owner,
+    )
+    .unwrap();
     let f = s.root().join("home/vcap/bin/tool");
     let m = fs::metadata(&f).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (2000, 2001, 0o755));
-    assert_eq!(File::open(&f).unwrap().get_xattr("user.test").unwrap().unwrap(), b"\x01\x02binary");
+    assert_eq!(
+        File::open(&f)
+            .unwrap()
+            .get_xattr("user.test")
+            .unwrap()
+            .unwrap(),
+        b"\x01\x02binary"
+    );
     assert_eq!(m.mtime(), 1_600_000_000);
     let home = fs::metadata(s.root().join("home/vcap")).unwrap();
     assert_eq!((home.uid(), home.gid()), (2000, 2001));
@@ -196,9 +250,17 @@ fn pack_naming_follows_stream_out() {
     );
     assert_eq!(
         member_names(&s.pack("/some/inner-dir").unwrap()),
-        ["inner-dir/", "inner-dir/nested/", "inner-dir/nested/n", "inner-dir/some-file"]
+        [
+            "inner-dir/",
+            "inner-dir/nested/",
+            "inner-dir/nested/n",
+            "inner-dir/some-file"
+        ]
     );
-    assert_eq!(member_names(&s.pack("/some/inner-dir/some-file").unwrap()), ["some-file"]);
+    assert_eq!(
+        member_names(&s.pack("/some/inner-dir/some-file").unwrap()),
+        ["some-file"]
+    );
     // The whole container.
     assert_eq!(member_names(&s.pack("/").unwrap())[..2], ["./", "./some/"]);
 }
@@ -244,12 +306,20 @@ fn pack_keeps_uid_gid_and_mode() {
     let mut a = tar::Archive::new(&tar[..]);
     let e = a.entries().unwrap().next().unwrap().unwrap();
     let h = e.header();
-    assert_eq!((h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap()), (1234, 4321, 0o2751));
+    assert_eq!(
+        (h.uid().unwrap(), h.gid().unwrap(), h.mode().unwrap()),
+        (1234, 4321, 0o2751)
+    );
 }
 
 #[test]
 fn hostile_names_are_rejected() {
-    for (name, dest) in [("../evil", "/"), ("../evil", "/dst"), ("/abs", "/dst"), ("a/../../evil", "/dst")] {
+    for (name, dest) in [
+        ("../evil", "/"),
+        ("../evil", "/dst"),
+        ("/abs", "/dst"),
+        ("a/../../evil", "/dst"),
+    ] {
         let s = Scene::new();
         let before = s.outside_listing();
         let tar = RawTar::new().file(name, 0o644, b"evil").finish();
@@ -263,7 +333,10 @@ fn hostile_names_are_rejected() {
 fn symlink_climbing_above_root_is_rejected() {
     let s = Scene::new();
     let before = s.outside_listing();
-    let tar = RawTar::new().symlink("evil", "../../..").file("evil/x", 0o644, b"x").finish();
+    let tar = RawTar::new()
+        .symlink("evil", "../../..")
+        .file("evil/x", 0o644, b"x")
+        .finish();
     assert_unsafe(s.extract("/dst", &tar), "evil");
     assert!(s.root().join("dst/evil").symlink_metadata().is_err());
     assert_eq!(s.outside_listing(), before);
@@ -284,11 +357,19 @@ fn absolute_symlinks_resolve_inside_the_root() {
         .finish();
     let before = s.outside_listing();
     s.extract("/", &tar).unwrap();
-    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"original", "host file touched");
+    assert_eq!(
+        fs::read(outside.join("victim")).unwrap(),
+        b"original",
+        "host file touched"
+    );
     let inside = s.root().join(outside.strip_prefix("/").unwrap());
     assert_eq!(fs::read(inside.join("victim")).unwrap(), b"pwned");
     assert_eq!(fs::read(inside.join("planted")).unwrap(), b"planted");
-    assert_eq!(s.outside_listing(), before, "write escaped through an absolute symlink");
+    assert_eq!(
+        s.outside_listing(),
+        before,
+        "write escaped through an absolute symlink"
+    );
 
     // A link dangling inside the container (its target exists only on the host) is an
     // error, not a way to create the host directory's twin.
@@ -319,7 +400,13 @@ fn existing_symlinks_in_the_container_are_replaced_not_followed() {
         .finish();
     s.extract("/dst", &tar).unwrap();
     assert_eq!(fs::read(s.outside().join("victim")).unwrap(), b"original");
-    assert!(!s.root().join("dst/file").symlink_metadata().unwrap().file_type().is_symlink());
+    assert!(!s
+        .root()
+        .join("dst/file")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(fs::read(s.root().join("dst/file")).unwrap(), b"new");
     // `up` is clamped at the container's /, so the file lands in <root>/outside.
     assert_eq!(fs::read(s.root().join("outside/escaped")).unwrap(), b"x");
@@ -331,7 +418,12 @@ fn hostile_hardlinks_are_rejected() {
     let s = Scene::new();
     fs::write(s.outside().join("x"), b"x").unwrap();
     let absolute = s.outside().join("x").display().to_string();
-    for target in [absolute.as_str(), "../../x", "a/../../x", "../../../../../../outside/x"] {
+    for target in [
+        absolute.as_str(),
+        "../../x",
+        "a/../../x",
+        "../../../../../../outside/x",
+    ] {
         let tar = RawTar::new().hardlink("h", target).finish();
         assert_unsafe(s.extract("/dst", &tar), "h");
         assert!(s.root().join("dst/h").symlink_metadata().is_err());
@@ -343,7 +435,9 @@ fn hostile_hardlinks_are_rejected() {
 fn device_nodes_are_rejected() {
     let s = Scene::new();
     for kind in [EntryType::Char, EntryType::Block] {
-        let tar = RawTar::new().add(b"dev/null", kind, 0o666, None, b"", &[]).finish();
+        let tar = RawTar::new()
+            .add(b"dev/null", kind, 0o666, None, b"", &[])
+            .finish();
         assert_unsafe(s.extract("/", &tar), "dev/null");
         assert!(s.root().join("dev/null").symlink_metadata().is_err());
     }
@@ -352,7 +446,10 @@ fn device_nodes_are_rejected() {
 #[test]
 fn truncated_and_corrupt_archives_fail() {
     let s = Scene::new();
-    let full = RawTar::new().file("big", 0o644, &[1u8; 5000]).file("next", 0o644, b"n").finish();
+    let full = RawTar::new()
+        .file("big", 0o644, &[1u8; 5000])
+        .file("next", 0o644, b"n")
+        .finish();
     // Cut inside the first file's data.
     let err = s.extract("/t1", &full[..512 + 3000]).unwrap_err();
     assert!(matches!(err, RootfsError::CorruptArchive { .. }), "{err:?}");

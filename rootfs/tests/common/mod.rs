@@ -30,7 +30,14 @@ impl RawTar {
             for (k, v) in pax {
                 records.extend(pax_record(k, v));
             }
-            self.raw(b"PaxHeaders/x", EntryType::XHeader, 0o644, None, &records, 0);
+            self.raw(
+                b"PaxHeaders/x",
+                EntryType::XHeader,
+                0o644,
+                None,
+                &records,
+                0,
+            );
         }
         self.raw(name, kind, mode, link, data, 1_600_000_000);
         self
@@ -45,14 +52,36 @@ impl RawTar {
     }
 
     pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.add(name.as_bytes(), EntryType::Symlink, 0o777, Some(target.as_bytes()), b"", &[])
+        self.add(
+            name.as_bytes(),
+            EntryType::Symlink,
+            0o777,
+            Some(target.as_bytes()),
+            b"",
+            &[],
+        )
     }
 
     pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
-        self.add(name.as_bytes(), EntryType::Link, 0o644, Some(target.as_bytes()), b"", &[])
+        self.add(
+            name.as_bytes(),
+            EntryType::Link,
+            0o644,
+            Some(target.as_bytes()),
+            b"",
+            &[],
+        )
     }
 
-    fn raw(&mut self, name: &[u8], kind: EntryType, mode: u32, link: Option<&[u8]>, data: &[u8], mtime: u64) {
+    fn raw(
+        &mut self,
+        name: &[u8],
+        kind: EntryType,
+        mode: u32,
+        link: Option<&[u8]>,
+        data: &[u8],
+        mtime: u64,
+    ) {
         let mut h = Header::new_gnu();
         h.set_entry_type(kind);
         h.set_mode(mode);
