@@ -73,6 +73,7 @@ Examples:
     /// Show a container's state, addresses, processes, ports and properties.
     #[command(after_help = "Examples:\n  gardenctl info web\n  gardenctl info web --json")]
     Info {
+        /// The container's handle.
         handle: String,
         /// Also show the server's internal properties (garden.*, kawasaki.*).
         #[arg(long, short = 'a')]
@@ -92,6 +93,7 @@ Examples:
     /// Stop every process in a container (SIGTERM, then SIGKILL after about 10 s).
     #[command(after_help = "Examples:\n  gardenctl stop web\n  gardenctl stop --kill web")]
     Stop {
+        /// The container's handle.
         handle: String,
         /// Send SIGKILL at once.
         #[arg(long, short = 'k')]
@@ -163,11 +165,17 @@ Examples:
 
     /// Show a container's memory, CPU, disk, network and process usage.
     #[command(after_help = "Example:\n  gardenctl metrics web")]
-    Metrics { handle: String },
+    Metrics {
+        /// The container's handle.
+        handle: String,
+    },
 
     /// Show the limits in effect for a container (memory, CPU, disk, bandwidth).
     #[command(after_help = "Example:\n  gardenctl limits web --json")]
-    Limits { handle: String },
+    Limits {
+        /// The container's handle.
+        handle: String,
+    },
 
     /// Show info for several containers at once (default: every container).
     #[command(
@@ -190,6 +198,7 @@ Examples:
     /// Change how long an idle container lives before the server destroys it.
     #[command(after_help = "Example:\n  gardenctl grace-time web 1h")]
     GraceTime {
+        /// The container's handle.
         handle: String,
         /// e.g. 30s, 5m, 1h30m.
         #[arg(value_parser = parse::duration)]
@@ -275,6 +284,7 @@ pub struct ListArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The container's handle.
     pub handle: String,
     /// Give the process a terminal: raw mode, window size and resizes are forwarded.
     #[arg(long, short = 't')]
@@ -308,6 +318,7 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct ShellArgs {
+    /// The container's handle.
     pub handle: String,
     /// User to log in as (default root).
     #[arg(long, short = 'u')]
@@ -325,6 +336,7 @@ pub struct ShellArgs {
 
 #[derive(Debug, Args)]
 pub struct StreamInArgs {
+    /// The container's handle.
     pub handle: String,
     /// Directory in the container to extract into.
     #[arg(long)]
@@ -339,6 +351,7 @@ pub struct StreamInArgs {
 
 #[derive(Debug, Args)]
 pub struct StreamOutArgs {
+    /// The container's handle.
     pub handle: String,
     /// Path in the container.
     #[arg(long)]
@@ -353,6 +366,7 @@ pub struct StreamOutArgs {
 
 #[derive(Debug, Args)]
 pub struct NetInArgs {
+    /// The container's handle.
     pub handle: String,
     /// Host port (0 = next free port of the pool).
     #[arg(long, default_value_t = 0)]
@@ -364,6 +378,7 @@ pub struct NetInArgs {
 
 #[derive(Debug, Args)]
 pub struct NetOutArgs {
+    /// The container's handle.
     pub handle: String,
     /// all, tcp, udp, icmp or icmpv6.
     #[arg(long, default_value = "all", value_parser = parse::protocol)]
@@ -392,13 +407,21 @@ pub enum PropertiesCommand {
         visible_alias = "ls",
         after_help = "Example:\n  gardenctl properties list web"
     )]
-    List { handle: String },
+    List {
+        /// The container's handle.
+        handle: String,
+    },
     /// Print one property's value.
     #[command(after_help = "Example:\n  gardenctl properties get web app")]
-    Get { handle: String, key: String },
+    Get {
+        /// The container's handle.
+        handle: String,
+        key: String,
+    },
     /// Set (create or overwrite) a property.
     #[command(after_help = "Example:\n  gardenctl properties set web app frontend")]
     Set {
+        /// The container's handle.
         handle: String,
         key: String,
         value: String,
@@ -409,6 +432,7 @@ pub enum PropertiesCommand {
         after_help = "Example:\n  gardenctl properties rm web app team"
     )]
     Rm {
+        /// The container's handle.
         handle: String,
         #[arg(required = true, value_name = "KEY")]
         keys: Vec<String>,

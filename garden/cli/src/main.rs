@@ -20,7 +20,14 @@ use clap::Parser;
 use garden_client::{Address, Client};
 
 fn main() {
-    let cli = cli::Cli::parse();
+    // Usage errors exit 1 like every other failure; --help and --version exit 0.
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("GARDENCTL_LOG")
