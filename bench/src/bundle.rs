@@ -1,8 +1,8 @@
-//! The busybox rootfs and the OCI bundles the peers (crun, runc) run.
+//! The OCI bundles the peers (crun, runc) run.
 //!
-//! The rootfs mirrors gardend's default one: a static busybox plus the applets the scenarios
-//! use and an `/etc/passwd`. Every bundle shares that rootfs through an absolute `root.path`,
-//! and differs only in the process it runs. config.json starts from the runtime's own
+//! The rootfs is gardend's default one, built by the same code (`rootfs::ensure_busybox_rootfs`):
+//! a static busybox with every applet linked, and the usual users. Every bundle shares that
+//! rootfs through an absolute `root.path`, and differs only in the process it runs. config.json starts from the runtime's own
 //! `spec` template (so each peer runs with its usual defaults: pid, ipc, uts, mount and
 //! network namespaces, masked paths, default capabilities) and is then adjusted: no terminal,
 //! our command, a writable root.
@@ -12,34 +12,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-
-/// Applets linked into the rootfs (everything the scenarios run).
-pub const APPLETS: [&str; 6] = ["sh", "true", "cat", "dd", "head", "sleep"];
-
-/// Build `dir` as a minimal busybox rootfs from the host's static `busybox`.
-pub fn build_rootfs(dir: &Path, busybox: &Path) -> Result<()> {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).with_context(|| format!("create {}", bin.display()))?;
-    for d in ["etc", "dev", "proc", "sys", "tmp", "root"] {
-        std::fs::create_dir_all(dir.join(d))
-            .with_context(|| format!("create {}/{d}", dir.display()))?;
-    }
-    let target = bin.join("busybox");
-    std::fs::copy(busybox, &target)
-        .with_context(|| format!("copy {} to {}", busybox.display(), target.display()))?;
-    for applet in APPLETS {
-        let link = bin.join(applet);
-        if link.symlink_metadata().is_err() {
-            std::os::unix::fs::symlink("busybox", &link)
-                .with_context(|| format!("symlink {}", link.display()))?;
-        }
-    }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
-        .with_context(|| format!("write {}/etc/passwd", dir.display()))?;
-    std::fs::write(dir.join("etc/group"), "root:x:0:\n")
-        .with_context(|| format!("write {}/etc/group", dir.display()))?;
-    Ok(())
-}
 
 /// The host's static busybox: `/bin/busybox` from Debian's busybox-static.
 pub fn find_busybox() -> Result<PathBuf> {
@@ -126,28 +98,5 @@ mod tests {
     fn adjust_spec_rejects_a_template_without_process() {
         let err = adjust_spec(&json!({"root": {}}), Path::new("/r"), &["/bin/true"]).unwrap_err();
         assert!(err.to_string().contains("no process"), "{err}");
-    }
-
-    #[test]
-    fn rootfs_has_busybox_applets_and_passwd() {
-        let Ok(busybox) = find_busybox() else {
-            // The copy needs the host's busybox; the tests of adjust_spec cover the rest.
-            eprintln!("skipping: no busybox on this host");
-            return;
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        build_rootfs(tmp.path(), &busybox).unwrap();
-        // Idempotent: a second build over the first works.
-        build_rootfs(tmp.path(), &busybox).unwrap();
-        for a in APPLETS {
-            let link = tmp.path().join("bin").join(a);
-            assert_eq!(
-                std::fs::read_link(&link).unwrap(),
-                Path::new("busybox"),
-                "{a}"
-            );
-        }
-        let passwd = std::fs::read_to_string(tmp.path().join("etc/passwd")).unwrap();
-        assert!(passwd.starts_with("root:x:0:0:"));
     }
 }

@@ -203,7 +203,8 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         .context("create scratch dir")?;
     let busybox = bundle::find_busybox()?;
     let rootfs = scratch.path().join("rootfs");
-    bundle::build_rootfs(&rootfs, &busybox)?;
+    rootfs::ensure_busybox_rootfs(&rootfs)
+        .with_context(|| format!("build the busybox rootfs at {}", rootfs.display()))?;
 
     let mut report = Report {
         mode: cli.mode().into(),
