@@ -451,10 +451,15 @@ fn entry_error(err: &Option<garden_api::ErrorBody>) -> String {
 }
 
 fn info_table(infos: &BulkInfo) -> String {
-    let mut t = Table::new(["HANDLE", "STATE", "IP", "PROCESSES", "PORTS", "ERROR"]);
+    let with_errors = infos.values().any(|e| e.err.is_some());
+    let mut header = vec!["HANDLE", "STATE", "IP", "PROCESSES", "PORTS"];
+    if with_errors {
+        header.push("ERROR");
+    }
+    let mut t = Table::new(header);
     for (handle, e) in infos {
         let i = &e.info;
-        t.row([
+        let mut row = vec![
             handle.clone(),
             i.state.clone(),
             i.container_ip.clone(),
@@ -465,27 +470,38 @@ fn info_table(infos: &BulkInfo) -> String {
                 .map(|p| format!("{}->{}", p.host_port, p.container_port))
                 .collect::<Vec<_>>()
                 .join(","),
-            entry_error(&e.err),
-        ]);
+        ];
+        if with_errors {
+            row.push(entry_error(&e.err));
+        }
+        t.row(row);
     }
     t.render()
 }
 
 fn metrics_table(metrics: &BulkMetrics) -> String {
-    let mut t = Table::new(["HANDLE", "MEMORY", "CPU", "PIDS", "DISK", "AGE", "ERROR"]);
+    let with_errors = metrics.values().any(|e| e.err.is_some());
+    let mut header = vec!["HANDLE", "MEMORY", "CPU", "PIDS", "DISK", "AGE"];
+    if with_errors {
+        header.push("ERROR");
+    }
+    let mut t = Table::new(header);
     for (handle, e) in metrics {
         let m = &e.metrics;
         let ok = e.err.is_none();
         let cell = |s: String| if ok { s } else { String::new() };
-        t.row([
+        let mut row = vec![
             handle.clone(),
             cell(format::bytes(m.memory_stat.total_usage_toward_limit)),
             cell(format::cpu_seconds(m.cpu_stat.usage)),
             cell(m.pid_stat.current.to_string()),
             cell(format::bytes(m.disk_stat.total_bytes_used)),
             cell(format::duration(Duration::from_secs(m.age / 1_000_000_000))),
-            entry_error(&e.err),
-        ]);
+        ];
+        if with_errors {
+            row.push(entry_error(&e.err));
+        }
+        t.row(row);
     }
     t.render()
 }
@@ -598,5 +614,34 @@ mod tests {
         assert!(text.contains("app = web"), "{text}");
         assert!(!text.contains("garden.state"), "{text}");
         assert!(describe_info("h", &info, true).contains("garden.state"));
+    }
+
+    #[test]
+    fn bulk_table_shows_errors_only_when_there_are_some() {
+        use garden_api::ContainerInfoEntry;
+        let ok = ContainerInfoEntry {
+            info: ContainerInfo {
+                state: "active".into(),
+                container_ip: "10.254.0.2".into(),
+                ..Default::default()
+            },
+            err: None,
+        };
+        let mut infos: BulkInfo = [("a".to_string(), ok)].into();
+        assert_eq!(
+            info_table(&infos),
+            "HANDLE  STATE   IP          PROCESSES  PORTS\na       active  10.254.0.2  0\n"
+        );
+        let body = GardenError::container_not_found("b").to_body();
+        infos.insert(
+            "b".into(),
+            ContainerInfoEntry {
+                info: ContainerInfo::default(),
+                err: Some(body),
+            },
+        );
+        let text = info_table(&infos);
+        assert!(text.lines().next().unwrap().ends_with("ERROR"), "{text}");
+        assert!(text.contains("container not found: b"), "{text}");
     }
 }
