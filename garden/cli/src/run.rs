@@ -101,9 +101,8 @@ async fn wait(mut process: Process, tty: bool) -> Result<i32> {
     let pid = process.id().to_string();
     let result = tokio::select! {
         r = process.wait() => r.map_err(anyhow::Error::from),
-        r = forward_signals(control) => {
+        () = forward_signals(control) => {
             drop(raw);
-            let _ = r;
             eprintln!("gardenctl: interrupted; process {pid} may still be running (re-attach with run --attach {pid})");
             return Ok(INTERRUPTED);
         }
@@ -129,11 +128,16 @@ async fn forward_resizes(control: ProcessControl) -> Result<()> {
 }
 
 /// SIGINT/SIGTERM/SIGHUP go to the process: first as TERM, then as KILL. Returns (so the caller
-/// gives up waiting) on the third one.
-async fn forward_signals(control: ProcessControl) -> Result<()> {
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
+/// gives up waiting) on the third one; never returns if the handlers cannot be installed.
+async fn forward_signals(control: ProcessControl) {
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; signals will not be forwarded");
+        return std::future::pending().await;
+    };
     for n in 0.. {
         tokio::select! {
             _ = int.recv() => {},
@@ -152,5 +156,4 @@ async fn forward_signals(control: ProcessControl) -> Result<()> {
             tracing::debug!("forwarding {sig:?} failed: {e}");
         }
     }
-    Ok(())
 }
