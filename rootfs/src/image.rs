@@ -227,6 +227,7 @@ fn unpack_tarball(path: &Path, cache_dir: &Path) -> Result<PathBuf, RootfsError>
             ExtractOptions {
                 ownership: Ownership::FromArchive,
                 allow_devices: true,
+                restrict: None,
             },
         )
         .map_err(|e| RootfsError::Layer {

@@ -68,10 +68,50 @@ pub(crate) enum Ownership {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ExtractOptions {
+pub(crate) struct ExtractOptions<'a> {
     pub ownership: Ownership,
     /// Image layers legitimately carry `/dev` nodes; StreamIn must not create them.
     pub allow_devices: bool,
+    /// Emulate the permission checks tar would meet running as an unprivileged user.
+    pub restrict: Option<Restrict<'a>>,
+}
+
+/// An unprivileged user's identity for DAC checks (on-disk ids).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Restrict<'a> {
+    uid: u32,
+    gid: u32,
+    groups: &'a [u32],
+}
+
+impl Restrict<'_> {
+    fn owns(&self, st: &FileStat) -> bool {
+        st.st_uid == self.uid
+    }
+
+    /// Write and search permission on a directory, i.e. may create or remove entries in it.
+    fn may_modify_dir(&self, st: &FileStat) -> bool {
+        let mode = st.st_mode;
+        let bits = if st.st_uid == self.uid {
+            mode >> 6
+        } else if st.st_gid == self.gid || self.groups.contains(&st.st_gid) {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & 0o3 == 0o3
+    }
+}
+
+/// Fails with EACCES ("Permission denied") if `restrict` may not create entries in `dir`.
+fn check_create(restrict: Option<Restrict<'_>>, dir: &OwnedFd, path: &Path) -> Result<()> {
+    if let Some(r) = restrict {
+        let st = fstat(dir).map_err(|e| RootfsError::io("stat", path, e))?;
+        if !r.may_modify_dir(&st) {
+            return Err(RootfsError::io("create", path, Errno::EACCES));
+        }
+    }
+    Ok(())
 }
 
 const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -204,6 +244,33 @@ fn symlink_escapes(link_dir: &[OsString], target: &[u8]) -> bool {
     false
 }
 
+/// StreamIn for an unprivileged user: like [`extract`], but fails with "Permission denied"
+/// where tar running as that user would (creating or replacing entries in directories the
+/// user cannot write, sticky-directory rules, hard links to files the user does not own).
+/// `groups` are the user's supplementary gids. Use [`extract`] for container root.
+pub fn extract_as_user<R: Read>(
+    root: BorrowedFd<'_>,
+    destination: &Path,
+    reader: R,
+    owner: Owner,
+    groups: &[u32],
+) -> Result<ExtractStats> {
+    extract_with(
+        root,
+        destination,
+        reader,
+        ExtractOptions {
+            ownership: Ownership::Fixed(owner),
+            allow_devices: false,
+            restrict: Some(Restrict {
+                uid: owner.uid,
+                gid: owner.gid,
+                groups,
+            }),
+        },
+    )
+}
+
 /// StreamIn: unpacks the tar stream `reader` at `destination` (absolute, inside `root`).
 ///
 /// The destination is created like `mkdir -p` (new directories 0755, owned by `owner`).
@@ -225,6 +292,7 @@ pub fn extract<R: Read>(
         ExtractOptions {
             ownership: Ownership::Fixed(owner),
             allow_devices: false,
+            restrict: None,
         },
     )
 }
@@ -233,14 +301,14 @@ pub(crate) fn extract_with<R: Read>(
     root: BorrowedFd<'_>,
     destination: &Path,
     reader: R,
-    opts: ExtractOptions,
+    opts: ExtractOptions<'_>,
 ) -> Result<ExtractStats> {
     let dest = normalize_abs(destination)?;
     let dir_owner = match opts.ownership {
         Ownership::Fixed(o) => o,
         Ownership::FromArchive => Owner::ROOT,
     };
-    mkdir_p(root, &dest, dir_owner)?;
+    mkdir_p(root, &dest, dir_owner, opts.restrict)?;
 
     let mut ex = Extractor {
         root,
@@ -277,7 +345,12 @@ pub(crate) fn extract_with<R: Read>(
 }
 
 /// `mkdir -p` of an in-container path; returns the final directory's fd.
-fn mkdir_p(root: BorrowedFd<'_>, comps: &[OsString], owner: Owner) -> Result<OwnedFd> {
+fn mkdir_p(
+    root: BorrowedFd<'_>,
+    comps: &[OsString],
+    owner: Owner,
+    restrict: Option<Restrict<'_>>,
+) -> Result<OwnedFd> {
     let mut cur = open_in_root(root, Path::new("/"), DIR_FLAGS, Mode::empty())?;
     for i in 0..comps.len() {
         let path = join_abs(&comps[..=i]);
@@ -285,6 +358,7 @@ fn mkdir_p(root: BorrowedFd<'_>, comps: &[OsString], owner: Owner) -> Result<Own
             Ok(fd) => cur = fd,
             Err(Errno::ENOENT) => {
                 let name = comps[i].as_os_str();
+                check_create(restrict, &cur, &path)?;
                 match mkdirat(&cur, name, Mode::from_bits_truncate(0o700)) {
                     Ok(()) => {
                         let fd = openat(&cur, name, DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
@@ -315,7 +389,7 @@ fn mkdir_p(root: BorrowedFd<'_>, comps: &[OsString], owner: Owner) -> Result<Own
 struct Extractor<'a> {
     root: BorrowedFd<'a>,
     dest: Vec<OsString>,
-    opts: ExtractOptions,
+    opts: ExtractOptions<'a>,
     dir_owner: Owner,
     stats: ExtractStats,
     dir_times: Vec<(PathBuf, TimeSpec)>,
@@ -420,10 +494,11 @@ impl Extractor<'_> {
 
         let meta = self.meta(entry, name)?;
         let parent_fd = self.open_parent(&parent)?;
+        let restrict = self.opts.restrict;
         let base = base.as_os_str();
         match kind {
             Kind::File => {
-                remove_existing(&parent_fd, base, &full)?;
+                remove_existing(&parent_fd, base, &full, restrict)?;
                 let fd = openat(
                     &parent_fd,
                     base,
@@ -454,10 +529,13 @@ impl Extractor<'_> {
                 let created = match fstatat(&parent_fd, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
                     Ok(st) if is_type(&st, SFlag::S_IFDIR) => false,
                     Ok(_) => {
-                        remove_existing(&parent_fd, base, &full)?;
+                        remove_existing(&parent_fd, base, &full, restrict)?;
                         true
                     }
-                    Err(Errno::ENOENT) => true,
+                    Err(Errno::ENOENT) => {
+                        check_create(restrict, &parent_fd, &full)?;
+                        true
+                    }
                     Err(e) => return Err(RootfsError::io("stat", &full, e)),
                 };
                 let created = created
@@ -474,8 +552,19 @@ impl Extractor<'_> {
                 )
                 .map_err(|e| RootfsError::io("open", &full, e))?;
                 let file = File::from(fd);
-                apply_fd_meta(&file, &meta, created, false, &full)?;
-                self.dir_times.push((full, meta.mtime));
+                // An unprivileged user cannot change an existing directory it does not own;
+                // tar would leave it alone too.
+                let foreign = match restrict {
+                    Some(r) if !created => {
+                        let st = fstat(&file).map_err(|e| RootfsError::io("stat", &full, e))?;
+                        !r.owns(&st)
+                    }
+                    _ => false,
+                };
+                if !foreign {
+                    apply_fd_meta(&file, &meta, created, false, &full)?;
+                    self.dir_times.push((full, meta.mtime));
+                }
                 self.stats.dirs += 1;
             }
             Kind::Symlink(target) => {
@@ -488,7 +577,7 @@ impl Extractor<'_> {
                         ),
                     ));
                 }
-                remove_existing(&parent_fd, base, &full)?;
+                remove_existing(&parent_fd, base, &full, restrict)?;
                 symlinkat(OsStr::from_bytes(&target), &parent_fd, base)
                     .map_err(|e| RootfsError::io("symlink", &full, e))?;
                 fchownat(
@@ -532,7 +621,15 @@ impl Extractor<'_> {
                 }
                 let tparent_path = join_abs(&tparent);
                 let tparent_fd = open_in_root(self.root, &tparent_path, DIR_FLAGS, Mode::empty())?;
-                remove_existing(&parent_fd, base, &full)?;
+                if let Some(r) = restrict {
+                    // protected_hardlinks: no links to other users' files.
+                    let st = fstatat(&tparent_fd, tbase.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|e| RootfsError::io("hard link", &full, e))?;
+                    if !r.owns(&st) {
+                        return Err(RootfsError::io("hard link", &full, Errno::EPERM));
+                    }
+                }
+                remove_existing(&parent_fd, base, &full, restrict)?;
                 linkat(
                     &tparent_fd,
                     tbase.as_os_str(),
@@ -557,7 +654,7 @@ impl Extractor<'_> {
                     Kind::Device(s, d) => (s, d),
                     _ => (SFlag::S_IFIFO, 0),
                 };
-                remove_existing(&parent_fd, base, &full)?;
+                remove_existing(&parent_fd, base, &full, restrict)?;
                 mknodat(
                     &parent_fd,
                     base,
@@ -669,7 +766,7 @@ impl Extractor<'_> {
             Mode::empty(),
         ) {
             Ok(fd) => Ok(fd),
-            Err(Errno::ENOENT) => mkdir_p(self.root, parent, self.dir_owner),
+            Err(Errno::ENOENT) => mkdir_p(self.root, parent, self.dir_owner, self.opts.restrict),
             Err(e) => Err(RootfsError::io("open", path, e)),
         }
     }
@@ -681,11 +778,25 @@ fn is_type(st: &FileStat, kind: SFlag) -> bool {
 
 /// Removes whatever non-directory (or empty directory) sits at `name`, so the new entry is
 /// created fresh rather than written through an existing symlink or hard link.
-fn remove_existing(parent: &OwnedFd, name: &OsStr, full: &Path) -> Result<()> {
+/// Also performs the (emulated) permission check for creating an entry at `name`.
+fn remove_existing(
+    parent: &OwnedFd,
+    name: &OsStr,
+    full: &Path,
+    restrict: Option<Restrict<'_>>,
+) -> Result<()> {
+    check_create(restrict, parent, full)?;
     match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(RootfsError::io("stat", full, e)),
         Ok(st) => {
+            if let Some(r) = restrict {
+                let dir = fstat(parent).map_err(|e| RootfsError::io("stat", full, e))?;
+                let sticky = dir.st_mode & libc::S_ISVTX != 0;
+                if sticky && !r.owns(&st) && !r.owns(&dir) {
+                    return Err(RootfsError::io("replace", full, Errno::EACCES));
+                }
+            }
             let flag = if is_type(&st, SFlag::S_IFDIR) {
                 UnlinkatFlags::RemoveDir
             } else {

@@ -495,3 +495,53 @@ fn relative_destination_is_an_error() {
     let err = s.extract("relative", &tar).unwrap_err();
     assert!(matches!(err, RootfsError::InvalidPath { .. }), "{err:?}");
 }
+
+#[test]
+fn unprivileged_user_gets_permission_denied_where_tar_would() {
+    let s = Scene::new();
+    let root_fd = s.root_fd();
+    let as_alice = |dest: &str, tar: &[u8]| {
+        rootfs::extract_as_user(root_fd.as_fd(), Path::new(dest), tar, ALICE, &[10])
+    };
+    // /root is 0700 root: neither the destination nor entries may be created there.
+    fs::create_dir(s.root().join("root")).unwrap();
+    fs::set_permissions(s.root().join("root"), fs::Permissions::from_mode(0o700)).unwrap();
+    let tar = RawTar::new().file("f", 0o644, b"x").finish();
+    for dest in ["/root", "/root/sub"] {
+        let err = as_alice(dest, &tar).unwrap_err();
+        assert!(
+            err.to_string().contains("Permission denied"),
+            "{dest}: {err}"
+        );
+    }
+    assert!(!s.root().join("root/f").exists() && !s.root().join("root/sub").exists());
+
+    // Alice's home works, including mkdir -p below it.
+    fs::create_dir_all(s.root().join("home/alice")).unwrap();
+    std::os::unix::fs::chown(s.root().join("home/alice"), Some(1000), Some(1000)).unwrap();
+    as_alice("/home/alice/new/dir", &tar).unwrap();
+    assert_eq!(
+        fs::metadata(s.root().join("home/alice/new/dir/f"))
+            .unwrap()
+            .uid(),
+        1000
+    );
+
+    // A group-writable dir of a supplementary group is fine; a foreign file in a sticky dir
+    // may not be replaced.
+    fs::create_dir(s.root().join("wheel")).unwrap();
+    std::os::unix::fs::chown(s.root().join("wheel"), Some(0), Some(10)).unwrap();
+    fs::set_permissions(s.root().join("wheel"), fs::Permissions::from_mode(0o1775)).unwrap();
+    as_alice("/wheel", &tar).unwrap();
+    fs::write(s.root().join("wheel/g"), b"root's").unwrap();
+    let err = as_alice("/wheel", &RawTar::new().file("g", 0o644, b"mine").finish()).unwrap_err();
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    assert_eq!(fs::read(s.root().join("wheel/g")).unwrap(), b"root's");
+
+    // No hard links to files alice does not own.
+    let err = as_alice("/wheel", &RawTar::new().hardlink("l", "g").finish()).unwrap_err();
+    assert!(err.to_string().contains("not permitted"), "{err}");
+
+    // Root (plain extract) is not restricted.
+    s.extract("/root", &tar).unwrap();
+}
