@@ -218,6 +218,11 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         .map(|n| n.get())
         .unwrap_or(0);
     report.environment.push(("cores".into(), cores.to_string()));
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
+    report
+        .environment
+        .push(("load at start".into(), loadavg.join(" ")));
     let hybrid = peers::hybrid_unified_mounted();
     report.environment.push((
         "cgroups".into(),
@@ -332,7 +337,11 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         env = env.with_rss_probe(Box::new(move || gardend::rss_kib(pid)));
     }
 
-    let result = scenarios(cli, &env, &counts, &mut report).await;
+    // On Ctrl-C, drop the scenario in flight (its children are killed on drop) and clean up.
+    let result = tokio::select! {
+        r = scenarios(cli, &env, &counts, &mut report) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaning up")),
+    };
 
     if let Some(mut g) = server {
         if let Ok(handles) = g.client().list(&[]).await {
