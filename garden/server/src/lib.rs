@@ -7,5 +7,9 @@
 //! - `runtime/`, `cgroups/`: namespaces, mounts, cgroups; the only code that talks to the kernel.
 //! - `garden-init` (src/bin/garden-init.rs): pid 1 of every container.
 
+pub mod api;
+pub mod cli;
 pub mod config;
+pub mod http;
+pub mod server;
 pub mod service;
