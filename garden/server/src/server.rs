@@ -216,6 +216,9 @@ pub async fn serve_with<S: Service>(
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    while let Some(done) = tasks.try_join_next() {
+        log_task_end(done);
+    }
     tracing::info!(
         connections = tasks.len(),
         "stopped accepting; draining connections"
