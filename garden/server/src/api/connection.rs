@@ -12,7 +12,7 @@ use garden_api::{routes::NoRoute, GardenError, Route, RouteMatch};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use super::hijack::{linger_close, output_stream, process_session};
+use super::hijack::{linger_close, output_stream, process_session, stopped};
 use super::reply::{
     error_response, http_error_response, json_response, method_not_allowed_response,
     not_found_response,
@@ -61,7 +61,13 @@ pub async fn serve_connection<S, IO>(
 {
     let started = Instant::now();
     let mut conn = Conn::new(io);
-    let head = match tokio::time::timeout(opts.head_timeout, conn.read_head()).await {
+    let mut stop = shutdown.clone();
+    let read = tokio::select! {
+        read = tokio::time::timeout(opts.head_timeout, conn.read_head()) => read,
+        // An idle connection must not hold up a graceful stop.
+        () = stopped(&mut stop) => return,
+    };
+    let head = match read {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {

@@ -744,6 +744,22 @@ async fn shutdown_detaches_process_sessions() {
 }
 
 #[tokio::test]
+async fn idle_connections_do_not_delay_shutdown() {
+    let server = start().await;
+    let mut idle = server.connect().await;
+    idle.write_all(b"GET /pi").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(read_to_close(&mut idle).await, "");
+}
+
+#[tokio::test]
 async fn unix_socket_listener() {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("gardend-http-test-{}", std::process::id()));
