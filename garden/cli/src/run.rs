@@ -15,8 +15,9 @@ const INTERRUPTED: i32 = 130;
 pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
     if let Some(pid) = &args.attach {
         let io = process_io(args.tty)?;
+        let raw = raw_mode(args.tty)?;
         let process = client.attach(&args.handle, pid, io).await?;
-        return wait(process, args.tty).await;
+        return wait(process, args.tty, raw).await;
     }
     let Some((path, rest)) = args.command.split_first() else {
         anyhow::bail!("no command given: use run HANDLE -- COMMAND [ARGS...]");
@@ -41,10 +42,22 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         // Dropping the process closes the connection; the server detaches and lets it run.
         return Ok(0);
     }
-    let process = client
-        .run(&args.handle, &spec, process_io(args.tty)?)
-        .await?;
-    wait(process, args.tty).await
+    let io = process_io(args.tty)?;
+    let raw = raw_mode(args.tty)?;
+    let process = client.run(&args.handle, &spec, io).await?;
+    wait(process, args.tty, raw).await
+}
+
+/// Raw mode before the request, so keys typed while it is on its way are neither echoed twice
+/// nor held back by the line discipline; an error drops the guard before it is printed.
+fn raw_mode(tty: bool) -> Result<Option<RawMode>> {
+    if tty && term::stdin_is_tty() {
+        Ok(Some(
+            RawMode::enable().context("put the terminal into raw mode")?,
+        ))
+    } else {
+        Ok(None)
+    }
 }
 
 /// A login shell on a terminal, with the terminal type and locale we use here.
@@ -89,13 +102,7 @@ fn process_io(tty: bool) -> Result<ProcessIo> {
     })
 }
 
-async fn wait(mut process: Process, tty: bool) -> Result<i32> {
-    // Raw mode only after the server accepted the process, so its errors print normally.
-    let raw = if tty && term::stdin_is_tty() {
-        Some(RawMode::enable().context("put the terminal into raw mode")?)
-    } else {
-        None
-    };
+async fn wait(mut process: Process, tty: bool, raw: Option<RawMode>) -> Result<i32> {
     let control = process.control();
     let resize = tty.then(|| tokio::spawn(forward_resizes(control.clone())));
     let pid = process.id().to_string();
