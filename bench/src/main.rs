@@ -1,1 +1,514 @@
-fn main() {}
+//! `bench`: gardend side by side with crun and runc, one command, one table.
+//!
+//! `cargo run --release -p bench -- --quick --json FILE` (or `--full`). Starts a private
+//! gardend from the same target directory, prepares an OCI bundle on a busybox rootfs for the
+//! peers, runs the scenarios interleaved, prints a markdown table and writes the JSON.
+
+mod bundle;
+mod gardend;
+mod peers;
+mod report;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::peers::{Kind, Peer};
+use crate::report::Report;
+use crate::scenarios::{Bundles, Counts, Env, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// create, run /bin/true, destroy.
+    Lifecycle,
+    /// create alone, destroy alone, run in an existing container.
+    Ops,
+    /// concurrent creates then destroys.
+    Concurrency,
+    /// process stdout, StreamIn, StreamOut and host ceilings.
+    Streaming,
+    /// many idle containers: RSS, list, destroy all.
+    Density,
+}
+
+/// gardend vs crun vs runc. Prints a markdown table; `--json FILE` writes the same figures.
+#[derive(Debug, Parser)]
+#[command(name = "bench", version)]
+struct Cli {
+    /// Small counts, under 2 minutes (the default).
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// Full counts (1 GiB stdout, 1,000 containers ...), under 15 minutes.
+    #[arg(long)]
+    full: bool,
+    /// Also write the figures as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Measure crun and runc only; do not start gardend.
+    #[arg(long, conflicts_with = "no_peers")]
+    peers_only: bool,
+    /// Measure gardend only.
+    #[arg(long)]
+    no_peers: bool,
+    /// Scenarios to run (comma-separated); default all.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "LIST")]
+    scenarios: Option<Vec<Scenario>>,
+    /// Unrecorded rounds before each latency scenario.
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Recorded lifecycle rounds per runtime.
+    #[arg(long)]
+    lifecycle_rounds: Option<usize>,
+    /// Recorded rounds of create/destroy and of run-in-existing-container.
+    #[arg(long)]
+    ops_rounds: Option<usize>,
+    /// Concurrency levels (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    concurrency: Option<Vec<usize>>,
+    /// Repetitions per concurrency level (the median is reported).
+    #[arg(long)]
+    concurrency_reps: Option<usize>,
+    /// MiB a process writes to stdout.
+    #[arg(long)]
+    stdout_mib: Option<u64>,
+    /// MiB of payload in the StreamIn/StreamOut tar.
+    #[arg(long)]
+    stream_mib: Option<u64>,
+    /// Repetitions of each stream (the median is reported).
+    #[arg(long)]
+    stream_reps: Option<usize>,
+    /// Idle containers in the density scenario.
+    #[arg(long)]
+    density: Option<usize>,
+    /// Creates/destroys in flight in the density scenario.
+    #[arg(long)]
+    density_parallelism: Option<usize>,
+    /// gardend binary (default: next to this executable).
+    #[arg(long, value_name = "PATH")]
+    gardend: Option<PathBuf>,
+    /// Extra argument for gardend (repeatable), e.g. --gardend-arg=--max-containers=2000.
+    #[arg(long = "gardend-arg", value_name = "ARG", allow_hyphen_values = true)]
+    gardend_args: Vec<String>,
+}
+
+impl Cli {
+    fn mode(&self) -> &'static str {
+        if self.full {
+            "full"
+        } else {
+            "quick"
+        }
+    }
+
+    fn counts(&self) -> Result<Counts> {
+        let mut c = if self.full {
+            Counts {
+                warmup: 5,
+                lifecycle: 200,
+                ops: 200,
+                concurrency: vec![10, 50, 100],
+                concurrency_reps: 3,
+                stdout_mib: 1024,
+                stream_mib: 256,
+                stream_reps: 3,
+                density: 1000,
+                density_parallelism: 16,
+            }
+        } else {
+            Counts {
+                warmup: 2,
+                lifecycle: 20,
+                ops: 20,
+                concurrency: vec![10, 50, 100],
+                concurrency_reps: 1,
+                stdout_mib: 128,
+                stream_mib: 64,
+                stream_reps: 3,
+                density: 100,
+                density_parallelism: 8,
+            }
+        };
+        c.warmup = self.warmup.unwrap_or(c.warmup);
+        c.lifecycle = self.lifecycle_rounds.unwrap_or(c.lifecycle);
+        c.ops = self.ops_rounds.unwrap_or(c.ops);
+        c.concurrency = self.concurrency.clone().unwrap_or(c.concurrency);
+        c.concurrency_reps = self.concurrency_reps.unwrap_or(c.concurrency_reps);
+        c.stdout_mib = self.stdout_mib.unwrap_or(c.stdout_mib);
+        c.stream_mib = self.stream_mib.unwrap_or(c.stream_mib);
+        c.stream_reps = self.stream_reps.unwrap_or(c.stream_reps);
+        c.density = self.density.unwrap_or(c.density);
+        c.density_parallelism = self.density_parallelism.unwrap_or(c.density_parallelism);
+        if c.lifecycle == 0 || c.ops == 0 || c.concurrency_reps == 0 || c.stream_reps == 0 {
+            bail!("round and repetition counts must be at least 1");
+        }
+        if c.concurrency.contains(&0) {
+            bail!("concurrency levels must be at least 1");
+        }
+        if c.stdout_mib == 0 || c.stream_mib == 0 {
+            bail!("--stdout-mib and --stream-mib must be at least 1");
+        }
+        if c.density == 0 || c.density_parallelism == 0 {
+            bail!("--density and --density-parallelism must be at least 1");
+        }
+        Ok(c)
+    }
+
+    fn wants(&self, s: Scenario) -> bool {
+        self.scenarios.as_ref().is_none_or(|list| list.contains(&s))
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let counts = cli.counts()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start tokio")?;
+    let report = runtime.block_on(run(&cli, counts))?;
+    print!("{}", report::to_markdown(&report));
+    if let Some(path) = &cli.json {
+        let text =
+            serde_json::to_string_pretty(&report::to_json(&report)).context("encode JSON")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn progress(msg: &str) {
+    eprintln!("bench: {msg}");
+}
+
+async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("bench must run as root (it creates containers with gardend, crun and runc)");
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("gardend-bench-")
+        .tempdir()
+        .context("create scratch dir")?;
+    let busybox = bundle::find_busybox()?;
+    let rootfs = scratch.path().join("rootfs");
+    rootfs::ensure_busybox_rootfs(&rootfs)
+        .with_context(|| format!("build the busybox rootfs at {}", rootfs.display()))?;
+
+    let mut report = Report {
+        mode: cli.mode().into(),
+        ..Report::default()
+    };
+    let osrelease = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    report
+        .environment
+        .push(("kernel".into(), osrelease.trim().into()));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    report.environment.push(("cores".into(), cores.to_string()));
+    let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let loadavg: Vec<&str> = loadavg.split_whitespace().take(3).collect();
+    report
+        .environment
+        .push(("load at start".into(), loadavg.join(" ")));
+    let hybrid = peers::hybrid_unified_mounted();
+    report.environment.push((
+        "cgroups".into(),
+        if hybrid { "v1 hybrid" } else { "as mounted" }.into(),
+    ));
+
+    // Peers: detect, write bundles from the first one's spec template, check they run.
+    let mut peer_targets: Vec<(String, Result<Target, String>)> = vec![];
+    let mut bundles = None;
+    for kind in [Kind::Crun, Kind::Runc] {
+        if cli.no_peers {
+            peer_targets.push((kind.name().into(), Err("skipped (--no-peers)".into())));
+            continue;
+        }
+        let peer = match Peer::detect(kind, scratch.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                progress(&format!("{}: unavailable: {e:#}", kind.name()));
+                peer_targets.push((kind.name().into(), Err(format!("{e:#}"))));
+                continue;
+            }
+        };
+        report
+            .environment
+            .push((kind.name().into(), peer.version.clone()));
+        if bundles.is_none() {
+            match write_bundles(&peer, scratch.path(), &rootfs, counts.stdout_mib) {
+                Ok(b) => bundles = Some(b),
+                Err(e) => {
+                    peer_targets.push((kind.name().into(), Err(format!("bundle: {e:#}"))));
+                    continue;
+                }
+            }
+        }
+        let Some(b) = &bundles else { continue };
+        let check = peer
+            .run(
+                &b.true_,
+                &format!("bench-{}-check-{}", std::process::id(), kind.name()),
+            )
+            .await;
+        match check {
+            Ok(_) => peer_targets.push((kind.name().into(), Ok(Target::Peer(Arc::new(peer))))),
+            Err(e) => {
+                progress(&format!("{}: cannot run the bundle: {e:#}", kind.name()));
+                peer.cleanup().await;
+                peer_targets.push((kind.name().into(), Err(format!("cannot run: {e:#}"))));
+            }
+        }
+    }
+    if hybrid {
+        report.notes.push(
+            "crun 1.8 refuses this hybrid cgroup layout, so each crun invocation runs in a private mount \
+             namespace with /sys/fs/cgroup/unified detached (set up in the forked child, not timed separately)"
+                .into(),
+        );
+    }
+    report.notes.push(
+        "crun/runc `run` in the foreground delete the container when it exits, so their lifecycle is one \
+         `run`; create/destroy alone are `create` / `delete --force`, run alone is `exec` into a running \
+         container; peers use their `spec` defaults (pid, ipc, uts, mount, network namespaces)"
+            .into(),
+    );
+
+    // gardend.
+    let mut server = None;
+    let gardend_target: Result<Target, String> = if cli.peers_only {
+        Err("skipped (--peers-only)".into())
+    } else {
+        let bin = match &cli.gardend {
+            Some(p) => Ok(p.clone()),
+            None => gardend::default_binary(),
+        };
+        let started = match bin {
+            Ok(bin) => {
+                report
+                    .environment
+                    .push(("gardend".into(), bin.display().to_string()));
+                gardend::Gardend::start(&bin, scratch.path(), &cli.gardend_args).await
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(g) => {
+                let t = Target::Gardend(g.client());
+                server = Some(g);
+                Ok(t)
+            }
+            Err(e) => {
+                progress(&format!("gardend: unavailable: {e:#}"));
+                Err(format!("{e:#}"))
+            }
+        }
+    };
+    report.notes.push(
+        "gardend runs with --log-level warn and is driven over TCP loopback by garden-client \
+         (one connection per request, as Garden clients do)"
+            .into(),
+    );
+    let mut targets = vec![("gardend".to_string(), gardend_target)];
+    targets.extend(peer_targets);
+
+    let mut env = Env::new(
+        targets,
+        bundles,
+        scratch.path().to_path_buf(),
+        busybox,
+        counts.clone(),
+    );
+    if let Some(g) = &server {
+        let pid = g.pid;
+        env = env.with_rss_probe(Box::new(move || gardend::rss_kib(pid)));
+    }
+
+    // On Ctrl-C, drop the scenario in flight (its children are killed on drop) and clean up.
+    let result = tokio::select! {
+        r = scenarios(cli, &env, &counts, &mut report) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaning up")),
+    };
+
+    if let Some(mut g) = server {
+        if let Ok(handles) = g.client().list(&[]).await {
+            if !handles.is_empty() {
+                report.notes.push(format!(
+                    "{} gardend containers were left at the end and destroyed",
+                    handles.len()
+                ));
+            }
+        }
+        g.stop().await;
+        if let Some(leak) = cgroup_leftovers(&g.cgroup_parent) {
+            report
+                .notes
+                .push(format!("gardend left its cgroup parent behind: {leak}"));
+        }
+    }
+    for (_, t) in &env.targets {
+        if let Ok(Target::Peer(p)) = t {
+            p.cleanup().await;
+        }
+    }
+    result?;
+    Ok(report)
+}
+
+async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -> Result<()> {
+    if cli.wants(Scenario::Lifecycle) {
+        let t = Instant::now();
+        progress(&format!(
+            "lifecycle: {} rounds (+{} warm-up)",
+            counts.lifecycle, counts.warmup
+        ));
+        let (rows, phases) = env.lifecycle().await;
+        report.lifecycle = Some(rows);
+        report.lifecycle_phases = phases;
+        progress(&format!(
+            "lifecycle: done in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    if cli.wants(Scenario::Ops) {
+        let t = Instant::now();
+        progress(&format!(
+            "create/destroy and run alone: {} rounds each",
+            counts.ops
+        ));
+        let (create, destroy) = env.create_destroy().await;
+        report.create = Some(create);
+        report.destroy = Some(destroy);
+        report.run = Some(env.run_in_existing().await);
+        progress(&format!("ops: done in {:.1} s", t.elapsed().as_secs_f64()));
+    }
+    if cli.wants(Scenario::Concurrency) {
+        let t = Instant::now();
+        progress(&format!(
+            "concurrency: {:?} x {} reps",
+            counts.concurrency, counts.concurrency_reps
+        ));
+        report.concurrent = Some(env.concurrency().await);
+        progress(&format!(
+            "concurrency: done in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    if cli.wants(Scenario::Streaming) {
+        let t = Instant::now();
+        progress(&format!(
+            "streaming: stdout {} MiB, tar {} MiB, {} reps",
+            counts.stdout_mib, counts.stream_mib, counts.stream_reps
+        ));
+        report.streaming = Some(env.streaming().await);
+        progress(&format!(
+            "streaming: done in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    if cli.wants(Scenario::Density) {
+        let t = Instant::now();
+        progress(&format!("density: {} containers", counts.density));
+        report.density = Some(env.density().await);
+        progress(&format!(
+            "density: done in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
+}
+
+/// The bundles for /bin/true, a long sleep and the stdout dd, from `peer`'s spec template.
+fn write_bundles(
+    peer: &Peer,
+    scratch: &std::path::Path,
+    rootfs: &std::path::Path,
+    stdout_mib: u64,
+) -> Result<Bundles> {
+    let template = bundle::spec_template(&peer.bin, &scratch.join("spec-template"))?;
+    let dd: Vec<String> = std::iter::once("/bin/dd".to_string())
+        .chain(scenarios::dd_args(stdout_mib))
+        .collect();
+    let dd: Vec<&str> = dd.iter().map(String::as_str).collect();
+    Ok(Bundles {
+        true_: bundle::write_bundle(
+            &scratch.join("bundle-true"),
+            &template,
+            rootfs,
+            &["/bin/true"],
+        )?,
+        sleep: bundle::write_bundle(
+            &scratch.join("bundle-sleep"),
+            &template,
+            rootfs,
+            &["/bin/sleep", "100000"],
+        )?,
+        dd: bundle::write_bundle(&scratch.join("bundle-dd"), &template, rootfs, &dd)?,
+    })
+}
+
+/// Hierarchies under /sys/fs/cgroup where `parent` still exists after gardend stopped.
+fn cgroup_leftovers(parent: &str) -> Option<String> {
+    let entries = std::fs::read_dir("/sys/fs/cgroup").ok()?;
+    let left: Vec<String> = entries
+        .flatten()
+        .filter(|e| e.path().join(parent).is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    (!left.is_empty()).then(|| format!("{parent} in {}", left.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quick_is_the_default_and_flags_override_counts() {
+        let cli = Cli::parse_from(["bench", "--lifecycle-rounds", "7", "--concurrency", "3,4"]);
+        assert_eq!(cli.mode(), "quick");
+        let c = cli.counts().unwrap();
+        assert_eq!(c.lifecycle, 7);
+        assert_eq!(c.concurrency, vec![3, 4]);
+        assert_eq!(c.stdout_mib, 128);
+    }
+
+    #[test]
+    fn full_mode_uses_the_issue_sizes() {
+        let c = Cli::parse_from(["bench", "--full"]).counts().unwrap();
+        assert_eq!((c.stdout_mib, c.stream_mib, c.density), (1024, 256, 1000));
+        assert_eq!(c.concurrency, vec![10, 50, 100]);
+    }
+
+    #[test]
+    fn bad_counts_are_rejected() {
+        assert!(Cli::parse_from(["bench", "--ops-rounds", "0"])
+            .counts()
+            .is_err());
+        assert!(Cli::parse_from(["bench", "--concurrency", "10,0"])
+            .counts()
+            .is_err());
+        assert!(Cli::try_parse_from(["bench", "--quick", "--full"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "--peers-only", "--no-peers"]).is_err());
+    }
+
+    #[test]
+    fn scenario_selection() {
+        let cli = Cli::parse_from(["bench", "--scenarios", "lifecycle,density"]);
+        assert!(cli.wants(Scenario::Lifecycle));
+        assert!(!cli.wants(Scenario::Streaming));
+        assert!(Cli::parse_from(["bench"]).wants(Scenario::Streaming));
+    }
+}

@@ -142,7 +142,8 @@ fn populate(busybox: &Path, root: &Path) -> Result<(), RootfsError> {
     let mkdir = |rel: &str, mode: u32, owner: Option<(u32, u32)>| -> Result<(), RootfsError> {
         let p = root.join(rel);
         fs::create_dir_all(&p).map_err(|e| RootfsError::io("create directory", &p, e))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(|e| RootfsError::io("chmod", &p, e))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+            .map_err(|e| RootfsError::io("chmod", &p, e))?;
         if let Some((uid, gid)) = owner {
             chown(&p, Some(uid), Some(gid)).map_err(|e| RootfsError::io("chown", &p, e))?;
         }
@@ -151,12 +152,15 @@ fn populate(busybox: &Path, root: &Path) -> Result<(), RootfsError> {
     let write = |rel: &str, content: &str| -> Result<(), RootfsError> {
         let p = root.join(rel);
         fs::write(&p, content).map_err(|e| RootfsError::io("write", &p, e))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).map_err(|e| RootfsError::io("chmod", &p, e))
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644))
+            .map_err(|e| RootfsError::io("chmod", &p, e))
     };
 
     fs::create_dir(root).map_err(|e| RootfsError::io("create directory", root, e))?;
     mkdir("", 0o755, Some((0, 0)))?;
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "etc", "home", "var"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "etc", "home", "var",
+    ] {
         mkdir(d, 0o755, None)?;
     }
     mkdir("tmp", 0o1777, None)?;
@@ -167,7 +171,8 @@ fn populate(busybox: &Path, root: &Path) -> Result<(), RootfsError> {
 
     let bin = root.join("bin/busybox");
     fs::copy(busybox, &bin).map_err(|e| RootfsError::io("copy busybox to", &bin, e))?;
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).map_err(|e| RootfsError::io("chmod", &bin, e))?;
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))
+        .map_err(|e| RootfsError::io("chmod", &bin, e))?;
 
     let out = Command::new(busybox)
         .arg("--list-full")
@@ -229,5 +234,20 @@ mod tests {
         let dynamic = fs::read("/bin/ls").unwrap();
         assert_eq!(elf_has_interp(&dynamic), Some(true));
         assert_eq!(elf_has_interp(b"#!/bin/sh\n"), None);
+    }
+
+    #[test]
+    fn dynamic_or_missing_busybox_is_refused_with_install_hint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("rootfs");
+        for bin in ["/bin/ls", "/nonexistent/busybox"] {
+            let err = build_from(Path::new(bin), &dir).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                msg.contains(bin) && msg.contains("apt-get install busybox-static"),
+                "{msg}"
+            );
+            assert!(!dir.exists());
+        }
     }
 }

@@ -52,7 +52,9 @@ pub fn resolve(uri: &str, default: &Path, cache_dir: &Path) -> Result<RootfsPlan
         Some("raw") | Some("file") => {
             let rest = strip_query(rest);
             let Some(slash) = rest.find('/') else {
-                return Err(invalid("expected an absolute path, e.g. raw:///path/to/rootfs"));
+                return Err(invalid(
+                    "expected an absolute path, e.g. raw:///path/to/rootfs",
+                ));
             };
             let host = &rest[..slash];
             if !host.is_empty() && host != "localhost" {
@@ -180,14 +182,17 @@ fn unpack_tarball(path: &Path, cache_dir: &Path) -> Result<PathBuf, RootfsError>
     let gzip = got >= 2 && head[..2] == [0x1f, 0x8b];
     let ustar = got >= 262 && &head[257..262] == b"ustar";
     let name = path.to_string_lossy();
-    let named_tar = [".tar", ".tar.gz", ".tgz"].iter().any(|s| name.ends_with(s));
+    let named_tar = [".tar", ".tar.gz", ".tgz"]
+        .iter()
+        .any(|s| name.ends_with(s));
     if !(gzip || ustar || named_tar) {
         return Err(RootfsError::NotARootfs {
             path: path.to_path_buf(),
         });
     }
 
-    file.rewind().map_err(|e| RootfsError::io("read", path, e))?;
+    file.rewind()
+        .map_err(|e| RootfsError::io("read", path, e))?;
     let mut hasher = Sha256::new();
     io::copy(&mut file, &mut hasher).map_err(|e| RootfsError::io("read", path, e))?;
     let digest: String = hasher
@@ -207,7 +212,8 @@ fn unpack_tarball(path: &Path, cache_dir: &Path) -> Result<PathBuf, RootfsError>
     fs::create_dir(&tmp).map_err(|e| RootfsError::io("create directory", &tmp, e))?;
 
     let result = (|| {
-        file.rewind().map_err(|e| RootfsError::io("read", path, e))?;
+        file.rewind()
+            .map_err(|e| RootfsError::io("read", path, e))?;
         let root = File::open(&tmp).map_err(|e| RootfsError::io("open", &tmp, e))?;
         let reader: Box<dyn Read> = if gzip {
             Box::new(flate2::read::GzDecoder::new(io::BufReader::new(file)))
@@ -221,6 +227,7 @@ fn unpack_tarball(path: &Path, cache_dir: &Path) -> Result<PathBuf, RootfsError>
             ExtractOptions {
                 ownership: Ownership::FromArchive,
                 allow_devices: true,
+                restrict: None,
             },
         )
         .map_err(|e| RootfsError::Layer {
@@ -259,7 +266,10 @@ mod tests {
     #[test]
     fn schemes() {
         assert_eq!(split_scheme("raw:///a"), (Some("raw"), "/a"));
-        assert_eq!(split_scheme("preloaded+layer:///a"), (Some("preloaded+layer"), "/a"));
+        assert_eq!(
+            split_scheme("preloaded+layer:///a"),
+            (Some("preloaded+layer"), "/a")
+        );
         assert_eq!(split_scheme("/a://b"), (None, "/a://b"));
         assert_eq!(strip_query("/a/b?x=1#f"), "/a/b");
         assert_eq!(percent_decode("/a%20b").as_deref(), Some("/a b"));

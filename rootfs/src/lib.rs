@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 pub use busybox::ensure_busybox_rootfs;
 pub use image::{resolve, RootfsPlan};
-pub use safe_tar::{extract, open_in_root, pack, ExtractStats, Owner};
+pub use safe_tar::{extract, extract_as_user, open_in_root, pack, ExtractStats, Owner};
 
 /// Everything that can go wrong in this crate. Messages are lower-case and name the path,
 /// URI or tar entry involved, because they end up verbatim in Garden error responses.
@@ -83,7 +83,11 @@ fn at_entry(entry: &Option<String>) -> String {
 }
 
 impl RootfsError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<io::Error>) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<io::Error>,
+    ) -> Self {
         RootfsError::Io {
             op,
             path: path.into(),

@@ -68,10 +68,50 @@ pub(crate) enum Ownership {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ExtractOptions {
+pub(crate) struct ExtractOptions<'a> {
     pub ownership: Ownership,
     /// Image layers legitimately carry `/dev` nodes; StreamIn must not create them.
     pub allow_devices: bool,
+    /// Emulate the permission checks tar would meet running as an unprivileged user.
+    pub restrict: Option<Restrict<'a>>,
+}
+
+/// An unprivileged user's identity for DAC checks (on-disk ids).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Restrict<'a> {
+    uid: u32,
+    gid: u32,
+    groups: &'a [u32],
+}
+
+impl Restrict<'_> {
+    fn owns(&self, st: &FileStat) -> bool {
+        st.st_uid == self.uid
+    }
+
+    /// Write and search permission on a directory, i.e. may create or remove entries in it.
+    fn may_modify_dir(&self, st: &FileStat) -> bool {
+        let mode = st.st_mode;
+        let bits = if st.st_uid == self.uid {
+            mode >> 6
+        } else if st.st_gid == self.gid || self.groups.contains(&st.st_gid) {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & 0o3 == 0o3
+    }
+}
+
+/// Fails with EACCES ("Permission denied") if `restrict` may not create entries in `dir`.
+fn check_create(restrict: Option<Restrict<'_>>, dir: &OwnedFd, path: &Path) -> Result<()> {
+    if let Some(r) = restrict {
+        let st = fstat(dir).map_err(|e| RootfsError::io("stat", path, e))?;
+        if !r.may_modify_dir(&st) {
+            return Err(RootfsError::io("create", path, Errno::EACCES));
+        }
+    }
+    Ok(())
 }
 
 const RESOLVE: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -82,12 +122,22 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 /// Opens `path` (absolute or not, it is always taken relative to `root`) as a process chrooted
 /// at `root` would, but without ever leaving `root`: `..` at the root stays there, absolute
 /// symlinks restart at `root`, magic links such as `/proc/self/root` are refused.
-pub fn open_in_root(root: BorrowedFd<'_>, path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd> {
+pub fn open_in_root(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    flags: OFlag,
+    mode: Mode,
+) -> Result<OwnedFd> {
     open_in_root_raw(root, path.as_os_str().as_bytes(), flags, mode)
         .map_err(|e| RootfsError::io("open", path, e))
 }
 
-fn open_in_root_raw(root: BorrowedFd<'_>, path: &[u8], flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
+fn open_in_root_raw(
+    root: BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlag,
+    mode: Mode,
+) -> nix::Result<OwnedFd> {
     let trimmed: &[u8] = {
         let mut p = path;
         while let [b'/', rest @ ..] = p {
@@ -194,6 +244,33 @@ fn symlink_escapes(link_dir: &[OsString], target: &[u8]) -> bool {
     false
 }
 
+/// StreamIn for an unprivileged user: like [`extract`], but fails with "Permission denied"
+/// where tar running as that user would (creating or replacing entries in directories the
+/// user cannot write, sticky-directory rules, hard links to files the user does not own).
+/// `groups` are the user's supplementary gids. Use [`extract`] for container root.
+pub fn extract_as_user<R: Read>(
+    root: BorrowedFd<'_>,
+    destination: &Path,
+    reader: R,
+    owner: Owner,
+    groups: &[u32],
+) -> Result<ExtractStats> {
+    extract_with(
+        root,
+        destination,
+        reader,
+        ExtractOptions {
+            ownership: Ownership::Fixed(owner),
+            allow_devices: false,
+            restrict: Some(Restrict {
+                uid: owner.uid,
+                gid: owner.gid,
+                groups,
+            }),
+        },
+    )
+}
+
 /// StreamIn: unpacks the tar stream `reader` at `destination` (absolute, inside `root`).
 ///
 /// The destination is created like `mkdir -p` (new directories 0755, owned by `owner`).
@@ -215,6 +292,7 @@ pub fn extract<R: Read>(
         ExtractOptions {
             ownership: Ownership::Fixed(owner),
             allow_devices: false,
+            restrict: None,
         },
     )
 }
@@ -223,14 +301,14 @@ pub(crate) fn extract_with<R: Read>(
     root: BorrowedFd<'_>,
     destination: &Path,
     reader: R,
-    opts: ExtractOptions,
+    opts: ExtractOptions<'_>,
 ) -> Result<ExtractStats> {
     let dest = normalize_abs(destination)?;
     let dir_owner = match opts.ownership {
         Ownership::Fixed(o) => o,
         Ownership::FromArchive => Owner::ROOT,
     };
-    mkdir_p(root, &dest, dir_owner)?;
+    mkdir_p(root, &dest, dir_owner, opts.restrict)?;
 
     let mut ex = Extractor {
         root,
@@ -241,10 +319,12 @@ pub(crate) fn extract_with<R: Read>(
         dir_times: Vec::new(),
     };
     let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|source| RootfsError::CorruptArchive {
-        entry: None,
-        source,
-    })?;
+    let entries = archive
+        .entries()
+        .map_err(|source| RootfsError::CorruptArchive {
+            entry: None,
+            source,
+        })?;
     let mut last: Option<String> = None;
     for entry in entries {
         let mut entry = entry.map_err(|source| RootfsError::CorruptArchive {
@@ -257,19 +337,20 @@ pub(crate) fn extract_with<R: Read>(
     }
     // Directory mtimes last: creating their children bumped them.
     for (path, mtime) in ex.dir_times.iter().rev() {
-        let fd = open_in_root(
-            root,
-            path,
-            DIR_FLAGS | OFlag::O_NOFOLLOW,
-            Mode::empty(),
-        )?;
-        futimens(&fd, &TimeSpec::UTIME_OMIT, mtime).map_err(|e| RootfsError::io("set mtime of", path, e))?;
+        let fd = open_in_root(root, path, DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())?;
+        futimens(&fd, &TimeSpec::UTIME_OMIT, mtime)
+            .map_err(|e| RootfsError::io("set mtime of", path, e))?;
     }
     Ok(ex.stats)
 }
 
 /// `mkdir -p` of an in-container path; returns the final directory's fd.
-fn mkdir_p(root: BorrowedFd<'_>, comps: &[OsString], owner: Owner) -> Result<OwnedFd> {
+fn mkdir_p(
+    root: BorrowedFd<'_>,
+    comps: &[OsString],
+    owner: Owner,
+    restrict: Option<Restrict<'_>>,
+) -> Result<OwnedFd> {
     let mut cur = open_in_root(root, Path::new("/"), DIR_FLAGS, Mode::empty())?;
     for i in 0..comps.len() {
         let path = join_abs(&comps[..=i]);
@@ -277,18 +358,25 @@ fn mkdir_p(root: BorrowedFd<'_>, comps: &[OsString], owner: Owner) -> Result<Own
             Ok(fd) => cur = fd,
             Err(Errno::ENOENT) => {
                 let name = comps[i].as_os_str();
+                check_create(restrict, &cur, &path)?;
                 match mkdirat(&cur, name, Mode::from_bits_truncate(0o700)) {
                     Ok(()) => {
                         let fd = openat(&cur, name, DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
                             .map_err(|e| RootfsError::io("open", &path, e))?;
-                        fchown(&fd, Some(Uid::from_raw(owner.uid)), Some(Gid::from_raw(owner.gid)))
-                            .map_err(|e| RootfsError::io("chown", &path, e))?;
+                        fchown(
+                            &fd,
+                            Some(Uid::from_raw(owner.uid)),
+                            Some(Gid::from_raw(owner.gid)),
+                        )
+                        .map_err(|e| RootfsError::io("chown", &path, e))?;
                         fchmod(&fd, Mode::from_bits_truncate(0o755))
                             .map_err(|e| RootfsError::io("chmod", &path, e))?;
                         cur = fd;
                     }
                     // Lost a race with a concurrent creator: use theirs.
-                    Err(Errno::EEXIST) => cur = open_in_root(root, &path, DIR_FLAGS, Mode::empty())?,
+                    Err(Errno::EEXIST) => {
+                        cur = open_in_root(root, &path, DIR_FLAGS, Mode::empty())?
+                    }
                     Err(e) => return Err(RootfsError::io("mkdir", &path, e)),
                 }
             }
@@ -301,7 +389,7 @@ fn mkdir_p(root: BorrowedFd<'_>, comps: &[OsString], owner: Owner) -> Result<Own
 struct Extractor<'a> {
     root: BorrowedFd<'a>,
     dest: Vec<OsString>,
-    opts: ExtractOptions,
+    opts: ExtractOptions<'a>,
     dir_owner: Owner,
     stats: ExtractStats,
     dir_times: Vec<(PathBuf, TimeSpec)>,
@@ -362,8 +450,14 @@ impl Extractor<'_> {
                 if !self.opts.allow_devices {
                     return Err(Self::unsafe_entry(name, "device nodes are not allowed"));
                 }
-                let major = header.device_major().map_err(|e| Self::corrupt(name, e))?.unwrap_or(0);
-                let minor = header.device_minor().map_err(|e| Self::corrupt(name, e))?.unwrap_or(0);
+                let major = header
+                    .device_major()
+                    .map_err(|e| Self::corrupt(name, e))?
+                    .unwrap_or(0);
+                let minor = header
+                    .device_minor()
+                    .map_err(|e| Self::corrupt(name, e))?
+                    .unwrap_or(0);
                 let kind = if etype == EntryType::Char {
                     SFlag::S_IFCHR
                 } else {
@@ -384,7 +478,10 @@ impl Extractor<'_> {
             // `./`: the destination itself, which already exists; keep its metadata.
             return match kind {
                 Kind::Dir => Ok(()),
-                _ => Err(Self::unsafe_entry(name, "only a directory may name the destination itself")),
+                _ => Err(Self::unsafe_entry(
+                    name,
+                    "only a directory may name the destination itself",
+                )),
             };
         };
         let mut parent: Vec<OsString> = self.dest.clone();
@@ -397,14 +494,19 @@ impl Extractor<'_> {
 
         let meta = self.meta(entry, name)?;
         let parent_fd = self.open_parent(&parent)?;
+        let restrict = self.opts.restrict;
         let base = base.as_os_str();
         match kind {
             Kind::File => {
-                remove_existing(&parent_fd, base, &full)?;
+                remove_existing(&parent_fd, base, &full, restrict)?;
                 let fd = openat(
                     &parent_fd,
                     base,
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(|e| RootfsError::io("create", &full, e))?;
@@ -427,10 +529,13 @@ impl Extractor<'_> {
                 let created = match fstatat(&parent_fd, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
                     Ok(st) if is_type(&st, SFlag::S_IFDIR) => false,
                     Ok(_) => {
-                        remove_existing(&parent_fd, base, &full)?;
+                        remove_existing(&parent_fd, base, &full, restrict)?;
                         true
                     }
-                    Err(Errno::ENOENT) => true,
+                    Err(Errno::ENOENT) => {
+                        check_create(restrict, &parent_fd, &full)?;
+                        true
+                    }
                     Err(e) => return Err(RootfsError::io("stat", &full, e)),
                 };
                 let created = created
@@ -439,11 +544,27 @@ impl Extractor<'_> {
                         Err(Errno::EEXIST) => false,
                         Err(e) => return Err(RootfsError::io("mkdir", &full, e)),
                     };
-                let fd = openat(&parent_fd, base, DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
-                    .map_err(|e| RootfsError::io("open", &full, e))?;
+                let fd = openat(
+                    &parent_fd,
+                    base,
+                    DIR_FLAGS | OFlag::O_NOFOLLOW,
+                    Mode::empty(),
+                )
+                .map_err(|e| RootfsError::io("open", &full, e))?;
                 let file = File::from(fd);
-                apply_fd_meta(&file, &meta, created, false, &full)?;
-                self.dir_times.push((full, meta.mtime));
+                // An unprivileged user cannot change an existing directory it does not own;
+                // tar would leave it alone too.
+                let foreign = match restrict {
+                    Some(r) if !created => {
+                        let st = fstat(&file).map_err(|e| RootfsError::io("stat", &full, e))?;
+                        !r.owns(&st)
+                    }
+                    _ => false,
+                };
+                if !foreign {
+                    apply_fd_meta(&file, &meta, created, false, &full)?;
+                    self.dir_times.push((full, meta.mtime));
+                }
                 self.stats.dirs += 1;
             }
             Kind::Symlink(target) => {
@@ -456,7 +577,7 @@ impl Extractor<'_> {
                         ),
                     ));
                 }
-                remove_existing(&parent_fd, base, &full)?;
+                remove_existing(&parent_fd, base, &full, restrict)?;
                 symlinkat(OsStr::from_bytes(&target), &parent_fd, base)
                     .map_err(|e| RootfsError::io("symlink", &full, e))?;
                 fchownat(
@@ -467,19 +588,31 @@ impl Extractor<'_> {
                     AtFlags::AT_SYMLINK_NOFOLLOW,
                 )
                 .map_err(|e| RootfsError::io("chown", &full, e))?;
-                utimensat(&parent_fd, base, &TimeSpec::UTIME_OMIT, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-                    .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
+                utimensat(
+                    &parent_fd,
+                    base,
+                    &TimeSpec::UTIME_OMIT,
+                    &meta.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
                 self.stats.symlinks += 1;
             }
             Kind::Hardlink(target) => {
                 let trel = archive_relative(&target).map_err(|r| {
                     Self::unsafe_entry(
                         name,
-                        format!("hard link target {:?}: {r}", String::from_utf8_lossy(&target)),
+                        format!(
+                            "hard link target {:?}: {r}",
+                            String::from_utf8_lossy(&target)
+                        ),
                     )
                 })?;
                 let Some((tbase, tparent_rel)) = trel.split_last() else {
-                    return Err(Self::unsafe_entry(name, "hard link to the destination directory"));
+                    return Err(Self::unsafe_entry(
+                        name,
+                        "hard link to the destination directory",
+                    ));
                 };
                 let mut tparent = self.dest.clone();
                 tparent.extend(tparent_rel.iter().cloned());
@@ -488,9 +621,31 @@ impl Extractor<'_> {
                 }
                 let tparent_path = join_abs(&tparent);
                 let tparent_fd = open_in_root(self.root, &tparent_path, DIR_FLAGS, Mode::empty())?;
-                remove_existing(&parent_fd, base, &full)?;
-                linkat(&tparent_fd, tbase.as_os_str(), &parent_fd, base, AtFlags::empty()).map_err(|e| {
-                    RootfsError::io("hard link", &full, io::Error::new(io::Error::from(e).kind(), format!("to {}: {e}", tparent_path.join(tbase).display())))
+                if let Some(r) = restrict {
+                    // protected_hardlinks: no links to other users' files.
+                    let st = fstatat(&tparent_fd, tbase.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .map_err(|e| RootfsError::io("hard link", &full, e))?;
+                    if !r.owns(&st) {
+                        return Err(RootfsError::io("hard link", &full, Errno::EPERM));
+                    }
+                }
+                remove_existing(&parent_fd, base, &full, restrict)?;
+                linkat(
+                    &tparent_fd,
+                    tbase.as_os_str(),
+                    &parent_fd,
+                    base,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| {
+                    RootfsError::io(
+                        "hard link",
+                        &full,
+                        io::Error::new(
+                            io::Error::from(e).kind(),
+                            format!("to {}: {e}", tparent_path.join(tbase).display()),
+                        ),
+                    )
                 })?;
                 self.stats.hardlinks += 1;
             }
@@ -499,13 +654,24 @@ impl Extractor<'_> {
                     Kind::Device(s, d) => (s, d),
                     _ => (SFlag::S_IFIFO, 0),
                 };
-                remove_existing(&parent_fd, base, &full)?;
-                mknodat(&parent_fd, base, sflag, Mode::from_bits_truncate(0o600), dev)
-                    .map_err(|e| RootfsError::io("mknod", &full, e))?;
+                remove_existing(&parent_fd, base, &full, restrict)?;
+                mknodat(
+                    &parent_fd,
+                    base,
+                    sflag,
+                    Mode::from_bits_truncate(0o600),
+                    dev,
+                )
+                .map_err(|e| RootfsError::io("mknod", &full, e))?;
                 // O_PATH never opens the device or blocks on the fifo; the fd pins the node
                 // we created so metadata cannot be redirected through a swapped-in symlink.
-                let fd = openat(&parent_fd, base, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                    .map_err(|e| RootfsError::io("open", &full, e))?;
+                let fd = openat(
+                    &parent_fd,
+                    base,
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| RootfsError::io("open", &full, e))?;
                 let st = fstat(&fd).map_err(|e| RootfsError::io("stat", &full, e))?;
                 if !is_type(&st, sflag) {
                     return Err(RootfsError::io(
@@ -527,8 +693,14 @@ impl Extractor<'_> {
                     std::fs::Permissions::from_mode(meta.mode.bits()),
                 )
                 .map_err(|e| RootfsError::io("chmod", &full, e))?;
-                utimensat(&parent_fd, base, &TimeSpec::UTIME_OMIT, &meta.mtime, UtimensatFlags::NoFollowSymlink)
-                    .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
+                utimensat(
+                    &parent_fd,
+                    base,
+                    &TimeSpec::UTIME_OMIT,
+                    &meta.mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                )
+                .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
                 if sflag == SFlag::S_IFIFO {
                     self.stats.fifos += 1;
                 } else {
@@ -548,8 +720,10 @@ impl Extractor<'_> {
                 let uid = header.uid().map_err(|e| Self::corrupt(name, e))?;
                 let gid = header.gid().map_err(|e| Self::corrupt(name, e))?;
                 (
-                    u32::try_from(uid).map_err(|_| Self::unsafe_entry(name, format!("uid {uid} out of range")))?,
-                    u32::try_from(gid).map_err(|_| Self::unsafe_entry(name, format!("gid {gid} out of range")))?,
+                    u32::try_from(uid)
+                        .map_err(|_| Self::unsafe_entry(name, format!("uid {uid} out of range")))?,
+                    u32::try_from(gid)
+                        .map_err(|_| Self::unsafe_entry(name, format!("gid {gid} out of range")))?,
                 )
             }
         };
@@ -561,7 +735,10 @@ impl Extractor<'_> {
                 let ext = ext.map_err(|e| Self::corrupt(name, e))?;
                 let key = ext.key_bytes();
                 if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((OsStr::from_bytes(attr).to_os_string(), ext.value_bytes().to_vec()));
+                    xattrs.push((
+                        OsStr::from_bytes(attr).to_os_string(),
+                        ext.value_bytes().to_vec(),
+                    ));
                 } else if key == b"mtime" {
                     if let Some((s, ns)) = parse_pax_time(ext.value_bytes()) {
                         mtime = s;
@@ -582,9 +759,14 @@ impl Extractor<'_> {
     /// The fd of an entry's parent directory, creating missing directories like tar does.
     fn open_parent(&self, parent: &[OsString]) -> Result<OwnedFd> {
         let path = join_abs(parent);
-        match open_in_root_raw(self.root, path.as_os_str().as_bytes(), DIR_FLAGS, Mode::empty()) {
+        match open_in_root_raw(
+            self.root,
+            path.as_os_str().as_bytes(),
+            DIR_FLAGS,
+            Mode::empty(),
+        ) {
             Ok(fd) => Ok(fd),
-            Err(Errno::ENOENT) => mkdir_p(self.root, parent, self.dir_owner),
+            Err(Errno::ENOENT) => mkdir_p(self.root, parent, self.dir_owner, self.opts.restrict),
             Err(e) => Err(RootfsError::io("open", path, e)),
         }
     }
@@ -596,11 +778,25 @@ fn is_type(st: &FileStat, kind: SFlag) -> bool {
 
 /// Removes whatever non-directory (or empty directory) sits at `name`, so the new entry is
 /// created fresh rather than written through an existing symlink or hard link.
-fn remove_existing(parent: &OwnedFd, name: &OsStr, full: &Path) -> Result<()> {
+/// Also performs the (emulated) permission check for creating an entry at `name`.
+fn remove_existing(
+    parent: &OwnedFd,
+    name: &OsStr,
+    full: &Path,
+    restrict: Option<Restrict<'_>>,
+) -> Result<()> {
+    check_create(restrict, parent, full)?;
     match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(RootfsError::io("stat", full, e)),
         Ok(st) => {
+            if let Some(r) = restrict {
+                let dir = fstat(parent).map_err(|e| RootfsError::io("stat", full, e))?;
+                let sticky = dir.st_mode & libc::S_ISVTX != 0;
+                if sticky && !r.owns(&st) && !r.owns(&dir) {
+                    return Err(RootfsError::io("replace", full, Errno::EACCES));
+                }
+            }
             let flag = if is_type(&st, SFlag::S_IFDIR) {
                 UnlinkatFlags::RemoveDir
             } else {
@@ -626,17 +822,28 @@ fn copy_entry(src: &mut impl Read, out: &mut File, name: &str, full: &Path) -> R
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Extractor::corrupt(name, e)),
         };
-        out.write_all(&buf[..n]).map_err(|e| RootfsError::io("write", full, e))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| RootfsError::io("write", full, e))?;
         total += n as u64;
     }
 }
 
 /// chown (first, since it clears setuid bits), chmod, xattrs (after chown and data, which
 /// clear `security.capability`), mtime (directories get theirs at the end).
-fn apply_fd_meta(file: &File, meta: &Meta, chown: bool, set_mtime: bool, full: &Path) -> Result<()> {
+fn apply_fd_meta(
+    file: &File,
+    meta: &Meta,
+    chown: bool,
+    set_mtime: bool,
+    full: &Path,
+) -> Result<()> {
     if chown {
-        fchown(file, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-            .map_err(|e| RootfsError::io("chown", full, e))?;
+        fchown(
+            file,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| RootfsError::io("chown", full, e))?;
     }
     fchmod(file, meta.mode).map_err(|e| RootfsError::io("chmod", full, e))?;
     for (k, v) in &meta.xattrs {
@@ -649,7 +856,8 @@ fn apply_fd_meta(file: &File, meta: &Meta, chown: bool, set_mtime: bool, full: &
         })?;
     }
     if set_mtime {
-        futimens(file, &TimeSpec::UTIME_OMIT, &meta.mtime).map_err(|e| RootfsError::io("set mtime of", full, e))?;
+        futimens(file, &TimeSpec::UTIME_OMIT, &meta.mtime)
+            .map_err(|e| RootfsError::io("set mtime of", full, e))?;
     }
     Ok(())
 }
@@ -695,15 +903,25 @@ pub fn pack<W: Write>(root: BorrowedFd<'_>, source: &Path, writer: W) -> Result<
     match comps.split_last() {
         Some((base, parent)) if !trailing => {
             let parent_path = join_abs(parent);
-            let pfd = open_in_root_raw(root, parent_path.as_os_str().as_bytes(), DIR_FLAGS, Mode::empty())
-                .map_err(|e| not_found(e, "open"))?;
+            let pfd = open_in_root_raw(
+                root,
+                parent_path.as_os_str().as_bytes(),
+                DIR_FLAGS,
+                Mode::empty(),
+            )
+            .map_err(|e| not_found(e, "open"))?;
             let st = fstatat(&pfd, base.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                 .map_err(|e| not_found(e, "stat"))?;
             out.add(&pfd, base, base.as_bytes().to_vec(), &st)?;
         }
         _ => {
-            let fd = open_in_root_raw(root, source.as_os_str().as_bytes(), DIR_FLAGS, Mode::empty())
-                .map_err(|e| not_found(e, "open"))?;
+            let fd = open_in_root_raw(
+                root,
+                source.as_os_str().as_bytes(),
+                DIR_FLAGS,
+                Mode::empty(),
+            )
+            .map_err(|e| not_found(e, "open"))?;
             let st = fstat(&fd).map_err(|e| RootfsError::io("stat", source, e))?;
             out.dir(fd, b".".to_vec(), &st, source)?;
         }
@@ -724,7 +942,13 @@ impl<W: Write> TarWriter<W> {
         }
     }
 
-    fn add(&mut self, dirfd: &OwnedFd, name: &OsStr, arcname: Vec<u8>, st: &FileStat) -> Result<()> {
+    fn add(
+        &mut self,
+        dirfd: &OwnedFd,
+        name: &OsStr,
+        arcname: Vec<u8>,
+        st: &FileStat,
+    ) -> Result<()> {
         let shown = || PathBuf::from(OsStr::from_bytes(&arcname));
         let fmt = st.st_mode & SFlag::S_IFMT.bits();
         if fmt == SFlag::S_IFDIR.bits() {
@@ -792,8 +1016,12 @@ impl<W: Write> TarWriter<W> {
         name.push(b'/');
         self.entry(header_for(st, EntryType::Directory), &name, None, &xattrs)?;
 
-        let listing_fd = file.as_fd().try_clone_to_owned().map_err(|e| RootfsError::io("open", display, e))?;
-        let mut dir = nix::dir::Dir::from_fd(listing_fd).map_err(|e| RootfsError::io("read directory", display, e))?;
+        let listing_fd = file
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| RootfsError::io("open", display, e))?;
+        let mut dir = nix::dir::Dir::from_fd(listing_fd)
+            .map_err(|e| RootfsError::io("read directory", display, e))?;
         let mut children: Vec<OsString> = Vec::new();
         for ent in dir.iter() {
             let ent = ent.map_err(|e| RootfsError::io("read directory", display, e))?;
@@ -820,7 +1048,13 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Writes a header (with GNU long-name/long-link and PAX xattr records as needed).
-    fn entry(&mut self, mut header: tar::Header, name: &[u8], link: Option<&[u8]>, xattrs: &[(OsString, Vec<u8>)]) -> Result<()> {
+    fn entry(
+        &mut self,
+        mut header: tar::Header,
+        name: &[u8],
+        link: Option<&[u8]>,
+        xattrs: &[(OsString, Vec<u8>)],
+    ) -> Result<()> {
         if !xattrs.is_empty() {
             let mut records = Vec::new();
             for (k, v) in xattrs {
@@ -842,7 +1076,9 @@ impl<W: Write> TarWriter<W> {
         }
         set_name_field(&mut header, name, link);
         header.set_cksum();
-        self.w.write_all(header.as_bytes()).map_err(|e| self.werr(e))
+        self.w
+            .write_all(header.as_bytes())
+            .map_err(|e| self.werr(e))
     }
 
     fn special(&mut self, name: &[u8], kind: EntryType, data: &[u8]) -> Result<()> {
@@ -882,7 +1118,9 @@ impl<W: Write> TarWriter<W> {
     fn pad(&mut self, len: u64) -> Result<()> {
         let rem = (len % 512) as usize;
         if rem != 0 {
-            self.w.write_all(&[0u8; 512][..512 - rem]).map_err(|e| self.werr(e))?;
+            self.w
+                .write_all(&[0u8; 512][..512 - rem])
+                .map_err(|e| self.werr(e))?;
         }
         Ok(())
     }
@@ -951,7 +1189,10 @@ mod tests {
 
     #[test]
     fn archive_names() {
-        assert_eq!(archive_relative(b"./a/b/").unwrap(), vec![OsString::from("a"), OsString::from("b")]);
+        assert_eq!(
+            archive_relative(b"./a/b/").unwrap(),
+            vec![OsString::from("a"), OsString::from("b")]
+        );
         assert!(archive_relative(b"./").unwrap().is_empty());
         assert!(archive_relative(b"/abs").is_err());
         assert!(archive_relative(b"a/../../evil").is_err());
@@ -972,25 +1213,35 @@ mod tests {
 
     #[test]
     fn pax_record_length_counts_itself() {
-        for (k, v) in [(&b"a"[..], &b"b"[..]), (b"SCHILY.xattr.user.test", &[7u8; 93][..])] {
+        for (k, v) in [
+            (&b"a"[..], &b"b"[..]),
+            (b"SCHILY.xattr.user.test", &[7u8; 93][..]),
+        ] {
             let rec = pax_record(k, v);
-            let (len, _) = std::str::from_utf8(&rec[..rec.iter().position(|b| *b == b' ').unwrap()])
-                .map(|s| (s.parse::<usize>().unwrap(), ()))
-                .unwrap();
+            let (len, _) =
+                std::str::from_utf8(&rec[..rec.iter().position(|b| *b == b' ').unwrap()])
+                    .map(|s| (s.parse::<usize>().unwrap(), ()))
+                    .unwrap();
             assert_eq!(len, rec.len());
         }
     }
 
     #[test]
     fn pax_time() {
-        assert_eq!(parse_pax_time(b"1700000000.5"), Some((1_700_000_000, 500_000_000)));
+        assert_eq!(
+            parse_pax_time(b"1700000000.5"),
+            Some((1_700_000_000, 500_000_000))
+        );
         assert_eq!(parse_pax_time(b"12"), Some((12, 0)));
         assert_eq!(parse_pax_time(b"x"), None);
     }
 
     #[test]
     fn normalize_clamps_at_root() {
-        assert_eq!(normalize_abs(Path::new("/../a/./b/..")).unwrap(), vec![OsString::from("a")]);
+        assert_eq!(
+            normalize_abs(Path::new("/../a/./b/..")).unwrap(),
+            vec![OsString::from("a")]
+        );
         assert!(normalize_abs(Path::new("rel")).is_err());
     }
 }

@@ -1,1 +1,66 @@
-fn main() {}
+//! gardenctl: a command-line client for people who operate a Garden server.
+//!
+//! Every command is one or a few calls of `garden_client::Client`; this crate adds argument
+//! parsing, human-readable output, terminal handling for interactive processes and tar
+//! archiving for file transfers.
+
+mod cli;
+mod commands;
+mod errors;
+mod format;
+mod io;
+mod parse;
+mod run;
+mod stream;
+mod term;
+
+use std::io::Write;
+
+use clap::Parser;
+use garden_client::{Address, Client};
+
+fn main() {
+    // Usage errors exit 1 like every other failure; --help and --version exit 0.
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GARDENCTL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gardenctl: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let target = cli.target.clone();
+    let result = runtime.block_on(async {
+        let address = Address::parse(&cli.target)?;
+        commands::dispatch(Client::new(address), cli.command, cli.json).await
+    });
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gardenctl: {}", errors::describe(&e, &target));
+            1
+        }
+    };
+    // A blocking read of our stdin (forwarded to a process) must not keep us alive.
+    runtime.shutdown_background();
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}

@@ -7,10 +7,14 @@
 //! - `runtime/`, `cgroups/`: namespaces, mounts, cgroups; the only code that talks to the kernel.
 //! - `garden-init` (src/bin/garden-init.rs): pid 1 of every container.
 
+pub mod api;
 pub mod cgroups;
+pub mod cli;
 pub mod config;
 pub mod garden;
+pub mod http;
 pub mod init;
 pub mod process;
 pub mod runtime;
+pub mod server;
 pub mod service;

@@ -1,0 +1,166 @@
+//! A private gardend for the run: started from the same target directory as the bench binary,
+//! on a free loopback port, with a temporary depot and its own cgroup parent; stopped at the end.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use garden_client::{Address, Client};
+use tokio::process::{Child, Command};
+
+/// Where gardend should be: next to the running bench binary.
+pub fn default_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate the bench executable")?;
+    let dir = exe.parent().context("bench executable has no directory")?;
+    Ok(dir.join("gardend"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough for a private run).
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0 to find a free port")?;
+    Ok(l.local_addr().context("local address")?.port())
+}
+
+/// A running gardend owned by the bench.
+pub struct Gardend {
+    child: Option<Child>,
+    pub pid: u32,
+    pub port: u16,
+    pub log: PathBuf,
+    pub cgroup_parent: String,
+}
+
+impl Gardend {
+    /// Start `bin` with its depot under `dir` and wait until it answers Ping.
+    pub async fn start(bin: &Path, dir: &Path, extra_args: &[String]) -> Result<Gardend> {
+        if !bin.is_file() {
+            bail!(
+                "gardend not found at {} (build it first: cargo build --release --workspace --bins)",
+                bin.display()
+            );
+        }
+        let depot = dir.join("depot");
+        std::fs::create_dir_all(&depot).with_context(|| format!("create {}", depot.display()))?;
+        let port = free_port()?;
+        let cgroup_parent = format!("bench-{}", std::process::id());
+        let log = dir.join("gardend.log");
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--bind-ip", "127.0.0.1", "--bind-port", &port.to_string()])
+            .arg("--depot")
+            .arg(&depot)
+            .args(["--cgroup-parent", &cgroup_parent, "--log-level", "warn"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().context("clone log file")?)
+            .stderr(log_file)
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let pid = child.id().context("gardend exited at once")?;
+        let mut g = Gardend {
+            child: Some(child),
+            pid,
+            port,
+            log,
+            cgroup_parent,
+        };
+        if let Err(e) = g.wait_ready().await {
+            let log = g.log_tail();
+            g.stop().await;
+            bail!("{e:#}; gardend log:\n{log}");
+        }
+        Ok(g)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().context("poll gardend")? {
+                    bail!("gardend exited during startup ({status})");
+                }
+            }
+            match client.ping().await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    bail!("gardend did not answer Ping within 30 s: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(Address::Tcp(format!("127.0.0.1:{}", self.port)))
+    }
+
+    /// The last lines of gardend's log (for error messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Destroy every container, then SIGTERM (SIGKILL after 10 s) and reap.
+    pub async fn stop(&mut self) {
+        let client = self.client();
+        if let Ok(handles) = client.list(&[]).await {
+            for h in handles {
+                if let Err(e) = client.destroy(&h).await {
+                    tracing::warn!("destroy {h} at shutdown: {e}");
+                }
+            }
+        }
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on the pid of our own, not yet reaped, child.
+            unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+            match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!("gardend ignored SIGTERM for 10 s; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// The resident set of process `pid` in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    parse_vm_rss(&status).with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// The VmRSS figure (KiB) of a /proc/<pid>/status text.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_kib() {
+        let status = "Name:\tgardend\nVmPeak:\t  99999 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
+        assert_eq!(parse_vm_rss(status), Some(12345));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        assert_eq!(parse_vm_rss("VmRSS: lots kB\n"), None);
+    }
+
+    #[test]
+    fn our_own_status_has_a_vm_rss() {
+        assert!(rss_kib(std::process::id()).unwrap() > 0);
+    }
+}

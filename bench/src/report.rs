@@ -1,0 +1,736 @@
+//! The figures of one bench run, rendered as a markdown table (stdout) and as JSON (`--json`).
+//!
+//! The JSON always carries every key scripts depend on (`lifecycle.{gardend,crun,runc}.p50_ms`,
+//! `concurrent_create.{10,50,100}.wall_ms`, `stdout.mb_per_s`, `stream_in.mb_per_s`,
+//! `stream_out.mb_per_s`, `density.{containers,gardend_rss_mb}`); a figure that was not
+//! measured is `null`, with an `error` string saying why.
+
+use std::fmt::Write as _;
+
+use serde_json::{json, Map, Value};
+
+use crate::stats::Summary;
+
+/// The runtimes compared, in table order. gardend first: ratios are gardend / peer.
+pub const RUNTIMES: [&str; 3] = ["gardend", "crun", "runc"];
+
+/// A measured value, or why there is none ("crun not installed", the error met, ...).
+pub type Outcome<T> = Result<T, String>;
+
+/// One runtime's result in a scenario.
+#[derive(Debug, Clone)]
+pub struct Row<T> {
+    pub runtime: String,
+    pub outcome: Outcome<T>,
+}
+
+impl<T> Row<T> {
+    pub fn new(runtime: impl Into<String>, outcome: Outcome<T>) -> Self {
+        Row {
+            runtime: runtime.into(),
+            outcome,
+        }
+    }
+}
+
+fn find<'a, T>(rows: &'a [Row<T>], runtime: &str) -> Option<&'a Outcome<T>> {
+    rows.iter()
+        .find(|r| r.runtime == runtime)
+        .map(|r| &r.outcome)
+}
+
+/// Concurrent creates then destroys of `n` containers (median of the repetitions).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Concurrent {
+    pub reps: usize,
+    pub create_wall_ms: f64,
+    pub destroy_wall_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConcurrentLevel {
+    pub n: usize,
+    pub rows: Vec<Row<Concurrent>>,
+}
+
+/// Bytes moved per repetition and the median and best rate over the repetitions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throughput {
+    pub bytes: u64,
+    pub reps: usize,
+    pub mb_per_s: f64,
+    pub best_mb_per_s: f64,
+}
+
+/// Scenario 4. `stdout` rows are gardend, crun, runc and `host` (the same writer on the host,
+/// straight into a pipe: the ceiling).
+#[derive(Debug, Clone, Default)]
+pub struct Streaming {
+    pub stdout: Vec<Row<Throughput>>,
+    pub stream_in: Option<Outcome<Throughput>>,
+    pub stream_out: Option<Outcome<Throughput>>,
+    /// `cat` of the same tar through a pipe on the host: the ceiling for StreamIn/StreamOut.
+    pub host_cat: Option<Outcome<Throughput>>,
+}
+
+/// Scenario 5: N idle containers in one gardend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Density {
+    pub containers: usize,
+    pub parallelism: usize,
+    pub baseline_rss_kib: u64,
+    pub rss_kib: u64,
+    pub create_all_ms: f64,
+    pub list_ms: f64,
+    pub listed: usize,
+    pub destroy_all_ms: f64,
+}
+
+impl Density {
+    /// RSS growth per container in KiB (may be negative if the allocator returned memory).
+    pub fn per_container_kib(&self) -> f64 {
+        if self.containers == 0 {
+            return 0.0;
+        }
+        (self.rss_kib as f64 - self.baseline_rss_kib as f64) / self.containers as f64
+    }
+}
+
+/// Everything one run measured. `None` = the scenario was not selected.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub mode: String,
+    /// Free-form facts about the machine and the tools (kernel, cores, versions).
+    pub environment: Vec<(String, String)>,
+    pub lifecycle: Option<Vec<Row<Summary>>>,
+    /// gardend's lifecycle split into its API calls (create, run+wait, destroy).
+    pub lifecycle_phases: Vec<(String, Summary)>,
+    pub create: Option<Vec<Row<Summary>>>,
+    pub destroy: Option<Vec<Row<Summary>>>,
+    pub run: Option<Vec<Row<Summary>>>,
+    pub concurrent: Option<Vec<ConcurrentLevel>>,
+    pub streaming: Option<Streaming>,
+    pub density: Option<Outcome<Density>>,
+    pub notes: Vec<String>,
+}
+
+const NOT_RUN: &str = "scenario not selected";
+
+fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!((x * 1000.0).round() / 1000.0)
+    } else {
+        Value::Null
+    }
+}
+
+fn summary_json(outcome: Option<&Outcome<Summary>>) -> Value {
+    match outcome {
+        Some(Ok(s)) => json!({
+            "count": s.count,
+            "p50_ms": num(s.p50),
+            "p90_ms": num(s.p90),
+            "p99_ms": num(s.p99),
+            "min_ms": num(s.min),
+            "max_ms": num(s.max),
+            "mean_ms": num(s.mean),
+        }),
+        Some(Err(e)) => {
+            json!({"count": 0, "p50_ms": null, "p90_ms": null, "p99_ms": null, "error": e})
+        }
+        None => {
+            json!({"count": 0, "p50_ms": null, "p90_ms": null, "p99_ms": null, "error": NOT_RUN})
+        }
+    }
+}
+
+fn latency_json(rows: Option<&Vec<Row<Summary>>>) -> Value {
+    let mut m = Map::new();
+    for rt in RUNTIMES {
+        let outcome = match rows {
+            Some(rows) => find(rows, rt),
+            None => None,
+        };
+        m.insert(rt.into(), summary_json(outcome));
+    }
+    Value::Object(m)
+}
+
+fn concurrent_json(outcome: Option<&Outcome<Concurrent>>) -> Map<String, Value> {
+    let mut m = Map::new();
+    match outcome {
+        Some(Ok(c)) => {
+            m.insert("reps".into(), json!(c.reps));
+            m.insert("wall_ms".into(), num(c.create_wall_ms));
+            m.insert("destroy_wall_ms".into(), num(c.destroy_wall_ms));
+        }
+        Some(Err(e)) => {
+            m.insert("wall_ms".into(), Value::Null);
+            m.insert("destroy_wall_ms".into(), Value::Null);
+            m.insert("error".into(), json!(e));
+        }
+        None => {
+            m.insert("wall_ms".into(), Value::Null);
+            m.insert("destroy_wall_ms".into(), Value::Null);
+            m.insert("error".into(), json!(NOT_RUN));
+        }
+    }
+    m
+}
+
+fn with_rates(mut m: Map<String, Value>, n: usize) -> Map<String, Value> {
+    let rate = |key: &str| match m.get(key).and_then(Value::as_f64) {
+        Some(ms) if ms > 0.0 => num(n as f64 / (ms / 1000.0)),
+        _ => Value::Null,
+    };
+    let create_rate = rate("wall_ms");
+    let destroy_rate = rate("destroy_wall_ms");
+    m.insert("containers_per_s".into(), create_rate);
+    m.insert("destroys_per_s".into(), destroy_rate);
+    m
+}
+
+fn throughput_json(outcome: Option<&Outcome<Throughput>>) -> Map<String, Value> {
+    let mut m = Map::new();
+    match outcome {
+        Some(Ok(t)) => {
+            m.insert("bytes".into(), json!(t.bytes));
+            m.insert("reps".into(), json!(t.reps));
+            m.insert("mb_per_s".into(), num(t.mb_per_s));
+            m.insert("best_mb_per_s".into(), num(t.best_mb_per_s));
+        }
+        Some(Err(e)) => {
+            m.insert("mb_per_s".into(), Value::Null);
+            m.insert("error".into(), json!(e));
+        }
+        None => {
+            m.insert("mb_per_s".into(), Value::Null);
+            m.insert("error".into(), json!(NOT_RUN));
+        }
+    }
+    m
+}
+
+/// The report as JSON (see the module doc for the guaranteed keys).
+pub fn to_json(r: &Report) -> Value {
+    let mut root = Map::new();
+    root.insert("mode".into(), json!(r.mode));
+    root.insert(
+        "units".into(),
+        json!("latencies in ms; MB/s = 10^6 bytes per second; RSS in MiB"),
+    );
+    let env: Map<String, Value> = r
+        .environment
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    root.insert("environment".into(), Value::Object(env));
+
+    let mut lifecycle = latency_json(r.lifecycle.as_ref());
+    if !r.lifecycle_phases.is_empty() {
+        let phases: Map<String, Value> = r
+            .lifecycle_phases
+            .iter()
+            .map(|(k, s)| (k.clone(), summary_json(Some(&Ok(*s)))))
+            .collect();
+        lifecycle["gardend"]["phases"] = Value::Object(phases);
+    }
+    root.insert("lifecycle".into(), lifecycle);
+    root.insert("create".into(), latency_json(r.create.as_ref()));
+    root.insert("destroy".into(), latency_json(r.destroy.as_ref()));
+    root.insert("run".into(), latency_json(r.run.as_ref()));
+
+    let mut conc = Map::new();
+    let levels: Vec<ConcurrentLevel> = match &r.concurrent {
+        Some(levels) => levels.clone(),
+        None => vec![],
+    };
+    let mut ns: Vec<usize> = levels.iter().map(|l| l.n).collect();
+    for required in [10, 50, 100] {
+        if !ns.contains(&required) {
+            ns.push(required);
+        }
+    }
+    for n in ns {
+        let level = levels.iter().find(|l| l.n == n);
+        let rows = level.map(|l| l.rows.as_slice()).unwrap_or(&[]);
+        let mut m = with_rates(concurrent_json(find(rows, "gardend")), n);
+        for peer in &RUNTIMES[1..] {
+            let pm = with_rates(concurrent_json(find(rows, peer)), n);
+            m.insert((*peer).into(), Value::Object(pm));
+        }
+        conc.insert(n.to_string(), Value::Object(m));
+    }
+    root.insert("concurrent_create".into(), Value::Object(conc));
+
+    let empty = Streaming::default();
+    let s = r.streaming.as_ref().unwrap_or(&empty);
+    let mut stdout = throughput_json(find(&s.stdout, "gardend"));
+    for other in ["crun", "runc", "host"] {
+        stdout.insert(
+            other.into(),
+            Value::Object(throughput_json(find(&s.stdout, other))),
+        );
+    }
+    root.insert("stdout".into(), Value::Object(stdout));
+    let mut host_cat = throughput_json(s.host_cat.as_ref());
+    host_cat.insert(
+        "what".into(),
+        json!("host cat of the same tar through a pipe"),
+    );
+    root.insert(
+        "stream_in".into(),
+        Value::Object(throughput_json(s.stream_in.as_ref())),
+    );
+    root.insert(
+        "stream_out".into(),
+        Value::Object(throughput_json(s.stream_out.as_ref())),
+    );
+    root.insert("host_pipe".into(), Value::Object(host_cat));
+
+    let density = match &r.density {
+        Some(Ok(d)) => json!({
+            "containers": d.containers,
+            "parallelism": d.parallelism,
+            "gardend_rss_mb": num(d.rss_kib as f64 / 1024.0),
+            "baseline_rss_mb": num(d.baseline_rss_kib as f64 / 1024.0),
+            "per_container_kb": num(d.per_container_kib()),
+            "create_all_ms": num(d.create_all_ms),
+            "list_ms": num(d.list_ms),
+            "listed": d.listed,
+            "destroy_all_ms": num(d.destroy_all_ms),
+        }),
+        Some(Err(e)) => json!({"containers": null, "gardend_rss_mb": null, "error": e}),
+        None => json!({"containers": null, "gardend_rss_mb": null, "error": NOT_RUN}),
+    };
+    root.insert("density".into(), density);
+    root.insert("notes".into(), json!(r.notes));
+    Value::Object(root)
+}
+
+/// Milliseconds with enough digits to compare a few-ms peer against a slower one.
+fn fmt_ms(x: f64) -> String {
+    if !x.is_finite() {
+        "-".into()
+    } else if x < 10.0 {
+        format!("{x:.2}")
+    } else if x < 1000.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn fmt_rate(x: f64) -> String {
+    if !x.is_finite() {
+        "-".into()
+    } else if x < 10.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn fmt_ratio(num: f64, den: f64) -> String {
+    if num.is_finite() && den.is_finite() && den > 0.0 {
+        format!("{:.2}x", num / den)
+    } else {
+        "-".into()
+    }
+}
+
+/// Markdown cells must not contain raw pipes or newlines.
+fn cell(s: &str) -> String {
+    let one_line = s.lines().next().unwrap_or("").replace('|', "\\|");
+    if one_line.len() > 120 {
+        let mut end = 117;
+        while !one_line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &one_line[..end])
+    } else {
+        one_line
+    }
+}
+
+fn latency_section(out: &mut String, title: &str, rows: &[Row<Summary>]) {
+    let gardend_p50 = match find(rows, "gardend") {
+        Some(Ok(s)) => s.p50,
+        _ => f64::NAN,
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let name = if i == 0 { title } else { "" };
+        match &row.outcome {
+            Ok(s) => {
+                let ratio = if row.runtime == "gardend" {
+                    String::new()
+                } else {
+                    fmt_ratio(gardend_p50, s.p50)
+                };
+                let _ = writeln!(
+                    out,
+                    "| {name} | {} | {} | {} | {} | {} | {ratio} |",
+                    row.runtime,
+                    s.count,
+                    fmt_ms(s.p50),
+                    fmt_ms(s.p90),
+                    fmt_ms(s.p99)
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "| {name} | {} | - | {} | | | |", row.runtime, cell(e));
+            }
+        }
+    }
+}
+
+/// The report as markdown: one table per kind of figure, then the notes.
+pub fn to_markdown(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "## gardend vs crun vs runc ({} mode)\n", r.mode);
+    if !r.environment.is_empty() {
+        let env: Vec<String> = r
+            .environment
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(out, "{}\n", env.join("; "));
+    }
+
+    let latency: Vec<(&str, &Vec<Row<Summary>>)> = [
+        (
+            "lifecycle (create, run /bin/true, destroy)",
+            r.lifecycle.as_ref(),
+        ),
+        ("create alone", r.create.as_ref()),
+        ("destroy alone", r.destroy.as_ref()),
+        ("run /bin/true in existing container", r.run.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(t, rows)| rows.map(|rows| (t, rows)))
+    .collect();
+    if !latency.is_empty() {
+        out.push_str("| scenario | runtime | n | p50 ms | p90 ms | p99 ms | gardend/peer p50 |\n");
+        out.push_str("|---|---|---:|---:|---:|---:|---:|\n");
+        for (title, rows) in &latency {
+            latency_section(&mut out, title, rows);
+        }
+        if !r.lifecycle_phases.is_empty() {
+            let phases: Vec<String> = r
+                .lifecycle_phases
+                .iter()
+                .map(|(k, s)| format!("{k} {}", fmt_ms(s.p50)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "\ngardend lifecycle by phase (p50 ms): {}",
+                phases.join(", ")
+            );
+        }
+        out.push('\n');
+    }
+
+    if let Some(levels) = &r.concurrent {
+        out.push_str("| concurrent creates | runtime | create wall ms | creates/s | destroy wall ms | destroys/s | gardend/peer create wall |\n");
+        out.push_str("|---:|---|---:|---:|---:|---:|---:|\n");
+        for level in levels {
+            let gardend_wall = match find(&level.rows, "gardend") {
+                Some(Ok(c)) => c.create_wall_ms,
+                _ => f64::NAN,
+            };
+            for (i, row) in level.rows.iter().enumerate() {
+                let n = if i == 0 {
+                    level.n.to_string()
+                } else {
+                    String::new()
+                };
+                match &row.outcome {
+                    Ok(c) => {
+                        let ratio = if row.runtime == "gardend" {
+                            String::new()
+                        } else {
+                            fmt_ratio(gardend_wall, c.create_wall_ms)
+                        };
+                        let _ = writeln!(
+                            out,
+                            "| {n} | {} | {} | {} | {} | {} | {ratio} |",
+                            row.runtime,
+                            fmt_ms(c.create_wall_ms),
+                            fmt_rate(level.n as f64 / (c.create_wall_ms / 1000.0)),
+                            fmt_ms(c.destroy_wall_ms),
+                            fmt_rate(level.n as f64 / (c.destroy_wall_ms / 1000.0)),
+                        );
+                    }
+                    Err(e) => {
+                        let _ = writeln!(out, "| {n} | {} | {} | | | | |", row.runtime, cell(e));
+                    }
+                }
+            }
+        }
+        out.push('\n');
+    }
+
+    if let Some(s) = &r.streaming {
+        out.push_str("| stream | path | MiB | MB/s (median) | MB/s (best) | of ceiling |\n");
+        out.push_str("|---|---|---:|---:|---:|---:|\n");
+        let ceiling = |o: Option<&Outcome<Throughput>>| match o {
+            Some(Ok(t)) => t.mb_per_s,
+            _ => f64::NAN,
+        };
+        let stdout_ceiling = ceiling(find(&s.stdout, "host"));
+        let tar_ceiling = ceiling(s.host_cat.as_ref());
+        let mut line = |stream: &str, path: &str, o: &Outcome<Throughput>, ceil: f64| match o {
+            Ok(t) => {
+                let share = if ceil.is_finite() && ceil > 0.0 {
+                    format!("{:.0}%", t.mb_per_s / ceil * 100.0)
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    out,
+                    "| {stream} | {path} | {:.0} | {} | {} | {share} |",
+                    t.bytes as f64 / (1024.0 * 1024.0),
+                    fmt_rate(t.mb_per_s),
+                    fmt_rate(t.best_mb_per_s)
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "| {stream} | {path} | - | {} | | |", cell(e));
+            }
+        };
+        for row in &s.stdout {
+            let path = match row.runtime.as_str() {
+                "host" => "host dd -> pipe (ceiling)".to_string(),
+                "gardend" => "gardend Run -> client".to_string(),
+                other => format!("{other} run -> pipe"),
+            };
+            line("process stdout", &path, &row.outcome, stdout_ceiling);
+        }
+        if let Some(o) = &s.stream_in {
+            line("tar", "gardend StreamIn", o, tar_ceiling);
+        }
+        if let Some(o) = &s.stream_out {
+            line("tar", "gardend StreamOut", o, tar_ceiling);
+        }
+        if let Some(o) = &s.host_cat {
+            line("tar", "host cat -> pipe (ceiling)", o, tar_ceiling);
+        }
+        out.push('\n');
+    }
+
+    match &r.density {
+        Some(Ok(d)) => {
+            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | create all ms | list ms | destroy all ms |\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|\n");
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} -> {:.1} | {:.1} | {} | {} | {} |\n",
+                d.containers,
+                d.baseline_rss_kib as f64 / 1024.0,
+                d.rss_kib as f64 / 1024.0,
+                d.per_container_kib(),
+                fmt_ms(d.create_all_ms),
+                fmt_ms(d.list_ms),
+                fmt_ms(d.destroy_all_ms)
+            );
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(out, "density: {}\n", cell(e));
+        }
+        None => {}
+    }
+
+    for note in &r.notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(p50: f64) -> Summary {
+        Summary {
+            count: 3,
+            min: p50 / 2.0,
+            p50,
+            p90: p50 * 1.5,
+            p99: p50 * 2.0,
+            max: p50 * 2.0,
+            mean: p50,
+        }
+    }
+
+    fn sample() -> Report {
+        Report {
+            mode: "quick".into(),
+            environment: vec![("cores".into(), "2".into())],
+            lifecycle: Some(vec![
+                Row::new("gardend", Ok(summary(20.0))),
+                Row::new("crun", Ok(summary(10.0))),
+                Row::new("runc", Err("runc not installed".into())),
+            ]),
+            lifecycle_phases: vec![("create".into(), summary(5.0))],
+            concurrent: Some(vec![ConcurrentLevel {
+                n: 10,
+                rows: vec![
+                    Row::new(
+                        "gardend",
+                        Ok(Concurrent {
+                            reps: 1,
+                            create_wall_ms: 500.0,
+                            destroy_wall_ms: 250.0,
+                        }),
+                    ),
+                    Row::new(
+                        "crun",
+                        Ok(Concurrent {
+                            reps: 1,
+                            create_wall_ms: 100.0,
+                            destroy_wall_ms: 50.0,
+                        }),
+                    ),
+                ],
+            }]),
+            streaming: Some(Streaming {
+                stdout: vec![
+                    Row::new(
+                        "gardend",
+                        Ok(Throughput {
+                            bytes: 128 << 20,
+                            reps: 2,
+                            mb_per_s: 500.0,
+                            best_mb_per_s: 550.0,
+                        }),
+                    ),
+                    Row::new(
+                        "host",
+                        Ok(Throughput {
+                            bytes: 128 << 20,
+                            reps: 2,
+                            mb_per_s: 2000.0,
+                            best_mb_per_s: 2100.0,
+                        }),
+                    ),
+                ],
+                stream_in: Some(Err("create failed: boom | bad\nsecond line".into())),
+                stream_out: None,
+                host_cat: None,
+            }),
+            density: Some(Ok(Density {
+                containers: 100,
+                parallelism: 8,
+                baseline_rss_kib: 10 * 1024,
+                rss_kib: 20 * 1024,
+                create_all_ms: 1234.5,
+                list_ms: 3.25,
+                listed: 100,
+                destroy_all_ms: 999.0,
+            })),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn json_has_the_keys_scripts_depend_on() {
+        let v = to_json(&sample());
+        assert_eq!(v["lifecycle"]["gardend"]["p50_ms"], json!(20.0));
+        assert_eq!(v["lifecycle"]["crun"]["p50_ms"], json!(10.0));
+        assert_eq!(v["lifecycle"]["runc"]["p50_ms"], Value::Null);
+        assert_eq!(v["lifecycle"]["runc"]["error"], json!("runc not installed"));
+        assert_eq!(
+            v["lifecycle"]["gardend"]["phases"]["create"]["p50_ms"],
+            json!(5.0)
+        );
+        assert_eq!(v["concurrent_create"]["10"]["wall_ms"], json!(500.0));
+        assert_eq!(
+            v["concurrent_create"]["10"]["containers_per_s"],
+            json!(20.0)
+        );
+        assert_eq!(
+            v["concurrent_create"]["10"]["crun"]["wall_ms"],
+            json!(100.0)
+        );
+        // Levels not measured still carry their keys.
+        assert_eq!(v["concurrent_create"]["50"]["wall_ms"], Value::Null);
+        assert_eq!(v["concurrent_create"]["100"]["wall_ms"], Value::Null);
+        assert_eq!(v["stdout"]["mb_per_s"], json!(500.0));
+        assert_eq!(v["stdout"]["host"]["mb_per_s"], json!(2000.0));
+        assert_eq!(v["stream_in"]["mb_per_s"], Value::Null);
+        assert!(v["stream_in"]["error"].as_str().unwrap().contains("boom"));
+        assert_eq!(v["stream_out"]["mb_per_s"], Value::Null);
+        assert_eq!(v["density"]["containers"], json!(100));
+        assert_eq!(v["density"]["gardend_rss_mb"], json!(20.0));
+        assert_eq!(v["density"]["per_container_kb"], json!(102.4));
+    }
+
+    #[test]
+    fn json_of_an_empty_report_still_has_every_required_key() {
+        let v = to_json(&Report::default());
+        for rt in RUNTIMES {
+            assert!(v["lifecycle"][rt].get("p50_ms").is_some(), "{rt}");
+        }
+        for n in ["10", "50", "100"] {
+            assert!(v["concurrent_create"][n].get("wall_ms").is_some(), "{n}");
+        }
+        for k in ["stdout", "stream_in", "stream_out"] {
+            assert!(v[k].get("mb_per_s").is_some(), "{k}");
+        }
+        assert!(v["density"].get("containers").is_some());
+        assert!(v["density"].get("gardend_rss_mb").is_some());
+    }
+
+    #[test]
+    fn markdown_shows_rows_ratios_and_reasons() {
+        let md = to_markdown(&sample());
+        assert!(md.contains("| lifecycle (create, run /bin/true, destroy) | gardend | 3 | 20.0 | 30.0 | 40.0 |  |"), "{md}");
+        assert!(
+            md.contains("|  | crun | 3 | 10.0 | 15.0 | 20.0 | 2.00x |"),
+            "{md}"
+        );
+        assert!(md.contains("|  | runc | - | runc not installed |"), "{md}");
+        assert!(
+            md.contains("| 10 | gardend | 500.0 | 20 | 250.0 | 40 |  |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("|  | crun | 100.0 | 100 | 50.0 | 200 | 5.00x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| process stdout | gardend Run -> client | 128 | 500 | 550 | 25% |"),
+            "{md}"
+        );
+        // Errors are cut to one line and pipes escaped so the table stays a table.
+        assert!(md.contains("create failed: boom \\| bad |"), "{md}");
+        assert!(!md.contains("second line"), "{md}");
+        assert!(
+            md.contains("| 100 | 10.0 -> 20.0 | 102.4 | 1234 | 3.25 | 999.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("gardend lifecycle by phase (p50 ms): create 5.00"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn markdown_skips_scenarios_not_run() {
+        let md = to_markdown(&Report {
+            mode: "quick".into(),
+            ..Report::default()
+        });
+        assert!(!md.contains("| scenario |"));
+        assert!(!md.contains("concurrent creates"));
+        assert!(!md.contains("idle containers"));
+    }
+
+    #[test]
+    fn long_cells_are_truncated_on_char_boundaries() {
+        let long = "é".repeat(200);
+        let c = cell(&long);
+        assert!(c.ends_with("..."));
+        assert!(c.len() <= 120);
+    }
+}
