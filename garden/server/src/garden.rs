@@ -484,12 +484,15 @@ impl Garden {
         };
         c.activity.cancelled.store(true, Ordering::SeqCst);
         c.activity.changed.notify_one();
+        let t = Instant::now();
         c.sandbox.kill().await;
+        tracing::debug!(handle, ms = t.elapsed().as_secs_f64() * 1e3, "init gone");
         for p in c.processes.lock().expect("processes lock").values() {
             p.on_exit(137);
         }
         let cgroup = c.sandbox.cgroup.clone();
         let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await.map_err(generic)?;
+        tracing::debug!(handle, ms = t.elapsed().as_secs_f64() * 1e3, "cgroups removed");
         let removed = match removed {
             Ok(()) => remove_dir_all_blocking(c.bundle.clone()).await,
             Err(e) => Err(e.to_string()),
