@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything the project needs from Debian's packages, idempotently: installed
+# packages are skipped and `apt-get update` runs only when a package is missing.
+# Usage: scripts/deps.sh [extra packages...]
+set -euo pipefail
+
+# busybox-static: the embedded default rootfs and test images.
+# iproute2, iptables: container networking. xfsprogs: disk quotas on a loop-mounted XFS store.
+# crun, runc: benchmark peers only. util-linux: nsenter, unshare, losetup.
+PACKAGES=(busybox-static iproute2 iptables xfsprogs crun runc util-linux procps "$@")
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    if [ "$(id -u)" != 0 ]; then echo "deps: run as root to install: ${missing[*]}" >&2; exit 1; fi
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    echo "deps: installed ${missing[*]}"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "deps: cargo not found; installing Debian's rust toolchain" >&2
+    apt-get install -y -qq --no-install-recommends cargo rustc >/dev/null
+fi

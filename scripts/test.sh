@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up and run every test: formatting, lints, unit tests, end-to-end tests against real
+# containers, and the cgroup v2 VM check when its script is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo build --workspace --bins -q
+cargo test --workspace
+if [ -x scripts/vm-v2-test.sh ] || [ -f scripts/vm-v2-test.sh ]; then
+    bash scripts/vm-v2-test.sh
+fi
