@@ -128,10 +128,12 @@ impl Garden {
     /// depot, and return the service.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Garden>> {
         use anyhow::Context;
-        std::fs::create_dir_all(&config.depot).with_context(|| format!("create depot {}", config.depot.display()))?;
+        std::fs::create_dir_all(&config.depot)
+            .with_context(|| format!("create depot {}", config.depot.display()))?;
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
         let layer_cache = state_dir.join("layers");
-        std::fs::create_dir_all(&layer_cache).with_context(|| format!("create {}", layer_cache.display()))?;
+        std::fs::create_dir_all(&layer_cache)
+            .with_context(|| format!("create {}", layer_cache.display()))?;
         let default_rootfs = match &config.default_rootfs {
             Some(uri) if !uri.is_empty() => {
                 let uri = uri.clone();
@@ -145,12 +147,16 @@ impl Garden {
                 let dir = tokio::task::spawn_blocking(move || rootfs::ensure_busybox_rootfs(&dir))
                     .await?
                     .context("build the embedded busybox rootfs")?;
-                rootfs::RootfsPlan { lower_dirs: vec![dir], env: Vec::new() }
+                rootfs::RootfsPlan {
+                    lower_dirs: vec![dir],
+                    env: Vec::new(),
+                }
             }
         };
         let layout = Layout::detect().context("detect cgroup layout")?;
         tracing::info!(?layout, "cgroups");
-        let cgroups = Cgroups::new(layout, &config.cgroup_parent).context("create parent cgroups")?;
+        let cgroups =
+            Cgroups::new(layout, &config.cgroup_parent).context("create parent cgroups")?;
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
         let runtime = Runtime::new(cgroups, init_bin);
         cleanup_depot(&config.depot, runtime.cgroups());
@@ -169,7 +175,10 @@ impl Garden {
 
     /// Containers keep running without gardend; nothing to stop here.
     pub async fn shutdown(&self) {
-        tracing::info!(containers = self.containers.read().expect("containers lock").len(), "shutting down");
+        tracing::info!(
+            containers = self.containers.read().expect("containers lock").len(),
+            "shutting down"
+        );
     }
 
     fn max_containers(&self) -> u64 {
@@ -193,8 +202,13 @@ impl Garden {
         match request {
             Request::Ping => Ok(json(&Empty {})),
             Request::Capacity => Ok(json(&self.capacity())),
-            Request::List { filter } => Ok(json(&HandlesResponse { handles: self.list(&filter) })),
-            Request::Create(spec) => self.create(*spec).await.map(|handle| json(&HandleResponse { handle })),
+            Request::List { filter } => Ok(json(&HandlesResponse {
+                handles: self.list(&filter),
+            })),
+            Request::Create(spec) => self
+                .create(*spec)
+                .await
+                .map(|handle| json(&HandleResponse { handle })),
             Request::Info { handle } => {
                 let c = self.lookup(&handle)?;
                 let _g = c.activity.guard();
@@ -203,11 +217,23 @@ impl Garden {
             Request::BulkInfo { handles } => Ok(json(&self.bulk_info(&handles))),
             Request::BulkMetrics { handles } => Ok(json(&self.bulk_metrics(&handles).await)),
             Request::Destroy { handle } => self.destroy(&handle).await.map(|_| json(&Empty {})),
-            Request::Stop { handle, kill } => self.stop(&handle, kill).await.map(|_| json(&Empty {})),
-            Request::StreamIn { handle, user, destination, body } => {
-                self.stream_in(&handle, &user, &destination, body).await.map(|_| json(&Empty {}))
+            Request::Stop { handle, kill } => {
+                self.stop(&handle, kill).await.map(|_| json(&Empty {}))
             }
-            Request::StreamOut { handle, user, source } => self.stream_out(&handle, &user, &source).await,
+            Request::StreamIn {
+                handle,
+                user,
+                destination,
+                body,
+            } => self
+                .stream_in(&handle, &user, &destination, body)
+                .await
+                .map(|_| json(&Empty {})),
+            Request::StreamOut {
+                handle,
+                user,
+                source,
+            } => self.stream_out(&handle, &user, &source).await,
             Request::CurrentBandwidthLimits { handle } => {
                 let c = self.lookup(&handle)?;
                 Ok(json(&c.spec.limits.bandwidth_limits))
@@ -220,7 +246,10 @@ impl Garden {
                 } else {
                     shares
                 };
-                Ok(json(&CpuLimits { limit_in_shares: reported, weight: 0 }))
+                Ok(json(&CpuLimits {
+                    limit_in_shares: reported,
+                    weight: 0,
+                }))
             }
             Request::CurrentDiskLimits { handle } => {
                 let c = self.lookup(&handle)?;
@@ -230,9 +259,13 @@ impl Garden {
                 let c = self.lookup(&handle)?;
                 Ok(json(&c.spec.limits.memory_limits))
             }
-            Request::NetIn { handle, .. } | Request::NetOut { handle, .. } | Request::BulkNetOut { handle, .. } => {
+            Request::NetIn { handle, .. }
+            | Request::NetOut { handle, .. }
+            | Request::BulkNetOut { handle, .. } => {
                 self.lookup(&handle)?;
-                Err(GardenError::generic("container networking (NetIn/NetOut) is not available in this gardend yet"))
+                Err(GardenError::generic(
+                    "container networking (NetIn/NetOut) is not available in this gardend yet",
+                ))
             }
             Request::SetGraceTime { handle, grace_time } => {
                 let c = self.lookup(&handle)?;
@@ -256,10 +289,17 @@ impl Garden {
             Request::Property { handle, key } => {
                 let c = self.lookup(&handle)?;
                 let _g = c.activity.guard();
-                let value = c.properties.lock().expect("properties lock").get(&key).cloned();
+                let value = c
+                    .properties
+                    .lock()
+                    .expect("properties lock")
+                    .get(&key)
+                    .cloned();
                 match value {
                     Some(value) => Ok(json(&PropertyValue { value })),
-                    None => Err(GardenError::generic(format!("property does not exist: {key}"))),
+                    None => Err(GardenError::generic(format!(
+                        "property does not exist: {key}"
+                    ))),
                 }
             }
             Request::SetProperty { handle, key, value } => {
@@ -285,8 +325,16 @@ impl Garden {
             }
             Request::Run { handle, spec } => self.run(&handle, *spec).await,
             Request::Attach { handle, process_id } => self.attach(&handle, &process_id),
-            Request::Stdout { handle, process_id: _, stream_id } => self.output(&handle, &stream_id, true),
-            Request::Stderr { handle, process_id: _, stream_id } => self.output(&handle, &stream_id, false),
+            Request::Stdout {
+                handle,
+                process_id: _,
+                stream_id,
+            } => self.output(&handle, &stream_id, true),
+            Request::Stderr {
+                handle,
+                process_id: _,
+                stream_id,
+            } => self.output(&handle, &stream_id, false),
         }
     }
 
@@ -302,7 +350,7 @@ impl Garden {
             .unwrap_or(0)
             * 1024;
         let disk = nix::sys::statvfs::statvfs(&self.config.depot)
-            .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks() * s.fragment_size())
             .unwrap_or(0);
         Capacity {
             memory_in_bytes: memory,
@@ -313,9 +361,14 @@ impl Garden {
     }
 
     fn list(&self, filter: &[(String, String)]) -> Vec<String> {
-        let all = filter.iter().any(|(k, v)| k == "garden.state" && v == "all");
-        let mut filter: Vec<(String, String)> =
-            filter.iter().filter(|(k, v)| !(k == "garden.state" && v == "all")).cloned().collect();
+        let all = filter
+            .iter()
+            .any(|(k, v)| k == "garden.state" && v == "all");
+        let mut filter: Vec<(String, String)> = filter
+            .iter()
+            .filter(|(k, v)| !(k == "garden.state" && v == "all"))
+            .cloned()
+            .collect();
         if !all && !filter.iter().any(|(k, _)| k == "garden.state") {
             filter.push(("garden.state".into(), "created".into()));
         }
@@ -324,7 +377,9 @@ impl Garden {
             .values()
             .filter(|c| {
                 let props = c.properties.lock().expect("properties lock");
-                filter.iter().all(|(k, v)| props.get(k).map(String::as_str).unwrap_or("") == v)
+                filter
+                    .iter()
+                    .all(|(k, v)| props.get(k).map(String::as_str).unwrap_or("") == v)
             })
             .map(|c| c.handle.clone())
             .collect();
@@ -336,16 +391,23 @@ impl Garden {
         let mut props = c.properties.lock().expect("properties lock");
         f(&mut props);
         let path = c.bundle.join("properties.json");
-        if let Err(e) = std::fs::write(&path, serde_json::to_vec(&*props).expect("map serialises")) {
+        if let Err(e) = std::fs::write(&path, serde_json::to_vec(&*props).expect("map serialises"))
+        {
             tracing::warn!(path = %path.display(), error = %e, "persist properties");
         }
     }
 
     async fn create(&self, spec: ContainerSpec) -> Result<String> {
-        let handle = if spec.handle.is_empty() { uuid::Uuid::new_v4().to_string() } else { spec.handle.clone() };
+        let handle = if spec.handle.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            spec.handle.clone()
+        };
         validate_name("handle", &handle)?;
         if !spec.image.uri.is_empty() && !spec.rootfs.is_empty() {
-            return Err(GardenError::generic("Cannot provide both Image.URI and RootFSPath"));
+            return Err(GardenError::generic(
+                "Cannot provide both Image.URI and RootFSPath",
+            ));
         }
         if !spec.netin.is_empty() || !spec.netout_rules.is_empty() {
             return Err(GardenError::generic(
@@ -364,7 +426,9 @@ impl Garden {
             let containers = self.containers.read().expect("containers lock");
             let mut reserved = self.reserved.lock().expect("reserved lock");
             if containers.contains_key(&handle) || reserved.contains(&handle) {
-                return Err(GardenError::generic(format!("Handle '{handle}' already in use")));
+                return Err(GardenError::generic(format!(
+                    "Handle '{handle}' already in use"
+                )));
             }
             if (containers.len() + reserved.len()) as u64 >= self.max_containers() {
                 return Err(GardenError::generic("max containers reached"));
@@ -378,7 +442,11 @@ impl Garden {
 
     async fn create_reserved(&self, handle: &str, mut spec: ContainerSpec) -> Result<()> {
         let started = Instant::now();
-        let uri = if spec.image.uri.is_empty() { spec.rootfs.clone() } else { spec.image.uri.clone() };
+        let uri = if spec.image.uri.is_empty() {
+            spec.rootfs.clone()
+        } else {
+            spec.image.uri.clone()
+        };
         let plan = if uri.is_empty() {
             self.default_rootfs.clone()
         } else {
@@ -390,12 +458,17 @@ impl Garden {
         };
         let bundle = self.config.depot.join(handle);
         if bundle.exists() {
-            return Err(GardenError::generic(format!("Handle '{handle}' already in use")));
+            return Err(GardenError::generic(format!(
+                "Handle '{handle}' already in use"
+            )));
         }
-        std::fs::create_dir_all(&bundle).map_err(|e| generic(format!("create {}: {e}", bundle.display())))?;
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| generic(format!("create {}: {e}", bundle.display())))?;
         let hostname = {
             let chars: Vec<char> = handle.chars().collect();
-            chars[chars.len().saturating_sub(49)..].iter().collect::<String>()
+            chars[chars.len().saturating_sub(49)..]
+                .iter()
+                .collect::<String>()
         };
         let sandbox_spec = SandboxSpec {
             handle,
@@ -431,10 +504,16 @@ impl Garden {
         let record = Record {
             handle: handle.to_string(),
             init_pid: sandbox.init_pid,
-            created_unix_ns: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+            created_unix_ns: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
             spec: spec.clone(),
         };
-        let _ = std::fs::write(bundle.join("container.json"), serde_json::to_vec(&record).expect("record serialises"));
+        let _ = std::fs::write(
+            bundle.join("container.json"),
+            serde_json::to_vec(&record).expect("record serialises"),
+        );
         let activity = Arc::new(Activity {
             active: AtomicUsize::new(0),
             grace_ns: AtomicU64::new(spec.grace_time),
@@ -461,15 +540,27 @@ impl Garden {
         tokio::spawn(async move {
             while let Some((id, status)) = exits.recv().await {
                 let Some(c) = router.upgrade() else { break };
-                let p = c.processes.lock().expect("processes lock").get(&id).cloned();
+                let p = c
+                    .processes
+                    .lock()
+                    .expect("processes lock")
+                    .get(&id)
+                    .cloned();
                 if let Some(p) = p {
                     p.on_exit(status);
                 }
             }
         });
         tokio::spawn(grace_timer(self.me.clone(), handle.to_string(), activity));
-        self.containers.write().expect("containers lock").insert(handle.to_string(), container);
-        tracing::info!(handle, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "created");
+        self.containers
+            .write()
+            .expect("containers lock")
+            .insert(handle.to_string(), container);
+        tracing::info!(
+            handle,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "created"
+        );
         Ok(())
     }
 
@@ -491,8 +582,14 @@ impl Garden {
             p.on_exit(137);
         }
         let cgroup = c.sandbox.cgroup.clone();
-        let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await.map_err(generic)?;
-        tracing::debug!(handle, ms = t.elapsed().as_secs_f64() * 1e3, "cgroups removed");
+        let removed = tokio::task::spawn_blocking(move || cgroup.remove())
+            .await
+            .map_err(generic)?;
+        tracing::debug!(
+            handle,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "cgroups removed"
+        );
         let removed = match removed {
             Ok(()) => remove_dir_all_blocking(c.bundle.clone()).await,
             Err(e) => Err(e.to_string()),
@@ -502,7 +599,10 @@ impl Garden {
             *c.state.lock().expect("state lock") = previous;
             return Err(GardenError::generic(format!("destroy {handle}: {e}")));
         }
-        self.containers.write().expect("containers lock").remove(handle);
+        self.containers
+            .write()
+            .expect("containers lock")
+            .remove(handle);
         tracing::info!(handle, "destroyed");
         Ok(())
     }
@@ -524,10 +624,19 @@ impl Garden {
     }
 
     /// Resolve a user inside the container and a path relative to its home.
-    fn user_and_path(root: &std::os::fd::OwnedFd, user_spec: &str, path: &str) -> std::result::Result<(user::User, PathBuf), String> {
+    fn user_and_path(
+        root: &std::os::fd::OwnedFd,
+        user_spec: &str,
+        path: &str,
+    ) -> std::result::Result<(user::User, PathBuf), String> {
         let read = |p: &str| -> String {
             let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC;
-            match rootfs::open_in_root(root.as_fd(), Path::new(p), flags, nix::sys::stat::Mode::empty()) {
+            match rootfs::open_in_root(
+                root.as_fd(),
+                Path::new(p),
+                flags,
+                nix::sys::stat::Mode::empty(),
+            ) {
                 Ok(fd) => {
                     let mut s = String::new();
                     let _ = std::fs::File::from(fd).take(4 << 20).read_to_string(&mut s);
@@ -547,19 +656,39 @@ impl Garden {
         Ok((u, path))
     }
 
-    async fn stream_in(&self, handle: &str, user_spec: &str, destination: &str, body: crate::service::Body) -> Result<()> {
+    async fn stream_in(
+        &self,
+        handle: &str,
+        user_spec: &str,
+        destination: &str,
+        body: crate::service::Body,
+    ) -> Result<()> {
         let c = self.lookup(handle)?;
         let _g = c.activity.guard();
-        let root = c.sandbox.open_root().map_err(|e| generic(format!("error streaming in: open container root: {e}")))?;
+        let root = c
+            .sandbox
+            .open_root()
+            .map_err(|e| generic(format!("error streaming in: open container root: {e}")))?;
         let user_spec = user_spec.to_string();
         let destination = destination.to_string();
         tokio::task::spawn_blocking(move || {
-            let (u, dest) =
-                Garden::user_and_path(&root, &user_spec, &destination).map_err(|e| format!("error streaming in: {e}"))?;
-            let reader = ChannelReader { rx: body, current: Bytes::new() };
-            rootfs::extract(root.as_fd(), &dest, reader, rootfs::Owner { uid: u.uid, gid: u.gid })
-                .map(|_| ())
-                .map_err(|e| format!("error streaming in: {e}"))
+            let (u, dest) = Garden::user_and_path(&root, &user_spec, &destination)
+                .map_err(|e| format!("error streaming in: {e}"))?;
+            let reader = ChannelReader {
+                rx: body,
+                current: Bytes::new(),
+            };
+            rootfs::extract(
+                root.as_fd(),
+                &dest,
+                reader,
+                rootfs::Owner {
+                    uid: u.uid,
+                    gid: u.gid,
+                },
+            )
+            .map(|_| ())
+            .map_err(|e| format!("error streaming in: {e}"))
         })
         .await
         .map_err(generic)?
@@ -569,23 +698,37 @@ impl Garden {
     async fn stream_out(&self, handle: &str, user_spec: &str, source: &str) -> Result<Reply> {
         let c = self.lookup(handle)?;
         let guard = c.activity.guard();
-        let root = c.sandbox.open_root().map_err(|e| generic(format!("error streaming out: open container root: {e}")))?;
-        let (_, src) = Garden::user_and_path(&root, user_spec, source).map_err(|e| generic(format!("error streaming out: {e}")))?;
+        let root = c
+            .sandbox
+            .open_root()
+            .map_err(|e| generic(format!("error streaming out: open container root: {e}")))?;
+        let (_, src) = Garden::user_and_path(&root, user_spec, source)
+            .map_err(|e| generic(format!("error streaming out: {e}")))?;
         // Report a missing source as an error reply, before any byte is sent.
         let probe = rootfs::open_in_root(
             root.as_fd(),
             &src,
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_CLOEXEC
+                | nix::fcntl::OFlag::O_NOFOLLOW,
             nix::sys::stat::Mode::empty(),
         );
         if let Err(e) = probe {
-            return Err(generic(format!("error streaming out: {}: {e}", src.display())));
+            return Err(generic(format!(
+                "error streaming out: {}: {e}",
+                src.display()
+            )));
         }
         let (tx, rx) = mpsc::channel(16);
         tokio::task::spawn_blocking(move || {
             let _guard = guard;
-            let mut w = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHANNEL_CHUNK) };
-            let result = rootfs::pack(root.as_fd(), &src, &mut w).map_err(std::io::Error::other).and_then(|_| w.flush());
+            let mut w = ChannelWriter {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(CHANNEL_CHUNK),
+            };
+            let result = rootfs::pack(root.as_fd(), &src, &mut w)
+                .map_err(std::io::Error::other)
+                .and_then(|_| w.flush());
             if let Err(e) = result {
                 let _ = tx.blocking_send(Err(e));
             }
@@ -598,20 +741,34 @@ impl Garden {
         let guard = c.activity.guard();
         crate::service::bind_mounts_need_image(&spec.bind_mounts, &spec.image.uri)?;
         if !spec.image.uri.is_empty() {
-            return Err(GardenError::generic("processes with their own image (peas) are not supported yet"));
+            return Err(GardenError::generic(
+                "processes with their own image (peas) are not supported yet",
+            ));
         }
         if !c.state.lock().expect("state lock").can_run() {
             return Err(GardenError::generic("container is being destroyed"));
         }
-        let id = if spec.id.is_empty() { uuid::Uuid::new_v4().to_string() } else { spec.id.clone() };
+        let id = if spec.id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            spec.id.clone()
+        };
         validate_name("process id", &id)?;
         let (process, child_fds) = {
             let mut processes = c.processes.lock().expect("processes lock");
             if processes.contains_key(&id) {
-                return Err(GardenError::generic(format!("process ID '{id}' already in use")));
+                return Err(GardenError::generic(format!(
+                    "process ID '{id}' already in use"
+                )));
             }
-            let tty = spec.tty.map(|t| t.window_size.unwrap_or(WindowSize { columns: 80, rows: 24 }));
-            let (p, fds) = Process::new(&id, tty, c.sandbox.clone()).map_err(|e| generic(format!("create stdio: {e}")))?;
+            let tty = spec.tty.map(|t| {
+                t.window_size.unwrap_or(WindowSize {
+                    columns: 80,
+                    rows: 24,
+                })
+            });
+            let (p, fds) = Process::new(&id, tty, c.sandbox.clone())
+                .map_err(|e| generic(format!("create stdio: {e}")))?;
             processes.insert(id.clone(), p.clone());
             (p, fds)
         };
@@ -631,23 +788,32 @@ impl Garden {
         // Subscribe before the process starts, so its very first bytes reach this Run's streams.
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
         let streams = process.subscribe(&stream_id);
-        let raw: Vec<i32> = child_fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        let raw: Vec<i32> = child_fds
+            .iter()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
         let spawned = c.sandbox.init.spawn(request, &raw).await;
         drop(child_fds);
         if let Err(e) = spawned {
             c.processes.lock().expect("processes lock").remove(&id);
             process.on_exit(-1);
             return Err(match e {
-                SpawnError::ExecutableNotFound(message) => GardenError::ExecutableNotFound { message },
+                SpawnError::ExecutableNotFound(message) => {
+                    GardenError::ExecutableNotFound { message }
+                }
                 SpawnError::Failed(m) => GardenError::generic(m),
                 SpawnError::InitGone => GardenError::generic("container is not running"),
             });
         }
-        Ok(Reply::Process(self.session(&c, process, guard, stream_id, streams)))
+        Ok(Reply::Process(
+            self.session(&c, process, guard, stream_id, streams),
+        ))
     }
 
     fn attach(&self, handle: &str, process_id: &str) -> Result<Reply> {
-        let c = self.lookup(handle).map_err(|_| GardenError::process_not_found(process_id))?;
+        let c = self
+            .lookup(handle)
+            .map_err(|_| GardenError::process_not_found(process_id))?;
         let guard = c.activity.guard();
         let p = c
             .processes
@@ -658,7 +824,9 @@ impl Garden {
             .ok_or_else(|| GardenError::process_not_found(process_id))?;
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
         let streams = p.subscribe(&stream_id);
-        Ok(Reply::Process(self.session(&c, p, guard, stream_id, streams)))
+        Ok(Reply::Process(
+            self.session(&c, p, guard, stream_id, streams),
+        ))
     }
 
     fn session(
@@ -669,10 +837,13 @@ impl Garden {
         stream_id: String,
         (stdout, stderr): (PendingStream, PendingStream),
     ) -> ProcessSession {
-        c.streams
-            .lock()
-            .expect("streams lock")
-            .insert(stream_id.clone(), StreamSlot { stdout: Some(stdout), stderr: Some(stderr) });
+        c.streams.lock().expect("streams lock").insert(
+            stream_id.clone(),
+            StreamSlot {
+                stdout: Some(stdout),
+                stderr: Some(stderr),
+            },
+        );
         // Forget unclaimed streams a while after the process ends.
         let (weak, sid, done) = (Arc::downgrade(c), stream_id.clone(), p.wait());
         tokio::spawn(async move {
@@ -698,8 +869,17 @@ impl Garden {
         let guard = c.activity.guard();
         let pending = {
             let mut streams = c.streams.lock().expect("streams lock");
-            let taken = streams.get_mut(stream_id).and_then(|s| if stdout { s.stdout.take() } else { s.stderr.take() });
-            if streams.get(stream_id).is_some_and(|s| s.stdout.is_none() && s.stderr.is_none()) {
+            let taken = streams.get_mut(stream_id).and_then(|s| {
+                if stdout {
+                    s.stdout.take()
+                } else {
+                    s.stderr.take()
+                }
+            });
+            if streams
+                .get(stream_id)
+                .is_some_and(|s| s.stdout.is_none() && s.stderr.is_none())
+            {
                 streams.remove(stream_id);
             }
             taken
@@ -712,7 +892,10 @@ impl Garden {
             // Unknown stream: an empty stream, as Go answers.
             None => mpsc::channel(1).1,
         };
-        Ok(Reply::Output(OutputStream { chunks, guard: ActivityGuard(Some(Box::new(guard))) }))
+        Ok(Reply::Output(OutputStream {
+            chunks,
+            guard: ActivityGuard(Some(Box::new(guard))),
+        }))
     }
 
     fn bulk_info(&self, handles: &[String]) -> BulkInfo {
@@ -720,8 +903,14 @@ impl Garden {
             .iter()
             .map(|h| {
                 let entry = match self.lookup(h) {
-                    Ok(c) => ContainerInfoEntry { info: info(&c), err: None },
-                    Err(e) => ContainerInfoEntry { info: ContainerInfo::default(), err: Some(flat_error(&e)) },
+                    Ok(c) => ContainerInfoEntry {
+                        info: info(&c),
+                        err: None,
+                    },
+                    Err(e) => ContainerInfoEntry {
+                        info: ContainerInfo::default(),
+                        err: Some(flat_error(&e)),
+                    },
                 };
                 (h.clone(), entry)
             })
@@ -732,8 +921,14 @@ impl Garden {
         let mut out = BTreeMap::new();
         for h in handles {
             let entry = match self.lookup(h) {
-                Ok(c) => ContainerMetricsEntry { metrics: self.metrics(&c).await, err: None },
-                Err(e) => ContainerMetricsEntry { metrics: Metrics::default(), err: Some(flat_error(&e)) },
+                Ok(c) => ContainerMetricsEntry {
+                    metrics: self.metrics(&c).await,
+                    err: None,
+                },
+                Err(e) => ContainerMetricsEntry {
+                    metrics: Metrics::default(),
+                    err: Some(flat_error(&e)),
+                },
             };
             out.insert(h.clone(), entry);
         }
@@ -743,7 +938,9 @@ impl Garden {
     async fn metrics(&self, c: &Arc<Container>) -> Metrics {
         let stats = c.sandbox.cgroup.stats();
         let upper = runtime::upper_dir(&c.bundle);
-        let (ex_bytes, ex_inodes) = tokio::task::spawn_blocking(move || du(&upper)).await.unwrap_or((0, 0));
+        let (ex_bytes, ex_inodes) = tokio::task::spawn_blocking(move || du(&upper))
+            .await
+            .unwrap_or((0, 0));
         let (img_bytes, img_inodes) = self.image_size(&c.lower_dirs).await;
         Metrics {
             memory_stat: stats.memory,
@@ -769,8 +966,13 @@ impl Garden {
                 Some(s) => s,
                 None => {
                     let dir = l.clone();
-                    let s = tokio::task::spawn_blocking(move || du(&dir)).await.unwrap_or((0, 0));
-                    self.image_sizes.lock().expect("sizes lock").insert(l.clone(), s);
+                    let s = tokio::task::spawn_blocking(move || du(&dir))
+                        .await
+                        .unwrap_or((0, 0));
+                    self.image_sizes
+                        .lock()
+                        .expect("sizes lock")
+                        .insert(l.clone(), s);
                     s
                 }
             };
@@ -791,7 +993,11 @@ fn info(c: &Container) -> ContainerInfo {
         State::Active => "active",
         State::Stopped | State::Destroying => "stopped",
     };
-    let events = if c.sandbox.cgroup.oom_kills() > 0 { Some(vec!["Out of memory".to_string()]) } else { None };
+    let events = if c.sandbox.cgroup.oom_kills() > 0 {
+        Some(vec!["Out of memory".to_string()])
+    } else {
+        None
+    };
     ContainerInfo {
         state: state.into(),
         events,
@@ -804,12 +1010,20 @@ fn info(c: &Container) -> ContainerInfo {
 
 /// Bulk entries carry flattened (generic) errors, as Guardian's do.
 fn flat_error(e: &GardenError) -> ErrorBody {
-    ErrorBody { message: e.to_string(), ..Default::default() }
+    ErrorBody {
+        message: e.to_string(),
+        ..Default::default()
+    }
 }
 
 /// Handles and process ids name directories and cgroups: no separators, no dot names.
 fn validate_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.len() > 255 || name.contains(['/', '\0']) {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.len() > 255
+        || name.contains(['/', '\0'])
+    {
         return Err(GardenError::generic(format!("invalid {what}: {name:?}")));
     }
     Ok(())
@@ -833,7 +1047,10 @@ fn rlimits(r: &ResourceLimits) -> Vec<(i32, u64)> {
         (libc::RLIMIT_SIGPENDING, r.sigpending),
         (libc::RLIMIT_STACK, r.stack),
     ];
-    pairs.into_iter().filter_map(|(k, v)| v.map(|v| (k as i32, v))).collect()
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k as i32, v)))
+        .collect()
 }
 
 async fn wait_until_empty(sandbox: &Sandbox, limit: Duration) {
@@ -888,7 +1105,9 @@ fn du(dir: &Path) -> (u64, u64) {
     let mut stack = vec![dir.to_path_buf()];
     let dev = std::fs::symlink_metadata(dir).map(|m| m.dev()).unwrap_or(0);
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let Ok(m) = e.metadata() else { continue };
             if m.dev() != dev {
@@ -907,13 +1126,16 @@ fn du(dir: &Path) -> (u64, u64) {
 /// Remove what a previous gardend left: containers cannot be restored yet, so each bundle's
 /// init is killed and its cgroups and directory are removed.
 fn cleanup_depot(depot: &Path, cgroups: &Cgroups) {
-    let Ok(entries) = std::fs::read_dir(depot) else { return };
+    let Ok(entries) = std::fs::read_dir(depot) else {
+        return;
+    };
     for e in entries.flatten() {
         let bundle = e.path();
         let handle = e.file_name().to_string_lossy().into_owned();
         if let Ok(bytes) = std::fs::read(bundle.join("container.json")) {
             if let Ok(record) = serde_json::from_slice::<Record>(&bytes) {
-                let comm = std::fs::read_to_string(format!("/proc/{}/comm", record.init_pid)).unwrap_or_default();
+                let comm = std::fs::read_to_string(format!("/proc/{}/comm", record.init_pid))
+                    .unwrap_or_default();
                 if comm.trim() == "garden-init" {
                     // SAFETY: plain kill(2) of a stale container init found by pid and name.
                     unsafe { libc::kill(record.init_pid, libc::SIGKILL) };
@@ -978,7 +1200,10 @@ impl Write for ChannelWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHANNEL_CHUNK)));
+        let chunk = Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(CHANNEL_CHUNK),
+        ));
         self.tx
             .blocking_send(Ok(chunk))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))

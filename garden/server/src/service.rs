@@ -8,7 +8,9 @@ use std::future::Future;
 use std::io;
 
 use bytes::Bytes;
-use garden_api::{BindMount, ContainerSpec, GardenError, NetInRequest, NetOutRule, ProcessInput, ProcessSpec};
+use garden_api::{
+    BindMount, ContainerSpec, GardenError, NetInRequest, NetOutRule, ProcessInput, ProcessSpec,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// A request body streamed in chunks (StreamIn's tar). `Err` = the client's body was cut
@@ -21,33 +23,103 @@ pub enum Request {
     Ping,
     Capacity,
     /// Property filters in order; the first value of a repeated key wins (the parser dedups).
-    List { filter: Vec<(String, String)> },
+    List {
+        filter: Vec<(String, String)>,
+    },
     Create(Box<ContainerSpec>),
-    Info { handle: String },
-    BulkInfo { handles: Vec<String> },
-    BulkMetrics { handles: Vec<String> },
-    Destroy { handle: String },
-    Stop { handle: String, kill: bool },
-    StreamIn { handle: String, user: String, destination: String, body: Body },
-    StreamOut { handle: String, user: String, source: String },
-    CurrentBandwidthLimits { handle: String },
-    CurrentCpuLimits { handle: String },
-    CurrentDiskLimits { handle: String },
-    CurrentMemoryLimits { handle: String },
-    NetIn { handle: String, request: NetInRequest },
-    NetOut { handle: String, rule: NetOutRule },
-    BulkNetOut { handle: String, rules: Vec<NetOutRule> },
+    Info {
+        handle: String,
+    },
+    BulkInfo {
+        handles: Vec<String>,
+    },
+    BulkMetrics {
+        handles: Vec<String>,
+    },
+    Destroy {
+        handle: String,
+    },
+    Stop {
+        handle: String,
+        kill: bool,
+    },
+    StreamIn {
+        handle: String,
+        user: String,
+        destination: String,
+        body: Body,
+    },
+    StreamOut {
+        handle: String,
+        user: String,
+        source: String,
+    },
+    CurrentBandwidthLimits {
+        handle: String,
+    },
+    CurrentCpuLimits {
+        handle: String,
+    },
+    CurrentDiskLimits {
+        handle: String,
+    },
+    CurrentMemoryLimits {
+        handle: String,
+    },
+    NetIn {
+        handle: String,
+        request: NetInRequest,
+    },
+    NetOut {
+        handle: String,
+        rule: NetOutRule,
+    },
+    BulkNetOut {
+        handle: String,
+        rules: Vec<NetOutRule>,
+    },
     /// Grace time in nanoseconds.
-    SetGraceTime { handle: String, grace_time: u64 },
-    Properties { handle: String },
-    Property { handle: String, key: String },
-    SetProperty { handle: String, key: String, value: String },
-    RemoveProperty { handle: String, key: String },
-    Metrics { handle: String },
-    Run { handle: String, spec: Box<ProcessSpec> },
-    Attach { handle: String, process_id: String },
-    Stdout { handle: String, process_id: String, stream_id: String },
-    Stderr { handle: String, process_id: String, stream_id: String },
+    SetGraceTime {
+        handle: String,
+        grace_time: u64,
+    },
+    Properties {
+        handle: String,
+    },
+    Property {
+        handle: String,
+        key: String,
+    },
+    SetProperty {
+        handle: String,
+        key: String,
+        value: String,
+    },
+    RemoveProperty {
+        handle: String,
+        key: String,
+    },
+    Metrics {
+        handle: String,
+    },
+    Run {
+        handle: String,
+        spec: Box<ProcessSpec>,
+    },
+    Attach {
+        handle: String,
+        process_id: String,
+    },
+    Stdout {
+        handle: String,
+        process_id: String,
+        stream_id: String,
+    },
+    Stderr {
+        handle: String,
+        process_id: String,
+        stream_id: String,
+    },
 }
 
 /// What the core answers.

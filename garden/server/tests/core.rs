@@ -28,28 +28,55 @@ fn json_of<T: serde::de::DeserializeOwned>(r: Reply) -> T {
     }
 }
 
-async fn run(g: &Garden, handle: &str, path: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+async fn run(
+    g: &Garden,
+    handle: &str,
+    path: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (i32, String, String) {
     let spec = ProcessSpec {
         path: path.into(),
         args: args.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    let reply = g.handle(Request::Run { handle: handle.into(), spec: Box::new(spec) }).await.expect("run");
-    let Reply::Process(session) = reply else { panic!("expected a process session") };
+    let reply = g
+        .handle(Request::Run {
+            handle: handle.into(),
+            spec: Box::new(spec),
+        })
+        .await
+        .expect("run");
+    let Reply::Process(session) = reply else {
+        panic!("expected a process session")
+    };
     let out = g
-        .handle(Request::Stdout { handle: handle.into(), process_id: session.process_id.clone(), stream_id: session.stream_id.clone() })
+        .handle(Request::Stdout {
+            handle: handle.into(),
+            process_id: session.process_id.clone(),
+            stream_id: session.stream_id.clone(),
+        })
         .await
         .unwrap();
     let err = g
-        .handle(Request::Stderr { handle: handle.into(), process_id: session.process_id.clone(), stream_id: session.stream_id.clone() })
+        .handle(Request::Stderr {
+            handle: handle.into(),
+            process_id: session.process_id.clone(),
+            stream_id: session.stream_id.clone(),
+        })
         .await
         .unwrap();
     if let Some(data) = stdin {
-        session.input.send(ProcessInput::Stdin(data.as_bytes().to_vec())).unwrap();
+        session
+            .input
+            .send(ProcessInput::Stdin(data.as_bytes().to_vec()))
+            .unwrap();
         session.input.send(ProcessInput::StdinEof).unwrap();
     }
     let collect = |r: Reply| async move {
-        let Reply::Output(mut o) = r else { panic!("expected output") };
+        let Reply::Output(mut o) = r else {
+            panic!("expected output")
+        };
         let mut v = Vec::new();
         while let Some(c) = o.chunks.recv().await {
             v.extend_from_slice(&c);
@@ -57,38 +84,91 @@ async fn run(g: &Garden, handle: &str, path: &str, args: &[&str], stdin: Option<
         String::from_utf8_lossy(&v).into_owned()
     };
     let (o, e) = tokio::join!(collect(out), collect(err));
-    let status = tokio::time::timeout(Duration::from_secs(20), session.exit).await.expect("exit in time").unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), session.exit)
+        .await
+        .expect("exit in time")
+        .unwrap()
+        .unwrap();
     (status, o, e)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_against_the_kernel() {
-    let _ = tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_test_writer()
+        .try_init();
     let tmp = tempfile::tempdir().unwrap();
     let g = garden(&tmp).await;
-    let spec = ContainerSpec { handle: "core-1".into(), env: vec!["CONTAINER_ENV=1".into()], ..Default::default() };
-    let h: HandleResponse = json_of(g.handle(Request::Create(Box::new(spec))).await.expect("create"));
+    let spec = ContainerSpec {
+        handle: "core-1".into(),
+        env: vec!["CONTAINER_ENV=1".into()],
+        ..Default::default()
+    };
+    let h: HandleResponse = json_of(
+        g.handle(Request::Create(Box::new(spec)))
+            .await
+            .expect("create"),
+    );
     assert_eq!(h.handle, "core-1");
 
     eprintln!("created");
-    let (status, out, err) = run(&g, "core-1", "sh", &["-c", "echo out; echo err >&2; hostname; exit 42"], None).await;
-    assert_eq!((status, out.as_str(), err.as_str()), (42, "out\ncore-1\n", "err\n"));
+    let (status, out, err) = run(
+        &g,
+        "core-1",
+        "sh",
+        &["-c", "echo out; echo err >&2; hostname; exit 42"],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, out.as_str(), err.as_str()),
+        (42, "out\ncore-1\n", "err\n")
+    );
 
     let (status, out, _) = run(&g, "core-1", "cat", &[], Some("hello stdin")).await;
     assert_eq!((status, out.as_str()), (0, "hello stdin"));
 
-    let (_, out, _) = run(&g, "core-1", "sh", &["-c", "echo $$; env | sort; ls /proc | grep -c '^[0-9]'"], None).await;
-    assert!(out.starts_with("1\n") || out.contains("CONTAINER_ENV=1"), "{out}");
+    let (_, out, _) = run(
+        &g,
+        "core-1",
+        "sh",
+        &["-c", "echo $$; env | sort; ls /proc | grep -c '^[0-9]'"],
+        None,
+    )
+    .await;
+    assert!(
+        out.starts_with("1\n") || out.contains("CONTAINER_ENV=1"),
+        "{out}"
+    );
     assert!(out.contains("CONTAINER_ENV=1"), "{out}");
 
     let err = g
-        .handle(Request::Run { handle: "core-1".into(), spec: Box::new(ProcessSpec { path: "nope".into(), ..Default::default() }) })
+        .handle(Request::Run {
+            handle: "core-1".into(),
+            spec: Box::new(ProcessSpec {
+                path: "nope".into(),
+                ..Default::default()
+            }),
+        })
         .await
         .unwrap_err();
-    assert!(matches!(err, GardenError::ExecutableNotFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, GardenError::ExecutableNotFound { .. }),
+        "{err:?}"
+    );
 
-    g.handle(Request::Destroy { handle: "core-1".into() }).await.expect("destroy");
+    g.handle(Request::Destroy {
+        handle: "core-1".into(),
+    })
+    .await
+    .expect("destroy");
     assert!(!tmp.path().join("depot/core-1").exists());
-    let err = g.handle(Request::Info { handle: "core-1".into() }).await.unwrap_err();
+    let err = g
+        .handle(Request::Info {
+            handle: "core-1".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err, GardenError::container_not_found("core-1"));
 }

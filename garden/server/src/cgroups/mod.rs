@@ -19,13 +19,24 @@ pub enum CgroupError {
     #[error("no usable cgroup hierarchy found under {0}")]
     NoHierarchy(PathBuf),
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, CgroupError>;
 
-pub(crate) fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io { op, path: path.to_path_buf(), source }
+pub(crate) fn io<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub(crate) fn write(path: &Path, value: &str) -> Result<()> {
@@ -49,7 +60,8 @@ impl Layout {
     /// Probe the host: cgroup2 mounted at /sys/fs/cgroup means unified; otherwise use the v1
     /// controller mounts listed in /proc/self/mountinfo.
     pub fn detect() -> Result<Layout> {
-        let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(io("read", Path::new("/proc/self/mountinfo")))?;
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io("read", Path::new("/proc/self/mountinfo")))?;
         Layout::from_mountinfo(&mountinfo)
     }
 
@@ -57,17 +69,23 @@ impl Layout {
         let mut v1 = Vec::new();
         let mut unified_root = None;
         for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
             let mount_point = left.split_whitespace().nth(4).unwrap_or("");
             let mut r = right.split_whitespace();
             let fstype = r.next().unwrap_or("");
             let _source = r.next();
             let options = r.next().unwrap_or("");
             match fstype {
-                "cgroup2" if mount_point == "/sys/fs/cgroup" => unified_root = Some(PathBuf::from(mount_point)),
+                "cgroup2" if mount_point == "/sys/fs/cgroup" => {
+                    unified_root = Some(PathBuf::from(mount_point))
+                }
                 "cgroup" => {
                     for ctrl in options.split(',') {
-                        if v1::CONTROLLERS.contains(&ctrl) && !v1.iter().any(|(c, _): &(String, PathBuf)| c == ctrl) {
+                        if v1::CONTROLLERS.contains(&ctrl)
+                            && !v1.iter().any(|(c, _): &(String, PathBuf)| c == ctrl)
+                        {
                             v1.push((ctrl.to_string(), PathBuf::from(mount_point)));
                         }
                     }
@@ -115,7 +133,10 @@ pub struct Stats {
 impl Cgroups {
     /// Create (if needed) the parent cgroup in every hierarchy.
     pub fn new(layout: Layout, parent: &str) -> Result<Cgroups> {
-        let c = Cgroups { layout, parent: parent.to_string() };
+        let c = Cgroups {
+            layout,
+            parent: parent.to_string(),
+        };
         match &c.layout {
             Layout::V1(_) => {
                 for dir in c.dirs_for(None) {
@@ -156,7 +177,10 @@ impl Cgroups {
 
     /// The container's cgroup, without touching the filesystem.
     pub fn container(&self, handle: &str) -> ContainerCgroup {
-        ContainerCgroup { layout: self.layout.clone(), dirs: self.dirs_for(Some(handle)) }
+        ContainerCgroup {
+            layout: self.layout.clone(),
+            dirs: self.dirs_for(Some(handle)),
+        }
     }
 
     /// Create the container's cgroup and apply its limits.
@@ -185,7 +209,9 @@ impl ContainerCgroup {
 
     /// Host pids in the container (read from the first hierarchy: all hold the same tasks).
     pub fn pids(&self) -> Vec<i32> {
-        let Some(d) = self.dirs.first() else { return Vec::new() };
+        let Some(d) = self.dirs.first() else {
+            return Vec::new();
+        };
         fs::read_to_string(d.join("cgroup.procs"))
             .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
             .unwrap_or_default()
@@ -218,7 +244,13 @@ impl ContainerCgroup {
                         attempts += 1;
                         std::thread::sleep(Duration::from_millis(5));
                     }
-                    Err(e) => return Err(CgroupError::Io { op: "remove", path: d.clone(), source: e }),
+                    Err(e) => {
+                        return Err(CgroupError::Io {
+                            op: "remove",
+                            path: d.clone(),
+                            source: e,
+                        })
+                    }
                 }
             }
         }
@@ -273,7 +305,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let v2 = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(Layout::from_mountinfo(v2).unwrap(), Layout::V2("/sys/fs/cgroup".into()));
+        assert_eq!(
+            Layout::from_mountinfo(v2).unwrap(),
+            Layout::V2("/sys/fs/cgroup".into())
+        );
         assert!(Layout::from_mountinfo("").is_err());
     }
 

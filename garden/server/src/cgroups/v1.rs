@@ -11,7 +11,9 @@ pub const CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct"];
 
 fn dir_of<'a>(ctrls: &[(String, PathBuf)], dirs: &'a [PathBuf], ctrl: &str) -> Option<&'a Path> {
     let (_, mount) = ctrls.iter().find(|(c, _)| c == ctrl)?;
-    dirs.iter().find(|d| d.starts_with(mount)).map(PathBuf::as_path)
+    dirs.iter()
+        .find(|d| d.starts_with(mount))
+        .map(PathBuf::as_path)
 }
 
 pub fn apply(ctrls: &[(String, PathBuf)], dirs: &[PathBuf], limits: &Limits) -> Result<()> {
@@ -48,7 +50,10 @@ pub fn stats(ctrls: &[(String, PathBuf)], dirs: &[PathBuf]) -> Stats {
         }
     }
     if let Some(acct) = dir_of(ctrls, dirs, "cpuacct") {
-        s.cpu.usage = read(&acct.join("cpuacct.usage")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        s.cpu.usage = read(&acct.join("cpuacct.usage"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         if let Ok(text) = read(&acct.join("cpuacct.stat")) {
             // USER_HZ ticks (100 per second on Linux) to nanoseconds.
             for (k, v) in parse_kv(&text) {
@@ -61,8 +66,14 @@ pub fn stats(ctrls: &[(String, PathBuf)], dirs: &[PathBuf]) -> Stats {
         }
     }
     if let Some(pids) = dir_of(ctrls, dirs, "pids") {
-        s.pids.current = read(&pids.join("pids.current")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        s.pids.max = read(&pids.join("pids.max")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        s.pids.current = read(&pids.join("pids.current"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        s.pids.max = read(&pids.join("pids.max"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
     }
     s
 }
@@ -122,8 +133,14 @@ mod tests {
     fn applies_limits_to_files() {
         let tmp = tempfile::tempdir().unwrap();
         let mount = |c: &str| tmp.path().join(c);
-        let ctrls: Vec<(String, PathBuf)> = CONTROLLERS.iter().map(|c| (c.to_string(), mount(c))).collect();
-        let dirs: Vec<PathBuf> = CONTROLLERS.iter().map(|c| mount(c).join("garden/h")).collect();
+        let ctrls: Vec<(String, PathBuf)> = CONTROLLERS
+            .iter()
+            .map(|c| (c.to_string(), mount(c)))
+            .collect();
+        let dirs: Vec<PathBuf> = CONTROLLERS
+            .iter()
+            .map(|c| mount(c).join("garden/h"))
+            .collect();
         for d in &dirs {
             std::fs::create_dir_all(d).unwrap();
         }
@@ -143,7 +160,9 @@ mod tests {
 
     #[test]
     fn usage_toward_limit() {
-        let m = memory_stat("total_rss 100\ntotal_cache 50\ntotal_swap 0\ntotal_inactive_file 30\nrss 7\n");
+        let m = memory_stat(
+            "total_rss 100\ntotal_cache 50\ntotal_swap 0\ntotal_inactive_file 30\nrss 7\n",
+        );
         assert_eq!(m.total_usage_toward_limit, 120);
         assert_eq!(m.rss, 7);
     }

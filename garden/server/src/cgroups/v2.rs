@@ -19,7 +19,10 @@ pub fn prepare_parent(root: &Path, parent: &Path) -> Result<()> {
 
 fn enable(dir: &Path) {
     let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-    for c in CONTROLLERS.iter().filter(|c| available.split_whitespace().any(|a| a == **c)) {
+    for c in CONTROLLERS
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+    {
         // Best effort: a controller that cannot be enabled shows up as a missing limit file.
         let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
     }
@@ -39,7 +42,10 @@ pub fn apply(dir: &Path, limits: &Limits) -> Result<()> {
     }
     let shares = limits.cpu_limits.shares();
     if shares > 0 {
-        write(&dir.join("cpu.weight"), &shares_to_weight(shares).to_string())?;
+        write(
+            &dir.join("cpu.weight"),
+            &shares_to_weight(shares).to_string(),
+        )?;
     }
     Ok(())
 }
@@ -59,8 +65,14 @@ pub fn stats(dir: &Path) -> Stats {
             }
         }
     }
-    s.pids.current = read(&dir.join("pids.current")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-    s.pids.max = read(&dir.join("pids.max")).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    s.pids.current = read(&dir.join("pids.current"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    s.pids.max = read(&dir.join("pids.max"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     s
 }
 

@@ -25,8 +25,10 @@ pub fn main() -> ! {
     let mut ready = unsafe { std::fs::File::from_raw_fd(3) };
     let config = match std::fs::read(bundle.join("init.json"))
         .map_err(|e| format!("read init.json: {e}"))
-        .and_then(|b| serde_json::from_slice::<proto::InitConfig>(&b).map_err(|e| format!("parse init.json: {e}")))
-    {
+        .and_then(|b| {
+            serde_json::from_slice::<proto::InitConfig>(&b)
+                .map_err(|e| format!("parse init.json: {e}"))
+        }) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.write_all(e.as_bytes());

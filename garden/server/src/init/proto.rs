@@ -67,9 +67,14 @@ pub struct SpawnRequest {
 pub enum ToInit {
     Spawn(SpawnRequest),
     /// Signal one process started by Spawn.
-    Signal { id: String, signal: i32 },
+    Signal {
+        id: String,
+        signal: i32,
+    },
     /// Signal every process of the container except init itself.
-    SignalAll { signal: i32 },
+    SignalAll {
+        signal: i32,
+    },
 }
 
 /// Why a spawn failed; selects the Garden error type.
@@ -83,7 +88,11 @@ pub enum SpawnFailure {
 pub enum FromInit {
     /// `pid` is in the container's pid namespace.
     Spawned { id: String, pid: i32 },
-    SpawnFailed { id: String, kind: SpawnFailure, error: String },
+    SpawnFailed {
+        id: String,
+        kind: SpawnFailure,
+        error: String,
+    },
     /// Exit code, or 128 + signal.
     Exited { id: String, status: i32 },
 }
@@ -116,12 +125,20 @@ pub fn recv<T: for<'de> Deserialize<'de>>(sock: BorrowedFd<'_>) -> nix::Result<R
     let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (len, fds, truncated) = {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let msg = recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
         let mut fds = Vec::new();
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: the kernel just installed these descriptors for us; we own them.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         (msg.bytes, fds, msg.flags.contains(MsgFlags::MSG_TRUNC))

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root, sethostname};
 
@@ -23,23 +25,41 @@ pub struct Prepared {
 
 type Result<T> = std::result::Result<T, String>;
 
-fn ctx<T, E: std::fmt::Display>(r: std::result::Result<T, E>, what: impl FnOnce() -> String) -> Result<T> {
+fn ctx<T, E: std::fmt::Display>(
+    r: std::result::Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> Result<T> {
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
 pub fn prepare(c: &InitConfig) -> Result<Prepared> {
     for procs in &c.cgroup_procs {
-        ctx(fs::write(procs, "0"), || format!("join cgroup {}", procs.display()))?;
+        ctx(fs::write(procs, "0"), || {
+            format!("join cgroup {}", procs.display())
+        })?;
     }
-    ctx(mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>), || {
-        "make / private".into()
-    })?;
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || "make / private".into(),
+    )?;
     mount_root(c)?;
     let root = &c.rootfs;
     for b in &c.bind_mounts {
         bind_mount(root, &b.src, &b.dst, b.read_only)?;
     }
-    mount_at(root, "proc", "proc", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None)?;
+    mount_at(
+        root,
+        "proc",
+        "proc",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )?;
     mount_at(
         root,
         "sys",
@@ -48,60 +68,121 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         None,
     )?;
     make_dev(root)?;
-    mount_at(root, "tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_at(
+        root,
+        "tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
     write_etc(root, &c.hostname)?;
-    ctx(sethostname(&c.hostname), || format!("set hostname {}", c.hostname))?;
+    ctx(sethostname(&c.hostname), || {
+        format!("set hostname {}", c.hostname)
+    })?;
 
     let listener = ctx(
-        socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None),
+        socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        ),
         || "create control socket".into(),
     )?;
     let _ = fs::remove_file(&c.socket);
-    let addr = ctx(UnixAddr::new(&c.socket), || format!("socket path {}", c.socket.display()))?;
-    ctx(bind(listener.as_raw_fd(), &addr), || format!("bind {}", c.socket.display()))?;
-    ctx(listen(&listener, Backlog::new(16).expect("small backlog")), || "listen".into())?;
+    let addr = ctx(UnixAddr::new(&c.socket), || {
+        format!("socket path {}", c.socket.display())
+    })?;
+    ctx(bind(listener.as_raw_fd(), &addr), || {
+        format!("bind {}", c.socket.display())
+    })?;
+    ctx(
+        listen(&listener, Backlog::new(16).expect("small backlog")),
+        || "listen".into(),
+    )?;
     let processes_dir = ctx(
-        open(&c.processes_dir, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()),
+        open(
+            &c.processes_dir,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
         || format!("open {}", c.processes_dir.display()),
     )?;
 
     ctx(chdir(root), || format!("chdir {}", root.display()))?;
     ctx(pivot_root(".", "."), || "pivot_root".into())?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), || "detach old root".into())?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detach old root".into()
+    })?;
     ctx(chdir("/"), || "chdir /".into())?;
     loopback_up()?;
-    Ok(Prepared { listener, processes_dir })
+    Ok(Prepared {
+        listener,
+        processes_dir,
+    })
 }
 
 fn mount_root(c: &InitConfig) -> Result<()> {
-    let lower = c.lower_dirs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let data = format!("lowerdir={lower},upperdir={},workdir={}", c.upper_dir.display(), c.work_dir.display());
-    ctx(mount(Some("overlay"), &c.rootfs, Some("overlay"), MsFlags::empty(), Some(data.as_str())), || {
-        format!("mount overlay on {} ({data})", c.rootfs.display())
-    })
+    let lower = c
+        .lower_dirs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        c.upper_dir.display(),
+        c.work_dir.display()
+    );
+    ctx(
+        mount(
+            Some("overlay"),
+            &c.rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        ),
+        || format!("mount overlay on {} ({data})", c.rootfs.display()),
+    )
 }
 
 /// `dst` is a path inside the container; it is created (as a dir, or an empty file when the
 /// source is a file) if missing.
 fn bind_mount(root: &Path, src: &Path, dst: &Path, read_only: bool) -> Result<()> {
     let target = inside(root, dst)?;
-    let meta = ctx(fs::metadata(src), || format!("bind mount source {}", src.display()))?;
+    let meta = ctx(fs::metadata(src), || {
+        format!("bind mount source {}", src.display())
+    })?;
     if meta.is_dir() {
-        ctx(fs::create_dir_all(&target), || format!("create bind mount target {}", dst.display()))?;
+        ctx(fs::create_dir_all(&target), || {
+            format!("create bind mount target {}", dst.display())
+        })?;
     } else if !target.exists() {
         if let Some(parent) = target.parent() {
-            ctx(fs::create_dir_all(parent), || format!("create bind mount target {}", dst.display()))?;
+            ctx(fs::create_dir_all(parent), || {
+                format!("create bind mount target {}", dst.display())
+            })?;
         }
-        ctx(fs::write(&target, b""), || format!("create bind mount target {}", dst.display()))?;
+        ctx(fs::write(&target, b""), || {
+            format!("create bind mount target {}", dst.display())
+        })?;
     }
-    ctx(mount(Some(src), &target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>), || {
-        format!("bind mount {} to {}", src.display(), dst.display())
-    })?;
+    ctx(
+        mount(
+            Some(src),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || format!("bind mount {} to {}", src.display(), dst.display()),
+    )?;
     if read_only {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC;
-        ctx(mount(None::<&str>, &target, None::<&str>, flags, None::<&str>), || {
-            format!("remount {} read-only", dst.display())
-        })?;
+        ctx(
+            mount(None::<&str>, &target, None::<&str>, flags, None::<&str>),
+            || format!("remount {} read-only", dst.display()),
+        )?;
     }
     Ok(())
 }
@@ -122,24 +203,55 @@ fn inside(root: &Path, path: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn mount_at(root: &Path, dir: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+fn mount_at(
+    root: &Path,
+    dir: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
     let target = root.join(dir);
-    ctx(fs::create_dir_all(&target), || format!("create {}", target.display()))?;
-    ctx(mount(Some(fstype), &target, Some(fstype), flags, data), || format!("mount {fstype} on /{dir}"))
+    ctx(fs::create_dir_all(&target), || {
+        format!("create {}", target.display())
+    })?;
+    ctx(
+        mount(Some(fstype), &target, Some(fstype), flags, data),
+        || format!("mount {fstype} on /{dir}"),
+    )
 }
 
 fn make_dev(root: &Path) -> Result<()> {
     let dev = root.join("dev");
-    mount_at(root, "dev", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
-    for (name, major, minor) in
-        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
-    {
+    mount_at(
+        root,
+        "dev",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
         let path = dev.join(name);
-        ctx(mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor)), || {
-            format!("mknod /dev/{name}")
-        })?;
+        ctx(
+            mknod(
+                &path,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(major, minor),
+            ),
+            || format!("mknod /dev/{name}"),
+        )?;
         // mknod is subject to the umask; devices must be usable by every user.
-        ctx(fs::set_permissions(&path, fs::Permissions::from_mode(0o666)), || format!("chmod /dev/{name}"))?;
+        ctx(
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o666)),
+            || format!("chmod /dev/{name}"),
+        )?;
     }
     let pts = dev.join("pts");
     ctx(fs::create_dir_all(&pts), || "create /dev/pts".into())?;
@@ -160,7 +272,9 @@ fn make_dev(root: &Path) -> Result<()> {
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        ctx(symlink(target, dev.join(link)), || format!("symlink /dev/{link}"))?;
+        ctx(symlink(target, dev.join(link)), || {
+            format!("symlink /dev/{link}")
+        })?;
     }
     let shm = dev.join("shm");
     ctx(fs::create_dir_all(&shm), || "create /dev/shm".into())?;
@@ -181,13 +295,21 @@ fn make_dev(root: &Path) -> Result<()> {
 /// even when the image has no such file.
 fn write_etc(root: &Path, hostname: &str) -> Result<()> {
     let etc = root.join("etc");
-    if fs::symlink_metadata(&etc).map(|m| !m.is_dir()).unwrap_or(false) {
+    if fs::symlink_metadata(&etc)
+        .map(|m| !m.is_dir())
+        .unwrap_or(false)
+    {
         return Ok(()); // an image with a strange /etc: leave it alone
     }
     ctx(fs::create_dir_all(&etc), || "create /etc".into())?;
-    let hosts = format!("127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.0.1 {hostname}\n");
+    let hosts = format!(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.0.1 {hostname}\n"
+    );
     let path = etc.join("hosts");
-    if fs::symlink_metadata(&path).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+    if fs::symlink_metadata(&path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false)
+    {
         let _ = fs::remove_file(&path);
     }
     ctx(fs::write(&path, hosts), || "write /etc/hosts".into())
@@ -196,7 +318,12 @@ fn write_etc(root: &Path, hostname: &str) -> Result<()> {
 /// A new network namespace starts with `lo` down.
 fn loopback_up() -> Result<()> {
     let sock = ctx(
-        socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None),
+        socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        ),
         || "socket for lo".into(),
     )?;
     // SAFETY: ifreq is plain old data; zeroed is a valid value.

@@ -16,7 +16,9 @@ use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{accept4, SockFlag};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{chown, dup2, execve, fork, pipe2, setgid, setgroups, setsid, setuid, ForkResult, Gid, Pid, Uid};
+use nix::unistd::{
+    chown, dup2, execve, fork, pipe2, setgid, setgroups, setsid, setuid, ForkResult, Gid, Pid, Uid,
+};
 
 use super::proto::{self, FromInit, Received, SpawnFailure, SpawnRequest, ToInit};
 use super::setup::Prepared;
@@ -36,7 +38,8 @@ pub fn run(prepared: Prepared) -> ! {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).expect("block SIGCHLD");
-    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).expect("signalfd");
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .expect("signalfd");
     let mut s = Supervisor {
         listener: prepared.listener,
         processes_dir: prepared.processes_dir,
@@ -50,7 +53,11 @@ pub fn run(prepared: Prepared) -> ! {
                 PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(s.listener.as_fd(), PollFlags::POLLIN),
             ];
-            fds.extend(s.clients.iter().map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)));
+            fds.extend(
+                s.clients
+                    .iter()
+                    .map(|c| PollFd::new(c.as_fd(), PollFlags::POLLIN)),
+            );
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
@@ -60,7 +67,11 @@ pub fn run(prepared: Prepared) -> ! {
                 }
             }
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), ready(&fds[1]), fds[2..].iter().map(ready).collect::<Vec<_>>())
+            (
+                ready(&fds[0]),
+                ready(&fds[1]),
+                fds[2..].iter().map(ready).collect::<Vec<_>>(),
+            )
         };
         if sig_ready {
             while let Ok(Some(_)) = sfd.read_signal() {}
@@ -115,8 +126,15 @@ impl Supervisor {
         match msg {
             (ToInit::Spawn(req), fds) => {
                 let reply = match self.spawn(&req, fds) {
-                    Ok(pid) => FromInit::Spawned { id: req.id.clone(), pid },
-                    Err((kind, error)) => FromInit::SpawnFailed { id: req.id.clone(), kind, error },
+                    Ok(pid) => FromInit::Spawned {
+                        id: req.id.clone(),
+                        pid,
+                    },
+                    Err((kind, error)) => FromInit::SpawnFailed {
+                        id: req.id.clone(),
+                        kind,
+                        error,
+                    },
                 };
                 let _ = proto::send(self.clients[i].as_fd(), &reply, &[]);
             }
@@ -165,7 +183,8 @@ impl Supervisor {
     /// `<processes_dir>/<id>.exit`, so an exit code survives gardend restarts.
     fn record_exit(&self, id: &str, code: i32) {
         let name = format!("{id}.exit");
-        let flags = nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_TRUNC;
+        let flags =
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_TRUNC;
         let flags = flags | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW;
         match nix::fcntl::openat(
             self.processes_dir.as_fd(),
@@ -181,33 +200,51 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&mut self, req: &SpawnRequest, fds: Vec<OwnedFd>) -> Result<i32, (SpawnFailure, String)> {
+    fn spawn(
+        &mut self,
+        req: &SpawnRequest,
+        fds: Vec<OwnedFd>,
+    ) -> Result<i32, (SpawnFailure, String)> {
         let other = |e: String| (SpawnFailure::Other, e);
         if self.by_id.contains_key(&req.id) {
             return Err(other(format!("process ID '{}' already in use", req.id)));
         }
         let want = if req.tty { 1 } else { 3 };
         if fds.len() != want {
-            return Err(other(format!("expected {want} stdio descriptors, got {}", fds.len())));
+            return Err(other(format!(
+                "expected {want} stdio descriptors, got {}",
+                fds.len()
+            )));
         }
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
         let user = user::resolve(&req.user, &passwd, &group).map_err(other)?;
         let env = user::merge_env(&req.env, &user, &req.user);
-        let dir = if req.dir.is_empty() { user.home.clone() } else { req.dir.clone() };
-        let dir = if Path::new(&dir).is_absolute() { PathBuf::from(dir) } else { Path::new(&user.home).join(dir) };
+        let dir = if req.dir.is_empty() {
+            user.home.clone()
+        } else {
+            req.dir.clone()
+        };
+        let dir = if Path::new(&dir).is_absolute() {
+            PathBuf::from(dir)
+        } else {
+            Path::new(&user.home).join(dir)
+        };
         ensure_dir(&dir, user.uid, user.gid).map_err(other)?;
         let exe = resolve_executable(&req.path, user::env_get(&env, "PATH").unwrap_or(""), &dir)?;
 
         let cstr = |s: &str| CString::new(s).map_err(|_| other(format!("NUL byte in {s:?}")));
-        let exe_c = CString::new(exe.as_os_str().as_bytes()).map_err(|_| other("NUL byte in path".into()))?;
+        let exe_c = CString::new(exe.as_os_str().as_bytes())
+            .map_err(|_| other("NUL byte in path".into()))?;
         let mut argv = vec![cstr(&req.path)?];
         for a in &req.args {
             argv.push(cstr(a)?);
         }
         let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
-        let dir_c = CString::new(dir.as_os_str().as_bytes()).map_err(|_| other("NUL byte in dir".into()))?;
-        let (err_r, err_w) = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| other(format!("pipe: {e}")))?;
+        let dir_c = CString::new(dir.as_os_str().as_bytes())
+            .map_err(|_| other("NUL byte in dir".into()))?;
+        let (err_r, err_w) =
+            pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| other(format!("pipe: {e}")))?;
 
         let stdio: [RawFd; 3] = if req.tty {
             [fds[0].as_raw_fd(); 3]
@@ -235,7 +272,8 @@ impl Supervisor {
                 let mut buf = Vec::new();
                 let _ = std::fs::File::from(err_r).read_to_end(&mut buf);
                 if buf.len() >= 5 {
-                    let errno = Errno::from_raw(i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]));
+                    let errno =
+                        Errno::from_raw(i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]));
                     // The child is gone; the reaper reports nothing for it because we forget it.
                     self.running.remove(&pid);
                     self.by_id.remove(&req.id);
@@ -272,7 +310,8 @@ fn child(
 ) -> (u8, Errno) {
     let fail = |stage: u8| move |e: Errno| (stage, e);
     let run = || -> Result<std::convert::Infallible, (u8, Errno)> {
-        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(fail(STAGE_SETUP))?;
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+            .map_err(fail(STAGE_SETUP))?;
         setsid().map_err(fail(STAGE_SETUP))?;
         // Move stdio to 0..2. The sources are > 2 (init's own 0..2 are open), so no clobbering.
         for (target, src) in stdio.iter().enumerate() {
@@ -356,15 +395,27 @@ fn ensure_dir(dir: &Path, uid: u32, gid: u32) -> Result<(), String> {
 }
 
 /// A path with a `/` is used as is (relative to the working dir); otherwise search `PATH`.
-fn resolve_executable(path: &str, search: &str, dir: &Path) -> Result<PathBuf, (SpawnFailure, String)> {
-    let not_found =
-        || (SpawnFailure::ExecutableNotFound, format!("exec: \"{path}\": executable file not found in $PATH"));
+fn resolve_executable(
+    path: &str,
+    search: &str,
+    dir: &Path,
+) -> Result<PathBuf, (SpawnFailure, String)> {
+    let not_found = || {
+        (
+            SpawnFailure::ExecutableNotFound,
+            format!("exec: \"{path}\": executable file not found in $PATH"),
+        )
+    };
     if path.is_empty() {
         return Err(not_found());
     }
     if path.contains('/') {
         let p = Path::new(path);
-        return Ok(if p.is_absolute() { p.to_path_buf() } else { dir.join(p) });
+        return Ok(if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            dir.join(p)
+        });
     }
     for d in search.split(':').filter(|d| !d.is_empty()) {
         let candidate = Path::new(d).join(path);

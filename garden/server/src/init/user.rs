@@ -27,7 +27,12 @@ fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
         if f.len() < 7 || line.starts_with('#') {
             return None;
         }
-        Some(PasswdEntry { name: f[0], uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5] })
+        Some(PasswdEntry {
+            name: f[0],
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            home: f[5],
+        })
     })
 }
 
@@ -69,7 +74,11 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, String> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let user_part = if user_part.is_empty() { "root" } else { user_part };
+    let user_part = if user_part.is_empty() {
+        "root"
+    } else {
+        user_part
+    };
 
     let entry = match user_part.parse::<u32>() {
         Ok(uid) => passwd_entries(passwd).find(|e| e.uid == uid),
@@ -87,14 +96,22 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, String> {
             Err(_) => group_entries(group)
                 .find(|e| e.name == g)
                 .map(|e| e.gid)
-                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+                .ok_or_else(|| {
+                    format!("unable to find group {g}: no matching entries in group file")
+                })?,
         };
     }
     let groups = match &entry {
         Some(e) => supplementary(group, e.name, gid),
         None => vec![gid],
     };
-    Ok(User { uid, gid, groups, home, name: if spec.is_empty() { "root".into() } else { name } })
+    Ok(User {
+        uid,
+        gid,
+        groups,
+        home,
+        name: if spec.is_empty() { "root".into() } else { name },
+    })
 }
 
 /// Merge `KEY=value` lists: a later duplicate overrides the value but keeps the first position.
@@ -118,7 +135,11 @@ pub fn merge_env(entries: &[String], user: &User, user_spec: &str) -> Vec<String
         out.push(("PATH".into(), path.into()));
     }
     if !has(&out, "USER") {
-        let name = if user_spec.is_empty() { "root".to_string() } else { user.name.clone() };
+        let name = if user_spec.is_empty() {
+            "root".to_string()
+        } else {
+            user.name.clone()
+        };
         out.push(("USER".into(), name));
     }
     if !has(&out, "HOME") {
@@ -129,7 +150,8 @@ pub fn merge_env(entries: &[String], user: &User, user_spec: &str) -> Vec<String
 
 /// The value of `key` in a merged environment.
 pub fn env_get<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
-    env.iter().find_map(|e| e.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    env.iter()
+        .find_map(|e| e.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 #[cfg(test)]
@@ -147,7 +169,10 @@ mod tests {
         let u = resolve("", PASSWD, GROUP).unwrap();
         assert_eq!((u.uid, u.gid, u.name.as_str()), (0, 0, "root"));
         let u = resolve("1000000000:1000000000", "", "").unwrap();
-        assert_eq!((u.uid, u.gid, u.home.as_str()), (1_000_000_000, 1_000_000_000, "/"));
+        assert_eq!(
+            (u.uid, u.gid, u.home.as_str()),
+            (1_000_000_000, 1_000_000_000, "/")
+        );
         let u = resolve("alice:staff", PASSWD, GROUP).unwrap();
         assert_eq!(u.gid, 50);
         assert_eq!(resolve("root", "", "").unwrap().uid, 0);
@@ -161,7 +186,12 @@ mod tests {
     fn env_merge_keeps_first_position_and_adds_defaults() {
         let root = resolve("", PASSWD, GROUP).unwrap();
         let env = merge_env(
-            &["CONTAINER_ENV=1".into(), "TEST=hi".into(), "TEST=hello".into(), "FRUIT=banana".into()],
+            &[
+                "CONTAINER_ENV=1".into(),
+                "TEST=hi".into(),
+                "TEST=hello".into(),
+                "FRUIT=banana".into(),
+            ],
             &root,
             "",
         );

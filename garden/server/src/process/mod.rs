@@ -36,7 +36,11 @@ pub type ChildFds = Vec<OwnedFd>;
 
 impl Process {
     /// Create the plumbing and start reading; the caller sends `ChildFds` to garden-init.
-    pub fn new(id: &str, tty: Option<WindowSize>, sandbox: Arc<Sandbox>) -> std::io::Result<(Arc<Process>, ChildFds)> {
+    pub fn new(
+        id: &str,
+        tty: Option<WindowSize>,
+        sandbox: Arc<Sandbox>,
+    ) -> std::io::Result<(Arc<Process>, ChildFds)> {
         let (exited, exited_rx) = watch::channel(false);
         let (outcome, _) = watch::channel(None);
         let stdout = Arc::new(Hub::default());
@@ -54,10 +58,18 @@ impl Process {
                 cloexec(&pty.master)?;
                 cloexec(&pty.slave)?;
                 let master = Arc::new(async_fd(pty.master)?);
-                pumps.push(tokio::spawn(stdio::pump(master.clone(), stdout.clone(), exited_rx.clone())));
+                pumps.push(tokio::spawn(stdio::pump(
+                    master.clone(),
+                    stdout.clone(),
+                    exited_rx.clone(),
+                )));
                 // With a tty everything arrives on stdout; stderr just ends.
                 pumps.push(tokio::spawn(close_hub(stderr.clone())));
-                (StdinSink::new(master.clone(), true), Some(StdinSink::new(master, true)), vec![pty.slave])
+                (
+                    StdinSink::new(master.clone(), true),
+                    Some(StdinSink::new(master, true)),
+                    vec![pty.slave],
+                )
             }
             None => {
                 let flags = nix::fcntl::OFlag::O_CLOEXEC;
@@ -68,9 +80,21 @@ impl Process {
                 let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
                 let out = Arc::new(async_fd(out_r)?);
                 let err = Arc::new(async_fd(err_r)?);
-                pumps.push(tokio::spawn(stdio::pump(out, stdout.clone(), exited_rx.clone())));
-                pumps.push(tokio::spawn(stdio::pump(err, stderr.clone(), exited_rx.clone())));
-                (StdinSink::new(Arc::new(async_fd(in_w)?), false), None, vec![in_r, out_w, err_w])
+                pumps.push(tokio::spawn(stdio::pump(
+                    out,
+                    stdout.clone(),
+                    exited_rx.clone(),
+                )));
+                pumps.push(tokio::spawn(stdio::pump(
+                    err,
+                    stderr.clone(),
+                    exited_rx.clone(),
+                )));
+                (
+                    StdinSink::new(Arc::new(async_fd(in_w)?), false),
+                    None,
+                    vec![in_r, out_w, err_w],
+                )
             }
         };
         let p = Process {
@@ -92,7 +116,8 @@ impl Process {
         if self.exited.send_replace(true) {
             return; // already exited (e.g. the container was destroyed first)
         }
-        let pumps: Vec<JoinHandle<()>> = std::mem::take(&mut *self.pumps.lock().expect("pumps lock"));
+        let pumps: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.pumps.lock().expect("pumps lock"));
         let me = self.clone();
         tokio::spawn(async move {
             for p in pumps {
@@ -126,11 +151,18 @@ impl Process {
 
     /// Subscribe a new session's stdout and stderr streams.
     pub fn subscribe(&self, stream_id: &str) -> (PendingStream, PendingStream) {
-        (self.stdout.subscribe(stream_id), self.stderr.subscribe(stream_id))
+        (
+            self.stdout.subscribe(stream_id),
+            self.stderr.subscribe(stream_id),
+        )
     }
 
     /// Serve one session's inbound messages until its client goes away, then detach.
-    pub async fn serve_input(self: Arc<Self>, stream_id: String, mut input: mpsc::UnboundedReceiver<ProcessInput>) {
+    pub async fn serve_input(
+        self: Arc<Self>,
+        stream_id: String,
+        mut input: mpsc::UnboundedReceiver<ProcessInput>,
+    ) {
         while let Some(msg) = input.recv().await {
             match msg {
                 ProcessInput::Stdin(data) => {

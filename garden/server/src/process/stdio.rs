@@ -65,20 +65,32 @@ impl Hub {
         let connected = Arc::new(AtomicBool::new(false));
         let mut inner = self.inner.lock().expect("hub lock");
         if !inner.closed {
-            inner.subs.push(Subscriber { stream_id: stream_id.to_string(), tx, connected: connected.clone() });
+            inner.subs.push(Subscriber {
+                stream_id: stream_id.to_string(),
+                tx,
+                connected: connected.clone(),
+            });
         }
         PendingStream { rx, connected }
     }
 
     /// Drop a session's subscriber (its client went away).
     pub fn unsubscribe(&self, stream_id: &str) {
-        self.inner.lock().expect("hub lock").subs.retain(|s| s.stream_id != stream_id);
+        self.inner
+            .lock()
+            .expect("hub lock")
+            .subs
+            .retain(|s| s.stream_id != stream_id);
     }
 
     async fn publish(&self, data: Bytes) {
         let targets: Vec<(mpsc::Sender<Bytes>, bool)> = {
             let inner = self.inner.lock().expect("hub lock");
-            inner.subs.iter().map(|s| (s.tx.clone(), s.connected.load(Ordering::Acquire))).collect()
+            inner
+                .subs
+                .iter()
+                .map(|s| (s.tx.clone(), s.connected.load(Ordering::Acquire)))
+                .collect()
         };
         for (tx, connected) in targets {
             if connected {
@@ -159,7 +171,9 @@ impl StdinSink {
     pub async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|f| nix::unistd::write(f.get_ref(), data).map_err(std::io::Error::from)) {
+            match guard
+                .try_io(|f| nix::unistd::write(f.get_ref(), data).map_err(std::io::Error::from))
+            {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -179,7 +193,12 @@ impl StdinSink {
         if !self.tty {
             return;
         }
-        let ws = libc::winsize { ws_row: rows, ws_col: columns, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: columns,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         // SAFETY: TIOCSWINSZ on our pty master with a valid winsize; the kernel sends SIGWINCH.
         unsafe { libc::ioctl(self.fd.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     }

@@ -33,8 +33,15 @@ pub struct InitClient {
 impl InitClient {
     /// Connect, and start routing replies. Exit events arrive on the returned channel as
     /// (process id, status).
-    pub async fn connect(path: &Path) -> std::io::Result<(InitClient, mpsc::UnboundedReceiver<(String, i32)>)> {
-        let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)?;
+    pub async fn connect(
+        path: &Path,
+    ) -> std::io::Result<(InitClient, mpsc::UnboundedReceiver<(String, i32)>)> {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
         let addr = UnixAddr::new(path)?;
         // A unix connect to a listening socket completes at once, even when non-blocking.
         connect(fd.as_raw_fd(), &addr)?;
@@ -49,7 +56,9 @@ impl InitClient {
     async fn send(&self, msg: &ToInit, fds: &[RawFd]) -> std::io::Result<()> {
         loop {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| proto::send(fd.get_ref().as_fd(), msg, fds).map_err(std::io::Error::from)) {
+            match guard.try_io(|fd| {
+                proto::send(fd.get_ref().as_fd(), msg, fds).map_err(std::io::Error::from)
+            }) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
             }
@@ -59,7 +68,10 @@ impl InitClient {
     /// Start a process; returns its pid inside the container.
     pub async fn spawn(&self, req: SpawnRequest, fds: &[RawFd]) -> Result<i32, SpawnError> {
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(req.id.clone(), tx);
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .insert(req.id.clone(), tx);
         let id = req.id.clone();
         if let Err(e) = self.send(&ToInit::Spawn(req), fds).await {
             self.pending.lock().expect("pending lock").remove(&id);
@@ -73,7 +85,14 @@ impl InitClient {
     }
 
     pub async fn signal(&self, id: &str, signal: i32) -> std::io::Result<()> {
-        self.send(&ToInit::Signal { id: id.to_string(), signal }, &[]).await
+        self.send(
+            &ToInit::Signal {
+                id: id.to_string(),
+                signal,
+            },
+            &[],
+        )
+        .await
     }
 
     pub async fn signal_all(&self, signal: i32) -> std::io::Result<()> {
@@ -81,10 +100,18 @@ impl InitClient {
     }
 }
 
-async fn read_loop(fd: Arc<AsyncFd<OwnedFd>>, pending: Pending, exits: mpsc::UnboundedSender<(String, i32)>) {
+async fn read_loop(
+    fd: Arc<AsyncFd<OwnedFd>>,
+    pending: Pending,
+    exits: mpsc::UnboundedSender<(String, i32)>,
+) {
     loop {
-        let Ok(mut guard) = fd.readable().await else { break };
-        let msg = match guard.try_io(|fd| proto::recv::<FromInit>(fd.get_ref().as_fd()).map_err(std::io::Error::from)) {
+        let Ok(mut guard) = fd.readable().await else {
+            break;
+        };
+        let msg = match guard.try_io(|fd| {
+            proto::recv::<FromInit>(fd.get_ref().as_fd()).map_err(std::io::Error::from)
+        }) {
             Err(_would_block) => continue,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "read from garden-init");

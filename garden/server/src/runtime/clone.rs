@@ -14,9 +14,11 @@ use nix::sys::signal::Signal;
 pub fn spawn_init(init_bin: &Path, bundle: &Path, ready: &OwnedFd) -> nix::Result<i32> {
     // Everything the child touches is prepared here: after clone in a multi-threaded process
     // the child may only make async-signal-safe calls (no allocation).
-    let bin = CString::new(init_bin.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let bin =
+        CString::new(init_bin.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
     let argv0 = CString::new("garden-init").expect("static string");
-    let arg1 = CString::new(bundle.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let arg1 =
+        CString::new(bundle.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
     let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
     let path_env = CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string");
     let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
@@ -39,7 +41,7 @@ pub fn spawn_init(init_bin: &Path, bundle: &Path, ready: &OwnedFd) -> nix::Resul
             }
             // stdin from /dev/null; stdout/stderr stay gardend's (its log).
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-            if null >= 0 && null != 0 {
+            if null > 0 {
                 libc::dup2(null, 0);
                 libc::close(null);
             }

@@ -20,7 +20,11 @@ pub use client::{InitClient, SpawnError};
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error("start garden-init: {0}")]
@@ -30,13 +34,23 @@ pub enum RuntimeError {
     #[error("garden-init did not become ready within {0:?}")]
     NotReady(Duration),
     #[error("connect to garden-init at {path}: {source}")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
-    move |source| RuntimeError::Io { op, path: path.to_path_buf(), source }
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
+    move |source| RuntimeError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What a container needs from the kernel.
@@ -91,9 +105,17 @@ impl Runtime {
 
     /// Build the container and start its init. On error nothing is left behind but the bundle
     /// directory, which the caller owns.
-    pub async fn create(&self, spec: SandboxSpec<'_>) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
+    pub async fn create(
+        &self,
+        spec: SandboxSpec<'_>,
+    ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = spec.bundle;
-        for d in [upper_dir(bundle), bundle.join("work"), rootfs_dir(bundle), processes_dir(bundle)] {
+        for d in [
+            upper_dir(bundle),
+            bundle.join("work"),
+            rootfs_dir(bundle),
+            processes_dir(bundle),
+        ] {
             std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
         let cgroup = self.cgroups.create(spec.handle, spec.limits)?;
@@ -124,12 +146,17 @@ impl Runtime {
             processes_dir: processes_dir(bundle),
         };
         let init_json = bundle.join("init.json");
-        std::fs::write(&init_json, serde_json::to_vec(&config).expect("init config serialises"))
-            .map_err(io_err("write", &init_json))?;
+        std::fs::write(
+            &init_json,
+            serde_json::to_vec(&config).expect("init config serialises"),
+        )
+        .map_err(io_err("write", &init_json))?;
 
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(RuntimeError::Clone)?;
-        let pid = clone::spawn_init(&self.init_bin, bundle, &ready_w).map_err(RuntimeError::Clone)?;
+        let (ready_r, ready_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(RuntimeError::Clone)?;
+        let pid =
+            clone::spawn_init(&self.init_bin, bundle, &ready_w).map_err(RuntimeError::Clone)?;
         drop(ready_w);
         let pidfd = clone::pidfd_open(pid).map_err(RuntimeError::Clone)?;
         let (exited_tx, exited) = watch::channel(false);
@@ -147,14 +174,29 @@ impl Runtime {
             Err(_) => return Err(abort(RuntimeError::NotReady(timeout))),
         };
         if msg != "ok" {
-            let msg = if msg.is_empty() { "garden-init exited during setup".to_string() } else { msg };
+            let msg = if msg.is_empty() {
+                "garden-init exited during setup".to_string()
+            } else {
+                msg
+            };
             return Err(abort(RuntimeError::Setup(msg)));
         }
         let socket = socket_path(bundle);
-        let (init, exits) = InitClient::connect(&socket)
-            .await
-            .map_err(|source| abort(RuntimeError::Connect { path: socket.clone(), source }))?;
-        Ok((Sandbox { init_pid: pid, cgroup: cgroup.clone(), init, exited }, exits))
+        let (init, exits) = InitClient::connect(&socket).await.map_err(|source| {
+            abort(RuntimeError::Connect {
+                path: socket.clone(),
+                source,
+            })
+        })?;
+        Ok((
+            Sandbox {
+                init_pid: pid,
+                cgroup: cgroup.clone(),
+                init,
+                exited,
+            },
+            exits,
+        ))
     }
 }
 
@@ -180,7 +222,11 @@ impl Sandbox {
 
     /// Host pids in the container other than init.
     pub fn other_pids(&self) -> Vec<i32> {
-        self.cgroup.pids().into_iter().filter(|p| *p != self.init_pid).collect()
+        self.cgroup
+            .pids()
+            .into_iter()
+            .filter(|p| *p != self.init_pid)
+            .collect()
     }
 
     /// An fd of the container's root directory, for path resolution inside it.
@@ -188,7 +234,9 @@ impl Sandbox {
         let path = format!("/proc/{}/root", self.init_pid);
         nix::fcntl::open(
             path.as_str(),
-            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .map_err(std::io::Error::from)
@@ -238,7 +286,10 @@ pub fn find_init_bin(explicit: Option<&Path>) -> std::io::Result<PathBuf> {
     if !path.exists() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("garden-init not found at {} (build it, or pass --init-bin)", path.display()),
+            format!(
+                "garden-init not found at {} (build it, or pass --init-bin)",
+                path.display()
+            ),
         ));
     }
     Ok(path)
