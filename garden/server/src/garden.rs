@@ -678,17 +678,20 @@ impl Garden {
                 rx: body,
                 current: Bytes::new(),
             };
-            rootfs::extract(
-                root.as_fd(),
-                &dest,
-                reader,
-                rootfs::Owner {
-                    uid: u.uid,
-                    gid: u.gid,
-                },
-            )
-            .map(|_| ())
-            .map_err(|e| format!("error streaming in: {e}"))
+            let owner = rootfs::Owner {
+                uid: u.uid,
+                gid: u.gid,
+            };
+            // Root may write anywhere; anyone else only where their permissions allow, as
+            // Guardian's `tar` running as that user would.
+            let extracted = if u.uid == 0 {
+                rootfs::extract(root.as_fd(), &dest, reader, owner)
+            } else {
+                rootfs::safe_tar::extract_as_user(root.as_fd(), &dest, reader, owner, &u.groups)
+            };
+            extracted
+                .map(|_| ())
+                .map_err(|e| format!("error streaming in: {e}"))
         })
         .await
         .map_err(generic)?
