@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use garden_client::{Address, Client};
@@ -13,25 +13,38 @@ pub use garden_client::{Address, Client};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // target/debug/deps/<test>-<hash> -> target/debug
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
-/// Path of a workspace binary, building every workspace binary once per test process so that
-/// `cargo test -p e2e` works on its own.
+/// Path of a workspace binary, building its package once per test process so that
+/// `cargo test -p e2e` works on its own (gardend also needs garden-init, from the same package).
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    static BUILT: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let package = match name {
+        "gardend" | "garden-init" => "garden-server",
+        "gardenctl" => "gardenctl",
+        "executor" => "executor",
+        "bench" => "bench",
+        other => panic!("unknown workspace binary {other}"),
+    };
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.contains(&package) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let dir = bin_dir();
         let target = dir.parent().expect("target root").to_path_buf();
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--workspace", "--bins", "--quiet"]).env("CARGO_TARGET_DIR", &target);
+        cmd.args(["build", "--bins", "--quiet", "-p", package])
+            .env("CARGO_TARGET_DIR", &target);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build --bins failed");
-    });
+        assert!(status.success(), "cargo build -p {package} --bins failed");
+        built.push(package);
+    }
     let path = bin_dir().join(name);
     assert!(path.exists(), "binary {} missing", path.display());
     path
@@ -39,7 +52,11 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A running gardend with its own depot and cgroup parent; killed (and its containers
@@ -61,7 +78,10 @@ impl Gardend {
 
     /// Start gardend with extra flags (e.g. `["--default-grace-time", "1s"]`).
     pub fn start_with(extra: &[&str]) -> Gardend {
-        let tmp = tempfile::Builder::new().prefix("gardend-e2e-").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("gardend-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let depot = tmp.path().join("depot");
         std::fs::create_dir_all(&depot).expect("depot");
         let port = free_port();
@@ -80,7 +100,13 @@ impl Gardend {
             cmd.args(["--default-rootfs", &rootfs]);
         }
         let child = cmd.spawn().expect("spawn gardend");
-        let g = Gardend { child: Some(child), port, tmp, depot, cgroup_parent };
+        let g = Gardend {
+            child: Some(child),
+            port,
+            tmp,
+            depot,
+            cgroup_parent,
+        };
         g.wait_ready();
         g
     }
@@ -134,7 +160,10 @@ impl Drop for Gardend {
             // Best effort: destroy what the test left, so no container outlives the test.
             let addr = self.address();
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
                 rt.block_on(async {
                     let c = Client::new(Address::Tcp(addr));
                     if let Ok(handles) = c.list(&[("garden.state".into(), "all".into())]).await {
@@ -158,7 +187,12 @@ pub fn leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     for line in mountinfo.lines().filter(|l| l.contains(handle)) {
         found.push(format!("mount: {line}"));
     }
-    for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/unified"] {
+    for root in [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/unified",
+    ] {
         let dir = Path::new(root).join(&gardend.cgroup_parent).join(handle);
         if dir.exists() {
             found.push(format!("cgroup: {}", dir.display()));
