@@ -485,6 +485,7 @@ impl Garden {
                 })
                 .collect(),
             limits: &spec.limits,
+            privileged: spec.privileged,
         };
         let (sandbox, mut exits) = match self.runtime.create(sandbox_spec).await {
             Ok(s) => s,
@@ -787,6 +788,7 @@ impl Garden {
             user: spec.user.clone(),
             rlimits: rlimits(&spec.rlimits),
             tty: spec.tty.is_some(),
+            privileged: c.spec.privileged,
         };
         // Subscribe before the process starts, so its very first bytes reach this Run's streams.
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();

@@ -172,3 +172,40 @@ async fn lifecycle_against_the_kernel() {
         .unwrap_err();
     assert_eq!(err, GardenError::container_not_found("core-1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unprivileged_root_is_confined() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garden(&tmp).await;
+    for (handle, privileged) in [("core-unpriv", false), ("core-priv", true)] {
+        let spec = ContainerSpec {
+            handle: handle.into(),
+            privileged,
+            ..Default::default()
+        };
+        g.handle(Request::Create(Box::new(spec)))
+            .await
+            .expect("create");
+    }
+    let probe = "mknod /tmp/sda b 8 0 && echo mknod-ok; \
+                 (echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null && echo procsys-ok; \
+                 grep -q . /proc/kcore 2>/dev/null && echo kcore-ok; echo done";
+    let (_, out, _) = run(&g, "core-unpriv", "sh", &["-c", probe], None).await;
+    assert_eq!(out, "done\n", "unprivileged root escaped its limits");
+    let (_, out, _) = run(
+        &g,
+        "core-priv",
+        "sh",
+        &["-c", "mknod /tmp/null c 1 3 && echo mknod-ok"],
+        None,
+    )
+    .await;
+    assert_eq!(out, "mknod-ok\n");
+    for handle in ["core-unpriv", "core-priv"] {
+        g.handle(Request::Destroy {
+            handle: handle.into(),
+        })
+        .await
+        .expect("destroy");
+    }
+}

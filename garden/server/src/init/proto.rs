@@ -34,6 +34,9 @@ pub struct InitConfig {
     pub socket: PathBuf,
     /// Host directory where garden-init records exit codes (`<id>.exit`).
     pub processes_dir: PathBuf,
+    /// Privileged containers keep every capability and an unmasked /proc.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +64,9 @@ pub struct SpawnRequest {
     /// (resource, value) pairs applied with soft = hard.
     pub rlimits: Vec<(i32, u64)>,
     pub tty: bool,
+    /// Keep the full capability set (privileged containers).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -67,6 +67,9 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    if !c.privileged {
+        mask_proc(root)?;
+    }
     make_dev(root)?;
     mount_at(
         root,
@@ -218,6 +221,72 @@ fn mount_at(
         mount(Some(fstype), &target, Some(fstype), flags, data),
         || format!("mount {fstype} on /{dir}"),
     )
+}
+
+/// Without a user namespace, container root is host root: keep it away from kernel knobs
+/// that are not namespaced. Read-only binds cannot be undone without CAP_SYS_ADMIN, which
+/// unprivileged container processes do not have.
+fn mask_proc(root: &Path) -> Result<()> {
+    let proc = root.join("proc");
+    for dir in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+        let p = proc.join(dir);
+        if !p.exists() {
+            continue;
+        }
+        ctx(
+            mount(
+                Some(&p),
+                &p,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+            || format!("bind /proc/{dir}"),
+        )?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC;
+        ctx(
+            mount(None::<&str>, &p, None::<&str>, flags, None::<&str>),
+            || format!("remount /proc/{dir} read-only"),
+        )?;
+    }
+    for file in [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "latency_stats",
+        "timer_stats",
+    ] {
+        let p = proc.join(file);
+        if p.is_file() {
+            ctx(
+                mount(
+                    Some("/dev/null"),
+                    &p,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                ),
+                || format!("mask /proc/{file}"),
+            )?;
+        }
+    }
+    for dir in ["acpi", "scsi"] {
+        let p = proc.join(dir);
+        if p.is_dir() {
+            ctx(
+                mount(
+                    Some("tmpfs"),
+                    &p,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    None::<&str>,
+                ),
+                || format!("mask /proc/{dir}"),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn make_dev(root: &Path) -> Result<()> {

@@ -332,6 +332,9 @@ fn child(
                 setrlimit(r, *value, *value).map_err(fail(STAGE_SETUP))?;
             }
         }
+        if !req.privileged {
+            drop_capabilities().map_err(fail(STAGE_SETUP))?;
+        }
         let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         setgroups(&groups).map_err(fail(STAGE_SETUP))?;
         setgid(Gid::from_raw(user.gid)).map_err(fail(STAGE_SETUP))?;
@@ -343,6 +346,35 @@ fn child(
         Err(e) => e,
         Ok(never) => match never {},
     }
+}
+
+/// Capabilities an unprivileged container keeps (Docker's and Guardian's default set, without
+/// CAP_MKNOD: there is no user namespace and no device cgroup to make device nodes safe).
+const KEPT_CAPS: &[caps::Capability] = &[
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETPCAP,
+    caps::Capability::CAP_SETFCAP,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SYS_CHROOT,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
+/// Shrink the bounding set before exec: root's permitted set after execve is bounded by it,
+/// and it can never grow back.
+fn drop_capabilities() -> Result<(), Errno> {
+    for cap in caps::all() {
+        if !KEPT_CAPS.contains(&cap) {
+            caps::drop(None, caps::CapSet::Bounding, cap).map_err(|_| Errno::EPERM)?;
+        }
+    }
+    Ok(())
 }
 
 fn rlimit_resource(n: i32) -> Option<Resource> {

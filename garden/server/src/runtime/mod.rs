@@ -62,6 +62,7 @@ pub struct SandboxSpec<'a> {
     pub hostname: String,
     pub bind_mounts: Vec<InitBindMount>,
     pub limits: &'a garden_api::Limits,
+    pub privileged: bool,
 }
 
 /// Creates sandboxes: owns the cgroup parents and knows where garden-init lives.
@@ -144,6 +145,7 @@ impl Runtime {
             cgroup_procs: cgroup.procs_files(),
             socket: socket_path(bundle),
             processes_dir: processes_dir(bundle),
+            privileged: spec.privileged,
         };
         let init_json = bundle.join("init.json");
         std::fs::write(
