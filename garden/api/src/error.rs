@@ -42,15 +42,21 @@ pub enum GardenError {
 
 impl GardenError {
     pub fn generic(message: impl Into<String>) -> Self {
-        GardenError::Generic { message: message.into() }
+        GardenError::Generic {
+            message: message.into(),
+        }
     }
 
     pub fn container_not_found(handle: impl Into<String>) -> Self {
-        GardenError::ContainerNotFound { handle: handle.into() }
+        GardenError::ContainerNotFound {
+            handle: handle.into(),
+        }
     }
 
     pub fn process_not_found(process_id: impl Into<String>) -> Self {
-        GardenError::ProcessNotFound { process_id: process_id.into() }
+        GardenError::ProcessNotFound {
+            process_id: process_id.into(),
+        }
     }
 
     /// The status the Go server answers with: 404 for the two not-found types, else 500.
@@ -76,28 +82,49 @@ impl GardenError {
                 process_id: process_id.clone(),
                 ..Default::default()
             },
-            GardenError::ExecutableNotFound { .. } => {
-                ErrorBody { kind: "ExecutableNotFoundError".into(), message, ..Default::default() }
-            }
-            GardenError::ServiceUnavailable { .. } => {
-                ErrorBody { kind: "ServiceUnavailableError".into(), message, ..Default::default() }
-            }
-            GardenError::Unrecoverable { .. } => {
-                ErrorBody { kind: "UnrecoverableError".into(), message, ..Default::default() }
-            }
-            GardenError::Generic { .. } => ErrorBody { message, ..Default::default() },
+            GardenError::ExecutableNotFound { .. } => ErrorBody {
+                kind: "ExecutableNotFoundError".into(),
+                message,
+                ..Default::default()
+            },
+            GardenError::ServiceUnavailable { .. } => ErrorBody {
+                kind: "ServiceUnavailableError".into(),
+                message,
+                ..Default::default()
+            },
+            GardenError::Unrecoverable { .. } => ErrorBody {
+                kind: "UnrecoverableError".into(),
+                message,
+                ..Default::default()
+            },
+            GardenError::Generic { .. } => ErrorBody {
+                message,
+                ..Default::default()
+            },
         }
     }
 
     /// How the Go client decodes a body: by `Type` only.
     pub fn from_body(body: ErrorBody) -> Self {
         match body.kind.as_str() {
-            "ContainerNotFoundError" => GardenError::ContainerNotFound { handle: body.handle },
-            "ProcessNotFoundError" => GardenError::ProcessNotFound { process_id: body.process_id },
-            "ExecutableNotFoundError" => GardenError::ExecutableNotFound { message: body.message },
-            "ServiceUnavailableError" => GardenError::ServiceUnavailable { message: body.message },
-            "UnrecoverableError" => GardenError::Unrecoverable { message: body.message },
-            _ => GardenError::Generic { message: body.message },
+            "ContainerNotFoundError" => GardenError::ContainerNotFound {
+                handle: body.handle,
+            },
+            "ProcessNotFoundError" => GardenError::ProcessNotFound {
+                process_id: body.process_id,
+            },
+            "ExecutableNotFoundError" => GardenError::ExecutableNotFound {
+                message: body.message,
+            },
+            "ServiceUnavailableError" => GardenError::ServiceUnavailable {
+                message: body.message,
+            },
+            "UnrecoverableError" => GardenError::Unrecoverable {
+                message: body.message,
+            },
+            _ => GardenError::Generic {
+                message: body.message,
+            },
         }
     }
 }
@@ -119,7 +146,10 @@ mod tests {
             serde_json::to_string(&body).unwrap(),
             r#"{"Type":"ContainerNotFoundError","Message":"unknown handle: foo","Handle":"foo","ProcessID":"","Binary":""}"#
         );
-        assert_eq!(GardenError::from_body(body), GardenError::container_not_found("foo"));
+        assert_eq!(
+            GardenError::from_body(body),
+            GardenError::container_not_found("foo")
+        );
     }
 
     #[test]

@@ -234,7 +234,10 @@ mod tests {
     #[test]
     fn metrics_keys() {
         let json = serde_json::to_string(&Metrics::default()).unwrap();
-        assert!(json.contains(r#""CPUStat":{"Usage":0,"User":0,"System":0}"#), "{json}");
+        assert!(
+            json.contains(r#""CPUStat":{"Usage":0,"User":0,"System":0}"#),
+            "{json}"
+        );
         assert!(json.contains(r#""NetworkStat":null"#));
         assert!(json.contains(r#""TotalUsageTowardLimit":0"#));
         assert!(json.contains(r#""PidStat":{"Current":0,"Max":0}"#));

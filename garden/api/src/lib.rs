@@ -28,14 +28,24 @@ pub struct Empty {}
 /// Create's reply. The Go client also accepts `handle`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HandleResponse {
-    #[serde(rename = "Handle", alias = "handle", default, deserialize_with = "de::null")]
+    #[serde(
+        rename = "Handle",
+        alias = "handle",
+        default,
+        deserialize_with = "de::null"
+    )]
     pub handle: String,
 }
 
 /// List's reply: `{"Handles":[...]}`, never `null`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HandlesResponse {
-    #[serde(rename = "Handles", alias = "handles", default, deserialize_with = "de::null")]
+    #[serde(
+        rename = "Handles",
+        alias = "handles",
+        default,
+        deserialize_with = "de::null"
+    )]
     pub handles: Vec<String>,
 }
 

@@ -185,15 +185,27 @@ impl ProcessPayload {
     }
 
     pub fn first(process_id: &str, stream_id: &str) -> Self {
-        ProcessPayload { process_id: process_id.into(), stream_id: stream_id.into(), ..Default::default() }
+        ProcessPayload {
+            process_id: process_id.into(),
+            stream_id: stream_id.into(),
+            ..Default::default()
+        }
     }
 
     pub fn exit(process_id: &str, status: i32) -> Self {
-        ProcessPayload { process_id: process_id.into(), exit_status: Some(status), ..Default::default() }
+        ProcessPayload {
+            process_id: process_id.into(),
+            exit_status: Some(status),
+            ..Default::default()
+        }
     }
 
     pub fn failure(process_id: &str, error: &str) -> Self {
-        ProcessPayload { process_id: process_id.into(), error: Some(error.into()), ..Default::default() }
+        ProcessPayload {
+            process_id: process_id.into(),
+            error: Some(error.into()),
+            ..Default::default()
+        }
     }
 
     pub fn stdin(process_id: &str, data: &[u8]) -> Self {
@@ -206,17 +218,27 @@ impl ProcessPayload {
     }
 
     pub fn stdin_eof(process_id: &str) -> Self {
-        ProcessPayload { process_id: process_id.into(), source: Some(SOURCE_STDIN), ..Default::default() }
+        ProcessPayload {
+            process_id: process_id.into(),
+            source: Some(SOURCE_STDIN),
+            ..Default::default()
+        }
     }
 
     pub fn signal(process_id: &str, signal: Signal) -> Self {
-        ProcessPayload { process_id: process_id.into(), signal: Some(signal.to_wire()), ..Default::default() }
+        ProcessPayload {
+            process_id: process_id.into(),
+            signal: Some(signal.to_wire()),
+            ..Default::default()
+        }
     }
 
     pub fn resize(process_id: &str, size: WindowSize) -> Self {
         ProcessPayload {
             process_id: process_id.into(),
-            tty: Some(TtySpec { window_size: Some(size) }),
+            tty: Some(TtySpec {
+                window_size: Some(size),
+            }),
             ..Default::default()
         }
     }
@@ -232,7 +254,12 @@ mod tests {
             id: "p1".into(),
             path: "/bin/sh".into(),
             args: vec!["-c".into(), "x".into()],
-            tty: Some(TtySpec { window_size: Some(WindowSize { columns: 80, rows: 24 }) }),
+            tty: Some(TtySpec {
+                window_size: Some(WindowSize {
+                    columns: 80,
+                    rows: 24,
+                }),
+            }),
             ..Default::default()
         };
         assert_eq!(
@@ -247,7 +274,10 @@ mod tests {
             serde_json::to_string(&ProcessPayload::stdin_eof("p1")).unwrap(),
             r#"{"process_id":"p1","source":0}"#
         );
-        assert_eq!(serde_json::to_string(&ProcessPayload::exit("p", 0)).unwrap(), r#"{"process_id":"p","exit_status":0}"#);
+        assert_eq!(
+            serde_json::to_string(&ProcessPayload::exit("p", 0)).unwrap(),
+            r#"{"process_id":"p","exit_status":0}"#
+        );
         assert_eq!(
             serde_json::to_string(&ProcessPayload::signal("p", Signal::Terminate)).unwrap(),
             r#"{"process_id":"p","signal":0}"#
@@ -256,7 +286,8 @@ mod tests {
 
     #[test]
     fn classify_follows_go_dispatch_order() {
-        let p: ProcessPayload = serde_json::from_str(r#"{"process_id":"p","source":0,"data":"hi"}"#).unwrap();
+        let p: ProcessPayload =
+            serde_json::from_str(r#"{"process_id":"p","source":0,"data":"hi"}"#).unwrap();
         assert_eq!(p.classify(), ProcessInput::Stdin(b"hi".to_vec()));
         let p: ProcessPayload = serde_json::from_str(r#"{"source":0}"#).unwrap();
         assert_eq!(p.classify(), ProcessInput::StdinEof);
@@ -264,7 +295,15 @@ mod tests {
         assert_eq!(p.classify(), ProcessInput::Signal(Signal::Kill));
         let p: ProcessPayload = serde_json::from_str(r#"{"signal":7}"#).unwrap();
         assert_eq!(p.classify(), ProcessInput::Unknown);
-        let p: ProcessPayload = serde_json::from_str(r#"{"tty":{"window_size":{"columns":100,"rows":50}},"signal":1}"#).unwrap();
-        assert_eq!(p.classify(), ProcessInput::Resize(WindowSize { columns: 100, rows: 50 }));
+        let p: ProcessPayload =
+            serde_json::from_str(r#"{"tty":{"window_size":{"columns":100,"rows":50}},"signal":1}"#)
+                .unwrap();
+        assert_eq!(
+            p.classify(),
+            ProcessInput::Resize(WindowSize {
+                columns: 100,
+                rows: 50
+            })
+        );
     }
 }

@@ -48,22 +48,62 @@ const TABLE: &[(Route, &str, &str)] = &[
     (Route::Stop, "PUT", "/containers/:handle/stop"),
     (Route::StreamIn, "PUT", "/containers/:handle/files"),
     (Route::StreamOut, "GET", "/containers/:handle/files"),
-    (Route::CurrentBandwidthLimits, "GET", "/containers/:handle/limits/bandwidth"),
-    (Route::CurrentCpuLimits, "GET", "/containers/:handle/limits/cpu"),
-    (Route::CurrentDiskLimits, "GET", "/containers/:handle/limits/disk"),
-    (Route::CurrentMemoryLimits, "GET", "/containers/:handle/limits/memory"),
+    (
+        Route::CurrentBandwidthLimits,
+        "GET",
+        "/containers/:handle/limits/bandwidth",
+    ),
+    (
+        Route::CurrentCpuLimits,
+        "GET",
+        "/containers/:handle/limits/cpu",
+    ),
+    (
+        Route::CurrentDiskLimits,
+        "GET",
+        "/containers/:handle/limits/disk",
+    ),
+    (
+        Route::CurrentMemoryLimits,
+        "GET",
+        "/containers/:handle/limits/memory",
+    ),
     (Route::NetIn, "POST", "/containers/:handle/net/in"),
     (Route::NetOut, "POST", "/containers/:handle/net/out"),
-    (Route::BulkNetOut, "POST", "/containers/:handle/net/out/bulk"),
+    (
+        Route::BulkNetOut,
+        "POST",
+        "/containers/:handle/net/out/bulk",
+    ),
     (Route::Run, "POST", "/containers/:handle/processes"),
     (Route::Attach, "GET", "/containers/:handle/processes/:pid"),
-    (Route::Stdout, "GET", "/containers/:handle/processes/:pid/attaches/:streamid/stdout"),
-    (Route::Stderr, "GET", "/containers/:handle/processes/:pid/attaches/:streamid/stderr"),
+    (
+        Route::Stdout,
+        "GET",
+        "/containers/:handle/processes/:pid/attaches/:streamid/stdout",
+    ),
+    (
+        Route::Stderr,
+        "GET",
+        "/containers/:handle/processes/:pid/attaches/:streamid/stderr",
+    ),
     (Route::SetGraceTime, "PUT", "/containers/:handle/grace_time"),
     (Route::Properties, "GET", "/containers/:handle/properties"),
-    (Route::Property, "GET", "/containers/:handle/properties/:key"),
-    (Route::SetProperty, "PUT", "/containers/:handle/properties/:key"),
-    (Route::RemoveProperty, "DELETE", "/containers/:handle/properties/:key"),
+    (
+        Route::Property,
+        "GET",
+        "/containers/:handle/properties/:key",
+    ),
+    (
+        Route::SetProperty,
+        "PUT",
+        "/containers/:handle/properties/:key",
+    ),
+    (
+        Route::RemoveProperty,
+        "DELETE",
+        "/containers/:handle/properties/:key",
+    ),
     (Route::Metrics, "GET", "/containers/:handle/metrics"),
 ];
 
@@ -82,7 +122,10 @@ pub struct RouteMatch {
 impl RouteMatch {
     /// First value of a query key, as Go's `Query().Get` does.
     pub fn query_get(&self, key: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -98,23 +141,39 @@ pub enum NoRoute {
 impl Route {
     /// Whether this route hijacks the connection (Run, Attach, Stdout, Stderr).
     pub fn is_hijacked(self) -> bool {
-        matches!(self, Route::Run | Route::Attach | Route::Stdout | Route::Stderr)
+        matches!(
+            self,
+            Route::Run | Route::Attach | Route::Stdout | Route::Stderr
+        )
     }
 
     /// Whether the route acts on one container (and so pauses its grace timer).
     pub fn is_per_container(self) -> bool {
         !matches!(
             self,
-            Route::Ping | Route::Capacity | Route::List | Route::Create | Route::BulkInfo | Route::BulkMetrics
+            Route::Ping
+                | Route::Capacity
+                | Route::List
+                | Route::Create
+                | Route::BulkInfo
+                | Route::BulkMetrics
         )
     }
 
     pub fn method(self) -> &'static str {
-        TABLE.iter().find(|(r, _, _)| *r == self).map(|(_, m, _)| *m).expect("every route is in the table")
+        TABLE
+            .iter()
+            .find(|(r, _, _)| *r == self)
+            .map(|(_, m, _)| *m)
+            .expect("every route is in the table")
     }
 
     fn pattern(self) -> &'static str {
-        TABLE.iter().find(|(r, _, _)| *r == self).map(|(_, _, p)| *p).expect("every route is in the table")
+        TABLE
+            .iter()
+            .find(|(r, _, _)| *r == self)
+            .map(|(_, _, p)| *p)
+            .expect("every route is in the table")
     }
 
     /// Match a request target (`/path?query`) and method against the table.
@@ -126,7 +185,9 @@ impl Route {
         let segments: Vec<&str> = path.split('/').collect();
         let mut allowed = Vec::new();
         for (route, m, pattern) in TABLE {
-            let Some(params) = match_pattern(pattern, &segments) else { continue };
+            let Some(params) = match_pattern(pattern, &segments) else {
+                continue;
+            };
             if *m != method {
                 if !allowed.contains(m) {
                     allowed.push(*m);
@@ -177,7 +238,10 @@ impl Route {
     }
 }
 
-fn match_pattern<'a>(pattern: &'static str, segments: &[&'a str]) -> Option<Vec<(&'static str, &'a str)>> {
+fn match_pattern<'a>(
+    pattern: &'static str,
+    segments: &[&'a str],
+) -> Option<Vec<(&'static str, &'a str)>> {
     let pat: Vec<&str> = pattern.split('/').collect();
     if pat.len() != segments.len() {
         return None;
@@ -216,16 +280,14 @@ pub fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' if plus_is_space => out.push(b' '),
             b => out.push(b),
         }
@@ -245,7 +307,9 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Escape one path segment (RFC 3986 unreserved characters and `:@!$&'()*+,;=` stay literal).
 pub fn path_escape(s: &str) -> String {
-    escape(s, |b| b.is_ascii_alphanumeric() || b"-._~:@!$&'()*+,;=".contains(&b))
+    escape(s, |b| {
+        b.is_ascii_alphanumeric() || b"-._~:@!$&'()*+,;=".contains(&b)
+    })
 }
 
 /// Form-encode one query key or value (space becomes `+`).
@@ -267,7 +331,11 @@ fn escape(s: &str, keep: impl Fn(u8) -> bool) -> String {
 
 /// Build a query string from pairs, form-encoded.
 pub fn build_query(pairs: &[(&str, &str)]) -> String {
-    pairs.iter().map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v))).collect::<Vec<_>>().join("&")
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", query_escape(k), query_escape(v)))
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]
@@ -276,13 +344,22 @@ mod tests {
 
     #[test]
     fn recognizes_routes_and_params() {
-        let m = Route::recognize("GET", "/containers/h%201/processes/p1/attaches/7/stdout").unwrap();
+        let m =
+            Route::recognize("GET", "/containers/h%201/processes/p1/attaches/7/stdout").unwrap();
         assert_eq!(m.route, Route::Stdout);
-        assert_eq!((m.handle.as_str(), m.pid.as_str(), m.stream_id.as_str()), ("h 1", "p1", "7"));
+        assert_eq!(
+            (m.handle.as_str(), m.pid.as_str(), m.stream_id.as_str()),
+            ("h 1", "p1", "7")
+        );
         let m = Route::recognize("GET", "/containers/bulk_info?handles=a%2Cb").unwrap();
         assert_eq!(m.route, Route::BulkInfo);
         assert_eq!(m.query_get("handles"), Some("a,b"));
-        assert_eq!(Route::recognize("DELETE", "/containers/bulk_info").unwrap().route, Route::Destroy);
+        assert_eq!(
+            Route::recognize("DELETE", "/containers/bulk_info")
+                .unwrap()
+                .route,
+            Route::Destroy
+        );
         let m = Route::recognize("PUT", "/containers/h/files?destination=%2Ftmp+x&user=").unwrap();
         assert_eq!(m.query_get("destination"), Some("/tmp x"));
         assert_eq!(m.query_get("user"), Some(""));
@@ -295,8 +372,14 @@ mod tests {
     #[test]
     fn unknown_paths_and_methods() {
         assert_eq!(Route::recognize("GET", "/nope"), Err(NoRoute::NotFound));
-        assert_eq!(Route::recognize("GET", "/containers/"), Err(NoRoute::NotFound));
-        assert_eq!(Route::recognize("POST", "/ping"), Err(NoRoute::MethodNotAllowed(vec!["GET"])));
+        assert_eq!(
+            Route::recognize("GET", "/containers/"),
+            Err(NoRoute::NotFound)
+        );
+        assert_eq!(
+            Route::recognize("POST", "/ping"),
+            Err(NoRoute::MethodNotAllowed(vec!["GET"]))
+        );
     }
 
     #[test]
@@ -305,7 +388,10 @@ mod tests {
         assert_eq!(p, "/containers/a%20b/processes/p%2F1/attaches/3/stdout");
         let m = Route::recognize("GET", &p).unwrap();
         assert_eq!((m.handle.as_str(), m.pid.as_str()), ("a b", "p/1"));
-        assert_eq!(build_query(&[("destination", "/a b"), ("user", "")]), "destination=%2Fa+b&user=");
+        assert_eq!(
+            build_query(&[("destination", "/a b"), ("user", "")]),
+            "destination=%2Fa+b&user="
+        );
         assert_eq!(percent_decode("100%", false), "100%");
         assert_eq!(percent_decode("%zz%4", false), "%zz%4");
     }

@@ -219,7 +219,12 @@ pub struct PortRange {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IcmpControl {
-    #[serde(rename = "type", default, deserialize_with = "null", skip_serializing_if = "is_default")]
+    #[serde(
+        rename = "type",
+        default,
+        deserialize_with = "null",
+        skip_serializing_if = "is_default"
+    )]
     pub icmp_type: u8,
     /// Present even when 0; absent = any code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,16 +260,24 @@ mod tests {
         assert_eq!(serde_json::to_string(&NetOutRule::default()).unwrap(), "{}");
         let rule = NetOutRule {
             protocol: PROTOCOL_ICMP,
-            icmps: Some(IcmpControl { icmp_type: 0, code: Some(0) }),
+            icmps: Some(IcmpControl {
+                icmp_type: 0,
+                code: Some(0),
+            }),
             ..Default::default()
         };
-        assert_eq!(serde_json::to_string(&rule).unwrap(), r#"{"protocol":3,"icmps":{"code":0}}"#);
+        assert_eq!(
+            serde_json::to_string(&rule).unwrap(),
+            r#"{"protocol":3,"icmps":{"code":0}}"#
+        );
     }
 
     #[test]
     fn large_u64_round_trips() {
-        let spec: ContainerSpec =
-            serde_json::from_str(r#"{"limits":{"memory_limits":{"limit_in_bytes":18446744073709551615}}}"#).unwrap();
+        let spec: ContainerSpec = serde_json::from_str(
+            r#"{"limits":{"memory_limits":{"limit_in_bytes":18446744073709551615}}}"#,
+        )
+        .unwrap();
         assert_eq!(spec.limits.memory_limits.limit_in_bytes, u64::MAX);
     }
 }

@@ -209,3 +209,48 @@ async fn unprivileged_root_is_confined() {
         .expect("destroy");
     }
 }
+
+/// Processes must not depend on gardend: with gardend's ends of the pipes gone (as when it
+/// dies), a process that keeps writing still runs, because garden-init holds the pipes open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_survive_their_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garden(&tmp).await;
+    let spec = ContainerSpec {
+        handle: "core-survive".into(),
+        ..Default::default()
+    };
+    g.handle(Request::Create(Box::new(spec)))
+        .await
+        .expect("create");
+    let script = "i=0; while [ $i -lt 50 ]; do echo line $i; i=$((i+1)); sleep 0.02; done; echo finished > /tmp/done";
+    let spec = ProcessSpec {
+        path: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    };
+    let Reply::Process(session) = g
+        .handle(Request::Run {
+            handle: "core-survive".into(),
+            spec: Box::new(spec),
+        })
+        .await
+        .expect("run")
+    else {
+        panic!("expected a session")
+    };
+    // Nobody ever reads stdout, and the client goes away at once.
+    drop(session.input);
+    let status = tokio::time::timeout(Duration::from_secs(20), session.exit)
+        .await
+        .expect("exit in time")
+        .unwrap();
+    assert_eq!(status, Ok(0));
+    let (_, out, _) = run(&g, "core-survive", "cat", &["/tmp/done"], None).await;
+    assert_eq!(out, "finished\n");
+    g.handle(Request::Destroy {
+        handle: "core-survive".into(),
+    })
+    .await
+    .expect("destroy");
+}

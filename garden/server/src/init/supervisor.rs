@@ -28,8 +28,10 @@ struct Supervisor {
     listener: OwnedFd,
     processes_dir: OwnedFd,
     clients: Vec<OwnedFd>,
-    /// pid (in the container) -> process id.
-    running: HashMap<i32, String>,
+    /// pid (in the container) -> process id, and the descriptors held for it: duplicates of
+    /// gardend's ends of its stdio, so the process never sees SIGPIPE or a hangup just
+    /// because gardend went away.
+    running: HashMap<i32, (String, Vec<OwnedFd>)>,
     by_id: HashMap<String, i32>,
 }
 
@@ -169,7 +171,7 @@ impl Supervisor {
                 WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32),
                 _ => continue,
             };
-            if let Some(id) = self.running.remove(&pid.as_raw()) {
+            if let Some((id, _held)) = self.running.remove(&pid.as_raw()) {
                 self.by_id.remove(&id);
                 self.record_exit(&id, code);
                 let msg = FromInit::Exited { id, status: code };
@@ -210,12 +212,14 @@ impl Supervisor {
             return Err(other(format!("process ID '{}' already in use", req.id)));
         }
         let want = if req.tty { 1 } else { 3 };
-        if fds.len() != want {
+        if fds.len() < want {
             return Err(other(format!(
                 "expected {want} stdio descriptors, got {}",
                 fds.len()
             )));
         }
+        let mut fds = fds;
+        let held = fds.split_off(want);
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
         let user = user::resolve(&req.user, &passwd, &group).map_err(other)?;
@@ -267,7 +271,7 @@ impl Supervisor {
                 drop(err_w);
                 drop(fds);
                 let pid = child.as_raw();
-                self.running.insert(pid, req.id.clone());
+                self.running.insert(pid, (req.id.clone(), held));
                 self.by_id.insert(req.id.clone(), pid);
                 let mut buf = Vec::new();
                 let _ = std::fs::File::from(err_r).read_to_end(&mut buf);
@@ -311,6 +315,10 @@ fn child(
     let fail = |stage: u8| move |e: Errno| (stage, e);
     let run = || -> Result<std::convert::Infallible, (u8, Errno)> {
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+            .map_err(fail(STAGE_SETUP))?;
+        // Rust ignores SIGPIPE in garden-init; ignored signals survive exec, so restore it.
+        // SAFETY: resetting a disposition to the default in the single-threaded child.
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }
             .map_err(fail(STAGE_SETUP))?;
         setsid().map_err(fail(STAGE_SETUP))?;
         // Move stdio to 0..2. The sources are > 2 (init's own 0..2 are open), so no clobbering.

@@ -31,7 +31,9 @@ pub struct Process {
     sandbox: Arc<Sandbox>,
 }
 
-/// The descriptors the process itself gets: `[stdin, stdout, stderr]` or `[pty slave]`.
+/// What goes to garden-init: the process's own `[stdin, stdout, stderr]` (or `[pty slave]`),
+/// then duplicates of gardend's reading ends, which garden-init holds until the process exits
+/// so that the process keeps running (it blocks once a pipe is full) if gardend goes away.
 pub type ChildFds = Vec<OwnedFd>;
 
 impl Process {
@@ -57,6 +59,7 @@ impl Process {
                 let pty = nix::pty::openpty(Some(&size), None)?;
                 cloexec(&pty.master)?;
                 cloexec(&pty.slave)?;
+                let held = pty.master.try_clone()?;
                 let master = Arc::new(async_fd(pty.master)?);
                 pumps.push(tokio::spawn(stdio::pump(
                     master.clone(),
@@ -68,7 +71,7 @@ impl Process {
                 (
                     StdinSink::new(master.clone(), true),
                     Some(StdinSink::new(master, true)),
-                    vec![pty.slave],
+                    vec![pty.slave, held],
                 )
             }
             None => {
@@ -78,6 +81,7 @@ impl Process {
                 let (err_r, err_w) = nix::unistd::pipe2(flags)?;
                 // A larger pipe means fewer wake-ups for chatty processes.
                 let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+                let held = vec![out_r.try_clone()?, err_r.try_clone()?];
                 let out = Arc::new(async_fd(out_r)?);
                 let err = Arc::new(async_fd(err_r)?);
                 pumps.push(tokio::spawn(stdio::pump(
@@ -93,7 +97,7 @@ impl Process {
                 (
                     StdinSink::new(Arc::new(async_fd(in_w)?), false),
                     None,
-                    vec![in_r, out_w, err_w],
+                    vec![in_r, out_w, err_w].into_iter().chain(held).collect(),
                 )
             }
         };
