@@ -12,7 +12,9 @@
 pub mod action;
 pub mod archive;
 pub mod cache;
+pub mod container;
 pub mod garden;
+pub mod health;
 pub mod http;
 pub mod log;
 pub mod step;
