@@ -16,6 +16,7 @@ pub mod container;
 pub mod garden;
 pub mod health;
 pub mod http;
+pub mod http_api;
 pub mod log;
 pub mod step;
 pub mod testing;
