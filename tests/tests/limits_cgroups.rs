@@ -231,7 +231,7 @@ fn cpu_shares_reach_the_cgroup_and_the_getter() {
         c.create(&spec("weight", limits)).await.unwrap();
 
         let (file, expect_shares, expect_weight) = if is_v2() {
-            ("cpu.weight", "59", "33")
+            ("cpu.weight", "59", "39")
         } else {
             ("cpu.shares", "512", "300")
         };

@@ -342,8 +342,8 @@ mod tests {
         assert_eq!(shares_to_weight(1024), 100);
         assert_eq!(shares_to_weight(262_144), 10_000);
         assert_eq!(shares_to_weight(512), 59);
-        assert_eq!(shares_to_weight(300), 33);
-        assert_eq!(shares_to_weight(100_000), 7_089);
+        assert_eq!(shares_to_weight(300), 39);
+        assert_eq!(shares_to_weight(100_000), 4_340);
     }
 
     #[test]
