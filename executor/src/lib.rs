@@ -12,8 +12,11 @@
 pub mod action;
 pub mod archive;
 pub mod cache;
+pub mod container;
 pub mod garden;
+pub mod health;
 pub mod http;
+pub mod http_api;
 pub mod log;
 pub mod step;
 pub mod testing;

@@ -204,3 +204,156 @@ pub fn leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     }
     found
 }
+
+/// Host pids of processes whose command line mentions `needle` (e.g. a container's bundle
+/// path, which is garden-init's only argument). The test process itself is skipped.
+pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline.trim_end().to_string()));
+        }
+    }
+    found
+}
+
+/// `leaks` plus any process (garden-init or otherwise) still naming the container's bundle.
+pub fn all_leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
+    let mut found = leaks(handle, gardend);
+    let bundle = gardend.depot.join(handle);
+    let needle = format!("garden-init {}", bundle.display());
+    for (pid, cmdline) in processes_mentioning(&needle) {
+        found.push(format!("process {pid}: {cmdline}"));
+    }
+    found
+}
+
+/// Poll `leaks` until it is empty or `timeout` passes; returns what is still there.
+pub fn leaks_after(handle: &str, gardend: &Gardend, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = all_leaks(handle, gardend);
+        if found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An `AsyncWrite` collecting everything written into a shared buffer.
+#[derive(Clone, Default)]
+pub struct Capture(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Capture {
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().expect("capture lock").clone()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+}
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.0.lock().expect("capture lock").extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A process spec running `sh -c script` as root.
+pub fn sh(script: &str) -> garden_api::ProcessSpec {
+    garden_api::ProcessSpec {
+        path: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// What a finished process produced.
+#[derive(Debug)]
+pub struct Output {
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Run `spec` in `handle`, feed `stdin` (then EOF) if given, and wait for the exit status with
+/// both output streams drained; fails after 30 s.
+pub async fn run_output(
+    client: &Client,
+    handle: &str,
+    spec: &garden_api::ProcessSpec,
+    stdin: Option<Vec<u8>>,
+) -> Result<Output, garden_client::ClientError> {
+    let out = Capture::default();
+    let err = Capture::default();
+    let io = garden_client::ProcessIo {
+        stdin: stdin.map(|data| {
+            Box::new(std::io::Cursor::new(data)) as Box<dyn tokio::io::AsyncRead + Send + Unpin>
+        }),
+        stdout: Some(Box::new(out.clone())),
+        stderr: Some(Box::new(err.clone())),
+    };
+    let mut process = client.run(handle, spec, io).await?;
+    let status = tokio::time::timeout(Duration::from_secs(30), process.wait())
+        .await
+        .unwrap_or_else(|_| panic!("process {} in {handle} did not finish within 30s", process.id()))?;
+    Ok(Output { status, stdout: out.bytes(), stderr: err.bytes() })
+}
+
+/// Poll an async condition every 20 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

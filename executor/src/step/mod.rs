@@ -27,6 +27,8 @@ pub mod timeout;
 pub mod r#try;
 pub mod upload;
 
+pub(crate) use parallel::futures_join_all as parallel_join;
+
 /// How a step failed. Only `Emittable` messages are meant for the app's users as they are;
 /// `Cancelled` and `ExceededGracefulShutdownInterval` are left out of aggregate messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -88,6 +88,15 @@ pub struct Settings {
     /// Maximum number of concurrent client connections [default: 4096].
     #[arg(long, value_name = "N", value_parser = parse_max_connections)]
     pub max_connections: Option<usize>,
+    /// CPU hard quota: microseconds of CPU per 100 ms period granted per cpu share
+    /// (cpu.cfs_quota_us / cpu.max); 0 = no quota [default: 0].
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub cpu_quota_per_share: Option<u64>,
+    /// Size of the XFS file (sparse, loop-mounted with project quotas under the state dir)
+    /// holding the containers' writable layers, e.g. `10G`; 0 = no store, disk limits are
+    /// refused [default: 0].
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub disk_store_size: Option<u64>,
 }
 
 /// The merged configuration, plus notes about ignored config-file content (to be logged once
@@ -133,6 +142,8 @@ impl Settings {
             cgroup_parent: self.cgroup_parent.or(fallback.cgroup_parent),
             init_bin: self.init_bin.or(fallback.init_bin),
             max_connections: self.max_connections.or(fallback.max_connections),
+            cpu_quota_per_share: self.cpu_quota_per_share.or(fallback.cpu_quota_per_share),
+            disk_store_size: self.disk_store_size.or(fallback.disk_store_size),
         }
     }
 
@@ -158,6 +169,8 @@ impl Settings {
                 .unwrap_or(d.cgroup_parent),
             init_bin: self.init_bin.and_then(non_empty_path).or(d.init_bin),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
+            cpu_quota_per_share: self.cpu_quota_per_share.unwrap_or(d.cpu_quota_per_share),
+            disk_store_size: self.disk_store_size.unwrap_or(d.disk_store_size),
         }
     }
 
@@ -177,6 +190,10 @@ impl Settings {
             "cgroup_parent" => self.cgroup_parent = Some(value.to_string()),
             "init_bin" => self.init_bin = Some(PathBuf::from(value)),
             "max_connections" => self.max_connections = Some(parse_max_connections(value)?),
+            "cpu_quota_per_share" => {
+                self.cpu_quota_per_share = Some(value.parse().map_err(|e| format!("{e}"))?)
+            }
+            "disk_store_size" => self.disk_store_size = Some(parse_size(value)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -281,6 +298,31 @@ fn parse_max_connections(value: &str) -> Result<usize, String> {
 
 /// Parse a Go duration (`300ms`, `1.5h`, `2h45m`, `0`; units ns, us, µs, ms, s, m, h) or a bare
 /// integer number of seconds. Negative durations are refused.
+/// Bytes, optionally with a binary suffix: `512M`, `10G`, `1T` (also `10GB`, `10GiB`).
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let v = value.trim();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {value:?}: expected e.g. 10G"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("invalid size unit in {value:?}: use K, M, G or T")),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {value:?} is too large"))
+}
+
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let s = value.trim();
     let err = |why: &str| format!("invalid duration {value:?}: {why}");
@@ -363,6 +405,18 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 
     #[test]
     fn go_durations() {

@@ -28,6 +28,10 @@ pub struct Config {
     pub init_bin: Option<PathBuf>,
     /// Cap on concurrent client connections.
     pub max_connections: usize,
+    /// Microseconds of CPU per 100 ms period per cpu share; 0 = no hard CPU quota.
+    pub cpu_quota_per_share: u64,
+    /// Bytes of the loop-mounted XFS quota store; 0 = no store (disk limits refused).
+    pub disk_store_size: u64,
 }
 
 impl Default for Config {
@@ -44,6 +48,8 @@ impl Default for Config {
             cgroup_parent: "garden".into(),
             init_bin: None,
             max_connections: 4096,
+            cpu_quota_per_share: 0,
+            disk_store_size: 0,
         }
     }
 }

@@ -155,8 +155,9 @@ impl Garden {
         };
         let layout = Layout::detect().context("detect cgroup layout")?;
         tracing::info!(?layout, "cgroups");
-        let cgroups =
-            Cgroups::new(layout, &config.cgroup_parent).context("create parent cgroups")?;
+        let cgroups = Cgroups::new(layout, &config.cgroup_parent)
+            .context("create parent cgroups")?
+            .with_cpu_quota_per_share(config.cpu_quota_per_share);
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
         let runtime = Runtime::new(cgroups, init_bin);
         cleanup_depot(&config.depot, runtime.cgroups());

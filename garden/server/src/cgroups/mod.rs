@@ -112,6 +112,21 @@ impl Layout {
 pub struct Cgroups {
     layout: Layout,
     parent: String,
+    /// µs of CPU per period per share; 0 = no hard quota.
+    cpu_quota_per_share: u64,
+}
+
+/// The CFS period gardend's quotas are expressed against (the kernel default).
+pub const CPU_PERIOD_US: u64 = 100_000;
+/// The kernel refuses quotas under 1 ms.
+const MIN_CPU_QUOTA_US: u64 = 1_000;
+
+/// The hard CPU quota (µs per [`CPU_PERIOD_US`]) for `shares`, or `None` for no quota.
+pub fn cpu_quota(shares: u64, per_share_us: u64) -> Option<u64> {
+    if shares == 0 || per_share_us == 0 {
+        return None;
+    }
+    Some(shares.saturating_mul(per_share_us).max(MIN_CPU_QUOTA_US))
 }
 
 /// One container's cgroup directories.
@@ -136,6 +151,7 @@ impl Cgroups {
         let c = Cgroups {
             layout,
             parent: parent.to_string(),
+            cpu_quota_per_share: 0,
         };
         match &c.layout {
             Layout::V1(_) => {
@@ -146,6 +162,12 @@ impl Cgroups {
             Layout::V2(root) => v2::prepare_parent(root, &root.join(&c.parent))?,
         }
         Ok(c)
+    }
+
+    /// Give every container with cpu shares a hard quota of `us` µs per share per period.
+    pub fn with_cpu_quota_per_share(mut self, us: u64) -> Cgroups {
+        self.cpu_quota_per_share = us;
+        self
     }
 
     pub fn layout(&self) -> &Layout {
@@ -189,9 +211,10 @@ impl Cgroups {
         for d in &cg.dirs {
             fs::create_dir_all(d).map_err(io("create", d))?;
         }
+        let quota = cpu_quota(limits.cpu_limits.shares(), self.cpu_quota_per_share);
         let applied = match &self.layout {
-            Layout::V1(ctrls) => v1::apply(ctrls, &cg.dirs, limits),
-            Layout::V2(_) => v2::apply(&cg.dirs[0], limits),
+            Layout::V1(ctrls) => v1::apply(ctrls, &cg.dirs, limits, quota),
+            Layout::V2(_) => v2::apply(&cg.dirs[0], limits, quota),
         };
         if let Err(e) = applied {
             let _ = cg.remove();
@@ -319,5 +342,19 @@ mod tests {
         assert_eq!(shares_to_weight(1024), 100);
         assert_eq!(shares_to_weight(262_144), 10_000);
         assert_eq!(shares_to_weight(512), 59);
+        assert_eq!(shares_to_weight(300), 39);
+        assert_eq!(shares_to_weight(100_000), 4_340);
+    }
+
+    #[test]
+    fn cpu_quota_per_share() {
+        assert_eq!(cpu_quota(512, 0), None);
+        assert_eq!(cpu_quota(0, 10), None);
+        assert_eq!(cpu_quota(512, 10), Some(5_120));
+        assert_eq!(
+            cpu_quota(2, 10),
+            Some(1_000),
+            "floored at the kernel minimum"
+        );
     }
 }

@@ -16,7 +16,12 @@ fn dir_of<'a>(ctrls: &[(String, PathBuf)], dirs: &'a [PathBuf], ctrl: &str) -> O
         .map(PathBuf::as_path)
 }
 
-pub fn apply(ctrls: &[(String, PathBuf)], dirs: &[PathBuf], limits: &Limits) -> Result<()> {
+pub fn apply(
+    ctrls: &[(String, PathBuf)],
+    dirs: &[PathBuf],
+    limits: &Limits,
+    cpu_quota: Option<u64>,
+) -> Result<()> {
     if let Some(mem) = dir_of(ctrls, dirs, "memory") {
         let bytes = limits.memory_limits.limit_in_bytes;
         if bytes > 0 {
@@ -37,6 +42,13 @@ pub fn apply(ctrls: &[(String, PathBuf)], dirs: &[PathBuf], limits: &Limits) -> 
         let shares = limits.cpu_limits.shares();
         if shares > 0 {
             write(&cpu.join("cpu.shares"), &shares.max(2).to_string())?;
+        }
+        if let Some(quota) = cpu_quota {
+            write(
+                &cpu.join("cpu.cfs_period_us"),
+                &super::CPU_PERIOD_US.to_string(),
+            )?;
+            write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
         }
     }
     Ok(())
@@ -150,12 +162,14 @@ mod tests {
         limits.pid_limits.max = 50;
         limits.cpu_limits.limit_in_shares = 512;
         limits.cpu_limits.weight = 100;
-        apply(&ctrls, &dirs, &limits).unwrap();
+        apply(&ctrls, &dirs, &limits, Some(5_000)).unwrap();
         let r = |d: &PathBuf, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
         assert_eq!(r(&dirs[0], "memory.limit_in_bytes"), "67108864");
         assert_eq!(r(&dirs[0], "memory.memsw.limit_in_bytes"), "67108864");
         assert_eq!(r(&dirs[1], "pids.max"), "50");
         assert_eq!(r(&dirs[2], "cpu.shares"), "100");
+        assert_eq!(r(&dirs[2], "cpu.cfs_quota_us"), "5000");
+        assert_eq!(r(&dirs[2], "cpu.cfs_period_us"), "100000");
     }
 
     #[test]

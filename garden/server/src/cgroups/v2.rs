@@ -28,7 +28,7 @@ fn enable(dir: &Path) {
     }
 }
 
-pub fn apply(dir: &Path, limits: &Limits) -> Result<()> {
+pub fn apply(dir: &Path, limits: &Limits, cpu_quota: Option<u64>) -> Result<()> {
     let bytes = limits.memory_limits.limit_in_bytes;
     if bytes > 0 {
         write(&dir.join("memory.max"), &bytes.to_string())?;
@@ -45,6 +45,12 @@ pub fn apply(dir: &Path, limits: &Limits) -> Result<()> {
         write(
             &dir.join("cpu.weight"),
             &shares_to_weight(shares).to_string(),
+        )?;
+    }
+    if let Some(quota) = cpu_quota {
+        write(
+            &dir.join("cpu.max"),
+            &format!("{quota} {}", super::CPU_PERIOD_US),
         )?;
     }
     Ok(())
@@ -131,11 +137,15 @@ mod tests {
         limits.memory_limits.limit_in_bytes = 1 << 20;
         limits.pid_limits.max = 10;
         limits.cpu_limits.weight = 1024;
-        apply(d, &limits).unwrap();
+        apply(d, &limits, Some(2_000)).unwrap();
         assert_eq!(fs::read_to_string(d.join("memory.max")).unwrap(), "1048576");
         assert_eq!(fs::read_to_string(d.join("memory.swap.max")).unwrap(), "0");
         assert_eq!(fs::read_to_string(d.join("pids.max")).unwrap(), "10");
         assert_eq!(fs::read_to_string(d.join("cpu.weight")).unwrap(), "100");
+        assert_eq!(
+            fs::read_to_string(d.join("cpu.max")).unwrap(),
+            "2000 100000"
+        );
     }
 
     #[test]
