@@ -227,10 +227,16 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// `leaks` plus any process (garden-init or otherwise) still naming the container's bundle.
+/// Like `leaks`, but mounts only count when they lie in the container's bundle (a handle such
+/// as `env` would otherwise match unrelated host mounts), plus any process still naming the
+/// bundle (garden-init's argument).
 pub fn all_leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
-    let mut found = leaks(handle, gardend);
     let bundle = gardend.depot.join(handle);
+    let bundle_text = bundle.display().to_string();
+    let mut found: Vec<String> = leaks(handle, gardend)
+        .into_iter()
+        .filter(|l| !l.starts_with("mount: ") || l.contains(&bundle_text))
+        .collect();
     let needle = format!("garden-init {}", bundle.display());
     for (pid, cmdline) in processes_mentioning(&needle) {
         found.push(format!("process {pid}: {cmdline}"));
