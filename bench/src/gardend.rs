@@ -34,7 +34,12 @@ pub struct Gardend {
 
 impl Gardend {
     /// Start `bin` with its depot under `dir` and wait until it answers Ping.
-    pub async fn start(bin: &Path, dir: &Path, extra_args: &[String]) -> Result<Gardend> {
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        log_level: &str,
+        extra_args: &[String],
+    ) -> Result<Gardend> {
         if !bin.is_file() {
             bail!(
                 "gardend not found at {} (build it first: cargo build --release --workspace --bins)",
@@ -52,7 +57,7 @@ impl Gardend {
         cmd.args(["--bind-ip", "127.0.0.1", "--bind-port", &port.to_string()])
             .arg("--depot")
             .arg(&depot)
-            .args(["--cgroup-parent", &cgroup_parent, "--log-level", "warn"])
+            .args(["--cgroup-parent", &cgroup_parent, "--log-level", log_level])
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("clone log file")?)
@@ -138,13 +143,73 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     parse_vm_rss(&status).with_context(|| format!("no VmRSS in {path}"))
 }
 
-/// The VmRSS figure (KiB) of a /proc/<pid>/status text.
-pub fn parse_vm_rss(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+/// Processes in every cgroup under `parent` (any hierarchy that has it: memory first) and
+/// the sum of their proportional set sizes in KiB: the container side of density (each
+/// container's init and whatever runs in it), shared pages counted once.
+pub fn cgroup_pss(parent: &str) -> (usize, u64) {
+    let Some(root) = [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(|r| Path::new(r).join(parent))
+    .find(|p| p.is_dir()) else {
+        return (0, 0);
+    };
+    let mut pids = vec![];
+    let mut stack = vec![root];
+    while let Some(dir) = stack.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+    }
+    let pss = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok())
+        .filter_map(|s| parse_kib_field(&s, "Pss:"))
+        .sum();
+    (pids.len(), pss)
+}
+
+/// Remove the cgroup parent gardend leaves in each hierarchy once its containers are gone
+/// (rmdir only: a cgroup that still has tasks stays). Returns where it is still present.
+pub fn remove_cgroup_parent(parent: &str) -> Vec<String> {
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return vec![];
+    };
+    let mut left = vec![];
+    for h in hierarchies.flatten() {
+        let dir = h.path().join(parent);
+        if !dir.is_dir() {
+            continue;
+        }
+        if let Ok(children) = std::fs::read_dir(&dir) {
+            for c in children.flatten().filter(|c| c.path().is_dir()) {
+                let _ = std::fs::remove_dir(c.path());
+            }
+        }
+        if std::fs::remove_dir(&dir).is_err() {
+            left.push(h.file_name().to_string_lossy().into_owned());
+        }
+    }
+    left
+}
+
+/// The number of KiB after `field` in a /proc status-like text (`VmRSS:`, `Pss:`).
+fn parse_kib_field(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
+}
+
+/// The VmRSS figure (KiB) of a /proc/<pid>/status text.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    parse_kib_field(status, "VmRSS:")
 }
 
 #[cfg(test)]
@@ -157,6 +222,19 @@ mod tests {
         assert_eq!(parse_vm_rss(status), Some(12345));
         assert_eq!(parse_vm_rss("Name: x\n"), None);
         assert_eq!(parse_vm_rss("VmRSS: lots kB\n"), None);
+    }
+
+    #[test]
+    fn pss_is_read_from_smaps_rollup() {
+        let rollup = "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss:  2048 kB\nPss:  1024 kB\nPss_Anon: 512 kB\n";
+        assert_eq!(parse_kib_field(rollup, "Pss:"), Some(1024));
+        assert_eq!(parse_kib_field(rollup, "Swap:"), None);
+    }
+
+    #[test]
+    fn no_cgroup_parent_means_no_processes() {
+        assert_eq!(cgroup_pss("bench-no-such-parent-for-tests"), (0, 0));
+        assert!(remove_cgroup_parent("bench-no-such-parent-for-tests").is_empty());
     }
 
     #[test]

@@ -91,6 +91,12 @@ struct Cli {
     /// gardend binary (default: next to this executable).
     #[arg(long, value_name = "PATH")]
     gardend: Option<PathBuf>,
+    /// gardend's --log-level (debug logs per-phase timings of create and destroy).
+    #[arg(long, value_name = "LEVEL", default_value = "warn")]
+    gardend_log_level: String,
+    /// Keep gardend's log: copy it to FILE at the end.
+    #[arg(long, value_name = "FILE")]
+    gardend_log: Option<PathBuf>,
     /// Extra argument for gardend (repeatable), e.g. --gardend-arg=--max-containers=2000.
     #[arg(long = "gardend-arg", value_name = "ARG", allow_hyphen_values = true)]
     gardend_args: Vec<String>,
@@ -301,7 +307,13 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
                 report
                     .environment
                     .push(("gardend".into(), bin.display().to_string()));
-                gardend::Gardend::start(&bin, scratch.path(), &cli.gardend_args).await
+                gardend::Gardend::start(
+                    &bin,
+                    scratch.path(),
+                    &cli.gardend_log_level,
+                    &cli.gardend_args,
+                )
+                .await
             }
             Err(e) => Err(e),
         };
@@ -317,11 +329,11 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             }
         }
     };
-    report.notes.push(
-        "gardend runs with --log-level warn and is driven over TCP loopback by garden-client \
-         (one connection per request, as Garden clients do)"
-            .into(),
-    );
+    report.notes.push(format!(
+        "gardend runs with --log-level {} and is driven over TCP loopback by garden-client \
+         (one connection per request, as Garden clients do)",
+        cli.gardend_log_level
+    ));
     let mut targets = vec![("gardend".to_string(), gardend_target)];
     targets.extend(peer_targets);
 
@@ -333,8 +345,7 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         counts.clone(),
     );
     if let Some(g) = &server {
-        let pid = g.pid;
-        env = env.with_rss_probe(Box::new(move || gardend::rss_kib(pid)));
+        env = env.with_gardend_process(g.pid, g.cgroup_parent.clone());
     }
 
     // On Ctrl-C, drop the scenario in flight (its children are killed on drop) and clean up.
@@ -353,10 +364,18 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             }
         }
         g.stop().await;
-        if let Some(leak) = cgroup_leftovers(&g.cgroup_parent) {
-            report
-                .notes
-                .push(format!("gardend left its cgroup parent behind: {leak}"));
+        let left = gardend::remove_cgroup_parent(&g.cgroup_parent);
+        if !left.is_empty() {
+            report.notes.push(format!(
+                "cgroup {} still has tasks after gardend stopped, in: {}",
+                g.cgroup_parent,
+                left.join(", ")
+            ));
+        }
+        if let Some(keep) = &cli.gardend_log {
+            if let Err(e) = std::fs::copy(&g.log, keep) {
+                progress(&format!("copy gardend log to {}: {e}", keep.display()));
+            }
         }
     }
     for (_, t) in &env.targets {
@@ -458,17 +477,6 @@ fn write_bundles(
         )?,
         dd: bundle::write_bundle(&scratch.join("bundle-dd"), &template, rootfs, &dd)?,
     })
-}
-
-/// Hierarchies under /sys/fs/cgroup where `parent` still exists after gardend stopped.
-fn cgroup_leftovers(parent: &str) -> Option<String> {
-    let entries = std::fs::read_dir("/sys/fs/cgroup").ok()?;
-    let left: Vec<String> = entries
-        .flatten()
-        .filter(|e| e.path().join(parent).is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    (!left.is_empty()).then(|| format!("{parent} in {}", left.join(", ")))
 }
 
 #[cfg(test)]

@@ -80,6 +80,9 @@ pub struct Density {
     pub parallelism: usize,
     pub baseline_rss_kib: u64,
     pub rss_kib: u64,
+    /// Processes in the containers' cgroups (their inits, for idle containers) and their PSS.
+    pub container_procs: usize,
+    pub container_pss_kib: u64,
     pub create_all_ms: f64,
     pub list_ms: f64,
     pub listed: usize,
@@ -295,6 +298,8 @@ pub fn to_json(r: &Report) -> Value {
             "gardend_rss_mb": num(d.rss_kib as f64 / 1024.0),
             "baseline_rss_mb": num(d.baseline_rss_kib as f64 / 1024.0),
             "per_container_kb": num(d.per_container_kib()),
+            "container_processes": d.container_procs,
+            "container_pss_mb": num(d.container_pss_kib as f64 / 1024.0),
             "create_all_ms": num(d.create_all_ms),
             "list_ms": num(d.list_ms),
             "listed": d.listed,
@@ -520,15 +525,17 @@ pub fn to_markdown(r: &Report) -> String {
 
     match &r.density {
         Some(Ok(d)) => {
-            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | create all ms | list ms | destroy all ms |\n");
-            out.push_str("|---:|---:|---:|---:|---:|---:|\n");
+            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | container processes, PSS MiB | create all ms | list ms | destroy all ms |\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
             let _ = writeln!(
                 out,
-                "| {} | {:.1} -> {:.1} | {:.1} | {} | {} | {} |\n",
+                "| {} | {:.1} -> {:.1} | {:.1} | {}, {:.1} | {} | {} | {} |\n",
                 d.containers,
                 d.baseline_rss_kib as f64 / 1024.0,
                 d.rss_kib as f64 / 1024.0,
                 d.per_container_kib(),
+                d.container_procs,
+                d.container_pss_kib as f64 / 1024.0,
                 fmt_ms(d.create_all_ms),
                 fmt_ms(d.list_ms),
                 fmt_ms(d.destroy_all_ms)
@@ -623,6 +630,8 @@ mod tests {
                 parallelism: 8,
                 baseline_rss_kib: 10 * 1024,
                 rss_kib: 20 * 1024,
+                container_procs: 100,
+                container_pss_kib: 50 * 1024,
                 create_all_ms: 1234.5,
                 list_ms: 3.25,
                 listed: 100,
@@ -663,6 +672,7 @@ mod tests {
         assert_eq!(v["density"]["containers"], json!(100));
         assert_eq!(v["density"]["gardend_rss_mb"], json!(20.0));
         assert_eq!(v["density"]["per_container_kb"], json!(102.4));
+        assert_eq!(v["density"]["container_pss_mb"], json!(50.0));
     }
 
     #[test]
@@ -706,7 +716,7 @@ mod tests {
         assert!(md.contains("create failed: boom \\| bad |"), "{md}");
         assert!(!md.contains("second line"), "{md}");
         assert!(
-            md.contains("| 100 | 10.0 -> 20.0 | 102.4 | 1234 | 3.25 | 999.0 |"),
+            md.contains("| 100 | 10.0 -> 20.0 | 102.4 | 100, 50.0 | 1234 | 3.25 | 999.0 |"),
             "{md}"
         );
         assert!(

@@ -16,6 +16,7 @@ use garden_client::{Client, ProcessIo};
 use tokio::io::AsyncWrite;
 use tokio::task::JoinSet;
 
+use crate::gardend;
 use crate::peers::{self, Peer};
 use crate::report::{Concurrent, ConcurrentLevel, Density, Outcome, Row, Streaming, Throughput};
 use crate::stats::{self, ms, Summary};
@@ -64,7 +65,8 @@ pub struct Env {
     pub busybox: PathBuf,
     pub counts: Counts,
     next_id: AtomicU64,
-    gardend_rss: Option<Box<RssProbe>>,
+    /// gardend's pid and cgroup parent, for the density scenario's memory figures.
+    gardend_proc: Option<(u32, String)>,
 }
 
 fn true_spec() -> ProcessSpec {
@@ -114,7 +116,7 @@ impl Env {
             busybox,
             counts,
             next_id: AtomicU64::new(0),
-            gardend_rss: None,
+            gardend_proc: None,
         }
     }
 
@@ -574,20 +576,17 @@ impl Env {
             &client,
             self.counts.density,
             self.counts.density_parallelism.max(1),
-            self.gardend_rss.as_deref(),
+            self.gardend_proc.as_ref(),
         )
         .await
         .map_err(|e| format!("{e:#}"))
     }
 }
 
-/// Reads gardend's RSS in KiB (set by main, which owns the process).
-pub type RssProbe = dyn Fn() -> Result<u64> + Send + Sync;
-
 impl Env {
-    /// Install the probe of gardend's RSS used by the density scenario.
-    pub fn with_rss_probe(mut self, probe: Box<RssProbe>) -> Env {
-        self.gardend_rss = Some(probe);
+    /// Tell the density scenario which process is gardend and which cgroup parent it owns.
+    pub fn with_gardend_process(mut self, pid: u32, cgroup_parent: String) -> Env {
+        self.gardend_proc = Some((pid, cgroup_parent));
         self
     }
 }
@@ -776,9 +775,10 @@ async fn density(
     c: &Client,
     n: usize,
     parallelism: usize,
-    rss: Option<&RssProbe>,
+    proc: Option<&(u32, String)>,
 ) -> Result<Density> {
-    let rss = rss.context("no RSS probe for gardend")?;
+    let (pid, cgroup_parent) = proc.context("gardend's pid is unknown")?;
+    let rss = || gardend::rss_kib(*pid);
     let baseline = rss()?;
     let handles = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let next = Arc::new(AtomicUsize::new(0));
@@ -806,6 +806,7 @@ async fn density(
     let handles: Vec<String> =
         std::mem::take(&mut *handles.lock().unwrap_or_else(|p| p.into_inner()));
     let after = rss();
+    let (init_procs, init_pss_kib) = gardend::cgroup_pss(cgroup_parent);
     let start = Instant::now();
     let listed = c.list(&[]).await;
     let list_time = start.elapsed();
@@ -844,6 +845,8 @@ async fn density(
         parallelism,
         baseline_rss_kib: baseline,
         rss_kib: after?,
+        container_procs: init_procs,
+        container_pss_kib: init_pss_kib,
         create_all_ms: ms(create_all),
         list_ms: ms(list_time),
         listed: listed.len(),
