@@ -97,6 +97,8 @@ pub struct Settings {
     /// refused [default: 0].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub disk_store_size: Option<u64>,
+    #[command(flatten)]
+    pub net: NetSettings,
 }
 
 /// The merged configuration, plus notes about ignored config-file content (to be logged once
@@ -144,6 +146,7 @@ impl Settings {
             max_connections: self.max_connections.or(fallback.max_connections),
             cpu_quota_per_share: self.cpu_quota_per_share.or(fallback.cpu_quota_per_share),
             disk_store_size: self.disk_store_size.or(fallback.disk_store_size),
+            net: self.net.or(fallback.net),
         }
     }
 
@@ -171,6 +174,7 @@ impl Settings {
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             cpu_quota_per_share: self.cpu_quota_per_share.unwrap_or(d.cpu_quota_per_share),
             disk_store_size: self.disk_store_size.unwrap_or(d.disk_store_size),
+            net: self.net.into_config(),
         }
     }
 
@@ -194,7 +198,7 @@ impl Settings {
                 self.cpu_quota_per_share = Some(value.parse().map_err(|e| format!("{e}"))?)
             }
             "disk_store_size" => self.disk_store_size = Some(parse_size(value)?),
-            _ => return Ok(false),
+            _ => return self.net.set(key, value),
         }
         Ok(true)
     }
@@ -487,7 +491,7 @@ mod tests {
         std::fs::write(
             &path,
             "; Guardian-style config\n[server]\nbind_port = 9000\nbind-ip = 0.0.0.0\ndefault_grace_time = 1h30m\nlog_level = debug\n\
-             depot = \"/srv/depot\"\nnetwork_pool = 10.0.0.0/22\nmax_containers = 12\n\n[other]\nbind_port = 1\n",
+             depot = \"/srv/depot\"\nruntime_plugin = /usr/bin/runc\nmax_containers = 12\n\n[other]\nbind_port = 1\n",
         )
         .unwrap();
         let path_str = path.to_str().unwrap();
@@ -510,7 +514,7 @@ mod tests {
         assert_eq!(c.depot, PathBuf::from("/srv/depot"));
         assert_eq!(c.cgroup_parent, "garden", "default");
         assert_eq!(loaded.warnings.len(), 2, "{:?}", loaded.warnings);
-        assert!(loaded.warnings[0].contains("network_pool"));
+        assert!(loaded.warnings[0].contains("runtime_plugin"));
         assert!(loaded.warnings[1].contains("[other]"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -568,5 +572,168 @@ mod tests {
         assert_eq!(c.bind_socket, Some(PathBuf::from("/tmp/g.sock")));
         assert_eq!(c.log_level, "warn");
         assert_eq!(c.default_grace_time, Duration::from_secs(45));
+    }
+
+    #[test]
+    fn network_flags_and_file_keys() {
+        let c = cli(&[
+            "--network-pool",
+            "10.250.0.0/24",
+            "--deny-network",
+            "0.0.0.0/0",
+            "--deny-network",
+            "10.0.0.0/8",
+            "--allow-host-access",
+            "--dns-server",
+            "8.8.8.8",
+        ])
+        .into_config()
+        .unwrap()
+        .config
+        .net;
+        assert_eq!(c.pool.to_string(), "10.250.0.0/24");
+        assert_eq!(c.deny_networks.len(), 2);
+        assert!(c.allow_host_access);
+        assert_eq!(c.dns_servers, vec![std::net::Ipv4Addr::new(8, 8, 8, 8)]);
+        assert_eq!(c.port_pool_start, 61001, "default");
+        let path = Path::new("/etc/gardend.ini");
+        let (s, warnings) = parse_config_file(
+            "[server]\nport_pool_start = 62000\nadditional_host_entry = 1.2.3.4 db\nadditional_host_entry = 1.2.3.5 cache\nmtu = 1400\n",
+            path,
+        )
+        .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let n = s.into_config().net;
+        assert_eq!((n.port_pool_start, n.mtu), (62000, Some(1400)));
+        assert_eq!(n.additional_host_entries, ["1.2.3.4 db", "1.2.3.5 cache"]);
+        assert!(parse_config_file("[server]\nnetwork_pool = 10.0.0.0/33\n", path).is_err());
+    }
+}
+
+/// Networking settings (Guardian's kawasaki flags).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct NetSettings {
+    /// Pool of container subnets, carved into /30s [default: 10.254.0.0/22].
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub network_pool: Option<crate::net::Cidr>,
+    /// First host port handed out by NetIn [default: 61001].
+    #[arg(long, value_name = "PORT")]
+    pub port_pool_start: Option<u32>,
+    /// Number of host ports for NetIn [default: 4534].
+    #[arg(long, value_name = "N")]
+    pub port_pool_size: Option<u32>,
+    /// MTU of container interfaces [default: the host's outbound MTU, at most 1500].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(68..=65535))]
+    pub mtu: Option<u32>,
+    /// Network containers may not reach unless a NetOut rule allows it (repeatable).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub deny_network: Option<Vec<crate::net::Cidr>>,
+    /// Let containers reach the host itself.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_host_access: Option<bool>,
+    /// DNS server for containers' resolv.conf instead of the host's (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub dns_server: Option<Vec<std::net::Ipv4Addr>>,
+    /// DNS server added to containers' resolv.conf (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub additional_dns_server: Option<Vec<std::net::Ipv4Addr>>,
+    /// Line added to containers' /etc/hosts, e.g. `10.0.0.5 db` (repeatable).
+    #[arg(long, value_name = "ENTRY")]
+    pub additional_host_entry: Option<Vec<String>>,
+    /// Host address NetIn forwards from and Info reports [default: the default route's source].
+    #[arg(long, value_name = "IP")]
+    pub external_ip: Option<std::net::Ipv4Addr>,
+    /// iptables binary; `<bin>-restore` and `<bin>-save` are used next to it [default: iptables].
+    #[arg(long, value_name = "PATH")]
+    pub iptables_bin: Option<PathBuf>,
+}
+
+fn parse_cidr(value: &str) -> Result<crate::net::Cidr, String> {
+    value
+        .parse()
+        .map_err(|e: crate::net::NetError| e.to_string())
+}
+
+impl NetSettings {
+    pub fn or(self, f: NetSettings) -> NetSettings {
+        NetSettings {
+            network_pool: self.network_pool.or(f.network_pool),
+            port_pool_start: self.port_pool_start.or(f.port_pool_start),
+            port_pool_size: self.port_pool_size.or(f.port_pool_size),
+            mtu: self.mtu.or(f.mtu),
+            deny_network: self.deny_network.or(f.deny_network),
+            allow_host_access: self.allow_host_access.or(f.allow_host_access),
+            dns_server: self.dns_server.or(f.dns_server),
+            additional_dns_server: self.additional_dns_server.or(f.additional_dns_server),
+            additional_host_entry: self.additional_host_entry.or(f.additional_host_entry),
+            external_ip: self.external_ip.or(f.external_ip),
+            iptables_bin: self.iptables_bin.or(f.iptables_bin),
+        }
+    }
+
+    pub fn into_config(self) -> crate::net::NetConfig {
+        let d = crate::net::NetConfig::default();
+        crate::net::NetConfig {
+            pool: self.network_pool.unwrap_or(d.pool),
+            port_pool_start: self.port_pool_start.unwrap_or(d.port_pool_start),
+            port_pool_size: self.port_pool_size.unwrap_or(d.port_pool_size),
+            mtu: self.mtu.or(d.mtu),
+            deny_networks: self.deny_network.unwrap_or(d.deny_networks),
+            allow_host_access: self.allow_host_access.unwrap_or(d.allow_host_access),
+            dns_servers: self.dns_server.unwrap_or(d.dns_servers),
+            additional_dns_servers: self
+                .additional_dns_server
+                .unwrap_or(d.additional_dns_servers),
+            additional_host_entries: self
+                .additional_host_entry
+                .unwrap_or(d.additional_host_entries),
+            external_ip: self.external_ip.or(d.external_ip),
+            iptables_bin: self
+                .iptables_bin
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(d.iptables_bin),
+        }
+    }
+
+    /// One config-file key; list keys may repeat and accumulate.
+    fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        let ip = |v: &str| {
+            v.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| format!("{v:?} is not an IPv4 address"))
+        };
+        let num = |v: &str| v.parse::<u32>().map_err(|e| e.to_string());
+        match key {
+            "network_pool" => self.network_pool = Some(parse_cidr(value)?),
+            "port_pool_start" => self.port_pool_start = Some(num(value)?),
+            "port_pool_size" => self.port_pool_size = Some(num(value)?),
+            "mtu" => self.mtu = Some(num(value)?),
+            "deny_network" => self
+                .deny_network
+                .get_or_insert_with(Vec::new)
+                .push(parse_cidr(value)?),
+            "allow_host_access" => {
+                self.allow_host_access = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("{value:?} is not true or false"))?,
+                )
+            }
+            "dns_server" => self
+                .dns_server
+                .get_or_insert_with(Vec::new)
+                .push(ip(value)?),
+            "additional_dns_server" => self
+                .additional_dns_server
+                .get_or_insert_with(Vec::new)
+                .push(ip(value)?),
+            "additional_host_entry" => self
+                .additional_host_entry
+                .get_or_insert_with(Vec::new)
+                .push(value.to_string()),
+            "external_ip" => self.external_ip = Some(ip(value)?),
+            "iptables_bin" => self.iptables_bin = Some(PathBuf::from(value)),
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub cpu_quota_per_share: u64,
     /// Bytes of the loop-mounted XFS quota store; 0 = no store (disk limits refused).
     pub disk_store_size: u64,
+    /// Container networking (pools, firewall defaults, DNS).
+    pub net: crate::net::NetConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             max_connections: 4096,
             cpu_quota_per_share: 0,
             disk_store_size: 0,
+            net: crate::net::NetConfig::default(),
         }
     }
 }

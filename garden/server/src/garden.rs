@@ -24,8 +24,6 @@ use crate::service::{ActivityGuard, OutputStream, ProcessSession, Reply, Request
 
 type Result<T> = std::result::Result<T, GardenError>;
 
-/// Containers without a configured cap (networking will derive it from the IP pool).
-const DEFAULT_MAX_CONTAINERS: u64 = 1024;
 /// How long Stop waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a finished process's unclaimed streams stay resolvable.
@@ -121,6 +119,8 @@ pub struct Garden {
     reserved: Mutex<HashSet<String>>,
     next_stream: AtomicU64,
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// Addresses, links and firewall rules of the containers.
+    network: crate::net::Network,
 }
 
 impl Garden {
@@ -161,6 +161,9 @@ impl Garden {
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
         let runtime = Runtime::new(cgroups, init_bin);
         cleanup_depot(&config.depot, runtime.cgroups());
+        let network = crate::net::Network::new(config.net.clone(), &config.cgroup_parent)
+            .await
+            .context("set up container networking")?;
         Ok(Arc::new_cyclic(|me| Garden {
             me: me.clone(),
             config,
@@ -171,6 +174,7 @@ impl Garden {
             reserved: Mutex::default(),
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
+            network,
         }))
     }
 
@@ -183,10 +187,11 @@ impl Garden {
     }
 
     fn max_containers(&self) -> u64 {
+        let pool = self.network.max_containers();
         if self.config.max_containers > 0 {
-            self.config.max_containers
+            self.config.max_containers.min(pool)
         } else {
-            DEFAULT_MAX_CONTAINERS
+            pool
         }
     }
 
@@ -213,7 +218,7 @@ impl Garden {
             Request::Info { handle } => {
                 let c = self.lookup(&handle)?;
                 let _g = c.activity.guard();
-                Ok(json(&info(&c)))
+                Ok(json(&info(&c, &self.network)))
             }
             Request::BulkInfo { handles } => Ok(json(&self.bulk_info(&handles))),
             Request::BulkMetrics { handles } => Ok(json(&self.bulk_metrics(&handles).await)),
@@ -260,13 +265,34 @@ impl Garden {
                 let c = self.lookup(&handle)?;
                 Ok(json(&c.spec.limits.memory_limits))
             }
-            Request::NetIn { handle, .. }
-            | Request::NetOut { handle, .. }
-            | Request::BulkNetOut { handle, .. } => {
-                self.lookup(&handle)?;
-                Err(GardenError::generic(
-                    "container networking (NetIn/NetOut) is not available in this gardend yet",
-                ))
+            Request::NetIn { handle, request } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                let (host_port, container_port) = self
+                    .net_in(&c, request.host_port, request.container_port)
+                    .await?;
+                Ok(json(&NetInResponse {
+                    host_port,
+                    container_port,
+                }))
+            }
+            Request::NetOut { handle, rule } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                self.network
+                    .net_out(&handle, std::slice::from_ref(&rule))
+                    .await
+                    .map_err(generic)?;
+                Ok(json(&Empty {}))
+            }
+            Request::BulkNetOut { handle, rules } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                self.network
+                    .net_out(&handle, &rules)
+                    .await
+                    .map_err(generic)?;
+                Ok(json(&Empty {}))
             }
             Request::SetGraceTime { handle, grace_time } => {
                 let c = self.lookup(&handle)?;
@@ -410,11 +436,9 @@ impl Garden {
                 "Cannot provide both Image.URI and RootFSPath",
             ));
         }
-        if !spec.netin.is_empty() || !spec.netout_rules.is_empty() {
-            return Err(GardenError::generic(
-                "container networking (netin / netout_rules) is not available in this gardend yet",
-            ));
-        }
+        self.network
+            .validate(&handle, &spec.netout_rules, &spec.limits.bandwidth_limits)
+            .map_err(generic)?;
         for b in &spec.bind_mounts {
             if !Path::new(&b.src_path).is_absolute() || !Path::new(&b.dst_path).is_absolute() {
                 return Err(GardenError::generic(format!(
@@ -488,11 +512,16 @@ impl Garden {
             limits: &spec.limits,
             privileged: spec.privileged,
         };
-        let (sandbox, mut exits) = match self.runtime.create(sandbox_spec).await {
+        let created = match self.network.allocate(handle, &spec.network) {
+            Ok(()) => self.runtime.create(sandbox_spec).await.map_err(generic),
+            Err(e) => Err(generic(e)),
+        };
+        let (sandbox, mut exits) = match created {
             Ok(s) => s,
             Err(e) => {
                 let _ = remove_dir_all_blocking(bundle.clone()).await;
-                return Err(generic(e));
+                let _ = self.network.release(handle).await;
+                return Err(e);
             }
         };
         if spec.grace_time == 0 {
@@ -558,6 +587,12 @@ impl Garden {
             .write()
             .expect("containers lock")
             .insert(handle.to_string(), container);
+        if let Err(e) = self.net_setup(handle).await {
+            if let Err(d) = self.destroy(handle).await {
+                tracing::warn!(handle, error = %d, "clean up after failed network setup");
+            }
+            return Err(e);
+        }
         tracing::info!(
             handle,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -579,6 +614,10 @@ impl Garden {
         c.activity.changed.notify_one();
         let t = Instant::now();
         c.sandbox.kill().await;
+        if let Err(e) = self.network.release(handle).await {
+            *c.state.lock().expect("state lock") = previous;
+            return Err(GardenError::generic(format!("destroy {handle}: {e}")));
+        }
         tracing::debug!(handle, ms = t.elapsed().as_secs_f64() * 1e3, "init gone");
         for p in c.processes.lock().expect("processes lock").values() {
             p.on_exit(137);
@@ -910,7 +949,7 @@ impl Garden {
             .map(|h| {
                 let entry = match self.lookup(h) {
                     Ok(c) => ContainerInfoEntry {
-                        info: info(&c),
+                        info: info(&c, &self.network),
                         err: None,
                     },
                     Err(e) => ContainerInfoEntry {
@@ -957,7 +996,7 @@ impl Garden {
                 exclusive_bytes_used: ex_bytes,
                 exclusive_inodes_used: ex_inodes,
             },
-            network_stat: None,
+            network_stat: self.network.stats(&c.handle),
             pid_stat: stats.pids,
             age: c.created.elapsed().as_nanos() as u64,
             cpu_entitlement: 0,
@@ -988,13 +1027,70 @@ impl Garden {
     }
 }
 
+/// Networking glue: what the network module needs from a container, and the properties it sets.
+impl Garden {
+    /// Links, firewall, /etc files, create-time NetIn and the network properties.
+    async fn net_setup(&self, handle: &str) -> Result<()> {
+        let c = self.lookup(handle)?;
+        let hostname: String = {
+            let chars: Vec<char> = handle.chars().collect();
+            chars[chars.len().saturating_sub(49)..].iter().collect()
+        };
+        let root = c
+            .sandbox
+            .open_root()
+            .map_err(|e| generic(format!("network setup: open container root: {e}")))?;
+        self.network
+            .setup(
+                handle,
+                &hostname,
+                c.sandbox.init_pid,
+                root.as_fd(),
+                &c.spec.netout_rules,
+                &c.spec.limits.bandwidth_limits,
+            )
+            .await
+            .map_err(|e| generic(format!("network setup: {e}")))?;
+        for m in &c.spec.netin {
+            self.network
+                .net_in(handle, m.host_port, m.container_port)
+                .await
+                .map_err(generic)?;
+        }
+        let props = self.network.properties(handle);
+        self.set_properties(&c, |p| p.extend(props));
+        Ok(())
+    }
+
+    async fn net_in(
+        &self,
+        c: &Container,
+        host_port: u32,
+        container_port: u32,
+    ) -> Result<(u32, u32)> {
+        let ports = self
+            .network
+            .net_in(&c.handle, host_port, container_port)
+            .await
+            .map_err(generic)?;
+        let props = self.network.properties(&c.handle);
+        self.set_properties(c, |p| {
+            if let Some(v) = props.get("garden.network.mapped-ports") {
+                p.insert("garden.network.mapped-ports".into(), v.clone());
+            }
+        });
+        Ok(ports)
+    }
+}
+
 impl Service for Garden {
     async fn handle(&self, request: Request) -> Result<Reply> {
         self.dispatch(request).await
     }
 }
 
-fn info(c: &Container) -> ContainerInfo {
+fn info(c: &Container, network: &crate::net::Network) -> ContainerInfo {
+    let net = network.info(&c.handle);
     let state = match *c.state.lock().expect("state lock") {
         State::Active => "active",
         State::Stopped | State::Destroying => "stopped",
@@ -1009,7 +1105,16 @@ fn info(c: &Container) -> ContainerInfo {
         events,
         container_path: c.bundle.display().to_string(),
         properties: Some(c.properties.lock().expect("properties lock").clone()),
-        mapped_ports: Some(Vec::new()),
+        host_ip: net.as_ref().map(|n| n.host_ip.clone()).unwrap_or_default(),
+        container_ip: net
+            .as_ref()
+            .map(|n| n.container_ip.clone())
+            .unwrap_or_default(),
+        external_ip: net
+            .as_ref()
+            .map(|n| n.external_ip.clone())
+            .unwrap_or_default(),
+        mapped_ports: Some(net.map(|n| n.mapped_ports).unwrap_or_default()),
         ..Default::default()
     }
 }

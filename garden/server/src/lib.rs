@@ -14,6 +14,7 @@ pub mod config;
 pub mod garden;
 pub mod http;
 pub mod init;
+pub mod net;
 pub mod process;
 pub mod runtime;
 pub mod server;

@@ -1,0 +1,500 @@
+//! Netfilter rules through `iptables-restore --noflush`: every change of one container is one
+//! restore transaction, so it lands completely or not at all.
+//!
+//! Layout (T = this gardend's tag):
+//! - filter `FORWARD -> gd-T-fwd`: per container `-i <bridge> -s <ip> -g gd-T-<id>`; the
+//!   container chain accepts its own subnet, then NetOut rules (each new one prepended), then
+//!   goes to `gd-T-default` (established traffic, DNS servers, REJECT per `--deny-network`).
+//!   Traffic towards containers is accepted at the end of `gd-T-fwd`.
+//! - filter `INPUT -> gd-T-input`: containers reaching the host, rejected unless host access
+//!   is allowed.
+//! - nat `PREROUTING`/`OUTPUT -> gd-T-pre`/`gd-T-out -> gd-T-<id>`: NetIn DNAT rules.
+//! - nat `POSTROUTING -> gd-T-post`: MASQUERADE for traffic leaving a container's subnet, and
+//!   for loopback-sourced traffic DNATed into a bridge.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use garden_api::{NetOutRule, PROTOCOL_ALL, PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
+
+use super::pool::Cidr;
+use super::{cmd, NetError};
+
+/// What the rules of one container refer to.
+#[derive(Debug, Clone)]
+pub struct ContainerRules {
+    /// Chain name in both tables.
+    pub chain: String,
+    pub bridge: String,
+    pub container_ip: Ipv4Addr,
+    pub subnet: Cidr,
+}
+
+pub struct Firewall {
+    restore: PathBuf,
+    save: PathBuf,
+    prefix: String,
+    /// Interface wildcard matching every bridge of this gardend (`g<tag>b+`).
+    bridges: String,
+    /// Serialises this gardend's restores (iptables-legacy would race without the lock).
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Firewall {
+    /// `iptables` is the iptables binary; `-restore` / `-save` are found next to it.
+    pub fn new(iptables: &std::path::Path, prefix: String, bridge_wildcard: String) -> Firewall {
+        let sibling = |suffix: &str| {
+            let mut name = iptables
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "iptables".into());
+            name.push(suffix);
+            iptables.with_file_name(name)
+        };
+        Firewall {
+            restore: sibling("-restore"),
+            save: sibling("-save"),
+            prefix,
+            bridges: bridge_wildcard,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// `gd-<tag>-`: every chain of this gardend starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn global(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    async fn apply(&self, rules: String) -> Result<(), NetError> {
+        let _g = self.lock.lock().await;
+        cmd::run(&self.restore, &["-w", "--noflush"], Some(rules))
+            .await
+            .map(|_| ())
+    }
+
+    /// Remove every chain with our prefix and the jumps to them from the built-in chains:
+    /// what a crashed gardend left behind.
+    pub async fn cleanup(&self) -> Result<(), NetError> {
+        let saved = {
+            let _g = self.lock.lock().await;
+            cmd::run(&self.save, &[], None).await?
+        };
+        let script = cleanup_script(&saved, &self.prefix);
+        if script.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(prefix = %self.prefix, "removing firewall chains left by a previous run");
+        self.apply(script).await
+    }
+
+    /// The chains shared by all containers.
+    pub async fn install_global(
+        &self,
+        pool: Cidr,
+        deny: &[Cidr],
+        dns: &[Ipv4Addr],
+        allow_host_access: bool,
+    ) -> Result<(), NetError> {
+        let (fwd, def, input) = (
+            self.global("fwd"),
+            self.global("default"),
+            self.global("input"),
+        );
+        let (pre, out, post) = (self.global("pre"), self.global("out"), self.global("post"));
+        let br = &self.bridges;
+        let mut s = String::from("*filter\n");
+        for c in [&fwd, &def, &input] {
+            s += &format!(":{c} - [0:0]\n");
+        }
+        s += &format!("-I FORWARD 1 -j {fwd}\n-I INPUT 1 -j {input}\n");
+        s += &format!("-A {fwd} -o {br} -j ACCEPT\n");
+        s += &format!("-A {def} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+        for d in dns {
+            for proto in ["udp", "tcp"] {
+                s += &format!("-A {def} -d {d}/32 -p {proto} --dport 53 -j ACCEPT\n");
+            }
+        }
+        for d in deny {
+            s += &format!("-A {def} -d {d} -j REJECT --reject-with icmp-net-prohibited\n");
+        }
+        s += &format!("-A {input} -i {br} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+        if !allow_host_access {
+            s += &format!("-A {input} -i {br} -j REJECT --reject-with icmp-host-prohibited\n");
+        }
+        s += "COMMIT\n*nat\n";
+        for c in [&pre, &out, &post] {
+            s += &format!(":{c} - [0:0]\n");
+        }
+        s += &format!(
+            "-I PREROUTING 1 -j {pre}\n-I OUTPUT 1 -j {out}\n-I POSTROUTING 1 -j {post}\n"
+        );
+        s += &format!("-A {post} -s {pool} -d {pool} -j RETURN\n");
+        s += &format!("-A {post} -s 127.0.0.0/8 -o {br} -j MASQUERADE\n");
+        s += "COMMIT\n";
+        self.apply(s).await
+    }
+
+    /// Rules in the shared chains that belong to one container: (table, chain, spec).
+    fn container_links(&self, c: &ContainerRules) -> [(&'static str, String, String); 4] {
+        let ip = c.container_ip;
+        [
+            (
+                "filter",
+                self.global("fwd"),
+                format!("-i {} -s {ip}/32 -g {}", c.bridge, c.chain),
+            ),
+            ("nat", self.global("pre"), format!("-j {}", c.chain)),
+            ("nat", self.global("out"), format!("-j {}", c.chain)),
+            (
+                "nat",
+                self.global("post"),
+                format!("-s {ip}/32 ! -d {} -j MASQUERADE", c.subnet),
+            ),
+        ]
+    }
+
+    /// Chains of a new container, with its create-time NetOut rules already expanded.
+    pub async fn add_container(
+        &self,
+        c: &ContainerRules,
+        netout: &[String],
+    ) -> Result<(), NetError> {
+        let links = self.container_links(c);
+        let mut s = format!("*filter\n:{} - [0:0]\n", c.chain);
+        s += &format!("-A {} -d {} -j ACCEPT\n", c.chain, c.subnet);
+        s += &format!("-A {} -g {}\n", c.chain, self.global("default"));
+        s += &prepend(&c.chain, netout);
+        for (table, chain, spec) in &links {
+            if *table == "filter" {
+                // Before the catch-all accept towards the bridges.
+                s += &format!("-I {chain} 1 {spec}\n");
+            }
+        }
+        s += &format!("COMMIT\n*nat\n:{} - [0:0]\n", c.chain);
+        for (table, chain, spec) in &links {
+            if *table == "nat" {
+                s += &format!("-A {chain} {spec}\n");
+            }
+        }
+        s += "COMMIT\n";
+        self.apply(s).await
+    }
+
+    /// Remove a container's chains and every rule pointing at them.
+    pub async fn remove_container(&self, c: &ContainerRules) -> Result<(), NetError> {
+        let links = self.container_links(c);
+        let mut s = String::new();
+        for t in ["filter", "nat"] {
+            s += &format!("*{t}\n");
+            for (table, chain, spec) in &links {
+                if *table == t {
+                    s += &format!("-D {chain} {spec}\n");
+                }
+            }
+            s += &format!("-F {0}\n-X {0}\nCOMMIT\n", c.chain);
+        }
+        self.apply(s).await
+    }
+
+    /// Prepend already expanded NetOut rules (see [`expand`]).
+    pub async fn add_netout(&self, chain: &str, expanded: &[String]) -> Result<(), NetError> {
+        if expanded.is_empty() {
+            return Ok(());
+        }
+        self.apply(format!("*filter\n{}COMMIT\n", prepend(chain, expanded)))
+            .await
+    }
+
+    /// DNAT `host_port` (on the external IP, and loopback for local clients) to the container.
+    pub async fn add_netin(
+        &self,
+        c: &ContainerRules,
+        external_ip: Ipv4Addr,
+        host_port: u32,
+        container_port: u32,
+    ) -> Result<(), NetError> {
+        let to = format!(
+            "-p tcp --dport {host_port} -j DNAT --to-destination {}:{container_port}",
+            c.container_ip
+        );
+        let mut s = String::from("*nat\n");
+        s += &format!("-A {} -d {external_ip}/32 {to}\n", c.chain);
+        if !external_ip.is_loopback() {
+            s += &format!("-A {} -d 127.0.0.1/32 {to}\n", c.chain);
+        }
+        s += "COMMIT\n";
+        self.apply(s).await
+    }
+}
+
+/// `-I chain 1` for each expanded rule group so that the final order is: the last NetOut rule
+/// first, and within one rule its lines in order (LOG before ACCEPT).
+fn prepend(chain: &str, expanded: &[String]) -> String {
+    let mut s = String::new();
+    for group in expanded {
+        for line in group.lines().rev() {
+            s += &format!("-I {chain} 1 {line}\n");
+        }
+    }
+    s
+}
+
+/// Check NetOut rules and turn each into its iptables rule specs (one group per NetOut rule,
+/// one line per port range × network range, LOG lines before ACCEPT lines).
+pub fn expand(handle: &str, rules: &[NetOutRule]) -> Result<Vec<String>, NetError> {
+    rules.iter().map(|r| expand_one(handle, r)).collect()
+}
+
+fn expand_one(handle: &str, r: &NetOutRule) -> Result<String, NetError> {
+    let proto = match r.protocol {
+        PROTOCOL_ALL => "all",
+        PROTOCOL_TCP => "tcp",
+        PROTOCOL_UDP => "udp",
+        PROTOCOL_ICMP => "icmp",
+        n => return Err(NetError::Invalid(format!("invalid protocol: {n}"))),
+    };
+    if !r.ports.is_empty() && (r.protocol == PROTOCOL_ALL || r.protocol == PROTOCOL_ICMP) {
+        return Err(NetError::Invalid(format!(
+            "Ports cannot be specified for Protocol {}",
+            proto.to_uppercase()
+        )));
+    }
+    if r.icmps.is_some() && r.protocol != PROTOCOL_ICMP {
+        return Err(NetError::Invalid(format!(
+            "ICMP control cannot be specified for Protocol {}",
+            proto.to_uppercase()
+        )));
+    }
+    let mut networks = Vec::new();
+    for n in &r.networks {
+        let ip = |s: &str, default: &str| -> Result<Ipv4Addr, NetError> {
+            let s = if s.is_empty() { default } else { s };
+            s.parse()
+                .map_err(|_| NetError::Invalid(format!("invalid IP address in NetOut rule: {s:?}")))
+        };
+        let (start, end) = (
+            ip(&n.start, "0.0.0.0")?,
+            ip(
+                if n.end.is_empty() { &n.start } else { &n.end },
+                "255.255.255.255",
+            )?,
+        );
+        if u32::from(start) > u32::from(end) {
+            return Err(NetError::Invalid(format!(
+                "invalid IP range in NetOut rule: {start}-{end}"
+            )));
+        }
+        networks.push(if start == end {
+            format!(" -d {start}/32")
+        } else {
+            format!(" -m iprange --dst-range {start}-{end}")
+        });
+    }
+    if networks.is_empty() {
+        networks.push(String::new());
+    }
+    let mut ports = Vec::new();
+    for p in &r.ports {
+        let end = if p.end == 0 { p.start } else { p.end };
+        if p.start > end {
+            return Err(NetError::Invalid(format!(
+                "invalid port range in NetOut rule: {}-{end}",
+                p.start
+            )));
+        }
+        ports.push(if p.start == end {
+            format!(" --dport {end}")
+        } else {
+            format!(" --dport {}:{end}", p.start)
+        });
+    }
+    if ports.is_empty() {
+        ports.push(String::new());
+    }
+    let icmp = match r.icmps {
+        Some(i) => match i.code {
+            Some(code) => format!(" --icmp-type {}/{code}", i.icmp_type),
+            None => format!(" --icmp-type {}", i.icmp_type),
+        },
+        None => String::new(),
+    };
+    // Log prefixes are at most 29 characters.
+    let log_prefix: String = handle
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"')
+        .take(27)
+        .collect();
+    let mut out = String::new();
+    for net in &networks {
+        for port in &ports {
+            let spec = format!("-p {proto}{net}{port}{icmp}");
+            if r.log && (r.protocol == PROTOCOL_TCP || r.protocol == PROTOCOL_ALL) {
+                out += &format!("{spec} -m conntrack --ctstate NEW,UNTRACKED,INVALID -j LOG --log-prefix \"{log_prefix} \"\n");
+            }
+            out += &format!("{spec} -j ACCEPT\n");
+        }
+    }
+    Ok(out)
+}
+
+/// Restore script removing every chain starting with `prefix` and the rules of built-in chains
+/// that jump to them.
+fn cleanup_script(saved: &str, prefix: &str) -> String {
+    let mut out = String::new();
+    let mut table = String::new();
+    let mut chains: Vec<String> = Vec::new();
+    let mut deletes: Vec<String> = Vec::new();
+    let flush =
+        |out: &mut String, table: &str, chains: &mut Vec<String>, deletes: &mut Vec<String>| {
+            if chains.is_empty() && deletes.is_empty() {
+                return;
+            }
+            *out += &format!("*{table}\n");
+            for d in deletes.drain(..) {
+                *out += &format!("-D {d}\n");
+            }
+            for c in chains.iter() {
+                *out += &format!("-F {c}\n");
+            }
+            for c in chains.drain(..) {
+                *out += &format!("-X {c}\n");
+            }
+            *out += "COMMIT\n";
+        };
+    for line in saved.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+        } else if line.starts_with("COMMIT") {
+            flush(&mut out, &table, &mut chains, &mut deletes);
+        } else if let Some(c) = line.strip_prefix(':') {
+            let name = c.split_whitespace().next().unwrap_or("");
+            if name.starts_with(prefix) {
+                chains.push(name.to_string());
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or("");
+            let target = rule
+                .split_whitespace()
+                .skip_while(|w| *w != "-j" && *w != "-g")
+                .nth(1)
+                .unwrap_or("");
+            if !chain.starts_with(prefix) && target.starts_with(prefix) {
+                deletes.push(rule.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use garden_api::{IcmpControl, IpRange, PortRange};
+
+    #[test]
+    fn expands_ports_times_networks() {
+        let r = NetOutRule {
+            protocol: PROTOCOL_TCP,
+            networks: vec![
+                IpRange {
+                    start: "10.0.0.1".into(),
+                    end: "10.0.0.9".into(),
+                },
+                IpRange {
+                    start: "8.8.8.8".into(),
+                    end: String::new(),
+                },
+            ],
+            ports: vec![
+                PortRange {
+                    start: 80,
+                    end: 443,
+                },
+                PortRange { start: 22, end: 0 },
+            ],
+            icmps: None,
+            log: false,
+        };
+        let lines: Vec<String> = expand("h", &[r]).unwrap()[0]
+            .lines()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "-p tcp -m iprange --dst-range 10.0.0.1-10.0.0.9 --dport 80:443 -j ACCEPT",
+                "-p tcp -m iprange --dst-range 10.0.0.1-10.0.0.9 --dport 22 -j ACCEPT",
+                "-p tcp -d 8.8.8.8/32 --dport 80:443 -j ACCEPT",
+                "-p tcp -d 8.8.8.8/32 --dport 22 -j ACCEPT",
+            ]
+        );
+    }
+
+    #[test]
+    fn icmp_log_and_errors() {
+        let icmp = NetOutRule {
+            protocol: PROTOCOL_ICMP,
+            icmps: Some(IcmpControl {
+                icmp_type: 8,
+                code: Some(0),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            expand("h", &[icmp]).unwrap()[0],
+            "-p icmp --icmp-type 8/0 -j ACCEPT\n"
+        );
+        let logged = NetOutRule {
+            log: true,
+            ..Default::default()
+        };
+        let g = &expand("my-handle", &[logged]).unwrap()[0];
+        assert!(g.starts_with("-p all -m conntrack --ctstate NEW,UNTRACKED,INVALID -j LOG --log-prefix \"my-handle \"\n"));
+        assert!(g.ends_with("-p all -j ACCEPT\n"));
+        let ports_all = NetOutRule {
+            ports: vec![PortRange { start: 1, end: 2 }],
+            ..Default::default()
+        };
+        assert_eq!(
+            expand("h", &[ports_all]).unwrap_err().to_string(),
+            "Ports cannot be specified for Protocol ALL"
+        );
+        let v6 = NetOutRule {
+            protocol: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            expand("h", &[v6]).unwrap_err().to_string(),
+            "invalid protocol: 4"
+        );
+        let bad_ip = NetOutRule {
+            networks: vec![IpRange {
+                start: "x".into(),
+                end: String::new(),
+            }],
+            ..Default::default()
+        };
+        assert!(expand("h", &[bad_ip]).is_err());
+    }
+
+    #[test]
+    fn prepend_keeps_group_order_and_reverses_rules() {
+        let s = prepend("c", &["a1\na2\n".into(), "b1\n".into()]);
+        assert_eq!(s, "-I c 1 a2\n-I c 1 a1\n-I c 1 b1\n");
+    }
+
+    #[test]
+    fn cleanup_removes_prefixed_chains_and_jumps_only() {
+        let saved = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:gd-abcde-fwd - [0:0]\n:gd-other-fwd - [0:0]\n\
+                     -A FORWARD -j gd-abcde-fwd\n-A FORWARD -j gd-other-fwd\n-A gd-abcde-fwd -o x -j ACCEPT\nCOMMIT\n\
+                     *nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
+        assert_eq!(
+            cleanup_script(saved, "gd-abcde-"),
+            "*filter\n-D FORWARD -j gd-abcde-fwd\n-F gd-abcde-fwd\n-X gd-abcde-fwd\nCOMMIT\n"
+        );
+    }
+}

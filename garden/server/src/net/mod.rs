@@ -1,0 +1,476 @@
+//! Container networking like Guardian's kawasaki: a /30 (or a static subnet) per container from
+//! an IP pool, a veth pair into a per-subnet bridge, NetIn port forwarding, a NetOut firewall
+//! chain per container, /etc/hosts and resolv.conf, tc bandwidth limits.
+//!
+//! Kernel changes go through the standard tools (`ip`, `nsenter`, `tc`, `iptables-restore`):
+//! every container costs three or four short-lived processes at create. Names carry a tag
+//! derived from the instance name (the cgroup parent), so several gardends on one host never
+//! touch each other's links or chains, and a restart removes exactly what its predecessor left.
+
+mod bridge;
+mod cmd;
+pub mod firewall;
+mod hosts;
+pub mod pool;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use garden_api::{BandwidthLimits, ContainerNetworkStat, NetOutRule, PortMapping};
+
+use firewall::{ContainerRules, Firewall};
+pub use pool::Cidr;
+use pool::{IpPool, Lease, PortPool};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Bad input from a client or the operator; the message is the whole story.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Exhausted(String),
+    #[error("{command}: {message}")]
+    Command { command: String, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("container {0} has no network")]
+    Unknown(String),
+}
+
+/// Operator settings (Guardian's flag names in cli.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Dynamic pool carved into /30s.
+    pub pool: Cidr,
+    pub port_pool_start: u32,
+    pub port_pool_size: u32,
+    /// None = the default route's MTU capped at 1500.
+    pub mtu: Option<u32>,
+    /// Destinations rejected unless a NetOut rule allows them.
+    pub deny_networks: Vec<Cidr>,
+    pub allow_host_access: bool,
+    /// Replace the host's resolvers in containers' resolv.conf.
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub additional_dns_servers: Vec<Ipv4Addr>,
+    /// Extra `/etc/hosts` lines, e.g. `10.0.0.5 db`.
+    pub additional_host_entries: Vec<String>,
+    /// None = the host's address towards the default route.
+    pub external_ip: Option<Ipv4Addr>,
+    pub iptables_bin: PathBuf,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            pool: Cidr::new(Ipv4Addr::new(10, 254, 0, 0), 22).expect("valid default pool"),
+            port_pool_start: 61001,
+            port_pool_size: 4534,
+            mtu: None,
+            deny_networks: Vec::new(),
+            allow_host_access: false,
+            dns_servers: Vec::new(),
+            additional_dns_servers: Vec::new(),
+            additional_host_entries: Vec::new(),
+            external_ip: None,
+            iptables_bin: PathBuf::from("iptables"),
+        }
+    }
+}
+
+/// Where a container stands, so teardown undoes exactly what was done.
+#[derive(Debug, Default)]
+struct Progress {
+    link: bool,
+    firewall: bool,
+}
+
+/// One container's network.
+struct Attached {
+    lease: Lease,
+    rules: ContainerRules,
+    host_if: String,
+    mapped: Mutex<Vec<PortMapping>>,
+    progress: Mutex<Progress>,
+    /// Serialises NetIn/NetOut/teardown of this container.
+    op: tokio::sync::Mutex<()>,
+}
+
+/// What Info shows about a container's network.
+pub struct NetInfo {
+    pub host_ip: String,
+    pub container_ip: String,
+    pub external_ip: String,
+    pub mapped_ports: Vec<PortMapping>,
+}
+
+pub struct Network {
+    cfg: NetConfig,
+    /// Prefix of every link name (`g<tag>`).
+    links_prefix: String,
+    external_ip: Ipv4Addr,
+    mtu: u32,
+    ips: Mutex<IpPool>,
+    ports: Mutex<PortPool>,
+    containers: Mutex<HashMap<String, Arc<Attached>>>,
+    /// Subnets whose bridge exists; bridge creation and removal happen under this lock.
+    bridges: tokio::sync::Mutex<HashSet<Cidr>>,
+    firewall: Firewall,
+}
+
+/// Five hex digits identifying an instance (FNV-1a of its name).
+fn tag(instance: &str) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in instance.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("{:05x}", h & 0xfffff)
+}
+
+impl Network {
+    /// Remove what a previous run of this instance left, then install the shared chains.
+    pub async fn new(cfg: NetConfig, instance: &str) -> Result<Network, NetError> {
+        let tag = tag(instance);
+        let links_prefix = format!("g{tag}");
+        let firewall = Firewall::new(
+            &cfg.iptables_bin,
+            format!("gd-{tag}-"),
+            format!("{links_prefix}b+"),
+        );
+        let ips = IpPool::new(cfg.pool)?;
+        let ports = PortPool::new(cfg.port_pool_start, cfg.port_pool_size)?;
+        for name in bridge::list(&links_prefix) {
+            tracing::info!(link = name, "removing link left by a previous run");
+            bridge::delete(&name).await?;
+        }
+        firewall.cleanup().await?;
+        let mut dns = cfg.dns_servers.clone();
+        dns.extend(cfg.additional_dns_servers.iter().copied());
+        firewall
+            .install_global(cfg.pool, &cfg.deny_networks, &dns, cfg.allow_host_access)
+            .await?;
+        let path = "/proc/sys/net/ipv4/ip_forward";
+        std::fs::write(path, "1").map_err(|source| NetError::Io {
+            path: path.into(),
+            source,
+        })?;
+        let external_ip = cfg.external_ip.unwrap_or_else(bridge::default_external_ip);
+        let mtu = cfg.mtu.unwrap_or_else(bridge::default_mtu);
+        tracing::info!(%external_ip, mtu, pool = %cfg.pool, prefix = firewall.prefix(), "network ready");
+        Ok(Network {
+            cfg,
+            links_prefix,
+            external_ip,
+            mtu,
+            ips: Mutex::new(ips),
+            ports: Mutex::new(ports),
+            containers: Mutex::default(),
+            bridges: tokio::sync::Mutex::default(),
+            firewall,
+        })
+    }
+
+    /// Number of /30 subnets in the pool.
+    pub fn max_containers(&self) -> u64 {
+        self.ips.lock().expect("ip pool lock").capacity()
+    }
+
+    /// Check a create spec's network inputs before anything is built.
+    pub fn validate(
+        &self,
+        handle: &str,
+        rules: &[NetOutRule],
+        bandwidth: &BandwidthLimits,
+    ) -> Result<(), NetError> {
+        firewall::expand(handle, rules)?;
+        if bandwidth.rate > 0 && bandwidth.burst == 0 {
+            return Err(NetError::Invalid(
+                "bandwidth limit: burst must be > 0 when rate is set".into(),
+            ));
+        }
+        if bandwidth.rate == 0 && bandwidth.burst > 0 {
+            return Err(NetError::Invalid(
+                "bandwidth limit: rate must be > 0 when burst is set".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reserve an address for `handle` (`network` as in the create spec).
+    pub fn allocate(&self, handle: &str, network: &str) -> Result<(), NetError> {
+        let lease = self.ips.lock().expect("ip pool lock").acquire(network)?;
+        let id = format!("{:08x}", u32::from(lease.container_ip));
+        let attached = Attached {
+            lease,
+            rules: ContainerRules {
+                chain: format!("{}{id}", self.firewall.prefix()),
+                bridge: format!("{}b{}", self.links_prefix, lease.subnet.hex()),
+                container_ip: lease.container_ip,
+                subnet: lease.subnet,
+            },
+            host_if: format!("{}h{id}", self.links_prefix),
+            mapped: Mutex::default(),
+            progress: Mutex::default(),
+            op: tokio::sync::Mutex::new(()),
+        };
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .insert(handle.to_string(), Arc::new(attached));
+        Ok(())
+    }
+
+    fn get(&self, handle: &str) -> Result<Arc<Attached>, NetError> {
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .get(handle)
+            .cloned()
+            .ok_or_else(|| NetError::Unknown(handle.into()))
+    }
+
+    /// Wire up an allocated container whose init (and so its network namespace) runs as
+    /// `init_pid`: links, firewall with the create-time NetOut rules, bandwidth, /etc files.
+    /// On error the caller calls [`Network::release`], which undoes whatever was done.
+    pub async fn setup(
+        &self,
+        handle: &str,
+        hostname: &str,
+        init_pid: i32,
+        root: BorrowedFd<'_>,
+        netout: &[NetOutRule],
+        bandwidth: &BandwidthLimits,
+    ) -> Result<(), NetError> {
+        let a = self.get(handle)?;
+        let _op = a.op.lock().await;
+        let expanded = firewall::expand(handle, netout)?;
+        {
+            let mut bridges = self.bridges.lock().await;
+            let new_bridge = !bridges.contains(&a.lease.subnet);
+            a.progress.lock().expect("progress lock").link = true;
+            bridge::create(
+                &a.rules.bridge,
+                new_bridge,
+                &a.lease.subnet,
+                &a.host_if,
+                init_pid,
+                a.lease.container_ip,
+                self.mtu,
+            )
+            .await?;
+            bridges.insert(a.lease.subnet);
+        }
+        a.progress.lock().expect("progress lock").firewall = true;
+        if let Err(e) = self.firewall.add_container(&a.rules, &expanded).await {
+            a.progress.lock().expect("progress lock").firewall = false;
+            return Err(e);
+        }
+        if bandwidth.rate > 0 {
+            bridge::limit_bandwidth(&a.host_if, bandwidth.rate, bandwidth.burst).await?;
+        }
+        hosts::write_etc(
+            root,
+            "hosts",
+            &hosts::hosts(
+                a.lease.container_ip,
+                hostname,
+                &self.cfg.additional_host_entries,
+            ),
+        )?;
+        let resolv = hosts::resolv_conf(
+            &self.cfg.dns_servers,
+            &self.cfg.additional_dns_servers,
+            &hosts::host_resolv_conf(),
+        );
+        hosts::write_etc(root, "resolv.conf", &resolv)?;
+        Ok(())
+    }
+
+    /// Forward a host port to the container. 0 host port = next from the pool; 0 container
+    /// port = same as the host port.
+    pub async fn net_in(
+        &self,
+        handle: &str,
+        host_port: u32,
+        container_port: u32,
+    ) -> Result<(u32, u32), NetError> {
+        let a = self.get(handle)?;
+        let _op = a.op.lock().await;
+        if container_port > 65535 {
+            return Err(NetError::Invalid(format!(
+                "invalid container port {container_port}"
+            )));
+        }
+        let host_port = {
+            let mut ports = self.ports.lock().expect("port pool lock");
+            if host_port == 0 {
+                ports.acquire()?
+            } else {
+                ports.claim(host_port)?;
+                host_port
+            }
+        };
+        let container_port = if container_port == 0 {
+            host_port
+        } else {
+            container_port
+        };
+        if let Err(e) = self
+            .firewall
+            .add_netin(&a.rules, self.external_ip, host_port, container_port)
+            .await
+        {
+            self.ports
+                .lock()
+                .expect("port pool lock")
+                .release(host_port);
+            return Err(e);
+        }
+        a.mapped.lock().expect("mapped lock").push(PortMapping {
+            host_port,
+            container_port,
+        });
+        Ok((host_port, container_port))
+    }
+
+    /// Prepend NetOut rules (all or none).
+    pub async fn net_out(&self, handle: &str, rules: &[NetOutRule]) -> Result<(), NetError> {
+        let a = self.get(handle)?;
+        let expanded = firewall::expand(handle, rules)?;
+        let _op = a.op.lock().await;
+        self.firewall.add_netout(&a.rules.chain, &expanded).await
+    }
+
+    pub fn info(&self, handle: &str) -> Option<NetInfo> {
+        let a = self.get(handle).ok()?;
+        let mapped_ports = a.mapped.lock().expect("mapped lock").clone();
+        Some(NetInfo {
+            host_ip: a.lease.host_ip().to_string(),
+            container_ip: a.lease.container_ip.to_string(),
+            external_ip: self.external_ip.to_string(),
+            mapped_ports,
+        })
+    }
+
+    /// `garden.network.*` and `kawasaki.*` properties of a container.
+    pub fn properties(&self, handle: &str) -> BTreeMap<String, String> {
+        let mut p = BTreeMap::new();
+        let Ok(a) = self.get(handle) else { return p };
+        let mapped = serde_json::to_string(&*a.mapped.lock().expect("mapped lock"))
+            .expect("mappings serialise");
+        let mut dns = self.cfg.dns_servers.clone();
+        dns.extend(self.cfg.additional_dns_servers.iter().copied());
+        let join = |v: Vec<String>| v.join(",");
+        for (k, v) in [
+            (
+                "garden.network.container-ip",
+                a.lease.container_ip.to_string(),
+            ),
+            ("garden.network.host-ip", a.lease.host_ip().to_string()),
+            ("garden.network.external-ip", self.external_ip.to_string()),
+            ("garden.network.mapped-ports", mapped),
+            ("kawasaki.host-interface", a.host_if.clone()),
+            (
+                "kawasaki.container-interface",
+                bridge::CONTAINER_IF.to_string(),
+            ),
+            ("kawasaki.bridge-interface", a.rules.bridge.clone()),
+            ("kawasaki.subnet", a.lease.subnet.to_string()),
+            (
+                "kawasaki.iptable-prefix",
+                self.firewall.prefix().to_string(),
+            ),
+            (
+                "kawasaki.iptable-inst",
+                a.rules
+                    .chain
+                    .trim_start_matches(self.firewall.prefix())
+                    .to_string(),
+            ),
+            ("kawasaki.mtu", self.mtu.to_string()),
+            (
+                "kawasaki.dns-servers",
+                join(dns.iter().map(|d| d.to_string()).collect()),
+            ),
+            (
+                "kawasaki.host-entries",
+                join(self.cfg.additional_host_entries.clone()),
+            ),
+        ] {
+            p.insert(k.to_string(), v);
+        }
+        p
+    }
+
+    /// Bytes received and sent by the container (the host end's counters, mirrored).
+    pub fn stats(&self, handle: &str) -> Option<ContainerNetworkStat> {
+        let a = self.get(handle).ok()?;
+        let (host_rx, host_tx) = bridge::counters(&a.host_if)?;
+        Some(ContainerNetworkStat {
+            rx_bytes: host_tx,
+            tx_bytes: host_rx,
+        })
+    }
+
+    /// Undo everything of `handle`: firewall, veth, bridge if it was the subnet's last
+    /// container, ports and address back to the pools. Safe on a half-built container and
+    /// on an unknown handle.
+    pub async fn release(&self, handle: &str) -> Result<(), NetError> {
+        let Ok(a) = self.get(handle) else {
+            return Ok(());
+        };
+        let _op = a.op.lock().await;
+        let (link, fw) = {
+            let p = a.progress.lock().expect("progress lock");
+            (p.link, p.firewall)
+        };
+        if fw {
+            self.firewall.remove_container(&a.rules).await?;
+            a.progress.lock().expect("progress lock").firewall = false;
+        }
+        {
+            let mut bridges = self.bridges.lock().await;
+            if link {
+                bridge::delete(&a.host_if).await?;
+                a.progress.lock().expect("progress lock").link = false;
+            }
+            let empty = self.ips.lock().expect("ip pool lock").release(&a.lease);
+            if empty && (bridges.contains(&a.lease.subnet) || bridge::exists(&a.rules.bridge)) {
+                if let Err(e) = bridge::delete(&a.rules.bridge).await {
+                    tracing::warn!(bridge = a.rules.bridge, error = %e, "remove bridge");
+                }
+                bridges.remove(&a.lease.subnet);
+            }
+        }
+        let mut ports = self.ports.lock().expect("port pool lock");
+        for m in a.mapped.lock().expect("mapped lock").drain(..) {
+            ports.release(m.host_port);
+        }
+        drop(ports);
+        self.containers
+            .lock()
+            .expect("containers lock")
+            .remove(handle);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_fit_interface_names() {
+        let t = tag("garden-e2e-40123");
+        assert_eq!(t.len(), 5);
+        assert_ne!(t, tag("garden-e2e-40124"));
+        // g + tag + b + 8 hex digits: within IFNAMSIZ - 1.
+        assert!(format!("g{t}b{:08x}", u32::MAX).len() <= 15);
+    }
+}

@@ -1,0 +1,392 @@
+//! Address and port bookkeeping: which subnets and container IPs are taken, which host ports
+//! are handed out. Pure data, no kernel calls, so every rule of the spec is unit-tested here.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use super::NetError;
+
+/// An IPv4 network, always stored with its host bits cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    network: u32,
+    prefix: u8,
+}
+
+fn mask(prefix: u8) -> u32 {
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
+}
+
+impl Cidr {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Cidr, NetError> {
+        if prefix > 32 {
+            return Err(NetError::Invalid(format!(
+                "invalid prefix length /{prefix} for {addr}"
+            )));
+        }
+        Ok(Cidr {
+            network: u32::from(addr) & mask(prefix),
+            prefix,
+        })
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network)
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Number of addresses, network and broadcast included.
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - self.prefix)
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network | !mask(self.prefix))
+    }
+
+    /// The bridge address: first host address, as in Guardian.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.network.wrapping_add(1))
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask(self.prefix) == self.network
+    }
+
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        let p = self.prefix.min(other.prefix);
+        self.network & mask(p) == other.network & mask(p)
+    }
+
+    /// Network address as 8 hex digits, for interface and chain names.
+    pub fn hex(&self) -> String {
+        format!("{:08x}", self.network)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network(), self.prefix)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = NetError;
+
+    /// `a.b.c.d/n`; a bare address is a /32.
+    fn from_str(s: &str) -> Result<Cidr, NetError> {
+        let (ip, prefix) = parse_addr(s)?;
+        Cidr::new(ip, prefix.unwrap_or(32))
+    }
+}
+
+/// `a.b.c.d[/n]` into the address (host bits kept) and the prefix if given.
+fn parse_addr(s: &str) -> Result<(Ipv4Addr, Option<u8>), NetError> {
+    let bad = || NetError::Invalid(format!("invalid network {s:?}: want a.b.c.d or a.b.c.d/n"));
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (ip, Some(p.parse::<u8>().map_err(|_| bad())?)),
+        None => (s, None),
+    };
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    if prefix.is_some_and(|p| p > 32) {
+        return Err(bad());
+    }
+    Ok((ip, prefix))
+}
+
+/// A container's place in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub subnet: Cidr,
+    pub container_ip: Ipv4Addr,
+}
+
+impl Lease {
+    pub fn host_ip(&self) -> Ipv4Addr {
+        self.subnet.gateway()
+    }
+}
+
+/// Subnets in use and the container IPs taken in each. The dynamic pool is carved into /30s;
+/// static subnets (from a create spec) live outside it.
+#[derive(Debug)]
+pub struct IpPool {
+    dynamic: Cidr,
+    subnets: BTreeMap<Cidr, BTreeSet<u32>>,
+}
+
+impl IpPool {
+    pub fn new(dynamic: Cidr) -> Result<IpPool, NetError> {
+        if dynamic.prefix > 30 {
+            return Err(NetError::Invalid(format!(
+                "network pool {dynamic} is smaller than a /30"
+            )));
+        }
+        Ok(IpPool {
+            dynamic,
+            subnets: BTreeMap::new(),
+        })
+    }
+
+    /// How many /30 subnets the dynamic pool holds.
+    pub fn capacity(&self) -> u64 {
+        1u64 << (30 - self.dynamic.prefix)
+    }
+
+    /// Allocate for a create spec's `network`: empty = the next free /30 of the pool;
+    /// `x.x.x.0/n` = the next free IP of that static subnet; `x.x.x.y[/n]` = exactly that IP
+    /// (a bare address means a /30).
+    pub fn acquire(&mut self, request: &str) -> Result<Lease, NetError> {
+        if request.is_empty() {
+            return self.acquire_dynamic();
+        }
+        let (ip, prefix) = parse_addr(request)?;
+        let subnet = Cidr::new(ip, prefix.unwrap_or(30))?;
+        if subnet.prefix > 30 {
+            return Err(NetError::Invalid(format!(
+                "subnet {subnet} is too small for a container (at most /30)"
+            )));
+        }
+        if subnet.overlaps(&self.dynamic) {
+            return Err(NetError::Invalid(format!(
+                "the requested subnet ({subnet}) overlaps the dynamic allocation range ({})",
+                self.dynamic
+            )));
+        }
+        if let Some(other) = self
+            .subnets
+            .keys()
+            .find(|s| s.overlaps(&subnet) && **s != subnet)
+        {
+            return Err(NetError::Invalid(format!(
+                "the requested subnet ({subnet}) overlaps an existing subnet ({other})"
+            )));
+        }
+        let taken = self.subnets.get(&subnet);
+        let first = u32::from(subnet.gateway()) + 1;
+        let last = u32::from(subnet.broadcast()) - 1;
+        let ip = if prefix.is_some() && u32::from(ip) == subnet.network {
+            (first..=last)
+                .find(|c| !taken.is_some_and(|t| t.contains(c)))
+                .ok_or_else(|| NetError::Exhausted(format!("no free IP left in subnet {subnet}")))?
+        } else {
+            let c = u32::from(ip);
+            if c == subnet.network
+                || c == u32::from(subnet.gateway())
+                || c == u32::from(subnet.broadcast())
+            {
+                return Err(NetError::Invalid(format!(
+                    "the requested IP ({ip}) is the network, gateway or broadcast address of {subnet}"
+                )));
+            }
+            if taken.is_some_and(|t| t.contains(&c)) {
+                return Err(NetError::Invalid(format!(
+                    "the requested IP ({ip}) is already allocated"
+                )));
+            }
+            c
+        };
+        self.subnets.entry(subnet).or_default().insert(ip);
+        Ok(Lease {
+            subnet,
+            container_ip: Ipv4Addr::from(ip),
+        })
+    }
+
+    fn acquire_dynamic(&mut self) -> Result<Lease, NetError> {
+        let base = self.dynamic.network;
+        for i in 0..self.capacity() as u32 {
+            let subnet = Cidr {
+                network: base + i * 4,
+                prefix: 30,
+            };
+            if !self.subnets.contains_key(&subnet) {
+                let ip = subnet.network + 2;
+                self.subnets.entry(subnet).or_default().insert(ip);
+                return Ok(Lease {
+                    subnet,
+                    container_ip: Ipv4Addr::from(ip),
+                });
+            }
+        }
+        Err(NetError::Exhausted(
+            "insufficient subnets remaining in the pool".into(),
+        ))
+    }
+
+    /// Give the IP back. True when its subnet is now empty (its bridge can go).
+    pub fn release(&mut self, lease: &Lease) -> bool {
+        let Some(ips) = self.subnets.get_mut(&lease.subnet) else {
+            return true;
+        };
+        ips.remove(&u32::from(lease.container_ip));
+        if ips.is_empty() {
+            self.subnets.remove(&lease.subnet);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether anybody still holds an IP in `subnet`.
+    pub fn in_use(&self, subnet: &Cidr) -> bool {
+        self.subnets.contains_key(subnet)
+    }
+}
+
+/// Host ports for NetIn: handed out in order, returned to the back of the queue.
+#[derive(Debug)]
+pub struct PortPool {
+    start: u32,
+    end: u32,
+    free: VecDeque<u32>,
+    taken: HashSet<u32>,
+}
+
+impl PortPool {
+    pub fn new(start: u32, size: u32) -> Result<PortPool, NetError> {
+        let end = start + size;
+        if start == 0 || end > 65536 {
+            return Err(NetError::Invalid(format!(
+                "port pool {start}+{size} does not fit in 1..65535"
+            )));
+        }
+        Ok(PortPool {
+            start,
+            end,
+            free: (start..end).collect(),
+            taken: HashSet::new(),
+        })
+    }
+
+    pub fn acquire(&mut self) -> Result<u32, NetError> {
+        let p = self
+            .free
+            .pop_front()
+            .ok_or_else(|| NetError::Exhausted("port pool is exhausted".into()))?;
+        self.taken.insert(p);
+        Ok(p)
+    }
+
+    /// Take a specific port (a NetIn with an explicit host port).
+    pub fn claim(&mut self, port: u32) -> Result<(), NetError> {
+        if port == 0 || port > 65535 {
+            return Err(NetError::Invalid(format!("invalid host port {port}")));
+        }
+        if !self.taken.insert(port) {
+            return Err(NetError::Invalid(format!(
+                "port {port} is already acquired"
+            )));
+        }
+        if (self.start..self.end).contains(&port) {
+            self.free.retain(|p| *p != port);
+        }
+        Ok(())
+    }
+
+    pub fn release(&mut self, port: u32) {
+        if self.taken.remove(&port) && (self.start..self.end).contains(&port) {
+            self.free.push_back(port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> IpPool {
+        IpPool::new("10.254.0.0/22".parse().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn dynamic_subnets_are_distinct_30s_and_reused() {
+        let mut p = pool();
+        assert_eq!(p.capacity(), 256);
+        let a = p.acquire("").unwrap();
+        let b = p.acquire("").unwrap();
+        assert_eq!(a.subnet.to_string(), "10.254.0.0/30");
+        assert_eq!(
+            (a.host_ip(), a.container_ip),
+            ("10.254.0.1".parse().unwrap(), "10.254.0.2".parse().unwrap())
+        );
+        assert_eq!(b.container_ip, "10.254.0.6".parse::<Ipv4Addr>().unwrap());
+        assert!(p.release(&a));
+        assert_eq!(p.acquire("").unwrap(), a);
+    }
+
+    #[test]
+    fn pool_exhaustion_is_an_error() {
+        let mut p = IpPool::new("10.1.0.0/29".parse().unwrap()).unwrap();
+        p.acquire("").unwrap();
+        p.acquire("").unwrap();
+        assert!(matches!(p.acquire(""), Err(NetError::Exhausted(_))));
+    }
+
+    #[test]
+    fn static_subnet_hands_out_next_free_ip_and_shares_the_subnet() {
+        let mut p = pool();
+        let a = p.acquire("10.253.1.0/24").unwrap();
+        let b = p.acquire("10.253.1.0/24").unwrap();
+        assert_eq!(a.container_ip, "10.253.1.2".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(b.container_ip, "10.253.1.3".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(a.host_ip(), "10.253.1.1".parse::<Ipv4Addr>().unwrap());
+        assert!(!p.release(&a));
+        assert!(p.in_use(&b.subnet));
+        assert!(p.release(&b));
+        assert!(!p.in_use(&b.subnet));
+    }
+
+    #[test]
+    fn static_ip_rules() {
+        let mut p = pool();
+        let a = p.acquire("10.253.2.9/24").unwrap();
+        assert_eq!(a.container_ip, "10.253.2.9".parse::<Ipv4Addr>().unwrap());
+        assert!(p.acquire("10.253.2.9/24").is_err(), "taken");
+        assert!(p.acquire("10.253.2.1/24").is_err(), "gateway");
+        assert!(p.acquire("10.253.2.255/24").is_err(), "broadcast");
+        assert!(p.acquire("10.253.2.0/25").is_err(), "partial overlap");
+        assert!(
+            p.acquire("10.254.1.0/24").is_err(),
+            "overlaps the dynamic pool"
+        );
+        let bare = p.acquire("10.253.3.6").unwrap();
+        assert_eq!(bare.subnet.to_string(), "10.253.3.4/30");
+        assert!(p.acquire("nonsense").is_err());
+        assert!(p.acquire("10.0.0.0/31").is_err());
+    }
+
+    #[test]
+    fn ports_in_order_returned_to_the_back() {
+        let mut p = PortPool::new(61001, 3).unwrap();
+        assert_eq!(p.acquire().unwrap(), 61001);
+        assert_eq!(p.acquire().unwrap(), 61002);
+        p.release(61001);
+        assert_eq!(p.acquire().unwrap(), 61003);
+        assert_eq!(p.acquire().unwrap(), 61001);
+        assert!(
+            matches!(p.acquire(), Err(NetError::Exhausted(m)) if m == "port pool is exhausted")
+        );
+    }
+
+    #[test]
+    fn claimed_ports_are_exclusive() {
+        let mut p = PortPool::new(61001, 3).unwrap();
+        p.claim(61002).unwrap();
+        assert!(p.claim(61002).is_err());
+        assert_eq!(p.acquire().unwrap(), 61001);
+        assert_eq!(p.acquire().unwrap(), 61003);
+        p.claim(8080).unwrap();
+        p.release(8080);
+        p.claim(8080).unwrap();
+    }
+}
