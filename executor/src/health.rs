@@ -255,7 +255,8 @@ async fn attempt(
         } => {
             let quoted = path.replace('\'', "'\\''");
             let script = format!(
-                "wget -q -S -O /dev/null -T {} -U diego-healthcheck --header 'X-Forwarded-Proto: https' 'http://127.0.0.1:{port}{quoted}' 2>&1",
+                // busybox wget has no -T; `timeout` bounds the whole request instead.
+                "timeout {} wget -q -S -O /dev/null -U diego-healthcheck --header 'X-Forwarded-Proto: https' 'http://127.0.0.1:{port}{quoted}' 2>&1",
                 secs_ceil(*timeout)
             );
             let started = Instant::now();
