@@ -210,15 +210,23 @@ pub fn leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == me {
             continue;
         }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         if cmdline.contains(needle) {
             found.push((pid, cmdline.trim_end().to_string()));
@@ -342,8 +350,17 @@ pub async fn run_output(
     let mut process = client.run(handle, spec, io).await?;
     let status = tokio::time::timeout(Duration::from_secs(30), process.wait())
         .await
-        .unwrap_or_else(|_| panic!("process {} in {handle} did not finish within 30s", process.id()))?;
-    Ok(Output { status, stdout: out.bytes(), stderr: err.bytes() })
+        .unwrap_or_else(|_| {
+            panic!(
+                "process {} in {handle} did not finish within 30s",
+                process.id()
+            )
+        })?;
+    Ok(Output {
+        status,
+        stdout: out.bytes(),
+        stderr: err.bytes(),
+    })
 }
 
 /// Poll an async condition every 20 ms until it holds or `timeout` passes.

@@ -24,12 +24,11 @@ async fn read_reply(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
         loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&buf[..i + 4]).into_owned();
-                let len = head
-                    .split("\r\n")
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
-                    });
+                let len = head.split("\r\n").find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                });
                 if let Some(len) = len {
                     if buf.len() >= i + 4 + len {
                         return (head, buf[i + 4..i + 4 + len].to_vec());
@@ -41,10 +40,18 @@ async fn read_reply(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        let i = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no reply head: {buf:?}"));
-        (String::from_utf8_lossy(&buf[..i + 4]).into_owned(), buf[i + 4..].to_vec())
+        let i = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no reply head: {buf:?}"));
+        (
+            String::from_utf8_lossy(&buf[..i + 4]).into_owned(),
+            buf[i + 4..].to_vec(),
+        )
     };
-    let (head, body) = tokio::time::timeout(Duration::from_secs(15), read).await.expect("reply within 15s");
+    let (head, body) = tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("reply within 15s");
     let status = head
         .split(' ')
         .nth(1)
@@ -73,9 +80,18 @@ fn put(path: &str, body: &[u8]) -> Vec<u8> {
 /// A Garden error body with a non-empty message.
 #[track_caller]
 fn assert_error_body(status: u16, head: &str, body: &[u8], want_status: u16) -> String {
-    assert_eq!(status, want_status, "{head}{}", String::from_utf8_lossy(body));
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}", String::from_utf8_lossy(body)));
+    assert_eq!(
+        status,
+        want_status,
+        "{head}{}",
+        String::from_utf8_lossy(body)
+    );
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "error body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(body)
+        )
+    });
     let msg = v["Message"].as_str().expect("Message").to_string();
     assert!(!msg.is_empty(), "{v}");
     msg
@@ -83,7 +99,11 @@ fn assert_error_body(status: u16, head: &str, body: &[u8], want_status: u16) -> 
 
 async fn healthy(g: &Gardend) {
     g.client().ping().await.expect("gardend still answers ping");
-    assert!(g.log().find("panicked").is_none(), "gardend panicked:\n{}", g.log());
+    assert!(
+        g.log().find("panicked").is_none(),
+        "gardend panicked:\n{}",
+        g.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,14 +113,35 @@ async fn malformed_and_mistyped_json() {
         ("truncated", post("/containers", b"{\"handle\":")),
         ("not json", post("/containers", b"hello")),
         ("handle is a number", post("/containers", b"{\"handle\":5}")),
-        ("grace_time is a string", post("/containers", b"{\"grace_time\":\"1s\"}")),
-        ("negative grace_time", post("/containers", b"{\"grace_time\":-1}")),
-        ("env is an object", post("/containers", b"{\"env\":{\"a\":1}}")),
+        (
+            "grace_time is a string",
+            post("/containers", b"{\"grace_time\":\"1s\"}"),
+        ),
+        (
+            "negative grace_time",
+            post("/containers", b"{\"grace_time\":-1}"),
+        ),
+        (
+            "env is an object",
+            post("/containers", b"{\"env\":{\"a\":1}}"),
+        ),
         ("body is an array", post("/containers", b"[1,2]")),
-        ("grace time not a number", put("/containers/x/grace_time", b"\"soon\"")),
-        ("stop body wrong", put("/containers/x/stop", b"{\"kill\":\"yes\"}")),
-        ("property body wrong", put("/containers/x/properties/k", b"{\"value\":[]}")),
-        ("run path wrong", post("/containers/x/processes", b"{\"path\":7}")),
+        (
+            "grace time not a number",
+            put("/containers/x/grace_time", b"\"soon\""),
+        ),
+        (
+            "stop body wrong",
+            put("/containers/x/stop", b"{\"kill\":\"yes\"}"),
+        ),
+        (
+            "property body wrong",
+            put("/containers/x/properties/k", b"{\"value\":[]}"),
+        ),
+        (
+            "run path wrong",
+            post("/containers/x/processes", b"{\"path\":7}"),
+        ),
         ("net out garbage", post("/containers/x/net/out", b"{{{")),
     ];
     for (what, req) in cases {
@@ -110,13 +151,24 @@ async fn malformed_and_mistyped_json() {
             "{what}: status {status}\n{head}{}",
             String::from_utf8_lossy(&body)
         );
-        let v: serde_json::Value = serde_json::from_slice(&body)
-            .unwrap_or_else(|e| panic!("{what}: error body not JSON ({e}): {:?}", String::from_utf8_lossy(&body)));
-        assert!(!v["Message"].as_str().unwrap_or("").is_empty(), "{what}: {v}");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+            panic!(
+                "{what}: error body not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        assert!(
+            !v["Message"].as_str().unwrap_or("").is_empty(),
+            "{what}: {v}"
+        );
     }
     healthy(&g).await;
     // No container came out of any of this.
-    let all = g.client().list(&[("garden.state".into(), "all".into())]).await.expect("list");
+    let all = g
+        .client()
+        .list(&[("garden.state".into(), "all".into())])
+        .await
+        .expect("list");
     assert!(all.is_empty(), "{all:?}");
 }
 
@@ -131,11 +183,15 @@ async fn null_and_unknown_fields_are_accepted() {
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["Handle"], "nully");
     // A bare integer (nanoseconds) for the grace time, with Go's trailing newline.
-    let (status, head, body) = exchange(&g, &put("/containers/nully/grace_time", b"3000000000\n")).await;
+    let (status, head, body) =
+        exchange(&g, &put("/containers/nully/grace_time", b"3000000000\n")).await;
     assert_eq!(status, 200, "{head}{}", String::from_utf8_lossy(&body));
     assert_eq!(body, b"{}\n");
     let props = g.client().properties("nully").await.expect("properties");
-    assert_eq!(props.get("garden.grace-time").map(String::as_str), Some("3000000000"));
+    assert_eq!(
+        props.get("garden.grace-time").map(String::as_str),
+        Some("3000000000")
+    );
     g.client().destroy("nully").await.expect("destroy");
     healthy(&g).await;
 }
@@ -187,10 +243,18 @@ async fn garbage_heads_and_framing() {
     ];
     for (what, req) in cases {
         let (status, head, body) = exchange(&g, &req).await;
-        assert!((400..500).contains(&status), "{what}: {status}\n{head}{}", String::from_utf8_lossy(&body));
+        assert!(
+            (400..500).contains(&status),
+            "{what}: {status}\n{head}{}",
+            String::from_utf8_lossy(&body)
+        );
     }
     // A head that never ends is cut off at a bounded size.
-    let huge = [b"GET /ping HTTP/1.1\r\nX-Big: ".to_vec(), vec![b'a'; 200 * 1024]].concat();
+    let huge = [
+        b"GET /ping HTTP/1.1\r\nX-Big: ".to_vec(),
+        vec![b'a'; 200 * 1024],
+    ]
+    .concat();
     let (status, _, _) = exchange(&g, &huge).await;
     assert!((400..500).contains(&status), "{status}");
     // A client that connects and says nothing does not block others.
@@ -201,24 +265,54 @@ async fn garbage_heads_and_framing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_wrong_methods() {
     let g = Gardend::start();
-    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n").into_bytes();
-    for path in ["/nope", "/containers/h/info/extra", "/ping/", "/containers/h/limits/gpu", "/"] {
+    let get = |p: &str| {
+        format!("GET {p} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n").into_bytes()
+    };
+    for path in [
+        "/nope",
+        "/containers/h/info/extra",
+        "/ping/",
+        "/containers/h/limits/gpu",
+        "/",
+    ] {
         let (status, head, body) = exchange(&g, &get(path)).await;
         assert_eq!(status, 404, "{path}: {head}");
-        assert!(String::from_utf8_lossy(&body).starts_with("404 page not found"), "{path}: {body:?}");
+        assert!(
+            String::from_utf8_lossy(&body).starts_with("404 page not found"),
+            "{path}: {body:?}"
+        );
     }
-    for (method, path) in [("DELETE", "/ping"), ("POST", "/capacity"), ("PATCH", "/containers"), ("PUT", "/containers/h/info")] {
+    for (method, path) in [
+        ("DELETE", "/ping"),
+        ("POST", "/capacity"),
+        ("PATCH", "/containers"),
+        ("PUT", "/containers/h/info"),
+    ] {
         let req = format!("{method} {path} HTTP/1.1\r\nHost: api\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         let (status, head, _) = exchange(&g, req.as_bytes()).await;
         assert_eq!(status, 405, "{method} {path}: {head}");
-        assert!(head.to_ascii_lowercase().contains("\r\nallow: "), "{method} {path}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nallow: "),
+            "{method} {path}: {head}"
+        );
     }
     // Plain success replies carry a JSON body with a trailing newline.
     let (status, head, body) = exchange(&g, &get("/ping")).await;
-    assert_eq!((status, body.as_slice()), (200, b"{}\n".as_slice()), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"{}\n".as_slice()),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
     let (status, _, body) = exchange(&g, &get("/containers")).await;
-    assert_eq!((status, body.as_slice()), (200, b"{\"Handles\":[]}\n".as_slice()));
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"{\"Handles\":[]}\n".as_slice())
+    );
     healthy(&g).await;
 }
 
@@ -226,23 +320,42 @@ async fn unknown_routes_and_wrong_methods() {
 async fn plain_error_statuses_match_the_spec() {
     let g = Gardend::start();
     let c = g.client();
-    c.create(&ContainerSpec { handle: "e2e-bad-dup".into(), ..Default::default() }).await.expect("create");
-    let (status, head, body) = exchange(&g, &post("/containers", b"{\"handle\":\"e2e-bad-dup\"}\n")).await;
+    c.create(&ContainerSpec {
+        handle: "e2e-bad-dup".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    let (status, head, body) =
+        exchange(&g, &post("/containers", b"{\"handle\":\"e2e-bad-dup\"}\n")).await;
     let msg = assert_error_body(status, &head, &body, 500);
     assert_eq!(msg, "Handle 'e2e-bad-dup' already in use");
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["Type"], "");
-    let get = |p: &str| format!("GET {p} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n").into_bytes();
+    let get = |p: &str| {
+        format!("GET {p} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n").into_bytes()
+    };
     let (status, head, body) = exchange(&g, &get("/containers/ghost/info")).await;
     assert_error_body(status, &head, &body, 404);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(v, serde_json::json!({"Type":"ContainerNotFoundError","Message":"unknown handle: ghost","Handle":"ghost","ProcessID":"","Binary":""}));
+    assert_eq!(
+        v,
+        serde_json::json!({"Type":"ContainerNotFoundError","Message":"unknown handle: ghost","Handle":"ghost","ProcessID":"","Binary":""})
+    );
     let (status, head, body) = exchange(&g, &get("/containers/e2e-bad-dup/properties/none")).await;
-    assert_eq!(assert_error_body(status, &head, &body, 500), "property does not exist: none");
+    assert_eq!(
+        assert_error_body(status, &head, &body, 500),
+        "property does not exist: none"
+    );
     // Percent-encoded path segments are decoded; '+' stays literal.
-    c.set_property("e2e-bad-dup", "a+b c", "v").await.expect("set");
+    c.set_property("e2e-bad-dup", "a+b c", "v")
+        .await
+        .expect("set");
     let (status, _, body) = exchange(&g, &get("/containers/e2e-bad-dup/properties/a+b%20c")).await;
-    assert_eq!((status, body.as_slice()), (200, b"{\"value\":\"v\"}\n".as_slice()));
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, b"{\"value\":\"v\"}\n".as_slice())
+    );
     c.destroy("e2e-bad-dup").await.expect("destroy");
     healthy(&g).await;
 }

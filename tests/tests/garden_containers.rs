@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use e2e::{leaks_after, run_output, sh, Gardend};
 use garden_api::{
-    BindMount, ContainerSpec, CpuLimits, GardenError, Limits, MemoryLimits, PidLimits,
-    ProcessSpec, BIND_MOUNT_MODE_RW,
+    BindMount, ContainerSpec, CpuLimits, GardenError, Limits, MemoryLimits, PidLimits, ProcessSpec,
+    BIND_MOUNT_MODE_RW,
 };
 use garden_client::{ClientError, ProcessIo};
 
 fn spec(handle: &str) -> ContainerSpec {
-    ContainerSpec { handle: handle.into(), ..Default::default() }
+    ContainerSpec {
+        handle: handle.into(),
+        ..Default::default()
+    }
 }
 
 #[track_caller]
@@ -31,7 +34,9 @@ fn no_leaks(handle: &str, g: &Gardend) {
 }
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-    p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    p.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,12 +57,18 @@ async fn create_given_generated_and_duplicate_handles() {
     let c = g.client();
     let h = c.create(&spec("given-handle")).await.expect("create given");
     assert_eq!(h, "given-handle");
-    let generated = c.create(&ContainerSpec::default()).await.expect("create generated");
+    let generated = c
+        .create(&ContainerSpec::default())
+        .await
+        .expect("create generated");
     assert!(!generated.is_empty());
     assert_ne!(generated, h);
 
     let err = garden_err(c.create(&spec("given-handle")).await);
-    assert_eq!(err, GardenError::generic("Handle 'given-handle' already in use"));
+    assert_eq!(
+        err,
+        GardenError::generic("Handle 'given-handle' already in use")
+    );
 
     let mut listed = c.list(&[]).await.expect("list");
     listed.sort();
@@ -79,12 +90,17 @@ async fn create_with_env_properties_and_grace_time() {
     let s = ContainerSpec {
         handle: "envy".into(),
         env: vec!["CONTAINER_ENV=1".into(), "TEST=hi".into()],
-        properties: BTreeMap::from([("owner".into(), "me".into()), ("team".into(), "blue".into())]),
+        properties: BTreeMap::from([
+            ("owner".into(), "me".into()),
+            ("team".into(), "blue".into()),
+        ]),
         grace_time: 3_600_000_000_000,
         ..Default::default()
     };
     c.create(&s).await.expect("create");
-    let out = run_output(&c, "envy", &sh("env"), None).await.expect("run env");
+    let out = run_output(&c, "envy", &sh("env"), None)
+        .await
+        .expect("run env");
     assert_eq!(out.status, 0, "{out:?}");
     let env = out.stdout_text();
     assert!(env.lines().any(|l| l == "CONTAINER_ENV=1"), "{env}");
@@ -93,8 +109,14 @@ async fn create_with_env_properties_and_grace_time() {
     let props = c.properties("envy").await.expect("properties");
     assert_eq!(props.get("owner").map(String::as_str), Some("me"));
     assert_eq!(props.get("team").map(String::as_str), Some("blue"));
-    assert_eq!(props.get("garden.state").map(String::as_str), Some("created"));
-    assert_eq!(props.get("garden.grace-time").map(String::as_str), Some("3600000000000"));
+    assert_eq!(
+        props.get("garden.state").map(String::as_str),
+        Some("created")
+    );
+    assert_eq!(
+        props.get("garden.grace-time").map(String::as_str),
+        Some("3600000000000")
+    );
 
     c.destroy("envy").await.expect("destroy");
     no_leaks("envy", &g);
@@ -126,20 +148,35 @@ async fn bind_mounts_ro_and_rw() {
     };
     c.create(&s).await.expect("create");
 
-    let out = run_output(&c, "binds", &sh("cat /mnt/ro/given.txt"), None).await.expect("cat");
-    assert_eq!((out.status, out.stdout_text().as_str()), (0, "from host\n"), "{out:?}");
+    let out = run_output(&c, "binds", &sh("cat /mnt/ro/given.txt"), None)
+        .await
+        .expect("cat");
+    assert_eq!(
+        (out.status, out.stdout_text().as_str()),
+        (0, "from host\n"),
+        "{out:?}"
+    );
 
     let out = run_output(&c, "binds", &sh("echo written > /mnt/rw/out.txt"), None)
         .await
         .expect("write rw");
     assert_eq!(out.status, 0, "{out:?}");
-    assert_eq!(std::fs::read_to_string(rw.path().join("out.txt")).expect("host file"), "written\n");
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("out.txt")).expect("host file"),
+        "written\n"
+    );
 
     let out = run_output(&c, "binds", &sh("echo nope > /mnt/ro/new.txt"), None)
         .await
         .expect("write ro");
-    assert_ne!(out.status, 0, "write to a read-only bind mount succeeded: {out:?}");
-    assert!(out.stderr_text().contains("Read-only file system"), "{out:?}");
+    assert_ne!(
+        out.status, 0,
+        "write to a read-only bind mount succeeded: {out:?}"
+    );
+    assert!(
+        out.stderr_text().contains("Read-only file system"),
+        "{out:?}"
+    );
     assert!(!ro.path().join("new.txt").exists());
 
     c.destroy("binds").await.expect("destroy");
@@ -164,7 +201,11 @@ async fn bind_mount_missing_source_fails_create_cleanly() {
     };
     let err = garden_err(c.create(&s).await);
     assert!(matches!(err, GardenError::Generic { .. }), "{err:?}");
-    assert!(c.list(&pairs(&[("garden.state", "all")])).await.expect("list").is_empty());
+    assert!(c
+        .list(&pairs(&[("garden.state", "all")]))
+        .await
+        .expect("list")
+        .is_empty());
     no_leaks("badbind", &g);
 }
 
@@ -175,8 +216,13 @@ async fn limits_are_applied_and_echoed() {
     let s = ContainerSpec {
         handle: "limited".into(),
         limits: Limits {
-            memory_limits: MemoryLimits { limit_in_bytes: 64 * 1024 * 1024 },
-            cpu_limits: CpuLimits { weight: 512, limit_in_shares: 0 },
+            memory_limits: MemoryLimits {
+                limit_in_bytes: 64 * 1024 * 1024,
+            },
+            cpu_limits: CpuLimits {
+                weight: 512,
+                limit_in_shares: 0,
+            },
             pid_limits: PidLimits { max: 50 },
             ..Default::default()
         },
@@ -184,19 +230,40 @@ async fn limits_are_applied_and_echoed() {
     };
     c.create(&s).await.expect("create");
     assert_eq!(
-        c.current_memory_limits("limited").await.expect("memory").limit_in_bytes,
+        c.current_memory_limits("limited")
+            .await
+            .expect("memory")
+            .limit_in_bytes,
         64 * 1024 * 1024
     );
-    assert_eq!(c.current_cpu_limits("limited").await.expect("cpu").limit_in_shares, 512);
-    assert_eq!(c.current_disk_limits("limited").await.expect("disk"), Default::default());
-    assert_eq!(c.current_bandwidth_limits("limited").await.expect("bw"), Default::default());
+    assert_eq!(
+        c.current_cpu_limits("limited")
+            .await
+            .expect("cpu")
+            .limit_in_shares,
+        512
+    );
+    assert_eq!(
+        c.current_disk_limits("limited").await.expect("disk"),
+        Default::default()
+    );
+    assert_eq!(
+        c.current_bandwidth_limits("limited").await.expect("bw"),
+        Default::default()
+    );
 
     let m = c.metrics("limited").await.expect("metrics");
     assert_eq!(m.pid_stat.max, 50, "{m:?}");
     // The kernel enforces them: the cgroup files hold the values.
-    let mem = format!("/sys/fs/cgroup/memory/{}/limited/memory.limit_in_bytes", g.cgroup_parent);
+    let mem = format!(
+        "/sys/fs/cgroup/memory/{}/limited/memory.limit_in_bytes",
+        g.cgroup_parent
+    );
     if std::path::Path::new(&mem).exists() {
-        assert_eq!(std::fs::read_to_string(&mem).expect("read").trim(), "67108864");
+        assert_eq!(
+            std::fs::read_to_string(&mem).expect("read").trim(),
+            "67108864"
+        );
     }
     let pids = format!("/sys/fs/cgroup/pids/{}/limited/pids.max", g.cgroup_parent);
     if std::path::Path::new(&pids).exists() {
@@ -213,34 +280,61 @@ async fn list_filters_by_properties() {
     let c = g.client();
     let with = |h: &str, p: &[(&str, &str)]| ContainerSpec {
         handle: h.into(),
-        properties: p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        properties: p
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     };
-    c.create(&with("l1", &[("a", "1"), ("b", "2")])).await.expect("l1");
-    c.create(&with("l2", &[("a", "1"), ("b", "3")])).await.expect("l2");
+    c.create(&with("l1", &[("a", "1"), ("b", "2")]))
+        .await
+        .expect("l1");
+    c.create(&with("l2", &[("a", "1"), ("b", "3")]))
+        .await
+        .expect("l2");
     c.create(&with("l3", &[("a", "9")])).await.expect("l3");
 
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v
     };
-    assert_eq!(sorted(c.list(&pairs(&[("a", "1")])).await.unwrap()), ["l1", "l2"]);
-    assert_eq!(sorted(c.list(&pairs(&[("a", "1"), ("b", "3")])).await.unwrap()), ["l2"]);
-    assert!(c.list(&pairs(&[("a", "9"), ("b", "2")])).await.unwrap().is_empty());
+    assert_eq!(
+        sorted(c.list(&pairs(&[("a", "1")])).await.unwrap()),
+        ["l1", "l2"]
+    );
+    assert_eq!(
+        sorted(c.list(&pairs(&[("a", "1"), ("b", "3")])).await.unwrap()),
+        ["l2"]
+    );
+    assert!(c
+        .list(&pairs(&[("a", "9"), ("b", "2")]))
+        .await
+        .unwrap()
+        .is_empty());
     assert!(c.list(&pairs(&[("nope", "x")])).await.unwrap().is_empty());
     // A missing property compares as "".
     assert_eq!(sorted(c.list(&pairs(&[("b", "")])).await.unwrap()), ["l3"]);
     assert_eq!(sorted(c.list(&[]).await.unwrap()), ["l1", "l2", "l3"]);
     assert_eq!(
-        sorted(c.list(&pairs(&[("garden.state", "created")])).await.unwrap()),
+        sorted(
+            c.list(&pairs(&[("garden.state", "created")]))
+                .await
+                .unwrap()
+        ),
         ["l1", "l2", "l3"]
     );
     assert_eq!(
-        sorted(c.list(&pairs(&[("garden.state", "all"), ("a", "9")])).await.unwrap()),
+        sorted(
+            c.list(&pairs(&[("garden.state", "all"), ("a", "9")]))
+                .await
+                .unwrap()
+        ),
         ["l3"]
     );
     // A container whose garden.state is not "created" is hidden unless garden.state=all.
-    c.set_property("l3", "garden.state", "weird").await.expect("set state");
+    c.set_property("l3", "garden.state", "weird")
+        .await
+        .expect("set state");
     assert_eq!(sorted(c.list(&[]).await.unwrap()), ["l1", "l2"]);
     assert_eq!(
         sorted(c.list(&pairs(&[("garden.state", "all")])).await.unwrap()),
@@ -266,9 +360,20 @@ async fn info_states_properties_and_path() {
     let info = c.info("inf").await.expect("info");
     assert_eq!(info.state, "active");
     let props = info.properties.clone().unwrap_or_default();
-    assert_eq!(props.get("foo").map(String::as_str), Some("bar"), "{info:?}");
-    assert_eq!(props.get("garden.state").map(String::as_str), Some("created"), "{info:?}");
-    assert_eq!(info.container_path, g.depot.join("inf").display().to_string());
+    assert_eq!(
+        props.get("foo").map(String::as_str),
+        Some("bar"),
+        "{info:?}"
+    );
+    assert_eq!(
+        props.get("garden.state").map(String::as_str),
+        Some("created"),
+        "{info:?}"
+    );
+    assert_eq!(
+        info.container_path,
+        g.depot.join("inf").display().to_string()
+    );
     assert!(std::path::Path::new(&info.container_path).is_dir());
 
     // A long-running process is killed by stop; its client sees a signal exit status.
@@ -296,7 +401,11 @@ async fn stop_kill_is_immediate() {
     let c = g.client();
     c.create(&spec("killer")).await.expect("create");
     let mut p = c
-        .run("killer", &sh("trap '' TERM; sleep 100"), ProcessIo::default())
+        .run(
+            "killer",
+            &sh("trap '' TERM; sleep 100"),
+            ProcessIo::default(),
+        )
         .await
         .expect("run");
     let started = std::time::Instant::now();
@@ -306,7 +415,11 @@ async fn stop_kill_is_immediate() {
         .expect("wait")
         .expect("status");
     assert_eq!(status, 137);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(c.info("killer").await.expect("info").state, "stopped");
     c.destroy("killer").await.expect("destroy");
     no_leaks("killer", &g);
@@ -322,9 +435,21 @@ async fn properties_crud() {
     c.set_property("props", "k", "v2").await.expect("overwrite");
     assert_eq!(c.property("props", "k").await.expect("get"), "v2");
     // Keys and values with characters that need escaping survive the round trip.
-    c.set_property("props", "a key/with", "välue & <x>").await.expect("set odd");
-    assert_eq!(c.property("props", "a key/with").await.expect("get odd"), "välue & <x>");
-    assert_eq!(c.properties("props").await.unwrap().get("k").map(String::as_str), Some("v2"));
+    c.set_property("props", "a key/with", "välue & <x>")
+        .await
+        .expect("set odd");
+    assert_eq!(
+        c.property("props", "a key/with").await.expect("get odd"),
+        "välue & <x>"
+    );
+    assert_eq!(
+        c.properties("props")
+            .await
+            .unwrap()
+            .get("k")
+            .map(String::as_str),
+        Some("v2")
+    );
 
     c.remove_property("props", "k").await.expect("remove");
     let err = garden_err(c.property("props", "k").await);
@@ -342,11 +467,19 @@ async fn metrics_and_bulk_routes() {
     let g = Gardend::start();
     let c = g.client();
     c.create(&spec("m1")).await.expect("create");
-    let out = run_output(&c, "m1", &sh("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"), None)
-        .await
-        .expect("busy");
+    let out = run_output(
+        &c,
+        "m1",
+        &sh("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"),
+        None,
+    )
+    .await
+    .expect("busy");
     assert_eq!(out.status, 0);
-    let mut p = c.run("m1", &sh("sleep 30"), ProcessIo::default()).await.expect("sleep");
+    let mut p = c
+        .run("m1", &sh("sleep 30"), ProcessIo::default())
+        .await
+        .expect("sleep");
     let m = c.metrics("m1").await.expect("metrics");
     assert!(m.cpu_stat.usage > 0, "{m:?}");
     assert!(m.age > 0, "{m:?}");
@@ -359,7 +492,10 @@ async fn metrics_and_bulk_routes() {
     assert_eq!(bulk.len(), 2, "{bulk:?}");
     assert!(bulk["m1"].err.is_none(), "{bulk:?}");
     assert_eq!(bulk["m1"].info.state, "active");
-    let e = bulk["missing"].err.clone().expect("error for the missing handle");
+    let e = bulk["missing"]
+        .err
+        .clone()
+        .expect("error for the missing handle");
     assert!(e.message.contains("missing"), "{e:?}");
 
     let bulk = c.bulk_metrics(&handles).await.expect("bulk metrics");
@@ -393,30 +529,76 @@ async fn unknown_handle_on_every_route() {
     assert_eq!(garden_err(c.metrics(h).await), nf, "metrics");
     assert_eq!(garden_err(c.properties(h).await), nf, "properties");
     assert_eq!(garden_err(c.property(h, "k").await), nf, "property");
-    assert_eq!(garden_err(c.set_property(h, "k", "v").await), nf, "set_property");
-    assert_eq!(garden_err(c.remove_property(h, "k").await), nf, "remove_property");
-    assert_eq!(garden_err(c.set_grace_time(h, Duration::from_secs(1)).await), nf, "grace");
-    assert_eq!(garden_err(c.current_memory_limits(h).await), nf, "memory limits");
+    assert_eq!(
+        garden_err(c.set_property(h, "k", "v").await),
+        nf,
+        "set_property"
+    );
+    assert_eq!(
+        garden_err(c.remove_property(h, "k").await),
+        nf,
+        "remove_property"
+    );
+    assert_eq!(
+        garden_err(c.set_grace_time(h, Duration::from_secs(1)).await),
+        nf,
+        "grace"
+    );
+    assert_eq!(
+        garden_err(c.current_memory_limits(h).await),
+        nf,
+        "memory limits"
+    );
     assert_eq!(garden_err(c.current_cpu_limits(h).await), nf, "cpu limits");
-    assert_eq!(garden_err(c.current_disk_limits(h).await), nf, "disk limits");
-    assert_eq!(garden_err(c.current_bandwidth_limits(h).await), nf, "bandwidth limits");
+    assert_eq!(
+        garden_err(c.current_disk_limits(h).await),
+        nf,
+        "disk limits"
+    );
+    assert_eq!(
+        garden_err(c.current_bandwidth_limits(h).await),
+        nf,
+        "bandwidth limits"
+    );
     assert_eq!(garden_err(c.net_in(h, 0, 8080).await), nf, "net_in");
-    assert_eq!(garden_err(c.net_out(h, &Default::default()).await), nf, "net_out");
+    assert_eq!(
+        garden_err(c.net_out(h, &Default::default()).await),
+        nf,
+        "net_out"
+    );
     assert_eq!(garden_err(c.bulk_net_out(h, &[]).await), nf, "bulk_net_out");
-    assert_eq!(garden_err(c.stream_out(h, "", "/etc").await.map(drop)), nf, "stream_out");
+    assert_eq!(
+        garden_err(c.stream_out(h, "", "/etc").await.map(drop)),
+        nf,
+        "stream_out"
+    );
     let tar = std::io::Cursor::new(vec![0u8; 1024]);
-    assert_eq!(garden_err(c.stream_in(h, "", "/tmp", tar).await), nf, "stream_in");
+    assert_eq!(
+        garden_err(c.stream_in(h, "", "/tmp", tar).await),
+        nf,
+        "stream_in"
+    );
     let run = c.run(h, &sh("true"), ProcessIo::default()).await.map(drop);
     assert_eq!(garden_err(run), nf, "run");
     let attach = c.attach(h, "p1", ProcessIo::default()).await.map(drop);
-    assert_eq!(garden_err(attach), GardenError::process_not_found("p1"), "attach");
+    assert_eq!(
+        garden_err(attach),
+        GardenError::process_not_found("p1"),
+        "attach"
+    );
 
     // The server is still fine, and an unknown process in a known container is typed too.
     c.create(&spec("known")).await.expect("create");
-    let attach = c.attach("known", "nope", ProcessIo::default()).await.map(drop);
+    let attach = c
+        .attach("known", "nope", ProcessIo::default())
+        .await
+        .map(drop);
     assert_eq!(garden_err(attach), GardenError::process_not_found("nope"));
     c.destroy("known").await.expect("destroy");
-    assert_eq!(garden_err(c.destroy("known").await), GardenError::container_not_found("known"));
+    assert_eq!(
+        garden_err(c.destroy("known").await),
+        GardenError::container_not_found("known")
+    );
     no_leaks("known", &g);
 }
 
@@ -429,7 +611,11 @@ async fn create_run_destroy_cycles_leave_nothing() {
         c.create(&spec(&h)).await.expect("create");
         let p = ProcessSpec {
             path: "/bin/sh".into(),
-            args: vec!["-c".into(), "echo $0; sleep 100 >/dev/null 2>&1 & exit 3".into(), h.clone()],
+            args: vec![
+                "-c".into(),
+                "echo $0; sleep 100 >/dev/null 2>&1 & exit 3".into(),
+                h.clone(),
+            ],
             ..Default::default()
         };
         let out = run_output(&c, &h, &p, None).await.expect("run");
@@ -437,8 +623,16 @@ async fn create_run_destroy_cycles_leave_nothing() {
         c.destroy(&h).await.expect("destroy");
         no_leaks(&h, &g);
     }
-    assert!(c.list(&pairs(&[("garden.state", "all")])).await.unwrap().is_empty());
+    assert!(c
+        .list(&pairs(&[("garden.state", "all")]))
+        .await
+        .unwrap()
+        .is_empty());
     // Nothing left in the depot either.
-    let left: Vec<_> = std::fs::read_dir(&g.depot).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&g.depot)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "depot not empty: {left:?}");
 }

@@ -48,7 +48,13 @@ fn archive(members: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-async fn stream_in(c: &Client, h: &str, user: &str, dest: &str, tar: Vec<u8>) -> Result<(), ClientError> {
+async fn stream_in(
+    c: &Client,
+    h: &str,
+    user: &str,
+    dest: &str,
+    tar: Vec<u8>,
+) -> Result<(), ClientError> {
     c.stream_in(h, user, dest, std::io::Cursor::new(tar)).await
 }
 
@@ -99,9 +105,17 @@ async fn destroy_clean(c: &Client, h: &str, g: &Gardend) {
 async fn round_trip_as_user_relative_to_home() {
     let g = Gardend::start();
     let c = g.client();
-    let h = c.create(&ContainerSpec { handle: "e2e-files".into(), ..Default::default() }).await.unwrap();
+    let h = c
+        .create(&ContainerSpec {
+            handle: "e2e-files".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
 
-    stream_in(&c, &h, "alice", "rel/place", sample_tar()).await.expect("stream in");
+    stream_in(&c, &h, "alice", "rel/place", sample_tar())
+        .await
+        .expect("stream in");
     let listing = sh_out(
         &c,
         &h,
@@ -134,18 +148,33 @@ async fn round_trip_as_user_relative_to_home() {
     // Absolute source as root, and a single file.
     let out = members_of(&stream_out(&c, &h, "", "/home/alice/rel/place/d/a.txt").await);
     assert_eq!(out.len(), 1);
-    assert_eq!((out[0].0.as_str(), out[0].3.as_slice()), ("a.txt", &b"alpha\n"[..]));
+    assert_eq!(
+        (out[0].0.as_str(), out[0].3.as_slice()),
+        ("a.txt", &b"alpha\n"[..])
+    );
 
     // Streaming back in what came out recreates it elsewhere, as root.
     let tar_bytes = stream_out(&c, &h, "", "/home/alice/rel/place/d").await;
-    stream_in(&c, &h, "", "/copy", tar_bytes).await.expect("stream in copy");
-    assert_eq!(sh_out(&c, &h, "cat /copy/d/a.txt /copy/d/sub/b.txt; stat -c %u /copy/d/a.txt").await, "alpha\nbeta\n0\n");
+    stream_in(&c, &h, "", "/copy", tar_bytes)
+        .await
+        .expect("stream in copy");
+    assert_eq!(
+        sh_out(
+            &c,
+            &h,
+            "cat /copy/d/a.txt /copy/d/sub/b.txt; stat -c %u /copy/d/a.txt"
+        )
+        .await,
+        "alpha\nbeta\n0\n"
+    );
 
     // A missing source is an error.
     let err = c.stream_out(&h, "", "/does/not/exist").await.map(drop);
     assert!(err.is_err(), "{err:?}");
     // An unknown user is an error mentioning streaming in.
-    let err = stream_in(&c, &h, "bob", "/x", sample_tar()).await.expect_err("unknown user");
+    let err = stream_in(&c, &h, "bob", "/x", sample_tar())
+        .await
+        .expect_err("unknown user");
     assert!(err.to_string().contains("error streaming in"), "{err}");
 
     destroy_clean(&c, &h, &g).await;
@@ -155,16 +184,37 @@ async fn round_trip_as_user_relative_to_home() {
 async fn hostile_archives_are_refused() {
     let g = Gardend::start();
     let c = g.client();
-    let h = c.create(&ContainerSpec { handle: "e2e-hostile".into(), ..Default::default() }).await.unwrap();
+    let h = c
+        .create(&ContainerSpec {
+            handle: "e2e-hostile".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let uniq = format!("e2e-{}-{}", std::process::id(), g.port);
     let host_dir = tempfile::tempdir().expect("host dir");
     let host = host_dir.path().display().to_string();
     let deep = "../".repeat(12);
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("dotdot", archive(&[member(&format!("../evil-{uniq}"), b'0', "", b"x", 0o644)])),
-        ("deep dotdot", archive(&[member(&format!("{deep}{host}/deep-{uniq}"), b'0', "", b"x", 0o644)])),
-        ("absolute", archive(&[member(&format!("{host}/abs-{uniq}"), b'0', "", b"x", 0o644)])),
+        (
+            "dotdot",
+            archive(&[member(&format!("../evil-{uniq}"), b'0', "", b"x", 0o644)]),
+        ),
+        (
+            "deep dotdot",
+            archive(&[member(
+                &format!("{deep}{host}/deep-{uniq}"),
+                b'0',
+                "",
+                b"x",
+                0o644,
+            )]),
+        ),
+        (
+            "absolute",
+            archive(&[member(&format!("{host}/abs-{uniq}"), b'0', "", b"x", 0o644)]),
+        ),
         (
             "symlink escape",
             archive(&[
@@ -172,21 +222,44 @@ async fn hostile_archives_are_refused() {
                 member(&format!("esc/through-{uniq}"), b'0', "", b"x", 0o644),
             ]),
         ),
-        ("hardlink outside", archive(&[member("hl", b'1', &format!("{deep}etc/passwd"), b"", 0o644)])),
-        ("hardlink absolute", archive(&[member("hl", b'1', "/etc/passwd", b"", 0o644)])),
-        ("char device", archive(&[member("null2", b'3', "", b"", 0o666)])),
+        (
+            "hardlink outside",
+            archive(&[member("hl", b'1', &format!("{deep}etc/passwd"), b"", 0o644)]),
+        ),
+        (
+            "hardlink absolute",
+            archive(&[member("hl", b'1', "/etc/passwd", b"", 0o644)]),
+        ),
+        (
+            "char device",
+            archive(&[member("null2", b'3', "", b"", 0o666)]),
+        ),
     ];
     for (i, (what, tar_bytes)) in cases.into_iter().enumerate() {
         let dest = format!("/dest{i}/inner");
         let r = stream_in(&c, &h, "", &dest, tar_bytes).await;
         let err = r.expect_err(what);
-        assert!(matches!(err.garden(), Some(GardenError::Generic { .. })), "{what}: {err:?}");
-        assert!(err.to_string().contains("refusing tar entry"), "{what}: {err}");
+        assert!(
+            matches!(err.garden(), Some(GardenError::Generic { .. })),
+            "{what}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains("refusing tar entry"),
+            "{what}: {err}"
+        );
     }
     // Nothing was written on the host...
-    let host_left: Vec<_> = std::fs::read_dir(host_dir.path()).unwrap().flatten().map(|e| e.path()).collect();
+    let host_left: Vec<_> = std::fs::read_dir(host_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     assert!(host_left.is_empty(), "written on the host: {host_left:?}");
-    for p in [format!("/evil-{uniq}"), format!("/deep-{uniq}"), format!("/tmp/evil-{uniq}")] {
+    for p in [
+        format!("/evil-{uniq}"),
+        format!("/deep-{uniq}"),
+        format!("/tmp/evil-{uniq}"),
+    ] {
         assert!(!std::path::Path::new(&p).exists(), "{p} exists on the host");
     }
     // ...nor in the container outside the destinations, and /etc/passwd is untouched.
@@ -203,16 +276,33 @@ async fn hostile_archives_are_refused() {
 async fn truncated_archive_is_an_error() {
     let g = Gardend::start();
     let c = g.client();
-    let h = c.create(&ContainerSpec { handle: "e2e-trunc".into(), ..Default::default() }).await.unwrap();
+    let h = c
+        .create(&ContainerSpec {
+            handle: "e2e-trunc".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut tar_bytes = member("big.bin", b'0', "", &vec![7u8; 100_000], 0o644);
     tar_bytes.truncate(512 + 1000);
-    let err = stream_in(&c, &h, "", "/trunc", tar_bytes).await.expect_err("truncated tar");
+    let err = stream_in(&c, &h, "", "/trunc", tar_bytes)
+        .await
+        .expect_err("truncated tar");
     assert!(err.garden().is_some(), "{err:?}");
     // Garbage that is not a tar at all.
-    let err = stream_in(&c, &h, "", "/trunc2", b"this is not a tar archive".repeat(40)).await;
+    let err = stream_in(
+        &c,
+        &h,
+        "",
+        "/trunc2",
+        b"this is not a tar archive".repeat(40),
+    )
+    .await;
     assert!(err.is_err(), "{err:?}");
     // The server is fine afterwards and a good archive still works.
-    stream_in(&c, &h, "", "/ok", sample_tar()).await.expect("good tar");
+    stream_in(&c, &h, "", "/ok", sample_tar())
+        .await
+        .expect("good tar");
     assert_eq!(sh_out(&c, &h, "cat /ok/d/a.txt").await, "alpha\n");
     destroy_clean(&c, &h, &g).await;
 }

@@ -8,11 +8,19 @@ use garden_api::ContainerSpec;
 use garden_client::{Client, ProcessIo};
 
 fn spec(handle: &str, grace: Duration) -> ContainerSpec {
-    ContainerSpec { handle: handle.into(), grace_time: grace.as_nanos() as u64, ..Default::default() }
+    ContainerSpec {
+        handle: handle.into(),
+        grace_time: grace.as_nanos() as u64,
+        ..Default::default()
+    }
 }
 
 async fn listed(c: &Client, h: &str) -> bool {
-    c.list(&[("garden.state".into(), "all".into())]).await.expect("list").iter().any(|x| x == h)
+    c.list(&[("garden.state".into(), "all".into())])
+        .await
+        .expect("list")
+        .iter()
+        .any(|x| x == h)
 }
 
 #[track_caller]
@@ -26,18 +34,31 @@ async fn idle_container_is_reaped() {
     let g = Gardend::start();
     let c = g.client();
     let created = Instant::now();
-    c.create(&spec("e2e-grace-1s", Duration::from_secs(1))).await.expect("create");
+    c.create(&spec("e2e-grace-1s", Duration::from_secs(1)))
+        .await
+        .expect("create");
     // A long-lived background process does not keep it alive once no request is open.
     let mut p = c
-        .run("e2e-grace-1s", &sh("sleep 100 >/dev/null 2>&1 &"), ProcessIo::default())
+        .run(
+            "e2e-grace-1s",
+            &sh("sleep 100 >/dev/null 2>&1 &"),
+            ProcessIo::default(),
+        )
         .await
         .expect("run");
     assert_eq!(p.wait().await.expect("wait"), 0);
     assert!(
-        eventually(Duration::from_secs(10), || async { !listed(&c, "e2e-grace-1s").await }).await,
+        eventually(Duration::from_secs(10), || async {
+            !listed(&c, "e2e-grace-1s").await
+        })
+        .await,
         "container with 1s grace still listed after 10s"
     );
-    assert!(created.elapsed() >= Duration::from_millis(900), "reaped too early: {:?}", created.elapsed());
+    assert!(
+        created.elapsed() >= Duration::from_millis(900),
+        "reaped too early: {:?}",
+        created.elapsed()
+    );
     assert_gone_cleanly("e2e-grace-1s", &g);
 }
 
@@ -45,11 +66,19 @@ async fn idle_container_is_reaped() {
 async fn default_grace_time_flag_applies() {
     let g = Gardend::start_with(&["--default-grace-time", "500ms"]);
     let c = g.client();
-    c.create(&spec("e2e-grace-default", Duration::ZERO)).await.expect("create");
+    c.create(&spec("e2e-grace-default", Duration::ZERO))
+        .await
+        .expect("create");
     let props = c.properties("e2e-grace-default").await.expect("props");
-    assert_eq!(props.get("garden.grace-time").map(String::as_str), Some("500000000"));
+    assert_eq!(
+        props.get("garden.grace-time").map(String::as_str),
+        Some("500000000")
+    );
     assert!(
-        eventually(Duration::from_secs(10), || async { !listed(&c, "e2e-grace-default").await }).await,
+        eventually(Duration::from_secs(10), || async {
+            !listed(&c, "e2e-grace-default").await
+        })
+        .await,
         "default grace time not applied"
     );
     assert_gone_cleanly("e2e-grace-default", &g);
@@ -60,9 +89,14 @@ async fn open_run_stream_keeps_container() {
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-grace-stream";
-    c.create(&spec(h, Duration::from_millis(200))).await.expect("create");
+    c.create(&spec(h, Duration::from_millis(200)))
+        .await
+        .expect("create");
     let started = Instant::now();
-    let mut p = c.run(h, &sh("sleep 2; exit 6"), ProcessIo::default()).await.expect("run");
+    let mut p = c
+        .run(h, &sh("sleep 2; exit 6"), ProcessIo::default())
+        .await
+        .expect("run");
     // While the Run stream is open the container must survive far past its grace time.
     let status = tokio::time::timeout(Duration::from_secs(15), p.wait())
         .await
@@ -84,12 +118,27 @@ async fn set_grace_time_rearms_and_zero_means_never() {
     let c = g.client();
     let h = "e2e-grace-set";
     c.create(&spec(h, Duration::ZERO)).await.expect("create");
-    assert!(!c.properties(h).await.unwrap().contains_key("garden.grace-time"));
+    assert!(!c
+        .properties(h)
+        .await
+        .unwrap()
+        .contains_key("garden.grace-time"));
     // Grace 0 (no server default): never reaped. Observe for a while via List (which does not
     // touch the timer) — a bounded check that the container is still there.
-    c.set_grace_time(h, Duration::from_secs(3600)).await.expect("set long");
-    assert_eq!(c.properties(h).await.unwrap().get("garden.grace-time").map(String::as_str), Some("3600000000000"));
-    c.set_grace_time(h, Duration::from_millis(300)).await.expect("set short");
+    c.set_grace_time(h, Duration::from_secs(3600))
+        .await
+        .expect("set long");
+    assert_eq!(
+        c.properties(h)
+            .await
+            .unwrap()
+            .get("garden.grace-time")
+            .map(String::as_str),
+        Some("3600000000000")
+    );
+    c.set_grace_time(h, Duration::from_millis(300))
+        .await
+        .expect("set short");
     assert!(
         eventually(Duration::from_secs(10), || async { !listed(&c, h).await }).await,
         "SetGraceTime did not re-arm the timer"
@@ -98,10 +147,16 @@ async fn set_grace_time_rearms_and_zero_means_never() {
 
     // SetGraceTime 0 disarms: the container outlives a previous short grace time.
     let h2 = "e2e-grace-zero";
-    c.create(&spec(h2, Duration::from_millis(700))).await.expect("create");
-    c.set_grace_time(h2, Duration::ZERO).await.expect("set zero");
+    c.create(&spec(h2, Duration::from_millis(700)))
+        .await
+        .expect("create");
+    c.set_grace_time(h2, Duration::ZERO)
+        .await
+        .expect("set zero");
     let h3 = "e2e-grace-witness";
-    c.create(&spec(h3, Duration::from_millis(700))).await.expect("create witness");
+    c.create(&spec(h3, Duration::from_millis(700)))
+        .await
+        .expect("create witness");
     // Once the witness (same grace, created later) is reaped, h2 would have been too.
     assert!(eventually(Duration::from_secs(10), || async { !listed(&c, h3).await }).await);
     assert!(listed(&c, h2).await, "grace time 0 must mean never");

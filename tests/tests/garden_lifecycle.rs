@@ -16,13 +16,20 @@ fn no_leaks(h: &str, g: &Gardend) {
 }
 
 fn spec(h: &str) -> ContainerSpec {
-    ContainerSpec { handle: h.into(), ..Default::default() }
+    ContainerSpec {
+        handle: h.into(),
+        ..Default::default()
+    }
 }
 
 /// The default rootfs gardend prepared next to its depot.
 fn default_rootfs(g: &Gardend) -> std::path::PathBuf {
     let p = g.depot.parent().expect("state dir").join("rootfs");
-    assert!(p.join("bin").exists(), "no default rootfs at {}", p.display());
+    assert!(
+        p.join("bin").exists(),
+        "no default rootfs at {}",
+        p.display()
+    );
     p
 }
 
@@ -48,37 +55,71 @@ async fn image_uris_and_the_image_is_never_written() {
     let c = g.client();
     let base = default_rootfs(&g);
     let before = tree_snapshot(&base);
-    let uris = [format!("raw://{}", base.display()), base.display().to_string()];
+    let uris = [
+        format!("raw://{}", base.display()),
+        base.display().to_string(),
+    ];
     for (i, uri) in uris.iter().enumerate() {
         let h = format!("e2e-img-{i}");
-        let s = ContainerSpec { image: ImageRef { uri: uri.clone(), ..Default::default() }, ..spec(&h) };
-        c.create(&s).await.unwrap_or_else(|e| panic!("create with {uri}: {e}"));
-        let out = run_output(&c, &h, &sh("echo changed > /etc/e2e-new; rm -f /bin/true; echo ok"), None)
+        let s = ContainerSpec {
+            image: ImageRef {
+                uri: uri.clone(),
+                ..Default::default()
+            },
+            ..spec(&h)
+        };
+        c.create(&s)
             .await
-            .expect("run");
+            .unwrap_or_else(|e| panic!("create with {uri}: {e}"));
+        let out = run_output(
+            &c,
+            &h,
+            &sh("echo changed > /etc/e2e-new; rm -f /bin/true; echo ok"),
+            None,
+        )
+        .await
+        .expect("run");
         assert_eq!(out.stdout_text(), "ok\n", "{out:?}");
         c.destroy(&h).await.expect("destroy");
         no_leaks(&h, &g);
     }
     assert_eq!(tree_snapshot(&base), before, "the image was modified");
     // The legacy rootfs field works too, and both together are refused.
-    let s = ContainerSpec { rootfs: format!("raw://{}", base.display()), ..spec("e2e-img-legacy") };
+    let s = ContainerSpec {
+        rootfs: format!("raw://{}", base.display()),
+        ..spec("e2e-img-legacy")
+    };
     c.create(&s).await.expect("legacy rootfs");
     c.destroy("e2e-img-legacy").await.expect("destroy");
     let s = ContainerSpec {
         rootfs: base.display().to_string(),
-        image: ImageRef { uri: base.display().to_string(), ..Default::default() },
+        image: ImageRef {
+            uri: base.display().to_string(),
+            ..Default::default()
+        },
         ..spec("e2e-img-both")
     };
     let err = c.create(&s).await.expect_err("both rootfs and image");
-    assert_eq!(err.garden(), Some(&GardenError::generic("Cannot provide both Image.URI and RootFSPath")));
+    assert_eq!(
+        err.garden(),
+        Some(&GardenError::generic(
+            "Cannot provide both Image.URI and RootFSPath"
+        ))
+    );
     let s = ContainerSpec {
-        image: ImageRef { uri: "raw:///nonexistent/e2e/rootfs".into(), ..Default::default() },
+        image: ImageRef {
+            uri: "raw:///nonexistent/e2e/rootfs".into(),
+            ..Default::default()
+        },
         ..spec("e2e-img-missing")
     };
     assert!(c.create(&s).await.is_err());
     no_leaks("e2e-img-missing", &g);
-    assert!(c.list(&[("garden.state".into(), "all".into())]).await.unwrap().is_empty());
+    assert!(c
+        .list(&[("garden.state".into(), "all".into())])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,17 +128,36 @@ async fn memory_limit_kills_and_reports_oom() {
     let c = g.client();
     let h = "e2e-oom";
     let s = ContainerSpec {
-        limits: Limits { memory_limits: MemoryLimits { limit_in_bytes: 32 << 20 }, ..Default::default() },
+        limits: Limits {
+            memory_limits: MemoryLimits {
+                limit_in_bytes: 32 << 20,
+            },
+            ..Default::default()
+        },
         ..spec(h)
     };
     c.create(&s).await.expect("create");
-    let out = run_output(&c, h, &sh("x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}"), None)
-        .await
-        .expect("run");
-    assert_ne!(out.status, 0, "allocating 200 MB under a 32 MB limit succeeded: {out:?}");
+    let out = run_output(
+        &c,
+        h,
+        &sh("x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived ${#x}"),
+        None,
+    )
+    .await
+    .expect("run");
+    assert_ne!(
+        out.status, 0,
+        "allocating 200 MB under a 32 MB limit succeeded: {out:?}"
+    );
     assert!(!out.stdout_text().contains("survived"), "{out:?}");
     let ok = e2e::eventually(Duration::from_secs(5), || async {
-        c.info(h).await.expect("info").events.unwrap_or_default().iter().any(|e| e == "Out of memory")
+        c.info(h)
+            .await
+            .expect("info")
+            .events
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e == "Out of memory")
     })
     .await;
     assert!(ok, "no 'Out of memory' event: {:?}", c.info(h).await);
@@ -110,12 +170,26 @@ async fn pid_limit_is_enforced() {
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-pids";
-    let s = ContainerSpec { limits: Limits { pid_limits: PidLimits { max: 8 }, ..Default::default() }, ..spec(h) };
+    let s = ContainerSpec {
+        limits: Limits {
+            pid_limits: PidLimits { max: 8 },
+            ..Default::default()
+        },
+        ..spec(h)
+    };
     c.create(&s).await.expect("create");
-    let out = run_output(&c, h, &sh("for i in $(seq 1 20); do sleep 30 & done; echo all-forked"), None)
-        .await
-        .expect("run");
-    assert!(!out.stdout_text().contains("all-forked"), "20 forks under pids.max=8: {out:?}");
+    let out = run_output(
+        &c,
+        h,
+        &sh("for i in $(seq 1 20); do sleep 30 & done; echo all-forked"),
+        None,
+    )
+    .await
+    .expect("run");
+    assert!(
+        !out.stdout_text().contains("all-forked"),
+        "20 forks under pids.max=8: {out:?}"
+    );
     assert!(out.stderr_text().contains("fork"), "{out:?}");
     let current = c.metrics(h).await.expect("metrics").pid_stat.current;
     assert!((1..=8).contains(&current), "pids: {current}");
@@ -131,18 +205,36 @@ async fn stop_escalates_to_kill_after_ten_seconds() {
     let h = "e2e-stop-slow";
     c.create(&spec(h)).await.expect("create");
     let out = e2e::Capture::default();
-    let io = ProcessIo { stdout: Some(Box::new(out.clone())), ..Default::default() };
+    let io = ProcessIo {
+        stdout: Some(Box::new(out.clone())),
+        ..Default::default()
+    };
     let mut p = c
-        .run(h, &sh("trap '' TERM; echo ready; while true; do sleep 0.1; done"), io)
+        .run(
+            h,
+            &sh("trap '' TERM; echo ready; while true; do sleep 0.1; done"),
+            io,
+        )
         .await
         .expect("run");
-    assert!(e2e::eventually(Duration::from_secs(10), || async { out.text().contains("ready") }).await);
+    assert!(
+        e2e::eventually(Duration::from_secs(10), || async {
+            out.text().contains("ready")
+        })
+        .await
+    );
     let started = Instant::now();
     c.stop(h, false).await.expect("stop");
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(9), "stop returned before escalating: {took:?}");
+    assert!(
+        took >= Duration::from_secs(9),
+        "stop returned before escalating: {took:?}"
+    );
     assert!(took < Duration::from_secs(20), "stop took {took:?}");
-    let status = tokio::time::timeout(Duration::from_secs(5), p.wait()).await.expect("wait").expect("status");
+    let status = tokio::time::timeout(Duration::from_secs(5), p.wait())
+        .await
+        .expect("wait")
+        .expect("status");
     assert_eq!(status, 137);
     c.destroy(h).await.expect("destroy");
     no_leaks(h, &g);
@@ -156,9 +248,20 @@ async fn destroy_under_load_reports_137_to_clients() {
     c.create(&spec(h)).await.expect("create");
     let mut procs = Vec::new();
     for _ in 0..3 {
-        procs.push(c.run(h, &sh("sleep 100"), ProcessIo::default()).await.expect("run"));
+        procs.push(
+            c.run(h, &sh("sleep 100"), ProcessIo::default())
+                .await
+                .expect("run"),
+        );
     }
-    let mut bg = c.run(h, &sh("(sleep 100 &) ; (sleep 100 &); exit 0"), ProcessIo::default()).await.expect("bg");
+    let mut bg = c
+        .run(
+            h,
+            &sh("(sleep 100 &) ; (sleep 100 &); exit 0"),
+            ProcessIo::default(),
+        )
+        .await
+        .expect("bg");
     assert_eq!(bg.wait().await.expect("bg"), 0);
     // Two destroys at once: one does it, the other is refused or finds nothing.
     let (a, b) = tokio::join!(c.destroy(h), c.destroy(h));
@@ -172,7 +275,9 @@ async fn destroy_under_load_reports_137_to_clients() {
         }
     }
     for mut p in procs {
-        let r = tokio::time::timeout(Duration::from_secs(10), p.wait()).await.expect("wait after destroy");
+        let r = tokio::time::timeout(Duration::from_secs(10), p.wait())
+            .await
+            .expect("wait after destroy");
         assert_eq!(r.expect("status"), 137);
     }
     no_leaks(h, &g);
@@ -208,10 +313,15 @@ async fn max_containers_is_enforced() {
     c.create(&spec("e2e-max-1")).await.expect("1");
     c.create(&spec("e2e-max-2")).await.expect("2");
     let err = c.create(&spec("e2e-max-3")).await.expect_err("third");
-    assert_eq!(err.garden(), Some(&GardenError::generic("max containers reached")));
+    assert_eq!(
+        err.garden(),
+        Some(&GardenError::generic("max containers reached"))
+    );
     no_leaks("e2e-max-3", &g);
     c.destroy("e2e-max-1").await.expect("destroy");
-    c.create(&spec("e2e-max-3")).await.expect("room again after destroy");
+    c.create(&spec("e2e-max-3"))
+        .await
+        .expect("room again after destroy");
     for h in ["e2e-max-2", "e2e-max-3"] {
         c.destroy(h).await.expect("destroy");
         no_leaks(h, &g);
@@ -219,7 +329,14 @@ async fn max_containers_is_enforced() {
 }
 
 async fn sha_of(c: &Client, h: &str, path: &str) -> String {
-    let out = run_output(c, h, &sh(&format!("sha256sum {path} | cut -d' ' -f1")), None).await.expect("sha");
+    let out = run_output(
+        c,
+        h,
+        &sh(&format!("sha256sum {path} | cut -d' ' -f1")),
+        None,
+    )
+    .await
+    .expect("sha");
     out.stdout_text().trim().to_string()
 }
 
@@ -230,15 +347,22 @@ async fn large_files_stream_both_ways_intact() {
     let h = "e2e-bigfile";
     c.create(&spec(h)).await.expect("create");
     // 8 MiB of pseudo-random bytes built in the container, streamed out and back in.
-    let out = run_output(&c, h, &sh("head -c 8388608 /dev/urandom > /big.bin && ls -l /big.bin"), None)
-        .await
-        .expect("make");
+    let out = run_output(
+        &c,
+        h,
+        &sh("head -c 8388608 /dev/urandom > /big.bin && ls -l /big.bin"),
+        None,
+    )
+    .await
+    .expect("make");
     assert_eq!(out.status, 0, "{out:?}");
     let mut r = c.stream_out(h, "", "/big.bin").await.expect("stream out");
     let mut tar_bytes = Vec::new();
     r.read_to_end(&mut tar_bytes).await.expect("read");
     assert!(tar_bytes.len() > 8 << 20);
-    c.stream_in(h, "", "/copy", std::io::Cursor::new(tar_bytes)).await.expect("stream in");
+    c.stream_in(h, "", "/copy", std::io::Cursor::new(tar_bytes))
+        .await
+        .expect("stream in");
     let a = sha_of(&c, h, "/big.bin").await;
     assert_eq!(a.len(), 64);
     assert_eq!(a, sha_of(&c, h, "/copy/big.bin").await);
@@ -246,7 +370,10 @@ async fn large_files_stream_both_ways_intact() {
     let mut r = c.stream_out(h, "", "/big.bin").await.expect("stream out");
     let mut tar_bytes = Vec::new();
     r.read_to_end(&mut tar_bytes).await.expect("read");
-    let err = c.stream_in(h, "alice", "/root", std::io::Cursor::new(tar_bytes)).await.expect_err("alice in /root");
+    let err = c
+        .stream_in(h, "alice", "/root", std::io::Cursor::new(tar_bytes))
+        .await
+        .expect_err("alice in /root");
     assert!(err.to_string().contains("Permission denied"), "{err}");
     c.destroy(h).await.expect("destroy");
     no_leaks(h, &g);

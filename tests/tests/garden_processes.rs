@@ -19,7 +19,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new(handle: &str) -> Fixture {
-        Fixture::with_spec(ContainerSpec { handle: handle.into(), ..Default::default() }).await
+        Fixture::with_spec(ContainerSpec {
+            handle: handle.into(),
+            ..Default::default()
+        })
+        .await
     }
 
     async fn with_spec(spec: ContainerSpec) -> Fixture {
@@ -30,7 +34,9 @@ impl Fixture {
     }
 
     async fn sh(&self, script: &str) -> e2e::Output {
-        run_output(&self.c, &self.handle, &sh(script), None).await.expect("run")
+        run_output(&self.c, &self.handle, &sh(script), None)
+            .await
+            .expect("run")
     }
 
     async fn run(&self, spec: &ProcessSpec) -> Result<e2e::Output, ClientError> {
@@ -45,7 +51,10 @@ impl Fixture {
 }
 
 fn spec_as(user: &str, script: &str) -> ProcessSpec {
-    ProcessSpec { user: user.into(), ..sh(script) }
+    ProcessSpec {
+        user: user.into(),
+        ..sh(script)
+    }
 }
 
 #[track_caller]
@@ -81,13 +90,22 @@ async fn stdout_stderr_and_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_until_eof() {
     let f = Fixture::new("e2e-p-stdin").await;
-    let input: Vec<u8> = (0..5000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
-    let spec = ProcessSpec { path: "cat".into(), ..Default::default() };
-    let out = run_output(&f.c, &f.handle, &spec, Some(input.clone())).await.expect("cat");
+    let input: Vec<u8> = (0..5000)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
+    let spec = ProcessSpec {
+        path: "cat".into(),
+        ..Default::default()
+    };
+    let out = run_output(&f.c, &f.handle, &spec, Some(input.clone()))
+        .await
+        .expect("cat");
     assert_eq!(out.status, 0);
     assert_eq!(out.stdout.len(), input.len());
     assert!(out.stdout == input, "cat echoed different bytes");
-    let out = run_output(&f.c, &f.handle, &sh("wc -c"), Some(Vec::new())).await.expect("wc");
+    let out = run_output(&f.c, &f.handle, &sh("wc -c"), Some(Vec::new()))
+        .await
+        .expect("wc");
     assert_eq!((out.status, out.stdout_text().trim()), (0, "0"));
     f.finish().await;
 }
@@ -106,13 +124,23 @@ async fn environment_merge_and_defaults() {
         ..Default::default()
     };
     let out = f.run(&spec).await.expect("env");
-    let lines: Vec<&str> = out.stdout.split(|&b| b == b'\n').map(|l| std::str::from_utf8(l).unwrap()).collect();
+    let lines: Vec<&str> = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .map(|l| std::str::from_utf8(l).unwrap())
+        .collect();
     let pos = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix));
     assert!(lines.contains(&"CONTAINER_ENV=1"), "{lines:?}");
-    assert!(lines.contains(&"TEST=hello"), "process env overrides container env: {lines:?}");
+    assert!(
+        lines.contains(&"TEST=hello"),
+        "process env overrides container env: {lines:?}"
+    );
     assert!(!lines.contains(&"TEST=hi"), "{lines:?}");
     assert!(lines.contains(&"FRUIT=banana"), "{lines:?}");
-    assert!(pos("CONTAINER_ENV=").unwrap() < pos("TEST=").unwrap(), "{lines:?}");
+    assert!(
+        pos("CONTAINER_ENV=").unwrap() < pos("TEST=").unwrap(),
+        "{lines:?}"
+    );
     assert!(pos("TEST=").unwrap() < pos("FRUIT=").unwrap(), "{lines:?}");
     assert!(
         lines.contains(&"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -123,12 +151,19 @@ async fn environment_merge_and_defaults() {
 
     let out = f.run(&spec_as("alice", "env")).await.expect("env as alice");
     let text = out.stdout_text();
-    assert!(text.lines().any(|l| l == "PATH=/usr/local/bin:/usr/bin:/bin"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "PATH=/usr/local/bin:/usr/bin:/bin"),
+        "{text}"
+    );
     assert!(text.lines().any(|l| l == "USER=alice"), "{text}");
     assert!(text.lines().any(|l| l == "HOME=/home/alice"), "{text}");
 
     // Given PATH/HOME win over the defaults.
-    let spec = ProcessSpec { env: vec!["PATH=/bin".into(), "HOME=/x".into()], ..sh("echo $PATH $HOME") };
+    let spec = ProcessSpec {
+        env: vec!["PATH=/bin".into(), "HOME=/x".into()],
+        ..sh("echo $PATH $HOME")
+    };
     assert_eq!(f.run(&spec).await.expect("run").stdout_text(), "/bin /x\n");
     f.finish().await;
 }
@@ -136,30 +171,61 @@ async fn environment_merge_and_defaults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_working_dirs() {
     let f = Fixture::new("e2e-p-users").await;
-    let out = f.run(&spec_as("alice", "id -u; id -g; pwd; echo $HOME")).await.expect("alice");
-    assert_eq!(out.stdout_text(), "1000\n1000\n/home/alice\n/home/alice\n", "{out:?}");
+    let out = f
+        .run(&spec_as("alice", "id -u; id -g; pwd; echo $HOME"))
+        .await
+        .expect("alice");
+    assert_eq!(
+        out.stdout_text(),
+        "1000\n1000\n/home/alice\n/home/alice\n",
+        "{out:?}"
+    );
     // Supplementary groups come from /etc/group.
     let out = f.run(&spec_as("alice", "id -G")).await.expect("groups");
-    assert!(out.stdout_text().split_whitespace().any(|g| g == "10"), "{out:?}");
+    assert!(
+        out.stdout_text().split_whitespace().any(|g| g == "10"),
+        "{out:?}"
+    );
 
-    let out = f.run(&spec_as("1000000000:1000000000", "id -u; id -g")).await.expect("uid:gid");
-    assert_eq!((out.status, out.stdout_text()), (0, "1000000000\n1000000000\n".into()), "{out:?}");
+    let out = f
+        .run(&spec_as("1000000000:1000000000", "id -u; id -g"))
+        .await
+        .expect("uid:gid");
+    assert_eq!(
+        (out.status, out.stdout_text()),
+        (0, "1000000000\n1000000000\n".into()),
+        "{out:?}"
+    );
 
     let out = f.run(&spec_as("", "id -u")).await.expect("root");
     assert_eq!(out.stdout_text(), "0\n");
 
     let err = garden_err(f.run(&spec_as("bob", "true")).await);
     assert!(
-        err.to_string().contains("unable to find user bob: no matching entries in passwd file"),
+        err.to_string()
+            .contains("unable to find user bob: no matching entries in passwd file"),
         "{err:?}"
     );
 
     // A missing working dir is created, owned by the user, even under a root-owned parent.
-    let spec = ProcessSpec { dir: "/opt/made/for/alice".into(), ..spec_as("alice", "pwd; touch ok") };
+    let spec = ProcessSpec {
+        dir: "/opt/made/for/alice".into(),
+        ..spec_as("alice", "pwd; touch ok")
+    };
     let out = f.run(&spec).await.expect("dir");
-    assert_eq!((out.status, out.stdout_text()), (0, "/opt/made/for/alice\n".into()), "{out:?}");
-    let out = f.sh("stat -c '%u:%g %a' /opt/made/for/alice /opt/made/for/alice/ok").await;
-    assert_eq!(out.stdout_text(), "1000:1000 755\n1000:1000 644\n", "{out:?}");
+    assert_eq!(
+        (out.status, out.stdout_text()),
+        (0, "/opt/made/for/alice\n".into()),
+        "{out:?}"
+    );
+    let out = f
+        .sh("stat -c '%u:%g %a' /opt/made/for/alice /opt/made/for/alice/ok")
+        .await;
+    assert_eq!(
+        out.stdout_text(),
+        "1000:1000 755\n1000:1000 644\n",
+        "{out:?}"
+    );
     f.finish().await;
 }
 
@@ -167,7 +233,11 @@ async fn users_and_working_dirs() {
 async fn rlimits_apply() {
     let f = Fixture::new("e2e-p-rlim").await;
     let spec = ProcessSpec {
-        rlimits: ResourceLimits { nofile: Some(123), nproc: Some(456), ..Default::default() },
+        rlimits: ResourceLimits {
+            nofile: Some(123),
+            nproc: Some(456),
+            ..Default::default()
+        },
         ..sh("ulimit -n; ulimit -Hn; ulimit -u")
     };
     let out = f.run(&spec).await.expect("ulimit");
@@ -182,10 +252,16 @@ async fn signals_and_exit_statuses() {
 
     // TERM to a shell that traps it: the trap's exit code.
     let out = Capture::default();
-    let io = ProcessIo { stdout: Some(Box::new(out.clone())), ..Default::default() };
-    let mut p = f
-        .c
-        .run(&f.handle, &sh("trap 'exit 7' TERM; echo ready; while true; do sleep 0.05; done"), io)
+    let io = ProcessIo {
+        stdout: Some(Box::new(out.clone())),
+        ..Default::default()
+    };
+    let mut p =
+        f.c.run(
+            &f.handle,
+            &sh("trap 'exit 7' TERM; echo ready; while true; do sleep 0.05; done"),
+            io,
+        )
         .await
         .expect("run trap");
     assert!(e2e::eventually(Duration::from_secs(10), || async { started(&out) }).await);
@@ -193,17 +269,27 @@ async fn signals_and_exit_statuses() {
     assert_eq!(wait(&mut p).await, 7);
 
     // KILL -> 137, even if TERM is ignored.
-    let mut p = f
-        .c
-        .run(&f.handle, &sh("trap '' TERM; sleep 100"), ProcessIo::default())
+    let mut p =
+        f.c.run(
+            &f.handle,
+            &sh("trap '' TERM; sleep 100"),
+            ProcessIo::default(),
+        )
         .await
         .expect("run");
     p.control().signal(Signal::Kill).await.expect("signal");
     assert_eq!(wait(&mut p).await, 137);
 
     // TERM without a trap -> 143. Sent right after Run returns.
-    let spec = ProcessSpec { path: "sleep".into(), args: vec!["100".into()], ..Default::default() };
-    let mut p = f.c.run(&f.handle, &spec, ProcessIo::default()).await.expect("run");
+    let spec = ProcessSpec {
+        path: "sleep".into(),
+        args: vec!["100".into()],
+        ..Default::default()
+    };
+    let mut p =
+        f.c.run(&f.handle, &spec, ProcessIo::default())
+            .await
+            .expect("run");
     p.control().signal(Signal::Terminate).await.expect("signal");
     assert_eq!(wait(&mut p).await, 143);
     f.finish().await;
@@ -212,26 +298,54 @@ async fn signals_and_exit_statuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_size_resize_and_line_endings() {
     let f = Fixture::new("e2e-p-tty").await;
-    let tty = Some(TtySpec { window_size: Some(WindowSize { columns: 123, rows: 45 }) });
-    let spec = ProcessSpec { tty, ..sh("stty size; echo a; echo b >&2") };
+    let tty = Some(TtySpec {
+        window_size: Some(WindowSize {
+            columns: 123,
+            rows: 45,
+        }),
+    });
+    let spec = ProcessSpec {
+        tty,
+        ..sh("stty size; echo a; echo b >&2")
+    };
     let out = f.run(&spec).await.expect("tty");
     assert_eq!(out.status, 0);
     assert_eq!(out.stdout_text(), "45 123\r\na\r\nb\r\n", "{out:?}");
-    assert!(out.stderr.is_empty(), "a tty merges stderr into stdout: {out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "a tty merges stderr into stdout: {out:?}"
+    );
 
     // Default size 80x24.
-    let spec = ProcessSpec { tty: Some(TtySpec::default()), ..sh("stty size") };
+    let spec = ProcessSpec {
+        tty: Some(TtySpec::default()),
+        ..sh("stty size")
+    };
     assert_eq!(f.run(&spec).await.expect("tty").stdout_text(), "24 80\r\n");
 
     // Resize: the process sees SIGWINCH and the new size.
     let out = Capture::default();
-    let io = ProcessIo { stdout: Some(Box::new(out.clone())), ..Default::default() };
+    let io = ProcessIo {
+        stdout: Some(Box::new(out.clone())),
+        ..Default::default()
+    };
     let script = "trap 'stty size; exit 0' WINCH; echo ready; while true; do sleep 0.05; done";
-    let spec = ProcessSpec { tty: Some(TtySpec::default()), ..sh(script) };
+    let spec = ProcessSpec {
+        tty: Some(TtySpec::default()),
+        ..sh(script)
+    };
     let mut p = f.c.run(&f.handle, &spec, io).await.expect("run");
-    assert!(e2e::eventually(Duration::from_secs(10), || async { out.text().contains("ready") }).await);
+    assert!(
+        e2e::eventually(Duration::from_secs(10), || async {
+            out.text().contains("ready")
+        })
+        .await
+    );
     p.control()
-        .set_tty(WindowSize { columns: 100, rows: 50 })
+        .set_tty(WindowSize {
+            columns: 100,
+            rows: 50,
+        })
         .await
         .expect("set_tty");
     assert_eq!(wait(&mut p).await, 0);
@@ -242,8 +356,13 @@ async fn tty_size_resize_and_line_endings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_stdin_reaches_the_process() {
     let f = Fixture::new("e2e-p-ttyin").await;
-    let spec = ProcessSpec { tty: Some(TtySpec::default()), ..sh("read line; echo got:$line") };
-    let out = run_output(&f.c, &f.handle, &spec, Some(b"hello\n".to_vec())).await.expect("run");
+    let spec = ProcessSpec {
+        tty: Some(TtySpec::default()),
+        ..sh("read line; echo got:$line")
+    };
+    let out = run_output(&f.c, &f.handle, &spec, Some(b"hello\n".to_vec()))
+        .await
+        .expect("run");
     assert_eq!(out.status, 0, "{out:?}");
     assert!(out.stdout_text().ends_with("got:hello\r\n"), "{out:?}");
     f.finish().await;
@@ -252,11 +371,20 @@ async fn tty_stdin_reaches_the_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_after_exit_and_concurrent_attaches() {
     let f = Fixture::new("e2e-p-att").await;
-    let spec = ProcessSpec { id: "quick".into(), ..sh("exit 5") };
-    let mut p = f.c.run(&f.handle, &spec, ProcessIo::default()).await.expect("run");
+    let spec = ProcessSpec {
+        id: "quick".into(),
+        ..sh("exit 5")
+    };
+    let mut p =
+        f.c.run(&f.handle, &spec, ProcessIo::default())
+            .await
+            .expect("run");
     assert_eq!(p.id(), "quick");
     assert_eq!(wait(&mut p).await, 5);
-    let mut again = f.c.attach(&f.handle, "quick", ProcessIo::default()).await.expect("attach");
+    let mut again =
+        f.c.attach(&f.handle, "quick", ProcessIo::default())
+            .await
+            .expect("attach");
     assert_eq!(wait(&mut again).await, 5);
 
     // Two attaches to a running process both see its later output and its exit code.
@@ -265,18 +393,33 @@ async fn attach_after_exit_and_concurrent_attaches() {
         ..sh("read go; i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); done; exit 9")
     };
     let (stdin_rd, mut stdin_wr) = tokio::io::duplex(64);
-    let io = ProcessIo { stdin: Some(Box::new(stdin_rd)), ..Default::default() };
+    let io = ProcessIo {
+        stdin: Some(Box::new(stdin_rd)),
+        ..Default::default()
+    };
     let mut runner = f.c.run(&f.handle, &spec, io).await.expect("run slow");
     let a = Capture::default();
     let b = Capture::default();
-    let mut pa = f
-        .c
-        .attach(&f.handle, "slow", ProcessIo { stdout: Some(Box::new(a.clone())), ..Default::default() })
+    let mut pa =
+        f.c.attach(
+            &f.handle,
+            "slow",
+            ProcessIo {
+                stdout: Some(Box::new(a.clone())),
+                ..Default::default()
+            },
+        )
         .await
         .expect("attach a");
-    let mut pb = f
-        .c
-        .attach(&f.handle, "slow", ProcessIo { stdout: Some(Box::new(b.clone())), ..Default::default() })
+    let mut pb =
+        f.c.attach(
+            &f.handle,
+            "slow",
+            ProcessIo {
+                stdout: Some(Box::new(b.clone())),
+                ..Default::default()
+            },
+        )
         .await
         .expect("attach b");
     use tokio::io::AsyncWriteExt;
@@ -289,30 +432,60 @@ async fn attach_after_exit_and_concurrent_attaches() {
     assert_eq!(b.text(), "tick0\ntick1\ntick2\n");
 
     // A generated process id reaches the client and can be attached to.
-    let mut p = f.c.run(&f.handle, &sh("exit 3"), ProcessIo::default()).await.expect("run");
+    let mut p =
+        f.c.run(&f.handle, &sh("exit 3"), ProcessIo::default())
+            .await
+            .expect("run");
     assert!(!p.id().is_empty());
     let id = p.id().to_string();
     assert_eq!(wait(&mut p).await, 3);
-    assert_eq!(wait(&mut f.c.attach(&f.handle, &id, ProcessIo::default()).await.unwrap()).await, 3);
+    assert_eq!(
+        wait(
+            &mut f
+                .c
+                .attach(&f.handle, &id, ProcessIo::default())
+                .await
+                .unwrap()
+        )
+        .await,
+        3
+    );
     f.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_complete_when_exiting_right_after_writing() {
     let f = Fixture::new("e2e-p-seq").await;
-    let spec = ProcessSpec { path: "seq".into(), args: vec!["1".into(), "10000".into()], ..Default::default() };
+    let spec = ProcessSpec {
+        path: "seq".into(),
+        args: vec!["1".into(), "10000".into()],
+        ..Default::default()
+    };
     let want: String = (1..=10000).map(|i| format!("{i}\n")).collect();
     for i in 0..20 {
         let out = f.run(&spec).await.expect("seq");
         assert_eq!(out.status, 0);
-        assert!(out.stdout_text() == want, "run {i}: got {} bytes of output, want {}", out.stdout.len(), want.len());
+        assert!(
+            out.stdout_text() == want,
+            "run {i}: got {} bytes of output, want {}",
+            out.stdout.len(),
+            want.len()
+        );
     }
     // The same under a tty.
-    let spec = ProcessSpec { tty: Some(TtySpec::default()), ..spec };
+    let spec = ProcessSpec {
+        tty: Some(TtySpec::default()),
+        ..spec
+    };
     let want = want.replace('\n', "\r\n");
     for i in 0..5 {
         let out = f.run(&spec).await.expect("seq tty");
-        assert!(out.stdout_text() == want, "tty run {i}: got {} bytes, want {}", out.stdout.len(), want.len());
+        assert!(
+            out.stdout_text() == want,
+            "tty run {i}: got {} bytes, want {}",
+            out.stdout.len(),
+            want.len()
+        );
     }
     f.finish().await;
 }
@@ -320,16 +493,38 @@ async fn output_complete_when_exiting_right_after_writing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_errors_are_typed() {
     let f = Fixture::new("e2e-p-errs").await;
-    let spec = ProcessSpec { path: "/no/such/binary".into(), ..Default::default() };
+    let spec = ProcessSpec {
+        path: "/no/such/binary".into(),
+        ..Default::default()
+    };
     let err = garden_err(f.run(&spec).await);
-    assert!(matches!(err, GardenError::ExecutableNotFound { .. }), "{err:?}");
-    let spec = ProcessSpec { path: "no-such-command-on-path".into(), ..Default::default() };
+    assert!(
+        matches!(err, GardenError::ExecutableNotFound { .. }),
+        "{err:?}"
+    );
+    let spec = ProcessSpec {
+        path: "no-such-command-on-path".into(),
+        ..Default::default()
+    };
     let err = garden_err(f.run(&spec).await);
-    assert!(matches!(err, GardenError::ExecutableNotFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, GardenError::ExecutableNotFound { .. }),
+        "{err:?}"
+    );
 
-    let spec = ProcessSpec { id: "dup".into(), ..sh("sleep 30") };
-    let mut first = f.c.run(&f.handle, &spec, ProcessIo::default()).await.expect("first");
-    let err = garden_err(f.c.run(&f.handle, &spec, ProcessIo::default()).await.map(drop));
+    let spec = ProcessSpec {
+        id: "dup".into(),
+        ..sh("sleep 30")
+    };
+    let mut first =
+        f.c.run(&f.handle, &spec, ProcessIo::default())
+            .await
+            .expect("first");
+    let err = garden_err(
+        f.c.run(&f.handle, &spec, ProcessIo::default())
+            .await
+            .map(drop),
+    );
     assert!(err.to_string().contains("already in use"), "{err:?}");
     first.control().signal(Signal::Kill).await.expect("kill");
     assert_eq!(wait(&mut first).await, 137);
@@ -352,22 +547,36 @@ async fn container_inside_view() {
         .await;
     assert_eq!(out.stdout_text(), "4\n", "{out:?}");
     let mounts = f.sh("cat /proc/mounts").await.stdout_text();
-    let has = |fs: &str, dir: &str| mounts.lines().any(|l| {
-        let mut w = l.split_whitespace();
-        let (_, d, t) = (w.next(), w.next(), w.next());
-        d == Some(dir) && t == Some(fs)
-    });
+    let has = |fs: &str, dir: &str| {
+        mounts.lines().any(|l| {
+            let mut w = l.split_whitespace();
+            let (_, d, t) = (w.next(), w.next(), w.next());
+            d == Some(dir) && t == Some(fs)
+        })
+    };
     assert!(has("tmpfs", "/dev/shm"), "{mounts}");
     assert!(has("devpts", "/dev/pts"), "{mounts}");
     assert!(has("proc", "/proc"), "{mounts}");
     assert!(has("tmpfs", "/tmp"), "{mounts}");
-    let sys = mounts.lines().find(|l| l.split_whitespace().nth(1) == Some("/sys")).expect("/sys mounted");
-    assert!(sys.split_whitespace().nth(3).unwrap_or("").split(',').any(|o| o == "ro"), "{sys}");
+    let sys = mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/sys"))
+        .expect("/sys mounted");
+    assert!(
+        sys.split_whitespace()
+            .nth(3)
+            .unwrap_or("")
+            .split(',')
+            .any(|o| o == "ro"),
+        "{sys}"
+    );
     let out = f.sh("touch /sys/x").await;
     assert_ne!(out.status, 0);
 
     // The writable root is an overlay: writes do not reach the image.
-    let out = f.sh("echo hi > /etc/e2e-marker && cat /etc/e2e-marker").await;
+    let out = f
+        .sh("echo hi > /etc/e2e-marker && cat /etc/e2e-marker")
+        .await;
     assert_eq!(out.stdout_text(), "hi\n");
     // Orphans are reaped by init: no zombies remain after a double fork.
     let out = f

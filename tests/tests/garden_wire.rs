@@ -18,7 +18,10 @@ struct Raw {
 
 impl Raw {
     async fn connect(g: &Gardend) -> Raw {
-        Raw { s: TcpStream::connect(g.address()).await.expect("connect"), buf: Vec::new() }
+        Raw {
+            s: TcpStream::connect(g.address()).await.expect("connect"),
+            buf: Vec::new(),
+        }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -43,7 +46,11 @@ impl Raw {
                 let head: Vec<u8> = self.buf.drain(..i + 4).collect();
                 return String::from_utf8(head).expect("utf-8 head");
             }
-            assert!(self.fill().await > 0, "EOF before the end of the head: {:?}", self.buf);
+            assert!(
+                self.fill().await > 0,
+                "EOF before the end of the head: {:?}",
+                self.buf
+            );
         }
     }
 
@@ -53,19 +60,27 @@ impl Raw {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
                 return self.buf.drain(..=i).collect();
             }
-            assert!(self.fill().await > 0, "EOF before a full line: {:?}", self.buf);
+            assert!(
+                self.fill().await > 0,
+                "EOF before a full line: {:?}",
+                self.buf
+            );
         }
     }
 
     async fn exactly(&mut self, n: usize) -> Vec<u8> {
         while self.buf.len() < n {
-            assert!(self.fill().await > 0, "EOF after {} of {n} bytes", self.buf.len());
+            assert!(
+                self.fill().await > 0,
+                "EOF after {} of {n} bytes",
+                self.buf.len()
+            );
         }
         self.buf.drain(..n).collect()
     }
 
     /// Everything until the peer closes.
-    async fn to_eof(&mut self) -> Vec<u8> {
+    async fn read_to_eof(&mut self) -> Vec<u8> {
         while self.fill().await > 0 {}
         std::mem::take(&mut self.buf)
     }
@@ -81,8 +96,15 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 #[track_caller]
 fn assert_hijack_head(head: &str, status_line: &str) {
     assert!(head.starts_with(&format!("{status_line}\r\n")), "{head:?}");
-    assert_eq!(header(head, "Transfer-Encoding"), Some("chunked"), "{head:?}");
-    assert!(header(head, "Connection").is_none_or(|v| !v.eq_ignore_ascii_case("close")), "{head:?}");
+    assert_eq!(
+        header(head, "Transfer-Encoding"),
+        Some("chunked"),
+        "{head:?}"
+    );
+    assert!(
+        header(head, "Connection").is_none_or(|v| !v.eq_ignore_ascii_case("close")),
+        "{head:?}"
+    );
     assert!(header(head, "Content-Length").is_none(), "{head:?}");
 }
 
@@ -116,8 +138,10 @@ async fn first_message(main: &mut Raw, pid: &str) -> String {
 
 async fn open_stream(g: &Gardend, handle: &str, pid: &str, sid: &str, which: &str) -> Raw {
     let mut r = Raw::connect(g).await;
-    r.send(&get_request(&format!("/containers/{handle}/processes/{pid}/attaches/{sid}/{which}")))
-        .await;
+    r.send(&get_request(&format!(
+        "/containers/{handle}/processes/{pid}/attaches/{sid}/{which}"
+    )))
+    .await;
     let head = r.head().await;
     assert_hijack_head(&head, "HTTP/1.1 200 OK");
     r
@@ -126,7 +150,10 @@ async fn open_stream(g: &Gardend, handle: &str, pid: &str, sid: &str, which: &st
 async fn setup(handle: &str) -> Gardend {
     let g = Gardend::start();
     g.client()
-        .create(&ContainerSpec { handle: handle.into(), ..Default::default() })
+        .create(&ContainerSpec {
+            handle: handle.into(),
+            ..Default::default()
+        })
         .await
         .expect("create");
     g
@@ -154,21 +181,36 @@ async fn run_exact_bytes() {
 
     let mut out = open_stream(&g, h, "p1", &sid, "stdout").await;
     let mut err = open_stream(&g, h, "p1", &sid, "stderr").await;
-    assert_eq!(out.to_eof().await, b"out\0\xff", "stdout is raw, not chunk-framed");
-    assert_eq!(err.to_eof().await, b"err\n");
-    assert_eq!(main.line().await, br#"{"process_id":"p1","exit_status":3}"#.iter().chain(b"\n").copied().collect::<Vec<u8>>());
-    assert_eq!(main.to_eof().await, b"", "nothing after the exit message");
+    assert_eq!(
+        out.read_to_eof().await,
+        b"out\0\xff",
+        "stdout is raw, not chunk-framed"
+    );
+    assert_eq!(err.read_to_eof().await, b"err\n");
+    assert_eq!(
+        main.line().await,
+        br#"{"process_id":"p1","exit_status":3}"#
+            .iter()
+            .chain(b"\n")
+            .copied()
+            .collect::<Vec<u8>>()
+    );
+    assert_eq!(main.read_to_eof().await, b"", "nothing after the exit message");
 
     // Attach to the finished process: 200, a new stream id, the saved exit status at once.
     let mut att = Raw::connect(&g).await;
-    att.send(&get_request(&format!("/containers/{h}/processes/p1"))).await;
+    att.send(&get_request(&format!("/containers/{h}/processes/p1")))
+        .await;
     let head = att.head().await;
     assert_hijack_head(&head, "HTTP/1.1 200 OK");
     let sid2 = first_message(&mut att, "p1").await;
     assert_ne!(sid2, sid, "every attach gets its own stream id");
     let mut out = open_stream(&g, h, "p1", &sid2, "stdout").await;
-    assert_eq!(out.to_eof().await, b"");
-    assert_eq!(att.line().await, b"{\"process_id\":\"p1\",\"exit_status\":3}\n");
+    assert_eq!(out.read_to_eof().await, b"");
+    assert_eq!(
+        att.line().await,
+        b"{\"process_id\":\"p1\",\"exit_status\":3}\n"
+    );
     teardown(&g, h).await;
 }
 
@@ -178,14 +220,28 @@ async fn errors_on_hijacked_routes_are_length_delimited() {
     let g = setup(h).await;
     let check = |head: &str, status: &str| {
         assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head:?}");
-        assert!(header(head, "Connection").is_none_or(|v| !v.eq_ignore_ascii_case("close")), "{head:?}");
-        assert_eq!(header(head, "Content-Type"), Some("application/json"), "{head:?}");
-        header(head, "Content-Length").expect("Content-Length").parse::<usize>().expect("length")
+        assert!(
+            header(head, "Connection").is_none_or(|v| !v.eq_ignore_ascii_case("close")),
+            "{head:?}"
+        );
+        assert_eq!(
+            header(head, "Content-Type"),
+            Some("application/json"),
+            "{head:?}"
+        );
+        header(head, "Content-Length")
+            .expect("Content-Length")
+            .parse::<usize>()
+            .expect("length")
     };
 
     // Run on an unknown handle.
     let mut r = Raw::connect(&g).await;
-    r.send(&run_request("nope", r#"{"path":"true","rlimits":{},"image":{}}"#)).await;
+    r.send(&run_request(
+        "nope",
+        r#"{"path":"true","rlimits":{},"image":{}}"#,
+    ))
+    .await;
     let head = r.head().await;
     let len = check(&head, "404 ");
     let body: serde_json::Value = serde_json::from_slice(&r.exactly(len).await).expect("json");
@@ -195,7 +251,8 @@ async fn errors_on_hijacked_routes_are_length_delimited() {
 
     // Attach to an unknown process.
     let mut r = Raw::connect(&g).await;
-    r.send(&get_request(&format!("/containers/{h}/processes/ghost"))).await;
+    r.send(&get_request(&format!("/containers/{h}/processes/ghost")))
+        .await;
     let len = check(&r.head().await, "404 ");
     let body: serde_json::Value = serde_json::from_slice(&r.exactly(len).await).expect("json");
     assert_eq!(body["Type"], "ProcessNotFoundError");
@@ -207,7 +264,11 @@ async fn errors_on_hijacked_routes_are_length_delimited() {
 
     // Executable not found: 500 typed error, not hijacked.
     let mut r = Raw::connect(&g).await;
-    r.send(&run_request(h, r#"{"path":"/no/such/bin","rlimits":{},"image":{}}"#)).await;
+    r.send(&run_request(
+        h,
+        r#"{"path":"/no/such/bin","rlimits":{},"image":{}}"#,
+    ))
+    .await;
     let len = check(&r.head().await, "500 ");
     let body: serde_json::Value = serde_json::from_slice(&r.exactly(len).await).expect("json");
     assert_eq!(body["Type"], "ExecutableNotFoundError", "{body}");
@@ -238,8 +299,14 @@ async fn stdin_messages_split_and_merged() {
             tokio::task::yield_now().await;
         }
     }
-    assert_eq!(String::from_utf8(out.to_eof().await).unwrap(), "one\ntwo é\nthree\n");
-    assert_eq!(main.line().await, b"{\"process_id\":\"cat\",\"exit_status\":0}\n");
+    assert_eq!(
+        String::from_utf8(out.read_to_eof().await).unwrap(),
+        "one\ntwo é\nthree\n"
+    );
+    assert_eq!(
+        main.line().await,
+        b"{\"process_id\":\"cat\",\"exit_status\":0}\n"
+    );
     teardown(&g, h).await;
 }
 
@@ -260,13 +327,17 @@ async fn signal_resize_and_output_buffered_before_attach() {
     while !String::from_utf8_lossy(&out.buf).contains("early\r\n") {
         assert!(out.fill().await > 0, "stdout closed early: {:?}", out.buf);
     }
-    main.send(b"{\"process_id\":\"s\",\"tty\":{\"window_size\":{\"columns\":91,\"rows\":19}}}\n").await;
+    main.send(b"{\"process_id\":\"s\",\"tty\":{\"window_size\":{\"columns\":91,\"rows\":19}}}\n")
+        .await;
     while !String::from_utf8_lossy(&out.buf).contains("19 91\r\n") {
         assert!(out.fill().await > 0, "stdout closed early: {:?}", out.buf);
     }
     main.send(b"{\"process_id\":\"s\",\"signal\":1}\n").await;
-    assert_eq!(main.line().await, b"{\"process_id\":\"s\",\"exit_status\":137}\n");
-    out.to_eof().await;
+    assert_eq!(
+        main.line().await,
+        b"{\"process_id\":\"s\",\"exit_status\":137}\n"
+    );
+    out.read_to_eof().await;
     teardown(&g, h).await;
 }
 
@@ -286,8 +357,14 @@ async fn client_disconnect_detaches_without_killing() {
     // The process is still there: a new attach gets its exit status once it ends. It waits on
     // stdin, which the disconnect closed (EOF), so it finishes by itself.
     let c = g.client();
-    let mut p = c.attach(h, "d", Default::default()).await.expect("re-attach");
-    let status = tokio::time::timeout(IO_TIMEOUT, p.wait()).await.expect("wait").expect("status");
+    let mut p = c
+        .attach(h, "d", Default::default())
+        .await
+        .expect("re-attach");
+    let status = tokio::time::timeout(IO_TIMEOUT, p.wait())
+        .await
+        .expect("wait")
+        .expect("status");
     assert_eq!(status, 4);
     teardown(&g, h).await;
 }
