@@ -388,6 +388,7 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
 }
 
 async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -> Result<()> {
+    rss_checkpoint(env, report, "start");
     if cli.wants(Scenario::Lifecycle) {
         let t = Instant::now();
         progress(&format!(
@@ -401,6 +402,7 @@ async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -
             "lifecycle: done in {:.1} s",
             t.elapsed().as_secs_f64()
         ));
+        rss_checkpoint(env, report, "lifecycle");
     }
     if cli.wants(Scenario::Ops) {
         let t = Instant::now();
@@ -413,6 +415,7 @@ async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -
         report.destroy = Some(destroy);
         report.run = Some(env.run_in_existing().await);
         progress(&format!("ops: done in {:.1} s", t.elapsed().as_secs_f64()));
+        rss_checkpoint(env, report, "ops");
     }
     if cli.wants(Scenario::Concurrency) {
         let t = Instant::now();
@@ -425,6 +428,19 @@ async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -
             "concurrency: done in {:.1} s",
             t.elapsed().as_secs_f64()
         ));
+        rss_checkpoint(env, report, "concurrency");
+    }
+    // Density before streaming: its RSS figures should reflect containers, not the buffers
+    // of large transfers (the RSS after each scenario is reported separately).
+    if cli.wants(Scenario::Density) {
+        let t = Instant::now();
+        progress(&format!("density: {} containers", counts.density));
+        report.density = Some(env.density().await);
+        progress(&format!(
+            "density: done in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+        rss_checkpoint(env, report, "density");
     }
     if cli.wants(Scenario::Streaming) {
         let t = Instant::now();
@@ -437,17 +453,16 @@ async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -
             "streaming: done in {:.1} s",
             t.elapsed().as_secs_f64()
         ));
-    }
-    if cli.wants(Scenario::Density) {
-        let t = Instant::now();
-        progress(&format!("density: {} containers", counts.density));
-        report.density = Some(env.density().await);
-        progress(&format!(
-            "density: done in {:.1} s",
-            t.elapsed().as_secs_f64()
-        ));
+        rss_checkpoint(env, report, "streaming");
     }
     Ok(())
+}
+
+/// Record gardend's RSS after a scenario, to see which one grows it.
+fn rss_checkpoint(env: &Env, report: &mut Report, after: &str) {
+    if let Some(kib) = env.gardend_rss_kib() {
+        report.gardend_rss.push((after.to_string(), kib));
+    }
 }
 
 /// The bundles for /bin/true, a long sleep and the stdout dd, from `peer`'s spec template.

@@ -114,6 +114,8 @@ pub struct Report {
     pub concurrent: Option<Vec<ConcurrentLevel>>,
     pub streaming: Option<Streaming>,
     pub density: Option<Outcome<Density>>,
+    /// gardend's RSS (KiB) at start and after each scenario.
+    pub gardend_rss: Vec<(String, u64)>,
     pub notes: Vec<String>,
 }
 
@@ -309,6 +311,12 @@ pub fn to_json(r: &Report) -> Value {
         None => json!({"containers": null, "gardend_rss_mb": null, "error": NOT_RUN}),
     };
     root.insert("density".into(), density);
+    let rss: Map<String, Value> = r
+        .gardend_rss
+        .iter()
+        .map(|(k, kib)| (k.clone(), num(*kib as f64 / 1024.0)))
+        .collect();
+    root.insert("gardend_rss_mb_after".into(), Value::Object(rss));
     root.insert("notes".into(), json!(r.notes));
     Value::Object(root)
 }
@@ -547,6 +555,18 @@ pub fn to_markdown(r: &Report) -> String {
         None => {}
     }
 
+    if !r.gardend_rss.is_empty() {
+        let steps: Vec<String> = r
+            .gardend_rss
+            .iter()
+            .map(|(k, kib)| format!("{k} {:.1}", *kib as f64 / 1024.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "gardend RSS MiB after each scenario: {}\n",
+            steps.join(", ")
+        );
+    }
     for note in &r.notes {
         let _ = writeln!(out, "- {note}");
     }
@@ -637,6 +657,7 @@ mod tests {
                 listed: 100,
                 destroy_all_ms: 999.0,
             })),
+            gardend_rss: vec![("start".into(), 8 * 1024), ("lifecycle".into(), 9 * 1024)],
             ..Report::default()
         }
     }
@@ -673,6 +694,7 @@ mod tests {
         assert_eq!(v["density"]["gardend_rss_mb"], json!(20.0));
         assert_eq!(v["density"]["per_container_kb"], json!(102.4));
         assert_eq!(v["density"]["container_pss_mb"], json!(50.0));
+        assert_eq!(v["gardend_rss_mb_after"]["lifecycle"], json!(9.0));
     }
 
     #[test]

@@ -589,6 +589,12 @@ impl Env {
         self.gardend_proc = Some((pid, cgroup_parent));
         self
     }
+
+    /// gardend's RSS in KiB now, if gardend runs.
+    pub fn gardend_rss_kib(&self) -> Option<u64> {
+        let (pid, _) = self.gardend_proc.as_ref()?;
+        gardend::rss_kib(*pid).ok()
+    }
 }
 
 fn rows_of(results: &[(String, Samples)], index: usize) -> Vec<Row<Summary>> {
