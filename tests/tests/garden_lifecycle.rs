@@ -394,3 +394,17 @@ async fn hostname_resolves_inside() {
     c.destroy(h).await.expect("destroy");
     no_leaks(h, &g);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_handles_work() {
+    // Handles are opaque strings; a long one (well under NAME_MAX) must not break the
+    // container's plumbing (e.g. unix socket paths, which are limited to 108 bytes).
+    let g = Gardend::start();
+    let c = g.client();
+    let h = format!("e2e-long-{}", "0123456789".repeat(19));
+    c.create(&spec(&h)).await.expect("create with a 199-character handle");
+    let out = run_output(&c, &h, &sh("hostname"), None).await.expect("run");
+    assert_eq!(out.stdout_text().trim_end(), &h[h.len() - 49..]);
+    c.destroy(&h).await.expect("destroy");
+    no_leaks(&h, &g);
+}
