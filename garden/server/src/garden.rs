@@ -119,6 +119,8 @@ pub struct Garden {
     reserved: Mutex<HashSet<String>>,
     next_stream: AtomicU64,
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// Disk quotas on the containers' writable layers (or why there are none).
+    disk: crate::quota::Disk,
     /// Addresses, links and firewall rules of the containers.
     network: crate::net::Network,
 }
@@ -161,6 +163,10 @@ impl Garden {
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
         let runtime = Runtime::new(cgroups, init_bin);
         cleanup_depot(&config.depot, runtime.cgroups());
+        let store_size = config.disk_store_size;
+        let disk =
+            tokio::task::spawn_blocking(move || crate::quota::Disk::open(&state_dir, store_size))
+                .await?;
         let network = crate::net::Network::new(config.net.clone(), &config.cgroup_parent)
             .await
             .context("set up container networking")?;
@@ -174,6 +180,7 @@ impl Garden {
             reserved: Mutex::default(),
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
+            disk,
             network,
         }))
     }
@@ -184,6 +191,7 @@ impl Garden {
             containers = self.containers.read().expect("containers lock").len(),
             "shutting down"
         );
+        self.disk.shutdown();
     }
 
     fn max_containers(&self) -> u64 {
@@ -489,6 +497,13 @@ impl Garden {
         }
         std::fs::create_dir_all(&bundle)
             .map_err(|e| generic(format!("create {}: {e}", bundle.display())))?;
+        if let Err(e) = self
+            .attach_disk(handle, &bundle, &spec.limits.disk_limits, &plan.lower_dirs)
+            .await
+        {
+            let _ = remove_dir_all_blocking(bundle.clone()).await;
+            return Err(e);
+        }
         let hostname = {
             let chars: Vec<char> = handle.chars().collect();
             chars[chars.len().saturating_sub(49)..]
@@ -519,6 +534,7 @@ impl Garden {
         let (sandbox, mut exits) = match created {
             Ok(s) => s,
             Err(e) => {
+                let _ = self.release_disk(handle).await;
                 let _ = remove_dir_all_blocking(bundle.clone()).await;
                 let _ = self.network.release(handle).await;
                 return Err(e);
@@ -632,8 +648,12 @@ impl Garden {
             "cgroups removed"
         );
         let removed = match removed {
-            Ok(()) => remove_dir_all_blocking(c.bundle.clone()).await,
+            Ok(()) => self.release_disk(handle).await,
             Err(e) => Err(e.to_string()),
+        };
+        let removed = match removed {
+            Ok(()) => remove_dir_all_blocking(c.bundle.clone()).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = removed {
             // Keep the container so Destroy can be retried.
@@ -982,10 +1002,15 @@ impl Garden {
 
     async fn metrics(&self, c: &Arc<Container>) -> Metrics {
         let stats = c.sandbox.cgroup.stats();
-        let upper = runtime::upper_dir(&c.bundle);
-        let (ex_bytes, ex_inodes) = tokio::task::spawn_blocking(move || du(&upper))
-            .await
-            .unwrap_or((0, 0));
+        let (ex_bytes, ex_inodes) = match self.disk.usage(&c.handle) {
+            Some(u) => (u.bytes, u.inodes),
+            None => {
+                let upper = runtime::upper_dir(&c.bundle);
+                tokio::task::spawn_blocking(move || du(&upper))
+                    .await
+                    .unwrap_or((0, 0))
+            }
+        };
         let (img_bytes, img_inodes) = self.image_size(&c.lower_dirs).await;
         Metrics {
             memory_stat: stats.memory,
@@ -1001,6 +1026,35 @@ impl Garden {
             age: c.created.elapsed().as_nanos() as u64,
             cpu_entitlement: 0,
         }
+    }
+
+    /// Put the container's writable layer under its disk limits (see `quota`).
+    async fn attach_disk(
+        &self,
+        handle: &str,
+        bundle: &Path,
+        limits: &DiskLimits,
+        layers: &[PathBuf],
+    ) -> Result<()> {
+        let (bytes, inodes) = self.image_size(layers).await;
+        let image = crate::quota::Usage { bytes, inodes };
+        let (disk, handle, bundle, limits) = (
+            self.disk.clone(),
+            handle.to_string(),
+            bundle.to_path_buf(),
+            *limits,
+        );
+        tokio::task::spawn_blocking(move || disk.attach(&handle, &bundle, &limits, image))
+            .await
+            .map_err(generic)?
+            .map_err(generic)
+    }
+
+    async fn release_disk(&self, handle: &str) -> std::result::Result<(), String> {
+        let (disk, handle) = (self.disk.clone(), handle.to_string());
+        tokio::task::spawn_blocking(move || disk.release(&handle).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     async fn image_size(&self, layers: &[PathBuf]) -> (u64, u64) {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod init;
 pub mod net;
 pub mod process;
+pub mod quota;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -1,0 +1,171 @@
+//! The shared XFS store: one loop-mounted XFS file with project quotas, a project per
+//! container.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use super::sys::{self, Quota};
+use super::{io, is_mount_point, remove_tree, QuotaError, Result, Usage};
+
+/// XFS refuses to make smaller filesystems.
+const MIN_STORE_SIZE: u64 = 300 << 20;
+/// Project ids below this are left to the administrator.
+const FIRST_PROJECT: u32 = 1000;
+
+pub struct Store {
+    pub image: PathBuf,
+    pub mount: PathBuf,
+    /// handle -> project id.
+    projects: Mutex<HashMap<String, u32>>,
+}
+
+impl Store {
+    pub fn open(dir: &Path, size: u64) -> Result<Store> {
+        if size < MIN_STORE_SIZE {
+            return Err(QuotaError::Setup(format!(
+                "--disk-store-size {size} is below XFS's minimum of {MIN_STORE_SIZE} bytes"
+            )));
+        }
+        let image = dir.join("store.xfs");
+        let mount = dir.join("mnt");
+        fs::create_dir_all(&mount).map_err(io("create", &mount))?;
+        if !is_mount_point(&mount) {
+            if !image.exists() {
+                make_image(&image, size)?;
+            }
+            sys::mount_loop(&image, &mount, "xfs", "prjquota")?;
+        }
+        let store = Store {
+            image,
+            mount,
+            projects: Mutex::default(),
+        };
+        store.check_quota_on()?;
+        store.wipe()?;
+        Ok(store)
+    }
+
+    /// A mount without `prjquota` (e.g. one made by hand) would silently not enforce.
+    fn check_quota_on(&self) -> Result<()> {
+        sys::quota_state(&self.mount).map_err(|e| {
+            QuotaError::Setup(format!(
+                "project quotas are not enabled on {}: {e}",
+                self.mount.display()
+            ))
+        })
+    }
+
+    fn wipe(&self) -> Result<()> {
+        for e in fs::read_dir(&self.mount)
+            .map_err(io("read", &self.mount))?
+            .flatten()
+        {
+            let path = e.path();
+            if let Ok(id) = sys::project_of(&path) {
+                if id >= FIRST_PROJECT {
+                    let _ = sys::set_quota(&self.mount, id, &Quota::default());
+                }
+            }
+            tracing::info!(path = %path.display(), "removing a layer left by a previous run");
+            remove_tree(&path)?;
+        }
+        Ok(())
+    }
+
+    pub fn attach(&self, handle: &str, bundle: &Path, quota: Quota) -> Result<()> {
+        let id = {
+            let mut projects = self.projects.lock().expect("projects lock");
+            let mut id = FIRST_PROJECT;
+            while projects.values().any(|&p| p == id) {
+                id += 1;
+            }
+            projects.insert(handle.to_string(), id);
+            id
+        };
+        let result = self.attach_project(handle, bundle, id, &quota);
+        if result.is_err() {
+            let _ = self.release(handle);
+        }
+        result
+    }
+
+    fn attach_project(&self, handle: &str, bundle: &Path, id: u32, quota: &Quota) -> Result<()> {
+        let dir = self.mount.join(handle);
+        fs::create_dir(&dir).map_err(io("create", &dir))?;
+        sys::set_project(&dir, id)?;
+        // Clear whatever a crashed run left in this project before setting its limits.
+        sys::set_quota(&self.mount, id, quota)?;
+        for name in ["upper", "work"] {
+            let target = dir.join(name);
+            fs::create_dir(&target).map_err(io("create", &target))?;
+            let link = bundle.join(name);
+            std::os::unix::fs::symlink(&target, &link).map_err(io("symlink", &link))?;
+        }
+        tracing::debug!(handle, project = id, ?quota, "disk quota attached");
+        Ok(())
+    }
+
+    pub fn usage(&self, handle: &str) -> Option<Result<Usage>> {
+        let id = *self.projects.lock().expect("projects lock").get(handle)?;
+        Some(sys::get_quota(&self.mount, id).map(|q| Usage {
+            bytes: q.bytes_used,
+            inodes: q.inodes_used,
+        }))
+    }
+
+    pub fn project(&self, handle: &str) -> Option<u32> {
+        self.projects
+            .lock()
+            .expect("projects lock")
+            .get(handle)
+            .copied()
+    }
+
+    pub fn in_use(&self) -> bool {
+        !self.projects.lock().expect("projects lock").is_empty()
+    }
+
+    pub fn release(&self, handle: &str) -> Result<()> {
+        let Some(id) = self
+            .projects
+            .lock()
+            .expect("projects lock")
+            .get(handle)
+            .copied()
+        else {
+            return Ok(());
+        };
+        remove_tree(&self.mount.join(handle))?;
+        sys::set_quota(&self.mount, id, &Quota::default())?;
+        self.projects.lock().expect("projects lock").remove(handle);
+        Ok(())
+    }
+}
+
+/// A sparse file of `size` bytes formatted as XFS (mkfs.xfs from xfsprogs).
+fn make_image(image: &Path, size: u64) -> Result<()> {
+    let tmp = image.with_extension("new");
+    let file = fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    file.set_len(size).map_err(io("truncate", &tmp))?;
+    drop(file);
+    let out = Command::new("mkfs.xfs")
+        .args(["-q", "-f"])
+        .arg(&tmp)
+        .output()
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            QuotaError::Setup(format!("run mkfs.xfs (install xfsprogs): {e}"))
+        })?;
+    if !out.status.success() {
+        let _ = fs::remove_file(&tmp);
+        return Err(QuotaError::Setup(format!(
+            "mkfs.xfs {}: {}",
+            tmp.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    fs::rename(&tmp, image).map_err(io("rename", &tmp))
+}

@@ -1,0 +1,321 @@
+//! Disk limits against the real kernel: a writer past `byte_hard` / `inode_hard` gets
+//! ENOSPC / EDQUOT, scope total counts the image, metrics read the kernel's accounting, and
+//! destroy leaves no image, mount or loop device behind.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use e2e::{Client, Gardend};
+use garden_api::{
+    ContainerSpec, DiskLimits, Limits, ProcessSpec, DISK_LIMIT_SCOPE_EXCLUSIVE,
+    DISK_LIMIT_SCOPE_TOTAL,
+};
+use garden_client::ProcessIo;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Buf {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl tokio::io::AsyncWrite for Buf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+async fn sh(client: &Client, handle: &str, script: &str) -> (i32, String, String) {
+    let spec = ProcessSpec {
+        path: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        user: "root".into(),
+        ..Default::default()
+    };
+    let (out, err) = (Buf::default(), Buf::default());
+    let io = ProcessIo {
+        stdin: None,
+        stdout: Some(Box::new(out.clone())),
+        stderr: Some(Box::new(err.clone())),
+    };
+    let mut p = client.run(handle, &spec, io).await.expect("run");
+    let status = tokio::time::timeout(Duration::from_secs(120), p.wait())
+        .await
+        .expect("process timed out")
+        .expect("wait");
+    (status, out.text(), err.text())
+}
+
+fn disk(byte_hard: u64, inode_hard: u64, scope: u8) -> ContainerSpec {
+    ContainerSpec {
+        limits: Limits {
+            disk_limits: DiskLimits {
+                byte_hard,
+                inode_hard,
+                scope,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn named(handle: &str, mut spec: ContainerSpec) -> ContainerSpec {
+    spec.handle = handle.into();
+    spec
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Loop devices whose backing file lies under `dir`.
+fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let backing = e.path().join("loop/backing_file");
+        if let Ok(file) = std::fs::read_to_string(&backing) {
+            if Path::new(file.trim()).starts_with(dir) {
+                found.push(format!(
+                    "{}: {}",
+                    e.file_name().to_string_lossy(),
+                    file.trim()
+                ));
+            }
+        }
+    }
+    found
+}
+
+/// Mounts, images and loop devices of `handle` (waiting briefly: the loop device detaches
+/// once the container's mount namespace is gone).
+fn disk_leaks(g: &Gardend, handle: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut found = e2e::leaks(handle, g);
+        let state = g.tmp.path();
+        for p in [
+            state.join("disk").join(handle),
+            state.join("disk").join(format!("{handle}.img")),
+        ] {
+            if p.exists() {
+                found.push(format!("image: {}", p.display()));
+            }
+        }
+        found.extend(
+            loop_devices_under(state)
+                .into_iter()
+                .filter(|l| l.contains(&format!("/{handle}.img"))),
+        );
+        if found.is_empty() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn byte_limit_stops_a_writer_and_metrics_follow() {
+    let _s = serial();
+    let g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        c.create(&named(
+            "bytes",
+            disk(20 << 20, 0, DISK_LIMIT_SCOPE_EXCLUSIVE),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            c.current_disk_limits("bytes").await.unwrap().byte_hard,
+            20 << 20,
+            "the getter echoes what was set"
+        );
+        let (status, _, stderr) = sh(&c, "bytes", "dd if=/dev/zero of=/big bs=1M count=30").await;
+        assert_ne!(status, 0, "30 MiB into a 20 MiB limit must fail");
+        assert!(
+            stderr.contains("No space left") || stderr.contains("quota exceeded"),
+            "stderr: {stderr}"
+        );
+        let m = c.metrics("bytes").await.unwrap().disk_stat;
+        assert!(
+            m.exclusive_bytes_used > 18 << 20 && m.exclusive_bytes_used <= 21 << 20,
+            "{m:?}"
+        );
+        // Freed space is usable again: the limit is on what the layer holds.
+        let (status, _, stderr) = sh(
+            &c,
+            "bytes",
+            "rm /big && dd if=/dev/zero of=/fits bs=1M count=15 2>/dev/null",
+        )
+        .await;
+        assert_eq!(status, 0, "{stderr}");
+        let m = c.metrics("bytes").await.unwrap().disk_stat;
+        assert!(
+            m.exclusive_bytes_used >= 15 << 20 && m.exclusive_bytes_used < 17 << 20,
+            "{m:?}"
+        );
+        assert!(m.total_bytes_used > m.exclusive_bytes_used, "{m:?}");
+        assert!(m.exclusive_inodes_used >= 1, "{m:?}");
+
+        // A neighbour without limits is not bound by it.
+        c.create(&named("unbound", ContainerSpec::default()))
+            .await
+            .unwrap();
+        let (status, _, _) = sh(
+            &c,
+            "unbound",
+            "dd if=/dev/zero of=/big bs=1M count=30 2>/dev/null",
+        )
+        .await;
+        assert_eq!(status, 0);
+        assert!(
+            c.metrics("unbound")
+                .await
+                .unwrap()
+                .disk_stat
+                .exclusive_bytes_used
+                >= 30 << 20
+        );
+
+        c.destroy("bytes").await.unwrap();
+        c.destroy("unbound").await.unwrap();
+    });
+    assert_eq!(disk_leaks(&g, "bytes"), Vec::<String>::new());
+    assert_eq!(disk_leaks(&g, "unbound"), Vec::<String>::new());
+}
+
+#[test]
+fn inode_limit_stops_creating_files() {
+    let _s = serial();
+    let g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        c.create(&named("inode-cap", disk(0, 100, DISK_LIMIT_SCOPE_EXCLUSIVE)))
+            .await
+            .unwrap();
+        let (status, out, stderr) = sh(
+            &c,
+            "inode-cap",
+            "mkdir /many && i=0; while [ $i -lt 300 ]; do touch /many/f$i || break; i=$((i+1)); done; echo $i",
+        )
+        .await;
+        assert_eq!(status, 0, "{stderr}");
+        let made: u64 = out.trim().parse().expect("count");
+        assert!(
+            (80..=130).contains(&made),
+            "created {made} files under a 100-inode limit; stderr: {stderr}"
+        );
+        assert!(stderr.contains("No space left") || stderr.contains("quota exceeded"), "{stderr}");
+        let m = c.metrics("inode-cap").await.unwrap().disk_stat;
+        assert!(m.exclusive_inodes_used >= made, "{m:?}");
+        c.destroy("inode-cap").await.unwrap();
+    });
+    assert_eq!(disk_leaks(&g, "inode-cap"), Vec::<String>::new());
+}
+
+#[test]
+fn total_scope_counts_the_image() {
+    let _s = serial();
+    let g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        // Far below any rootfs: Create fails, saying why, and leaves nothing behind.
+        let err = c
+            .create(&named("tiny", disk(64 << 10, 0, DISK_LIMIT_SCOPE_TOTAL)))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("image"), "{err}");
+        assert!(c.list(&[]).await.unwrap().is_empty());
+
+        c.create(&named("total", disk(30 << 20, 0, DISK_LIMIT_SCOPE_TOTAL)))
+            .await
+            .unwrap();
+        c.create(&named(
+            "exclusive",
+            disk(30 << 20, 0, DISK_LIMIT_SCOPE_EXCLUSIVE),
+        ))
+        .await
+        .unwrap();
+        let write = "dd if=/dev/zero of=/f bs=1M count=40 2>/dev/null; true";
+        sh(&c, "total", write).await;
+        sh(&c, "exclusive", write).await;
+        let total = c.metrics("total").await.unwrap().disk_stat;
+        let exclusive = c.metrics("exclusive").await.unwrap().disk_stat;
+        let image = total.total_bytes_used - total.exclusive_bytes_used;
+        assert!(image > 0, "{total:?}");
+        // Under scope total, image + writes stay within the limit; exclusive gets it all.
+        assert!(
+            total.total_bytes_used <= (30 << 20) + (512 << 10),
+            "{total:?}"
+        );
+        assert!(
+            exclusive.exclusive_bytes_used > total.exclusive_bytes_used + image / 2,
+            "exclusive {exclusive:?} vs total {total:?}"
+        );
+    });
+    assert_eq!(disk_leaks(&g, "tiny"), Vec::<String>::new());
+}
+
+#[test]
+fn nothing_is_left_after_destroy_or_shutdown() {
+    let _s = serial();
+    let mut g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        for h in ["leak-a", "leak-b"] {
+            c.create(&named(h, disk(10 << 20, 1000, DISK_LIMIT_SCOPE_EXCLUSIVE)))
+                .await
+                .unwrap();
+            sh(&c, h, "echo data > /file").await;
+        }
+        assert_eq!(
+            loop_devices_under(g.tmp.path()).len(),
+            2,
+            "one image per limited container"
+        );
+        c.destroy("leak-a").await.unwrap();
+    });
+    assert_eq!(disk_leaks(&g, "leak-a"), Vec::<String>::new());
+    // Containers gardend's drop destroys, and gardend's own shutdown, leave nothing either.
+    let dir = g.tmp.path().to_path_buf();
+    rt().block_on(async { g.client().destroy("leak-b").await.unwrap() });
+    g.stop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !loop_devices_under(&dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(loop_devices_under(&dir), Vec::<String>::new());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&*dir.to_string_lossy()), "{mounts}");
+}
