@@ -587,3 +587,28 @@ async fn container_inside_view() {
     assert_eq!(out.stdout_text().trim(), "0", "{out:?}");
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_host_file_descriptors_inside() {
+    let f = Fixture::new("e2e-p-fds").await;
+    // A process gets exactly stdin, stdout and stderr (ls's own directory fd is 3).
+    let spec = ProcessSpec { path: "ls".into(), args: vec!["/proc/self/fd".into()], ..Default::default() };
+    let out = f.run(&spec).await.expect("ls");
+    assert_eq!(out.stdout_text(), "0\n1\n2\n3\n", "fds leaked into a container process: {out:?}");
+    // pid 1 holds nothing that leads back to the host: no host directory (a way out through
+    // /proc/1/fd/N/..), no gardend log file.
+    let depot = f.g.depot.display().to_string();
+    let out = f
+        .sh("for fd in /proc/1/fd/*; do l=$(readlink $fd); [ -d $fd/ ] && echo dir $fd $l; \
+             case $l in /*) echo path $fd $l;; esac; done")
+        .await;
+    let text = out.stdout_text();
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("dir ") || l.contains(&depot) || l.contains("gardend"))
+        .collect();
+    assert!(bad.is_empty(), "garden-init holds host files: {bad:?}\nall: {text}");
+    let out = f.sh(&format!("ls -d /proc/1/fd/*/..{depot} 2>/dev/null | head -1")).await;
+    assert_eq!(out.stdout_text(), "", "the host depot is reachable from inside");
+    f.finish().await;
+}
