@@ -411,3 +411,125 @@ fn cli_runs_a_script_with_tagged_logs_and_exit_codes() {
         "the CLI left containers behind: {handles:?}"
     );
 }
+
+/// `executor serve`: allocate, run, poll, event stream and delete over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_drives_a_container_end_to_end() {
+    use executor::http::{request, Body, Url};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+    let gardend = Gardend::start();
+    let port = e2e::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(e2e::binary("executor"))
+        .args([
+            "serve",
+            "--garden",
+            &gardend.address(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--memory-mb",
+            "512",
+        ])
+        .arg("--cache-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn executor serve");
+    let up = e2e::eventually(Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(up, "executor serve did not listen");
+
+    async fn call(port: u16, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let url = Url::parse(&format!("http://127.0.0.1:{port}{path}")).unwrap();
+        let b = (!body.is_empty()).then(|| Body {
+            len: body.len() as u64,
+            reader: Box::new(std::io::Cursor::new(body.as_bytes().to_vec())),
+        });
+        let r = request(method, &url, &[], b).await.expect("api request");
+        let status = r.status;
+        let mut out = Vec::new();
+        r.read_body(|c| {
+            out.extend_from_slice(c);
+            Ok(())
+        })
+        .await
+        .expect("api body");
+        (
+            status,
+            serde_json::from_slice(&out).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    let mut events = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    events
+        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut events = tokio::io::BufReader::new(events);
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        events.read_line(&mut line).await.unwrap();
+    }
+
+    let (s, _) = call(
+        port,
+        "POST",
+        "/v1/containers",
+        r#"{"guid":"api-1","memory_mb":600}"#,
+    )
+    .await;
+    assert_eq!(s, 503, "over capacity");
+    let (s, c) = call(
+        port,
+        "POST",
+        "/v1/containers",
+        r#"{"guid":"api-1","memory_mb":256}"#,
+    )
+    .await;
+    assert_eq!((s, c["state"].as_str()), (201, Some("reserved")));
+    let run = r#"{"action":{"run":{"path":"/bin/sh","args":["-c","echo 42 > /tmp/answer"],"user":"root"}},"result_file":"/tmp/answer"}"#;
+    let (s, _) = call(port, "POST", "/v1/containers/api-1/run", run).await;
+    assert_eq!(s, 202);
+    let mut kinds = Vec::new();
+    while kinds.last().map(String::as_str) != Some("container_complete") {
+        line.clear();
+        tokio::time::timeout(Duration::from_secs(30), events.read_line(&mut line))
+            .await
+            .expect("event")
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).expect("event json");
+        kinds.push(v["type"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            "container_reserved",
+            "container_running",
+            "container_complete"
+        ]
+    );
+    let (s, c) = call(port, "GET", "/v1/containers/api-1", "").await;
+    assert_eq!(s, 200);
+    assert_eq!(c["run_result"]["failed"], false, "{c}");
+    assert_eq!(c["result"], "42\n");
+    assert_eq!(
+        gardend.client().list(&[]).await.unwrap(),
+        vec!["api-1".to_string()]
+    );
+    let (s, _) = call(port, "DELETE", "/v1/containers/api-1", "").await;
+    assert_eq!(s, 204);
+    assert!(gardend.client().list(&[]).await.unwrap().is_empty());
+    let (s, _) = call(port, "GET", "/v1/containers/api-1", "").await;
+    assert_eq!(s, 404);
+    let _ = child.kill();
+    let _ = child.wait();
+}
