@@ -612,3 +612,29 @@ async fn no_host_file_descriptors_inside() {
     assert_eq!(out.stdout_text(), "", "the host depot is reachable from inside");
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_after_stdin_eof_and_other_signal_deaths() {
+    let f = Fixture::new("e2e-p-sig2").await;
+    // Stdin ends (EOF message sent), then a TERM arrives on the same connection: honoured.
+    let out = Capture::default();
+    let io = ProcessIo {
+        stdin: Some(Box::new(std::io::Cursor::new(b"line\n".to_vec()))),
+        stdout: Some(Box::new(out.clone())),
+        ..Default::default()
+    };
+    let script = "trap 'exit 9' TERM; read x; cat >/dev/null; echo eof-seen; while true; do sleep 0.05; done";
+    let mut p = f.c.run(&f.handle, &sh(script), io).await.expect("run");
+    assert!(e2e::eventually(Duration::from_secs(10), || async { out.text().contains("eof-seen") }).await);
+    p.control().signal(Signal::Terminate).await.expect("signal");
+    assert_eq!(wait(&mut p).await, 9);
+    // Death by any signal is 128 + its number.
+    assert_eq!(f.sh("kill -SEGV $$").await.status, 139);
+    assert_eq!(f.sh("kill -INT $$").await.status, 130);
+    // tty: stdin EOF reaches the program (cat ends).
+    let spec = ProcessSpec { tty: Some(TtySpec::default()), path: "cat".into(), ..Default::default() };
+    let out = run_output(&f.c, &f.handle, &spec, Some(b"abc\n".to_vec())).await.expect("tty cat");
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stdout_text().contains("abc\r\n"), "{out:?}");
+    f.finish().await;
+}
