@@ -97,6 +97,10 @@ struct Cli {
     /// Keep gardend's log: copy it to FILE at the end.
     #[arg(long, value_name = "FILE")]
     gardend_log: Option<PathBuf>,
+    /// gardend's --network-pool: a pool of its own (not the default other gardends on the host
+    /// may use), large enough for --density containers (one /30 each).
+    #[arg(long, value_name = "CIDR", default_value = "10.221.0.0/18")]
+    gardend_network_pool: String,
     /// Extra argument for gardend (repeatable), e.g. --gardend-arg=--max-containers=2000.
     #[arg(long = "gardend-arg", value_name = "ARG", allow_hyphen_values = true)]
     gardend_args: Vec<String>,
@@ -302,18 +306,18 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             Some(p) => Ok(p.clone()),
             None => gardend::default_binary(),
         };
+        let mut gardend_args = vec![
+            "--network-pool".to_string(),
+            cli.gardend_network_pool.clone(),
+        ];
+        gardend_args.extend(cli.gardend_args.iter().cloned());
         let started = match bin {
             Ok(bin) => {
                 report
                     .environment
                     .push(("gardend".into(), bin.display().to_string()));
-                gardend::Gardend::start(
-                    &bin,
-                    scratch.path(),
-                    &cli.gardend_log_level,
-                    &cli.gardend_args,
-                )
-                .await
+                gardend::Gardend::start(&bin, scratch.path(), &cli.gardend_log_level, &gardend_args)
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -334,6 +338,14 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
          (one connection per request, as Garden clients do)",
         cli.gardend_log_level
     ));
+    if !cli.peers_only {
+        report.notes.push(format!(
+            "not the same work: gardend gives each container Garden networking (a /30 from {}, \
+             veth pair, bridge, iptables chains), the peers' bundles an unconfigured network \
+             namespace (loopback only)",
+            cli.gardend_network_pool
+        ));
+    }
     let mut targets = vec![("gardend".to_string(), gardend_target)];
     targets.extend(peer_targets);
 
