@@ -320,3 +320,52 @@ fn member_builder_makes_valid_tars() {
     assert_eq!(e.header().entry_type(), tar::EntryType::Char);
     assert_eq!(sample_tar().len() % 512, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_in_the_container_never_lead_to_the_host() {
+    let g = Gardend::start();
+    let c = g.client();
+    let h = c
+        .create(&ContainerSpec { handle: "e2e-symlinks".into(), ..Default::default() })
+        .await
+        .unwrap();
+    let host_dir = tempfile::tempdir().expect("host dir");
+    let host = host_dir.path().display().to_string();
+    std::fs::write(host_dir.path().join("secret"), "host secret\n").expect("write");
+    // Links made inside the container that name host paths (absolute and climbing).
+    let setup = format!(
+        "mkdir -p {host} && echo container-file > {host}/secret && \
+         ln -s {host} /abs-link && ln -s ../../../../../../../..{host} /home/alice/up-link && \
+         chown -h alice:alice /home/alice/up-link && chown alice:alice {host} && echo ok"
+    );
+    assert_eq!(sh_out(&c, &h, &setup).await, "ok\n");
+
+    // StreamIn through the links lands inside the container.
+    stream_in(&c, &h, "", "/abs-link/in1", sample_tar()).await.expect("stream in via abs link");
+    stream_in(&c, &h, "alice", "up-link/in2", sample_tar()).await.expect("stream in via up link");
+    // A working dir through the links is created inside the container.
+    let spec = garden_api::ProcessSpec { dir: "/abs-link/wd".into(), ..sh("pwd") };
+    run_output(&c, &h, &spec, None).await.expect("run with dir through link");
+    let spec = garden_api::ProcessSpec {
+        dir: "/home/alice/up-link/wd2".into(),
+        user: "alice".into(),
+        ..sh("pwd")
+    };
+    run_output(&c, &h, &spec, None).await.expect("run as alice with dir through link");
+    let host_left: Vec<_> = std::fs::read_dir(host_dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(host_left, ["secret"], "written on the host through a container symlink");
+    let listing = sh_out(&c, &h, &format!("ls {host}")).await;
+    assert_eq!(listing, "in1\nin2\nsecret\nwd\nwd2\n");
+
+    // StreamOut through the links reads the container's file, never the host's.
+    for src in ["/abs-link/secret", "/home/alice/up-link/secret"] {
+        let out = members_of(&stream_out(&c, &h, "", src).await);
+        assert_eq!(out.len(), 1, "{src}: {out:?}");
+        assert_eq!(out[0].3, b"container-file\n", "{src} read the host's file");
+    }
+    destroy_clean(&c, &h, &g).await;
+}
