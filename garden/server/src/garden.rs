@@ -191,6 +191,10 @@ impl Garden {
             containers = self.containers.read().expect("containers lock").len(),
             "shutting down"
         );
+        let empty = self.containers.read().expect("containers lock").is_empty();
+        if empty {
+            self.network.remove_all().await;
+        }
         self.disk.shutdown();
     }
 

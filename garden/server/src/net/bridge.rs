@@ -109,23 +109,17 @@ pub fn list(prefix: &str) -> Vec<String> {
     names
 }
 
-/// Shape both directions on the host end: a token bucket on egress (towards the container) and
-/// a policer on ingress (from the container). Rates are bytes per second, bursts bytes.
+/// Shape traffic towards the container with a token bucket on the host end's egress. (The
+/// other direction would need tc actions — police, or mirred to an ifb — and this kernel has
+/// no act_police.) Rates are bytes per second, bursts bytes.
 pub async fn limit_bandwidth(host_if: &str, rate: u64, burst: u64) -> Result<(), NetError> {
-    let lines = [
-        format!("qdisc add dev {host_if} root tbf rate {rate}bps burst {burst} latency 25ms"),
-        format!("qdisc add dev {host_if} handle ffff: ingress"),
-        format!(
-            "filter add dev {host_if} parent ffff: protocol all u32 match u32 0 0 police rate {rate}bps burst {burst} drop flowid :1"
-        ),
+    let rate = rate.to_string() + "bps";
+    let burst = burst.to_string();
+    let args = [
+        "qdisc", "add", "dev", host_if, "root", "tbf", "rate", &rate, "burst", &burst, "latency",
+        "25ms",
     ];
-    cmd::run(
-        Path::new("tc"),
-        &["-batch", "-"],
-        Some(lines.join("\n") + "\n"),
-    )
-    .await
-    .map(|_| ())
+    cmd::run(Path::new("tc"), &args, None).await.map(|_| ())
 }
 
 /// (rx, tx) bytes of a link, as the host sees it.

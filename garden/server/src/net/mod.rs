@@ -176,6 +176,19 @@ impl Network {
         })
     }
 
+    /// Remove the shared chains and any link of this instance; for a shutdown that leaves no
+    /// container behind (with containers still running, their networking is kept).
+    pub async fn remove_all(&self) {
+        for name in bridge::list(&self.links_prefix) {
+            if let Err(e) = bridge::delete(&name).await {
+                tracing::warn!(link = name, error = %e, "remove link");
+            }
+        }
+        if let Err(e) = self.firewall.cleanup().await {
+            tracing::warn!(error = %e, "remove firewall chains");
+        }
+    }
+
     /// Number of /30 subnets in the pool.
     pub fn max_containers(&self) -> u64 {
         self.ips.lock().expect("ip pool lock").capacity()
