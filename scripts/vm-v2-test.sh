@@ -68,11 +68,11 @@ for b in gardend garden-init gardenctl; do
     objcopy --strip-debug "$bins/$b" "$stage/usr/bin/$b"
 done
 # Host tools gardend's networking runs, with the libraries ldd lists.
-for tool in /usr/sbin/ip /usr/bin/nsenter /usr/sbin/tc; do
+for tool in /usr/sbin/ip /usr/bin/nsenter /usr/sbin/tc /usr/sbin/mkfs.ext4 /usr/sbin/mkfs.xfs; do
     [ -x "$tool" ] || skip "host tool $tool missing"
     cp "$tool" "$stage$tool"
 done
-for f in "$stage"/usr/bin/garden* "$stage/usr/sbin/ip" "$stage/usr/bin/nsenter" "$stage/usr/sbin/tc"; do
+for f in "$stage"/usr/bin/garden* "$stage"/usr/sbin/* "$stage/usr/bin/nsenter"; do
     ldd "$f" 2>/dev/null | awk '/=> \// {print $3} /^[ \t]*\// {print $1}'
 done | sort -u | while read -r lib; do
     mkdir -p "$stage$(dirname "$lib")"
@@ -84,7 +84,10 @@ printf '#!/bin/sh\nexit 0\n' >"$stage/usr/local/sbin/iptables-save"
 printf '#!/bin/sh\ncat >/dev/null\nexit 0\n' >"$stage/usr/local/sbin/iptables-restore"
 chmod +x "$stage"/usr/local/sbin/iptables*
 : >"$stage/etc/vm-modules"
-for m in net/llc/llc.ko net/802/stp.ko net/bridge/bridge.ko drivers/net/veth.ko fs/overlayfs/overlay.ko; do
+# Networking (bridge, veth), overlay, and the disk quota backends (loop, ext4, xfs).
+for m in net/llc/llc.ko net/802/stp.ko net/bridge/bridge.ko drivers/net/veth.ko fs/overlayfs/overlay.ko \
+    drivers/block/loop.ko crypto/crc32c_generic.ko lib/libcrc32c.ko lib/crc16.ko fs/mbcache.ko \
+    fs/jbd2/jbd2.ko fs/ext4/ext4.ko fs/xfs/xfs.ko; do
     [ -e "$modules/$m" ] || skip "kernel package has no $m"
     mkdir -p "$stage/lib/modules/$(dirname "$m")"
     cp "$modules/$m" "$stage/lib/modules/$m"

@@ -23,14 +23,24 @@ check "v1 controllers are unavailable (cgroup_no_v1=all)" sh -c \
     'mkdir -p /tmp/v1 && ! mount -t cgroup -o memory none /tmp/v1 2>/dev/null'
 
 mkdir -p /var/lib/garden
-gardend --depot /var/lib/garden/depot --iptables-bin /usr/local/sbin/iptables \
-    --log-level info >/tmp/gardend.log 2>&1 &
-up=0
-for _ in $(seq 1 120); do
-    if gardenctl ping >/dev/null 2>&1; then up=1; break; fi
-    sleep 0.5
-done
-if [ $up = 0 ]; then
+# start_gardend LOG [FLAGS...]: start gardend and wait until it answers.
+start_gardend() {
+    log=$1
+    shift
+    gardend --depot /var/lib/garden/depot --iptables-bin /usr/local/sbin/iptables \
+        --log-level info "$@" >"$log" 2>&1 &
+    gardend_pid=$!
+    for _ in $(seq 1 120); do
+        if gardenctl ping >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    return 1
+}
+stop_gardend() {
+    kill "$gardend_pid"
+    wait "$gardend_pid" 2>/dev/null
+}
+if ! start_gardend /tmp/gardend.log; then
     fail "gardend starts"
     tail -n 30 /tmp/gardend.log
     echo "VM-RESULT: FAIL"
@@ -86,11 +96,49 @@ check "no pid limit reports PidStat.Max = 0" [ "$(json_num /tmp/metrics-free.jso
 gardenctl destroy lim free >/dev/null 2>&1
 check "destroy removes the container cgroups" sh -c "[ ! -d $CG ] && [ ! -d /sys/fs/cgroup/garden/free ]"
 
+# Disk limits, default backend: a loop-mounted ext4 image per limited container.
+if gardenctl create --handle disk --disk 20M --disk-scope exclusive >/tmp/create.out 2>&1; then
+    pass "create with a 20 MiB disk limit (per-container image)"
+    out=$(gardenctl run disk -- sh -c 'dd if=/dev/zero of=/big bs=1M count=30' 2>&1)
+    check "writer past the disk limit gets ENOSPC" sh -c "echo \"\$1\" | grep -q 'No space left'" _ "$out"
+    gardenctl metrics disk --json >/tmp/metrics-disk.json
+    used=$(json_num /tmp/metrics-disk.json ExclusiveBytesUsed)
+    check "metrics ExclusiveBytesUsed near the limit ($used)" sh -c "[ $used -gt 18000000 ] && [ $used -le 22020096 ]"
+    gardenctl destroy disk >/dev/null 2>&1
+    check "destroy detaches the image's loop device" sh -c \
+        'sleep 1; ! cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -q /var/lib/garden/disk/'
+else
+    fail "create with a 20 MiB disk limit: $(cat /tmp/create.out)"
+fi
+
+# Restart with the XFS project-quota store and a CPU quota per share.
+stop_gardend
+if start_gardend /tmp/gardend-xfs.log --disk-store-size 1G --cpu-quota-per-share 10; then
+    pass "gardend restarts with --disk-store-size and --cpu-quota-per-share"
+else
+    fail "gardend restarts with --disk-store-size and --cpu-quota-per-share"
+    tail -n 20 /tmp/gardend-xfs.log
+fi
+check "XFS project-quota store in use" grep -q "XFS project quota store" /tmp/gardend-xfs.log
+gardenctl create --handle xq --disk 20M --disk-scope exclusive --cpu-shares 512 >/tmp/create.out 2>&1 \
+    || fail "create with a disk limit on the XFS store: $(cat /tmp/create.out)"
+check "cpu.max = 5120 100000 for 512 shares at 10 us/share" [ "$(cat /sys/fs/cgroup/garden/xq/cpu.max)" = "5120 100000" ]
+out=$(gardenctl run xq -- sh -c 'dd if=/dev/zero of=/big bs=1M count=30' 2>&1)
+check "writer past the project quota fails" sh -c "echo \"\$1\" | grep -Eq 'No space left|quota exceeded'" _ "$out"
+gardenctl metrics xq --json >/tmp/metrics-xq.json
+used=$(json_num /tmp/metrics-xq.json ExclusiveBytesUsed)
+check "metrics ExclusiveBytesUsed from the project quota ($used)" sh -c "[ $used -gt 18000000 ] && [ $used -le 21000000 ]"
+gardenctl destroy xq >/dev/null 2>&1
+check "destroy removes the container's directory in the store" sh -c '! ls /var/lib/garden/quota/mnt | grep -q .'
+stop_gardend
+check "shutdown unmounts the store and frees its loop device" sh -c \
+    'sleep 1; ! grep -q /var/lib/garden/quota/mnt /proc/mounts && ! cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -q store.xfs'
+
 if [ $fails = 0 ]; then
     echo "VM-RESULT: PASS"
 else
-    echo "--- gardend log (tail) ---"
-    tail -n 40 /tmp/gardend.log
+    echo "--- gardend logs (tail) ---"
+    tail -n 20 /tmp/gardend.log /tmp/gardend-xfs.log 2>/dev/null
     echo "VM-RESULT: FAIL ($fails failed)"
 fi
 [ $fails = 0 ]
