@@ -317,7 +317,7 @@ async fn signal_resize_and_output_buffered_before_attach() {
     let mut main = Raw::connect(&g).await;
     main.send(&run_request(
         h,
-        r#"{"id":"s","path":"/bin/sh","args":["-c","echo early; trap 'stty size' WINCH; while true; do sleep 0.05; done"],"rlimits":{},"tty":{"window_size":{"columns":80,"rows":24}},"image":{}}"#,
+        r#"{"id":"s","path":"/bin/sh","args":["-c","trap 'stty size' WINCH; echo early; while true; do sleep 0.05; done"],"rlimits":{},"tty":{"window_size":{"columns":80,"rows":24}},"image":{}}"#,
     ))
     .await;
     assert_hijack_head(&main.head().await, "HTTP/1.1 201 Created");
