@@ -68,7 +68,7 @@ for b in gardend garden-init gardenctl; do
     objcopy --strip-debug "$bins/$b" "$stage/usr/bin/$b"
 done
 # Host tools gardend's networking runs, with the libraries ldd lists.
-for tool in /usr/sbin/ip /usr/bin/nsenter /usr/sbin/tc /usr/sbin/mkfs.ext4 /usr/sbin/mkfs.xfs; do
+for tool in /usr/sbin/ip /usr/bin/nsenter /usr/sbin/tc /usr/sbin/mkfs.ext4 /usr/sbin/mkfs.xfs /usr/sbin/xfs_quota; do
     [ -x "$tool" ] || skip "host tool $tool missing"
     cp "$tool" "$stage$tool"
 done

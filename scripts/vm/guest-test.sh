@@ -128,7 +128,11 @@ check "writer past the project quota fails" sh -c "echo \"\$1\" | grep -Eq 'No s
 gardenctl metrics xq --json >/tmp/metrics-xq.json
 used=$(json_num /tmp/metrics-xq.json ExclusiveBytesUsed)
 check "metrics ExclusiveBytesUsed from the project quota ($used)" sh -c "[ $used -gt 18000000 ] && [ $used -le 21000000 ]"
+check "the container has an XFS project with a 20 MiB hard limit" sh -c \
+    "xfs_quota -x -c 'report -p -n -b' /var/lib/garden/quota/mnt | grep -Eq '^#1000 +[0-9]+ +0 +20480 '"
 gardenctl destroy xq >/dev/null 2>&1
+check "destroy clears the project quota" sh -c \
+    "! xfs_quota -x -c 'report -p -n -b' /var/lib/garden/quota/mnt | grep -q '^#1000 '"
 check "destroy removes the container's directory in the store" sh -c '! ls /var/lib/garden/quota/mnt | grep -q .'
 stop_gardend
 check "shutdown unmounts the store and frees its loop device" sh -c \
