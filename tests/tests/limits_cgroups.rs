@@ -136,8 +136,7 @@ fn memory_limit_oom_kills_and_records_event() {
             "no event before any OOM"
         );
         // tail keeps the whole newline-free input in memory: 200 MiB > 64 MiB.
-        let (status, _, stderr) =
-            sh(&c, "oom", "head -c 200m /dev/zero | tail >/dev/null").await;
+        let (status, _, stderr) = sh(&c, "oom", "head -c 200m /dev/zero | tail >/dev/null").await;
         assert_ne!(status, 0, "the allocation must be killed; stderr: {stderr}");
 
         let events = c.info("oom").await.unwrap().events.unwrap_or_default();
@@ -147,12 +146,7 @@ fn memory_limit_oom_kills_and_records_event() {
         );
         // The container stays usable, and the neighbour never saw the OOM.
         assert_eq!(sh(&c, "oom", "echo alive").await.1, "alive\n");
-        let (status, out, _) = sh(
-            &c,
-            "neighbour",
-            "head -c 100m /dev/zero | tail | wc -c",
-        )
-        .await;
+        let (status, out, _) = sh(&c, "neighbour", "head -c 100m /dev/zero | tail | wc -c").await;
         assert_eq!(
             (status, out.trim()),
             (0, "104857600"),
