@@ -61,8 +61,17 @@ async fn create_given_generated_and_duplicate_handles() {
         .create(&ContainerSpec::default())
         .await
         .expect("create generated");
-    assert!(!generated.is_empty());
     assert_ne!(generated, h);
+    // Guardian generates UUIDv4 strings.
+    let groups: Vec<usize> = generated.split('-').map(str::len).collect();
+    assert_eq!(groups, [8, 4, 4, 4, 12], "not a UUID: {generated}");
+    assert!(
+        generated
+            .chars()
+            .all(|ch| ch == '-' || ch.is_ascii_hexdigit()),
+        "{generated}"
+    );
+    assert_eq!(&generated[14..15], "4", "not a version-4 UUID: {generated}");
 
     let err = garden_err(c.create(&spec("given-handle")).await);
     assert_eq!(
@@ -272,6 +281,39 @@ async fn limits_are_applied_and_echoed() {
 
     c.destroy("limited").await.expect("destroy");
     no_leaks("limited", &g);
+
+    // The deprecated limit_in_shares alone is honoured and echoed.
+    let s = ContainerSpec {
+        handle: "limited-legacy".into(),
+        limits: Limits {
+            cpu_limits: CpuLimits {
+                weight: 0,
+                limit_in_shares: 256,
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    c.create(&s).await.expect("create legacy shares");
+    assert_eq!(
+        c.current_cpu_limits("limited-legacy")
+            .await
+            .expect("cpu")
+            .limit_in_shares,
+        256
+    );
+    // Without limits the getters answer empty objects.
+    c.create(&spec("unlimited"))
+        .await
+        .expect("create unlimited");
+    assert_eq!(
+        c.current_memory_limits("unlimited").await.expect("memory"),
+        Default::default()
+    );
+    for h in ["limited-legacy", "unlimited"] {
+        c.destroy(h).await.expect("destroy");
+        no_leaks(h, &g);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -326,7 +326,10 @@ async fn symlinks_in_the_container_never_lead_to_the_host() {
     let g = Gardend::start();
     let c = g.client();
     let h = c
-        .create(&ContainerSpec { handle: "e2e-symlinks".into(), ..Default::default() })
+        .create(&ContainerSpec {
+            handle: "e2e-symlinks".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let host_dir = tempfile::tempdir().expect("host dir");
@@ -341,23 +344,38 @@ async fn symlinks_in_the_container_never_lead_to_the_host() {
     assert_eq!(sh_out(&c, &h, &setup).await, "ok\n");
 
     // StreamIn through the links lands inside the container.
-    stream_in(&c, &h, "", "/abs-link/in1", sample_tar()).await.expect("stream in via abs link");
-    stream_in(&c, &h, "alice", "up-link/in2", sample_tar()).await.expect("stream in via up link");
+    stream_in(&c, &h, "", "/abs-link/in1", sample_tar())
+        .await
+        .expect("stream in via abs link");
+    stream_in(&c, &h, "alice", "up-link/in2", sample_tar())
+        .await
+        .expect("stream in via up link");
     // A working dir through the links is created inside the container.
-    let spec = garden_api::ProcessSpec { dir: "/abs-link/wd".into(), ..sh("pwd") };
-    run_output(&c, &h, &spec, None).await.expect("run with dir through link");
+    let spec = garden_api::ProcessSpec {
+        dir: "/abs-link/wd".into(),
+        ..sh("pwd")
+    };
+    run_output(&c, &h, &spec, None)
+        .await
+        .expect("run with dir through link");
     let spec = garden_api::ProcessSpec {
         dir: "/home/alice/up-link/wd2".into(),
         user: "alice".into(),
         ..sh("pwd")
     };
-    run_output(&c, &h, &spec, None).await.expect("run as alice with dir through link");
+    run_output(&c, &h, &spec, None)
+        .await
+        .expect("run as alice with dir through link");
     let host_left: Vec<_> = std::fs::read_dir(host_dir.path())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(host_left, ["secret"], "written on the host through a container symlink");
+    assert_eq!(
+        host_left,
+        ["secret"],
+        "written on the host through a container symlink"
+    );
     let listing = sh_out(&c, &h, &format!("ls {host}")).await;
     assert_eq!(listing, "in1\nin2\nsecret\nwd\nwd2\n");
 

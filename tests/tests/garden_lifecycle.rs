@@ -402,8 +402,12 @@ async fn long_handles_work() {
     let g = Gardend::start();
     let c = g.client();
     let h = format!("e2e-long-{}", "0123456789".repeat(19));
-    c.create(&spec(&h)).await.expect("create with a 199-character handle");
-    let out = run_output(&c, &h, &sh("hostname"), None).await.expect("run");
+    c.create(&spec(&h))
+        .await
+        .expect("create with a 199-character handle");
+    let out = run_output(&c, &h, &sh("hostname"), None)
+        .await
+        .expect("run");
     assert_eq!(out.stdout_text().trim_end(), &h[h.len() - 49..]);
     c.destroy(&h).await.expect("destroy");
     no_leaks(&h, &g);

@@ -29,7 +29,10 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_socket_from_config_file() {
-    let tmp = tempfile::Builder::new().prefix("gardend-e2e-unix-").tempdir().expect("tempdir");
+    let tmp = tempfile::Builder::new()
+        .prefix("gardend-e2e-unix-")
+        .tempdir()
+        .expect("tempdir");
     let depot = tmp.path().join("depot");
     std::fs::create_dir_all(&depot).expect("depot");
     let sock = tmp.path().join("garden.sock");
@@ -64,18 +67,44 @@ async fn unix_socket_from_config_file() {
     let c = Client::new(Address::Unix(sock.clone()));
     let up = e2e::eventually(Duration::from_secs(30), || async { c.ping().await.is_ok() }).await;
     let log_text = || std::fs::read_to_string(tmp.path().join("gardend.log")).unwrap_or_default();
-    assert!(up, "gardend did not answer on {}; log:\n{}", sock.display(), log_text());
+    assert!(
+        up,
+        "gardend did not answer on {}; log:\n{}",
+        sock.display(),
+        log_text()
+    );
 
     let meta = std::fs::metadata(&sock).expect("socket");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o777, "socket mode");
 
-    let h = c.create(&ContainerSpec { handle: "e2e-unix".into(), ..Default::default() }).await.expect("create");
-    assert!(depot.join(&h).is_dir(), "the depot from the config file is used");
-    let out = run_output(&c, &h, &sh("echo over-unix; exit 2"), Some(Vec::new())).await.expect("run");
-    assert_eq!((out.status, out.stdout_text()), (2, "over-unix\n".to_string()));
-    let err = c.attach(&h, "xxx", Default::default()).await.map(drop).expect_err("attach");
-    assert_eq!(err.garden(), Some(&garden_api::GardenError::process_not_found("xxx")));
+    let h = c
+        .create(&ContainerSpec {
+            handle: "e2e-unix".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    assert!(
+        depot.join(&h).is_dir(),
+        "the depot from the config file is used"
+    );
+    let out = run_output(&c, &h, &sh("echo over-unix; exit 2"), Some(Vec::new()))
+        .await
+        .expect("run");
+    assert_eq!(
+        (out.status, out.stdout_text()),
+        (2, "over-unix\n".to_string())
+    );
+    let err = c
+        .attach(&h, "xxx", Default::default())
+        .await
+        .map(drop)
+        .expect_err("attach");
+    assert_eq!(
+        err.garden(),
+        Some(&garden_api::GardenError::process_not_found("xxx"))
+    );
     c.destroy(&h).await.expect("destroy");
     for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids"] {
         let dir = std::path::Path::new(root).join(&cgroup_parent).join(&h);

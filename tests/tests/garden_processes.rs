@@ -592,24 +592,45 @@ async fn container_inside_view() {
 async fn no_host_file_descriptors_inside() {
     let f = Fixture::new("e2e-p-fds").await;
     // A process gets exactly stdin, stdout and stderr (ls's own directory fd is 3).
-    let spec = ProcessSpec { path: "ls".into(), args: vec!["/proc/self/fd".into()], ..Default::default() };
+    let spec = ProcessSpec {
+        path: "ls".into(),
+        args: vec!["/proc/self/fd".into()],
+        ..Default::default()
+    };
     let out = f.run(&spec).await.expect("ls");
-    assert_eq!(out.stdout_text(), "0\n1\n2\n3\n", "fds leaked into a container process: {out:?}");
+    assert_eq!(
+        out.stdout_text(),
+        "0\n1\n2\n3\n",
+        "fds leaked into a container process: {out:?}"
+    );
     // pid 1 holds nothing that leads back to the host: no host directory (a way out through
     // /proc/1/fd/N/..), no gardend log file.
     let depot = f.g.depot.display().to_string();
     let out = f
-        .sh("for fd in /proc/1/fd/*; do l=$(readlink $fd); [ -d $fd/ ] && echo dir $fd $l; \
-             case $l in /*) echo path $fd $l;; esac; done")
+        .sh(
+            "for fd in /proc/1/fd/*; do l=$(readlink $fd); [ -d $fd/ ] && echo dir $fd $l; \
+             case $l in /*) echo path $fd $l;; esac; done",
+        )
         .await;
     let text = out.stdout_text();
     let bad: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("dir ") || l.contains(&depot) || l.contains("gardend"))
         .collect();
-    assert!(bad.is_empty(), "garden-init holds host files: {bad:?}\nall: {text}");
-    let out = f.sh(&format!("ls -d /proc/1/fd/*/..{depot} 2>/dev/null | head -1")).await;
-    assert_eq!(out.stdout_text(), "", "the host depot is reachable from inside");
+    assert!(
+        bad.is_empty(),
+        "garden-init holds host files: {bad:?}\nall: {text}"
+    );
+    let out = f
+        .sh(&format!(
+            "ls -d /proc/1/fd/*/..{depot} 2>/dev/null | head -1"
+        ))
+        .await;
+    assert_eq!(
+        out.stdout_text(),
+        "",
+        "the host depot is reachable from inside"
+    );
     f.finish().await;
 }
 
@@ -625,15 +646,26 @@ async fn signals_after_stdin_eof_and_other_signal_deaths() {
     };
     let script = "trap 'exit 9' TERM; read x; cat >/dev/null; echo eof-seen; while true; do sleep 0.05; done";
     let mut p = f.c.run(&f.handle, &sh(script), io).await.expect("run");
-    assert!(e2e::eventually(Duration::from_secs(10), || async { out.text().contains("eof-seen") }).await);
+    assert!(
+        e2e::eventually(Duration::from_secs(10), || async {
+            out.text().contains("eof-seen")
+        })
+        .await
+    );
     p.control().signal(Signal::Terminate).await.expect("signal");
     assert_eq!(wait(&mut p).await, 9);
     // Death by any signal is 128 + its number.
     assert_eq!(f.sh("kill -SEGV $$").await.status, 139);
     assert_eq!(f.sh("kill -INT $$").await.status, 130);
     // tty: stdin EOF reaches the program (cat ends).
-    let spec = ProcessSpec { tty: Some(TtySpec::default()), path: "cat".into(), ..Default::default() };
-    let out = run_output(&f.c, &f.handle, &spec, Some(b"abc\n".to_vec())).await.expect("tty cat");
+    let spec = ProcessSpec {
+        tty: Some(TtySpec::default()),
+        path: "cat".into(),
+        ..Default::default()
+    };
+    let out = run_output(&f.c, &f.handle, &spec, Some(b"abc\n".to_vec()))
+        .await
+        .expect("tty cat");
     assert_eq!(out.status, 0, "{out:?}");
     assert!(out.stdout_text().contains("abc\r\n"), "{out:?}");
     f.finish().await;

@@ -13,7 +13,10 @@ fn no_leaks(h: &str, g: &Gardend) {
 }
 
 fn spec(h: &str) -> ContainerSpec {
-    ContainerSpec { handle: h.into(), ..Default::default() }
+    ContainerSpec {
+        handle: h.into(),
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,14 +36,18 @@ async fn racing_creates_of_one_handle() {
                 Ok(_) => ok += 1,
                 Err(e) => assert_eq!(
                     e.garden(),
-                    Some(&GardenError::generic(format!("Handle '{h}' already in use"))),
+                    Some(&GardenError::generic(format!(
+                        "Handle '{h}' already in use"
+                    ))),
                     "{e:?}"
                 ),
             }
         }
         assert_eq!(ok, 1, "exactly one create of {h} must win");
         // The winner is intact: losers did not clean up its files.
-        let out = run_output(&c, &h, &sh("echo alive"), None).await.expect("run in winner");
+        let out = run_output(&c, &h, &sh("echo alive"), None)
+            .await
+            .expect("run in winner");
         assert_eq!(out.stdout_text(), "alive\n");
         assert!(g.depot.join(&h).join("init.json").exists());
         c.destroy(&h).await.expect("destroy");
@@ -78,8 +85,14 @@ async fn destroy_racing_create_leaves_nothing() {
         if created.is_ok() && !destroyed {
             c.destroy(&h).await.expect("destroy after create");
         }
-        let all = c.list(&[("garden.state".into(), "all".into())]).await.expect("list");
-        assert!(!all.contains(&h), "{h} still listed: created={created:?} destroyed={destroyed}");
+        let all = c
+            .list(&[("garden.state".into(), "all".into())])
+            .await
+            .expect("list");
+        assert!(
+            !all.contains(&h),
+            "{h} still listed: created={created:?} destroyed={destroyed}"
+        );
         no_leaks(&h, &g);
     }
 }
@@ -100,14 +113,21 @@ async fn concurrent_property_writes_all_land() {
     }
     let props = c.properties(h).await.expect("properties");
     for i in 0..60 {
-        assert_eq!(props.get(&format!("k{i}")), Some(&format!("v{i}")), "k{i} lost");
+        assert_eq!(
+            props.get(&format!("k{i}")),
+            Some(&format!("v{i}")),
+            "k{i} lost"
+        );
     }
     // What is on disk is complete, valid JSON too (state lives in the depot).
     let on_disk = std::fs::read_to_string(g.depot.join(h).join("properties.json")).expect("read");
     let v: serde_json::Value = serde_json::from_str(&on_disk).expect("properties.json is JSON");
     let text = v.to_string();
     for i in 0..60 {
-        assert!(text.contains(&format!("\"k{i}\"")), "k{i} missing on disk: {text}");
+        assert!(
+            text.contains(&format!("\"k{i}\"")),
+            "k{i} missing on disk: {text}"
+        );
     }
     c.destroy(h).await.expect("destroy");
     no_leaks(h, &g);
@@ -125,7 +145,11 @@ async fn many_processes_at_once() {
         set.spawn(async move {
             let p = garden_api::ProcessSpec {
                 path: "/bin/sh".into(),
-                args: vec!["-c".into(), "echo $0; exit $(($0 % 7))".into(), i.to_string()],
+                args: vec![
+                    "-c".into(),
+                    "echo $0; exit $(($0 % 7))".into(),
+                    i.to_string(),
+                ],
                 ..Default::default()
             };
             let out = run_output(&c, h, &p, None).await.expect("run");
@@ -146,14 +170,26 @@ async fn files_and_metrics_after_stop() {
     let c = g.client();
     let h = "e2e-stopped-files";
     c.create(&spec(h)).await.expect("create");
-    run_output(&c, h, &sh("echo kept > /kept.txt"), None).await.expect("write");
+    run_output(&c, h, &sh("echo kept > /kept.txt"), None)
+        .await
+        .expect("write");
     c.stop(h, true).await.expect("stop");
     assert_eq!(c.info(h).await.expect("info").state, "stopped");
-    let mut r = c.stream_out(h, "", "/kept.txt").await.expect("stream out after stop");
+    let mut r = c
+        .stream_out(h, "", "/kept.txt")
+        .await
+        .expect("stream out after stop");
     let mut bytes = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut r, &mut bytes).await.expect("read");
+    tokio::io::AsyncReadExt::read_to_end(&mut r, &mut bytes)
+        .await
+        .expect("read");
     let mut a = tar::Archive::new(&bytes[..]);
-    let mut e = a.entries().expect("entries").next().expect("one entry").expect("entry");
+    let mut e = a
+        .entries()
+        .expect("entries")
+        .next()
+        .expect("one entry")
+        .expect("entry");
     let mut s = String::new();
     std::io::Read::read_to_string(&mut e, &mut s).expect("content");
     assert_eq!(s, "kept\n");
@@ -164,10 +200,13 @@ async fn files_and_metrics_after_stop() {
         hd.set_size(3);
         hd.set_mode(0o644);
         hd.set_cksum();
-        b.append_data(&mut hd, "in.txt", &b"new"[..]).expect("append");
+        b.append_data(&mut hd, "in.txt", &b"new"[..])
+            .expect("append");
         b.finish().expect("finish");
     }
-    c.stream_in(h, "", "/after", std::io::Cursor::new(tar_bytes)).await.expect("stream in after stop");
+    c.stream_in(h, "", "/after", std::io::Cursor::new(tar_bytes))
+        .await
+        .expect("stream in after stop");
     c.metrics(h).await.expect("metrics after stop");
     c.destroy(h).await.expect("destroy");
     no_leaks(h, &g);

@@ -195,7 +195,11 @@ async fn run_exact_bytes() {
             .copied()
             .collect::<Vec<u8>>()
     );
-    assert_eq!(main.read_to_eof().await, b"", "nothing after the exit message");
+    assert_eq!(
+        main.read_to_eof().await,
+        b"",
+        "nothing after the exit message"
+    );
 
     // Attach to the finished process: 200, a new stream id, the saved exit status at once.
     let mut att = Raw::connect(&g).await;
@@ -211,6 +215,10 @@ async fn run_exact_bytes() {
         att.line().await,
         b"{\"process_id\":\"p1\",\"exit_status\":3}\n"
     );
+
+    // An unknown stream id: the 200 head, then an empty stream.
+    let mut r = open_stream(&g, h, "p1", "no-such-stream", "stdout").await;
+    assert_eq!(r.read_to_eof().await, b"");
     teardown(&g, h).await;
 }
 
