@@ -103,6 +103,20 @@ async fn stdin_until_eof() {
     assert_eq!(out.status, 0);
     assert_eq!(out.stdout.len(), input.len());
     assert!(out.stdout == input, "cat echoed different bytes");
+    // Megabytes of stdin arrive complete (many 32 KiB messages).
+    let big: Vec<u8> = b"0123456789abcdef".repeat(6 * 65536);
+    let out = run_output(&f.c, &f.handle, &sh("md5sum"), Some(big.clone())).await.expect("md5sum");
+    let host_md5 = {
+        let mut child = std::process::Command::new("md5sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("host md5sum");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), &big).unwrap();
+        drop(child.stdin.take());
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(out.stdout_text(), host_md5, "{out:?}");
     let out = run_output(&f.c, &f.handle, &sh("wc -c"), Some(Vec::new()))
         .await
         .expect("wc");
