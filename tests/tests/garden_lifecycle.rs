@@ -412,3 +412,30 @@ async fn long_handles_work() {
     c.destroy(&h).await.expect("destroy");
     no_leaks(&h, &g);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_ascii_handles_get_a_valid_hostname() {
+    // The kernel limits hostnames to 64 bytes; Guardian keeps the last 49 *bytes* of the handle.
+    let g = Gardend::start();
+    let c = g.client();
+    for h in ["ü".repeat(40), format!("e2e-{}", "€".repeat(30))] {
+        c.create(&spec(&h))
+            .await
+            .unwrap_or_else(|e| panic!("create {h}: {e}"));
+        let out = run_output(&c, &h, &sh("hostname"), None)
+            .await
+            .expect("run");
+        let hostname = out.stdout_text().trim_end().to_string();
+        assert!(
+            h.ends_with(&hostname),
+            "hostname {hostname:?} is not a suffix of {h:?}"
+        );
+        assert!(
+            (47..=49).contains(&hostname.len()),
+            "hostname {hostname:?} has {} bytes",
+            hostname.len()
+        );
+        c.destroy(&h).await.expect("destroy");
+        no_leaks(&h, &g);
+    }
+}
