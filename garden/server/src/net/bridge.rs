@@ -34,16 +34,14 @@ pub fn bridge_lines(bridge: &str, subnet: &Cidr, mtu: u32) -> Vec<String> {
     ]
 }
 
-/// Bridge (when `new_bridge`) and veth pair in one go; the container end is configured from
-/// inside its namespace (address, link up, default route via the bridge).
-#[allow(clippy::too_many_arguments)]
-pub async fn create(
+/// Bridge (when `new_bridge`) and veth pair in one `ip` run; the container end goes straight
+/// into the namespace of `init_pid` as [`CONTAINER_IF`].
+pub async fn create_host(
     bridge: &str,
     new_bridge: bool,
     subnet: &Cidr,
     host_if: &str,
     init_pid: i32,
-    container_ip: Ipv4Addr,
     mtu: u32,
 ) -> Result<(), NetError> {
     let mut lines = if new_bridge {
@@ -61,22 +59,159 @@ pub async fn create(
             .await
             .map_err(|e| NetError::Io { path, source: e })?;
     }
-    let ns = format!("--net=/proc/{init_pid}/ns/net");
-    let inside = [
-        format!(
-            "addr add {container_ip}/{} brd + dev {CONTAINER_IF}",
-            subnet.prefix()
-        ),
-        format!("link set {CONTAINER_IF} up"),
-        format!("route add default via {}", subnet.gateway()),
-    ];
-    cmd::run(
-        Path::new("nsenter"),
-        &[&ns, "ip", "-batch", "-"],
-        Some(inside.join("\n") + "\n"),
-    )
-    .await
-    .map(|_| ())
+    Ok(())
+}
+
+/// Address, link up and default route via the bridge, set from inside the container's
+/// namespace by a short-lived thread (namespaces are per thread), with plain ioctls: no process
+/// to spawn.
+pub async fn configure_inside(
+    init_pid: i32,
+    container_ip: Ipv4Addr,
+    subnet: &Cidr,
+) -> Result<(), NetError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let subnet = *subnet;
+    std::thread::Builder::new()
+        .name("netns-config".into())
+        .spawn(move || {
+            let _ = tx.send(inside::configure(init_pid, container_ip, &subnet));
+        })
+        .map_err(|e| NetError::Io {
+            path: "spawn netns thread".into(),
+            source: e,
+        })?;
+    let path = format!("/proc/{init_pid}/ns/net");
+    rx.await
+        .map_err(|_| NetError::Io {
+            path: path.clone(),
+            source: std::io::Error::other("netns thread died"),
+        })?
+        .map_err(|(what, source)| NetError::Io {
+            path: format!("{path} ({what})"),
+            source,
+        })
+}
+
+mod inside {
+    use std::net::Ipv4Addr;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    use super::{Cidr, CONTAINER_IF};
+
+    type Result = std::result::Result<(), (&'static str, std::io::Error)>;
+
+    /// `struct rtentry` from <net/route.h> (not in the libc crate for glibc targets).
+    #[repr(C)]
+    struct RtEntry {
+        rt_pad1: libc::c_ulong,
+        rt_dst: libc::sockaddr,
+        rt_gateway: libc::sockaddr,
+        rt_genmask: libc::sockaddr,
+        rt_flags: libc::c_ushort,
+        rt_pad2: libc::c_short,
+        rt_pad3: libc::c_ulong,
+        rt_pad4: *mut libc::c_void,
+        rt_metric: libc::c_short,
+        rt_dev: *mut libc::c_char,
+        rt_mtu: libc::c_ulong,
+        rt_window: libc::c_ulong,
+        rt_irtt: libc::c_ushort,
+    }
+
+    fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sockaddr_in and sockaddr have the same size; this is how the ioctls take it.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    }
+
+    fn ifreq() -> libc::ifreq {
+        // SAFETY: ifreq is plain old data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (i, b) in CONTAINER_IF.bytes().enumerate() {
+            req.ifr_name[i] = b as libc::c_char;
+        }
+        req
+    }
+
+    fn check(what: &'static str, rc: libc::c_int) -> Result {
+        if rc < 0 {
+            Err((what, std::io::Error::last_os_error()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs on a thread of its own, which it moves into the container's network namespace.
+    pub fn configure(init_pid: i32, ip: Ipv4Addr, subnet: &Cidr) -> Result {
+        let ns =
+            std::fs::File::open(format!("/proc/{init_pid}/ns/net")).map_err(|e| ("open", e))?;
+        // SAFETY: setns on this thread only; the thread ends right after.
+        check("setns", unsafe {
+            libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET)
+        })?;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        check("socket", sock)?;
+        // SAFETY: sock is a fresh, valid descriptor that nothing else owns.
+        let sock: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(sock) };
+        let fd = sock.as_raw_fd();
+        let prefix_mask = if subnet.prefix() == 0 {
+            0
+        } else {
+            u32::MAX << (32 - subnet.prefix())
+        };
+        for (what, request, addr) in [
+            ("set address", libc::SIOCSIFADDR, ip),
+            (
+                "set netmask",
+                libc::SIOCSIFNETMASK,
+                Ipv4Addr::from(prefix_mask),
+            ),
+            ("set broadcast", libc::SIOCSIFBRDADDR, subnet.broadcast()),
+        ] {
+            let mut req = ifreq();
+            req.ifr_ifru.ifru_addr = sockaddr(addr);
+            // SAFETY: valid socket and a properly initialised ifreq for these requests.
+            check(what, unsafe { libc::ioctl(fd, request, &mut req) })?;
+        }
+        let mut req = ifreq();
+        // SAFETY: as above, for SIOCGIFFLAGS / SIOCSIFFLAGS.
+        unsafe {
+            check("get flags", libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req))?;
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            check("link up", libc::ioctl(fd, libc::SIOCSIFFLAGS, &req))?;
+        }
+        let mut dev = std::ffi::CString::new(CONTAINER_IF)
+            .expect("no NUL")
+            .into_bytes_with_nul();
+        let mut route = RtEntry {
+            rt_pad1: 0,
+            rt_dst: sockaddr(Ipv4Addr::UNSPECIFIED),
+            rt_gateway: sockaddr(subnet.gateway()),
+            rt_genmask: sockaddr(Ipv4Addr::UNSPECIFIED),
+            rt_flags: (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort,
+            rt_pad2: 0,
+            rt_pad3: 0,
+            rt_pad4: std::ptr::null_mut(),
+            rt_metric: 0,
+            rt_dev: dev.as_mut_ptr() as *mut libc::c_char,
+            rt_mtu: 0,
+            rt_window: 0,
+            rt_irtt: 0,
+        };
+        // SAFETY: valid socket, rtentry laid out as the kernel expects, `dev` outlives the call.
+        check("add default route", unsafe {
+            libc::ioctl(fd, libc::SIOCADDRT, &mut route)
+        })
+    }
 }
 
 /// Delete a link; a link that is already gone (the container's namespace took the veth with it)

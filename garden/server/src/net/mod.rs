@@ -260,30 +260,42 @@ impl Network {
         netout: &[NetOutRule],
         bandwidth: &BandwidthLimits,
     ) -> Result<(), NetError> {
+        let started = std::time::Instant::now();
         let a = self.get(handle)?;
         let _op = a.op.lock().await;
         let expanded = firewall::expand(handle, netout)?;
-        {
-            let mut bridges = self.bridges.lock().await;
-            let new_bridge = !bridges.contains(&a.lease.subnet);
-            a.progress.lock().expect("progress lock").link = true;
-            bridge::create(
-                &a.rules.bridge,
-                new_bridge,
-                &a.lease.subnet,
-                &a.host_if,
-                init_pid,
-                a.lease.container_ip,
-                self.mtu,
-            )
-            .await?;
-            bridges.insert(a.lease.subnet);
-        }
-        a.progress.lock().expect("progress lock").firewall = true;
-        if let Err(e) = self.firewall.add_container(&a.rules, &expanded).await {
-            a.progress.lock().expect("progress lock").firewall = false;
-            return Err(e);
-        }
+        // Links and firewall rules do not depend on each other: set both up at once.
+        let links = async {
+            {
+                // Bridge creation and removal are decided under this lock.
+                let mut bridges = self.bridges.lock().await;
+                let new_bridge = !bridges.contains(&a.lease.subnet);
+                a.progress.lock().expect("progress lock").link = true;
+                bridge::create_host(
+                    &a.rules.bridge,
+                    new_bridge,
+                    &a.lease.subnet,
+                    &a.host_if,
+                    init_pid,
+                    self.mtu,
+                )
+                .await?;
+                bridges.insert(a.lease.subnet);
+            }
+            bridge::configure_inside(init_pid, a.lease.container_ip, &a.lease.subnet).await
+        };
+        let rules = async {
+            a.progress.lock().expect("progress lock").firewall = true;
+            let r = self.firewall.add_container(&a.rules, &expanded).await;
+            if r.is_err() {
+                // The restore is atomic: nothing of it was applied.
+                a.progress.lock().expect("progress lock").firewall = false;
+            }
+            r
+        };
+        let (linked, filtered) = tokio::join!(links, rules);
+        linked?;
+        filtered?;
         if bandwidth.rate > 0 {
             bridge::limit_bandwidth(&a.host_if, bandwidth.rate, bandwidth.burst).await?;
         }
@@ -302,6 +314,11 @@ impl Network {
             &hosts::host_resolv_conf(),
         );
         hosts::write_etc(root, "resolv.conf", &resolv)?;
+        tracing::debug!(
+            handle,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "network set up"
+        );
         Ok(())
     }
 
