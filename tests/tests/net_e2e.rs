@@ -493,3 +493,86 @@ where
     }
     out
 }
+
+/// A gardend we start and kill ourselves (the harness only stops gracefully).
+struct Raw {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Raw {
+    fn start(dir: &std::path::Path, port: u16, cgroup_parent: &str) -> Raw {
+        let log = std::fs::File::create(dir.join(format!("gardend-{port}.log"))).expect("log");
+        let child = Command::new(e2e::binary("gardend"))
+            .args(["--bind-ip", "127.0.0.1", "--bind-port", &port.to_string()])
+            .arg("--depot")
+            .arg(dir.join("depot"))
+            .args([
+                "--cgroup-parent",
+                cgroup_parent,
+                "--network-pool",
+                "10.231.8.0/24",
+            ])
+            .args(["--port-pool-start", "62160", "--port-pool-size", "20"])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn gardend");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "gardend did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Raw { child, port }
+    }
+
+    fn client(&self) -> Client {
+        Client::new(garden_client::Address::Tcp(format!(
+            "127.0.0.1:{}",
+            self.port
+        )))
+    }
+
+    fn signal(mut self, sig: i32) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_removes_what_a_crashed_gardend_left() {
+    let dir = tempfile::Builder::new()
+        .prefix("gardend-net-crash-")
+        .tempdir()
+        .expect("tmp");
+    std::fs::create_dir_all(dir.path().join("depot")).expect("depot");
+    let cgroup_parent = format!("garden-net-crash-{}", std::process::id());
+    let g = Raw::start(dir.path(), e2e::free_port(), &cgroup_parent);
+    let c = g.client();
+    c.create(&spec("crashed")).await.expect("create");
+    c.net_in("crashed", 0, 8080).await.expect("net_in");
+    let (chains, link_prefix) = names(&c, "crashed").await;
+    let ip = c.info("crashed").await.expect("info").container_ip;
+    g.signal(libc::SIGKILL);
+    assert!(
+        rules(&chains).iter().any(|l| l.contains(&ip)),
+        "the crash left the rules"
+    );
+    assert!(!links(&link_prefix).is_empty(), "the crash left the links");
+
+    let g = Raw::start(dir.path(), e2e::free_port(), &cgroup_parent);
+    assert!(
+        !rules(&chains).iter().any(|l| l.contains(&ip)),
+        "{:#?}",
+        rules(&chains)
+    );
+    assert!(links(&link_prefix).is_empty(), "{:#?}", links(&link_prefix));
+    // The address is free again.
+    let c = g.client();
+    c.create(&spec("after")).await.expect("create");
+    assert_eq!(c.info("after").await.expect("info").container_ip, ip);
+    c.destroy("after").await.expect("destroy");
+    g.signal(libc::SIGTERM);
+    assert!(rules(&chains).is_empty(), "{:#?}", rules(&chains));
+}
