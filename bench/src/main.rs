@@ -6,6 +6,7 @@
 
 mod bundle;
 mod gardend;
+mod netclean;
 mod peers;
 mod report;
 mod scenarios;
@@ -376,6 +377,12 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             }
         }
         g.stop().await;
+        match netclean::remove_instance_chains(&g.cgroup_parent) {
+            Ok(n) => tracing::info!("removed {n} iptables chains of {}", g.cgroup_parent),
+            Err(e) => report
+                .notes
+                .push(format!("could not remove gardend's iptables chains: {e:#}")),
+        }
         let left = gardend::remove_cgroup_parent(&g.cgroup_parent);
         if !left.is_empty() {
             report.notes.push(format!(

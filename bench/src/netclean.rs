@@ -1,0 +1,185 @@
+//! Removal of the iptables chains a stopped gardend leaves behind.
+//!
+//! gardend keeps its shared chains (`gd-<tag>-input`, `-fwd`, `-pre`, `-out`, ...) and the
+//! jumps to them from the built-in chains across restarts, so that containers outlive it; they
+//! are cleaned when an instance of the same name starts again. Each bench run uses a fresh
+//! instance name (`bench-<pid>`), so without this every run would leave a set of jumps behind,
+//! and every later loopback packet on the host would traverse them (they showed up as the top
+//! kernel symbol, `nft_do_chain`, in a profile of the stdout stream).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// gardend's tag for an instance (its cgroup parent): five hex digits of FNV-1a. gardend names
+/// its chains `gd-<tag>-...` and its links `g<tag>...`.
+pub fn instance_tag(instance: &str) -> String {
+    let mut h: u32 = 0x811c9dc5;
+    for b in instance.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    format!("{:05x}", h & 0xfffff)
+}
+
+/// An `iptables-restore --noflush` script removing every chain whose name starts with `prefix`
+/// and every rule elsewhere that jumps or goes to one, from `iptables-save` output. `None` when
+/// there is nothing to remove.
+pub fn removal_script(save: &str, prefix: &str) -> Option<String> {
+    let mut script = String::new();
+    let mut table: Option<&str> = None;
+    let mut own: Vec<&str> = vec![];
+    let mut deletes: Vec<String> = vec![];
+    for line in save.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = Some(name);
+            own.clear();
+            deletes.clear();
+        } else if let Some(decl) = line.strip_prefix(':') {
+            let chain = decl.split_whitespace().next().unwrap_or("");
+            if chain.starts_with(prefix) {
+                own.push(chain);
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let mut words = rule.split_whitespace();
+            let chain = words.next().unwrap_or("");
+            let mut targets_own = false;
+            let mut prev = "";
+            for w in words {
+                if (prev == "-j" || prev == "-g") && w.starts_with(prefix) {
+                    targets_own = true;
+                }
+                prev = w;
+            }
+            if targets_own && !chain.starts_with(prefix) {
+                deletes.push(format!("-D {rule}"));
+            }
+        } else if line == "COMMIT" {
+            if let Some(t) = table {
+                if !own.is_empty() || !deletes.is_empty() {
+                    script.push_str(&format!("*{t}\n"));
+                    for d in &deletes {
+                        script.push_str(d);
+                        script.push('\n');
+                    }
+                    for c in &own {
+                        script.push_str(&format!("-F {c}\n"));
+                    }
+                    for c in &own {
+                        script.push_str(&format!("-X {c}\n"));
+                    }
+                    script.push_str("COMMIT\n");
+                }
+            }
+            table = None;
+        }
+    }
+    (!script.is_empty()).then_some(script)
+}
+
+/// Remove the chains of gardend instance `instance` (see the module doc). Returns how many
+/// chains were removed; `Ok(0)` when iptables is not installed or nothing is left.
+pub fn remove_instance_chains(instance: &str) -> Result<usize> {
+    let prefix = format!("gd-{}-", instance_tag(instance));
+    let save = match Command::new("iptables-save").stderr(Stdio::null()).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => bail!("iptables-save failed: {}", out.status),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).context("run iptables-save"),
+    };
+    let Some(script) = removal_script(&save, &prefix) else {
+        return Ok(0);
+    };
+    let chains = script.lines().filter(|l| l.starts_with("-X ")).count();
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run iptables-restore")?;
+    child
+        .stdin
+        .take()
+        .context("iptables-restore stdin")?
+        .write_all(script.as_bytes())
+        .context("write to iptables-restore")?;
+    let out = child
+        .wait_with_output()
+        .context("wait for iptables-restore")?;
+    if !out.status.success() {
+        bail!(
+            "iptables-restore of the removal of {prefix}* failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(chains)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_is_fnv1a_low_20_bits() {
+        // FNV-1a 32 of "" is the offset basis 0x811c9dc5; of "a" it is 0xe40c292c.
+        assert_eq!(instance_tag(""), "c9dc5");
+        assert_eq!(instance_tag("a"), "c292c");
+        assert_eq!(instance_tag("bench-1").len(), 5);
+    }
+
+    const SAVE: &str = "\
+# Generated by iptables-save
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:gd-aaaaa-input - [0:0]
+:gd-aaaaa-fwd - [0:0]
+:gd-bbbbb-input - [0:0]
+-A INPUT -j gd-bbbbb-input
+-A INPUT -j gd-aaaaa-input
+-A FORWARD -j gd-aaaaa-fwd
+-A gd-aaaaa-input -i gaaaaab+ -j REJECT --reject-with icmp-host-prohibited
+-A gd-aaaaa-fwd -o gaaaaab+ -j gd-aaaaa-input
+COMMIT
+*nat
+:OUTPUT ACCEPT [0:0]
+:gd-bbbbb-out - [0:0]
+-A OUTPUT -j gd-bbbbb-out
+COMMIT
+";
+
+    #[test]
+    fn removal_script_drops_own_chains_and_the_jumps_to_them_only() {
+        let script = removal_script(SAVE, "gd-aaaaa-").unwrap();
+        assert_eq!(
+            script,
+            "*filter\n\
+             -D INPUT -j gd-aaaaa-input\n\
+             -D FORWARD -j gd-aaaaa-fwd\n\
+             -F gd-aaaaa-input\n\
+             -F gd-aaaaa-fwd\n\
+             -X gd-aaaaa-input\n\
+             -X gd-aaaaa-fwd\n\
+             COMMIT\n"
+        );
+    }
+
+    #[test]
+    fn removal_script_covers_every_table_of_the_instance() {
+        let script = removal_script(SAVE, "gd-bbbbb-").unwrap();
+        assert!(script.contains(
+            "*filter\n-D INPUT -j gd-bbbbb-input\n-F gd-bbbbb-input\n-X gd-bbbbb-input\nCOMMIT\n"
+        ));
+        assert!(script.contains(
+            "*nat\n-D OUTPUT -j gd-bbbbb-out\n-F gd-bbbbb-out\n-X gd-bbbbb-out\nCOMMIT\n"
+        ));
+    }
+
+    #[test]
+    fn nothing_to_remove_gives_none() {
+        assert_eq!(removal_script(SAVE, "gd-ccccc-"), None);
+        assert_eq!(removal_script("", "gd-aaaaa-"), None);
+    }
+}
