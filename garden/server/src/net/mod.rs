@@ -2,10 +2,18 @@
 //! an IP pool, a veth pair into a per-subnet bridge, NetIn port forwarding, a NetOut firewall
 //! chain per container, /etc/hosts and resolv.conf, tc bandwidth limits.
 //!
-//! Kernel changes go through the standard tools (`ip`, `nsenter`, `tc`, `iptables-restore`):
-//! every container costs three or four short-lived processes at create. Names carry a tag
-//! derived from the instance name (the cgroup parent), so several gardends on one host never
-//! touch each other's links or chains, and a restart removes exactly what its predecessor left.
+//! Host-side changes go through the standard tools (`ip -batch`, `tc`, `iptables-restore`); the
+//! container end is configured with ioctls from a thread that joins the container's network
+//! namespace. Names carry a tag derived from the instance name (the cgroup parent), so several
+//! gardends on one host never touch each other's links or chains, and a restart removes exactly
+//! what its predecessor left.
+//!
+//! Why iptables (through `iptables-restore --noflush`) rather than nftables: Guardian's rule
+//! model (per-container chains, `-g` into a shared default chain, DNAT/MASQUERADE in the nat
+//! table) maps onto it one to one; one restore is one kernel transaction, so every container
+//! change is atomic, 3000 NetOut rules land in about 0.1 s; and on current distributions the
+//! `iptables` binary is iptables-nft, so the rules live in nf_tables anyway and coexist with
+//! Docker's or firewalld's rules, which also still use the iptables tables.
 
 mod bridge;
 mod cmd;
