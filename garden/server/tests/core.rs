@@ -254,3 +254,40 @@ async fn processes_survive_their_readers() {
     .await
     .expect("destroy");
 }
+
+/// pid 1 is shielded from the container's OOM killer; its processes are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_init_is_shielded_from_the_oom_killer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garden(&tmp).await;
+    let spec = ContainerSpec {
+        handle: "core-oom-adj".into(),
+        ..Default::default()
+    };
+    g.handle(Request::Create(Box::new(spec)))
+        .await
+        .expect("create");
+    let (_, out, _) = run(
+        &g,
+        "core-oom-adj",
+        "sh",
+        &["-c", "cat /proc/1/oom_score_adj /proc/self/oom_score_adj"],
+        None,
+    )
+    .await;
+    // Lowering a score needs CAP_SYS_RESOURCE; without it on this host init stays at 0.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    let has_sys_resource = u64::from_str_radix(cap_eff, 16).unwrap() & (1 << 24) != 0;
+    let expected_init = if has_sys_resource { "-1000" } else { "0" };
+    assert_eq!(out, format!("{expected_init}\n0\n"));
+    g.handle(Request::Destroy {
+        handle: "core-oom-adj".into(),
+    })
+    .await
+    .expect("destroy");
+}

@@ -33,6 +33,12 @@ fn ctx<T, E: std::fmt::Display>(
 }
 
 pub fn prepare(c: &InitConfig) -> Result<Prepared> {
+    // The container's OOM killer must pick a process, never pid 1 (which would take the whole
+    // container down). Children are reset to 0 before exec.
+    // Best effort: lowering the score needs CAP_SYS_RESOURCE, which some hosts withhold.
+    if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
+        eprintln!("garden-init: cannot shield init from the OOM killer: {e}");
+    }
     for procs in &c.cgroup_procs {
         ctx(fs::write(procs, "0"), || {
             format!("join cgroup {}", procs.display())

@@ -316,6 +316,9 @@ fn child(
     let run = || -> Result<std::convert::Infallible, (u8, Errno)> {
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
             .map_err(fail(STAGE_SETUP))?;
+        // Undo init's OOM immunity (raising the score needs no privilege).
+        std::fs::write("/proc/self/oom_score_adj", "0")
+            .map_err(|_| (STAGE_SETUP, Errno::last()))?;
         // Rust ignores SIGPIPE in garden-init; ignored signals survive exec, so restore it.
         // SAFETY: resetting a disposition to the default in the single-threaded child.
         unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }
