@@ -99,7 +99,14 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         || "create control socket".into(),
     )?;
     let _ = fs::remove_file(&c.socket);
-    let addr = ctx(UnixAddr::new(&c.socket), || {
+    // Bind by a relative name from inside the bundle: a full path could exceed the 108 bytes
+    // of sun_path for long handles or deep depots. (init is single-threaded; it chdirs into
+    // the root below anyway.)
+    if let Some(dir) = c.socket.parent() {
+        ctx(chdir(dir), || format!("chdir {}", dir.display()))?;
+    }
+    let name = c.socket.file_name().map(Path::new).unwrap_or(&c.socket);
+    let addr = ctx(UnixAddr::new(name), || {
         format!("socket path {}", c.socket.display())
     })?;
     ctx(bind(listener.as_raw_fd(), &addr), || {
