@@ -923,7 +923,14 @@ impl Garden {
             }
         });
         let (input, rx) = mpsc::unbounded_channel();
-        tokio::spawn(p.clone().serve_input(stream_id.clone(), rx));
+        let (weak, sid, process) = (Arc::downgrade(c), stream_id.clone(), p.clone());
+        tokio::spawn(async move {
+            process.serve_input(sid.clone(), rx).await;
+            // The session is over: streams it never claimed will never be claimed.
+            if let Some(c) = weak.upgrade() {
+                c.streams.lock().expect("streams lock").remove(&sid);
+            }
+        });
         ProcessSession {
             process_id: p.id.clone(),
             stream_id,
@@ -955,7 +962,7 @@ impl Garden {
         };
         let chunks = match pending {
             Some(p) => {
-                p.connected.store(true, Ordering::Release);
+                p.link.connect();
                 p.rx
             }
             // Unknown stream: an empty stream, as Go answers.

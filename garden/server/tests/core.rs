@@ -192,6 +192,12 @@ async fn unprivileged_root_is_confined() {
                  grep -q . /proc/kcore 2>/dev/null && echo kcore-ok; echo done";
     let (_, out, _) = run(&g, "core-unpriv", "sh", &["-c", probe], None).await;
     assert_eq!(out, "done\n", "unprivileged root escaped its limits");
+    // No host descriptor reaches a process, and init's (a host directory among them) stay
+    // out of reach through /proc/1.
+    let probe = "ls /proc/self/fd; for p in /proc/1/root/ /proc/1/cwd/ /proc/1/fd/0 /proc/1/fd/1; do \
+                 ls $p >/dev/null 2>&1 && echo reached $p; done; echo x >> /proc/1/fd/1 && echo wrote";
+    let (_, out, _) = run(&g, "core-unpriv", "sh", &["-c", probe], None).await;
+    assert_eq!(out, "0\n1\n2\n3\n");
     let (_, out, _) = run(
         &g,
         "core-priv",
@@ -253,4 +259,60 @@ async fn processes_survive_their_readers() {
     })
     .await
     .expect("destroy");
+}
+
+/// pid 1 is shielded from the container's OOM killer; its processes are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_init_is_shielded_from_the_oom_killer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garden(&tmp).await;
+    let spec = ContainerSpec {
+        handle: "core-oom-adj".into(),
+        ..Default::default()
+    };
+    g.handle(Request::Create(Box::new(spec)))
+        .await
+        .expect("create");
+    let (_, out, _) = run(
+        &g,
+        "core-oom-adj",
+        "sh",
+        &["-c", "cat /proc/1/oom_score_adj /proc/self/oom_score_adj"],
+        None,
+    )
+    .await;
+    // Lowering a score needs CAP_SYS_RESOURCE; without it on this host init stays at 0.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    let has_sys_resource = u64::from_str_radix(cap_eff, 16).unwrap() & (1 << 24) != 0;
+    let expected_init = if has_sys_resource { "-1000" } else { "0" };
+    assert_eq!(out, format!("{expected_init}\n0\n"));
+    g.handle(Request::Destroy {
+        handle: "core-oom-adj".into(),
+    })
+    .await
+    .expect("destroy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_handles_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = garden(&tmp).await;
+    let handle = "h".repeat(200);
+    let spec = ContainerSpec {
+        handle: handle.clone(),
+        ..Default::default()
+    };
+    g.handle(Request::Create(Box::new(spec)))
+        .await
+        .expect("create with a 200-character handle");
+    let (_, out, _) = run(&g, &handle, "hostname", &[], None).await;
+    assert_eq!(out, format!("{}\n", "h".repeat(49)));
+    g.handle(Request::Destroy { handle })
+        .await
+        .expect("destroy");
 }

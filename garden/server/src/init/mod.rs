@@ -17,6 +17,11 @@ use std::os::fd::FromRawFd;
 
 /// Entry point of the garden-init binary: `garden-init <bundle-dir>`.
 pub fn main() -> ! {
+    // Not dumpable: /proc/1/{fd,root,cwd,mem} of this process then need CAP_SYS_PTRACE, which
+    // unprivileged container processes lack, so the host directory fds init holds stay
+    // unreachable from inside. (execve makes its children dumpable again.)
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let bundle = match std::env::args_os().nth(1) {
         Some(b) => std::path::PathBuf::from(b),
         None => fatal("usage: garden-init <bundle-dir>"),

@@ -33,6 +33,12 @@ fn ctx<T, E: std::fmt::Display>(
 }
 
 pub fn prepare(c: &InitConfig) -> Result<Prepared> {
+    // The container's OOM killer must pick a process, never pid 1 (which would take the whole
+    // container down). Children are reset to 0 before exec.
+    // Best effort: lowering the score needs CAP_SYS_RESOURCE, which some hosts withhold.
+    if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
+        eprintln!("garden-init: cannot shield init from the OOM killer: {e}");
+    }
     for procs in &c.cgroup_procs {
         ctx(fs::write(procs, "0"), || {
             format!("join cgroup {}", procs.display())
@@ -93,7 +99,14 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         || "create control socket".into(),
     )?;
     let _ = fs::remove_file(&c.socket);
-    let addr = ctx(UnixAddr::new(&c.socket), || {
+    // Bind by a relative name from inside the bundle: a full path could exceed the 108 bytes
+    // of sun_path for long handles or deep depots. (init is single-threaded; it chdirs into
+    // the root below anyway.)
+    if let Some(dir) = c.socket.parent() {
+        ctx(chdir(dir), || format!("chdir {}", dir.display()))?;
+    }
+    let name = c.socket.file_name().map(Path::new).unwrap_or(&c.socket);
+    let addr = ctx(UnixAddr::new(name), || {
         format!("socket path {}", c.socket.display())
     })?;
     ctx(bind(listener.as_raw_fd(), &addr), || {

@@ -316,6 +316,20 @@ fn child(
     let run = || -> Result<std::convert::Infallible, (u8, Errno)> {
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
             .map_err(fail(STAGE_SETUP))?;
+        // Whatever init holds must not reach the process (its own stdio is in place by now;
+        // the error pipe must survive until exec, hence close-on-exec rather than close).
+        // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only flags descriptors.
+        unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        // Undo init's OOM immunity (raising the score needs no privilege).
+        std::fs::write("/proc/self/oom_score_adj", "0")
+            .map_err(|_| (STAGE_SETUP, Errno::last()))?;
         // Rust ignores SIGPIPE in garden-init; ignored signals survive exec, so restore it.
         // SAFETY: resetting a disposition to the default in the single-threaded child.
         unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }

@@ -186,7 +186,9 @@ impl Process {
                 ProcessInput::Unknown => self.close_stdin().await,
             }
         }
-        // The client disconnected: stop its streams; the process itself keeps running.
+        // The client disconnected: close stdin (the process sees EOF, as Guardian does) and
+        // stop its streams; the process itself keeps running.
+        self.close_stdin().await;
         self.stdout.unsubscribe(&stream_id);
         self.stderr.unsubscribe(&stream_id);
     }

@@ -36,8 +36,35 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
 struct Subscriber {
     stream_id: String,
     tx: mpsc::Sender<Bytes>,
-    connected: Arc<AtomicBool>,
+    link: Arc<StreamLink>,
+    /// Bytes queued while nobody read this stream.
+    unclaimed: usize,
+    /// Never claimed in time: its output is dropped from now on, as Go's server does.
+    abandoned: bool,
 }
+
+/// Whether a stream's HTTP request has arrived, shared by the hub and the pending stream.
+#[derive(Default)]
+pub struct StreamLink {
+    connected: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl StreamLink {
+    pub fn connect(&self) {
+        self.connected.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+}
+
+/// What an unclaimed stream may hold before the process has to wait for its reader.
+const UNCLAIMED_BYTES: usize = 8 << 20;
+/// How long the process waits for a stream's reader once that buffer is full.
+const CLAIM_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Fan-out of one output stream (stdout or stderr) to the streams of every Run/Attach.
 #[derive(Default)]
@@ -54,7 +81,7 @@ struct HubInner {
 /// A stream's receiving end, waiting for its HTTP request.
 pub struct PendingStream {
     pub rx: mpsc::Receiver<Bytes>,
-    pub connected: Arc<AtomicBool>,
+    pub link: Arc<StreamLink>,
 }
 
 impl Hub {
@@ -62,16 +89,18 @@ impl Hub {
     /// is simply empty.
     pub fn subscribe(&self, stream_id: &str) -> PendingStream {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let connected = Arc::new(AtomicBool::new(false));
+        let link = Arc::new(StreamLink::default());
         let mut inner = self.inner.lock().expect("hub lock");
         if !inner.closed {
             inner.subs.push(Subscriber {
                 stream_id: stream_id.to_string(),
                 tx,
-                connected: connected.clone(),
+                link: link.clone(),
+                unclaimed: 0,
+                abandoned: false,
             });
         }
-        PendingStream { rx, connected }
+        PendingStream { rx, link }
     }
 
     /// Drop a session's subscriber (its client went away).
@@ -83,23 +112,49 @@ impl Hub {
             .retain(|s| s.stream_id != stream_id);
     }
 
+    /// Hand a chunk to every subscriber. A connected reader gets back-pressure (the process
+    /// waits rather than lose output); an unclaimed stream buffers up to UNCLAIMED_BYTES, then
+    /// the process waits up to CLAIM_GRACE for its reader before that stream is abandoned.
     async fn publish(&self, data: Bytes) {
-        let targets: Vec<(mpsc::Sender<Bytes>, bool)> = {
-            let inner = self.inner.lock().expect("hub lock");
-            inner
-                .subs
-                .iter()
-                .map(|s| (s.tx.clone(), s.connected.load(Ordering::Acquire)))
-                .collect()
-        };
-        for (tx, connected) in targets {
-            if connected {
-                // Back-pressure: a connected reader slows the process down rather than lose data.
-                let _ = tx.send(data.clone()).await;
-            } else {
-                // Nobody reads yet: buffer up to the queue size, then drop, like Go.
-                let _ = tx.try_send(data.clone());
+        let mut connected = Vec::new();
+        let mut waiting = Vec::new();
+        {
+            let mut inner = self.inner.lock().expect("hub lock");
+            for s in inner.subs.iter_mut().filter(|s| !s.abandoned) {
+                if s.link.is_connected() {
+                    connected.push(s.tx.clone());
+                } else if s.unclaimed + data.len() <= UNCLAIMED_BYTES {
+                    if s.tx.try_send(data.clone()).is_ok() {
+                        s.unclaimed += data.len();
+                    }
+                } else {
+                    waiting.push((s.stream_id.clone(), s.tx.clone(), s.link.clone()));
+                }
             }
+        }
+        for (stream_id, tx, link) in waiting {
+            let claimed = tokio::time::timeout(CLAIM_GRACE, async {
+                while !link.is_connected() {
+                    let notified = link.notify.notified();
+                    if link.is_connected() {
+                        break;
+                    }
+                    notified.await;
+                }
+            })
+            .await
+            .is_ok();
+            if claimed {
+                connected.push(tx);
+            } else {
+                let mut inner = self.inner.lock().expect("hub lock");
+                if let Some(s) = inner.subs.iter_mut().find(|s| s.stream_id == stream_id) {
+                    s.abandoned = true;
+                }
+            }
+        }
+        for tx in connected {
+            let _ = tx.send(data.clone()).await;
         }
     }
 

@@ -42,9 +42,24 @@ impl InitClient {
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )?;
-        let addr = UnixAddr::new(path)?;
+        // Connect through a short /proc/self/fd path to the socket's directory, so long
+        // handles and deep depots never hit the 108-byte sun_path limit.
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let name = path.file_name().unwrap_or(path.as_os_str());
+        let dirfd = nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let short = Path::new("/proc/self/fd")
+            .join(dirfd.as_raw_fd().to_string())
+            .join(name);
+        let addr = UnixAddr::new(&short)?;
         // A unix connect to a listening socket completes at once, even when non-blocking.
         connect(fd.as_raw_fd(), &addr)?;
+        drop(dirfd);
         // SAFETY: the socket is owned by the AsyncFd and stays open until it is dropped.
         let fd = Arc::new(unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?);
         let pending: Pending = Arc::default();

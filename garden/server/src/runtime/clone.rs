@@ -11,7 +11,12 @@ use nix::sys::signal::Signal;
 
 /// Clone garden-init into new mount, pid, uts, ipc and net namespaces. `ready` becomes its
 /// fd 3. Returns its host pid.
-pub fn spawn_init(init_bin: &Path, bundle: &Path, ready: &OwnedFd) -> nix::Result<i32> {
+pub fn spawn_init(
+    init_bin: &Path,
+    bundle: &Path,
+    ready: &OwnedFd,
+    log: &OwnedFd,
+) -> nix::Result<i32> {
     // Everything the child touches is prepared here: after clone in a multi-threaded process
     // the child may only make async-signal-safe calls (no allocation).
     let bin =
@@ -23,6 +28,7 @@ pub fn spawn_init(init_bin: &Path, bundle: &Path, ready: &OwnedFd) -> nix::Resul
     let path_env = CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string");
     let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
     let ready_fd = ready.as_raw_fd();
+    let log_fd = log.as_raw_fd();
     let mut stack = vec![0u8; 256 * 1024];
     let flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
@@ -30,21 +36,25 @@ pub fn spawn_init(init_bin: &Path, bundle: &Path, ready: &OwnedFd) -> nix::Resul
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET;
     let child = Box::new(|| -> isize {
-        // SAFETY: only dup2, open, execve and _exit run in the child, all async-signal-safe, on
-        // pointers prepared before clone.
+        // SAFETY: only open, fcntl, dup2, close_range, execve and _exit run in the child, all
+        // async-signal-safe, on values prepared before clone.
         unsafe {
-            if ready_fd == 3 {
-                // dup2 onto itself keeps close-on-exec set: clear it instead.
-                libc::fcntl(3, libc::F_SETFD, 0);
-            } else if libc::dup2(ready_fd, 3) < 0 {
+            // garden-init gets exactly: 0 = /dev/null, 1 and 2 = <bundle>/init.log,
+            // 3 = the ready pipe. Nothing else of gardend's may reach a container.
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            let ready = libc::fcntl(ready_fd, libc::F_DUPFD, 100);
+            let log = libc::fcntl(log_fd, libc::F_DUPFD, 100);
+            if null < 0 || ready < 0 || log < 0 {
                 libc::_exit(126);
             }
-            // stdin from /dev/null; stdout/stderr stay gardend's (its log).
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-            if null > 0 {
-                libc::dup2(null, 0);
-                libc::close(null);
+            if libc::dup2(null, 0) < 0
+                || libc::dup2(log, 1) < 0
+                || libc::dup2(log, 2) < 0
+                || libc::dup2(ready, 3) < 0
+            {
+                libc::_exit(126);
             }
+            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
             libc::execve(bin.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(127)
         }

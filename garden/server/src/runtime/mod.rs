@@ -157,9 +157,17 @@ impl Runtime {
         let (ready_r, ready_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
                 .map_err(RuntimeError::Clone)?;
-        let pid =
-            clone::spawn_init(&self.init_bin, bundle, &ready_w).map_err(RuntimeError::Clone)?;
+        let log_path = bundle.join("init.log");
+        let log: OwnedFd = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err("open", &log_path))?
+            .into();
+        let pid = clone::spawn_init(&self.init_bin, bundle, &ready_w, &log)
+            .map_err(RuntimeError::Clone)?;
         drop(ready_w);
+        drop(log);
         let pidfd = clone::pidfd_open(pid).map_err(RuntimeError::Clone)?;
         let (exited_tx, exited) = watch::channel(false);
         tokio::spawn(monitor(pid, pidfd, exited_tx));
