@@ -98,7 +98,8 @@ echo "root:x:0:" >"$stage/etc/group"
 cp scripts/vm/init "$stage/init"
 cp scripts/vm/guest-test.sh "$stage/guest-test.sh"
 chmod +x "$stage/init"
-initrd=$cache/initrd.cpio
+initrd=$stage.cpio
+trap 'rm -rf "$stage" "$initrd"' EXIT
 (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet >"$initrd")
 
 # --- boot ----------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ impl Store {
         let image = dir.join("store.xfs");
         let mount = dir.join("mnt");
         fs::create_dir_all(&mount).map_err(io("create", &mount))?;
-        if !is_mount_point(&mount) {
+        let mounted_here = !is_mount_point(&mount);
+        if mounted_here {
             if !image.exists() {
                 make_image(&image, size)?;
             }
@@ -43,8 +44,13 @@ impl Store {
             mount,
             projects: Mutex::default(),
         };
-        store.check_quota_on()?;
-        store.wipe()?;
+        if let Err(e) = store.check_quota_on().and_then(|()| store.wipe()) {
+            if mounted_here {
+                // Unmounting also detaches the loop device.
+                let _ = nix::mount::umount2(&store.mount, nix::mount::MntFlags::MNT_DETACH);
+            }
+            return Err(e);
+        }
         Ok(store)
     }
 
