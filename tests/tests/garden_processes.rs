@@ -105,7 +105,9 @@ async fn stdin_until_eof() {
     assert!(out.stdout == input, "cat echoed different bytes");
     // Megabytes of stdin arrive complete (many 32 KiB messages).
     let big: Vec<u8> = b"0123456789abcdef".repeat(6 * 65536);
-    let out = run_output(&f.c, &f.handle, &sh("md5sum"), Some(big.clone())).await.expect("md5sum");
+    let out = run_output(&f.c, &f.handle, &sh("md5sum"), Some(big.clone()))
+        .await
+        .expect("md5sum");
     let host_md5 = {
         let mut child = std::process::Command::new("md5sum")
             .stdin(std::process::Stdio::piped())
@@ -404,14 +406,23 @@ async fn attach_after_exit_and_concurrent_attaches() {
     // Two attaches to a running process both see its later output and its exit code.
     let spec = ProcessSpec {
         id: "slow".into(),
-        ..sh("read go; i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); done; exit 9")
+        ..sh("echo before; read go; i=0; while [ $i -lt 3 ]; do echo tick$i; i=$((i+1)); done; exit 9")
     };
     let (stdin_rd, mut stdin_wr) = tokio::io::duplex(64);
+    let first = Capture::default();
     let io = ProcessIo {
         stdin: Some(Box::new(stdin_rd)),
+        stdout: Some(Box::new(first.clone())),
         ..Default::default()
     };
     let mut runner = f.c.run(&f.handle, &spec, io).await.expect("run slow");
+    // Output from before an Attach is not replayed to it.
+    assert!(
+        e2e::eventually(Duration::from_secs(10), || async {
+            first.text() == "before\n"
+        })
+        .await
+    );
     let a = Capture::default();
     let b = Capture::default();
     let mut pa =
@@ -444,6 +455,7 @@ async fn attach_after_exit_and_concurrent_attaches() {
     assert_eq!(wait(&mut runner).await, 9);
     assert_eq!(a.text(), "tick0\ntick1\ntick2\n");
     assert_eq!(b.text(), "tick0\ntick1\ntick2\n");
+    assert_eq!(first.text(), "before\ntick0\ntick1\ntick2\n");
 
     // A generated process id reaches the client and can be attached to.
     let mut p =
