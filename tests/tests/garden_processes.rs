@@ -696,3 +696,55 @@ async fn signals_after_stdin_eof_and_other_signal_deaths() {
     assert!(out.stdout_text().contains("abc\r\n"), "{out:?}");
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_then_kill_back_to_back() {
+    // A signal sent the moment Run returns must not be lost (the process may not have
+    // reached exec yet).
+    let f = Fixture::new("e2e-p-runkill").await;
+    for i in 0..20 {
+        let spec = ProcessSpec {
+            path: "sleep".into(),
+            args: vec!["100".into()],
+            ..Default::default()
+        };
+        let mut p =
+            f.c.run(&f.handle, &spec, ProcessIo::default())
+                .await
+                .expect("run");
+        p.control().signal(Signal::Kill).await.expect("kill");
+        let status = tokio::time::timeout(Duration::from_secs(10), p.wait())
+            .await
+            .unwrap_or_else(|_| panic!("cycle {i}: KILL was lost"))
+            .expect("status");
+        assert_eq!(status, 137, "cycle {i}");
+    }
+    // Six attaches to one process all get its exit status.
+    let mut p =
+        f.c.run(
+            &f.handle,
+            &ProcessSpec {
+                id: "six".into(),
+                ..sh("read x; exit 11")
+            },
+            ProcessIo {
+                stdin: Some(Box::new(tokio::io::empty())),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("run");
+    let mut attaches = Vec::new();
+    for _ in 0..6 {
+        attaches.push(
+            f.c.attach(&f.handle, "six", ProcessIo::default())
+                .await
+                .expect("attach"),
+        );
+    }
+    assert_eq!(wait(&mut p).await, 11);
+    for mut a in attaches {
+        assert_eq!(wait(&mut a).await, 11);
+    }
+    f.finish().await;
+}
