@@ -508,11 +508,14 @@ impl Garden {
             let _ = remove_dir_all_blocking(bundle.clone()).await;
             return Err(e);
         }
+        // Guardian keeps the last 49 bytes; start at a char boundary so it stays UTF-8 and
+        // within the kernel's 64-byte limit.
         let hostname = {
-            let chars: Vec<char> = handle.chars().collect();
-            chars[chars.len().saturating_sub(49)..]
-                .iter()
-                .collect::<String>()
+            let mut start = handle.len().saturating_sub(49);
+            while !handle.is_char_boundary(start) {
+                start += 1;
+            }
+            handle[start..].to_string()
         };
         let sandbox_spec = SandboxSpec {
             handle,
