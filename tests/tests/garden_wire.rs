@@ -376,3 +376,43 @@ async fn client_disconnect_detaches_without_killing() {
     assert_eq!(status, 4);
     teardown(&g, h).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_messages_close_stdin_but_keep_the_session() {
+    let h = "e2e-wire-unknown";
+    let g = setup(h).await;
+    for (i, msg) in [
+        r#"{"process_id":"u","signal":9}"#,
+        r#"{"process_id":"u"}"#,
+        r#"{"process_id":"u","source":0,"data":5}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("u{i}");
+        let mut main = Raw::connect(&g).await;
+        let body = format!(
+            r#"{{"id":"{id}","path":"sh","args":["-c","cat; echo cat-done"],"rlimits":{{}},"image":{{}}}}"#
+        );
+        main.send(&run_request(h, &body)).await;
+        assert_hijack_head(&main.head().await, "HTTP/1.1 201 Created");
+        let sid = first_message(&mut main, &id).await;
+        let mut out = open_stream(&g, h, &id, &sid, "stdout").await;
+        main.send(
+            format!("{{\"process_id\":\"{id}\",\"source\":0,\"data\":\"x\\n\"}}\n").as_bytes(),
+        )
+        .await;
+        main.send(format!("{msg}\n").as_bytes()).await;
+        assert_eq!(
+            String::from_utf8(out.read_to_eof().await).unwrap(),
+            "x\ncat-done\n",
+            "{msg} should close stdin"
+        );
+        assert_eq!(
+            main.line().await,
+            format!("{{\"process_id\":\"{id}\",\"exit_status\":0}}\n").into_bytes(),
+            "{msg}"
+        );
+    }
+    teardown(&g, h).await;
+}
