@@ -164,3 +164,53 @@ async fn set_grace_time_rearms_and_zero_means_never() {
     assert_gone_cleanly(h2, &g);
     assert_gone_cleanly(h3, &g);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_stream_in_keeps_container() {
+    use tokio::io::AsyncWriteExt;
+    let g = Gardend::start();
+    let c = g.client();
+    let h = "e2e-grace-upload";
+    c.create(&spec(h, Duration::from_millis(300)))
+        .await
+        .expect("create");
+    // A tar uploaded over ~1.5 s, far longer than the grace time.
+    let mut tar_bytes = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut tar_bytes);
+        let data = vec![b'z'; 300_000];
+        let mut hd = tar::Header::new_gnu();
+        hd.set_size(data.len() as u64);
+        hd.set_mode(0o644);
+        hd.set_cksum();
+        b.append_data(&mut hd, "slow.bin", &data[..])
+            .expect("append");
+        b.finish().expect("finish");
+    }
+    let (rd, mut wr) = tokio::io::duplex(4096);
+    let feeder = tokio::spawn(async move {
+        for part in tar_bytes.chunks(tar_bytes.len() / 10 + 1) {
+            wr.write_all(part).await.expect("feed");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    c.stream_in(h, "", "/up", rd)
+        .await
+        .expect("slow stream in survives the grace time");
+    feeder.await.expect("feeder");
+    let mut r = c
+        .stream_out(h, "", "/up/slow.bin")
+        .await
+        .expect("still there");
+    let mut out = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut r, &mut out)
+        .await
+        .expect("read");
+    assert!(out.len() > 300_000);
+    drop(r);
+    assert!(
+        eventually(Duration::from_secs(10), || async { !listed(&c, h).await }).await,
+        "not reaped after the upload"
+    );
+    assert_gone_cleanly(h, &g);
+}
