@@ -161,11 +161,12 @@ fn byte_limit_stops_a_writer_and_metrics_follow() {
             20 << 20,
             "the getter echoes what was set"
         );
-        let (status, _, stderr) = sh(&c, "bytes", "dd if=/dev/zero of=/big bs=1M count=30").await;
+        let (status, stdout, stderr) =
+            sh(&c, "bytes", "dd if=/dev/zero of=/big bs=1M count=30").await;
         assert_ne!(status, 0, "30 MiB into a 20 MiB limit must fail");
         assert!(
             stderr.contains("No space left") || stderr.contains("quota exceeded"),
-            "stderr: {stderr}"
+            "status {status}, stdout {stdout:?}, stderr {stderr:?}"
         );
         let m = c.metrics("bytes").await.unwrap().disk_stat;
         assert!(
