@@ -387,3 +387,39 @@ async fn symlinks_in_the_container_never_lead_to_the_host() {
     }
     destroy_clean(&c, &h, &g).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_out_reads_as_the_given_user() {
+    // Guardian runs tar as the user: files the user cannot read must not come out.
+    let g = Gardend::start();
+    let c = g.client();
+    let h = c
+        .create(&ContainerSpec {
+            handle: "e2e-out-user".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let setup = "echo top-secret-e2e > /root/secret && chmod 600 /root/secret && \
+                 echo top-secret-e2e > /private && chmod 600 /private && \
+                 echo public-e2e > /home/alice/mine && chown alice /home/alice/mine && echo ok";
+    assert_eq!(sh_out(&c, &h, setup).await, "ok\n");
+    // Allowed: alice's own file, and root reading anything.
+    let out = members_of(&stream_out(&c, &h, "alice", "mine").await);
+    assert_eq!(out[0].3, b"public-e2e\n");
+    let out = members_of(&stream_out(&c, &h, "", "/private").await);
+    assert_eq!(out[0].3, b"top-secret-e2e\n");
+    // Refused for alice: a 0600 root file, and a file inside the 0700 /root.
+    for src in ["/private", "/root/", "/root/secret"] {
+        let leaked = match c.stream_out(&h, "alice", src).await {
+            Err(_) => false,
+            Ok(mut r) => {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf).await;
+                buf.windows(14).any(|w| w == b"top-secret-e2e")
+            }
+        };
+        assert!(!leaked, "alice read root's {src} through StreamOut");
+    }
+    destroy_clean(&c, &h, &g).await;
+}
