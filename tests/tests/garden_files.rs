@@ -423,3 +423,40 @@ async fn stream_out_reads_as_the_given_user() {
     }
     destroy_clean(&c, &h, &g).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_symlinks_are_not_followed_by_later_entries() {
+    // GNU tar (what Guardian runs) creates symlinks from the archive as placeholders until
+    // the end, so `link -> /etc` followed by `link/x` fails ("Cannot open: Not a directory")
+    // instead of writing outside the destination.
+    let g = Gardend::start();
+    let c = g.client();
+    let h = c
+        .create(&ContainerSpec {
+            handle: "e2e-through".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cases = [
+        ("absolute", "/etc", "e2e-through-abs"),
+        ("relative", "../../etc", "e2e-through-rel"),
+    ];
+    for (what, target, name) in cases {
+        let tar_bytes = archive(&[
+            member("link", b'2', target, b"", 0o777),
+            member(&format!("link/{name}"), b'0', "", b"pwned\n", 0o644),
+        ]);
+        let r = stream_in(&c, &h, "", "/dest/d", tar_bytes).await;
+        let exists = sh_out(&c, &h, &format!("[ -e /etc/{name} ] && echo written")).await;
+        assert_eq!(
+            exists, "",
+            "{what}: /etc/{name} written through an archive symlink ({r:?})"
+        );
+        assert!(
+            r.is_err(),
+            "{what}: writing through an archive symlink must fail"
+        );
+    }
+    destroy_clean(&c, &h, &g).await;
+}
