@@ -262,7 +262,13 @@ fn cpu_shares_reach_the_cgroup_and_the_getter() {
 fn cpu_quota_per_share_caps_the_container() {
     let _s = serial();
     // 10 µs per share per 100 ms period: 512 shares -> 5120 µs, about 5% of one CPU.
-    let g = Gardend::start_with(&["--cpu-quota-per-share", "10"]);
+    // 0.5% of a CPU per share: 512 shares are entitled to 2.56 CPU-ns per ns of age.
+    let g = Gardend::start_with(&[
+        "--cpu-quota-per-share",
+        "10",
+        "--cpu-entitlement-per-share",
+        "0.5",
+    ]);
     rt().block_on(async {
         let c = g.client();
         let mut limits = Limits::default();
@@ -285,11 +291,21 @@ fn cpu_quota_per_share_caps_the_container() {
         // Two seconds of spinning get at most ~5% of a CPU (allow generous slack).
         let (status, _, _) = sh(&c, "capped", "timeout 2 sh -c 'while :; do :; done'; true").await;
         assert_eq!(status, 0);
-        let used = c.metrics("capped").await.unwrap().cpu_stat.usage;
+        let m = c.metrics("capped").await.unwrap();
+        let used = m.cpu_stat.usage;
         assert!(
             used > 0 && used < 600_000_000,
             "cpu ns used under a 5% quota: {used}"
         );
+        let entitled = m.age as f64 * 2.56;
+        assert!(
+            (m.cpu_entitlement as f64 - entitled).abs() < entitled * 0.01,
+            "entitlement {} for age {}",
+            m.cpu_entitlement,
+            m.age
+        );
+        let m = c.metrics("unshared").await.unwrap();
+        assert_eq!(m.cpu_entitlement, 0, "no shares, no entitlement");
     });
 }
 

@@ -52,7 +52,7 @@ pub struct Cli {
 }
 
 /// Every setting, unset unless given (so the sources can be layered).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Args)]
 pub struct Settings {
     /// IP address to listen on [default: 127.0.0.1].
     #[arg(long, value_name = "IP", value_parser = parse_ip)]
@@ -97,6 +97,10 @@ pub struct Settings {
     /// refused [default: 0].
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub disk_store_size: Option<u64>,
+    /// Percent of a CPU each cpu share entitles a container to, for Metrics' CPUEntitlement
+    /// (shares x percent/100 x age); 0 = report 0 [default: 0].
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    pub cpu_entitlement_per_share: Option<f64>,
     #[command(flatten)]
     pub net: NetSettings,
 }
@@ -146,6 +150,9 @@ impl Settings {
             max_connections: self.max_connections.or(fallback.max_connections),
             cpu_quota_per_share: self.cpu_quota_per_share.or(fallback.cpu_quota_per_share),
             disk_store_size: self.disk_store_size.or(fallback.disk_store_size),
+            cpu_entitlement_per_share: self
+                .cpu_entitlement_per_share
+                .or(fallback.cpu_entitlement_per_share),
             net: self.net.or(fallback.net),
         }
     }
@@ -174,6 +181,9 @@ impl Settings {
             max_connections: self.max_connections.unwrap_or(d.max_connections),
             cpu_quota_per_share: self.cpu_quota_per_share.unwrap_or(d.cpu_quota_per_share),
             disk_store_size: self.disk_store_size.unwrap_or(d.disk_store_size),
+            cpu_entitlement_per_share: self
+                .cpu_entitlement_per_share
+                .unwrap_or(d.cpu_entitlement_per_share),
             net: self.net.into_config(),
         }
     }
@@ -198,6 +208,9 @@ impl Settings {
                 self.cpu_quota_per_share = Some(value.parse().map_err(|e| format!("{e}"))?)
             }
             "disk_store_size" => self.disk_store_size = Some(parse_size(value)?),
+            "cpu_entitlement_per_share" => {
+                self.cpu_entitlement_per_share = Some(parse_percent(value)?)
+            }
             _ => return self.net.set(key, value),
         }
         Ok(true)
@@ -302,6 +315,17 @@ fn parse_max_connections(value: &str) -> Result<usize, String> {
 
 /// Parse a Go duration (`300ms`, `1.5h`, `2h45m`, `0`; units ns, us, µs, ms, s, m, h) or a bare
 /// integer number of seconds. Negative durations are refused.
+/// A non-negative, finite percentage such as `12.5`.
+fn parse_percent(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        Ok(_) => Err(format!(
+            "invalid percentage {value:?}: must be a finite number >= 0"
+        )),
+        Err(e) => Err(format!("invalid percentage {value:?}: {e}")),
+    }
+}
+
 /// Bytes, optionally with a binary suffix: `512M`, `10G`, `1T` (also `10GB`, `10GiB`).
 pub fn parse_size(value: &str) -> Result<u64, String> {
     let v = value.trim();
@@ -420,6 +444,9 @@ mod tests {
         assert!(parse_size("10X").is_err());
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_percent("12.5"), Ok(12.5));
+        assert!(parse_percent("-1").is_err());
+        assert!(parse_percent("NaN").is_err());
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Config {
     pub cpu_quota_per_share: u64,
     /// Bytes of the loop-mounted XFS quota store; 0 = no store (disk limits refused).
     pub disk_store_size: u64,
+    /// Percent of a CPU per cpu share, for Metrics' CPUEntitlement; 0 = not reported.
+    pub cpu_entitlement_per_share: f64,
     /// Container networking (pools, firewall defaults, DNS).
     pub net: crate::net::NetConfig,
 }
@@ -52,6 +54,7 @@ impl Default for Config {
             max_connections: 4096,
             cpu_quota_per_share: 0,
             disk_store_size: 0,
+            cpu_entitlement_per_share: 0.0,
             net: crate::net::NetConfig::default(),
         }
     }

@@ -1038,7 +1038,11 @@ impl Garden {
             network_stat: self.network.stats(&c.handle),
             pid_stat: stats.pids,
             age: c.created.elapsed().as_nanos() as u64,
-            cpu_entitlement: 0,
+            cpu_entitlement: cpu_entitlement(
+                c.spec.limits.cpu_limits.shares(),
+                self.config.cpu_entitlement_per_share,
+                c.created.elapsed(),
+            ),
         }
     }
 
@@ -1185,6 +1189,12 @@ fn info(c: &Container, network: &crate::net::Network) -> ContainerInfo {
         mapped_ports: Some(net.map(|n| n.mapped_ports).unwrap_or_default()),
         ..Default::default()
     }
+}
+
+/// Nanoseconds of CPU a container with `shares` was entitled to over `age`, at
+/// `per_share` percent of a CPU per share (Guardian's CPUEntitlement).
+fn cpu_entitlement(shares: u64, per_share: f64, age: Duration) -> u64 {
+    (shares as f64 * (per_share / 100.0) * age.as_nanos() as f64) as u64
 }
 
 /// Bulk entries carry flattened (generic) errors, as Guardian's do.
