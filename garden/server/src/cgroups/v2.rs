@@ -61,6 +61,20 @@ pub fn stats(dir: &Path) -> Stats {
     if let Ok(text) = read(&dir.join("memory.stat")) {
         s.memory = memory_stat(&text);
     }
+    // v1 reports the limit and swap usage in memory.stat; v2 keeps them in their own files.
+    let number = |f: &str| {
+        read(&dir.join(f))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if let Some(limit) = number("memory.max") {
+        s.memory.hierarchical_memory_limit = limit;
+        s.memory.hierarchical_memsw_limit = limit + number("memory.swap.max").unwrap_or(0);
+    }
+    if let Some(swap) = number("memory.swap.current") {
+        s.memory.swap = swap;
+        s.memory.total_swap = swap;
+    }
     if let Ok(text) = read(&dir.join("cpu.stat")) {
         for (k, v) in parse_kv(&text) {
             match k {
@@ -152,5 +166,40 @@ mod tests {
     fn usage_toward_limit() {
         let m = memory_stat("anon 100\nfile 50\nswapcached 0\ninactive_file 30\n");
         assert_eq!(m.total_usage_toward_limit, 120);
+    }
+
+    #[test]
+    fn stats_from_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let w = |f: &str, v: &str| fs::write(d.join(f), v).unwrap();
+        w("memory.stat", "anon 4096\nfile 8192\ninactive_file 4096\n");
+        w("memory.max", "67108864\n");
+        w("memory.swap.max", "0\n");
+        w("memory.swap.current", "0\n");
+        w(
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+        );
+        w("pids.current", "3\n");
+        w("pids.max", "max\n");
+        let s = stats(d);
+        assert_eq!(s.memory.hierarchical_memory_limit, 64 << 20);
+        assert_eq!(s.memory.hierarchical_memsw_limit, 64 << 20);
+        assert_eq!(s.memory.total_usage_toward_limit, 8192);
+        assert_eq!(
+            (s.cpu.usage, s.cpu.user, s.cpu.system),
+            (1_500_000, 1_000_000, 500_000)
+        );
+        assert_eq!(
+            (s.pids.current, s.pids.max),
+            (3, 0),
+            "\"max\" = no limit = 0"
+        );
+        w("pids.max", "50\n");
+        w("memory.max", "max\n");
+        let s = stats(d);
+        assert_eq!(s.pids.max, 50);
+        assert_eq!(s.memory.hierarchical_memory_limit, 0, "no limit");
     }
 }
