@@ -637,11 +637,20 @@ impl Garden {
         c.activity.changed.notify_one();
         let t = Instant::now();
         c.sandbox.kill().await;
+        tracing::debug!(
+            handle,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "processes gone"
+        );
         if let Err(e) = self.network.release(handle).await {
             *c.state.lock().expect("state lock") = previous;
             return Err(GardenError::generic(format!("destroy {handle}: {e}")));
         }
-        tracing::debug!(handle, ms = t.elapsed().as_secs_f64() * 1e3, "init gone");
+        tracing::debug!(
+            handle,
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "network released"
+        );
         for p in c.processes.lock().expect("processes lock").values() {
             p.on_exit(137);
         }
