@@ -235,15 +235,21 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     found
 }
 
-/// Like `leaks`, but mounts only count when they lie in the container's bundle (a handle such
-/// as `env` would otherwise match unrelated host mounts), plus any process still naming the
-/// bundle (garden-init's argument).
+/// Like `leaks`, but mounts only count when they lie under gardend's state directory and name
+/// the handle as a whole path component (a handle such as `env` would otherwise match
+/// unrelated host mounts), plus any process still naming the bundle (garden-init's argument).
 pub fn all_leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     let bundle = gardend.depot.join(handle);
-    let bundle_text = bundle.display().to_string();
+    let state = gardend.tmp.path().display().to_string();
+    let component = format!("/{handle}");
+    let names_handle = |line: &str| {
+        line.match_indices(&component).any(|(i, m)| {
+            matches!(line.as_bytes().get(i + m.len()), None | Some(b'/' | b' '))
+        })
+    };
     let mut found: Vec<String> = leaks(handle, gardend)
         .into_iter()
-        .filter(|l| !l.starts_with("mount: ") || l.contains(&bundle_text))
+        .filter(|l| !l.starts_with("mount: ") || (l.contains(&state) && names_handle(l)))
         .collect();
     let needle = format!("garden-init {}", bundle.display());
     for (pid, cmdline) in processes_mentioning(&needle) {

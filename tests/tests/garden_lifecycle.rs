@@ -439,3 +439,32 @@ async fn non_ascii_handles_get_a_valid_hostname() {
         no_leaks(&h, &g);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_limited_container_leaves_nothing() {
+    let g = Gardend::start();
+    let c = g.client();
+    let h = "e2e-disk-limited";
+    let s = ContainerSpec {
+        limits: Limits {
+            disk_limits: garden_api::DiskLimits {
+                byte_hard: 64 << 20,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..spec(h)
+    };
+    c.create(&s).await.expect("create with a disk limit");
+    let out = run_output(
+        &c,
+        h,
+        &sh("head -c 1000000 /dev/zero > /f && echo ok"),
+        None,
+    )
+    .await
+    .expect("write");
+    assert_eq!(out.stdout_text(), "ok\n", "{out:?}");
+    c.destroy(h).await.expect("destroy");
+    no_leaks(h, &g);
+}

@@ -91,6 +91,29 @@ impl Firewall {
         self.apply(script).await
     }
 
+    /// [`Firewall::cleanup`] for contexts that cannot await (Drop at exit).
+    pub fn cleanup_blocking(&self) {
+        let Ok(saved) = std::process::Command::new(&self.save).output() else {
+            return;
+        };
+        let script = cleanup_script(&String::from_utf8_lossy(&saved.stdout), &self.prefix);
+        if script.is_empty() {
+            return;
+        }
+        let child = std::process::Command::new(&self.restore)
+            .args(["-w", "--noflush"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        if let Ok(mut child) = child {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = std::io::Write::write_all(&mut stdin, script.as_bytes());
+            }
+            let _ = child.wait();
+        }
+    }
+
     /// The chains shared by all containers.
     pub async fn install_global(
         &self,

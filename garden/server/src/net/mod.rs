@@ -499,6 +499,28 @@ impl Network {
     }
 }
 
+/// A gardend going away without containers (including a failed start, e.g. the port was taken)
+/// takes its shared chains and bridges with it. With containers still running nothing is
+/// touched: they keep their network until the next start cleans up.
+impl Drop for Network {
+    fn drop(&mut self) {
+        let empty = self
+            .containers
+            .lock()
+            .map(|c| c.is_empty())
+            .unwrap_or(false);
+        if !empty {
+            return;
+        }
+        for name in bridge::list(&self.links_prefix) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &name])
+                .status();
+        }
+        self.firewall.cleanup_blocking();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
