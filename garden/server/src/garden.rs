@@ -194,6 +194,8 @@ impl Garden {
         let empty = self.containers.read().expect("containers lock").is_empty();
         if empty {
             self.network.remove_all().await;
+            // Nothing of ours is left in the parent cgroups either.
+            self.runtime.cgroups().remove_parent();
         }
         self.disk.shutdown();
     }
@@ -937,10 +939,14 @@ impl Garden {
         let (input, rx) = mpsc::unbounded_channel();
         let (weak, sid, process) = (Arc::downgrade(c), stream_id.clone(), p.clone());
         tokio::spawn(async move {
-            process.serve_input(sid.clone(), rx).await;
-            // The session is over: streams it never claimed will never be claimed.
-            if let Some(c) = weak.upgrade() {
-                c.streams.lock().expect("streams lock").remove(&sid);
+            process.clone().serve_input(sid.clone(), rx).await;
+            // A client that leaves while its process runs has detached: the streams it never
+            // claimed never will be. After an exit the server itself closed the session, and the
+            // client may still be about to fetch the output: keep them (STREAM_RETENTION).
+            if process.is_running() {
+                if let Some(c) = weak.upgrade() {
+                    c.streams.lock().expect("streams lock").remove(&sid);
+                }
             }
         });
         ProcessSession {

@@ -197,6 +197,18 @@ impl Cgroups {
         }
     }
 
+    /// Remove the (empty) parent cgroups, e.g. when the last container is gone at shutdown.
+    /// A parent that still has children stays.
+    pub fn remove_parent(&self) {
+        for d in self.dirs_for(None) {
+            if let Err(e) = fs::remove_dir(&d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::debug!(dir = %d.display(), error = %e, "parent cgroup kept");
+                }
+            }
+        }
+    }
+
     /// The container's cgroup, without touching the filesystem.
     pub fn container(&self, handle: &str) -> ContainerCgroup {
         ContainerCgroup {

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, watch};
@@ -169,7 +169,7 @@ impl Hub {
 /// Read `fd` until EOF, or — once `exited` turns true — until nothing more is buffered
 /// (a background child may hold the pipe open forever). Then close the hub.
 pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, hub: Arc<Hub>, mut exited: watch::Receiver<bool>) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = BytesMut::new();
     let mut draining = false;
     loop {
         let ready = if draining {
@@ -183,8 +183,8 @@ pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, hub: Arc<Hub>, mut exited: watch::R
         };
         match ready {
             Some(Ok(mut guard)) => match guard.try_io(|f| read(f.get_ref(), &mut buf)) {
-                Ok(Ok(0)) => break,
-                Ok(Ok(n)) => hub.publish(Bytes::copy_from_slice(&buf[..n])).await,
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(chunk))) => hub.publish(chunk).await,
                 Ok(Err(_)) => break,
                 Err(_would_block) => continue,
             },
@@ -192,8 +192,8 @@ pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, hub: Arc<Hub>, mut exited: watch::R
             None => {
                 draining = true;
                 match read(fd.get_ref(), &mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => hub.publish(Bytes::copy_from_slice(&buf[..n])).await,
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => hub.publish(chunk).await,
                     Err(_) => break, // EAGAIN: everything the process wrote has been read
                 }
             }
@@ -202,13 +202,27 @@ pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, hub: Arc<Hub>, mut exited: watch::R
     hub.close();
 }
 
-/// read(2); a pty master answers EIO once the slave side is closed, which is EOF for us.
-fn read(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
-    match nix::unistd::read(fd, buf) {
-        Ok(n) => Ok(n),
-        Err(nix::errno::Errno::EIO) => Ok(0),
-        Err(e) => Err(e.into()),
+/// read(2) straight into the buffer the chunk is handed out from (no copy); `None` = EOF.
+/// A pty master answers EIO once the slave side is closed, which is EOF for us.
+fn read(fd: &OwnedFd, buf: &mut BytesMut) -> std::io::Result<Option<Bytes>> {
+    buf.reserve(READ_CHUNK);
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: read(2) writes at most `spare.len()` bytes into memory we own; we only expose
+    // the `n` bytes it reports as written.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EIO) => Ok(None),
+            _ => Err(e),
+        };
     }
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(n as usize) };
+    Ok(Some(buf.split().freeze()))
 }
 
 /// Where stdin messages go.
