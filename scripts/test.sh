@@ -7,7 +7,7 @@ bash scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo build --workspace --bins -q
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 if [ -x scripts/vm-v2-test.sh ] || [ -f scripts/vm-v2-test.sh ]; then
     bash scripts/vm-v2-test.sh
 fi
