@@ -214,6 +214,26 @@ mod inside {
     }
 }
 
+/// Delete links in one `ip` run; links already gone are fine (a veth goes away with the
+/// container's namespace on its own).
+pub async fn delete_all(names: &[&str]) -> Result<(), NetError> {
+    let present: Vec<&str> = names.iter().copied().filter(|n| exists(n)).collect();
+    if present.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = present.iter().map(|n| format!("link del {n}")).collect();
+    let result = cmd::run(
+        ip_bin(),
+        &["-force", "-batch", "-"],
+        Some(lines.join("\n") + "\n"),
+    )
+    .await;
+    match result {
+        Err(e) if present.iter().any(|n| exists(n)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Delete a link; a link that is already gone (the container's namespace took the veth with it)
 /// is fine.
 pub async fn delete(name: &str) -> Result<(), NetError> {

@@ -96,6 +96,8 @@ impl Default for NetConfig {
 struct Progress {
     link: bool,
     firewall: bool,
+    /// The address went back to the pool (exactly once, even if a later step fails).
+    ip_released: bool,
 }
 
 /// One container's network.
@@ -468,24 +470,44 @@ impl Network {
             let p = a.progress.lock().expect("progress lock");
             (p.link, p.firewall)
         };
-        if fw {
-            self.firewall.remove_container(&a.rules).await?;
-            a.progress.lock().expect("progress lock").firewall = false;
-        }
-        {
-            let mut bridges = self.bridges.lock().await;
-            if link {
-                bridge::delete(&a.host_if).await?;
-                a.progress.lock().expect("progress lock").link = false;
+        // Rules and links are independent: remove both at once.
+        let rules = async {
+            if fw {
+                self.firewall.remove_container(&a.rules).await?;
+                a.progress.lock().expect("progress lock").firewall = false;
             }
-            let empty = self.ips.lock().expect("ip pool lock").release(&a.lease);
-            if empty && (bridges.contains(&a.lease.subnet) || bridge::exists(&a.rules.bridge)) {
-                if let Err(e) = bridge::delete(&a.rules.bridge).await {
-                    tracing::warn!(bridge = a.rules.bridge, error = %e, "remove bridge");
+            Ok::<(), NetError>(())
+        };
+        let links = async {
+            // Bridge creation and removal are decided under this lock.
+            let mut bridges = self.bridges.lock().await;
+            let empty = {
+                let mut p = a.progress.lock().expect("progress lock");
+                let mut ips = self.ips.lock().expect("ip pool lock");
+                if p.ip_released {
+                    !ips.in_use(&a.lease.subnet)
+                } else {
+                    p.ip_released = true;
+                    ips.release(&a.lease)
                 }
+            };
+            let mut doomed = Vec::new();
+            if link {
+                doomed.push(a.host_if.as_str());
+            }
+            if empty && (bridges.contains(&a.lease.subnet) || bridge::exists(&a.rules.bridge)) {
+                doomed.push(a.rules.bridge.as_str());
+            }
+            bridge::delete_all(&doomed).await?;
+            a.progress.lock().expect("progress lock").link = false;
+            if empty {
                 bridges.remove(&a.lease.subnet);
             }
-        }
+            Ok(())
+        };
+        let (unruled, unlinked) = tokio::join!(rules, links);
+        unruled?;
+        unlinked?;
         let mut ports = self.ports.lock().expect("port pool lock");
         for m in a.mapped.lock().expect("mapped lock").drain(..) {
             ports.release(m.host_port);
