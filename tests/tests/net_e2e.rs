@@ -321,6 +321,34 @@ async fn deny_networks_and_netout_rules() {
     // The rule opened exactly that port: the host is still out of reach.
     let (_, out) = run(&c, "fw-client", &to_host).await;
     assert!(!out.contains("from-host"), "{out}");
+    let p = c.properties("fw-client").await.expect("properties");
+    let chain = format!(
+        "{}{}",
+        p["kawasaki.iptable-prefix"], p["kawasaki.iptable-inst"]
+    );
+    assert!(
+        rules(&chain)
+            .iter()
+            .any(|l| l.contains("LOG") && l.contains("fw-client")),
+        "logged rule: {:#?}",
+        rules(&chain)
+    );
+
+    // ICMP: echo requests only once a rule lets them out.
+    let ping = format!("ping -c 1 -W 2 {server_ip}");
+    let (status, _) = run(&c, "fw-client", &ping).await;
+    assert_ne!(status, 0, "ping got through --deny-network");
+    let icmp = NetOutRule {
+        protocol: garden_api::PROTOCOL_ICMP,
+        icmps: Some(garden_api::IcmpControl {
+            icmp_type: 8,
+            code: None,
+        }),
+        ..Default::default()
+    };
+    c.net_out("fw-client", &icmp).await.expect("net_out icmp");
+    let (status, out) = run(&c, "fw-client", &ping).await;
+    assert_eq!(status, 0, "{out}");
 
     let g2 = gardend(6, &["--deny-network", "0.0.0.0/0", "--allow-host-access"]);
     let c2 = g2.client();
