@@ -20,10 +20,6 @@ use clap::Parser;
 use garden_client::{Address, Client};
 
 fn main() {
-    // Like other command-line tools, die quietly when the reader of our output goes away
-    // (`gardenctl list --json | head`) instead of panicking on EPIPE.
-    // SAFETY: setting a signal disposition at startup, before any thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     // Usage errors exit 1 like every other failure; --help and --version exit 0.
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
