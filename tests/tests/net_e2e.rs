@@ -164,6 +164,23 @@ async fn netin_reaches_a_server_in_the_container() {
     assert!(out.contains("10.231.1.2 net-in"), "{out}");
     assert!(out.contains("0 644\n0 644"), "{out}");
 
+    // The container resolves its own name; only root may change the files.
+    let (status, out) = run(&c, "net-in", "ping -c 1 -W 2 net-in").await;
+    assert_eq!(status, 0, "{out}");
+    let alice = garden_api::ProcessSpec {
+        user: "alice".into(),
+        ..sh("echo x >> /etc/hosts || echo x >> /etc/resolv.conf")
+    };
+    let out = run_output(&c, "net-in", &alice, None).await.expect("run");
+    assert_ne!(out.status, 0, "alice wrote: {}", out.stderr_text());
+    let (status, out) = run(
+        &c,
+        "net-in",
+        "echo '# root' >> /etc/hosts && echo '# root' >> /etc/resolv.conf",
+    )
+    .await;
+    assert_eq!(status, 0, "{out}");
+
     let m = c.metrics("net-in").await.expect("metrics");
     let stat = m.network_stat.expect("network stats");
     assert!(stat.rx_bytes > 0 && stat.tx_bytes > 0, "{stat:?}");

@@ -1119,10 +1119,12 @@ impl Garden {
     /// Links, firewall, /etc files, create-time NetIn and the network properties.
     async fn net_setup(&self, handle: &str) -> Result<()> {
         let c = self.lookup(handle)?;
-        let hostname: String = {
-            let chars: Vec<char> = handle.chars().collect();
-            chars[chars.len().saturating_sub(49)..].iter().collect()
-        };
+        // The hostname create gave the container: the last 49 bytes, from a char boundary.
+        let mut start = handle.len().saturating_sub(49);
+        while !handle.is_char_boundary(start) {
+            start += 1;
+        }
+        let hostname = &handle[start..];
         let root = c
             .sandbox
             .open_root()
@@ -1130,7 +1132,7 @@ impl Garden {
         self.network
             .setup(
                 handle,
-                &hostname,
+                hostname,
                 c.sandbox.init_pid,
                 root.as_fd(),
                 &c.spec.netout_rules,
