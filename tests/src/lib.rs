@@ -50,6 +50,34 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A /22 of its own for each gardend, so parallel instances never hand out the same subnets
+/// (their bridges would clash). Taken from 10.64.0.0/10, skipping ranges with host addresses.
+pub fn network_pool() -> String {
+    static USED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+    let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+    let addrs = Command::new("ip")
+        .args(["-4", "-o", "addr"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let seed = std::process::id().wrapping_mul(2654435761) >> 20;
+    for i in 0..4096u32 {
+        let index = (seed + i) % 4096;
+        if used.contains(&index) {
+            continue;
+        }
+        let (b, c) = (64 + (index >> 6), (index & 63) << 2);
+        let prefix = format!("inet 10.{b}.{c}.");
+        let taken = (0..4).any(|k| addrs.contains(&format!("inet 10.{b}.{}.", c + k)));
+        if taken || addrs.contains(&prefix) {
+            continue;
+        }
+        used.push(index);
+        return format!("10.{b}.{c}.0/22");
+    }
+    panic!("no free /22 left in 10.64.0.0/10");
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -98,6 +126,9 @@ impl Gardend {
             .stderr(log);
         if let Ok(rootfs) = std::env::var("GARDEN_TEST_ROOTFS") {
             cmd.args(["--default-rootfs", &rootfs]);
+        }
+        if !extra.contains(&"--network-pool") {
+            cmd.args(["--network-pool", &network_pool()]);
         }
         let child = cmd.spawn().expect("spawn gardend");
         let g = Gardend {
@@ -243,9 +274,8 @@ pub fn all_leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     let state = gardend.tmp.path().display().to_string();
     let component = format!("/{handle}");
     let names_handle = |line: &str| {
-        line.match_indices(&component).any(|(i, m)| {
-            matches!(line.as_bytes().get(i + m.len()), None | Some(b'/' | b' '))
-        })
+        line.match_indices(&component)
+            .any(|(i, m)| matches!(line.as_bytes().get(i + m.len()), None | Some(b'/' | b' ')))
     };
     let mut found: Vec<String> = leaks(handle, gardend)
         .into_iter()

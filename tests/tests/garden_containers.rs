@@ -402,7 +402,11 @@ async fn info_states_properties_and_path() {
     let info = c.info("inf").await.expect("info");
     assert_eq!(info.state, "active");
     assert_eq!(info.events, None, "Events is null without events");
-    assert_eq!(info.mapped_ports, Some(vec![]), "MappedPorts is [] without mappings");
+    assert_eq!(
+        info.mapped_ports,
+        Some(vec![]),
+        "MappedPorts is [] without mappings"
+    );
     let props = info.properties.clone().unwrap_or_default();
     assert_eq!(
         props.get("foo").map(String::as_str),

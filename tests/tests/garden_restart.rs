@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use garden_api::{ContainerSpec, ProcessSpec};
 use garden_client::{Address, Client, ProcessIo};
 
-fn start(depot: &Path, port: u16, cgroup_parent: &str, log: &Path) -> Child {
+fn start(depot: &Path, port: u16, cgroup_parent: &str, pool: &str, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -24,6 +24,7 @@ fn start(depot: &Path, port: u16, cgroup_parent: &str, log: &Path) -> Child {
             "--cgroup-parent",
             cgroup_parent,
         ])
+        .args(["--network-pool", pool])
         .arg("--depot")
         .arg(depot)
         .stdin(Stdio::null())
@@ -54,7 +55,8 @@ fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
     let log = tmp.path().join("gardend.log");
     let port = e2e::free_port();
     let parent = format!("garden-restart-{port}");
-    let mut gardend = start(&depot, port, &parent, &log);
+    let pool = e2e::network_pool();
+    let mut gardend = start(&depot, port, &parent, &pool, &log);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = Client::new(Address::Tcp(format!("127.0.0.1:{port}")));
 
@@ -110,7 +112,7 @@ fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
     );
 
     // The next gardend on the same depot removes the orphaned container completely.
-    let mut gardend = start(&depot, port, &parent, &log);
+    let mut gardend = start(&depot, port, &parent, &pool, &log);
     wait_for(
         "the old container init to go",
         Duration::from_secs(10),

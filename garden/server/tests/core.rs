@@ -2,6 +2,7 @@
 //! stdin, exit codes, signals, destroy, and nothing left behind.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,14 +11,22 @@ use garden_server::config::Config;
 use garden_server::garden::Garden;
 use garden_server::service::{Reply, Request, Service};
 
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
 async fn garden(tmp: &tempfile::TempDir) -> Arc<Garden> {
     let depot = tmp.path().join("depot");
-    let config = Config {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut config = Config {
         depot,
-        cgroup_parent: format!("garden-core-test-{}", std::process::id()),
+        // One instance name per Garden: it also names the network (pool, chains, bridges).
+        cgroup_parent: format!("garden-core-{}-{n}", std::process::id()),
         init_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_garden-init"))),
         ..Config::default()
     };
+    // A pool of its own (10.32.n.0/24 is outside the harness's 10.64.0.0/10) per instance.
+    config.net.pool = format!("10.32.{}.0/24", (std::process::id() as usize * 7 + n) % 256)
+        .parse()
+        .expect("pool");
     Garden::new(config).await.expect("garden starts")
 }
 
@@ -171,6 +180,7 @@ async fn lifecycle_against_the_kernel() {
         .await
         .unwrap_err();
     assert_eq!(err, GardenError::container_not_found("core-1"));
+    g.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,6 +224,7 @@ async fn unprivileged_root_is_confined() {
         .await
         .expect("destroy");
     }
+    g.shutdown().await;
 }
 
 /// Processes must not depend on gardend: with gardend's ends of the pipes gone (as when it
@@ -259,6 +270,7 @@ async fn processes_survive_their_readers() {
     })
     .await
     .expect("destroy");
+    g.shutdown().await;
 }
 
 /// pid 1 is shielded from the container's OOM killer; its processes are not.
@@ -296,6 +308,7 @@ async fn only_init_is_shielded_from_the_oom_killer() {
     })
     .await
     .expect("destroy");
+    g.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,4 +328,5 @@ async fn long_handles_work() {
     g.handle(Request::Destroy { handle })
         .await
         .expect("destroy");
+    g.shutdown().await;
 }
