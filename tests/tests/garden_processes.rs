@@ -748,3 +748,33 @@ async fn run_then_kill_back_to_back() {
     }
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_environment_and_arguments() {
+    // execve takes up to ARG_MAX (2 MiB here) of args + env, each string up to 128 KiB;
+    // Cloud Foundry puts e.g. VCAP_SERVICES in the env, often hundreds of KB in total.
+    let f = Fixture::new("e2e-p-bigenv").await;
+    let env: Vec<String> = (0..8)
+        .map(|i| format!("V{i}={}", "x".repeat(100_000)))
+        .collect();
+    let spec = ProcessSpec {
+        env,
+        ..sh("echo ${#V0} ${#V7}")
+    };
+    let out = f.run(&spec).await.expect("run with 800 KB of env");
+    assert_eq!(
+        (out.status, out.stdout_text()),
+        (0, "100000 100000\n".to_string()),
+        "{out:?}"
+    );
+    let mut args = vec!["-c".to_string(), "echo $#".to_string(), "arg0".to_string()];
+    args.extend((0..6).map(|_| "y".repeat(100_000)));
+    let spec = ProcessSpec {
+        path: "/bin/sh".into(),
+        args,
+        ..Default::default()
+    };
+    let out = f.run(&spec).await.expect("run with 600 KB of args");
+    assert_eq!(out.stdout_text(), "6\n", "{out:?}");
+    f.finish().await;
+}
