@@ -778,3 +778,36 @@ async fn large_environment_and_arguments() {
     assert_eq!(out.stdout_text(), "6\n", "{out:?}");
     f.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_is_the_containers_own_pty() {
+    // runc allocates the console inside the container's devpts, so ttyname() works there
+    // (`tty`, ssh, sudo, script and job-control shells depend on it).
+    let f = Fixture::new("e2e-p-ttyname").await;
+    let spec = ProcessSpec {
+        tty: Some(TtySpec::default()),
+        ..sh("t=$(tty) && [ -c \"$t\" ] && echo ok $t; ls -l /proc/self/fd/0 >/dev/null")
+    };
+    let out = f.run(&spec).await.expect("run");
+    assert!(out.stdout_text().starts_with("ok /dev/pts/"), "{out:?}");
+    let spec = ProcessSpec {
+        user: "alice".into(),
+        ..spec
+    };
+    let out = f.run(&spec).await.expect("run as alice");
+    assert!(out.stdout_text().starts_with("ok /dev/pts/"), "{out:?}");
+    let owner = f
+        .run(&ProcessSpec {
+            user: "alice".into(),
+            tty: Some(TtySpec::default()),
+            ..sh("stat -c %U $(tty)")
+        })
+        .await
+        .expect("stat");
+    assert_eq!(
+        owner.stdout_text(),
+        "alice\r\n",
+        "the pty belongs to the process's user: {owner:?}"
+    );
+    f.finish().await;
+}
