@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tempfile::TempPath;
 
 use crate::archive::{self, ArchiveError};
-use crate::http::{self, HttpError, Url};
+use crate::http::{self, HttpError, Tls, Url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -71,6 +71,8 @@ pub struct CacheConfig {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub request_timeout: Duration,
+    /// Verification of `https://` servers (system roots unless set).
+    pub tls: Tls,
 }
 
 impl CacheConfig {
@@ -82,6 +84,7 @@ impl CacheConfig {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(600),
+            tls: Tls::default(),
         }
     }
 }
@@ -446,9 +449,7 @@ impl DownloadCache {
             let retryable = match &r {
                 Ok(_) => false,
                 Err(FetchError::Status(s)) => *s >= 500,
-                Err(FetchError::Http(
-                    HttpError::UnsupportedScheme(_) | HttpError::InvalidUrl(_),
-                )) => false,
+                Err(FetchError::Http(e)) if e.is_permanent() => false,
                 Err(FetchError::Http(_) | FetchError::Timeout(_)) => true,
                 Err(_) => false,
             };
@@ -483,7 +484,7 @@ impl DownloadCache {
                 headers.push(("If-Modified-Since", lm.clone()));
             }
         }
-        let resp = http::request("GET", url, &headers, None).await?;
+        let resp = http::request(&self.config.tls, "GET", url, &headers, None).await?;
         match resp.status {
             304 if known.is_some() => return Ok(None),
             200 => {}

@@ -1,13 +1,14 @@
 //! Test support shared by the unit and end-to-end tests: a tiny HTTP/1.1 file server on
 //! 127.0.0.1:0 that serves registered files (with ETag and conditional GET), counts requests
-//! and body bytes sent, and records POSTed uploads.
+//! and body bytes sent, and records POSTed uploads. [`FileServer::start_tls`] serves the same
+//! over TLS with a caller-made certificate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 
 /// A file the server hands out.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +53,7 @@ struct State {
 /// The server; dropped = stopped.
 pub struct FileServer {
     addr: SocketAddr,
+    scheme: &'static str,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -64,26 +66,58 @@ impl Drop for FileServer {
 
 impl FileServer {
     pub async fn start() -> FileServer {
+        Self::start_with(None).await
+    }
+
+    /// Serve over TLS with `config` (its certificate should cover `127.0.0.1` for
+    /// [`FileServer::url`]). Connections whose handshake fails are dropped before any request
+    /// is counted.
+    pub async fn start_tls(config: Arc<rustls::ServerConfig>) -> FileServer {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(config))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> FileServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind test server");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = serve(sock, st).await;
+                    let _ = match tls {
+                        None => serve(sock, st).await,
+                        Some(acceptor) => match acceptor.accept(sock).await {
+                            Ok(s) => serve(s, st).await,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "test server: tls handshake failed");
+                                Ok(())
+                            }
+                        },
+                    };
                 });
             }
         });
-        FileServer { addr, state, task }
+        FileServer {
+            addr,
+            scheme,
+            state,
+            task,
+        }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http[s]://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     pub fn put(&self, path: &str, file: ServedFile) {
@@ -154,7 +188,10 @@ impl FileServer {
     }
 }
 
-async fn serve(sock: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    sock: S,
+    state: Arc<Mutex<State>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(sock);
     let mut raw = Vec::new();
     loop {

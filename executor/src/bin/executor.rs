@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use executor::action::{Action, EnvironmentVariable};
 use executor::cache::{CacheConfig, DownloadCache};
 use executor::container::{AllocationRequest, Executor, ExecutorConfig, RunInfo};
+use executor::http::{Tls, TlsOptions};
 use executor::log::{LogConfig, StdioSink};
 use garden_client::{Address, Client};
 
@@ -37,6 +38,14 @@ struct CellArgs {
     /// Seconds between SIGTERM and SIGKILL when a run is cancelled.
     #[arg(long, default_value_t = 10.0)]
     grace: f64,
+    /// PEM file of CA certificates trusted for https downloads and uploads besides the
+    /// system roots (repeatable).
+    #[arg(long = "ca-cert", value_name = "FILE", env = "EXECUTOR_CA_CERT")]
+    ca_cert: Vec<PathBuf>,
+    /// Do not verify https server certificates. Testing only: the traffic can then be read
+    /// and changed by anyone on the path.
+    #[arg(long)]
+    insecure_skip_verify: bool,
 }
 
 #[derive(Subcommand)]
@@ -92,8 +101,15 @@ fn executor(cell: &CellArgs, mut config: ExecutorConfig) -> anyhow::Result<Arc<E
         .cache_dir
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join("executor-cache"));
+    let tls = Tls::new(&TlsOptions {
+        ca_certs: cell.ca_cert.clone(),
+        insecure_skip_verify: cell.insecure_skip_verify,
+    })
+    .context("setting up TLS")?;
     let mut cc = CacheConfig::new(&dir);
     cc.max_bytes = cell.cache_mb << 20;
+    cc.tls = tls.clone();
+    config.step.tls = tls;
     let cache = DownloadCache::open(cc)
         .with_context(|| format!("opening download cache {}", dir.display()))?;
     if !(cell.grace.is_finite() && cell.grace >= 0.0) {

@@ -244,7 +244,7 @@ async fn status_errors_and_retries() {
     assert_eq!(err.to_string(), "Download failed: Status code 503");
     assert_eq!(srv.requests("/flaky"), 4);
     let err = cache
-        .fetch("https://example.invalid/x", "", None)
+        .fetch("ftp://example.invalid/x", "", None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unsupported scheme"), "{err}");

@@ -147,6 +147,8 @@ pub struct StepConfig {
     pub download_slots: Arc<Semaphore>,
     pub upload_slots: Arc<Semaphore>,
     pub upload_attempts: u32,
+    /// Verification of `https://` upload targets (downloads use the cache's `CacheConfig::tls`).
+    pub tls: crate::http::Tls,
 }
 
 impl Default for StepConfig {
@@ -157,6 +159,7 @@ impl Default for StepConfig {
             download_slots: Arc::new(Semaphore::new(5)),
             upload_slots: Arc::new(Semaphore::new(5)),
             upload_attempts: 3,
+            tls: crate::http::Tls::default(),
         }
     }
 }

@@ -168,14 +168,15 @@ impl Step for UploadStep {
                 len: payload.len,
                 reader: Box::new(tokio::fs::File::from_std(file)),
             };
+            // Err((message, permanent)): a rejected certificate is not retried.
             let post = async {
-                let resp = http::request("POST", &url, &headers, Some(body))
+                let resp = http::request(&self.env.config.tls, "POST", &url, &headers, Some(body))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| (e.to_string(), e.is_permanent()))?;
                 let status = resp.status;
                 let _ = resp.read_body(|_| Ok(())).await;
                 if status >= 400 {
-                    return Err(format!("Upload failed: Status code {status}"));
+                    return Err((format!("Upload failed: Status code {status}"), false));
                 }
                 Ok(())
             };
@@ -194,9 +195,12 @@ impl Step for UploadStep {
                     }
                     return Ok(());
                 }
-                Err(e) => {
+                Err((e, permanent)) => {
                     tracing::info!(attempt, error = %e, "upload attempt failed");
                     last_error = e;
+                    if permanent {
+                        break;
+                    }
                 }
             }
         }
