@@ -49,6 +49,14 @@ pub enum RootfsError {
     /// A tar entry that would escape the destination or that we refuse to create.
     #[error("refusing tar entry {entry:?}: {reason}")]
     UnsafeEntry { entry: String, reason: String },
+    /// A tar entry that could not be placed, e.g. because its parent is not a directory
+    /// (such as a symlink from the same archive that is not created until the end).
+    #[error("tar entry {entry:?}: {source}")]
+    Entry {
+        entry: String,
+        #[source]
+        source: Box<RootfsError>,
+    },
     /// The archive itself is unreadable: bad checksum, truncated data, ...
     #[error("corrupt or truncated tar archive{}: {source}", at_entry(entry))]
     CorruptArchive {
@@ -100,6 +108,7 @@ impl RootfsError {
         match self {
             RootfsError::NotFound { .. } => true,
             RootfsError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            RootfsError::Entry { source, .. } => source.is_not_found(),
             _ => false,
         }
     }

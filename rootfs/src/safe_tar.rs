@@ -11,6 +11,7 @@
 //! climbing above `/`, no device nodes) so that hostile archives fail loudly instead of being
 //! silently clamped.
 
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -84,13 +85,21 @@ pub(crate) struct Restrict<'a> {
     groups: &'a [u32],
 }
 
-impl Restrict<'_> {
+impl<'a> Restrict<'a> {
+    fn new(owner: Owner, groups: &'a [u32]) -> Self {
+        Restrict {
+            uid: owner.uid,
+            gid: owner.gid,
+            groups,
+        }
+    }
+
     fn owns(&self, st: &FileStat) -> bool {
         st.st_uid == self.uid
     }
 
-    /// Write and search permission on a directory, i.e. may create or remove entries in it.
-    fn may_modify_dir(&self, st: &FileStat) -> bool {
+    /// The `rwx` bits of `st` that apply to this user (owner, group or other class).
+    fn access_bits(&self, st: &FileStat) -> u32 {
         let mode = st.st_mode;
         let bits = if st.st_uid == self.uid {
             mode >> 6
@@ -99,7 +108,30 @@ impl Restrict<'_> {
         } else {
             mode
         };
-        bits & 0o3 == 0o3
+        bits & 0o7
+    }
+
+    /// Write and search permission on a directory, i.e. may create or remove entries in it.
+    fn may_modify_dir(&self, st: &FileStat) -> bool {
+        self.access_bits(st) & 0o3 == 0o3
+    }
+
+    /// Search permission: may resolve names inside the directory.
+    fn may_search(&self, st: &FileStat) -> bool {
+        self.access_bits(st) & 0o1 != 0
+    }
+
+    /// What `tar -c` needs to archive `st`: read on a file, read and search on a directory
+    /// (to list it and stat its children). Symlinks, fifos and devices are only stat'ed.
+    fn may_pack(&self, st: &FileStat) -> bool {
+        let bits = self.access_bits(st);
+        if is_type(st, SFlag::S_IFDIR) {
+            bits & 0o5 == 0o5
+        } else if is_type(st, SFlag::S_IFREG) {
+            bits & 0o4 != 0
+        } else {
+            true
+        }
     }
 }
 
@@ -262,11 +294,7 @@ pub fn extract_as_user<R: Read>(
         ExtractOptions {
             ownership: Ownership::Fixed(owner),
             allow_devices: false,
-            restrict: Some(Restrict {
-                uid: owner.uid,
-                gid: owner.gid,
-                groups,
-            }),
+            restrict: Some(Restrict::new(owner, groups)),
         },
     )
 }
@@ -317,23 +345,20 @@ pub(crate) fn extract_with<R: Read>(
         dir_owner,
         stats: ExtractStats::default(),
         dir_times: Vec::new(),
+        delayed: Vec::new(),
+        placeholders: HashMap::new(),
     };
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|source| RootfsError::CorruptArchive {
-            entry: None,
-            source,
-        })?;
-    let mut last: Option<String> = None;
-    for entry in entries {
-        let mut entry = entry.map_err(|source| RootfsError::CorruptArchive {
-            entry: last.clone(),
-            source,
-        })?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        ex.entry(&mut entry, &name)?;
-        last = Some(name);
+    let unpacked = ex.unpack(reader);
+    // Like GNU tar, the delayed symlinks are made real even when a later entry failed: they
+    // are valid entries, and their placeholders must not be left behind.
+    let linked = ex.apply_delayed_symlinks();
+    match (unpacked, linked) {
+        (Err(e), Err(late)) => {
+            tracing::warn!(error = %late, "creating delayed symlinks after a failed extraction");
+            return Err(e);
+        }
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => return Err(e),
+        (Ok(()), Ok(())) => {}
     }
     // Directory mtimes last: creating their children bumped them.
     for (path, mtime) in ex.dir_times.iter().rev() {
@@ -393,6 +418,34 @@ struct Extractor<'a> {
     dir_owner: Owner,
     stats: ExtractStats,
     dir_times: Vec<(PathBuf, TimeSpec)>,
+    /// Symlinks whose creation waits for the end of the archive (see [`is_delayed_target`]).
+    delayed: Vec<DelayedSymlink>,
+    /// (st_dev, st_ino) of each live placeholder -> its index in `delayed`.
+    placeholders: HashMap<(u64, u64), usize>,
+}
+
+/// An archive symlink that exists as an empty placeholder file until the archive ends, so
+/// later entries cannot be written through it (`link -> /etc` then `link/passwd` fails with
+/// "not a directory", as with GNU tar). The placeholder is identified by its inode: a path
+/// that no longer holds that inode was replaced by a later entry and gets no symlink.
+struct DelayedSymlink {
+    target: Vec<u8>,
+    uid: u32,
+    gid: u32,
+    mtime: TimeSpec,
+    key: (u64, u64),
+    /// In-container paths holding the placeholder (more than one after hard links to it).
+    paths: Vec<PathBuf>,
+}
+
+/// GNU tar's rule for which archive symlinks to create only at the end: those that could
+/// lead a later entry outside the directory being extracted (absolute, or containing `..`).
+fn is_delayed_target(target: &[u8]) -> bool {
+    target.starts_with(b"/") || target.split(|b| *b == b'/').any(|c| c == b"..")
+}
+
+fn inode_key(st: &FileStat) -> (u64, u64) {
+    (st.st_dev, st.st_ino)
 }
 
 /// Metadata of one entry, gathered before its data is read.
@@ -426,6 +479,27 @@ impl Extractor<'_> {
             entry: Some(name.to_string()),
             source,
         }
+    }
+
+    fn unpack<R: Read>(&mut self, reader: R) -> Result<()> {
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive
+            .entries()
+            .map_err(|source| RootfsError::CorruptArchive {
+                entry: None,
+                source,
+            })?;
+        let mut last: Option<String> = None;
+        for entry in entries {
+            let mut entry = entry.map_err(|source| RootfsError::CorruptArchive {
+                entry: last.clone(),
+                source,
+            })?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            self.entry(&mut entry, &name)?;
+            last = Some(name);
+        }
+        Ok(())
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<()> {
@@ -493,12 +567,15 @@ impl Extractor<'_> {
         };
 
         let meta = self.meta(entry, name)?;
-        let parent_fd = self.open_parent(&parent)?;
+        let parent_fd = self.open_parent(&parent).map_err(|e| RootfsError::Entry {
+            entry: name.to_string(),
+            source: Box::new(e),
+        })?;
         let restrict = self.opts.restrict;
         let base = base.as_os_str();
         match kind {
             Kind::File => {
-                remove_existing(&parent_fd, base, &full, restrict)?;
+                self.replace(&parent_fd, base, &full)?;
                 let fd = openat(
                     &parent_fd,
                     base,
@@ -529,7 +606,7 @@ impl Extractor<'_> {
                 let created = match fstatat(&parent_fd, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
                     Ok(st) if is_type(&st, SFlag::S_IFDIR) => false,
                     Ok(_) => {
-                        remove_existing(&parent_fd, base, &full, restrict)?;
+                        self.replace(&parent_fd, base, &full)?;
                         true
                     }
                     Err(Errno::ENOENT) => {
@@ -577,26 +654,13 @@ impl Extractor<'_> {
                         ),
                     ));
                 }
-                remove_existing(&parent_fd, base, &full, restrict)?;
-                symlinkat(OsStr::from_bytes(&target), &parent_fd, base)
-                    .map_err(|e| RootfsError::io("symlink", &full, e))?;
-                fchownat(
-                    &parent_fd,
-                    base,
-                    Some(Uid::from_raw(meta.uid)),
-                    Some(Gid::from_raw(meta.gid)),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| RootfsError::io("chown", &full, e))?;
-                utimensat(
-                    &parent_fd,
-                    base,
-                    &TimeSpec::UTIME_OMIT,
-                    &meta.mtime,
-                    UtimensatFlags::NoFollowSymlink,
-                )
-                .map_err(|e| RootfsError::io("set mtime of", &full, e))?;
-                self.stats.symlinks += 1;
+                self.replace(&parent_fd, base, &full)?;
+                if is_delayed_target(&target) {
+                    self.create_placeholder(&parent_fd, base, full, target, &meta)?;
+                } else {
+                    create_symlink(&parent_fd, base, &target, &meta, &full)?;
+                    self.stats.symlinks += 1;
+                }
             }
             Kind::Hardlink(target) => {
                 let trel = archive_relative(&target).map_err(|r| {
@@ -629,7 +693,13 @@ impl Extractor<'_> {
                         return Err(RootfsError::io("hard link", &full, Errno::EPERM));
                     }
                 }
-                remove_existing(&parent_fd, base, &full, restrict)?;
+                // A link to a placeholder becomes a second copy of the delayed symlink.
+                let placeholder =
+                    match fstatat(&tparent_fd, tbase.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                        Ok(st) => self.placeholders.get(&inode_key(&st)).copied(),
+                        Err(_) => None, // linkat below reports it
+                    };
+                self.replace(&parent_fd, base, &full)?;
                 linkat(
                     &tparent_fd,
                     tbase.as_os_str(),
@@ -647,6 +717,9 @@ impl Extractor<'_> {
                         ),
                     )
                 })?;
+                if let Some(i) = placeholder {
+                    self.delayed[i].paths.push(full);
+                }
                 self.stats.hardlinks += 1;
             }
             Kind::Fifo | Kind::Device(..) => {
@@ -654,7 +727,7 @@ impl Extractor<'_> {
                     Kind::Device(s, d) => (s, d),
                     _ => (SFlag::S_IFIFO, 0),
                 };
-                remove_existing(&parent_fd, base, &full, restrict)?;
+                self.replace(&parent_fd, base, &full)?;
                 mknodat(
                     &parent_fd,
                     base,
@@ -756,6 +829,103 @@ impl Extractor<'_> {
         })
     }
 
+    /// Removes what sits at `base` (see [`remove_existing`]); a removed placeholder loses
+    /// the paths that no longer hold it, and is forgotten once none do, so that a later file
+    /// reusing its inode number is never mistaken for it.
+    fn replace(&mut self, parent_fd: &OwnedFd, base: &OsStr, full: &Path) -> Result<()> {
+        let Some(removed) = remove_existing(parent_fd, base, full, self.opts.restrict)? else {
+            return Ok(());
+        };
+        let key = inode_key(&removed);
+        let Some(&i) = self.placeholders.get(&key) else {
+            return Ok(());
+        };
+        let root = self.root;
+        self.delayed[i]
+            .paths
+            .retain(|p| holds_inode(root, p, key).unwrap_or(false));
+        if self.delayed[i].paths.is_empty() {
+            self.placeholders.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Creates the empty, mode 0 stand-in for a delayed symlink at `base`.
+    fn create_placeholder(
+        &mut self,
+        parent_fd: &OwnedFd,
+        base: &OsStr,
+        full: PathBuf,
+        target: Vec<u8>,
+        meta: &Meta,
+    ) -> Result<()> {
+        let fd = openat(
+            parent_fd,
+            base,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| RootfsError::io("create", &full, e))?;
+        // Owned like the symlink will be, so hard links to it pass the same checks.
+        fchown(
+            &fd,
+            Some(Uid::from_raw(meta.uid)),
+            Some(Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| RootfsError::io("chown", &full, e))?;
+        let st = fstat(&fd).map_err(|e| RootfsError::io("stat", &full, e))?;
+        let key = inode_key(&st);
+        self.placeholders.insert(key, self.delayed.len());
+        self.delayed.push(DelayedSymlink {
+            target,
+            uid: meta.uid,
+            gid: meta.gid,
+            mtime: meta.mtime,
+            key,
+            paths: vec![full],
+        });
+        Ok(())
+    }
+
+    /// Turns every placeholder still in place into its symlink.
+    fn apply_delayed_symlinks(&mut self) -> Result<()> {
+        let delayed = std::mem::take(&mut self.delayed);
+        self.placeholders.clear();
+        for link in delayed {
+            let meta = Meta {
+                uid: link.uid,
+                gid: link.gid,
+                mode: Mode::empty(),
+                mtime: link.mtime,
+                xattrs: Vec::new(),
+            };
+            let mut made = false;
+            for path in &link.paths {
+                let (Some(parent), Some(base)) = (path.parent(), path.file_name()) else {
+                    continue;
+                };
+                let parent_fd = match open_in_root(self.root, parent, DIR_FLAGS, Mode::empty()) {
+                    Ok(fd) => fd,
+                    Err(e) if e.is_not_found() => continue,
+                    Err(e) => return Err(e),
+                };
+                match fstatat(&parent_fd, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) if inode_key(&st) == link.key => {}
+                    Ok(_) | Err(Errno::ENOENT) => continue, // replaced by a later entry
+                    Err(e) => return Err(RootfsError::io("stat", path, e)),
+                }
+                unlinkat(&parent_fd, base, UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| RootfsError::io("replace", path, e))?;
+                create_symlink(&parent_fd, base, &link.target, &meta, path)?;
+                made = true;
+            }
+            if made {
+                self.stats.symlinks += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// The fd of an entry's parent directory, creating missing directories like tar does.
     fn open_parent(&self, parent: &[OsString]) -> Result<OwnedFd> {
         let path = join_abs(parent);
@@ -772,6 +942,47 @@ impl Extractor<'_> {
     }
 }
 
+/// True if the in-container `path` (not followed if it is itself a symlink) is the inode `key`.
+fn holds_inode(root: BorrowedFd<'_>, path: &Path, key: (u64, u64)) -> Result<bool> {
+    let (Some(parent), Some(base)) = (path.parent(), path.file_name()) else {
+        return Ok(false);
+    };
+    let parent_fd = open_in_root(root, parent, DIR_FLAGS, Mode::empty())?;
+    match fstatat(&parent_fd, base, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(inode_key(&st) == key),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(RootfsError::io("stat", path, e)),
+    }
+}
+
+/// `ln -s target base` in `parent_fd`, owned and timestamped from `meta`.
+fn create_symlink(
+    parent_fd: &OwnedFd,
+    base: &OsStr,
+    target: &[u8],
+    meta: &Meta,
+    full: &Path,
+) -> Result<()> {
+    symlinkat(OsStr::from_bytes(target), parent_fd, base)
+        .map_err(|e| RootfsError::io("symlink", full, e))?;
+    fchownat(
+        parent_fd,
+        base,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| RootfsError::io("chown", full, e))?;
+    utimensat(
+        parent_fd,
+        base,
+        &TimeSpec::UTIME_OMIT,
+        &meta.mtime,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| RootfsError::io("set mtime of", full, e))
+}
+
 fn is_type(st: &FileStat, kind: SFlag) -> bool {
     (st.st_mode & SFlag::S_IFMT.bits()) == kind.bits()
 }
@@ -779,15 +990,16 @@ fn is_type(st: &FileStat, kind: SFlag) -> bool {
 /// Removes whatever non-directory (or empty directory) sits at `name`, so the new entry is
 /// created fresh rather than written through an existing symlink or hard link.
 /// Also performs the (emulated) permission check for creating an entry at `name`.
+/// Returns what was there.
 fn remove_existing(
     parent: &OwnedFd,
     name: &OsStr,
     full: &Path,
     restrict: Option<Restrict<'_>>,
-) -> Result<()> {
+) -> Result<Option<FileStat>> {
     check_create(restrict, parent, full)?;
     match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::ENOENT) => Ok(None),
         Err(e) => Err(RootfsError::io("stat", full, e)),
         Ok(st) => {
             if let Some(r) = restrict {
@@ -803,7 +1015,7 @@ fn remove_existing(
                 UnlinkatFlags::NoRemoveDir
             };
             match unlinkat(parent, name, flag) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Ok(()) | Err(Errno::ENOENT) => Ok(Some(st)),
                 Err(e) => Err(RootfsError::io("replace", full, e)),
             }
         }
@@ -885,6 +1097,55 @@ fn parse_pax_time(v: &[u8]) -> Option<(u64, i64)> {
 /// (except those in the source path itself, resolved inside the root); hard links are stored
 /// as separate files; sockets are skipped. Modes, uid/gid, mtimes and xattrs are preserved.
 pub fn pack<W: Write>(root: BorrowedFd<'_>, source: &Path, writer: W) -> Result<()> {
+    pack_with(root, source, writer, None)
+}
+
+/// StreamOut for an unprivileged user: like [`pack`], but with the permission checks
+/// `tar -c` running as that user would meet (search on every directory leading to the
+/// source, read on files, read and search on directories; `owner` and the supplementary
+/// `groups` are on-disk ids). An unreadable source fails before anything is written; an
+/// unreadable entry deeper in the tree fails the stream there, leaving it truncated.
+pub fn pack_as_user<W: Write>(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    writer: W,
+    owner: Owner,
+    groups: &[u32],
+) -> Result<()> {
+    pack_with(root, source, writer, Some(Restrict::new(owner, groups)))
+}
+
+/// The checks [`pack_as_user`] makes before writing its first byte, without packing: lets
+/// a server answer "permission denied" (or "does not exist") as an error reply instead of
+/// an empty stream.
+pub fn check_readable_as_user(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    owner: Owner,
+    groups: &[u32],
+) -> Result<()> {
+    open_source(root, source, Some(Restrict::new(owner, groups))).map(drop)
+}
+
+/// The resolved StreamOut source.
+enum Source {
+    /// `tar -C parent -c base`.
+    Entry {
+        parent: OwnedFd,
+        base: OsString,
+        st: FileStat,
+    },
+    /// A source ending in `/`: the directory's contents as `./...`.
+    Contents { dir: OwnedFd, st: FileStat },
+}
+
+/// Resolves `source` and, for a restricted user, checks search permission on the
+/// directories leading to it and read permission on the source itself.
+fn open_source(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    restrict: Option<Restrict<'_>>,
+) -> Result<Source> {
     let comps = normalize_abs(source)?;
     let not_found = |e: Errno, op| {
         if e == Errno::ENOENT {
@@ -895,46 +1156,100 @@ pub fn pack<W: Write>(root: BorrowedFd<'_>, source: &Path, writer: W) -> Result<
             RootfsError::io(op, source, e)
         }
     };
-    let mut out = TarWriter {
-        w: writer,
-        source: source.to_path_buf(),
-    };
+    let denied = || RootfsError::io("open", source, Errno::EACCES);
     let trailing = source.as_os_str().as_bytes().ends_with(b"/");
-    match comps.split_last() {
-        Some((base, parent)) if !trailing => {
-            let parent_path = join_abs(parent);
-            let pfd = open_in_root_raw(
+    let (resolved, leading) = match comps.split_last() {
+        Some((base, parent)) if !trailing => (Some(base), parent),
+        Some((_, parent)) => (None, parent),
+        None => (None, &comps[..]),
+    };
+    if let Some(r) = restrict {
+        // `/`, then each lexical prefix: what path resolution walks through for a process.
+        for i in 0..=leading.len() {
+            let dir = join_abs(&leading[..i]);
+            let fd = open_in_root_raw(root, dir.as_os_str().as_bytes(), DIR_FLAGS, Mode::empty())
+                .map_err(|e| not_found(e, "open"))?;
+            let st = fstat(&fd).map_err(|e| RootfsError::io("stat", &dir, e))?;
+            if !r.may_search(&st) {
+                return Err(denied());
+            }
+        }
+    }
+    let source = match resolved {
+        Some(base) => {
+            let parent_path = join_abs(leading);
+            let parent = open_in_root_raw(
                 root,
                 parent_path.as_os_str().as_bytes(),
                 DIR_FLAGS,
                 Mode::empty(),
             )
             .map_err(|e| not_found(e, "open"))?;
-            let st = fstatat(&pfd, base.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            let st = fstatat(&parent, base.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                 .map_err(|e| not_found(e, "stat"))?;
-            out.add(&pfd, base, base.as_bytes().to_vec(), &st)?;
+            Source::Entry {
+                parent,
+                base: base.clone(),
+                st,
+            }
         }
-        _ => {
-            let fd = open_in_root_raw(
+        None => {
+            let dir = open_in_root_raw(
                 root,
                 source.as_os_str().as_bytes(),
                 DIR_FLAGS,
                 Mode::empty(),
             )
             .map_err(|e| not_found(e, "open"))?;
-            let st = fstat(&fd).map_err(|e| RootfsError::io("stat", source, e))?;
-            out.dir(fd, b".".to_vec(), &st, source)?;
+            let st = fstat(&dir).map_err(|e| RootfsError::io("stat", source, e))?;
+            Source::Contents { dir, st }
         }
+    };
+    let st = match &source {
+        Source::Entry { st, .. } | Source::Contents { st, .. } => st,
+    };
+    match restrict {
+        Some(r) if !r.may_pack(st) => Err(denied()),
+        _ => Ok(source),
+    }
+}
+
+fn pack_with<W: Write>(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    writer: W,
+    restrict: Option<Restrict<'_>>,
+) -> Result<()> {
+    let resolved = open_source(root, source, restrict)?;
+    let mut out = TarWriter {
+        w: writer,
+        source: source.to_path_buf(),
+        restrict,
+    };
+    match resolved {
+        Source::Entry { parent, base, st } => {
+            out.add(&parent, &base, base.as_bytes().to_vec(), &st)?;
+        }
+        Source::Contents { dir, st } => out.dir(dir, b".".to_vec(), &st, source)?,
     }
     out.finish()
 }
 
-struct TarWriter<W: Write> {
+struct TarWriter<'a, W: Write> {
     w: W,
     source: PathBuf,
+    restrict: Option<Restrict<'a>>,
 }
 
-impl<W: Write> TarWriter<W> {
+impl<W: Write> TarWriter<'_, W> {
+    /// Fails with EACCES where `tar -c` as the restricted user could not read `st`.
+    fn check_readable(&self, st: &FileStat, display: &Path) -> Result<()> {
+        match self.restrict {
+            Some(r) if !r.may_pack(st) => Err(RootfsError::io("open", display, Errno::EACCES)),
+            _ => Ok(()),
+        }
+    }
+
     fn werr(&self, e: io::Error) -> RootfsError {
         RootfsError::Write {
             path: self.source.clone(),
@@ -975,6 +1290,7 @@ impl<W: Write> TarWriter<W> {
             if !is_type(&st, SFlag::S_IFREG) {
                 return Ok(()); // swapped for something else while packing
             }
+            self.check_readable(&st, &shown())?;
             let file = File::from(fd);
             let xattrs = list_xattrs(&file);
             let mut header = header_for(&st, EntryType::Regular);
@@ -1010,6 +1326,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     fn dir(&mut self, fd: OwnedFd, arcname: Vec<u8>, st: &FileStat, display: &Path) -> Result<()> {
+        self.check_readable(st, display)?;
         let file = File::from(fd);
         let xattrs = list_xattrs(&file);
         let mut name = arcname.clone();

@@ -342,28 +342,170 @@ fn symlink_climbing_above_root_is_rejected() {
     assert_eq!(s.outside_listing(), before);
 }
 
+/// A refusal to write through a symlink the same archive created: it is still a
+/// placeholder file, so its name is "not a directory", and the error names the entry.
+fn assert_not_through(r: Result<rootfs::ExtractStats, RootfsError>, entry: &str) {
+    match r {
+        Err(RootfsError::Entry { entry: e, source }) => {
+            assert_eq!(e, entry);
+            assert!(source.to_string().contains("Not a directory"), "{source}");
+        }
+        other => panic!("expected an Entry error for {entry:?}, got {other:?}"),
+    }
+}
+
 #[test]
-fn absolute_symlinks_resolve_inside_the_root() {
+fn archive_symlinks_are_never_written_through() {
     let s = Scene::new();
     let outside = s.outside();
     fs::write(outside.join("victim"), b"original").unwrap();
-    // `ln -> /` then `ln/<host path>`: must land at <root>/<host path>.
+    fs::create_dir_all(s.root().join("etc")).unwrap();
+    let before = s.outside_listing();
+
+    // `ln -> /` then `ln/<host path>`: refused, as GNU tar does, not even clamped in the root.
     let through_root_link = format!("ln{}/victim", outside.display());
     let tar = RawTar::new()
         .symlink("ln", "/")
         .file(&through_root_link, 0o644, b"pwned")
-        .symlink("hostdir", outside.to_str().unwrap())
+        .finish();
+    assert_not_through(s.extract("/dst", &tar), &through_root_link);
+    assert_eq!(fs::read(outside.join("victim")).unwrap(), b"original");
+    let inside = s.root().join(outside.strip_prefix("/").unwrap());
+    assert!(!inside.exists(), "write went through the archive's link");
+    // The link itself is still created (at the end, even though the archive failed).
+    assert_eq!(
+        fs::read_link(s.root().join("dst/ln")).unwrap(),
+        Path::new("/")
+    );
+
+    // The same for `..` targets, for links reached through another of the archive's links,
+    // for directories below the link, and for hard link targets through the link.
+    let cases: [(&str, &[u8]); 4] = [
+        (
+            "up/x",
+            &RawTar::new()
+                .symlink("up", "../etc")
+                .file("up/x", 0o644, b"x")
+                .finish(),
+        ),
+        (
+            "a/x",
+            &RawTar::new()
+                .symlink("a", "b")
+                .symlink("b", "/etc")
+                .file("a/x", 0o644, b"x")
+                .finish(),
+        ),
+        (
+            "abs/new/dir/",
+            &RawTar::new()
+                .symlink("abs", "/etc")
+                .dir("abs/new/dir/", 0o755)
+                .finish(),
+        ),
+        (
+            "h",
+            &RawTar::new()
+                .symlink("e", "/etc")
+                .hardlink("h", "e/passwd")
+                .finish(),
+        ),
+    ];
+    fs::write(s.root().join("etc/passwd"), b"root:x:0:0").unwrap();
+    for (entry, tar) in cases {
+        let r = s.extract("/dst", tar);
+        if entry == "h" {
+            // The hard link's target path, not the entry's parent, goes through the link.
+            let err = r.unwrap_err();
+            assert!(err.to_string().contains("Not a directory"), "{err}");
+        } else {
+            assert_not_through(r, entry);
+        }
+        let etc: Vec<_> = fs::read_dir(s.root().join("etc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(etc, ["passwd"], "{entry}: wrote into /etc");
+    }
+    assert_eq!(
+        fs::metadata(s.root().join("etc/passwd")).unwrap().nlink(),
+        1
+    );
+    assert_eq!(
+        fs::read_link(s.root().join("dst/b")).unwrap(),
+        Path::new("/etc")
+    );
+    assert_eq!(s.outside_listing(), before);
+}
+
+#[test]
+fn delayed_symlinks_keep_tar_semantics() {
+    let s = Scene::new();
+    let tar = RawTar::new()
+        // Relative links without `..` are made at once and may be written through.
+        .dir("d/", 0o755)
+        .symlink("l", "d")
+        .file("l/f", 0o644, b"via l")
+        // A delayed link replaced by a later entry of the same name stays replaced.
+        .symlink("s", "/etc/shadow")
+        .file("s", 0o600, b"a file now")
+        // A hard link to a delayed link becomes the same symlink.
+        .symlink("abs", "/etc/hostname")
+        .hardlink("abs2", "abs")
+        .symlink("d/up", "../d/f")
+        .finish();
+    let stats = s.extract("/dst", &tar).unwrap();
+    assert_eq!(stats.symlinks, 3, "{stats:?}");
+    let dst = s.root().join("dst");
+    assert_eq!(fs::read(dst.join("d/f")).unwrap(), b"via l");
+    assert_eq!(fs::read(dst.join("s")).unwrap(), b"a file now");
+    assert!(fs::symlink_metadata(dst.join("s")).unwrap().is_file());
+    for l in ["abs", "abs2"] {
+        assert_eq!(
+            fs::read_link(dst.join(l)).unwrap(),
+            Path::new("/etc/hostname")
+        );
+        let m = fs::symlink_metadata(dst.join(l)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "owner of {l}");
+        assert_eq!(m.mtime(), 1_600_000_000, "mtime of {l}");
+    }
+    assert_eq!(fs::read(dst.join("d/up")).unwrap(), b"via l");
+    // No placeholder survives anywhere.
+    for e in fs::read_dir(&dst).unwrap() {
+        let m = e.as_ref().unwrap().metadata().unwrap();
+        assert!(
+            !(m.is_file() && m.len() == 0),
+            "placeholder left: {:?}",
+            e.unwrap().path()
+        );
+    }
+
+    // The destination itself may go through symlinks already in the container.
+    fs::create_dir_all(s.root().join("run")).unwrap();
+    fs::create_dir_all(s.root().join("var")).unwrap();
+    symlink("/run", s.root().join("var/run")).unwrap();
+    s.extract(
+        "/var/run/app",
+        &RawTar::new().file("pid", 0o644, b"1").finish(),
+    )
+    .unwrap();
+    assert_eq!(fs::read(s.root().join("run/app/pid")).unwrap(), b"1");
+}
+
+#[test]
+fn container_symlinks_resolve_inside_the_root() {
+    let s = Scene::new();
+    let outside = s.outside();
+    // A link planted by the container (not by the archive) naming a host path: followed
+    // as the container would, i.e. inside the root.
+    let inside = s.root().join(outside.strip_prefix("/").unwrap());
+    fs::create_dir_all(&inside).unwrap();
+    symlink(&outside, s.root().join("hostdir")).unwrap();
+    let before = s.outside_listing();
+    let tar = RawTar::new()
         .file("hostdir/planted", 0o644, b"planted")
         .finish();
-    let before = s.outside_listing();
     s.extract("/", &tar).unwrap();
-    assert_eq!(
-        fs::read(outside.join("victim")).unwrap(),
-        b"original",
-        "host file touched"
-    );
-    let inside = s.root().join(outside.strip_prefix("/").unwrap());
-    assert_eq!(fs::read(inside.join("victim")).unwrap(), b"pwned");
     assert_eq!(fs::read(inside.join("planted")).unwrap(), b"planted");
     assert_eq!(
         s.outside_listing(),

@@ -784,8 +784,18 @@ impl Garden {
             .sandbox
             .open_root()
             .map_err(|e| generic(format!("error streaming out: open container root: {e}")))?;
-        let (_, src) = Garden::user_and_path(&root, user_spec, source)
+        let (u, src) = Garden::user_and_path(&root, user_spec, source)
             .map_err(|e| generic(format!("error streaming out: {e}")))?;
+        // Anyone but root reads only what their permissions allow, as Guardian's `tar`
+        // running as that user would; an unreadable source is an error reply, not a stream.
+        let owner = rootfs::Owner {
+            uid: u.uid,
+            gid: u.gid,
+        };
+        if u.uid != 0 {
+            rootfs::safe_tar::check_readable_as_user(root.as_fd(), &src, owner, &u.groups)
+                .map_err(|e| generic(format!("error streaming out: {e}")))?;
+        }
         // Report a missing source as an error reply, before any byte is sent.
         let probe = rootfs::open_in_root(
             root.as_fd(),
@@ -808,7 +818,12 @@ impl Garden {
                 tx: tx.clone(),
                 buf: Vec::with_capacity(CHANNEL_CHUNK),
             };
-            let result = rootfs::pack(root.as_fd(), &src, &mut w)
+            let packed = if u.uid == 0 {
+                rootfs::pack(root.as_fd(), &src, &mut w)
+            } else {
+                rootfs::safe_tar::pack_as_user(root.as_fd(), &src, &mut w, owner, &u.groups)
+            };
+            let result = packed
                 .map_err(std::io::Error::other)
                 .and_then(|_| w.flush());
             if let Err(e) = result {
