@@ -125,7 +125,19 @@ impl Supervisor {
                 return false;
             }
         };
+        let msg = match msg {
+            (ToInit::SpawnFile { id }, fds) => match self.read_spawn_file(&id) {
+                Ok(req) => (ToInit::Spawn(req), fds),
+                Err(error) => {
+                    let reply = FromInit::SpawnFailed { id, kind: SpawnFailure::Other, error };
+                    let _ = proto::send(self.clients[i].as_fd(), &reply, &[]);
+                    return true;
+                }
+            },
+            other => other,
+        };
         match msg {
+            (ToInit::SpawnFile { .. }, _) => {}
             (ToInit::Spawn(req), fds) => {
                 let reply = match self.spawn(&req, fds) {
                     Ok(pid) => FromInit::Spawned {
@@ -182,6 +194,28 @@ impl Supervisor {
         }
     }
 
+    /// Read and remove `<processes_dir>/.<id>.spawn` (see `ToInit::SpawnFile`).
+    fn read_spawn_file(&self, id: &str) -> Result<SpawnRequest, String> {
+        if id.contains('/') {
+            return Err(format!("invalid process id {id:?}"));
+        }
+        let name = format!(".{id}.spawn");
+        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW;
+        let fd = nix::fcntl::openat(self.processes_dir.as_fd(), name.as_str(), flags, nix::sys::stat::Mode::empty())
+            .map_err(|e| format!("open process spec: {e}"))?;
+        let _ = nix::unistd::unlinkat(
+            self.processes_dir.as_fd(),
+            name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        let mut json = Vec::new();
+        std::fs::File::from(fd)
+            .take(64 << 20)
+            .read_to_end(&mut json)
+            .map_err(|e| format!("read process spec: {e}"))?;
+        serde_json::from_slice(&json).map_err(|e| format!("parse process spec: {e}"))
+    }
+
     /// `<processes_dir>/<id>.exit`, so an exit code survives gardend restarts.
     fn record_exit(&self, id: &str, code: i32) {
         let name = format!("{id}.exit");
@@ -223,6 +257,11 @@ impl Supervisor {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
         let user = user::resolve(&req.user, &passwd, &group).map_err(other)?;
+        if req.tty {
+            // The terminal belongs to the process's user, as a login terminal would.
+            let _ = nix::unistd::fchown(&fds[0], Some(Uid::from_raw(user.uid)), Some(Gid::from_raw(user.gid)));
+            let _ = nix::sys::stat::fchmod(&fds[0], nix::sys::stat::Mode::from_bits_truncate(0o620));
+        }
         let env = user::merge_env(&req.env, &user, &req.user);
         let dir = if req.dir.is_empty() {
             user.home.clone()

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::runtime::Sandbox;
 use crate::service::ExitOutcome;
-use stdio::{async_fd, cloexec, Hub, PendingStream, StdinSink};
+use stdio::{async_fd, Hub, PendingStream, StdinSink};
 
 /// One process of a container, from Run to long after its exit.
 pub struct Process {
@@ -56,9 +56,7 @@ impl Process {
                     ws_xpixel: 0,
                     ws_ypixel: 0,
                 };
-                let pty = nix::pty::openpty(Some(&size), None)?;
-                cloexec(&pty.master)?;
-                cloexec(&pty.slave)?;
+                let pty = container_pty(sandbox.init_pid, &size)?;
                 let held = pty.master.try_clone()?;
                 let master = Arc::new(async_fd(pty.master)?);
                 pumps.push(tokio::spawn(stdio::pump(
@@ -211,6 +209,41 @@ impl Process {
         if self.is_running() {
             let _ = self.sandbox.init.signal(&self.id, sig).await;
         }
+    }
+}
+
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+/// A pty from the container's own devpts instance (`/dev/pts` inside it), so `tty` and
+/// ttyname(3) work in the container. TIOCGPTPEER opens the slave through the master, which
+/// works across mount namespaces.
+fn container_pty(init_pid: i32, size: &libc::winsize) -> std::io::Result<Pty> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let ptmx = format!("/proc/{init_pid}/root/dev/pts/ptmx");
+    let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
+    let master = nix::fcntl::open(ptmx.as_str(), flags, nix::sys::stat::Mode::empty())?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: ioctls on our own ptmx descriptor with correctly typed arguments.
+    unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let slave = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if slave < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let slave = OwnedFd::from_raw_fd(slave);
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, size) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Pty { master, slave })
     }
 }
 

@@ -28,7 +28,12 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<i32, SpawnError>
 pub struct InitClient {
     fd: Arc<AsyncFd<OwnedFd>>,
     pending: Pending,
+    /// Where spawn requests too large for a packet are handed over.
+    processes_dir: std::path::PathBuf,
 }
+
+/// Spawn requests larger than this go through a file (packets are limited by socket buffers).
+const INLINE_SPAWN: usize = 64 * 1024;
 
 impl InitClient {
     /// Connect, and start routing replies. Exit events arrive on the returned channel as
@@ -65,7 +70,15 @@ impl InitClient {
         let pending: Pending = Arc::default();
         let (exits_tx, exits) = mpsc::unbounded_channel();
         tokio::spawn(read_loop(fd.clone(), pending.clone(), exits_tx));
-        Ok((InitClient { fd, pending }, exits))
+        let processes_dir = dir.join("processes");
+        Ok((
+            InitClient {
+                fd,
+                pending,
+                processes_dir,
+            },
+            exits,
+        ))
     }
 
     async fn send(&self, msg: &ToInit, fds: &[RawFd]) -> std::io::Result<()> {
@@ -88,7 +101,18 @@ impl InitClient {
             .expect("pending lock")
             .insert(req.id.clone(), tx);
         let id = req.id.clone();
-        if let Err(e) = self.send(&ToInit::Spawn(req), fds).await {
+        let json = serde_json::to_vec(&req).expect("spawn request serialises");
+        let msg = if json.len() > INLINE_SPAWN {
+            let path = self.processes_dir.join(format!(".{id}.spawn"));
+            if let Err(e) = tokio::fs::write(&path, &json).await {
+                self.pending.lock().expect("pending lock").remove(&id);
+                return Err(SpawnError::Failed(format!("hand over process spec: {e}")));
+            }
+            ToInit::SpawnFile { id: id.clone() }
+        } else {
+            ToInit::Spawn(req)
+        };
+        if let Err(e) = self.send(&msg, fds).await {
             self.pending.lock().expect("pending lock").remove(&id);
             return Err(if e.raw_os_error() == Some(libc::EMSGSIZE) {
                 SpawnError::Failed("process spec too large".into())
