@@ -313,15 +313,21 @@ async fn cli_ca_cert_flag_and_env() {
         )
     };
     let ca = pki.ca_file.to_str().unwrap();
-    let ((code, out), (code_env, out_env), (code_none, out_none), (code_bad, out_bad)) =
-        tokio::task::block_in_place(|| {
-            (
-                run(&["--ca-cert", ca], None),
-                run(&[], Some(Path::new(ca))),
-                run(&[], None),
-                run(&["--ca-cert", "/nonexistent/ca.pem"], None),
-            )
-        });
+    let (
+        (code, out),
+        (code_env, out_env),
+        (code_none, out_none),
+        (code_bad, out_bad),
+        (code_insecure, out_insecure),
+    ) = tokio::task::block_in_place(|| {
+        (
+            run(&["--ca-cert", ca], None),
+            run(&[], Some(Path::new(ca))),
+            run(&[], None),
+            run(&["--ca-cert", "/nonexistent/ca.pem"], None),
+            run(&["--insecure-skip-verify"], None),
+        )
+    });
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("cli-tls"), "{out}");
     assert_eq!(code_env, Some(0), "{out_env}");
@@ -336,4 +342,6 @@ async fn cli_ca_cert_flag_and_env() {
         out_bad.contains("CA certificate /nonexistent/ca.pem"),
         "{out_bad}"
     );
+    assert_eq!(code_insecure, Some(0), "{out_insecure}");
+    assert!(out_insecure.contains("cli-tls"), "{out_insecure}");
 }
