@@ -484,7 +484,7 @@ impl DownloadCache {
                 headers.push(("If-Modified-Since", lm.clone()));
             }
         }
-        let resp = http::request(&self.config.tls, "GET", url, &headers, None).await?;
+        let resp = http::request_with(&self.config.tls, "GET", url, &headers, None).await?;
         match resp.status {
             304 if known.is_some() => return Ok(None),
             200 => {}

@@ -523,8 +523,20 @@ impl Response {
     }
 }
 
-/// Send one request and read the response head; `tls` verifies `https://` servers.
+/// Send one request and read the response head; `https://` servers are verified against the
+/// system roots only (see [`request_with`]).
 pub async fn request(
+    method: &str,
+    url: &Url,
+    headers: &[(&str, String)],
+    body: Option<Body>,
+) -> Result<Response, HttpError> {
+    static SYSTEM: OnceLock<Tls> = OnceLock::new();
+    request_with(SYSTEM.get_or_init(Tls::default), method, url, headers, body).await
+}
+
+/// Send one request and read the response head; `tls` verifies `https://` servers.
+pub async fn request_with(
     tls: &Tls,
     method: &str,
     url: &Url,
@@ -728,9 +740,7 @@ mod tests {
     async fn reads_chunked_and_length_bodies() {
         let port = serve_once(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: \"x\"\r\n\r\n3\r\nabc\r\n2;ext\r\nde\r\n0\r\n\r\n").await;
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        let r = request(&Tls::default(), "GET", &url, &[], None)
-            .await
-            .unwrap();
+        let r = request("GET", &url, &[], None).await.unwrap();
         assert_eq!(r.header("etag"), Some("\"x\""));
         let mut got = Vec::new();
         r.read_body(|b| {
@@ -743,9 +753,7 @@ mod tests {
 
         let port = serve_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope").await;
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        let r = request(&Tls::default(), "GET", &url, &[], None)
-            .await
-            .unwrap();
+        let r = request("GET", &url, &[], None).await.unwrap();
         assert_eq!(r.status, 404);
         assert_eq!(r.read_body(|_| Ok(())).await.unwrap(), 4);
     }
@@ -754,9 +762,7 @@ mod tests {
     async fn short_body_is_an_error() {
         let port = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        let r = request(&Tls::default(), "GET", &url, &[], None)
-            .await
-            .unwrap();
+        let r = request("GET", &url, &[], None).await.unwrap();
         assert!(r
             .read_body(|_| Ok(()))
             .await

@@ -218,7 +218,7 @@ mod tests {
     use crate::cache::{CacheConfig, DownloadCache};
     use crate::container::ExecutorConfig;
     use crate::garden::fake::{FakeGarden, Script};
-    use crate::http::{request, Body, Tls, Url};
+    use crate::http::{request, Body, Url};
     use crate::log::NullSink;
 
     async fn call(port: u16, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
@@ -228,7 +228,6 @@ mod tests {
             reader: Box::new(std::io::Cursor::new(body.as_bytes().to_vec())),
         });
         let r = request(
-            &Tls::default(),
             method,
             &url,
             &[("Content-Type", "application/json".into())],

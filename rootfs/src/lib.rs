@@ -17,7 +17,9 @@ use std::path::PathBuf;
 
 pub use busybox::ensure_busybox_rootfs;
 pub use image::{resolve, RootfsPlan};
-pub use safe_tar::{extract, extract_as_user, open_in_root, pack, ExtractStats, Owner};
+pub use safe_tar::{
+    extract, extract_as_user, open_in_root, pack, pack_as_user, ExtractStats, Owner,
+};
 
 /// Everything that can go wrong in this crate. Messages are lower-case and name the path,
 /// URI or tar entry involved, because they end up verbatim in Garden error responses.

@@ -9,7 +9,12 @@
 //!
 //! Archive names are additionally validated (no absolute names, no `..`, no symlink targets
 //! climbing above `/`, no device nodes) so that hostile archives fail loudly instead of being
-//! silently clamped.
+//! silently clamped. As GNU tar does, archive symlinks whose target is absolute or contains
+//! `..` exist only as placeholder files until the archive ends, so no later entry is ever
+//! written through them (`link -> /etc` then `link/x` fails: "not a directory").
+//!
+//! For users other than container root, [`extract_as_user`] and [`pack_as_user`] emulate the
+//! permission checks tar running as that user would meet.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

@@ -687,3 +687,107 @@ fn unprivileged_user_gets_permission_denied_where_tar_would() {
     // Root (plain extract) is not restricted.
     s.extract("/root", &tar).unwrap();
 }
+
+#[test]
+fn pack_as_user_reads_only_what_the_user_may_read() {
+    let s = Scene::new();
+    let root_fd = s.root_fd();
+    let pack_as = |source: &str, groups: &[u32]| {
+        let mut out = Vec::new();
+        let r = rootfs::safe_tar::pack_as_user(
+            root_fd.as_fd(),
+            Path::new(source),
+            &mut out,
+            ALICE,
+            groups,
+        );
+        (r, out)
+    };
+    let check_as = |source: &str| {
+        rootfs::safe_tar::check_readable_as_user(root_fd.as_fd(), Path::new(source), ALICE, &[])
+    };
+    let write = |p: &str, data: &[u8], mode: u32, uid: u32, gid: u32| {
+        let p = s.root().join(p);
+        fs::write(&p, data).unwrap();
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let mkdir = |p: &str, mode: u32, uid: u32, gid: u32| {
+        let p = s.root().join(p);
+        fs::create_dir(&p).unwrap();
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    mkdir("root", 0o700, 0, 0);
+    write("root/secret", b"root secret", 0o644, 0, 0);
+    write("private", b"root secret", 0o600, 0, 0);
+    write("wheel-only", b"wheel data", 0o640, 0, 10);
+    write("mine", b"alice data", 0o600, 1000, 1000);
+    mkdir("listonly", 0o744, 0, 0); // readable but not searchable by others
+    write("listonly/f", b"f", 0o644, 0, 0);
+    mkdir("pub", 0o755, 0, 0);
+    write("pub/a-open", b"open data", 0o644, 0, 0);
+    write("pub/b-closed", b"root secret", 0o600, 0, 0);
+    write("pub/c-after", b"after data", 0o644, 0, 0);
+    symlink("/private", s.root().join("pub/a-link")).unwrap();
+
+    // Refused before the first byte: unreadable files, unreadable or unsearchable
+    // directories, and anything below a directory alice cannot search.
+    for src in [
+        "/private",
+        "/root",
+        "/root/",
+        "/root/secret",
+        "/wheel-only",
+        "/listonly/",
+        "/listonly/f",
+    ] {
+        let (r, out) = pack_as(src, &[]);
+        let err = r.expect_err(src);
+        assert!(
+            err.to_string().contains("Permission denied"),
+            "{src}: {err}"
+        );
+        assert!(err.to_string().contains(src.trim_end_matches('/')), "{err}");
+        assert!(out.is_empty(), "{src}: {} bytes written", out.len());
+        assert!(check_as(src).is_err(), "{src}");
+    }
+
+    // Allowed: her own file, a file of a supplementary group, a world-readable file in a
+    // directory she can search; a missing source is still "does not exist".
+    for (src, groups, data) in [
+        ("/mine", &[][..], &b"alice data"[..]),
+        ("/wheel-only", &[10][..], b"wheel data"),
+        ("/pub/a-open", &[][..], b"open data"),
+    ] {
+        let (r, out) = pack_as(src, groups);
+        r.unwrap_or_else(|e| panic!("{src}: {e}"));
+        let mut a = tar::Archive::new(&out[..]);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut got).unwrap();
+        assert_eq!(got, data, "{src}");
+    }
+    check_as("/mine").unwrap();
+    assert!(check_as("/nope").unwrap_err().is_not_found());
+
+    // An unreadable entry deeper in the tree ends the stream with an error there: what came
+    // before is out, the secret and everything after it is not.
+    let (r, out) = pack_as("/pub/", &[]);
+    let err = r.unwrap_err();
+    assert!(err.to_string().contains("b-closed"), "{err}");
+    assert!(err.to_string().contains("Permission denied"), "{err}");
+    let has = |needle: &[u8]| out.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"open data"));
+    assert!(!has(b"root secret"), "secret leaked");
+    assert!(!has(b"after data"));
+    // The symlink to the unreadable file is stored as a link: it reveals only its target.
+    assert!(has(b"/private"));
+
+    // Root is not restricted.
+    assert!(s
+        .pack("/pub/")
+        .unwrap()
+        .windows(11)
+        .any(|w| w == b"root secret"));
+}

@@ -57,7 +57,7 @@ fn tls_with_ca(dir: &Path, pem: &str) -> Tls {
 
 async fn get(tls: &Tls, url: &str) -> Result<(u16, Vec<u8>), HttpError> {
     let url = Url::parse(url)?;
-    let resp = request(tls, "GET", &url, &[], None).await?;
+    let resp = request_with(tls, "GET", &url, &[], None).await?;
     let status = resp.status;
     let mut body = Vec::new();
     resp.read_body(|b| {
@@ -84,7 +84,7 @@ async fn get_and_post_over_https_with_an_extra_ca() {
 
     let url = Url::parse(&srv.url("/up")).unwrap();
     let payload = b"result bytes".to_vec();
-    let resp = request(
+    let resp = request_with(
         &tls,
         "POST",
         &url,

@@ -170,9 +170,10 @@ impl Step for UploadStep {
             };
             // Err((message, permanent)): a rejected certificate is not retried.
             let post = async {
-                let resp = http::request(&self.env.config.tls, "POST", &url, &headers, Some(body))
-                    .await
-                    .map_err(|e| (e.to_string(), e.is_permanent()))?;
+                let resp =
+                    http::request_with(&self.env.config.tls, "POST", &url, &headers, Some(body))
+                        .await
+                        .map_err(|e| (e.to_string(), e.is_permanent()))?;
                 let status = resp.status;
                 let _ = resp.read_body(|_| Ok(())).await;
                 if status >= 400 {
