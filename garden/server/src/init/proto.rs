@@ -74,7 +74,9 @@ pub enum ToInit {
     Spawn(SpawnRequest),
     /// A spawn request too large for one packet (big env or args): its JSON is in
     /// `<processes_dir>/.<id>.spawn`, which garden-init reads and removes.
-    SpawnFile { id: String },
+    SpawnFile {
+        id: String,
+    },
     /// Signal one process started by Spawn.
     Signal {
         id: String,

@@ -129,7 +129,11 @@ impl Supervisor {
             (ToInit::SpawnFile { id }, fds) => match self.read_spawn_file(&id) {
                 Ok(req) => (ToInit::Spawn(req), fds),
                 Err(error) => {
-                    let reply = FromInit::SpawnFailed { id, kind: SpawnFailure::Other, error };
+                    let reply = FromInit::SpawnFailed {
+                        id,
+                        kind: SpawnFailure::Other,
+                        error,
+                    };
                     let _ = proto::send(self.clients[i].as_fd(), &reply, &[]);
                     return true;
                 }
@@ -200,9 +204,16 @@ impl Supervisor {
             return Err(format!("invalid process id {id:?}"));
         }
         let name = format!(".{id}.spawn");
-        let flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW;
-        let fd = nix::fcntl::openat(self.processes_dir.as_fd(), name.as_str(), flags, nix::sys::stat::Mode::empty())
-            .map_err(|e| format!("open process spec: {e}"))?;
+        let flags = nix::fcntl::OFlag::O_RDONLY
+            | nix::fcntl::OFlag::O_CLOEXEC
+            | nix::fcntl::OFlag::O_NOFOLLOW;
+        let fd = nix::fcntl::openat(
+            self.processes_dir.as_fd(),
+            name.as_str(),
+            flags,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("open process spec: {e}"))?;
         let _ = nix::unistd::unlinkat(
             self.processes_dir.as_fd(),
             name.as_str(),
@@ -259,8 +270,13 @@ impl Supervisor {
         let user = user::resolve(&req.user, &passwd, &group).map_err(other)?;
         if req.tty {
             // The terminal belongs to the process's user, as a login terminal would.
-            let _ = nix::unistd::fchown(&fds[0], Some(Uid::from_raw(user.uid)), Some(Gid::from_raw(user.gid)));
-            let _ = nix::sys::stat::fchmod(&fds[0], nix::sys::stat::Mode::from_bits_truncate(0o620));
+            let _ = nix::unistd::fchown(
+                &fds[0],
+                Some(Uid::from_raw(user.uid)),
+                Some(Gid::from_raw(user.gid)),
+            );
+            let _ =
+                nix::sys::stat::fchmod(&fds[0], nix::sys::stat::Mode::from_bits_truncate(0o620));
         }
         let env = user::merge_env(&req.env, &user, &req.user);
         let dir = if req.dir.is_empty() {

@@ -223,7 +223,8 @@ struct Pty {
 fn container_pty(init_pid: i32, size: &libc::winsize) -> std::io::Result<Pty> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let ptmx = format!("/proc/{init_pid}/root/dev/pts/ptmx");
-    let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
+    let flags =
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
     let master = nix::fcntl::open(ptmx.as_str(), flags, nix::sys::stat::Mode::empty())?;
     let unlock: libc::c_int = 0;
     // SAFETY: ioctls on our own ptmx descriptor with correctly typed arguments.
