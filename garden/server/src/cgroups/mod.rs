@@ -309,6 +309,14 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     10f64.powf(exponent).ceil() as u64
 }
 
+/// A file holding one number (`pids.current`, `cpuacct.usage`); 0 when absent or `max`.
+pub(crate) fn read_u64(path: &Path) -> u64 {
+    read(path)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Parse `key value` lines (memory.stat, cpu.stat).
 pub(crate) fn parse_kv(s: &str) -> impl Iterator<Item = (&str, u64)> {
     s.lines().filter_map(|l| {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use garden_api::{ContainerMemoryStat, Limits};
 
-use super::{parse_kv, read, write, Result, Stats};
+use super::{parse_kv, read, read_u64, write, Result, Stats};
 
 /// The controllers gardend uses.
 pub const CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct"];
@@ -62,10 +62,7 @@ pub fn stats(ctrls: &[(String, PathBuf)], dirs: &[PathBuf]) -> Stats {
         }
     }
     if let Some(acct) = dir_of(ctrls, dirs, "cpuacct") {
-        s.cpu.usage = read(&acct.join("cpuacct.usage"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        s.cpu.usage = read_u64(&acct.join("cpuacct.usage"));
         if let Ok(text) = read(&acct.join("cpuacct.stat")) {
             // USER_HZ ticks (100 per second on Linux) to nanoseconds.
             for (k, v) in parse_kv(&text) {
@@ -78,14 +75,8 @@ pub fn stats(ctrls: &[(String, PathBuf)], dirs: &[PathBuf]) -> Stats {
         }
     }
     if let Some(pids) = dir_of(ctrls, dirs, "pids") {
-        s.pids.current = read(&pids.join("pids.current"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        s.pids.max = read(&pids.join("pids.max"))
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        s.pids.current = read_u64(&pids.join("pids.current"));
+        s.pids.max = read_u64(&pids.join("pids.max"));
     }
     s
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use garden_api::{ContainerMemoryStat, Limits};
 
-use super::{io, parse_kv, read, shares_to_weight, write, Result, Stats};
+use super::{io, parse_kv, read, read_u64, shares_to_weight, write, Result, Stats};
 
 const CONTROLLERS: &[&str] = &["memory", "pids", "cpu"];
 
@@ -85,14 +85,8 @@ pub fn stats(dir: &Path) -> Stats {
             }
         }
     }
-    s.pids.current = read(&dir.join("pids.current"))
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    s.pids.max = read(&dir.join("pids.max"))
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    s.pids.current = read_u64(&dir.join("pids.current"));
+    s.pids.max = read_u64(&dir.join("pids.max"));
     s
 }
 
