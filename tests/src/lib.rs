@@ -339,6 +339,35 @@ impl tokio::io::AsyncWrite for Capture {
     }
 }
 
+/// Run `sh -c script` as root in `handle`; (exit status, stdout, stderr) once the output is
+/// drained. Panics if the process runs longer than `limit`.
+pub async fn sh_root(
+    client: &Client,
+    handle: &str,
+    script: &str,
+    limit: Duration,
+) -> (i32, String, String) {
+    let spec = garden_api::ProcessSpec {
+        path: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        user: "root".into(),
+        ..Default::default()
+    };
+    let (out, err) = (Capture::default(), Capture::default());
+    let io = garden_client::ProcessIo {
+        stdin: None,
+        stdout: Some(Box::new(out.clone())),
+        stderr: Some(Box::new(err.clone())),
+    };
+    let mut p = client.run(handle, &spec, io).await.expect("run");
+    let status = tokio::time::timeout(limit, p.wait())
+        .await
+        .expect("process timed out")
+        .expect("wait");
+    // Output is drained before the exit status is published.
+    (status, out.text(), err.text())
+}
+
 /// A process spec running `sh -c script` as root.
 pub fn sh(script: &str) -> garden_api::ProcessSpec {
     garden_api::ProcessSpec {

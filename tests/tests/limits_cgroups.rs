@@ -5,14 +5,11 @@
 //! fork bombs should not overlap with other tests of this binary).
 
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use e2e::{Client, Gardend};
-use garden_api::{ContainerSpec, Limits, ProcessSpec};
-use garden_client::ProcessIo;
+use garden_api::{ContainerSpec, Limits};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -20,54 +17,9 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// An `AsyncWrite` that collects into a shared buffer.
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl tokio::io::AsyncWrite for Buf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.0.lock().unwrap().extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Run `sh -c script` as root; (exit status, stdout, stderr).
+/// `sh -c script` as root; (exit status, stdout, stderr).
 async fn sh(client: &Client, handle: &str, script: &str) -> (i32, String, String) {
-    let spec = ProcessSpec {
-        path: "sh".into(),
-        args: vec!["-c".into(), script.into()],
-        user: "root".into(),
-        ..Default::default()
-    };
-    let (out, err) = (Buf::default(), Buf::default());
-    let io = ProcessIo {
-        stdin: None,
-        stdout: Some(Box::new(out.clone())),
-        stderr: Some(Box::new(err.clone())),
-    };
-    let mut p = client.run(handle, &spec, io).await.expect("run");
-    let status = tokio::time::timeout(Duration::from_secs(120), p.wait())
-        .await
-        .expect("process timed out")
-        .expect("wait");
-    // Output is drained before the exit status is published.
-    (status, out.text(), err.text())
+    e2e::sh_root(client, handle, script, Duration::from_secs(120)).await
 }
 
 fn spec(handle: &str, limits: Limits) -> ContainerSpec {
