@@ -17,6 +17,10 @@ use crate::runtime::Sandbox;
 use crate::service::ExitOutcome;
 use stdio::{async_fd, Hub, PendingStream, StdinSink};
 
+/// How long a tty's output may stay idle after exit before it counts as complete; only a
+/// background child that keeps the tty open ever waits this long.
+const PTY_DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One process of a container, from Run to long after its exit.
 pub struct Process {
     pub id: String,
@@ -63,6 +67,7 @@ impl Process {
                     master.clone(),
                     stdout.clone(),
                     exited_rx.clone(),
+                    stdio::Drain::Pty(PTY_DRAIN_IDLE),
                 )));
                 // With a tty everything arrives on stdout; stderr just ends.
                 pumps.push(tokio::spawn(close_hub(stderr.clone())));
@@ -86,11 +91,13 @@ impl Process {
                     out,
                     stdout.clone(),
                     exited_rx.clone(),
+                    stdio::Drain::Pipe,
                 )));
                 pumps.push(tokio::spawn(stdio::pump(
                     err,
                     stderr.clone(),
                     exited_rx.clone(),
+                    stdio::Drain::Pipe,
                 )));
                 (
                     StdinSink::new(Arc::new(async_fd(in_w)?), false),

@@ -166,9 +166,26 @@ impl Hub {
     }
 }
 
+/// How a pump decides that a process's output is complete once the process has exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// A pipe holds everything written before exit: the first EAGAIN after exit is the end.
+    Pipe,
+    /// A pty moves the slave's writes to the master asynchronously (the kernel's flip buffer
+    /// is flushed by a worker), so EAGAIN right after exit can come before the last bytes.
+    /// The master answers EIO once every slave fd is closed and all data was read; a
+    /// background child still holding the slave gets this much idle time instead.
+    Pty(std::time::Duration),
+}
+
 /// Read `fd` until EOF, or — once `exited` turns true — until nothing more is buffered
 /// (a background child may hold the pipe open forever). Then close the hub.
-pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, hub: Arc<Hub>, mut exited: watch::Receiver<bool>) {
+pub async fn pump(
+    fd: Arc<AsyncFd<OwnedFd>>,
+    hub: Arc<Hub>,
+    mut exited: watch::Receiver<bool>,
+    drain: Drain,
+) {
     let mut buf = BytesMut::new();
     let mut draining = false;
     loop {
@@ -194,7 +211,15 @@ pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, hub: Arc<Hub>, mut exited: watch::R
                 match read(fd.get_ref(), &mut buf) {
                     Ok(None) => break,
                     Ok(Some(chunk)) => hub.publish(chunk).await,
-                    Err(_) => break, // EAGAIN: everything the process wrote has been read
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => match drain {
+                        // Everything the process wrote has been read.
+                        Drain::Pipe => break,
+                        Drain::Pty(idle) => match tokio::time::timeout(idle, fd.readable()).await {
+                            Ok(Ok(mut guard)) => guard.clear_ready(),
+                            Ok(Err(_)) | Err(_) => break,
+                        },
+                    },
+                    Err(_) => break,
                 }
             }
         }
