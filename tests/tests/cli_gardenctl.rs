@@ -677,3 +677,45 @@ fn tty_session_through_a_pseudo_terminal() {
         "raw mode was left on"
     );
 }
+
+/// `gardenctl … | head -1`: a reader that goes away ends gardenctl quietly, never a panic, and
+/// a process whose output nobody reads any more does not keep gardenctl waiting.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let _serial = serial();
+    let g = Gardend::start();
+    create(&g, "cli-pipe");
+    let closed_pipe = || {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        drop(read);
+        Stdio::from(write)
+    };
+    for args in [
+        &["list"][..],
+        &["info", "cli-pipe"],
+        &["--json", "list"],
+        &["run", "cli-pipe", "--", "seq", "1", "200000"],
+    ] {
+        let mut cmd = gardenctl(&g);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(closed_pipe())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn gardenctl");
+        let out = child.wait_with_output().expect("wait gardenctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if args[0] == "run" {
+            // The process's output has nowhere to go: say so once and fail.
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert_eq!(
+                stderr,
+                "gardenctl: writing process stdout: Broken pipe (os error 32)\n"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+            assert_eq!(stderr, "", "{args:?}");
+        }
+    }
+    ctl(&g, &["destroy", "cli-pipe"]).ok();
+    assert_eq!(e2e::leaks("cli-pipe", &g), Vec::<String>::new());
+}

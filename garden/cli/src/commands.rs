@@ -24,7 +24,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             if json {
                 print_json(&serde_json::json!({ "ok": true }))?;
             } else {
-                println!(
+                outln!(
                     "ok ({})",
                     format::duration(Duration::from_millis(started.elapsed().as_millis() as u64))
                 );
@@ -35,7 +35,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             if json {
                 print_json(&c)?;
             } else {
-                print!(
+                out!(
                     "{}",
                     format::fields(&[
                         ("memory", format::bytes(c.memory_in_bytes)),
@@ -54,7 +54,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             if json {
                 print_json(&serde_json::json!({ "handle": handle }))?;
             } else {
-                println!("{handle}");
+                outln!("{handle}");
             }
         }
         Command::List(args) => list(&client, args, json).await?,
@@ -63,7 +63,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             if json {
                 print_json(&info)?;
             } else {
-                print!("{}", describe_info(&handle, &info, all));
+                out!("{}", describe_info(&handle, &info, all));
             }
         }
         Command::Destroy { handles } => return destroy(&client, handles).await,
@@ -79,9 +79,10 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             if json {
                 print_json(&r)?;
             } else {
-                println!(
+                outln!(
                     "host port {} -> container port {}",
-                    r.host_port, r.container_port
+                    r.host_port,
+                    r.container_port
                 );
             }
         }
@@ -95,7 +96,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             if json {
                 print_json(&m)?;
             } else {
-                print!("{}", describe_metrics(&m));
+                out!("{}", describe_metrics(&m));
             }
         }
         Command::Limits { handle } => {
@@ -134,7 +135,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
                     )
                 };
                 let shares = cpu.shares();
-                print!(
+                out!(
                     "{}",
                     format::fields(&[
                         ("memory", format::limit_bytes(memory.limit_in_bytes)),
@@ -158,7 +159,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             if json {
                 print_json(&infos)?;
             } else {
-                print!("{}", info_table(&infos));
+                out!("{}", info_table(&infos));
             }
         }
         Command::BulkMetrics { handles } => {
@@ -167,7 +168,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             if json {
                 print_json(&metrics)?;
             } else {
-                print!("{}", metrics_table(&metrics));
+                out!("{}", metrics_table(&metrics));
             }
         }
         Command::GraceTime { handle, duration } => client.set_grace_time(&handle, duration).await?,
@@ -176,7 +177,7 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
 }
 
 pub fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -243,17 +244,17 @@ async fn list(client: &Client, args: ListArgs, json: bool) -> Result<()> {
     }
     if args.quiet || handles.is_empty() {
         for h in &handles {
-            println!("{h}");
+            outln!("{h}");
         }
         return Ok(());
     }
     match client.bulk_info(&handles).await {
-        Ok(infos) => print!("{}", info_table(&infos)),
+        Ok(infos) => out!("{}", info_table(&infos)),
         // The handles are what was asked for; the table is a bonus.
         Err(e) => {
             tracing::debug!("bulk info failed, printing handles only: {e}");
             for h in &handles {
-                println!("{h}");
+                outln!("{h}");
             }
         }
     }
@@ -293,7 +294,7 @@ async fn properties(client: &Client, cmd: PropertiesCommand, json: bool) -> Resu
             if json {
                 print_json(&props)?;
             } else {
-                print!("{}", properties_table(&props));
+                out!("{}", properties_table(&props));
             }
         }
         PropertiesCommand::Get { handle, key } => {
@@ -301,7 +302,7 @@ async fn properties(client: &Client, cmd: PropertiesCommand, json: bool) -> Resu
             if json {
                 print_json(&serde_json::json!({ "value": value }))?;
             } else {
-                println!("{value}");
+                outln!("{value}");
             }
         }
         PropertiesCommand::Set { handle, key, value } => {

@@ -4,6 +4,21 @@
 //! parsing, human-readable output, terminal handling for interactive processes and tar
 //! archiving for file transfers.
 
+/// `print!` without the panic: when whoever reads our stdout has gone (`gardenctl list | head
+/// -1`), stop quietly like other Unix tools instead of panicking on EPIPE.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` without the panic; see `out!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cli;
 mod commands;
 mod errors;
@@ -18,6 +33,19 @@ use std::io::Write;
 
 use clap::Parser;
 use garden_client::{Address, Client};
+
+/// Write to stdout; a reader that went away ends the program (exit 0), any other failure is
+/// reported and exits 1.
+fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("gardenctl: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 fn main() {
     // Usage errors exit 1 like every other failure; --help and --version exit 0.

@@ -38,7 +38,7 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<i32> {
         let process = client
             .run(&args.handle, &spec, ProcessIo::default())
             .await?;
-        println!("{}", process.id());
+        outln!("{}", process.id());
         // Dropping the process closes the connection; the server detaches and lets it run.
         return Ok(0);
     }
