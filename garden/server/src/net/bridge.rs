@@ -1,5 +1,5 @@
-//! Links on the host: a bridge per subnet, a veth pair per container (the peer created directly
-//! in the container's network namespace as `eth0`), and tc shaping on the host end.
+//! Links on the host: a veth pair per container (the peer created directly in the container's
+//! network namespace as `eth0`), a bridge per shared subnet, and tc shaping on the host end.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -60,6 +60,30 @@ pub async fn create_host(
             .map_err(|e| NetError::Io { path, source: e })?;
     }
     Ok(())
+}
+
+/// A routed /30's veth pair in one `ip` run: the host end holds the gateway address.
+pub async fn create_routed(
+    host_if: &str,
+    subnet: &Cidr,
+    init_pid: i32,
+    mtu: u32,
+) -> Result<(), NetError> {
+    ip_batch(&[
+        format!("link add {host_if} mtu {mtu} type veth peer name {CONTAINER_IF} mtu {mtu} netns {init_pid}"),
+        format!(
+            "addr add {}/{} brd + dev {host_if}",
+            subnet.gateway(),
+            subnet.prefix()
+        ),
+        format!("link set {host_if} up"),
+    ])
+    .await?;
+    // NetIn from loopback: DNATed packets keep their 127.0.0.1 source until MASQUERADE.
+    let path = format!("/proc/sys/net/ipv4/conf/{host_if}/route_localnet");
+    tokio::fs::write(&path, "1")
+        .await
+        .map_err(|e| NetError::Io { path, source: e })
 }
 
 /// Address, link up and default route via the bridge, set from inside the container's
@@ -232,6 +256,24 @@ pub async fn delete_all(names: &[&str]) -> Result<(), NetError> {
         Err(e) if present.iter().any(|n| exists(n)) => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Wait up to `patience` for a veth to vanish with its network namespace, then delete it.
+pub async fn delete_after(name: &str, patience: std::time::Duration) -> Result<(), NetError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(1);
+    while exists(name) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                link = name,
+                "still there after the container's namespace went; deleting it"
+            );
+            return delete(name).await;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Delete a link; a link that is already gone (the container's namespace took the veth with it)

@@ -2,7 +2,7 @@
 //! restore transaction, so it lands completely or not at all.
 //!
 //! Layout (T = this gardend's tag):
-//! - filter `FORWARD -> gd-T-fwd`: per container `-i <bridge> -s <ip> -g gd-T-<id>`; the
+//! - filter `FORWARD -> gd-T-fwd`: per container `-i <gateway if> -s <ip> -g gd-T-<id>`; the
 //!   container chain accepts its own subnet, then NetOut rules (each new one prepended), then
 //!   goes to `gd-T-default` (established traffic, DNS servers, REJECT per `--deny-network`).
 //!   Traffic towards containers is accepted at the end of `gd-T-fwd`.
@@ -10,7 +10,7 @@
 //!   is allowed.
 //! - nat `PREROUTING`/`OUTPUT -> gd-T-pre`/`gd-T-out -> gd-T-<id>`: NetIn DNAT rules.
 //! - nat `POSTROUTING -> gd-T-post`: MASQUERADE for traffic leaving a container's subnet, and
-//!   for loopback-sourced traffic DNATed into a bridge.
+//!   for loopback-sourced traffic DNATed towards a container.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -25,7 +25,9 @@ use super::{cmd, NetError};
 pub struct ContainerRules {
     /// Chain name in both tables.
     pub chain: String,
-    pub bridge: String,
+    /// The host interface holding the subnet's gateway address: the subnet's bridge, or the
+    /// host end of the veth for a routed /30.
+    pub gateway_if: String,
     pub container_ip: Ipv4Addr,
     pub subnet: Cidr,
 }
@@ -34,15 +36,15 @@ pub struct Firewall {
     restore: PathBuf,
     save: PathBuf,
     prefix: String,
-    /// Interface wildcard matching every bridge of this gardend (`g<tag>b+`).
-    bridges: String,
+    /// Interface wildcard matching every gateway interface of this gardend (`g<tag>+`).
+    gateways: String,
     /// Serialises this gardend's restores (iptables-legacy would race without the lock).
     lock: tokio::sync::Mutex<()>,
 }
 
 impl Firewall {
     /// `iptables` is the iptables binary; `-restore` / `-save` are found next to it.
-    pub fn new(iptables: &std::path::Path, prefix: String, bridge_wildcard: String) -> Firewall {
+    pub fn new(iptables: &std::path::Path, prefix: String, gateway_wildcard: String) -> Firewall {
         let sibling = |suffix: &str| {
             let mut name = iptables
                 .file_name()
@@ -55,7 +57,7 @@ impl Firewall {
             restore: sibling("-restore"),
             save: sibling("-save"),
             prefix,
-            bridges: bridge_wildcard,
+            gateways: gateway_wildcard,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -128,7 +130,7 @@ impl Firewall {
             self.global("input"),
         );
         let (pre, out, post) = (self.global("pre"), self.global("out"), self.global("post"));
-        let br = &self.bridges;
+        let br = &self.gateways;
         let mut s = String::from("*filter\n");
         for c in [&fwd, &def, &input] {
             s += &format!(":{c} - [0:0]\n");
@@ -168,7 +170,7 @@ impl Firewall {
             (
                 "filter",
                 self.global("fwd"),
-                format!("-i {} -s {ip}/32 -g {}", c.bridge, c.chain),
+                format!("-i {} -s {ip}/32 -g {}", c.gateway_if, c.chain),
             ),
             ("nat", self.global("pre"), format!("-j {}", c.chain)),
             ("nat", self.global("out"), format!("-j {}", c.chain)),
@@ -193,7 +195,7 @@ impl Firewall {
         s += &prepend(&c.chain, netout);
         for (table, chain, spec) in &links {
             if *table == "filter" {
-                // Before the catch-all accept towards the bridges.
+                // Before the catch-all accept towards the containers.
                 s += &format!("-I {chain} 1 {spec}\n");
             }
         }

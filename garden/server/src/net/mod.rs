@@ -1,6 +1,14 @@
 //! Container networking like Guardian's kawasaki: a /30 (or a static subnet) per container from
-//! an IP pool, a veth pair into a per-subnet bridge, NetIn port forwarding, a NetOut firewall
-//! chain per container, /etc/hosts and resolv.conf, tc bandwidth limits.
+//! an IP pool, a veth pair per container, NetIn port forwarding, a NetOut firewall chain per
+//! container, /etc/hosts and resolv.conf, tc bandwidth limits.
+//!
+//! A subnet that several containers share gets a bridge holding its gateway address, like
+//! Guardian's. A /30 has room for one container only, so there the host end of the veth holds
+//! the gateway address itself (routed, no bridge). That matters for speed: deleting a bridge
+//! costs this kernel 35-50 ms of RCU waiting under the global rtnl lock, so every destroy paid
+//! it one after the other, while the veth goes away with the container's network namespace,
+//! batched by the kernel's namespace cleanup (30 at once in 90 ms, against 1.9 s for deleting
+//! the same 30 veths and bridges with `ip link del`).
 //!
 //! Host-side changes go through the standard tools (`ip -batch`, `tc`, `iptables-restore`); the
 //! container end is configured with ioctls from a thread that joins the container's network
@@ -103,6 +111,8 @@ struct Progress {
 /// One container's network.
 struct Attached {
     lease: Lease,
+    /// A /30: no bridge, the host end of the veth holds the gateway address.
+    routed: bool,
     rules: ContainerRules,
     host_if: String,
     mapped: Mutex<Vec<PortMapping>>,
@@ -133,6 +143,10 @@ pub struct Network {
     firewall: Firewall,
 }
 
+/// How long a routed container's veth may take to vanish with its namespace before it is
+/// deleted by hand (a process that escaped the kill still holding the namespace).
+const NAMESPACE_TEARDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Five hex digits identifying an instance (FNV-1a of its name).
 fn tag(instance: &str) -> String {
     let mut h: u32 = 0x811c9dc5;
@@ -151,7 +165,7 @@ impl Network {
         let firewall = Firewall::new(
             &cfg.iptables_bin,
             format!("gd-{tag}-"),
-            format!("{links_prefix}b+"),
+            format!("{links_prefix}+"),
         );
         let ips = IpPool::new(cfg.pool)?;
         let ports = PortPool::new(cfg.port_pool_start, cfg.port_pool_size)?;
@@ -229,15 +243,22 @@ impl Network {
     pub fn allocate(&self, handle: &str, network: &str) -> Result<(), NetError> {
         let lease = self.ips.lock().expect("ip pool lock").acquire(network)?;
         let id = format!("{:08x}", u32::from(lease.container_ip));
+        let host_if = format!("{}h{id}", self.links_prefix);
+        let routed = lease.subnet.prefix() == 30;
         let attached = Attached {
             lease,
+            routed,
             rules: ContainerRules {
                 chain: format!("{}{id}", self.firewall.prefix()),
-                bridge: format!("{}b{}", self.links_prefix, lease.subnet.hex()),
+                gateway_if: if routed {
+                    host_if.clone()
+                } else {
+                    format!("{}b{}", self.links_prefix, lease.subnet.hex())
+                },
                 container_ip: lease.container_ip,
                 subnet: lease.subnet,
             },
-            host_if: format!("{}h{id}", self.links_prefix),
+            host_if,
             mapped: Mutex::default(),
             progress: Mutex::default(),
             op: tokio::sync::Mutex::new(()),
@@ -276,13 +297,16 @@ impl Network {
         let expanded = firewall::expand(handle, netout)?;
         // Links and firewall rules do not depend on each other: set both up at once.
         let links = async {
-            {
+            if a.routed {
+                a.progress.lock().expect("progress lock").link = true;
+                bridge::create_routed(&a.host_if, &a.lease.subnet, init_pid, self.mtu).await?;
+            } else {
                 // Bridge creation and removal are decided under this lock.
                 let mut bridges = self.bridges.lock().await;
                 let new_bridge = !bridges.contains(&a.lease.subnet);
                 a.progress.lock().expect("progress lock").link = true;
                 bridge::create_host(
-                    &a.rules.bridge,
+                    &a.rules.gateway_if,
                     new_bridge,
                     &a.lease.subnet,
                     &a.host_if,
@@ -420,7 +444,7 @@ impl Network {
                 "kawasaki.container-interface",
                 bridge::CONTAINER_IF.to_string(),
             ),
-            ("kawasaki.bridge-interface", a.rules.bridge.clone()),
+            ("kawasaki.bridge-interface", a.rules.gateway_if.clone()),
             ("kawasaki.subnet", a.lease.subnet.to_string()),
             (
                 "kawasaki.iptable-prefix",
@@ -458,6 +482,18 @@ impl Network {
         })
     }
 
+    /// Give the address back to the pool (once); true when its subnet is now empty.
+    fn release_lease(&self, a: &Attached) -> bool {
+        let mut p = a.progress.lock().expect("progress lock");
+        let mut ips = self.ips.lock().expect("ip pool lock");
+        if p.ip_released {
+            !ips.in_use(&a.lease.subnet)
+        } else {
+            p.ip_released = true;
+            ips.release(&a.lease)
+        }
+    }
+
     /// Undo everything of `handle`: firewall, veth, bridge if it was the subnet's last
     /// container, ports and address back to the pools. Safe on a half-built container and
     /// on an unknown handle.
@@ -479,24 +515,27 @@ impl Network {
             Ok::<(), NetError>(())
         };
         let links = async {
+            if a.routed {
+                if link {
+                    // Gone with the namespace once the container's processes are; deleting
+                    // it ourselves would cost a full unregister under the rtnl lock.
+                    bridge::delete_after(&a.host_if, NAMESPACE_TEARDOWN).await?;
+                    a.progress.lock().expect("progress lock").link = false;
+                }
+                // Only now: the link's name comes from the address, so the next holder of
+                // the address must not find it still there.
+                self.release_lease(&a);
+                return Ok(());
+            }
             // Bridge creation and removal are decided under this lock.
             let mut bridges = self.bridges.lock().await;
-            let empty = {
-                let mut p = a.progress.lock().expect("progress lock");
-                let mut ips = self.ips.lock().expect("ip pool lock");
-                if p.ip_released {
-                    !ips.in_use(&a.lease.subnet)
-                } else {
-                    p.ip_released = true;
-                    ips.release(&a.lease)
-                }
-            };
+            let empty = self.release_lease(&a);
             let mut doomed = Vec::new();
             if link {
                 doomed.push(a.host_if.as_str());
             }
-            if empty && (bridges.contains(&a.lease.subnet) || bridge::exists(&a.rules.bridge)) {
-                doomed.push(a.rules.bridge.as_str());
+            if empty && (bridges.contains(&a.lease.subnet) || bridge::exists(&a.rules.gateway_if)) {
+                doomed.push(a.rules.gateway_if.as_str());
             }
             bridge::delete_all(&doomed).await?;
             a.progress.lock().expect("progress lock").link = false;
