@@ -342,7 +342,7 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
     if !cli.peers_only {
         report.notes.push(format!(
             "not the same work: gardend gives each container Garden networking (a /30 from {}, \
-             veth pair, bridge, iptables chains), the peers' bundles an unconfigured network \
+             routed veth pair, iptables chains), the peers' bundles an unconfigured network \
              namespace (loopback only)",
             cli.gardend_network_pool
         ));
