@@ -61,7 +61,7 @@ fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
     let client = Client::new(Address::Tcp(format!("127.0.0.1:{port}")));
 
     let handle = "restart-1";
-    rt.block_on(async {
+    let chain_prefix = rt.block_on(async {
         client
             .create(&ContainerSpec {
                 handle: handle.into(),
@@ -69,6 +69,7 @@ fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
             })
             .await
             .unwrap();
+        let prefix = client.properties(handle).await.unwrap()["kawasaki.iptable-prefix"].clone();
         // Writes far more than a pipe holds while gardend is gone, then exits 0.
         let spec = ProcessSpec {
             id: "writer".into(),
@@ -84,6 +85,7 @@ fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
             ..Default::default()
         };
         client.run(handle, &spec, io).await.unwrap();
+        prefix
     });
     // SIGKILL: no chance to clean anything up.
     gardend.kill().unwrap();
@@ -132,6 +134,21 @@ fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
     }
     let handles = rt.block_on(client.list(&[])).unwrap();
     assert!(handles.is_empty(), "{handles:?}");
-    gardend.kill().unwrap();
-    gardend.wait().unwrap();
+    // A gardend stopped without containers takes its shared chains with it: nothing of
+    // either run is left in the firewall.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gardend.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(gardend.wait().unwrap().success());
+    let saved = std::process::Command::new("iptables-save")
+        .output()
+        .unwrap();
+    let left: Vec<String> = String::from_utf8_lossy(&saved.stdout)
+        .lines()
+        .filter(|l| l.contains(chain_prefix.as_str()))
+        .map(String::from)
+        .collect();
+    assert!(left.is_empty(), "firewall rules left: {left:#?}");
 }
