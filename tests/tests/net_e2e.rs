@@ -381,6 +381,35 @@ fn http_server(size: usize) -> u16 {
     port
 }
 
+/// A host server that reads exactly `size` bytes from each connection, reports how long they
+/// took from the first byte to the last, and closes (which ends the sender's `nc`).
+fn sink_server(size: usize) -> (u16, std::sync::mpsc::Receiver<Duration>) {
+    let l = TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = 0;
+                let mut first = None;
+                while got < size {
+                    match s.read(&mut buf[..(size - got).min(64 * 1024)]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            first.get_or_insert_with(Instant::now);
+                            got += n;
+                        }
+                    }
+                }
+                let _ = tx.send(first.map(|t| t.elapsed()).unwrap_or_default());
+            });
+        }
+    });
+    (port, rx)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_limit_slows_a_transfer() {
     let size = 1 << 20;
@@ -424,6 +453,32 @@ async fn bandwidth_limit_slows_a_transfer() {
     assert!(
         took[0] * 4 < took[1],
         "free {:?} vs limited {:?}",
+        took[0],
+        took[1]
+    );
+    // The other direction: the container sends 1 MiB to the host.
+    let (sink, took_rx) = sink_server(size);
+    let mut took = Vec::new();
+    for h in ["bw-free", "bw-limited"] {
+        let host_ip = c.info(h).await.expect("info").host_ip;
+        let script =
+            format!("dd if=/dev/zero bs=1024 count=1024 2>/dev/null | nc {host_ip} {sink}");
+        let (status, out) = run(&c, h, &script).await;
+        assert_eq!(status, 0, "{h}: {out}");
+        took.push(
+            took_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the sink got everything"),
+        );
+    }
+    assert!(
+        took[1] > Duration::from_millis(1200),
+        "limited upload took {:?}",
+        took[1]
+    );
+    assert!(
+        took[0] * 4 < took[1],
+        "free upload {:?} vs limited {:?}",
         took[0],
         took[1]
     );

@@ -306,17 +306,46 @@ pub fn list(prefix: &str) -> Vec<String> {
     names
 }
 
-/// Shape traffic towards the container with a token bucket on the host end's egress. (The
-/// other direction would need tc actions — police, or mirred to an ifb — and this kernel has
-/// no act_police.) Rates are bytes per second, bursts bytes.
-pub async fn limit_bandwidth(host_if: &str, rate: u64, burst: u64) -> Result<(), NetError> {
-    let rate = rate.to_string() + "bps";
-    let burst = burst.to_string();
-    let args = [
-        "qdisc", "add", "dev", host_if, "root", "tbf", "rate", &rate, "burst", &burst, "latency",
+/// Shape both directions with a token bucket filter: traffic towards the container on the
+/// host end's egress, and traffic from the container on its own `eth0`'s egress, set from
+/// inside its network namespace (where an unprivileged container lacks CAP_NET_ADMIN to undo
+/// it, and where it goes away with the namespace). Shaping the container's traffic on the
+/// host side instead would need tc actions (police, or mirred into an ifb device that costs a
+/// netdev per container); this kernel has no act_police. Rates are bytes per second, bursts
+/// bytes.
+pub async fn limit_bandwidth(
+    host_if: &str,
+    init_pid: i32,
+    rate: u64,
+    burst: u64,
+) -> Result<(), NetError> {
+    let host = tbf_args(host_if, rate, burst);
+    let mut inside: Vec<String> = ["-t", &init_pid.to_string(), "-n", "tc"]
+        .map(String::from)
+        .to_vec();
+    inside.extend(tbf_args(CONTAINER_IF, rate, burst));
+    let (host, inside) = (strs(&host), strs(&inside));
+    let (towards, from) = tokio::join!(
+        cmd::run(Path::new("tc"), &host, None),
+        cmd::run(Path::new("nsenter"), &inside, None)
+    );
+    towards?;
+    from.map(|_| ())
+}
+
+/// `tc` arguments putting a token bucket filter on `dev`'s egress.
+fn tbf_args(dev: &str, rate: u64, burst: u64) -> Vec<String> {
+    let (rate, burst) = (format!("{rate}bps"), burst.to_string());
+    [
+        "qdisc", "add", "dev", dev, "root", "tbf", "rate", &rate, "burst", &burst, "latency",
         "25ms",
-    ];
-    cmd::run(Path::new("tc"), &args, None).await.map(|_| ())
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// (rx, tx) bytes of a link, as the host sees it.

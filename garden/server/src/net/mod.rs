@@ -331,7 +331,7 @@ impl Network {
         linked?;
         filtered?;
         if bandwidth.rate > 0 {
-            bridge::limit_bandwidth(&a.host_if, bandwidth.rate, bandwidth.burst).await?;
+            bridge::limit_bandwidth(&a.host_if, init_pid, bandwidth.rate, bandwidth.burst).await?;
         }
         hosts::write_etc(
             root,
