@@ -516,6 +516,24 @@ async fn output_complete_when_exiting_right_after_writing() {
     f.finish().await;
 }
 
+/// A background child that keeps the tty open must not hold back the exit of the process
+/// that started it, nor swallow what that process wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_exit_is_not_held_by_a_background_child() {
+    let f = Fixture::new("e2e-p-ttybg").await;
+    let spec = ProcessSpec {
+        tty: Some(TtySpec::default()),
+        ..sh("sleep 60 & echo started; exit 4")
+    };
+    let out = tokio::time::timeout(Duration::from_secs(20), f.run(&spec))
+        .await
+        .expect("the exit is published while the child still holds the tty")
+        .expect("run");
+    assert_eq!(out.status, 4);
+    assert_eq!(out.stdout_text(), "started\r\n");
+    f.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_errors_are_typed() {
     let f = Fixture::new("e2e-p-errs").await;
