@@ -676,3 +676,104 @@ async fn restart_removes_what_a_crashed_gardend_left() {
     g.signal(libc::SIGTERM);
     assert!(rules(&chains).is_empty(), "{:#?}", rules(&chains));
 }
+
+/// A network namespace standing for "the outside world": a veth from the host with
+/// `<net>.1/24` on the host end and `<net>.2` inside, `<net>` a documentation range the host
+/// does not use. Removed on drop.
+struct Outside {
+    ns: String,
+    net: &'static str,
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let id = std::process::id() % 100_000;
+        let ns = format!("gd-e2e-out-{id}");
+        let host_if = format!("gdo{id}h");
+        let routes = Command::new("ip")
+            .args(["route", "show", "table", "all"])
+            .output();
+        let routes = String::from_utf8_lossy(&routes.expect("ip route").stdout).into_owned();
+        let net = ["198.51.100", "203.0.113", "198.18.77"]
+            .into_iter()
+            .find(|n| !routes.contains(&format!("{n}.")))
+            .expect("a documentation range unused on this host");
+        let (host_addr, inside_addr) = (format!("{net}.1/24"), format!("{net}.2/24"));
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        for args in [
+            vec!["netns", "add", &ns],
+            vec![
+                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+            vec!["addr", "add", &host_addr, "dev", &host_if],
+            vec!["link", "set", &host_if, "up"],
+            vec!["-n", &ns, "addr", "add", &inside_addr, "dev", "eth0"],
+            vec!["-n", &ns, "link", "set", "eth0", "up"],
+        ] {
+            let ok = Command::new("ip").args(&args).status().expect("ip");
+            assert!(ok.success(), "ip {args:?}");
+        }
+        Outside { ns, net }
+    }
+
+    /// A TCP listener inside the namespace; reports the source address of the first
+    /// connection.
+    fn listen(&self) -> (u16, std::sync::mpsc::Receiver<Ipv4Addr>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let path = format!("/run/netns/{}", self.ns);
+        let addr = self.inside();
+        std::thread::spawn(move || {
+            // Network namespaces are per thread: this one moves, the test's threads stay.
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let l = TcpListener::bind((addr, 0)).expect("bind outside");
+            port_tx.send(l.local_addr().unwrap().port()).unwrap();
+            if let Ok((_, peer)) = l.accept() {
+                if let std::net::SocketAddr::V4(v4) = peer {
+                    let _ = tx.send(*v4.ip());
+                }
+            }
+        });
+        (port_rx.recv().expect("outside port"), rx)
+    }
+}
+
+impl Outside {
+    fn host(&self) -> Ipv4Addr {
+        format!("{}.1", self.net).parse().expect("host address")
+    }
+
+    fn inside(&self) -> Ipv4Addr {
+        format!("{}.2", self.net).parse().expect("inside address")
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// Traffic leaving the pool is masqueraded: the outside sees the host's address, both for a
+/// container from the pool and for one of a static subnet outside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_traffic_is_masqueraded() {
+    let outside = Outside::new();
+    let g = gardend(8, &[]);
+    let c = g.client();
+    let mut static_spec = spec("out-static");
+    static_spec.network = "10.253.200.0/29".into();
+    c.create(&spec("out-pool")).await.expect("create");
+    c.create(&static_spec).await.expect("create static");
+    for h in ["out-pool", "out-static"] {
+        let (port, seen) = outside.listen();
+        let script = format!("echo hi | nc -w 5 {} {port}", outside.inside());
+        let (status, out) = run(&c, h, &script).await;
+        assert_eq!(status, 0, "{h}: {out}");
+        let source = seen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the outside got a connection");
+        assert_eq!(source, outside.host(), "{h}");
+    }
+}

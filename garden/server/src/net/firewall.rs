@@ -1,5 +1,5 @@
-//! Netfilter rules through `iptables-restore --noflush`: every change of one container is one
-//! restore transaction, so it lands completely or not at all.
+//! Netfilter rules through `iptables-restore --noflush`: every table a change touches is one
+//! kernel transaction, so it lands completely or not at all.
 //!
 //! Layout (T = this gardend's tag):
 //! - filter `FORWARD -> gd-T-fwd`: per container `-i <gateway if> -s <ip> -g gd-T-<id>`; the
@@ -8,9 +8,14 @@
 //!   Traffic towards containers is accepted at the end of `gd-T-fwd`.
 //! - filter `INPUT -> gd-T-input`: containers reaching the host, rejected unless host access
 //!   is allowed.
-//! - nat `PREROUTING`/`OUTPUT -> gd-T-pre`/`gd-T-out -> gd-T-<id>`: NetIn DNAT rules.
-//! - nat `POSTROUTING -> gd-T-post`: MASQUERADE for traffic leaving a container's subnet, and
-//!   for loopback-sourced traffic DNATed towards a container.
+//! - nat `PREROUTING`/`OUTPUT -> gd-T-pre`/`gd-T-out -> gd-T-<id>`: NetIn DNAT rules; the
+//!   container's nat chain is made by its first NetIn.
+//! - nat `POSTROUTING -> gd-T-post`: MASQUERADE for traffic leaving the pool (one rule for
+//!   every container from the pool, one per container of a static subnet outside it), and for
+//!   loopback-sourced traffic DNATed towards a container.
+//!
+//! So a container without NetIn and from the pool lives in the filter table only: its create
+//! and destroy are one transaction each, not two (a commit costs this kernel about 7 ms).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -28,6 +33,8 @@ use super::{cmd, NetError};
 pub struct ContainerRules {
     /// Chain name in both tables.
     pub chain: String,
+    /// The subnet lies in the pool, whose MASQUERADE rule covers the container.
+    pub in_pool: bool,
     /// The host interface holding the subnet's gateway address: the subnet's bridge, or the
     /// host end of the veth for a routed /30.
     pub gateway_if: String,
@@ -307,26 +314,34 @@ impl Firewall {
         );
         s += &format!("-A {post} -s {pool} -d {pool} -j RETURN\n");
         s += &format!("-A {post} -s 127.0.0.0/8 -o {br} -j MASQUERADE\n");
+        s += &format!("-A {post} -s {pool} -j MASQUERADE\n");
         s += "COMMIT\n";
         self.apply(s).await
     }
 
-    /// Rules in the shared chains that belong to one container: (table, chain, spec).
-    fn container_links(&self, c: &ContainerRules) -> [(&'static str, String, String); 4] {
-        let ip = c.container_ip;
+    /// The jump from the shared forward chain into the container's filter chain.
+    fn forward_link(&self, c: &ContainerRules) -> String {
+        format!(
+            "-i {} -s {}/32 -g {}",
+            c.gateway_if, c.container_ip, c.chain
+        )
+    }
+
+    /// MASQUERADE of a container outside the pool.
+    fn masquerade(&self, c: &ContainerRules) -> String {
+        format!(
+            "-A {} -s {}/32 ! -d {} -j MASQUERADE",
+            self.global("post"),
+            c.container_ip,
+            c.subnet
+        )
+    }
+
+    /// The jumps into a container's nat chain.
+    fn nat_links(&self, c: &ContainerRules) -> [String; 2] {
         [
-            (
-                "filter",
-                self.global("fwd"),
-                format!("-i {} -s {ip}/32 -g {}", c.gateway_if, c.chain),
-            ),
-            ("nat", self.global("pre"), format!("-j {}", c.chain)),
-            ("nat", self.global("out"), format!("-j {}", c.chain)),
-            (
-                "nat",
-                self.global("post"),
-                format!("-s {ip}/32 ! -d {} -j MASQUERADE", c.subnet),
-            ),
+            format!("{} -j {}", self.global("pre"), c.chain),
+            format!("{} -j {}", self.global("out"), c.chain),
         ]
     }
 
@@ -336,39 +351,45 @@ impl Firewall {
         c: &ContainerRules,
         netout: &[String],
     ) -> Result<(), NetError> {
-        let links = self.container_links(c);
         let mut s = format!("*filter\n:{} - [0:0]\n", c.chain);
         s += &format!("-A {} -d {} -j ACCEPT\n", c.chain, c.subnet);
         s += &format!("-A {} -g {}\n", c.chain, self.global("default"));
         s += &prepend(&c.chain, netout);
-        for (table, chain, spec) in &links {
-            if *table == "filter" {
-                // Before the catch-all accept towards the containers.
-                s += &format!("-I {chain} 1 {spec}\n");
-            }
-        }
-        s += &format!("COMMIT\n*nat\n:{} - [0:0]\n", c.chain);
-        for (table, chain, spec) in &links {
-            if *table == "nat" {
-                s += &format!("-A {chain} {spec}\n");
-            }
-        }
+        // Before the catch-all accept towards the containers.
+        s += &format!("-I {} 1 {}\n", self.global("fwd"), self.forward_link(c));
         s += "COMMIT\n";
+        if !c.in_pool {
+            s += &format!("*nat\n{}\nCOMMIT\n", self.masquerade(c));
+        }
         self.apply(s).await
     }
 
-    /// Remove a container's chains and every rule pointing at them.
-    pub async fn remove_container(&self, c: &ContainerRules) -> Result<(), NetError> {
-        let links = self.container_links(c);
-        let mut s = String::new();
-        for t in ["filter", "nat"] {
-            s += &format!("*{t}\n");
-            for (table, chain, spec) in &links {
-                if *table == t {
-                    s += &format!("-D {chain} {spec}\n");
-                }
+    /// Remove a container's chains and every rule pointing at them; `nat_chain`: a NetIn made
+    /// the container's nat chain.
+    pub async fn remove_container(
+        &self,
+        c: &ContainerRules,
+        nat_chain: bool,
+    ) -> Result<(), NetError> {
+        let mut s = format!(
+            "*filter\n-D {} {}\n-F {2}\n-X {2}\nCOMMIT\n",
+            self.global("fwd"),
+            self.forward_link(c),
+            c.chain
+        );
+        let mut nat = String::new();
+        if !c.in_pool {
+            nat += &self.masquerade(c).replacen("-A ", "-D ", 1);
+            nat.push('\n');
+        }
+        if nat_chain {
+            for link in self.nat_links(c) {
+                nat += &format!("-D {link}\n");
             }
-            s += &format!("-F {0}\n-X {0}\nCOMMIT\n", c.chain);
+            nat += &format!("-F {0}\n-X {0}\n", c.chain);
+        }
+        if !nat.is_empty() {
+            s += &format!("*nat\n{nat}COMMIT\n");
         }
         self.apply(s).await
     }
@@ -382,19 +403,27 @@ impl Firewall {
             .await
     }
 
-    /// DNAT `host_port` (on the external IP, and loopback for local clients) to the container.
+    /// DNAT `host_port` (on the external IP, and loopback for local clients) to the container;
+    /// the `first` NetIn of a container makes its nat chain.
     pub async fn add_netin(
         &self,
         c: &ContainerRules,
         external_ip: Ipv4Addr,
         host_port: u32,
         container_port: u32,
+        first: bool,
     ) -> Result<(), NetError> {
         let to = format!(
             "-p tcp --dport {host_port} -j DNAT --to-destination {}:{container_port}",
             c.container_ip
         );
         let mut s = String::from("*nat\n");
+        if first {
+            s += &format!(":{} - [0:0]\n", c.chain);
+            for link in self.nat_links(c) {
+                s += &format!("-A {link}\n");
+            }
+        }
         s += &format!("-A {} -d {external_ip}/32 {to}\n", c.chain);
         if !external_ip.is_loopback() {
             s += &format!("-A {} -d 127.0.0.1/32 {to}\n", c.chain);

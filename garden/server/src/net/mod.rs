@@ -104,6 +104,8 @@ impl Default for NetConfig {
 struct Progress {
     link: bool,
     firewall: bool,
+    /// A NetIn made the container's nat chain.
+    nat_chain: bool,
     /// The address went back to the pool (exactly once, even if a later step fails).
     ip_released: bool,
 }
@@ -250,6 +252,7 @@ impl Network {
             routed,
             rules: ContainerRules {
                 chain: format!("{}{id}", self.firewall.prefix()),
+                in_pool: self.cfg.pool.contains_cidr(&lease.subnet),
                 gateway_if: if routed {
                     host_if.clone()
                 } else {
@@ -385,9 +388,10 @@ impl Network {
         } else {
             container_port
         };
+        let first = !a.progress.lock().expect("progress lock").nat_chain;
         if let Err(e) = self
             .firewall
-            .add_netin(&a.rules, self.external_ip, host_port, container_port)
+            .add_netin(&a.rules, self.external_ip, host_port, container_port, first)
             .await
         {
             self.ports
@@ -396,6 +400,7 @@ impl Network {
                 .release(host_port);
             return Err(e);
         }
+        a.progress.lock().expect("progress lock").nat_chain = true;
         a.mapped.lock().expect("mapped lock").push(PortMapping {
             host_port,
             container_port,
@@ -502,14 +507,14 @@ impl Network {
             return Ok(());
         };
         let _op = a.op.lock().await;
-        let (link, fw) = {
+        let (link, fw, nat_chain) = {
             let p = a.progress.lock().expect("progress lock");
-            (p.link, p.firewall)
+            (p.link, p.firewall, p.nat_chain)
         };
         // Rules and links are independent: remove both at once.
         let rules = async {
             if fw {
-                self.firewall.remove_container(&a.rules).await?;
+                self.firewall.remove_container(&a.rules, nat_chain).await?;
                 a.progress.lock().expect("progress lock").firewall = false;
             }
             Ok::<(), NetError>(())

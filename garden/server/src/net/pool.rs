@@ -62,6 +62,11 @@ impl Cidr {
         u32::from(ip) & mask(self.prefix) == self.network
     }
 
+    /// Every address of `other` is in `self`.
+    pub fn contains_cidr(&self, other: &Cidr) -> bool {
+        self.prefix <= other.prefix && self.contains(other.network())
+    }
+
     pub fn overlaps(&self, other: &Cidr) -> bool {
         let p = self.prefix.min(other.prefix);
         self.network & mask(p) == other.network & mask(p)
@@ -322,6 +327,18 @@ mod tests {
         assert_eq!(b.container_ip, "10.254.0.6".parse::<Ipv4Addr>().unwrap());
         assert!(p.release(&a));
         assert_eq!(p.acquire("").unwrap(), a);
+    }
+
+    #[test]
+    fn cidr_containment() {
+        let pool: Cidr = "10.254.0.0/22".parse().unwrap();
+        let inside: Cidr = "10.254.3.4/30".parse().unwrap();
+        let wider: Cidr = "10.254.0.0/16".parse().unwrap();
+        let outside: Cidr = "10.253.1.0/24".parse().unwrap();
+        assert!(pool.contains_cidr(&inside));
+        assert!(pool.contains_cidr(&pool));
+        assert!(!pool.contains_cidr(&wider), "overlaps but is not inside");
+        assert!(!pool.contains_cidr(&outside));
     }
 
     #[test]
