@@ -729,10 +729,8 @@ impl Outside {
             nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             let l = TcpListener::bind((addr, 0)).expect("bind outside");
             port_tx.send(l.local_addr().unwrap().port()).unwrap();
-            if let Ok((_, peer)) = l.accept() {
-                if let std::net::SocketAddr::V4(v4) = peer {
-                    let _ = tx.send(*v4.ip());
-                }
+            if let Ok((_, std::net::SocketAddr::V4(peer))) = l.accept() {
+                let _ = tx.send(*peer.ip());
             }
         });
         (port_rx.recv().expect("outside port"), rx)
