@@ -410,6 +410,23 @@ fn sink_server(size: usize) -> (u16, std::sync::mpsc::Receiver<Duration>) {
     (port, rx)
 }
 
+/// `took` = [unlimited, limited] times for 1 MiB: at 512 KiB/s that takes ~2 s (less the
+/// burst); unshaped it is a matter of milliseconds.
+#[track_caller]
+fn assert_shaped(what: &str, took: &[Duration]) {
+    assert!(
+        took[1] > Duration::from_millis(1200),
+        "limited {what} took {:?}",
+        took[1]
+    );
+    assert!(
+        took[0] * 4 < took[1],
+        "free {what} {:?} vs limited {:?}",
+        took[0],
+        took[1]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_limit_slows_a_transfer() {
     let size = 1 << 20;
@@ -444,18 +461,7 @@ async fn bandwidth_limit_slows_a_transfer() {
         took.push(t.elapsed());
         assert_eq!((status, out.trim()), (0, size.to_string().as_str()), "{h}");
     }
-    // 1 MiB at 512 KiB/s takes ~2 s (less the burst); unshaped it is a matter of milliseconds.
-    assert!(
-        took[1] > Duration::from_millis(1200),
-        "limited transfer took {:?}",
-        took[1]
-    );
-    assert!(
-        took[0] * 4 < took[1],
-        "free {:?} vs limited {:?}",
-        took[0],
-        took[1]
-    );
+    assert_shaped("download", &took);
     // The other direction: the container sends 1 MiB to the host.
     let (sink, took_rx) = sink_server(size);
     let mut took = Vec::new();
@@ -471,17 +477,7 @@ async fn bandwidth_limit_slows_a_transfer() {
                 .expect("the sink got everything"),
         );
     }
-    assert!(
-        took[1] > Duration::from_millis(1200),
-        "limited upload took {:?}",
-        took[1]
-    );
-    assert!(
-        took[0] * 4 < took[1],
-        "free upload {:?} vs limited {:?}",
-        took[0],
-        took[1]
-    );
+    assert_shaped("upload", &took);
     let err = c
         .create(&ContainerSpec {
             limits: Limits {
