@@ -428,6 +428,47 @@ pub async fn run_output(
     })
 }
 
+/// `sh -c script` through Garden: (exit status, stdout followed by stderr).
+pub async fn sh_combined(client: &Client, handle: &str, script: &str) -> (i32, String) {
+    let out = run_output(client, handle, &sh(script), None)
+        .await
+        .expect("garden run");
+    (out.status, out.stdout_text() + &out.stderr_text())
+}
+
+/// Run an executor action `script` (JSON or YAML) in a new container `guid` and wait (60 s at
+/// most, then fail with gardend's log) until it completes. The container is kept for
+/// inspection.
+pub async fn run_action(
+    exec: &std::sync::Arc<executor::container::Executor>,
+    gardend: &Gardend,
+    guid: &str,
+    script: &str,
+) -> executor::container::Container {
+    use executor::container::{AllocationRequest, RunInfo};
+    let action =
+        executor::Action::from_yaml(script).unwrap_or_else(|e| panic!("bad script: {e}\n{script}"));
+    exec.allocate(AllocationRequest {
+        guid: guid.into(),
+        ..Default::default()
+    })
+    .expect("allocate");
+    let info = RunInfo {
+        action: Some(action),
+        log_config: executor::log::LogConfig {
+            guid: guid.into(),
+            index: 0,
+            source_name: "TEST".into(),
+        },
+        ..Default::default()
+    };
+    exec.run(guid, info).expect("run");
+    tokio::time::timeout(Duration::from_secs(60), exec.wait_completed(guid))
+        .await
+        .unwrap_or_else(|_| panic!("{guid} did not complete; gardend log:\n{}", gardend.log()))
+        .expect("completed")
+}
+
 /// Poll an async condition every 20 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
 where

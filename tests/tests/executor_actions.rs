@@ -10,7 +10,7 @@ use std::time::Duration;
 use e2e::{run_output, sh, Gardend};
 use executor::cache::{CacheConfig, DownloadCache};
 use executor::container::{AllocationRequest, Container, Executor, ExecutorConfig, RunInfo};
-use executor::log::{LogConfig, MemorySink, Stream};
+use executor::log::{MemorySink, Stream};
 use executor::testing::FileServer;
 use executor::Action;
 use sha2::Digest;
@@ -51,41 +51,12 @@ impl Cell {
 
     /// Run `script` (JSON or YAML) in a new container; the container is kept for inspection.
     async fn run(&self, guid: &str, script: &str) -> Container {
-        let action =
-            Action::from_yaml(script).unwrap_or_else(|e| panic!("bad script: {e}\n{script}"));
-        self.exec
-            .allocate(AllocationRequest {
-                guid: guid.into(),
-                ..Default::default()
-            })
-            .expect("allocate");
-        let info = RunInfo {
-            action: Some(action),
-            log_config: LogConfig {
-                guid: guid.into(),
-                index: 0,
-                source_name: "TEST".into(),
-            },
-            ..Default::default()
-        };
-        self.exec.run(guid, info).expect("run");
-        tokio::time::timeout(Duration::from_secs(60), self.exec.wait_completed(guid))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "{guid} did not complete; gardend log:\n{}",
-                    self.gardend.log()
-                )
-            })
-            .expect("completed")
+        e2e::run_action(&self.exec, &self.gardend, guid, script).await
     }
 
     /// `sh -c script` directly through Garden (not the executor); stdout.
     async fn sh(&self, guid: &str, script: &str) -> (i32, String) {
-        let out = run_output(&self.gardend.client(), guid, &sh(script), None)
-            .await
-            .expect("garden run");
-        (out.status, out.stdout_text() + &out.stderr_text())
+        e2e::sh_combined(&self.gardend.client(), guid, script).await
     }
 
     fn lines(&self) -> Vec<(Stream, String, String)> {

@@ -47,8 +47,7 @@ async fn spawn(c: &Client, h: &str, script: &str) {
 
 /// Run a script and return (exit status, stdout + stderr).
 async fn run(c: &Client, h: &str, script: &str) -> (i32, String) {
-    let out = run_output(c, h, &sh(script), None).await.expect("run");
-    (out.status, out.stdout_text() + &out.stderr_text())
+    e2e::sh_combined(c, h, script).await
 }
 
 /// Everything a TCP server at `addr` sends, retrying until it listens.
