@@ -288,6 +288,32 @@ pub fn all_leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     found
 }
 
+/// A container spec with only a handle.
+pub fn container_spec(handle: &str) -> garden_api::ContainerSpec {
+    garden_api::ContainerSpec {
+        handle: handle.into(),
+        ..Default::default()
+    }
+}
+
+/// Nothing of `handle` is left on the host within 5 s of its destroy.
+#[track_caller]
+pub fn assert_no_leaks(handle: &str, gardend: &Gardend) {
+    let left = leaks_after(handle, gardend, Duration::from_secs(5));
+    assert!(left.is_empty(), "{handle} leaked after destroy: {left:#?}");
+}
+
+/// The typed Garden error of a failed call; fails on success or on any other error.
+#[track_caller]
+pub fn garden_err<T: std::fmt::Debug>(
+    r: Result<T, garden_client::ClientError>,
+) -> garden_api::GardenError {
+    match r {
+        Err(garden_client::ClientError::Garden(e)) => e,
+        other => panic!("expected a typed Garden error, got {other:?}"),
+    }
+}
+
 /// Poll `leaks` until it is empty or `timeout` passes; returns what is still there.
 pub fn leaks_after(handle: &str, gardend: &Gardend, timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;

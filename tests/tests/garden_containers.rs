@@ -5,33 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::{leaks_after, run_output, sh, Gardend};
+use e2e::{
+    assert_no_leaks as no_leaks, container_spec as spec, garden_err, run_output, sh, Gardend,
+};
 use garden_api::{
     BindMount, ContainerSpec, CpuLimits, GardenError, Limits, MemoryLimits, PidLimits, ProcessSpec,
     BIND_MOUNT_MODE_RW,
 };
-use garden_client::{ClientError, ProcessIo};
-
-fn spec(handle: &str) -> ContainerSpec {
-    ContainerSpec {
-        handle: handle.into(),
-        ..Default::default()
-    }
-}
-
-#[track_caller]
-fn garden_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> GardenError {
-    match r {
-        Err(ClientError::Garden(e)) => e,
-        other => panic!("expected a typed Garden error, got {other:?}"),
-    }
-}
-
-#[track_caller]
-fn no_leaks(handle: &str, g: &Gardend) {
-    let left = leaks_after(handle, g, Duration::from_secs(5));
-    assert!(left.is_empty(), "{handle} leaked after destroy: {left:#?}");
-}
+use garden_client::ProcessIo;
 
 fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
     p.iter()

@@ -4,23 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{leaks_after, run_output, sh, Gardend};
+use e2e::{assert_no_leaks as no_leaks, container_spec as spec, run_output, sh, Gardend};
 use garden_api::{ContainerSpec, GardenError, ImageRef, Limits, MemoryLimits, PidLimits};
 use garden_client::{Client, ClientError, ProcessIo};
 use tokio::io::AsyncReadExt;
-
-#[track_caller]
-fn no_leaks(h: &str, g: &Gardend) {
-    let left = leaks_after(h, g, Duration::from_secs(5));
-    assert!(left.is_empty(), "{h} leaked: {left:#?}");
-}
-
-fn spec(h: &str) -> ContainerSpec {
-    ContainerSpec {
-        handle: h.into(),
-        ..Default::default()
-    }
-}
 
 /// The default rootfs gardend prepared next to its depot.
 fn default_rootfs(g: &Gardend) -> std::path::PathBuf {

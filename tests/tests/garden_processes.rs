@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use e2e::{leaks_after, run_output, sh, Capture, Gardend};
+use e2e::{garden_err, leaks_after, run_output, sh, Capture, Gardend};
 use garden_api::{
     ContainerSpec, GardenError, ProcessSpec, ResourceLimits, Signal, TtySpec, WindowSize,
 };
@@ -54,14 +54,6 @@ fn spec_as(user: &str, script: &str) -> ProcessSpec {
     ProcessSpec {
         user: user.into(),
         ..sh(script)
-    }
-}
-
-#[track_caller]
-fn garden_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> GardenError {
-    match r {
-        Err(ClientError::Garden(e)) => e,
-        other => panic!("expected a typed Garden error, got {other:?}"),
     }
 }
 

@@ -1,23 +1,8 @@
 //! Concurrency against a real gardend: racing creates of one handle, destroy racing create,
 //! concurrent property writes, many processes at once, files after stop.
 
-use std::time::Duration;
-
-use e2e::{leaks_after, run_output, sh, Gardend};
-use garden_api::{ContainerSpec, GardenError};
-
-#[track_caller]
-fn no_leaks(h: &str, g: &Gardend) {
-    let left = leaks_after(h, g, Duration::from_secs(5));
-    assert!(left.is_empty(), "{h} leaked: {left:#?}");
-}
-
-fn spec(h: &str) -> ContainerSpec {
-    ContainerSpec {
-        handle: h.into(),
-        ..Default::default()
-    }
-}
+use e2e::{assert_no_leaks as no_leaks, container_spec as spec, run_output, sh, Gardend};
+use garden_api::GardenError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creates_of_one_handle() {

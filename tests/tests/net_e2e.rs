@@ -10,18 +10,11 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{run_output, sh, Gardend};
+use e2e::{container_spec as spec, run_output, sh, Gardend};
 use garden_api::{
     BandwidthLimits, ContainerSpec, IpRange, Limits, NetOutRule, PortRange, PROTOCOL_TCP,
 };
 use garden_client::{Client, ProcessIo};
-
-fn spec(h: &str) -> ContainerSpec {
-    ContainerSpec {
-        handle: h.into(),
-        ..Default::default()
-    }
-}
 
 /// gardend with the `n`th test pool (10.231.n.0/24) and port pool (62000 + 20 n, 20 ports).
 fn gardend(n: u32, extra: &[&str]) -> Gardend {
