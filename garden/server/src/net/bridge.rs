@@ -25,13 +25,33 @@ async fn ip_batch(lines: &[String]) -> Result<(), NetError> {
 pub fn bridge_lines(bridge: &str, subnet: &Cidr, mtu: u32) -> Vec<String> {
     vec![
         format!("link add name {bridge} mtu {mtu} type bridge"),
-        format!(
-            "addr add {}/{} brd + dev {bridge}",
-            subnet.gateway(),
-            subnet.prefix()
-        ),
+        gateway_line(bridge, subnet),
         format!("link set {bridge} up"),
     ]
+}
+
+/// The command putting the subnet's gateway address on `dev`.
+fn gateway_line(dev: &str, subnet: &Cidr) -> String {
+    format!(
+        "addr add {}/{} brd + dev {dev}",
+        subnet.gateway(),
+        subnet.prefix()
+    )
+}
+
+/// The command creating a container's veth pair, the container end straight in the namespace
+/// of `init_pid` as [`CONTAINER_IF`].
+fn veth_line(host_if: &str, init_pid: i32, mtu: u32) -> String {
+    format!("link add {host_if} mtu {mtu} type veth peer name {CONTAINER_IF} mtu {mtu} netns {init_pid}")
+}
+
+/// NetIn from loopback: DNATed packets keep their 127.0.0.1 source until MASQUERADE, so the
+/// interface holding the gateway address must route them.
+async fn allow_route_localnet(dev: &str) -> Result<(), NetError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{dev}/route_localnet");
+    tokio::fs::write(&path, "1")
+        .await
+        .map_err(|e| NetError::Io { path, source: e })
 }
 
 /// Bridge (when `new_bridge`) and veth pair in one `ip` run; the container end goes straight
@@ -49,15 +69,11 @@ pub async fn create_host(
     } else {
         Vec::new()
     };
-    lines.push(format!("link add {host_if} mtu {mtu} type veth peer name {CONTAINER_IF} mtu {mtu} netns {init_pid}"));
+    lines.push(veth_line(host_if, init_pid, mtu));
     lines.push(format!("link set {host_if} master {bridge} up"));
     ip_batch(&lines).await?;
     if new_bridge {
-        // NetIn from loopback: DNATed packets keep their 127.0.0.1 source until MASQUERADE.
-        let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
-        tokio::fs::write(&path, "1")
-            .await
-            .map_err(|e| NetError::Io { path, source: e })?;
+        allow_route_localnet(bridge).await?;
     }
     Ok(())
 }
@@ -70,20 +86,12 @@ pub async fn create_routed(
     mtu: u32,
 ) -> Result<(), NetError> {
     ip_batch(&[
-        format!("link add {host_if} mtu {mtu} type veth peer name {CONTAINER_IF} mtu {mtu} netns {init_pid}"),
-        format!(
-            "addr add {}/{} brd + dev {host_if}",
-            subnet.gateway(),
-            subnet.prefix()
-        ),
+        veth_line(host_if, init_pid, mtu),
+        gateway_line(host_if, subnet),
         format!("link set {host_if} up"),
     ])
     .await?;
-    // NetIn from loopback: DNATed packets keep their 127.0.0.1 source until MASQUERADE.
-    let path = format!("/proc/sys/net/ipv4/conf/{host_if}/route_localnet");
-    tokio::fs::write(&path, "1")
-        .await
-        .map_err(|e| NetError::Io { path, source: e })
+    allow_route_localnet(host_if).await
 }
 
 /// Address, link up and default route via the bridge, set from inside the container's
@@ -319,33 +327,20 @@ pub async fn limit_bandwidth(
     rate: u64,
     burst: u64,
 ) -> Result<(), NetError> {
-    let host = tbf_args(host_if, rate, burst);
-    let mut inside: Vec<String> = ["-t", &init_pid.to_string(), "-n", "tc"]
-        .map(String::from)
-        .to_vec();
-    inside.extend(tbf_args(CONTAINER_IF, rate, burst));
-    let (host, inside) = (strs(&host), strs(&inside));
+    // Interface names and numbers hold no spaces.
+    let tbf = |dev: &str| {
+        format!("qdisc add dev {dev} root tbf rate {rate}bps burst {burst} latency 25ms")
+    };
+    let host = tbf(host_if);
+    let inside = format!("-t {init_pid} -n tc {}", tbf(CONTAINER_IF));
+    let host: Vec<&str> = host.split(' ').collect();
+    let inside: Vec<&str> = inside.split(' ').collect();
     let (towards, from) = tokio::join!(
         cmd::run(Path::new("tc"), &host, None),
         cmd::run(Path::new("nsenter"), &inside, None)
     );
     towards?;
     from.map(|_| ())
-}
-
-/// `tc` arguments putting a token bucket filter on `dev`'s egress.
-fn tbf_args(dev: &str, rate: u64, burst: u64) -> Vec<String> {
-    let (rate, burst) = (format!("{rate}bps"), burst.to_string());
-    [
-        "qdisc", "add", "dev", dev, "root", "tbf", "rate", &rate, "burst", &burst, "latency",
-        "25ms",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 /// (rx, tx) bytes of a link, as the host sees it.

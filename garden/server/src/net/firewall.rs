@@ -327,10 +327,10 @@ impl Firewall {
         )
     }
 
-    /// MASQUERADE of a container outside the pool.
+    /// MASQUERADE of a container outside the pool (chain and rule).
     fn masquerade(&self, c: &ContainerRules) -> String {
         format!(
-            "-A {} -s {}/32 ! -d {} -j MASQUERADE",
+            "{} -s {}/32 ! -d {} -j MASQUERADE",
             self.global("post"),
             c.container_ip,
             c.subnet
@@ -359,7 +359,7 @@ impl Firewall {
         s += &format!("-I {} 1 {}\n", self.global("fwd"), self.forward_link(c));
         s += "COMMIT\n";
         if !c.in_pool {
-            s += &format!("*nat\n{}\nCOMMIT\n", self.masquerade(c));
+            s += &format!("*nat\n-A {}\nCOMMIT\n", self.masquerade(c));
         }
         self.apply(s).await
     }
@@ -379,8 +379,7 @@ impl Firewall {
         );
         let mut nat = String::new();
         if !c.in_pool {
-            nat += &self.masquerade(c).replacen("-A ", "-D ", 1);
-            nat.push('\n');
+            nat += &format!("-D {}\n", self.masquerade(c));
         }
         if nat_chain {
             for link in self.nat_links(c) {

@@ -113,8 +113,6 @@ struct Progress {
 /// One container's network.
 struct Attached {
     lease: Lease,
-    /// A /30: no bridge, the host end of the veth holds the gateway address.
-    routed: bool,
     rules: ContainerRules,
     host_if: String,
     mapped: Mutex<Vec<PortMapping>>,
@@ -148,6 +146,12 @@ pub struct Network {
 /// How long a routed container's veth may take to vanish with its namespace before it is
 /// deleted by hand (a process that escaped the kill still holding the namespace).
 const NAMESPACE_TEARDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A /30 has room for one container: no bridge, the host end of the veth holds the gateway
+/// address.
+fn routed(subnet: &Cidr) -> bool {
+    subnet.prefix() == 30
+}
 
 /// Five hex digits identifying an instance (FNV-1a of its name).
 fn tag(instance: &str) -> String {
@@ -246,10 +250,9 @@ impl Network {
         let lease = self.ips.lock().expect("ip pool lock").acquire(network)?;
         let id = format!("{:08x}", u32::from(lease.container_ip));
         let host_if = format!("{}h{id}", self.links_prefix);
-        let routed = lease.subnet.prefix() == 30;
+        let routed = routed(&lease.subnet);
         let attached = Attached {
             lease,
-            routed,
             rules: ContainerRules {
                 chain: format!("{}{id}", self.firewall.prefix()),
                 in_pool: self.cfg.pool.contains_cidr(&lease.subnet),
@@ -300,7 +303,7 @@ impl Network {
         let expanded = firewall::expand(handle, netout)?;
         // Links and firewall rules do not depend on each other: set both up at once.
         let links = async {
-            if a.routed {
+            if routed(&a.lease.subnet) {
                 a.progress.lock().expect("progress lock").link = true;
                 bridge::create_routed(&a.host_if, &a.lease.subnet, init_pid, self.mtu).await?;
             } else {
@@ -520,7 +523,7 @@ impl Network {
             Ok::<(), NetError>(())
         };
         let links = async {
-            if a.routed {
+            if routed(&a.lease.subnet) {
                 if link {
                     // Gone with the namespace once the container's processes are; deleting
                     // it ourselves would cost a full unregister under the rtnl lock.
