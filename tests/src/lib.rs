@@ -462,6 +462,43 @@ pub async fn sh_combined(client: &Client, handle: &str, script: &str) -> (i32, S
     (out.status, out.stdout_text() + &out.stderr_text())
 }
 
+/// What the executor end-to-end tests stand on: a gardend, an executor driving it through the
+/// Garden client, the executor's log sink, and its download cache directory (removed on drop).
+pub struct ExecutorCell {
+    pub gardend: Gardend,
+    pub exec: std::sync::Arc<executor::container::Executor>,
+    pub sink: executor::log::MemorySink,
+    pub cache_dir: tempfile::TempDir,
+}
+
+/// Start an [`ExecutorCell`]; steps get a 1 s graceful shutdown, and `adjust` tunes the cache
+/// and executor settings before the executor starts.
+pub fn start_executor(
+    adjust: impl FnOnce(&mut executor::cache::CacheConfig, &mut executor::container::ExecutorConfig),
+) -> ExecutorCell {
+    use std::sync::Arc;
+    let gardend = Gardend::start();
+    let cache_dir = tempfile::tempdir().expect("cache dir");
+    let mut cache = executor::cache::CacheConfig::new(cache_dir.path());
+    let mut config = executor::container::ExecutorConfig::default();
+    config.step.graceful_shutdown = Duration::from_secs(1);
+    adjust(&mut cache, &mut config);
+    let cache = Arc::new(executor::cache::DownloadCache::open(cache).expect("cache"));
+    let sink = executor::log::MemorySink::default();
+    let exec = executor::container::Executor::new(
+        Arc::new(gardend.client()),
+        cache,
+        Arc::new(sink.clone()),
+        config,
+    );
+    ExecutorCell {
+        gardend,
+        exec,
+        sink,
+        cache_dir,
+    }
+}
+
 /// Run an executor action `script` (JSON or YAML) in a new container `guid` and wait (60 s at
 /// most, then fail with gardend's log) until it completes. The container is kept for
 /// inspection.

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::{run_output, sh, Gardend};
-use executor::cache::{CacheConfig, DownloadCache};
-use executor::container::{AllocationRequest, Container, Executor, ExecutorConfig, RunInfo};
+use executor::container::{AllocationRequest, Container, Executor, RunInfo};
 use executor::log::{MemorySink, Stream};
 use executor::testing::FileServer;
 use executor::Action;
@@ -25,27 +24,19 @@ struct Cell {
 
 impl Cell {
     async fn start() -> Cell {
-        let gardend = Gardend::start();
-        let dir = tempfile::tempdir().expect("cache dir");
-        let mut cc = CacheConfig::new(dir.path());
-        cc.backoff_base = Duration::from_millis(10);
-        let cache = Arc::new(DownloadCache::open(cc).expect("cache"));
-        let sink = MemorySink::default();
-        let mut config = ExecutorConfig::default();
-        config.step.graceful_shutdown = Duration::from_secs(1);
-        let exec = Executor::new(
-            Arc::new(gardend.client()),
-            cache,
-            Arc::new(sink.clone()),
-            config,
-        );
+        let e2e::ExecutorCell {
+            gardend,
+            exec,
+            sink,
+            cache_dir,
+        } = e2e::start_executor(|cache, _| cache.backoff_base = Duration::from_millis(10));
         let srv = FileServer::start().await;
         Cell {
             gardend,
             exec,
             sink,
             srv,
-            _cache: dir,
+            _cache: cache_dir,
         }
     }
 

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::Gardend;
-use executor::cache::{CacheConfig, DownloadCache};
-use executor::container::{Container, Executor, ExecutorConfig};
+use executor::container::{Container, Executor};
 use executor::http::{Tls, TlsOptions};
 use executor::log::MemorySink;
 use executor::testing::FileServer;
@@ -83,27 +82,21 @@ struct Cell {
 
 impl Cell {
     fn start(tls: Tls) -> Cell {
-        let gardend = Gardend::start();
-        let dir = tempfile::tempdir().expect("cache dir");
-        let mut cc = CacheConfig::new(dir.path());
-        cc.backoff_base = Duration::from_millis(10);
-        cc.tls = tls.clone();
-        let cache = Arc::new(DownloadCache::open(cc).expect("cache"));
-        let sink = MemorySink::default();
-        let mut config = ExecutorConfig::default();
-        config.step.graceful_shutdown = Duration::from_secs(1);
-        config.step.tls = tls;
-        let exec = Executor::new(
-            Arc::new(gardend.client()),
-            cache,
-            Arc::new(sink.clone()),
-            config,
-        );
+        let e2e::ExecutorCell {
+            gardend,
+            exec,
+            sink,
+            cache_dir,
+        } = e2e::start_executor(|cache, config| {
+            cache.backoff_base = Duration::from_millis(10);
+            cache.tls = tls.clone();
+            config.step.tls = tls;
+        });
         Cell {
             gardend,
             exec,
             sink,
-            _cache: dir,
+            _cache: cache_dir,
         }
     }
 

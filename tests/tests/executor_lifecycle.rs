@@ -7,10 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e::{run_output, sh, Gardend};
-use executor::cache::{CacheConfig, DownloadCache};
-use executor::container::{
-    AllocationRequest, Container, Event, Executor, ExecutorConfig, RunInfo, State,
-};
+use executor::container::{AllocationRequest, Container, Event, Executor, RunInfo, State};
 use executor::health::{Check, CheckDefinition, HttpCheck, TcpCheck};
 use executor::log::{LogConfig, MemorySink, Stream};
 use executor::Action;
@@ -24,25 +21,20 @@ struct Cell {
 
 impl Cell {
     fn start() -> Cell {
-        let gardend = Gardend::start();
-        let dir = tempfile::tempdir().expect("cache dir");
-        let cache = Arc::new(DownloadCache::open(CacheConfig::new(dir.path())).expect("cache"));
-        let sink = MemorySink::default();
-        let mut config = ExecutorConfig::default();
-        config.step.graceful_shutdown = Duration::from_secs(1);
-        config.health.startup_interval = Duration::from_millis(200);
-        config.health.liveness_interval = Duration::from_millis(300);
-        let exec = Executor::new(
-            Arc::new(gardend.client()),
-            cache,
-            Arc::new(sink.clone()),
-            config,
-        );
+        let e2e::ExecutorCell {
+            gardend,
+            exec,
+            sink,
+            cache_dir,
+        } = e2e::start_executor(|_, config| {
+            config.health.startup_interval = Duration::from_millis(200);
+            config.health.liveness_interval = Duration::from_millis(300);
+        });
         Cell {
             gardend,
             exec,
             sink,
-            _cache: dir,
+            _cache: cache_dir,
         }
     }
 
