@@ -7,8 +7,9 @@ set -euo pipefail
 # busybox-static: the embedded default rootfs and test images.
 # iproute2, iptables: container networking. xfsprogs: disk quotas on a loop-mounted XFS store.
 # e2fsprogs, cpio, binutils: the cgroup v2 VM check builds disk images and an initramfs.
+# nats-server: the agent's bus (tests start their own on loopback).
 # crun, runc: benchmark peers only. util-linux: nsenter, unshare, losetup.
-PACKAGES=(busybox-static iproute2 iptables xfsprogs e2fsprogs cpio binutils crun runc util-linux procps "$@")
+PACKAGES=(busybox-static nats-server iproute2 iptables xfsprogs e2fsprogs cpio binutils crun runc util-linux procps "$@")
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 pub use garden_client::{Address, Client};
 
+pub mod agent;
+
 /// The target directory the test binary runs from (`target/debug`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -28,6 +30,7 @@ pub fn binary(name: &str) -> PathBuf {
         "gardenctl" => "gardenctl",
         "executor" => "executor",
         "bench" => "bench",
+        "agent" | "cellctl" => "agent",
         other => panic!("unknown workspace binary {other}"),
     };
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
