@@ -20,6 +20,8 @@ pub struct Cell {
     pub executor: Arc<executor::container::Executor>,
     pub resources: Resources,
     pub signer: Signer,
+    /// The executor's log sink: subscribe here to a container's output by its log guid.
+    pub logs: Arc<crate::logs::LogRouter>,
 }
 
 impl Cell {

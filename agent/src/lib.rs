@@ -14,6 +14,7 @@ pub mod cell;
 pub mod config;
 pub mod dirserver;
 pub mod instance;
+pub mod logs;
 pub mod protocol;
 pub mod resources;
 pub mod signer;
