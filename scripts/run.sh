@@ -3,6 +3,7 @@
 # 127.0.0.1:7777 (override with the usual flags, e.g. scripts/run.sh --bind-port 9999).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/as-root.sh
 bash scripts/deps.sh
 cargo build --release -p garden-server -p gardenctl --bins
 exec target/release/gardend --depot /var/lib/gardend/depot "$@"

@@ -3,6 +3,7 @@
 # containers, and the cgroup v2 VM check when its script is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/as-root.sh
 bash scripts/deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
