@@ -27,6 +27,8 @@ pub enum Insufficient {
 pub struct Resources {
     capacity: Amount,
     held: Mutex<HashMap<String, Amount>>,
+    /// Bumped whenever something is given back, so waiting work (queued tasks) can retry.
+    freed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Resources {
@@ -34,11 +36,17 @@ impl Resources {
         Resources {
             capacity,
             held: Mutex::new(HashMap::new()),
+            freed: tokio::sync::watch::Sender::new(0),
         }
     }
 
     pub fn capacity(&self) -> Amount {
         self.capacity
+    }
+
+    /// Changes whenever a reservation shrinks or is released.
+    pub fn freed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.freed.subscribe()
     }
 
     fn remaining_of(&self, held: &HashMap<String, Amount>) -> Amount {
@@ -99,11 +107,14 @@ impl Resources {
             h.memory_mb = h.memory_mb.min(keep.memory_mb);
             h.disk_mb = h.disk_mb.min(keep.disk_mb);
         }
+        drop(held);
+        self.freed.send_modify(|n| *n += 1);
     }
 
     /// Give back everything `owner` holds.
     pub fn release(&self, owner: &str) {
         self.held.lock().unwrap().remove(owner);
+        self.freed.send_modify(|n| *n += 1);
     }
 
     /// What `owner` holds now.
