@@ -21,7 +21,51 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let _ = config;
-    eprintln!("agent: not wired yet");
-    std::process::exit(1);
+    if let Err(e) = init_logging(&config.logging) {
+        eprintln!("agent: {e:#}");
+        std::process::exit(2);
+    }
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agent: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(agent::daemon::run(config)) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            tracing::error!("agent failed: {e:#}");
+            eprintln!("agent: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The agent's own log at `logging.level` (an EnvFilter directive), to `logging.file` or
+/// stderr.
+fn init_logging(logging: &agent::config::Logging) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let filter = tracing_subscriber::EnvFilter::try_new(&logging.level)
+        .with_context(|| format!("config: logging.level: {:?} is not a level", logging.level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match &logging.file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("config: logging.file: cannot open {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
 }
