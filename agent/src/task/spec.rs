@@ -210,7 +210,8 @@ mod tests {
     #[test]
     fn bad_requests_are_refused_with_a_reason() {
         validate(&run(), true, CAP).unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut TaskRun)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut TaskRun)>;
+        let cases: Vec<(Change, &str)> = vec![
             (Box::new(|r| r.task_id = "a/b".into()), "task_id"),
             (Box::new(|r| r.task_id = String::new()), "task_id"),
             (Box::new(|r| r.command = " ".into()), "command"),
