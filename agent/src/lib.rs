@@ -12,6 +12,7 @@
 pub mod bus;
 pub mod cell;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod dirserver;
 pub mod instance;

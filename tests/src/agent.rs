@@ -118,14 +118,27 @@ impl Agent {
         Agent::start_with(gardend, &[nats.url()], extra)
     }
 
+    /// Like [`Agent::start`] with the config's `index` set (several agents on one bus).
+    pub fn start_indexed(gardend: &Gardend, nats: &Nats, index: u64, extra: &str) -> Agent {
+        Agent::launch(gardend, &[nats.url()], index, extra)
+    }
+
     pub fn start_with(gardend: &Gardend, nats: &[String], extra: &str) -> Agent {
+        Agent::launch(gardend, nats, 0, extra)
+    }
+
+    fn launch(gardend: &Gardend, nats: &[String], index: u64, extra: &str) -> Agent {
         let tmp = tempfile::Builder::new()
             .prefix("agent-e2e-")
             .tempdir()
             .expect("tempdir");
         let base_dir = tmp.path().join("base");
         let dir_port = free_port();
-        let config = agent_config(&base_dir, nats, &gardend.address(), dir_port) + extra;
+        let config = agent_config(&base_dir, nats, &gardend.address(), dir_port).replacen(
+            "index: 0\n",
+            &format!("index: {index}\n"),
+            1,
+        ) + extra;
         let config_path = tmp.path().join("agent.yml");
         std::fs::write(&config_path, config).expect("write config");
         let mut a = Agent {
