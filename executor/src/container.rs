@@ -545,6 +545,33 @@ impl Executor {
         Ok(text)
     }
 
+    /// Run `action` in a Garden container the caller created and owns, with this executor's
+    /// download cache (single flight per `cache_key`, checksums), log sink and step settings.
+    /// For containers whose lifecycle outlives one executor (the agent's app instances, which
+    /// a restarted agent re-adopts): no allocation, no events, nothing destroyed here.
+    pub async fn perform_in(
+        &self,
+        handle: &str,
+        action: &Action,
+        log_config: &LogConfig,
+        cancel: CancellationToken,
+    ) -> Result<(), StepError> {
+        action
+            .validate()
+            .map_err(|e| StepError::Other(format!("invalid action: {e}")))?;
+        let env = Arc::new(StepEnv {
+            garden: self.garden.clone(),
+            handle: handle.to_string(),
+            cache: self.cache.clone(),
+            config: self.config.step.clone(),
+            instance_env: Vec::new(),
+        });
+        let streamer = LogStreamer::new(self.sink.clone(), log_config);
+        step::build(action, &env, &streamer)
+            .perform(cancel, Ready::noop())
+            .await
+    }
+
     /// Ask a container to stop: cancel its steps, or complete it at once if nothing runs yet.
     pub fn stop(&self, guid: &str) -> Result<(), ExecutorError> {
         let (state, cancel) = {

@@ -308,3 +308,49 @@ fn long_failure_reasons_lose_their_middle() {
     assert!(t.len() <= MAX_FAILURE_REASON);
     assert!(t.starts_with("aaa") && t.ends_with("bbb") && t.contains("\n... (truncated)\n"));
 }
+
+#[tokio::test]
+async fn perform_in_runs_an_action_in_a_caller_owned_container() {
+    let fx = fixture();
+    let handle = fx
+        .garden
+        .create(&garden_api::ContainerSpec {
+            handle: "mine".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    fx.garden.script("/bin/false", Script::exit(3));
+    let log = LogConfig {
+        guid: "g".into(),
+        ..Default::default()
+    };
+    fx.exec
+        .perform_in(
+            &handle,
+            &run_action("/bin/true"),
+            &log,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let err = fx
+        .exec
+        .perform_in(
+            &handle,
+            &run_action("/bin/false"),
+            &log,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Exited with status 3"), "{err}");
+    assert!(fx.exec.list().is_empty(), "no executor container was made");
+    assert_eq!(fx.garden.containers(), vec!["mine".to_string()]);
+    let bad = Action::Run(Default::default());
+    assert!(fx
+        .exec
+        .perform_in(&handle, &bad, &log, CancellationToken::new())
+        .await
+        .is_err());
+}
