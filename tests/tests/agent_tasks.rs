@@ -201,7 +201,9 @@ async fn tasks_are_terminated_on_request_and_fail_on_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_wait_for_capacity_in_order() {
-    let s = setup("resources: {memory_mb: 100}\n").await;
+    let s =
+        setup("resources: {memory_mb: 100}\ntasks: {max_output_bytes: 64, retention_secs: 1}\n")
+            .await;
     let big = |id: &str, cmd: &str| {
         let mut t = task(id, cmd);
         t["limits"]["mem"] = json!(80);
@@ -250,6 +252,31 @@ async fn tasks_wait_for_capacity_in_order() {
     let pos = |id: &str| all.iter().position(|v| v["task_id"] == id).unwrap();
     assert!(pos("hold") < pos("later"), "{all:#?}");
     s.no_containers().await;
+
+    // Output is bounded to its last max_output_bytes per stream.
+    let mut t = task(
+        "chatty",
+        "i=0; while [ $i -lt 100 ]; do echo line-$i; i=$((i+1)); done",
+    );
+    t["limits"]["mem"] = json!(10);
+    assert_eq!(s.run(t).await["state"], "running");
+    let done = s.completion("chatty").await;
+    let out = done["stdout"].as_str().unwrap();
+    assert!(
+        out.len() <= 64 && out.ends_with("line-98\nline-99\n"),
+        "{out:?}"
+    );
+
+    // A finished task is kept until retrieved, then for retention_secs (1 s here).
+    assert_eq!(s.ask("task.status", "chatty").await["state"], "finished");
+    let forgotten = e2e::eventually(WAIT, || async {
+        s.ask("task.status", "chatty").await.get("error").is_some()
+    })
+    .await;
+    assert!(
+        forgotten,
+        "a retrieved task was not forgotten after its retention"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,4 +344,19 @@ async fn bad_task_requests_get_an_error_and_leak_nothing() {
     s.completion("dup-1").await;
     s.no_containers().await;
     assert!(!s.agent.log().contains("panicked"), "{}", s.agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_terminates_running_and_waiting_tasks() {
+    let mut s = setup("resources: {memory_mb: 100}\n").await;
+    let mut t = task("running-1", "exec sleep 300");
+    t["limits"]["mem"] = json!(80);
+    assert_eq!(s.run(t.clone()).await["state"], "running");
+    t["task_id"] = json!("waiting-1");
+    assert_eq!(s.run(t).await["state"], "waiting");
+    let status = s.agent.terminate().expect("agent exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(s.completion("running-1").await["state"], "terminated");
+    assert_eq!(s.completion("waiting-1").await["state"], "terminated");
+    s.no_containers().await;
 }
