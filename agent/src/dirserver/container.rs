@@ -25,6 +25,9 @@ pub const USER: &str = "vcap";
 /// The most listing output kept from a container (a hostile app can make huge directories).
 pub const MAX_LISTING_BYTES: usize = 4 << 20;
 
+/// How long resolving and listing may take before the request gives up (503).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long the tail loop sleeps between polls of the file.
 const TAIL_POLL: &str = "0.2";
 
@@ -157,6 +160,21 @@ async fn start(
 
 /// Resolve `path` (already joined with `base`) and say what it is; directories are listed.
 pub async fn open(
+    garden: &Client,
+    handle: &str,
+    base: &str,
+    path: &str,
+) -> Result<Opened, FileError> {
+    // A frozen or overloaded container must not hold the request forever.
+    tokio::time::timeout(OPEN_TIMEOUT, open_inner(garden, handle, base, path))
+        .await
+        .unwrap_or_else(|_| {
+            tracing::warn!(handle, path, "directory helper did not answer in time");
+            Err(FileError::Unavailable)
+        })
+}
+
+async fn open_inner(
     garden: &Client,
     handle: &str,
     base: &str,

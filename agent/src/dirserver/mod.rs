@@ -262,6 +262,9 @@ async fn serve_path(
         Opened::File { size } => size,
     };
     if let Mode::Tail(offset) = mode {
+        // "From the end" means the end as of this request: what is appended once the
+        // response has started is never skipped, however slowly the helper starts.
+        let offset = Some(offset.unwrap_or(size));
         let chunks = match root {
             FileRoot::Container { handle, base } => {
                 container::tail(&cell.garden, handle, base, &join_path(base, path), offset).await?
