@@ -637,3 +637,191 @@ async fn tail_follows_a_growing_file_until_it_goes() {
 
     f.destroy().await;
 }
+
+/// The request target (path and query) of a directory-server URL handed out by an agent.
+fn target_of(url: &str) -> String {
+    let rest = url.split_once("://").expect("absolute URL").1;
+    rest[rest.find('/').expect("a path")..].to_string()
+}
+
+/// `dea.find.droplet` for `app` with `path`: (state, file_uri_v2 target) of its instance.
+async fn file_uri(bus: &agent::bus::Bus, app: &str, path: &str) -> Option<(String, String)> {
+    let replies: Vec<serde_json::Value> = bus
+        .gather(
+            "dea.find.droplet",
+            &serde_json::json!({"droplet": app, "path": path}),
+            Duration::from_millis(1000),
+        )
+        .await
+        .ok()?;
+    let r = replies.into_iter().next()?;
+    Some((
+        r["state"].as_str()?.to_string(),
+        target_of(r["file_uri_v2"].as_str()?),
+    ))
+}
+
+/// The whole path through a real agent: an app that plants symlinks out of its home, file
+/// URLs from `dea.find.droplet`, reading, Range, tail of the app's growing log, escapes and
+/// tampering refused, the crash logs served from the host after a crash, and every URL dead
+/// once the agent restarts (its key is per boot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_urls_from_a_running_agent() {
+    use e2e::agent::{bus, droplet, sha1_hex, watch, Agent, FileServer};
+    const LONG: Duration = Duration::from_secs(60);
+    let app = droplet(
+        &[("hello.txt", "hello from the droplet\n", 0o644)],
+        "echo $$ > ../app.pid; ln -s /etc ../evil; ln -s ../.. up; echo started; \
+         while :; do echo tick; sleep 0.3; done",
+    );
+    let sha = sha1_hex(&app);
+    let gardend = Gardend::start();
+    let nats = Nats::start();
+    let bus = bus(&nats).await;
+    let adverts = watch(&bus, "dea.advertise").await;
+    let mut agent = Agent::start(&gardend, &nats, "");
+    let ad = adverts
+        .wait_for(LONG, |_| true)
+        .await
+        .unwrap_or_else(|| panic!("no advertisement; log:\n{}", agent.log()));
+    let files = FileServer::start(vec![("/d.tgz".into(), app)]).await;
+    let start = serde_json::json!({
+        "droplet": "files-app", "name": "files-app", "stack": "busybox",
+        "uris": [], "prod": false, "sha1": sha,
+        "executableUri": format!("{}/d.tgz", files.base),
+        "version": "v1", "services": [],
+        "limits": {"mem": 64, "disk": 256, "fds": 1024},
+        "env": [], "cc_partition": "default", "index": 0
+    });
+    bus.publish(format!("dea.{}.start", ad["id"].as_str().unwrap()), &start)
+        .await;
+    bus.flush().await;
+    let running = eventually(LONG, || async {
+        matches!(file_uri(&bus, "files-app", "/").await, Some((s, _)) if s == "RUNNING")
+    })
+    .await;
+    assert!(running, "never RUNNING; log:\n{}", agent.log());
+    let port = agent.dir_port;
+    let fetch = |path: &'static str| {
+        let bus = bus.clone();
+        async move {
+            let (_, t) = file_uri(&bus, "files-app", path).await.expect("find reply");
+            (t.clone(), get(port, &t, &[]).await)
+        }
+    };
+    // The app has started writing its log.
+    assert!(
+        eventually(LONG, || async {
+            fetch("/logs/stdout.log").await.1.text().contains("tick")
+        })
+        .await
+    );
+
+    let (_, r) = fetch("/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for want in [line("app/", "-"), line("logs/", "-"), line("evil", "4B")] {
+        assert!(
+            r.text().lines().any(|l| l == want),
+            "{want:?} in\n{}",
+            r.text()
+        );
+    }
+    let (t, r) = fetch("/app/hello.txt").await;
+    assert_eq!(r.text(), "hello from the droplet\n");
+    let r = get(port, &t, &[("Range", "bytes=11-14")]).await;
+    assert_eq!((r.status, r.text().as_str()), (206, "the "));
+    for path in [
+        "/evil/passwd",
+        "/../../etc/passwd",
+        "/app/up/../etc/passwd",
+        "/evil",
+    ] {
+        let (_, r) = fetch(path).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (403, "Not accessible"),
+            "{path}"
+        );
+    }
+    let (_, r) = fetch("/nothing/here").await;
+    assert_eq!(r.status, 404);
+    // Tampering with a genuine URL.
+    let altered = t.replace("hello.txt", "..%2F..%2F..%2Fetc%2Fpasswd");
+    let forged = {
+        let hmac = t.split('&').find(|p| p.contains("hmac=")).unwrap();
+        let hmac = hmac.rsplit('?').next().unwrap();
+        t.replace(hmac, &format!("hmac={}", "0".repeat(128)))
+    };
+    for bad in [&altered, &forged] {
+        let r = get(port, bad, &[]).await;
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (401, "Invalid HMAC"),
+            "{bad}"
+        );
+    }
+
+    // Tail of the app's own log: only new ticks arrive.
+    let (t, _) = fetch("/logs/stdout.log").await;
+    let mut conn = Conn::open(port, &(t + "&tail=true"), &[]).await;
+    assert_eq!(conn.head().await.0, 200);
+    while dechunk(&conn.buf)
+        .0
+        .windows(5)
+        .filter(|w| w == b"tick\n")
+        .count()
+        < 2
+    {
+        assert!(conn.fill().await);
+    }
+    let tailed = String::from_utf8_lossy(&dechunk(&conn.buf).0).into_owned();
+    assert!(!tailed.contains("started"), "{tailed}");
+    drop(conn);
+
+    // Crash the app: its logs are then served from the host.
+    let exits = watch(&bus, "droplet.exited").await;
+    let handles = gardend.client().list(&[]).await.unwrap();
+    assert_eq!(handles.len(), 1, "{handles:?}");
+    e2e::sh_root(
+        &gardend.client(),
+        &handles[0],
+        "kill -9 $(cat /home/vcap/app.pid)",
+        WAIT,
+    )
+    .await;
+    exits
+        .wait_for(LONG, |m| m["droplet"] == "files-app")
+        .await
+        .unwrap_or_else(|| panic!("no droplet.exited; log:\n{}", agent.log()));
+    let crashed = eventually(LONG, || async {
+        matches!(file_uri(&bus, "files-app", "/").await, Some((s, _)) if s == "CRASHED")
+    })
+    .await;
+    assert!(crashed);
+    let (_, r) = fetch("/logs/stdout.log").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.text().starts_with("started\ntick\n"), "{}", r.text());
+    let (old, r) = fetch("/").await;
+    assert!(
+        r.text().lines().any(|l| l == line("logs/", "-")),
+        "{}",
+        r.text()
+    );
+    for path in ["/../../../../etc/passwd", "/logs/../../../etc/passwd"] {
+        let (_, r) = fetch(path).await;
+        assert_eq!(r.status, 403, "{path}: {r:?}");
+    }
+
+    // A new boot, a new key: yesterday's URLs are forged ones.
+    assert_eq!(agent.terminate().and_then(|s| s.code()), Some(0));
+    agent.spawn();
+    let up = eventually(LONG, || async {
+        TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    assert!(up, "log:\n{}", agent.log());
+    let r = get(port, &old, &[]).await;
+    assert_eq!((r.status, r.error().as_str()), (401, "Invalid HMAC"));
+    assert_eq!(agent.terminate().and_then(|s| s.code()), Some(0));
+    assert!(gardend.client().list(&[]).await.unwrap().is_empty());
+}
