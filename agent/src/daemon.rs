@@ -56,10 +56,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(e) = garden.ping().await {
         tracing::warn!(error = %e, "gardend is not answering yet");
     }
-    let cache = executor::cache::DownloadCache::open(executor::cache::CacheConfig::new(
-        config.droplets_dir(),
-    ))
-    .map_err(|e| anyhow::anyhow!("droplet cache in {}: {e}", config.droplets_dir().display()))?;
+    let mut cache_config = executor::cache::CacheConfig::new(config.droplets_dir());
+    // Droplets are named by their SHA1: one download per SHA1, no revalidation.
+    cache_config.content_addressed = true;
+    let cache = executor::cache::DownloadCache::open(cache_config).map_err(|e| {
+        anyhow::anyhow!("droplet cache in {}: {e}", config.droplets_dir().display())
+    })?;
     let logs = Arc::new(LogRouter::default());
     let executor = executor::container::Executor::new(
         Arc::new(garden.clone()),

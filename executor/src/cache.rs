@@ -73,6 +73,10 @@ pub struct CacheConfig {
     pub request_timeout: Duration,
     /// Verification of `https://` servers (system roots unless set).
     pub tls: Tls,
+    /// Treat a requested checksum as naming the content (a droplet's SHA1): an entry whose
+    /// stored digest matches is served without asking the server, and a checksummed download
+    /// is stored even when the server sends no ETag/Last-Modified. Off by default.
+    pub content_addressed: bool,
 }
 
 impl CacheConfig {
@@ -85,6 +89,7 @@ impl CacheConfig {
             backoff_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(600),
             tls: Tls::default(),
+            content_addressed: false,
         }
     }
 }
@@ -271,6 +276,20 @@ impl DownloadCache {
         let _guard = lock.lock().await;
 
         let known = self.index.lock().unwrap().entries.get(&key).cloned();
+        if let (true, Some(want), Some(entry)) = (self.config.content_addressed, checksum, &known) {
+            if entry.digests.verify(Some(want)).is_ok() {
+                let path = self.entry_path(&key);
+                if let Ok(tar) = File::open(&path) {
+                    self.touch(&key);
+                    return Ok(Fetched {
+                        tar,
+                        downloaded: 0,
+                        cache_hit: true,
+                        _temp: None,
+                    });
+                }
+            }
+        }
         let fresh = self
             .download_with_retries(&url_parsed, known.as_ref())
             .await?;
@@ -291,7 +310,8 @@ impl DownloadCache {
         };
         fresh.digests.verify(checksum)?;
         let tar = self.transform(fresh.raw, &file_name).await?;
-        if fresh.etag.is_none() && fresh.last_modified.is_none() {
+        let immutable = self.config.content_addressed && checksum.is_some();
+        if fresh.etag.is_none() && fresh.last_modified.is_none() && !immutable {
             // Nothing to revalidate with: not cached, and any old entry is stale.
             self.remove(&key);
             return self.open_temp(tar, fresh.len);

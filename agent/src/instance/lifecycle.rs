@@ -614,6 +614,7 @@ impl Instances {
                     rec.timestamps
                         .insert(super::timestamp_key(InstanceState::Resuming), now);
                     keep.push(rec.warden_handle.clone());
+                    tracing::info!(instance = %rec.instance_id, app = %rec.start_message.droplet, state = "RESUMING", saved = saved.as_str(), "instance state");
                     if let Err(e) = self.cell.resources.reserve(&rec.warden_handle, amount) {
                         tracing::warn!(instance = %rec.instance_id, error = %e, "resumed instance exceeds capacity");
                     }

@@ -249,3 +249,66 @@ async fn status_errors_and_retries() {
         .unwrap_err();
     assert!(err.to_string().contains("unsupported scheme"), "{err}");
 }
+
+#[tokio::test]
+async fn content_addressed_entries_are_served_without_asking_the_server() {
+    let srv = FileServer::start().await;
+    srv.put(
+        "/droplet",
+        ServedFile {
+            body: b"droplet bytes".to_vec(),
+            ..Default::default()
+        },
+    );
+    let sum = Checksum {
+        algorithm: "sha1".into(),
+        value: hex(&sha1::Sha1::digest(b"droplet bytes")),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.content_addressed = true;
+    let cache = Arc::new(DownloadCache::open(c).unwrap());
+    // Concurrent fetches of one key: one download, the others wait and hit.
+    let fetches = (0..3).map(|_| {
+        let cache = cache.clone();
+        let url = srv.url("/droplet");
+        let sum = sum.clone();
+        tokio::spawn(async move { cache.fetch(&url, "d-1", Some(&sum)).await.unwrap() })
+    });
+    let results = futures_join(fetches).await;
+    assert_eq!(srv.requests("/droplet"), 1);
+    assert_eq!(results.iter().filter(|f| f.cache_hit).count(), 2);
+    // A different checksum under the same key goes to the server (and fails to match).
+    let other = Checksum {
+        algorithm: "sha1".into(),
+        value: hex(&sha1::Sha1::digest(b"other")),
+    };
+    assert!(cache
+        .fetch(&srv.url("/droplet"), "d-1", Some(&other))
+        .await
+        .is_err());
+    assert_eq!(srv.requests("/droplet"), 2);
+
+    // Without the flag nothing without validators is kept.
+    let dir2 = tempfile::tempdir().unwrap();
+    let plain = DownloadCache::open(config(dir2.path())).unwrap();
+    plain
+        .fetch(&srv.url("/droplet"), "d-1", Some(&sum))
+        .await
+        .unwrap();
+    plain
+        .fetch(&srv.url("/droplet"), "d-1", Some(&sum))
+        .await
+        .unwrap();
+    assert_eq!(srv.requests("/droplet"), 4);
+}
+
+async fn futures_join<T: Send + 'static>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
