@@ -736,3 +736,116 @@ async fn crashes_are_reaped_after_their_lifetime() {
         "crash reaped"
     );
 }
+
+/// GET a directory-server URL (whatever its host name) from 127.0.0.1:`port`.
+async fn dir_get(port: u16, url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = &url[url.find("/instance_paths/").expect("instance path")..];
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_bind_mounts_files_and_out_of_memory() {
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let hooks = tempfile::tempdir().unwrap();
+    let mut hook_conf = String::from("hooks: {");
+    for name in ["before_start", "after_start", "before_stop", "after_stop"] {
+        let path = hooks.path().join(format!("{name}.sh"));
+        std::fs::write(
+            &path,
+            format!("echo {name} $PORT >> /mnt/shared/hooks.log\n"),
+        )
+        .unwrap();
+        hook_conf.push_str(&format!("{name}: {}, ", path.display()));
+    }
+    hook_conf.push_str("}\n");
+    let extra = format!(
+        "{hook_conf}bind_mounts: [{{src_path: {}, dst_path: /mnt/shared, mode: rw}}]\n",
+        shared.path().display()
+    );
+    let app = web_droplet("files!");
+    let sha = sha1_hex(&app);
+    let fx = Fx::start(&extra, vec![("/droplet.tgz".into(), app)]).await;
+    let exits = watch(&fx.bus, "droplet.exited").await;
+
+    let mut m = fx.start_message("hooked", "/droplet.tgz", &sha, &["h.example.com"]);
+    m["egress_network_rules"] = json!([
+        {"protocol": "tcp", "destination": "10.0.0.0/8", "ports": "80,443"},
+        {"protocol": "all", "destination": "192.168.0.1-192.168.0.9"}
+    ]);
+    fx.send_start(&m).await;
+    let f = loop_find(&fx, "hooked", "RUNNING").await;
+    let iid = f["instance"].as_str().unwrap().to_string();
+    let log = shared.path().join("hooks.log");
+    assert!(
+        e2e::eventually(WAIT, || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("after_start")
+        })
+        .await,
+        "after_start ran; log:\n{}",
+        fx.log()
+    );
+
+    // The directory server serves the instance's files behind the signed URL.
+    let found = fx
+        .find(json!({"droplet": "hooked", "path": "/app/index.html"}))
+        .await;
+    let url = found[0]["file_uri_v2"].as_str().unwrap();
+    let (status, body) = dir_get(fx.agent.dir_port, url).await;
+    assert_eq!((status, body.as_str()), (200, "files!"), "{url}");
+
+    fx.bus
+        .publish("dea.stop", &json!({"droplet": "hooked"}))
+        .await;
+    fx.bus.flush().await;
+    assert!(
+        e2e::eventually(WAIT, || async { fx.containers().await.is_empty() }).await,
+        "stopped"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        order,
+        ["before_start", "after_start", "before_stop", "after_stop"],
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .all(|l| l.split(' ').nth(1).is_some_and(|p| !p.is_empty())),
+        "{text}"
+    );
+    assert_eq!(iid.len(), 32);
+
+    // An app that outgrows its memory limit crashes with `out of memory`.
+    let mut m = fx.start_message("hungry", "/droplet.tgz", &sha, &[]);
+    m["limits"]["mem"] = json!(16);
+    m["start_command"] = json!("x=$(head -c 100000000 /dev/zero | tr '\\0' a); sleep 600");
+    fx.send_start(&m).await;
+    let e = exited(&fx, &exits, "hungry").await;
+    assert_eq!(e["exit_description"], "out of memory", "{e}");
+}

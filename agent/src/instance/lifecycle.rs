@@ -87,10 +87,14 @@ impl Instances {
                     Ok(info) => info.events.unwrap_or_default(),
                     Err(_) => Vec::new(),
                 };
-                let description = events
-                    .into_iter()
-                    .next()
-                    .unwrap_or_else(|| "app instance exited".into());
+                // Garden says "Out of memory"; the DEA reported warden's "out of memory".
+                let description = match events.into_iter().next() {
+                    Some(e) if e.to_ascii_lowercase().contains("out of memory") => {
+                        "out of memory".to_string()
+                    }
+                    Some(e) => e,
+                    None => "app instance exited".into(),
+                };
                 (i64::from(s), description)
             }
             None => (-1, "unknown".into()),
