@@ -168,3 +168,181 @@ async fn advertisements_lists_every_agent_on_the_bus() {
         );
     }
 }
+
+/// GET / from 127.0.0.1:`port`; the body of a 200.
+async fn http_body(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1)? == "200").then(|| body.to_string())
+}
+
+/// `(app, index, state, address, agent)` rows of `cellctl apps`.
+fn app_rows(stdout: &str) -> Vec<(String, u64, String, String, String)> {
+    stdout
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (
+                c[0].to_string(),
+                c[1].parse().unwrap(),
+                c[2].to_string(),
+                c[3].to_string(),
+                c[4].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_places_across_two_agents_then_apps_files_and_stop() {
+    let gardend = Gardend::start();
+    let nats = Nats::start();
+    let extra = "resources: {memory_mb: 512}\n";
+    let a = Agent::start_indexed(&gardend, &nats, 0, extra);
+    let a_id = agent_ids(&nats, 1).await.remove(0);
+    let b = Agent::start_indexed(&gardend, &nats, 1, extra);
+    let b_id = agent_ids(&nats, 2)
+        .await
+        .into_iter()
+        .find(|i| i != &a_id)
+        .unwrap();
+    let logs = || format!("agent a:\n{}\nagent b:\n{}", a.log(), b.log());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("web.tgz");
+    std::fs::write(
+        &file,
+        droplet(
+            &[("index.html", "served by cellctl's droplet", 0o644)],
+            "exec httpd -f -p $PORT -h .",
+        ),
+    )
+    .unwrap();
+    let out = cellctl(
+        &nats,
+        &[
+            "start",
+            "web",
+            "--droplet",
+            file.to_str().unwrap(),
+            "--instances",
+            "2",
+            "--memory",
+            "64M",
+            "--disk",
+            "256M",
+            "--route",
+            "web.cell.test",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, logs());
+    // `web[i] RUNNING at HOST:PORT (agent ID, instance IID)`, one agent each (§7: the agent
+    // with fewer instances of the app goes first).
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("web[{i}] RUNNING at ")))
+            .unwrap_or_else(|| panic!("no line for web[{i}]: {}", out.stdout));
+        let addr = line.split_whitespace().nth(3).unwrap();
+        assert_eq!(
+            http_body(addr).await.as_deref(),
+            Some("served by cellctl's droplet"),
+            "{line}"
+        );
+        agents.push(
+            line.split_whitespace()
+                .nth(5)
+                .unwrap()
+                .trim_end_matches(',')
+                .to_string(),
+        );
+    }
+    agents.sort();
+    let mut both = vec![a_id.clone(), b_id.clone()];
+    both.sort();
+    assert_eq!(agents, both, "{}", out.stdout);
+
+    let apps = cellctl(&nats, &["apps"]).await;
+    assert_eq!(apps.code, Some(0), "{}", apps.stderr);
+    let rows = app_rows(&apps.stdout);
+    assert_eq!(rows.len(), 2, "{}", apps.stdout);
+    assert!(
+        rows.iter().all(|r| r.0 == "web" && r.2 == "RUNNING"),
+        "{}",
+        apps.stdout
+    );
+    let on_b = rows.iter().find(|r| r.4 == b_id).unwrap().1.to_string();
+
+    // Files through the signed URL: the directory server found by its router.register ...
+    let f = cellctl(&nats, &["files", "web", "/app/index.html"]).await;
+    assert_eq!(
+        (f.code, f.stdout.as_str()),
+        (Some(0), "served by cellctl's droplet"),
+        "{}",
+        f.stderr
+    );
+    // ... or given by address.
+    let dir = format!("127.0.0.1:{}", b.dir_port);
+    let f = cellctl(
+        &nats,
+        &[
+            "files",
+            "web",
+            "/app/",
+            "--index",
+            &on_b,
+            "--dir-server",
+            &dir,
+        ],
+    )
+    .await;
+    assert_eq!(f.code, Some(0), "{}", f.stderr);
+    assert!(f.stdout.contains("index.html"), "{}", f.stdout);
+    let f = cellctl(&nats, &["files", "web", "/app/missing"]).await;
+    assert_eq!(f.code, Some(1));
+    assert!(f.stderr.contains("404"), "{}", f.stderr);
+
+    // Stop one index, then the rest.
+    let s = cellctl(&nats, &["stop", "web", "--index", "0"]).await;
+    assert_eq!(s.code, Some(0), "{}", s.stderr);
+    let apps = cellctl(&nats, &["apps"]).await;
+    let running: Vec<u64> = app_rows(&apps.stdout)
+        .into_iter()
+        .filter(|r| r.2 == "RUNNING")
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(running, [1], "{}", apps.stdout);
+    let s = cellctl(&nats, &["stop", "web"]).await;
+    assert_eq!(s.code, Some(0), "{}", s.stderr);
+    let client = gardend.client();
+    let empty = e2e::eventually(WAIT, || async {
+        client
+            .list(&[])
+            .await
+            .map(|l| l.is_empty())
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        empty,
+        "containers left: {:?}\n{}",
+        client.list(&[]).await,
+        logs()
+    );
+    let s = cellctl(&nats, &["stop", "web"]).await;
+    assert_eq!(s.code, Some(1), "nothing left to stop: {}", s.stdout);
+}
