@@ -126,3 +126,57 @@ async fn nats_restart_reconnects_and_re_advertises() {
         .unwrap_or_else(|| panic!("no advertisement after restart; log:\n{}", agent.log()));
     assert_eq!(agent.terminate().and_then(|s| s.code()), Some(0));
 }
+
+/// Publish `subject` five times within half a second and check `watch` got more messages
+/// than its 1 s period explains.
+async fn answers_at_once(bus: &agent::bus::Bus, subject: &str, watch: &Watch) {
+    let before = watch.all().len();
+    let t0 = std::time::Instant::now();
+    for _ in 0..5 {
+        bus.publish(subject, &serde_json::json!({})).await;
+        bus.flush().await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let answered = e2e::eventually(Duration::from_secs(5), || {
+        let c = watch.all().len();
+        async move { c >= before + 5 }
+    })
+    .await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let gained = watch.all().len() - before;
+    assert!(
+        answered && gained as f64 > elapsed.ceil() + 1.0,
+        "{subject}: {gained} answers in {elapsed:.2}s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthmanager_start_and_router_start_are_answered_at_once() {
+    let gardend = Gardend::start();
+    let nats = Nats::start();
+    let bus = bus(&nats).await;
+    let heartbeats = watch(&bus, "dea.heartbeat").await;
+    let registers = watch(&bus, "router.register").await;
+    let mut agent = Agent::start(&gardend, &nats, "");
+    let hb = heartbeats
+        .wait_for(WAIT, |_| true)
+        .await
+        .unwrap_or_else(|| panic!("no heartbeat; log:\n{}", agent.log()));
+    assert_eq!(hb["droplets"], serde_json::json!([]));
+    let reg = registers
+        .wait_for(WAIT, |_| true)
+        .await
+        .expect("directory server registered");
+    assert_eq!(reg["port"], agent.dir_port);
+    assert_eq!(reg["host"], "127.0.0.1");
+    assert_eq!(reg["tags"]["component"], "directory-server-0");
+    let host = reg["uris"][0].as_str().unwrap();
+    assert!(
+        host.ends_with(".cell.test") && host.len() == 36 + 10,
+        "{host}"
+    );
+    assert!(reg.get("dea").is_none() && reg.get("private_instance_id").is_none());
+    answers_at_once(&bus, "healthmanager.start", &heartbeats).await;
+    answers_at_once(&bus, "router.start", &registers).await;
+    assert_eq!(agent.terminate().and_then(|s| s.code()), Some(0));
+}
