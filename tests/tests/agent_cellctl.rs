@@ -345,4 +345,34 @@ async fn start_places_across_two_agents_then_apps_files_and_stop() {
     );
     let s = cellctl(&nats, &["stop", "web"]).await;
     assert_eq!(s.code, Some(1), "nothing left to stop: {}", s.stdout);
+
+    // A droplet by URL (fetched by the agents themselves), its start command overridden.
+    let files = FileServer::start(vec![(
+        "/web2.tgz".into(),
+        droplet(&[("index.html", "second app", 0o644)], "exit 3"),
+    )])
+    .await;
+    let url = format!("{}/web2.tgz", files.base);
+    let out = cellctl(
+        &nats,
+        &[
+            "start",
+            "web2",
+            "--droplet",
+            &url,
+            "--memory",
+            "64M",
+            "--disk",
+            "256M",
+            "--command",
+            "exec httpd -f -p $PORT -h .",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stderr, logs());
+    let addr = out.stdout.split_whitespace().nth(3).unwrap().to_string();
+    assert_eq!(http_body(&addr).await.as_deref(), Some("second app"));
+    // cellctl fetched it once for the sha1, the agent once to run it.
+    assert_eq!(files.hits("/web2.tgz"), 2);
+    assert_eq!(cellctl(&nats, &["stop", "web2"]).await.code, Some(0));
 }
