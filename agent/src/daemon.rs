@@ -76,6 +76,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 containers: u64::MAX / 4,
             },
             inode_limit: config.instance.disk_inode_limit,
+            // Lets a restarted agent find (and destroy) the task containers of its last run.
+            container_properties: [(
+                crate::instance::OWNER_PROPERTY.to_string(),
+                config.base_dir.display().to_string(),
+            )]
+            .into(),
             ..Default::default()
         },
     );

@@ -153,6 +153,9 @@ pub struct ExecutorConfig {
     pub max_cpu_shares: u64,
     /// Inode hard limit applied with a disk limit.
     pub inode_limit: u64,
+    /// Garden properties set on every container this executor creates (besides
+    /// `executor:owner`), so an embedding agent can find its containers after a restart.
+    pub container_properties: BTreeMap<String, String>,
 }
 
 impl Default for ExecutorConfig {
@@ -168,6 +171,7 @@ impl Default for ExecutorConfig {
             health: HealthConfig::default(),
             max_cpu_shares: 1024,
             inode_limit: 200_000,
+            container_properties: BTreeMap::new(),
         }
     }
 }
@@ -387,7 +391,13 @@ impl Executor {
                 .collect(),
             privileged: info.privileged,
             limits,
-            properties: [("executor:owner".to_string(), self.config.cell_id.clone())].into(),
+            properties: self
+                .config
+                .container_properties
+                .clone()
+                .into_iter()
+                .chain([("executor:owner".to_string(), self.config.cell_id.clone())])
+                .collect(),
             ..Default::default()
         }
     }

@@ -607,7 +607,24 @@ async fn vanished_container_and_unknown_containers_after_restart() {
         .to_string();
     fx.agent.kill();
     let handle = fx.containers().await[0].clone();
-    fx.gardend.client().destroy(&handle).await.unwrap();
+    let garden = fx.gardend.client();
+    garden.destroy(&handle).await.unwrap();
+    // Left over from the last run (say a task's), another agent's, and nobody's.
+    let owned = |owner: &str, handle: &str| garden_api::ContainerSpec {
+        handle: handle.into(),
+        properties: [("agent:base_dir".to_string(), owner.to_string())].into(),
+        ..Default::default()
+    };
+    let base = fx.agent.base_dir.display().to_string();
+    garden.create(&owned(&base, "leftover")).await.unwrap();
+    garden
+        .create(&owned("/elsewhere", "foreign"))
+        .await
+        .unwrap();
+    garden
+        .create(&e2e::container_spec("unowned"))
+        .await
+        .unwrap();
     let exits = watch(&fx.bus, "droplet.exited").await;
     fx.agent.spawn();
     let e = exits
@@ -615,6 +632,20 @@ async fn vanished_container_and_unknown_containers_after_restart() {
         .await
         .unwrap_or_else(|| panic!("no crash for the vanished container; log:\n{}", fx.log()));
     assert_eq!(e["exit_description"], "container vanished");
+    let sorted = || async {
+        let mut l = fx.containers().await;
+        l.sort();
+        l
+    };
+    assert!(
+        e2e::eventually(WAIT, || async { sorted().await == ["foreign", "unowned"] }).await,
+        "only its own leftovers destroyed: {:?}",
+        sorted().await
+    );
+    let left = sorted().await;
+    for h in left {
+        garden.destroy(&h).await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

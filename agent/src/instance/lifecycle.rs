@@ -167,6 +167,7 @@ impl Instances {
                 ),
                 (INSTANCE_PROPERTY.to_string(), rec.instance_id.clone()),
                 ("agent:app".to_string(), m.droplet.clone()),
+                (super::KIND_PROPERTY.to_string(), "instance".to_string()),
             ]
             .into(),
             ..Default::default()
@@ -641,7 +642,9 @@ impl Instances {
                 }
             }
         }
-        self.destroy_orphans(&keep).await;
+        // Containers of the previous run that nothing resumes: instances that never made it
+        // into the snapshot, and tasks (which do not survive a restart).
+        self.destroy_orphans(&keep, false).await;
         self.save_snapshot();
     }
 

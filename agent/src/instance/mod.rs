@@ -34,6 +34,9 @@ use crate::resources::Amount;
 pub const OWNER_PROPERTY: &str = "agent:base_dir";
 /// Garden property holding the instance id a container was made for.
 pub const INSTANCE_PROPERTY: &str = "agent:instance";
+/// Garden property `agent:kind` = `instance` on instance containers (tasks' containers carry
+/// only the owner property, set through the executor).
+pub const KIND_PROPERTY: &str = "agent:kind";
 
 /// Everything the agent knows about one instance; what the snapshot stores.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -618,19 +621,20 @@ impl Instances {
             async move { me.stop(&i).await }
         });
         futures_util::future::join_all(stops).await;
-        self.destroy_orphans(&[]).await;
+        // A start racing the stop may have created its container after the stop's destroy.
+        self.destroy_orphans(&[], true).await;
         self.save_snapshot();
     }
 
-    /// Destroy this agent's containers that no live instance owns.
-    async fn destroy_orphans(&self, keep: &[String]) {
+    /// Destroy this agent's containers (only instance containers with `instances_only`,
+    /// which leaves the tasks' to the task registry) except `keep`.
+    async fn destroy_orphans(&self, keep: &[String], instances_only: bool) {
         let owner = self.cell.config.base_dir.display().to_string();
-        let handles = match self
-            .cell
-            .garden
-            .list(&[(OWNER_PROPERTY.to_string(), owner)])
-            .await
-        {
+        let mut filter = vec![(OWNER_PROPERTY.to_string(), owner)];
+        if instances_only {
+            filter.push((KIND_PROPERTY.to_string(), "instance".to_string()));
+        }
+        let handles = match self.cell.garden.list(&filter).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list containers");

@@ -24,6 +24,7 @@ fn fixture() -> Fx {
             disk_mb: 2048,
             containers: 3,
         },
+        container_properties: [("agent:base_dir".to_string(), "/var/agent".to_string())].into(),
         ..Default::default()
     };
     config.step.graceful_shutdown = Duration::from_millis(100);
@@ -128,6 +129,8 @@ async fn task_runs_and_returns_its_result_file() {
     assert_eq!(spec.limits.memory_limits.limit_in_bytes, 64 << 20);
     assert_eq!(spec.limits.pid_limits.max, 10);
     assert_eq!(spec.limits.cpu_limits.weight, 512);
+    assert_eq!(spec.properties["agent:base_dir"], "/var/agent");
+    assert_eq!(spec.properties["executor:owner"], "cell-1");
     let texts = fx.sink.texts();
     assert!(texts.contains(&"Cell cell-1 creating container for instance t1".to_string()));
     assert!(texts.contains(&"working".to_string()));
