@@ -4,6 +4,7 @@
 //! gardend from the same target directory, prepares an OCI bundle on a busybox rootfs for the
 //! peers, runs the scenarios interleaved, prints a markdown table and writes the JSON.
 
+mod agent;
 mod bundle;
 mod gardend;
 mod netclean;
@@ -35,6 +36,8 @@ enum Scenario {
     Streaming,
     /// many idle containers: RSS, list, destroy all.
     Density,
+    /// the cell agent: start message to RUNNING instance, alone and in a burst.
+    Agent,
 }
 
 /// gardend vs crun vs runc. Prints a markdown table; `--json FILE` writes the same figures.
@@ -89,6 +92,12 @@ struct Cli {
     /// Creates/destroys in flight in the density scenario.
     #[arg(long)]
     density_parallelism: Option<usize>,
+    /// Recorded single-instance starts in the agent scenario.
+    #[arg(long)]
+    agent_rounds: Option<usize>,
+    /// Instances started at once in the agent scenario.
+    #[arg(long)]
+    agent_burst: Option<usize>,
     /// gardend binary (default: next to this executable).
     #[arg(long, value_name = "PATH")]
     gardend: Option<PathBuf>,
@@ -366,6 +375,40 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         r = scenarios(cli, &env, &counts, &mut report) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; cleaning up")),
     };
+
+    if result.is_ok() && cli.wants(Scenario::Agent) {
+        report.agent = Some(match &server {
+            None => Err("skipped (no gardend)".into()),
+            Some(g) => {
+                let (rounds, burst) = if cli.full { (20, 50) } else { (5, 10) };
+                let rounds = cli.agent_rounds.unwrap_or(rounds).max(1);
+                let burst = cli.agent_burst.unwrap_or(burst).max(1);
+                let t = Instant::now();
+                progress(&format!(
+                    "agent: {rounds} single starts, a burst of {burst}"
+                ));
+                let bin_dir = gardend::default_binary()?
+                    .parent()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_default();
+                let r = agent::measure(
+                    &g.client(),
+                    &format!("127.0.0.1:{}", g.port),
+                    &bin_dir,
+                    scratch.path(),
+                    rounds,
+                    burst,
+                )
+                .await
+                .map_err(|e| format!("{e:#}"));
+                progress(&format!(
+                    "agent: done in {:.1} s",
+                    t.elapsed().as_secs_f64()
+                ));
+                r
+            }
+        });
+    }
 
     if let Some(mut g) = server {
         if let Ok(handles) = g.client().list(&[]).await {

@@ -114,6 +114,7 @@ pub struct Report {
     pub concurrent: Option<Vec<ConcurrentLevel>>,
     pub streaming: Option<Streaming>,
     pub density: Option<Outcome<Density>>,
+    pub agent: Option<Outcome<crate::agent::AgentFigures>>,
     /// gardend's RSS (KiB) at start and after each scenario.
     pub gardend_rss: Vec<(String, u64)>,
     pub notes: Vec<String>,
@@ -311,6 +312,18 @@ pub fn to_json(r: &Report) -> Value {
         None => json!({"containers": null, "gardend_rss_mb": null, "error": NOT_RUN}),
     };
     root.insert("density".into(), density);
+    let agent = match &r.agent {
+        Some(Ok(a)) => json!({
+            "single_start_to_running": summary_json(Some(&Ok(a.single))),
+            "burst": a.burst,
+            "burst_start_to_running": summary_json(Some(&Ok(a.burst_latency))),
+            "burst_wall_ms": num(a.burst_wall_ms),
+            "stop_all_ms": num(a.stop_all_ms),
+        }),
+        Some(Err(e)) => json!({"burst": null, "error": e}),
+        None => json!({"burst": null, "error": NOT_RUN}),
+    };
+    root.insert("agent".into(), agent);
     let rss: Map<String, Value> = r
         .gardend_rss
         .iter()
@@ -551,6 +564,40 @@ pub fn to_markdown(r: &Report) -> String {
         }
         Some(Err(e)) => {
             let _ = writeln!(out, "density: {}\n", cell(e));
+        }
+        None => {}
+    }
+
+    match &r.agent {
+        Some(Ok(a)) => {
+            out.push_str("| agent: start message -> RUNNING (ms) | n | p50 | p90 | max | wall |\n");
+            out.push_str("|---|---:|---:|---:|---:|---:|\n");
+            let _ = writeln!(
+                out,
+                "| one at a time | {} | {} | {} | {} | |",
+                a.single.count,
+                fmt_ms(a.single.p50),
+                fmt_ms(a.single.p90),
+                fmt_ms(a.single.max)
+            );
+            let _ = writeln!(
+                out,
+                "| burst | {} | {} | {} | {} | {} |",
+                a.burst,
+                fmt_ms(a.burst_latency.p50),
+                fmt_ms(a.burst_latency.p90),
+                fmt_ms(a.burst_latency.max),
+                fmt_ms(a.burst_wall_ms)
+            );
+            let _ = writeln!(
+                out,
+                "| dea.stop of the burst -> no container | {} | | | | {} |\n",
+                a.burst,
+                fmt_ms(a.stop_all_ms)
+            );
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(out, "agent: {}\n", cell(e));
         }
         None => {}
     }
