@@ -677,6 +677,12 @@ async fn nats_restart_keeps_instances_and_re_advertises() {
     fx.bus = bus;
     let found = fx.find(json!({"droplet": "steady"})).await;
     assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["instance"], iid.as_str());
+    // Subscriptions came back: a new start runs.
+    let mut m = fx.start_message("after", "/droplet.tgz", &sha, &[]);
+    m["start_command"] = json!("exec sleep 600");
+    fx.send_start(&m).await;
+    loop_find(&fx, "after", "RUNNING").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -734,6 +740,10 @@ async fn sigterm_stops_everything_and_sigusr2_evacuates() {
     // Still serving while evacuating, and no new starts accepted.
     let found = fx.find(json!({"droplet": "evac"})).await;
     assert_eq!(found[0]["state"], "EVACUATING");
+    fx.send_start(&fx.start_message("late", "/droplet.tgz", &sha, &[]))
+        .await;
+    let late = fx.find(json!({"droplet": "late"})).await;
+    assert!(late.is_empty(), "no start while evacuating: {late:?}");
     fx.bus
         .publish("dea.stop", &json!({"droplet": "evac"}))
         .await;
@@ -879,4 +889,53 @@ async fn hooks_bind_mounts_files_and_out_of_memory() {
     fx.send_start(&m).await;
     let e = exited(&fx, &exits, "hungry").await;
     assert_eq!(e["exit_description"], "out of memory", "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_died_while_the_agent_was_down_is_a_crash_without_a_route() {
+    let app = web_droplet("x");
+    let sha = sha1_hex(&app);
+    let mut fx = Fx::start("", vec![("/droplet.tgz".into(), app)]).await;
+    let registers = watch(&fx.bus, "router.register").await;
+    fx.send_start(&fx.start_message("dies", "/droplet.tgz", &sha, &["d.example.com"]))
+        .await;
+    registers
+        .wait_for(WAIT, |m| m["app"] == "dies")
+        .await
+        .unwrap_or_else(|| panic!("not running; log:\n{}", fx.log()));
+    let iid = fx.find(json!({"droplet": "dies"})).await[0]["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fx.agent.kill();
+    let handle = fx.containers().await[0].clone();
+    e2e::sh_root(
+        &fx.gardend.client(),
+        &handle,
+        "kill -9 $(pidof httpd)",
+        Duration::from_secs(10),
+    )
+    .await;
+    let registers = watch(&fx.bus, "router.register").await;
+    let exits = watch(&fx.bus, "droplet.exited").await;
+    fx.agent.spawn();
+    let e = exits
+        .wait_for(WAIT, |m| m["instance"] == iid.as_str())
+        .await
+        .unwrap_or_else(|| panic!("no crash; log:\n{}", fx.log()));
+    assert_eq!(e["exit_status"], 137);
+    // Give the new agent a few register rounds: the dead app is never announced.
+    registers
+        .wait_for(WAIT, |m| m["tags"]["component"] == "directory-server-0")
+        .await
+        .expect("agent registering");
+    assert!(
+        registers.all().iter().all(|m| m["app"] != "dies"),
+        "{:?}",
+        registers.all()
+    );
+    assert!(
+        e2e::eventually(WAIT, || async { fx.containers().await.is_empty() }).await,
+        "container destroyed"
+    );
 }

@@ -76,7 +76,10 @@ impl Instances {
     async fn exited(self: &Arc<Self>, inst: &Arc<Instance>, status: Option<i32>) {
         if !matches!(
             inst.state(),
-            InstanceState::Starting | InstanceState::Running | InstanceState::Evacuating
+            InstanceState::Starting
+                | InstanceState::Running
+                | InstanceState::Evacuating
+                | InstanceState::Resuming
         ) {
             return;
         }
@@ -673,8 +676,18 @@ impl Instances {
             }
         };
         tracing::info!(instance = %rec.instance_id, "re-attached to the app process");
-        let (tx, exited) = tokio::sync::oneshot::channel();
+        let (tx, mut exited) = tokio::sync::oneshot::channel();
         tokio::spawn(wait_for(process, tx));
+        // A process that ended while no agent watched reports its status at once: a crash,
+        // without a moment of RUNNING (and a route) first.
+        if let Ok(status) = tokio::time::timeout(Duration::from_millis(300), &mut exited).await {
+            if saved == InstanceState::Stopping {
+                self.stop(&inst).await;
+            } else {
+                self.exited(&inst, status.unwrap_or(None)).await;
+            }
+            return;
+        }
         if saved == InstanceState::Stopping {
             self.stop(&inst).await;
             return;
