@@ -53,6 +53,18 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A NetIn host-port range of its own (100 ports) for each gardend, so two gardends of one
+/// test run never hand out the same host port (the second DNAT would steal the first's
+/// traffic). Taken from 63000..65000, away from the default pool (61001) that tests naming
+/// explicit ports use.
+pub fn port_pool_start() -> u16 {
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = next.unwrap_or((std::process::id() % 20) as u16);
+    *next = Some((slot + 1) % 20);
+    63000 + slot * 100
+}
+
 /// A /22 of its own for each gardend, so parallel instances never hand out the same subnets
 /// (their bridges would clash). Taken from 10.64.0.0/10, skipping ranges with host addresses.
 pub fn network_pool() -> String {
@@ -132,6 +144,10 @@ impl Gardend {
         }
         if !extra.contains(&"--network-pool") {
             cmd.args(["--network-pool", &network_pool()]);
+        }
+        if !extra.contains(&"--port-pool-start") {
+            let start = port_pool_start().to_string();
+            cmd.args(["--port-pool-start", &start, "--port-pool-size", "100"]);
         }
         let child = cmd.spawn().expect("spawn gardend");
         let g = Gardend {
