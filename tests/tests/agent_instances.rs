@@ -13,8 +13,15 @@ const WAIT: Duration = Duration::from_secs(60);
 /// A busybox httpd app serving `index.html` (and `env.txt`, written at start) on $PORT.
 fn web_droplet(body: &str) -> Vec<u8> {
     droplet(
-        &[("index.html", body, 0o644)],
-        "env > env.txt; exec httpd -f -p $PORT -h .",
+        &[
+            ("index.html", body, 0o644),
+            (
+                ".profile.d/a.sh",
+                "export FROM_PROFILE=\"set by $HOME\"\n",
+                0o644,
+            ),
+        ],
+        "env > env.txt; ulimit -n > nofile.txt; exec httpd -f -p $PORT -h .",
     )
 }
 
@@ -178,6 +185,30 @@ async fn app_runs_is_routed_reports_stats_and_crashes_when_killed() {
     );
     assert!(env.contains("VCAP_APPLICATION={"), "{env}");
     assert!(env.contains("\"application_name\":\"app-1\""), "{env}");
+    assert!(env.contains("FROM_PROFILE=set by /home/vcap/app"), "{env}");
+    assert_eq!(
+        http_get(port, "/nofile.txt").await.as_deref(),
+        Some("1024\n")
+    );
+
+    // Limits, ownership and umask in the container.
+    let garden = fx.gardend.client();
+    let handle = fx.containers().await[0].clone();
+    let mem = garden.current_memory_limits(&handle).await.unwrap();
+    assert_eq!(mem.limit_in_bytes, 64 << 20);
+    let cpu = garden.current_cpu_limits(&handle).await.unwrap();
+    assert_eq!(cpu.weight.max(cpu.limit_in_shares), 64 / 8, "{cpu:?}");
+    let disk = garden.current_disk_limits(&handle).await.unwrap();
+    assert_eq!(disk.byte_hard, 256 << 20);
+    assert_eq!(disk.inode_hard, 200_000);
+    let (status, out, err) = e2e::sh_root(
+        &garden,
+        &handle,
+        "stat -c '%U %a' /home/vcap/app/index.html /home/vcap/app/env.txt",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!((status, out.as_str()), (0, "vcap 644\nvcap 600\n"), "{err}");
 
     // RUNNING in the heartbeat, counted in the advertisement, with less memory available.
     let found = fx
