@@ -21,6 +21,8 @@ pub mod subject {
     pub const ROUTER_UNREGISTER: &str = "router.unregister";
     pub const ROUTER_START: &str = "router.start";
     pub const STAGING_STOP: &str = "staging.stop";
+    /// The queue subject (and queue group name) any agent may stage from.
+    pub const STAGING: &str = "staging";
     pub const TASK_STATUS: &str = "task.status";
     pub const TASK_TERMINATE: &str = "task.terminate";
     pub const TASK_COMPLETED: &str = "task.completed";
@@ -404,6 +406,110 @@ pub struct RouterRegister {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StagingStop {
     pub app_id: String,
+}
+
+/// An admin buildpack offered in a staging request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminBuildpack {
+    pub key: String,
+    /// A zip URL.
+    pub url: String,
+}
+
+/// The `properties` of a staging request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StagingProperties {
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub resources: Option<Limits>,
+    /// `K=V` entries.
+    #[serde(default)]
+    pub environment: Vec<String>,
+    #[serde(default)]
+    pub meta: Option<StagingMeta>,
+    /// A custom buildpack: a zip URL (or a git URL, when git is in the stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildpack: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildpack_git_url: Option<String>,
+    /// Use this admin buildpack, skipping detection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildpack_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingMeta {
+    /// Overrides the detected start command.
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
+/// `staging.<uuid>.start` and the `staging` queue (spec §3.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagingRequest {
+    pub app_id: String,
+    pub task_id: String,
+    pub stack: String,
+    /// The app package (zip).
+    pub download_uri: String,
+    /// Where the droplet is POSTed (multipart, field `upload[droplet]`).
+    pub upload_uri: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildpack_cache_download_uri: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildpack_cache_upload_uri: Option<String>,
+    #[serde(default)]
+    pub properties: StagingProperties,
+    /// Started on this agent after a successful staging (with the new sha1) when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_message: Option<StartMessage>,
+    #[serde(default)]
+    pub admin_buildpacks: Vec<AdminBuildpack>,
+    #[serde(default)]
+    pub egress_network_rules: Vec<EgressRule>,
+    /// MB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
+    /// MB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_limit: Option<u64>,
+    #[serde(default)]
+    pub accepts_http: bool,
+}
+
+/// `error_info` of a failed staging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagingErrorInfo {
+    /// `NoAppDetectedError`, `BuildpackCompileFailed`, `BuildpackReleaseFailed`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: String,
+}
+
+/// Every reply to a staging request (spec §3.6): the setup reply carries
+/// `task_streaming_log_url`, the completion reply the detection results or `error`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StagingReply {
+    pub task_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_streaming_log_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_buildpack: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buildpack_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub droplet_sha1: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_start_command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub procfile: Option<BTreeMap<String, String>>,
+    /// `null` on success (always present, as the DEA sends it).
+    pub error: Option<String>,
+    #[serde(default)]
+    pub error_info: Option<StagingErrorInfo>,
 }
 
 /// Task states: `waiting` (no capacity yet), `running`, then one of the final ones.
