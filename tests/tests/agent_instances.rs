@@ -244,10 +244,12 @@ async fn app_runs_is_routed_reports_stats_and_crashes_when_killed() {
         })
         .await
         .expect("advertised with the instance counted");
-    let snapshot: Value = serde_json::from_slice(
-        &std::fs::read(fx.agent.base_dir.join("db/instances.json")).unwrap(),
-    )
-    .unwrap();
+    let snapshot_path = fx.agent.base_dir.join("db/instances.json");
+    let snapshot: Value = serde_json::from_slice(&std::fs::read(&snapshot_path).unwrap()).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&snapshot_path).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the snapshot holds credentials");
     assert_eq!(snapshot["instances"][0]["instance_id"], iid.as_str());
     assert_eq!(snapshot["instances"][0]["state"], "RUNNING");
 

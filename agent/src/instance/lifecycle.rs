@@ -651,13 +651,30 @@ impl Instances {
         self.save_snapshot();
     }
 
+    /// A container's info; gardend being unreachable (as opposed to answering that the
+    /// container does not exist) is retried for a minute, so a gardend restarting with the
+    /// agent does not turn every instance into a crash.
+    async fn container_info(&self, handle: &str) -> Result<garden_api::ContainerInfo, String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.cell.garden.info(handle).await {
+                Ok(i) => return Ok(i),
+                Err(e) if e.garden().is_some() || tokio::time::Instant::now() >= deadline => {
+                    return Err(e.to_string())
+                }
+                Err(e) => {
+                    tracing::warn!(handle, error = %e, "gardend unreachable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
     /// RESUMING: find the container, re-attach to the process, then RUNNING (or on to stop).
     async fn resume(self: Arc<Self>, inst: Arc<Instance>, saved: InstanceState) {
         let rec = inst.record();
-        let attached = match (
-            &rec.warden_job_id,
-            self.cell.garden.info(&rec.warden_handle).await,
-        ) {
+        let info = self.container_info(&rec.warden_handle).await;
+        let attached = match (&rec.warden_job_id, info) {
             (Some(job), Ok(_)) => self
                 .cell
                 .garden

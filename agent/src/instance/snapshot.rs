@@ -2,6 +2,7 @@
 //! directory) on every state change, read once at boot.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +60,13 @@ impl Instances {
         let dir = self.cell.config.db_dir();
         std::fs::create_dir_all(&dir)?;
         let tmp = dir.join("instances.json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        // Service credentials are in here: owner-only.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(snap).map_err(std::io::Error::other)?)?;
         f.sync_all()?;
         drop(f);
