@@ -180,3 +180,51 @@ async fn healthmanager_start_and_router_start_are_answered_at_once() {
     answers_at_once(&bus, "router.start", &registers).await;
     assert_eq!(agent.terminate().and_then(|s| s.code()), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usr1_says_goodbye_and_stops_advertising_and_the_pid_file_comes_and_goes() {
+    let gardend = Gardend::start();
+    let nats = Nats::start();
+    let bus = bus(&nats).await;
+    let adverts = watch(&bus, "dea.advertise").await;
+    let goodbyes = watch(&bus, "dea.shutdown").await;
+    let pid_dir = tempfile::tempdir().unwrap();
+    let pid_file = pid_dir.path().join("agent.pid");
+    let mut agent = Agent::start(
+        &gardend,
+        &nats,
+        &format!("pid_filename: {}\n", pid_file.display()),
+    );
+    adverts
+        .wait_for(WAIT, |_| true)
+        .await
+        .unwrap_or_else(|| panic!("no advertisement; log:\n{}", agent.log()));
+    let pid = agent.pid().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    // SAFETY: kill(2) on the agent we started.
+    unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+    goodbyes
+        .wait_for(WAIT, |_| true)
+        .await
+        .expect("dea.shutdown after USR1");
+    // Advertisements stop, even when asked (one sent before the goodbye arrived before it:
+    // one connection keeps order).
+    let n = adverts.all().len();
+    bus.publish("dea.locate", &serde_json::json!({})).await;
+    bus.flush().await;
+    let heartbeats = watch(&bus, "dea.heartbeat").await;
+    heartbeats
+        .wait_for(WAIT, |_| true)
+        .await
+        .expect("still heartbeating");
+    heartbeats
+        .wait_for(WAIT, |_| heartbeats.all().len() >= 3)
+        .await
+        .expect("three more heartbeats");
+    assert_eq!(adverts.all().len(), n, "no advertisement after USR1");
+    assert_eq!(agent.terminate().and_then(|s| s.code()), Some(0));
+    assert!(!pid_file.exists(), "pid file removed at exit");
+}
