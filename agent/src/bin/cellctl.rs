@@ -1,11 +1,13 @@
 //! `cellctl`: a small controller for people, talking NATS only.
 //!
 //! It does what a Cloud Controller does with a pool of agents: placement from advertisements
-//! (spec §7), start messages, `dea.find.droplet` queries, `dea.stop`, signed file URLs, and
-//! one-off tasks.
+//! (spec §7), start messages, `dea.find.droplet` queries, `dea.stop`, signed file URLs,
+//! one-off tasks, and staging (`push`, `stage`: package, buildpacks, uploads and the staging
+//! log served and followed by cellctl itself).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent::bus::Bus;
@@ -63,6 +65,69 @@ enum Command {
     /// One-off tasks.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Stage an app directory with buildpacks on an agent, then start its instances.
+    Push(Box<PushArgs>),
+    /// Stage an app directory with buildpacks on an agent and save the droplet.
+    Stage(Box<StageCmdArgs>),
+}
+
+#[derive(Args)]
+struct StageArgs {
+    /// The app's directory (zipped by cellctl as the app package).
+    dir: PathBuf,
+    /// A buildpack: a directory (zipped by cellctl), a zip file, or a zip URL. Repeat it for
+    /// several: the first whose bin/detect accepts the app is used.
+    #[arg(long, required = true)]
+    buildpack: Vec<String>,
+    /// App name (and id); defaults to the directory's name.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "256M")]
+    memory: String,
+    #[arg(long, default_value = "1G")]
+    disk: String,
+    /// Stack; defaults to the one stack every agent has.
+    #[arg(long)]
+    stack: Option<String>,
+    /// Start command, instead of the Procfile's or the buildpack's.
+    #[arg(long)]
+    command: Option<String>,
+    /// Environment entry NAME=value (repeatable), for staging and the instances.
+    #[arg(long)]
+    env: Vec<String>,
+    /// Address agents reach cellctl's file server on (package, buildpacks, uploads).
+    #[arg(long, default_value = "127.0.0.1")]
+    serve_ip: IpAddr,
+    /// The directory server's HOST:PORT, for the staging log (learned from router.register
+    /// when absent).
+    #[arg(long)]
+    dir_server: Option<SocketAddr>,
+    /// Seconds the staging may take.
+    #[arg(long, default_value_t = 900.0)]
+    staging_timeout: f64,
+}
+
+#[derive(Args)]
+struct PushArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    #[arg(long, default_value_t = 1)]
+    instances: u64,
+    /// Route (host name) of the app.
+    #[arg(long)]
+    route: Vec<String>,
+    /// Seconds to wait for every instance to be RUNNING.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+}
+
+#[derive(Args)]
+struct StageCmdArgs {
+    #[command(flatten)]
+    stage: StageArgs,
+    /// Where to save the droplet.
+    #[arg(short, long, default_value = "droplet.tgz")]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -183,6 +248,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Task(TaskCommand::Run(a)) => task_run(&bus, window, *a).await,
         Command::Task(TaskCommand::Status { id, json }) => task_status(&bus, &id, json).await,
         Command::Task(TaskCommand::Terminate { id }) => task_terminate(&bus, &id).await,
+        Command::Push(a) => push(&bus, window, *a).await,
+        Command::Stage(a) => stage_only(&bus, window, *a).await,
     }
 }
 
@@ -286,30 +353,75 @@ async fn start(bus: &Bus, window: Duration, a: StartArgs) -> Result<i32> {
     };
     drop(bytes);
 
+    start_instances(
+        bus,
+        window,
+        ads,
+        &Launch {
+            app: a.app,
+            stack,
+            sha1,
+            uri,
+            instances: a.instances,
+            memory,
+            disk,
+            routes: a.route,
+            command: a.command,
+            env: a.env,
+            timeout: a.timeout,
+        },
+    )
+    .await
+}
+
+/// What `start` and `push` start: N instances of one droplet.
+struct Launch {
+    app: String,
+    stack: String,
+    sha1: String,
+    uri: String,
+    instances: u64,
+    memory: u64,
+    disk: u64,
+    routes: Vec<String>,
+    command: Option<String>,
+    env: Vec<String>,
+    timeout: f64,
+}
+
+/// Place and start `l.instances` instances (§7) and wait until every one is RUNNING; print
+/// where each answers. The droplet URL must stay served until this returns.
+async fn start_instances(
+    bus: &Bus,
+    window: Duration,
+    ads: Vec<Advertise>,
+    l: &Launch,
+) -> Result<i32> {
     let version = uuid::Uuid::new_v4().simple().to_string();
     let mut pool = placement::Pool::new(ads);
+    let (stack, memory, disk) = (l.stack.clone(), l.memory, l.disk);
     let need = placement::Need {
         stack: stack.clone(),
         memory_mb: memory,
         disk_mb: disk,
-        app_id: a.app.clone(),
+        app_id: l.app.clone(),
     };
     let mut rng = rand::thread_rng();
-    for index in 0..a.instances {
+    for index in 0..l.instances {
         let Some(agent_id) = pool.place(&need, &mut rng) else {
             bail!(
                 "no agent can take instance {index} ({memory} MB memory, {disk} MB disk, stack {stack})"
             );
         };
         let msg = StartMessage {
-            droplet: a.app.clone(),
-            name: a.app.clone(),
+            droplet: l.app.clone(),
+            name: l.app.clone(),
             stack: stack.clone(),
-            uris: a.route.clone(),
+            uris: l.routes.clone(),
             prod: false,
-            sha1: Some(sha1.clone()),
+            sha1: Some(l.sha1.clone()),
             executable_file: None,
-            executable_uri: Some(uri.clone()),
+            executable_uri: Some(l.uri.clone()),
             version: version.clone(),
             services: Vec::new(),
             limits: Limits {
@@ -317,32 +429,32 @@ async fn start(bus: &Bus, window: Duration, a: StartArgs) -> Result<i32> {
                 disk,
                 fds: 16384,
             },
-            env: a.env.clone(),
+            env: l.env.clone(),
             cc_partition: "default".into(),
             console: false,
             debug: None,
-            start_command: a.command.clone(),
+            start_command: l.command.clone(),
             health_check_timeout: None,
             vcap_application: serde_json::json!({
-                "application_name": a.app,
-                "application_id": a.app,
+                "application_name": l.app,
+                "application_id": l.app,
                 "application_version": version,
-                "application_uris": a.route,
+                "application_uris": l.routes,
                 "limits": {"mem": memory, "disk": disk, "fds": 16384},
             }),
             index,
             egress_network_rules: Vec::new(),
         };
         bus.publish(subject::start(&agent_id), &msg).await;
-        eprintln!("{}[{index}] placed on agent {agent_id}", a.app);
+        eprintln!("{}[{index}] placed on agent {agent_id}", l.app);
     }
     bus.flush().await;
 
     // Serve the droplet until every instance runs (or one cannot).
-    let deadline = Instant::now() + Duration::from_secs_f64(a.timeout.max(1.0));
+    let deadline = Instant::now() + Duration::from_secs_f64(l.timeout.max(1.0));
     let query = FindDroplet {
         filter: InstanceFilter {
-            droplet: a.app.clone(),
+            droplet: l.app.clone(),
             version: Some(version.clone()),
             ..Default::default()
         },
@@ -358,12 +470,12 @@ async fn start(bus: &Bus, window: Duration, a: StartArgs) -> Result<i32> {
             .copied()
             .filter(|r| r.state == InstanceState::Running && r.stats.is_some())
             .collect();
-        if running.len() as u64 >= a.instances {
+        if running.len() as u64 >= l.instances {
             for r in running {
                 let s = r.stats.as_ref().expect("filtered");
                 println!(
                     "{}[{}] RUNNING at {}:{} (agent {}, instance {})",
-                    a.app, r.index, s.host, s.port, r.dea, r.instance
+                    l.app, r.index, s.host, s.port, r.dea, r.instance
                 );
             }
             return Ok(0);
@@ -372,7 +484,7 @@ async fn start(bus: &Bus, window: Duration, a: StartArgs) -> Result<i32> {
             .values()
             .find(|r| r.state == InstanceState::Crashed)
         {
-            bail!("{}[{}] CRASHED on agent {}", a.app, c.index, c.dea);
+            bail!("{}[{}] CRASHED on agent {}", l.app, c.index, c.dea);
         }
         if Instant::now() >= deadline {
             let states: Vec<String> = by_index
@@ -382,8 +494,8 @@ async fn start(bus: &Bus, window: Duration, a: StartArgs) -> Result<i32> {
             bail!(
                 "{} of {} instances RUNNING after {:?}: {states:?}",
                 running.len(),
-                a.instances,
-                Duration::from_secs_f64(a.timeout)
+                l.instances,
+                Duration::from_secs_f64(l.timeout)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -707,4 +819,275 @@ async fn task_terminate(bus: &Bus, id: &str) -> Result<i32> {
                 .unwrap_or("no agent answered")
         ),
     }
+}
+
+/// A finished staging: the droplet, and the server that still serves it.
+struct Staged {
+    server: ctl::stage::StageServer,
+    app: String,
+    stack: String,
+    memory: u64,
+    disk: u64,
+    sha1: String,
+    droplet: axum::body::Bytes,
+}
+
+/// `name-<12 hex of sha1(content)>`: a buildpack key that changes with the content (agents
+/// keep admin buildpacks by key), made of the characters keys may have.
+fn buildpack_key(name: &str, content: &[u8]) -> String {
+    use sha1::Digest;
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect();
+    let hash = hex::encode(sha1::Sha1::digest(content));
+    format!("{}-{}", clean.trim_matches('_'), &hash[..12])
+}
+
+/// The buildpacks as admin buildpacks (so detection runs in order), served by `server` unless
+/// given as URLs.
+fn buildpacks(
+    given: &[String],
+    server: &ctl::stage::StageServer,
+) -> Result<Vec<agent::protocol::AdminBuildpack>> {
+    let mut out = Vec::new();
+    for b in given {
+        if b.starts_with("http://") || b.starts_with("https://") {
+            let base = b
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("buildpack")
+                .trim_end_matches(".zip");
+            out.push(agent::protocol::AdminBuildpack {
+                key: buildpack_key(base, b.as_bytes()),
+                url: b.clone(),
+            });
+            continue;
+        }
+        let path = Path::new(b);
+        let meta = std::fs::metadata(path).with_context(|| format!("--buildpack {b}"))?;
+        let bytes = if meta.is_dir() {
+            if !path.join("bin/detect").is_file() || !path.join("bin/compile").is_file() {
+                bail!("--buildpack {b}: a buildpack directory has bin/detect and bin/compile");
+            }
+            ctl::archive::zip_dir(path).with_context(|| format!("zipping {b}"))?
+        } else {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {b}"))?;
+            if !bytes.starts_with(b"PK") {
+                bail!("--buildpack {b}: not a zip file");
+            }
+            bytes
+        };
+        let name = std::fs::canonicalize(path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "buildpack".into());
+        let name = name.trim_end_matches(".zip").to_string();
+        let key = buildpack_key(&name, &bytes);
+        let url = server.serve(&format!("/buildpacks/{key}.zip"), bytes);
+        out.push(agent::protocol::AdminBuildpack { key, url });
+    }
+    Ok(out)
+}
+
+/// Package, serve, stage on an agent chosen from the advertisements, stream the log.
+/// `Err(code)` when the staging failed (already reported).
+async fn stage_app(
+    bus: &Bus,
+    window: Duration,
+    a: &StageArgs,
+) -> Result<std::result::Result<Staged, i32>> {
+    use agent::protocol::{Limits, StagingMeta, StagingProperties, StagingRequest};
+    let memory = ctl::parse_size_mb(&a.memory).context("--memory")?;
+    let disk = ctl::parse_size_mb(&a.disk).context("--disk")?;
+    for e in &a.env {
+        if !e.contains('=') {
+            bail!("--env {e:?} is not NAME=value");
+        }
+    }
+    let dir = std::fs::canonicalize(&a.dir).with_context(|| format!("{}", a.dir.display()))?;
+    let app = match &a.name {
+        Some(n) => n.clone(),
+        None => dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("the app directory has no name: give --name")?,
+    };
+    if app.is_empty() {
+        bail!("the app name is empty");
+    }
+
+    let server = ctl::stage::StageServer::start(a.serve_ip).await?;
+    let package = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || ctl::archive::zip_dir(&dir))
+            .await
+            .context("zipping the app")??
+    };
+    eprintln!(
+        "packaged {} ({} bytes zipped)",
+        a.dir.display(),
+        package.len()
+    );
+    let package_url = server.serve(
+        &format!("/packages/{}.zip", uuid::Uuid::new_v4().simple()),
+        package,
+    );
+    let admin = buildpacks(&a.buildpack, &server)?;
+
+    let ads = ctl::advertisements(bus, window).await?;
+    if ads.is_empty() {
+        bail!("no agent advertised within {window:?}");
+    }
+    let stack = choose_stack(a.stack.clone(), &ads)?;
+    let need = placement::Need {
+        stack: stack.clone(),
+        memory_mb: memory,
+        disk_mb: disk,
+        app_id: String::new(),
+    };
+    let agent_id = placement::Pool::new(ads)
+        .place(&need, &mut rand::thread_rng())
+        .with_context(|| {
+            format!("no agent can stage {app} ({memory} MB memory, {disk} MB disk, stack {stack})")
+        })?;
+
+    let task_id = uuid::Uuid::new_v4().simple().to_string();
+    let req = StagingRequest {
+        app_id: app.clone(),
+        task_id: task_id.clone(),
+        stack: stack.clone(),
+        download_uri: package_url,
+        upload_uri: server.droplet_upload_url(),
+        buildpack_cache_download_uri: Some(server.url(ctl::stage::CACHE_PATH)),
+        buildpack_cache_upload_uri: Some(server.cache_upload_url()),
+        properties: StagingProperties {
+            services: Vec::new(),
+            resources: Some(Limits {
+                mem: memory,
+                disk,
+                fds: 16384,
+            }),
+            environment: a.env.clone(),
+            meta: Some(StagingMeta {
+                command: a.command.clone(),
+            }),
+            buildpack: None,
+            buildpack_git_url: None,
+            buildpack_key: None,
+        },
+        start_message: None,
+        admin_buildpacks: admin.clone(),
+        egress_network_rules: Vec::new(),
+        memory_limit: Some(memory),
+        disk_limit: Some(disk),
+        accepts_http: false,
+    };
+    let keys: Vec<&str> = admin.iter().map(|b| b.key.as_str()).collect();
+    eprintln!("staging {app} on agent {agent_id} (task {task_id}, buildpacks {keys:?})");
+    let opts = ctl::stage::StageOptions {
+        dir_server: a.dir_server,
+        setup_timeout: Duration::from_secs(300),
+        timeout: Duration::from_secs_f64(a.staging_timeout.max(1.0)),
+    };
+    let outcome =
+        ctl::stage::stage(bus, &agent_id, &req, &opts, Box::new(std::io::stdout())).await?;
+    if let Some(e) = &outcome.log_error {
+        eprintln!("(staging log: {e})");
+    }
+    let r = outcome.reply;
+    if let Some(error) = &r.error {
+        eprintln!("staging of {app} failed: {error}");
+        if let Some(info) = &r.error_info {
+            eprintln!("{}: {}", info.kind, info.message);
+        }
+        return Ok(Err(1));
+    }
+    let Some(droplet) = server.droplet() else {
+        bail!("agent {agent_id} reported a staging without uploading a droplet");
+    };
+    let sha1 = {
+        use sha1::Digest;
+        hex::encode(sha1::Sha1::digest(&droplet))
+    };
+    if r.droplet_sha1.as_deref() != Some(sha1.as_str()) {
+        bail!(
+            "the uploaded droplet's sha1 is {sha1}, the agent reported {:?}",
+            r.droplet_sha1
+        );
+    }
+    eprintln!(
+        "staged {app}: buildpack {}, start command {:?}, droplet {} bytes, sha1 {sha1}",
+        r.detected_buildpack.as_deref().unwrap_or("?"),
+        r.detected_start_command.as_deref().unwrap_or(""),
+        droplet.len()
+    );
+    Ok(Ok(Staged {
+        server,
+        app,
+        stack,
+        memory,
+        disk,
+        sha1,
+        droplet,
+    }))
+}
+
+async fn stage_only(bus: &Bus, window: Duration, a: StageCmdArgs) -> Result<i32> {
+    let staged = match stage_app(bus, window, &a.stage).await? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    std::fs::write(&a.output, &staged.droplet)
+        .with_context(|| format!("writing {}", a.output.display()))?;
+    println!(
+        "droplet saved to {} ({} bytes, sha1 {})",
+        a.output.display(),
+        staged.droplet.len(),
+        staged.sha1
+    );
+    Ok(0)
+}
+
+async fn push(bus: &Bus, window: Duration, a: PushArgs) -> Result<i32> {
+    if a.instances == 0 {
+        bail!("--instances must be at least 1");
+    }
+    let staged = match stage_app(bus, window, &a.stage).await? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
+    // Fresh capacity figures: the staging's reservation may just have been released.
+    let ads = ctl::advertisements(bus, window).await?;
+    if ads.is_empty() {
+        bail!("no agent advertised within {window:?}");
+    }
+    let uri = staged.server.url(ctl::stage::DROPLET_PATH);
+    start_instances(
+        bus,
+        window,
+        ads,
+        &Launch {
+            app: staged.app.clone(),
+            stack: staged.stack.clone(),
+            sha1: staged.sha1.clone(),
+            uri,
+            instances: a.instances,
+            memory: staged.memory,
+            disk: staged.disk,
+            routes: a.route,
+            command: a.stage.command.clone(),
+            env: a.stage.env.clone(),
+            timeout: a.timeout,
+        },
+    )
+    .await
 }

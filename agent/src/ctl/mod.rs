@@ -1,8 +1,12 @@
 //! `cellctl`'s library: what a controller does over NATS only — collect advertisements,
 //! place instances and tasks (§7), query instances, serve a droplet file over HTTP for the
-//! agents to download, and find the directory server behind a signed file URL.
+//! agents to download, find the directory server behind a signed file URL, and stage apps
+//! (zip, serve, receive the uploads, follow the replies and the log).
 
+pub mod archive;
+pub mod multipart;
 pub mod placement;
+pub mod stage;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +27,10 @@ pub enum CtlError {
     Size(String),
     #[error("cannot serve the droplet on {addr}: {message}")]
     Serve { addr: String, message: String },
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    #[error("{0}")]
+    Staging(String),
 }
 
 /// `256M`, `1G`, `512` (MB), `1.5G`, `2048K` → MB (rounded up).
