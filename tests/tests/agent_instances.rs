@@ -972,3 +972,32 @@ async fn an_app_that_died_while_the_agent_was_down_is_a_crash_without_a_route() 
         "container destroyed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_crash_of_an_app_is_kept() {
+    let app = droplet(&[], "exit 4");
+    let sha = sha1_hex(&app);
+    let fx = Fx::start("", vec![("/d.tgz".into(), app)]).await;
+    let exits = watch(&fx.bus, "droplet.exited").await;
+    fx.send_start(&fx.start_message("twice", "/d.tgz", &sha, &[]))
+        .await;
+    let first = exited(&fx, &exits, "twice").await;
+    let mut m = fx.start_message("twice", "/d.tgz", &sha, &[]);
+    m["index"] = json!(1);
+    fx.send_start(&m).await;
+    let second = exits
+        .wait_for(WAIT, |e| e["droplet"] == "twice" && e["index"] == 1)
+        .await
+        .expect("second crash");
+    assert!(
+        e2e::eventually(WAIT, || async {
+            let f = fx.find(json!({"droplet": "twice"})).await;
+            f.len() == 1 && f[0]["instance"] == second["instance"]
+        })
+        .await,
+        "older crash reaped"
+    );
+    let crashes = fx.agent.base_dir.join("crashes");
+    assert!(!crashes.join(first["instance"].as_str().unwrap()).exists());
+    assert!(crashes.join(second["instance"].as_str().unwrap()).exists());
+}
