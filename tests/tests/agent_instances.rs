@@ -793,7 +793,7 @@ async fn sigterm_stops_everything_and_sigusr2_evacuates() {
 async fn crashes_are_reaped_after_their_lifetime() {
     let app = droplet(&[], "exit 3");
     let sha = sha1_hex(&app);
-    let fx = Fx::start("crash_lifetime_secs: 2\n", vec![("/d.tgz".into(), app)]).await;
+    let fx = Fx::start("crash_lifetime_secs: 3\n", vec![("/d.tgz".into(), app)]).await;
     let exits = watch(&fx.bus, "droplet.exited").await;
     fx.send_start(&fx.start_message("short", "/d.tgz", &sha, &[]))
         .await;
@@ -801,7 +801,7 @@ async fn crashes_are_reaped_after_their_lifetime() {
     assert_eq!(e["exit_status"], 3);
     let iid = e["instance"].as_str().unwrap().to_string();
     let dir = fx.agent.base_dir.join("crashes").join(&iid);
-    assert!(dir.is_dir());
+    assert!(dir.join("logs").is_dir(), "logs kept before droplet.exited");
     assert!(
         e2e::eventually(WAIT, || async {
             fx.find(json!({"droplet": "short"})).await.is_empty() && !dir.exists()

@@ -378,6 +378,11 @@ impl Instances {
         if matches!(prev, InstanceState::Running | InstanceState::Evacuating) {
             self.route(&rec, None, false).await;
         }
+        // The logs are kept before the crash is announced, so whoever asks for them upon
+        // `droplet.exited` finds them.
+        if prev != InstanceState::Born {
+            self.keep_crash_logs(&rec).await;
+        }
         let msg = DropletExited {
             cc_partition: rec.start_message.cc_partition.clone(),
             droplet: rec.start_message.droplet.clone(),
@@ -399,7 +404,6 @@ impl Instances {
         );
         self.save_snapshot();
         if prev != InstanceState::Born {
-            self.keep_crash_logs(&rec).await;
             if let Err(e) = self.cell.garden.destroy(&rec.warden_handle).await {
                 tracing::debug!(instance = %rec.instance_id, error = %e, "destroying crashed container");
             }
