@@ -16,6 +16,7 @@ use crate::logs::LogRouter;
 use crate::protocol::{subject, Advertise, Goodbye, PlacementProperties};
 use crate::resources::Resources;
 use crate::signer::Signer;
+use crate::staging::Stagings;
 use crate::task::Tasks;
 
 /// What ends the daemon.
@@ -99,7 +100,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(agent = %cell.id, "agent starting");
 
     let instances = Instances::new(cell.clone());
+    // Read before the instance registry rewrites the snapshot.
+    let stagings = Stagings::new(cell.clone(), instances.clone());
+    let stale_stagings = stagings.load_stale();
+    stagings.install_snapshot();
     instances.recover().await;
+    stagings.fail_stale(stale_stagings).await;
 
     let listener = tokio::net::TcpListener::bind((
         std::net::Ipv4Addr::UNSPECIFIED,
@@ -115,12 +121,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let dir_server = tokio::spawn(crate::dirserver::serve(
         listener,
         cell.clone(),
-        instances.clone(),
+        Arc::new(crate::staging::Roots {
+            instances: instances.clone(),
+            stagings: stagings.clone(),
+        }),
     ));
 
     let mut handles = instances.serve().await?;
     let tasks = Tasks::new(cell.clone());
     handles.extend(tasks.serve().await?);
+    handles.extend(stagings.serve().await?);
 
     let (advertising_tx, advertising) = tokio::sync::watch::channel(true);
     {
@@ -153,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if ending == Ending::Evacuate {
         instances.evacuate().await;
     }
+    stagings.shutdown().await;
     instances.shutdown().await;
     tasks.shutdown().await;
     for h in handles {

@@ -20,4 +20,5 @@ pub mod logs;
 pub mod protocol;
 pub mod resources;
 pub mod signer;
+pub mod staging;
 pub mod task;

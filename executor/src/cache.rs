@@ -350,6 +350,82 @@ impl DownloadCache {
         })
     }
 
+    /// Store the local file `raw` under `cache_key` as if it had been downloaded (for an
+    /// artifact the caller made itself, such as a staged droplet). It has no validators, so
+    /// only a content-addressed fetch whose checksum matches is served from it.
+    pub async fn insert(
+        &self,
+        cache_key: &str,
+        raw: &Path,
+        file_name: &str,
+    ) -> Result<(), FetchError> {
+        let key = key_hash(cache_key);
+        let lock = self
+            .key_locks
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        let copy = self.temp_path()?;
+        let (src, dst) = (raw.to_path_buf(), copy.to_path_buf());
+        let digests = tokio::task::spawn_blocking(move || -> std::io::Result<Digests> {
+            let mut input = File::open(&src)?;
+            let mut out = std::io::BufWriter::new(File::create(&dst)?);
+            let (mut md5, mut sha1, mut sha256) =
+                (md5::Md5::new(), sha1::Sha1::new(), sha2::Sha256::new());
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = std::io::Read::read(&mut input, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                md5.update(&buf[..n]);
+                sha1.update(&buf[..n]);
+                sha256.update(&buf[..n]);
+                out.write_all(&buf[..n])?;
+            }
+            out.flush()?;
+            Ok(Digests {
+                md5: hex(&md5.finalize()),
+                sha1: hex(&sha1.finalize()),
+                sha256: hex(&sha256.finalize()),
+            })
+        })
+        .await
+        .map_err(|e| FetchError::Io {
+            context: "copy task".into(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(io(format!("copying {}", raw.display())))?;
+        let tar = self.transform(copy, file_name).await?;
+        let size = std::fs::metadata(&tar).map_err(io("sizing tar"))?.len();
+        if !self.make_room(&key, size) {
+            return Ok(());
+        }
+        let path = self.entry_path(&key);
+        std::fs::rename(&tar, &path).map_err(io(format!("storing {}", path.display())))?;
+        let _ = tar.keep();
+        {
+            let mut index = self.index.lock().unwrap();
+            index.clock += 1;
+            let last_access = index.clock;
+            index.entries.insert(
+                key,
+                Entry {
+                    size,
+                    etag: None,
+                    last_modified: None,
+                    last_access,
+                    digests,
+                },
+            );
+        }
+        self.save();
+        Ok(())
+    }
+
     fn entry_path(&self, key: &str) -> PathBuf {
         self.config.dir.join(format!("{key}.tar"))
     }

@@ -218,6 +218,12 @@ impl Executor {
         self.events.subscribe()
     }
 
+    /// The download cache the steps fetch through (an embedding agent seeds it with
+    /// artifacts it made itself, e.g. a freshly staged droplet).
+    pub fn cache(&self) -> &Arc<DownloadCache> {
+        &self.cache
+    }
+
     pub fn total_resources(&self) -> Resources {
         self.config.capacity
     }

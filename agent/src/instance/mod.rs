@@ -165,7 +165,12 @@ pub struct Instances {
     registry: Mutex<HashMap<String, Arc<Instance>>>,
     /// Serializes snapshot writes.
     snapshot_lock: Mutex<()>,
+    /// The snapshot's `staging_tasks`, supplied by the staging registry.
+    staging_snapshot: std::sync::OnceLock<StagingSnapshot>,
 }
+
+/// Produces the snapshot's `staging_tasks` entries.
+pub type StagingSnapshot = Box<dyn Fn() -> Vec<serde_json::Value> + Send + Sync>;
 
 impl Instances {
     pub fn new(cell: Arc<Cell>) -> Arc<Instances> {
@@ -176,7 +181,18 @@ impl Instances {
             evacuating: AtomicBool::new(false),
             registry: Mutex::new(HashMap::new()),
             snapshot_lock: Mutex::new(()),
+            staging_snapshot: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Let the staging registry put its tasks into every snapshot (set once).
+    pub fn set_staging_snapshot(&self, f: StagingSnapshot) {
+        let _ = self.staging_snapshot.set(f);
+    }
+
+    /// Write the snapshot now (a staging task came or went).
+    pub fn save_snapshot_now(&self) {
+        self.save_snapshot();
     }
 
     pub fn cell(&self) -> &Arc<Cell> {

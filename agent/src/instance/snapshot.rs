@@ -13,7 +13,7 @@ use crate::protocol::{now_timestamp, InstanceState};
 struct Snapshot {
     time: f64,
     instances: Vec<Record>,
-    /// Kept for the DEA's format; staging does not survive a restart.
+    /// Staging tasks in flight (they do not survive a restart: the next run fails them).
     #[serde(default)]
     staging_tasks: Vec<serde_json::Value>,
 }
@@ -48,7 +48,7 @@ impl Instances {
         let snap = Snapshot {
             time: now_timestamp(),
             instances,
-            staging_tasks: Vec::new(),
+            staging_tasks: self.staging_snapshot.get().map(|f| f()).unwrap_or_default(),
         };
         if let Err(e) = self.write_snapshot(&snap) {
             tracing::error!(path = %self.snapshot_path().display(), error = %e, "cannot save the snapshot");
