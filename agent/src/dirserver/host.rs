@@ -151,21 +151,21 @@ pub async fn read(root: &Path, rel: &str, start: u64, len: u64) -> Result<Chunks
 
 pub async fn tail(root: &Path, rel: &str, offset: Option<u64>) -> Result<Chunks, FileError> {
     let (rootc, relc) = (root.to_path_buf(), rel.to_string());
-    let f = {
+    let (f, md) = {
         let (root, rel) = (rootc.clone(), relc.clone());
-        blocking(move || open_file(&root, &rel)).await?
+        blocking(move || {
+            let f = open_file(&root, &rel)?;
+            let md = metadata(&f)?;
+            Ok((f, md))
+        })
+        .await?
     };
+    // The end as of now, before this returns: appends made once the caller has the stream
+    // are never skipped.
+    let identity = (md.dev(), md.ino());
+    let mut pos = offset.unwrap_or(md.len());
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let md = match f.metadata() {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
-        let identity = (md.dev(), md.ino());
-        let mut pos = offset.unwrap_or(md.len());
         let mut buf = vec![0u8; CHUNK];
         // Still the same file under the same name?
         let linked = || match open_beneath(&rootc, &relc) {
@@ -256,6 +256,14 @@ mod tests {
         assert!(rx.recv().await.is_none());
     }
 
+    /// The next chunk, failing the test instead of hanging.
+    async fn next(rx: &mut Chunks) -> Option<Bytes> {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("no chunk and no end within 10 s")
+            .map(|r| r.unwrap())
+    }
+
     #[tokio::test]
     async fn tail_follows_until_removed() {
         let tmp = tempfile::tempdir().unwrap();
@@ -267,15 +275,15 @@ mod tests {
             .open(&file)
             .unwrap();
         std::io::Write::write_all(&mut f, b"new\n").unwrap();
-        assert_eq!(rx.recv().await.unwrap().unwrap(), &b"new\n"[..]);
+        assert_eq!(next(&mut rx).await.unwrap(), &b"new\n"[..]);
         std::fs::remove_file(&file).unwrap();
-        assert!(rx.recv().await.is_none());
+        assert!(next(&mut rx).await.is_none());
         let mut rx = {
             std::fs::write(&file, b"0123").unwrap();
             tail(tmp.path(), "log", Some(1)).await.unwrap()
         };
-        assert_eq!(rx.recv().await.unwrap().unwrap(), &b"123"[..]);
+        assert_eq!(next(&mut rx).await.unwrap(), &b"123"[..]);
         std::fs::rename(&file, tmp.path().join("moved")).unwrap();
-        assert!(rx.recv().await.is_none());
+        assert!(next(&mut rx).await.is_none());
     }
 }
