@@ -1024,6 +1024,15 @@ async fn stage_app(
             r.droplet_sha1
         );
     }
+    // What the tail missed at the end (the container went before the tail caught up).
+    if let Some(full) = ctl::stage::droplet_log(&droplet) {
+        if let Some(rest) = full.get(outcome.log_bytes as usize..) {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(rest)?;
+            out.flush()?;
+        }
+    }
     eprintln!(
         "staged {app}: buildpack {}, start command {:?}, droplet {} bytes, sha1 {sha1}",
         r.detected_buildpack.as_deref().unwrap_or("?"),

@@ -370,21 +370,21 @@ async fn stream_log(
             break;
         }
         let tail_url = format!("{url}&tail=true&tail_offset={received}");
-        let resp = match client.get(&tail_url).send().await {
-            Ok(r) if r.status().is_success() => r,
-            Ok(r) => {
-                last_error = Some(format!("GET {url}: {}", r.status()));
-                failures += 1;
-                if *done.borrow() || failures > 20 {
+        let failure = match client.get(&tail_url).send().await {
+            Ok(r) if r.status().is_success() => Ok(r),
+            Ok(r) => Err(r.status().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let resp = match failure {
+            Ok(r) => r,
+            Err(e) => {
+                // Once the staging is over the task is gone (404): that is no error.
+                if *done.borrow() {
                     break;
                 }
-                let _ = tokio::time::timeout(Duration::from_millis(500), done.changed()).await;
-                continue;
-            }
-            Err(e) => {
-                last_error = Some(format!("GET {url}: {e}"));
+                last_error = Some(format!("GET {}: {e}", parsed.path()));
                 failures += 1;
-                if *done.borrow() || failures > 20 {
+                if failures > 20 {
                     break;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(500), done.changed()).await;
@@ -442,9 +442,59 @@ async fn stream_log(
     (received, last_error)
 }
 
+/// Where the runner writes the staging log, inside the droplet.
+const DROPLET_LOG: &str = "logs/staging_task.log";
+
+/// The staging log a droplet carries (`logs/staging_task.log`): what a tail cut short by the
+/// container's end did not deliver.
+pub fn droplet_log(droplet: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(droplet));
+    for entry in ar.entries().ok()? {
+        let mut e = entry.ok()?;
+        let is_log = e
+            .path()
+            .ok()
+            .is_some_and(|p| p.to_string_lossy().trim_start_matches("./") == DROPLET_LOG);
+        if is_log {
+            let mut out = Vec::new();
+            e.read_to_end(&mut out).ok()?;
+            return Some(out);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_staging_log_is_read_from_a_droplet() {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        for (path, data) in [
+            ("./app/index.html", &b"hi"[..]),
+            (
+                "./logs/staging_task.log",
+                b"-----> Downloaded app package (4K)\n",
+            ),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        let tgz = b.into_inner().unwrap().finish().unwrap();
+        assert_eq!(
+            droplet_log(&tgz).unwrap(),
+            b"-----> Downloaded app package (4K)\n"
+        );
+        assert_eq!(droplet_log(b"not a droplet"), None);
+    }
 
     fn multipart_body(boundary: &str, field: &str, data: &[u8]) -> Vec<u8> {
         let mut b = format!(
