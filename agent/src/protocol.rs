@@ -185,6 +185,20 @@ pub struct StartMessage {
     pub egress_network_rules: Vec<EgressRule>,
 }
 
+/// A staging request's `start_message`: `null` or an empty object means none.
+fn empty_start_message<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<StartMessage>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    match &v {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::Object(m) if m.is_empty() => Ok(None),
+        _ => serde_json::from_value(v)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 fn default_partition() -> String {
     "default".into()
 }
@@ -461,8 +475,13 @@ pub struct StagingRequest {
     pub buildpack_cache_upload_uri: Option<String>,
     #[serde(default)]
     pub properties: StagingProperties,
-    /// Started on this agent after a successful staging (with the new sha1) when present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Started on this agent after a successful staging (with the new sha1) when present;
+    /// `null` and `{}` (what a controller sends for "do not start") are absent.
+    #[serde(
+        default,
+        deserialize_with = "empty_start_message",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub start_message: Option<StartMessage>,
     #[serde(default)]
     pub admin_buildpacks: Vec<AdminBuildpack>,

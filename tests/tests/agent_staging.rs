@@ -753,8 +753,7 @@ async fn concurrent_stagings_and_upload_retries() {
     for (app, d) in [("app-a", &da), ("app-b", &db)] {
         let last = ups
             .iter()
-            .filter(|u| u.path == format!("/droplets/{app}"))
-            .next_back()
+            .rfind(|u| u.path == format!("/droplets/{app}"))
             .unwrap();
         assert_eq!(d["droplet_sha1"], sha1_hex(&multipart_file(&last.body).2));
     }

@@ -516,3 +516,60 @@ impl FileRoots for Roots {
         self.stagings.lookup(task_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(extra: serde_json::Value) -> Result<StagingRequest, serde_json::Error> {
+        let mut v = serde_json::json!({
+            "app_id": "app", "task_id": "t-1", "stack": "busybox",
+            "download_uri": "http://127.0.0.1:1/app.zip",
+            "upload_uri": "http://127.0.0.1:1/up",
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            v[k] = val.clone();
+        }
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn an_empty_start_message_means_none() {
+        for empty in [serde_json::json!({}), serde_json::Value::Null] {
+            let r = request(serde_json::json!({ "start_message": empty })).unwrap();
+            assert!(r.start_message.is_none());
+        }
+        assert!(request(serde_json::json!({"start_message": {"droplet": "x"}})).is_err());
+        validate(&request(serde_json::json!({})).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_a_reason() {
+        let cases = [
+            (serde_json::json!({"task_id": "../x"}), "task_id"),
+            (serde_json::json!({"task_id": ""}), "task_id"),
+            (serde_json::json!({"app_id": ""}), "app_id"),
+            (
+                serde_json::json!({"download_uri": "file:///etc/passwd"}),
+                "download_uri",
+            ),
+            (serde_json::json!({"upload_uri": "nope"}), "upload_uri"),
+            (
+                serde_json::json!({"admin_buildpacks": [{"key": "../k", "url": "http://x/a.zip"}]}),
+                "buildpack key",
+            ),
+            (
+                serde_json::json!({"properties": {"environment": ["NOEQUALS"]}}),
+                "environment",
+            ),
+            (
+                serde_json::json!({"memory_limit": u64::MAX}),
+                "memory_limit",
+            ),
+        ];
+        for (extra, word) in cases {
+            let e = validate(&request(extra.clone()).unwrap()).unwrap_err();
+            assert!(e.contains(word), "{extra}: {e:?} should mention {word}");
+        }
+    }
+}
