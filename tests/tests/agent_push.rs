@@ -371,3 +371,155 @@ fn the_example_agent_config_loads() {
     assert_eq!(c.stacks[0].name, "busybox");
     assert_eq!(c.stacks[0].package_path, "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_with_a_zip_file_and_a_zip_url_buildpack() {
+    let gardend = Gardend::start();
+    let nats = Nats::start();
+    let agent = one_agent(&gardend, &nats).await;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // The static buildpack as a zip file (cellctl serves it), the binary one as a URL (the
+    // agent fetches it from elsewhere): detection still goes in order and picks binary.
+    let static_zip = tmp.path().join("static.zip");
+    let zipped =
+        agent::ctl::archive::zip_dir(std::path::Path::new(&repo("agent/buildpacks/static")))
+            .unwrap();
+    std::fs::write(&static_zip, zipped).unwrap();
+    let binary_zip =
+        agent::ctl::archive::zip_dir(std::path::Path::new(&repo("agent/buildpacks/binary")))
+            .unwrap();
+    let files = FileServer::start(vec![("/bp/binary.zip".into(), binary_zip)]).await;
+    let output = tmp.path().join("shell.tgz");
+    let out = cellctl(
+        &nats,
+        &[
+            "stage",
+            &repo("agent/examples/shell-app"),
+            "--buildpack",
+            static_zip.to_str().unwrap(),
+            "--buildpack",
+            &format!("{}/bp/binary.zip", files.base),
+            "--memory",
+            "64M",
+            "--disk",
+            "256M",
+            "-o",
+            output.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}\nagent:\n{}",
+        out.stdout,
+        out.stderr,
+        agent.log()
+    );
+    assert!(out.stderr.contains("buildpack binary"), "{}", out.stderr);
+    assert_eq!(files.hits("/bp/binary.zip"), 1);
+    let bytes = std::fs::read(&output).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+    let mut info = None;
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy().trim_start_matches("./") == "staging_info.yml" {
+            let mut text = String::new();
+            e.read_to_string(&mut text).unwrap();
+            info = Some(serde_yaml::from_str::<serde_json::Value>(&text).unwrap());
+        }
+    }
+    let info = info.expect("staging_info.yml in the droplet");
+    assert_eq!(info["detected_buildpack"], "binary", "{info}");
+    assert_eq!(info["start_command"], "exec ./server.sh", "{info}");
+    assert!(no_containers_left(&gardend).await, "{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_staging_sends_staging_stop() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let gardend = Gardend::start();
+    let nats = Nats::start();
+    let agent = one_agent(&gardend, &nats).await;
+
+    // A buildpack whose compile takes long, after saying so.
+    let tmp = tempfile::tempdir().unwrap();
+    let bp = tmp.path().join("slow");
+    std::fs::create_dir_all(bp.join("bin")).unwrap();
+    for (name, text) in [
+        ("detect", "#!/bin/sh\necho slow\n"),
+        (
+            "compile",
+            "#!/bin/sh\necho '-----> compiling slowly'\nsleep 300\n",
+        ),
+        (
+            "release",
+            "#!/bin/sh\necho '---'\necho 'default_process_types: {web: sleep 1}'\n",
+        ),
+    ] {
+        let p = bp.join("bin").join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut child = tokio::process::Command::new(e2e::binary("cellctl"))
+        .env("CELL_NATS", nats.url())
+        .args([
+            "stage",
+            &repo("agent/examples/static-site"),
+            "--buildpack",
+            bp.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "-o",
+            tmp.path().join("never.tgz").to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The log streams while the staging runs: the compile's first line arrives.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            let hit = l.contains("compiling slowly");
+            seen.push(l);
+            if hit {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        found,
+        Ok(true),
+        "log so far: {seen:?}\nagent:\n{}",
+        agent.log()
+    );
+
+    // SAFETY: kill(2) on our own child, which has not been reaped.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGINT) };
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("cellctl ends after the stop")
+        .unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: stopping the staging of static-site")
+            && stderr.contains("Error staging: task stopped"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("never.tgz").exists());
+    assert!(no_containers_left(&gardend).await, "{}", agent.log());
+}
