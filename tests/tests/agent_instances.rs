@@ -1001,3 +1001,51 @@ async fn only_the_newest_crash_of_an_app_is_kept() {
     assert!(!crashes.join(first["instance"].as_str().unwrap()).exists());
     assert!(crashes.join(second["instance"].as_str().unwrap()).exists());
 }
+
+/// A hostile app turns its `logs` directory into a symlink to a root-only directory before
+/// crashing: nothing vcap could not read reaches the host's crash directory (or the
+/// directory server that serves it). Two layers hold this: StreamOut packs the link, not
+/// its target, and the agent copies crash logs out as vcap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_logs_never_copy_what_the_app_could_not_read() {
+    let app = droplet(
+        &[],
+        "while [ ! -e /tmp/go ]; do sleep 0.05; done; cd /home/vcap && rm -rf logs && ln -s /secret logs && exit 3",
+    );
+    let sha = sha1_hex(&app);
+    let fx = Fx::start("", vec![("/d.tgz".into(), app)]).await;
+    let exits = watch(&fx.bus, "droplet.exited").await;
+    fx.send_start(&fx.start_message("sneaky", "/d.tgz", &sha, &[]))
+        .await;
+    let running = loop_find(&fx, "sneaky", "RUNNING").await;
+    let handle = running["instance"].as_str().unwrap().to_string();
+    let garden = fx.gardend.client();
+    let (status, out) = e2e::sh_combined(
+        &garden,
+        &handle,
+        "mkdir -m 700 /secret && echo topsecret > /secret/key && chmod 600 /secret/key && touch /tmp/go",
+    )
+    .await;
+    assert_eq!(status, 0, "{out}");
+    let e = exited(&fx, &exits, "sneaky").await;
+    assert_eq!(e["exit_status"], 3);
+    let dir = fx.agent.base_dir.join("crashes").join(&handle);
+    assert!(dir.is_dir(), "crash dir kept");
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                assert!(
+                    !text.contains("topsecret"),
+                    "{} holds the root-only file",
+                    path.display()
+                );
+            }
+        }
+    }
+}
