@@ -1001,7 +1001,7 @@ async fn stage_app(
     let outcome =
         ctl::stage::stage(bus, &agent_id, &req, &opts, Box::new(std::io::stdout())).await?;
     if let Some(e) = &outcome.log_error {
-        eprintln!("(staging log: {e})");
+        eprintln!("(staging log unavailable: {e})");
     }
     let r = outcome.reply;
     if let Some(error) = &r.error {
