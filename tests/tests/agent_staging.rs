@@ -338,14 +338,14 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 /// buildpack runs; admin buildpacks downloaded once and stale ones dropped; no container left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stages_an_app_with_the_detected_buildpack_and_uploads_the_droplet() {
-    let fx = setup("").await;
+    let fx = setup("staging: {environment: {FROM_CONFIG: config-value}}\n").await;
     // The compile waits for a while so the log can be tailed while it runs.
     fx.files.put_bytes(
         "/bp/static.zip",
         &buildpack(
             "Static",
             "index.html",
-            "echo \"-----> Static buildpack compiling in $1 (GREETING=$GREETING)\"\necho compiled > \"$1/compiled.txt\"\necho warm >> \"$2/cache.txt\"\nsleep 4\necho COMPILE-DONE",
+            "echo \"-----> Static buildpack compiling in $1 (GREETING=$GREETING)\"\necho \"env: $FROM_CONFIG $MEMORY_LIMIT $STAGING_TIMEOUT $CF_STACK $(id -un)\"\necho compiled > \"$1/compiled.txt\"\necho warm >> \"$2/cache.txt\"\nsleep 4\necho COMPILE-DONE",
             "httpd -f -p $PORT -h .",
         ),
     );
@@ -380,6 +380,7 @@ async fn stages_an_app_with_the_detected_buildpack_and_uploads_the_droplet() {
             && tailed.contains(
                 "-----> Static buildpack compiling in /tmp/staged/app (GREETING=hi there)"
             )
+            && tailed.contains("env: config-value 1024m 900 busybox vcap")
             && tailed.contains("COMPILE-DONE"),
         "{tailed}"
     );
@@ -703,22 +704,33 @@ async fn timeouts_and_staging_stop_end_the_container() {
     fx.assert_no_staging_containers().await;
 
     let mut msg = fx.request("t-stop", "app-stop");
-    msg["admin_buildpacks"] = slow;
-    // The stop arrives while the buildpack runs; another app's staging is not touched.
+    msg["admin_buildpacks"] = slow.clone();
+    let mut msg2 = fx.request("t-dstop", "app-dstop");
+    msg2["admin_buildpacks"] = slow;
+    // The stops arrive while the buildpacks run; another app's staging is not touched.
     let other = fx.stage(&fx.request("t-other", "app-other")).await;
     let s = fx.stage(&msg).await;
+    let s2 = fx.stage(&msg2).await;
     s.setup_reply(&fx).await;
+    s2.setup_reply(&fx).await;
+    // Once by the timed-out staging, then by these two.
     assert!(
         e2e::eventually(Duration::from_secs(20), || async {
-            fx.agent.log().contains("SLOW-STARTED")
+            fx.agent.log().matches("SLOW-STARTED").count() >= 3
         })
         .await
     );
     fx.bus
         .publish("staging.stop", &json!({"app_id": "app-stop"}))
         .await;
+    // A `dea.stop` of exactly {"droplet": id} stops that app's stagings too.
+    fx.bus
+        .publish("dea.stop", &json!({"droplet": "app-dstop"}))
+        .await;
     fx.bus.flush().await;
     let done = s.completion(&fx).await;
+    assert_eq!(done["error"], "Error staging: task stopped");
+    let done = s2.completion(&fx).await;
     assert_eq!(done["error"], "Error staging: task stopped");
     let done = other.completion(&fx).await;
     assert!(done["error"].is_null(), "{done}");
