@@ -621,6 +621,18 @@ async fn failed_stagings_report_the_deas_errors() {
         "Error staging: Stack cflinuxfs9 does not exist"
     );
 
+    // An egress rule that makes no sense.
+    let mut msg = fx.request("t-egress", "app-f");
+    msg["egress_network_rules"] = json!([{"protocol": "tcp", "destination": "not-an-ip"}]);
+    let done = fx.stage(&msg).await.completion(&fx).await;
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error staging: invalid egress rule"),
+        "{done}"
+    );
+
     // A git buildpack on a stack without git.
     let mut msg = fx.request("t-git", "app-f");
     msg["properties"]["buildpack"] = json!("https://example.com/bp.git#v1");
@@ -705,6 +717,10 @@ async fn timeouts_and_staging_stop_end_the_container() {
 
     let mut msg = fx.request("t-stop", "app-stop");
     msg["admin_buildpacks"] = slow.clone();
+    msg["egress_network_rules"] = json!([
+        {"protocol": "tcp", "destination": "10.0.0.0/8", "ports": "80,443"},
+        {"protocol": "all", "destination": "192.168.0.1-192.168.0.9"}
+    ]);
     let mut msg2 = fx.request("t-dstop", "app-dstop");
     msg2["admin_buildpacks"] = slow;
     // The stops arrive while the buildpacks run; another app's staging is not touched.
@@ -720,6 +736,24 @@ async fn timeouts_and_staging_stop_end_the_container() {
         })
         .await
     );
+    // The staging limits: the configured minima (above what the request asks), the
+    // configured CPU shares and inode limit; no inbound port.
+    let garden = fx.gardend.client();
+    let handle = "staging-t-stop";
+    let mem = garden.current_memory_limits(handle).await.unwrap();
+    assert_eq!(mem.limit_in_bytes, 1024 << 20);
+    let cpu = garden.current_cpu_limits(handle).await.unwrap();
+    assert_eq!(cpu.weight.max(cpu.limit_in_shares), 512, "{cpu:?}");
+    let disk = garden.current_disk_limits(handle).await.unwrap();
+    assert_eq!((disk.byte_hard, disk.inode_hard), (2048 << 20, 200_000));
+    let info = garden.info(handle).await.unwrap();
+    assert!(
+        info.mapped_ports.clone().unwrap_or_default().is_empty(),
+        "{:?}",
+        info.mapped_ports
+    );
+    let props = info.properties.clone().unwrap_or_default();
+    assert_eq!(props.get("agent:kind").map(String::as_str), Some("staging"));
     fx.bus
         .publish("staging.stop", &json!({"app_id": "app-stop"}))
         .await;
