@@ -161,7 +161,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     advertising_tx.send_replace(false);
     goodbye(&cell, &instances).await;
     if ending == Ending::Evacuate {
-        instances.evacuate().await;
+        // Stagings in flight may finish (their apps are not started here) meanwhile.
+        tokio::join!(instances.evacuate(), stagings.evacuate());
     }
     stagings.shutdown().await;
     instances.shutdown().await;

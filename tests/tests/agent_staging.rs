@@ -503,6 +503,19 @@ fn yaml_top_level(s: &str) -> Value {
     v
 }
 
+/// A start message for `app` (index 0, one URI, 64 MB) whose droplet URI is `uri`.
+fn start_message(app: &str, uri: &str) -> Value {
+    json!({
+        "droplet": app, "name": format!("{app}-name"), "stack": "busybox",
+        "uris": [format!("{app}.cell.test")], "prod": false, "sha1": null,
+        "executableUri": uri,
+        "version": "v1", "services": [],
+        "limits": {"mem": 64, "disk": 256, "fds": 1024},
+        "env": [], "cc_partition": "default", "health_check_timeout": 30,
+        "vcap_application": {}, "index": 0
+    })
+}
+
 /// A staging request with a start message: the app starts here from the new droplet (from
 /// the droplet cache: its `executableUri` answers 404) and answers HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,15 +523,7 @@ async fn a_start_message_runs_the_staged_app_here() {
     let fx = setup("").await;
     let registers = watch(&fx.bus, "router.register").await;
     let mut msg = fx.request("task-s", "app-s");
-    msg["start_message"] = json!({
-        "droplet": "app-s", "name": "app-s-name", "stack": "busybox",
-        "uris": ["app-s.cell.test"], "prod": false, "sha1": null,
-        "executableUri": fx.files.url("/no-such-droplet.tgz"),
-        "version": "v1", "services": [],
-        "limits": {"mem": 64, "disk": 256, "fds": 1024},
-        "env": [], "cc_partition": "default", "health_check_timeout": 30,
-        "vcap_application": {}, "index": 0
-    });
+    msg["start_message"] = start_message("app-s", &fx.files.url("/no-such-droplet.tgz"));
     let s = fx.stage(&msg).await;
     let done = s.completion(&fx).await;
     assert!(done["error"].is_null(), "{done}");
@@ -935,4 +940,48 @@ async fn restarts_and_shutdown_fail_stagings_cleanly() {
     assert_eq!(done["error"], "Error staging: task stopped");
     assert!(fx.staging_containers().await.is_empty());
     let _ = &fx.nats;
+}
+
+/// USR2 (evacuation) lets a staging in flight finish and upload, but its app is not started
+/// here; then the agent exits cleanly with nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evacuation_lets_a_staging_finish_without_starting_its_app() {
+    let mut fx = setup("").await;
+    let registers = watch(&fx.bus, "router.register").await;
+    fx.files.put_bytes(
+        "/bp/static.zip",
+        &buildpack(
+            "Static",
+            "index.html",
+            "echo EVAC-COMPILE\nsleep 3",
+            "httpd -f -p $PORT -h .",
+        ),
+    );
+    let mut msg = fx.request("t-evac", "app-e");
+    msg["start_message"] = start_message("app-e", &fx.files.url("/no-such-droplet.tgz"));
+    let s = fx.stage(&msg).await;
+    s.setup_reply(&fx).await;
+    assert!(
+        e2e::eventually(Duration::from_secs(20), || async {
+            fx.agent.log().contains("EVAC-COMPILE")
+        })
+        .await
+    );
+    let status = fx
+        .agent
+        .signal_and_wait(libc::SIGUSR2, Duration::from_secs(60))
+        .expect("agent exited");
+    assert!(status.success(), "{status:?}");
+    let done = s.completion(&fx).await;
+    assert!(done["error"].is_null(), "{done}");
+    assert!(fx
+        .files
+        .uploads()
+        .iter()
+        .any(|u| u.path == "/droplets/app-e"));
+    assert!(
+        registers.all().iter().all(|r| r["app"] != "app-e"),
+        "the staged app was started while evacuating"
+    );
+    assert!(fx.gardend.client().list(&[]).await.unwrap().is_empty());
 }

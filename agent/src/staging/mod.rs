@@ -347,6 +347,20 @@ impl Stagings {
         }
     }
 
+    /// Evacuation (spec §8): refuse new stagings and give the running ones until
+    /// `evacuation_bail_out_time_in_seconds` to finish; their apps do not start here.
+    pub async fn evacuate(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let limit = Duration::from_secs(self.cell.config.evacuation_bail_out_time_in_seconds);
+        let mut rx = self.active.subscribe();
+        if tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
+            .await
+            .is_err()
+        {
+            tracing::warn!("stagings still running at the evacuation bail-out time");
+        }
+    }
+
     /// Stop every staging (each gets `Error staging: task stopped`) and wait until their
     /// containers are gone.
     pub async fn shutdown(&self) {
