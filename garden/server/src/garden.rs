@@ -559,7 +559,7 @@ impl Garden {
         }
         let record = Record {
             handle: handle.to_string(),
-            init_pid: sandbox.init_pid,
+            init_pid: sandbox.init_pid(),
             created_unix_ns: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_nanos())
@@ -1144,11 +1144,15 @@ impl Garden {
             .sandbox
             .open_root()
             .map_err(|e| generic(format!("network setup: open container root: {e}")))?;
+        let netns = c
+            .sandbox
+            .open_netns()
+            .map_err(|e| generic(format!("network setup: open network namespace: {e}")))?;
         self.network
             .setup(
                 handle,
                 hostname,
-                c.sandbox.init_pid,
+                netns.as_fd(),
                 root.as_fd(),
                 &c.spec.netout_rules,
                 &c.spec.limits.bandwidth_limits,
@@ -1355,12 +1359,7 @@ fn cleanup_depot(depot: &Path, cgroups: &Cgroups) {
         let handle = e.file_name().to_string_lossy().into_owned();
         if let Ok(bytes) = std::fs::read(bundle.join("container.json")) {
             if let Ok(record) = serde_json::from_slice::<Record>(&bytes) {
-                let comm = std::fs::read_to_string(format!("/proc/{}/comm", record.init_pid))
-                    .unwrap_or_default();
-                if comm.trim() == "garden-init" {
-                    // SAFETY: plain kill(2) of a stale container init found by pid and name.
-                    unsafe { libc::kill(record.init_pid, libc::SIGKILL) };
-                }
+                kill_stale_init(record.init_pid);
             }
         }
         let cg = cgroups.container(&handle);
@@ -1375,6 +1374,23 @@ fn cleanup_depot(depot: &Path, cgroups: &Cgroups) {
             Ok(()) => tracing::info!(handle, "removed container left by a previous run"),
             Err(e) => tracing::warn!(handle, error = %e, "remove stale bundle"),
         }
+    }
+}
+
+/// SIGKILL a previous run's garden-init by its recorded pid, if that pid still names a
+/// garden-init: the pidfd is opened before the name is checked, so the signal can only reach
+/// the process whose name was read (or nothing, if it has gone since).
+fn kill_stale_init(pid: i32) {
+    let Ok(process) = runtime::pidfd::PidFd::open(pid) else {
+        return;
+    };
+    let comm = process
+        .open_in_proc("comm", nix::fcntl::OFlag::O_RDONLY)
+        .ok()
+        .and_then(|fd| std::io::read_to_string(std::fs::File::from(fd)).ok())
+        .unwrap_or_default();
+    if comm.trim() == "garden-init" {
+        let _ = process.signal(libc::SIGKILL);
     }
 }
 

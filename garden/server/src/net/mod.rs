@@ -285,14 +285,13 @@ impl Network {
             .ok_or_else(|| NetError::Unknown(handle.into()))
     }
 
-    /// Wire up an allocated container whose init (and so its network namespace) runs as
-    /// `init_pid`: links, firewall with the create-time NetOut rules, bandwidth, /etc files.
+    /// Wire up an allocated container whose network namespace is `netns`: links, firewall with the create-time NetOut rules, bandwidth, /etc files.
     /// On error the caller calls [`Network::release`], which undoes whatever was done.
     pub async fn setup(
         &self,
         handle: &str,
         hostname: &str,
-        init_pid: i32,
+        netns: BorrowedFd<'_>,
         root: BorrowedFd<'_>,
         netout: &[NetOutRule],
         bandwidth: &BandwidthLimits,
@@ -305,7 +304,7 @@ impl Network {
         let links = async {
             if routed(&a.lease.subnet) {
                 a.progress.lock().expect("progress lock").link = true;
-                bridge::create_routed(&a.host_if, &a.lease.subnet, init_pid, self.mtu).await?;
+                bridge::create_routed(&a.host_if, &a.lease.subnet, netns, self.mtu).await?;
             } else {
                 // Bridge creation and removal are decided under this lock.
                 let mut bridges = self.bridges.lock().await;
@@ -316,13 +315,13 @@ impl Network {
                     new_bridge,
                     &a.lease.subnet,
                     &a.host_if,
-                    init_pid,
+                    netns,
                     self.mtu,
                 )
                 .await?;
                 bridges.insert(a.lease.subnet);
             }
-            bridge::configure_inside(init_pid, a.lease.container_ip, &a.lease.subnet).await
+            bridge::configure_inside(netns, a.lease.container_ip, &a.lease.subnet).await
         };
         let rules = async {
             a.progress.lock().expect("progress lock").firewall = true;
@@ -337,7 +336,7 @@ impl Network {
         linked?;
         filtered?;
         if bandwidth.rate > 0 {
-            bridge::limit_bandwidth(&a.host_if, init_pid, bandwidth.rate, bandwidth.burst).await?;
+            bridge::limit_bandwidth(&a.host_if, netns, bandwidth.rate, bandwidth.burst).await?;
         }
         hosts::write_etc(
             root,

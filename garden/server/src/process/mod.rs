@@ -60,7 +60,7 @@ impl Process {
                     ws_xpixel: 0,
                     ws_ypixel: 0,
                 };
-                let pty = container_pty(sandbox.init_pid, &size)?;
+                let pty = container_pty(sandbox.open_ptmx()?, &size)?;
                 let held = pty.master.try_clone()?;
                 let master = Arc::new(async_fd(pty.master)?);
                 pumps.push(tokio::spawn(stdio::pump(
@@ -227,12 +227,8 @@ struct Pty {
 /// A pty from the container's own devpts instance (`/dev/pts` inside it), so `tty` and
 /// ttyname(3) work in the container. TIOCGPTPEER opens the slave through the master, which
 /// works across mount namespaces.
-fn container_pty(init_pid: i32, size: &libc::winsize) -> std::io::Result<Pty> {
+fn container_pty(master: OwnedFd, size: &libc::winsize) -> std::io::Result<Pty> {
     use std::os::fd::{AsRawFd, FromRawFd};
-    let ptmx = format!("/proc/{init_pid}/root/dev/pts/ptmx");
-    let flags =
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
-    let master = nix::fcntl::open(ptmx.as_str(), flags, nix::sys::stat::Mode::empty())?;
     let unlock: libc::c_int = 0;
     // SAFETY: ioctls on our own ptmx descriptor with correctly typed arguments.
     unsafe {
