@@ -4,7 +4,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::chunked::{ChunkedDecoder, Decoded};
+use garden_api::chunked::{ChunkedDecoder, Decoded};
 use super::HttpError;
 
 /// Largest request head accepted (request line plus headers).

@@ -59,43 +59,48 @@ pub enum NetError {
     Unknown(String),
 }
 
-/// Operator settings (Guardian's flag names in cli.rs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Operator settings: Guardian's kawasaki flags, declared once (see `config.rs`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct NetConfig {
-    /// Dynamic pool carved into /30s.
+    /// Pool of container subnets, carved into /30s.
+    #[arg(long = "network-pool", value_name = "CIDR", default_value = "10.254.0.0/22")]
     pub pool: Cidr,
+    /// First host port handed out by NetIn.
+    #[arg(long, value_name = "PORT", default_value_t = 61001)]
     pub port_pool_start: u32,
+    /// Number of host ports for NetIn.
+    #[arg(long, value_name = "N", default_value_t = 4534)]
     pub port_pool_size: u32,
-    /// None = the default route's MTU capped at 1500.
+    /// MTU of container interfaces [default: the host's outbound MTU, at most 1500].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(68..=65535))]
     pub mtu: Option<u32>,
-    /// Destinations rejected unless a NetOut rule allows them.
+    /// Network containers may not reach unless a NetOut rule allows it (repeatable).
+    #[arg(long = "deny-network", value_name = "CIDR")]
     pub deny_networks: Vec<Cidr>,
+    /// Let containers reach the host itself.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
     pub allow_host_access: bool,
-    /// Replace the host's resolvers in containers' resolv.conf.
+    /// DNS server for containers' resolv.conf instead of the host's (repeatable).
+    #[arg(long = "dns-server", value_name = "IP")]
     pub dns_servers: Vec<Ipv4Addr>,
+    /// DNS server added to containers' resolv.conf (repeatable).
+    #[arg(long = "additional-dns-server", value_name = "IP")]
     pub additional_dns_servers: Vec<Ipv4Addr>,
-    /// Extra `/etc/hosts` lines, e.g. `10.0.0.5 db`.
+    /// Line added to containers' /etc/hosts, e.g. `10.0.0.5 db` (repeatable).
+    #[arg(long = "additional-host-entry", value_name = "ENTRY")]
     pub additional_host_entries: Vec<String>,
-    /// None = the host's address towards the default route.
+    /// Host address NetIn forwards from and Info reports [default: the default route's source].
+    #[arg(long, value_name = "IP")]
     pub external_ip: Option<Ipv4Addr>,
+    /// iptables binary; `<bin>-restore` and `<bin>-save` are used next to it.
+    #[arg(long, value_name = "PATH", default_value = "iptables")]
     pub iptables_bin: PathBuf,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig {
-            pool: Cidr::new(Ipv4Addr::new(10, 254, 0, 0), 22).expect("valid default pool"),
-            port_pool_start: 61001,
-            port_pool_size: 4534,
-            mtu: None,
-            deny_networks: Vec::new(),
-            allow_host_access: false,
-            dns_servers: Vec::new(),
-            additional_dns_servers: Vec::new(),
-            additional_host_entries: Vec::new(),
-            external_ip: None,
-            iptables_bin: PathBuf::from("iptables"),
-        }
+        crate::config::Config::default().net
     }
 }
 
