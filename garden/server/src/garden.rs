@@ -17,8 +17,7 @@ use crate::cgroups::{Cgroups, Layout};
 use crate::config::Config;
 use crate::init::proto::{InitBindMount, SpawnRequest};
 use crate::init::user;
-use crate::process::stdio::PendingStream;
-use crate::process::Process;
+use crate::process::{Output, Process};
 use crate::runtime::{self, Runtime, Sandbox, SandboxSpec, SpawnError};
 use crate::service::{ActivityGuard, OutputStream, ProcessSession, Reply, Request, Service};
 
@@ -26,8 +25,6 @@ type Result<T> = std::result::Result<T, GardenError>;
 
 /// How long Stop waits after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-/// How long a finished process's unclaimed streams stay resolvable.
-const STREAM_RETENTION: Duration = Duration::from_secs(60);
 
 fn generic(e: impl std::fmt::Display) -> GardenError {
     GardenError::generic(e.to_string())
@@ -76,12 +73,6 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// A stream pair waiting for its stdout/stderr requests.
-struct StreamSlot {
-    stdout: Option<PendingStream>,
-    stderr: Option<PendingStream>,
-}
-
 struct Container {
     handle: String,
     bundle: PathBuf,
@@ -94,8 +85,20 @@ struct Container {
     state: Mutex<State>,
     properties: Mutex<BTreeMap<String, String>>,
     processes: Mutex<HashMap<String, Arc<Process>>>,
-    streams: Mutex<HashMap<String, StreamSlot>>,
     activity: Arc<Activity>,
+}
+
+impl Container {
+    /// The client's properties plus those gardend reports: `garden.grace-time` comes from the
+    /// grace timer's own setting, so the grace time is held in one place.
+    fn properties(&self) -> BTreeMap<String, String> {
+        let mut props = self.properties.lock().expect("properties lock").clone();
+        match self.activity.grace_ns.load(Ordering::SeqCst) {
+            0 => props.remove("garden.grace-time"),
+            ns => props.insert("garden.grace-time".into(), ns.to_string()),
+        };
+        props
+    }
 }
 
 /// On-disk record of a container, `<bundle>/container.json`.
@@ -312,30 +315,17 @@ impl Garden {
                 let c = self.lookup(&handle)?;
                 c.activity.grace_ns.store(grace_time, Ordering::SeqCst);
                 c.activity.changed.notify_one();
-                self.set_properties(&c, |p| {
-                    if grace_time > 0 {
-                        p.insert("garden.grace-time".into(), grace_time.to_string());
-                    } else {
-                        p.remove("garden.grace-time");
-                    }
-                });
                 Ok(json(&Empty {}))
             }
             Request::Properties { handle } => {
                 let c = self.lookup(&handle)?;
                 let _g = c.activity.guard();
-                let props = c.properties.lock().expect("properties lock").clone();
-                Ok(json(&props))
+                Ok(json(&c.properties()))
             }
             Request::Property { handle, key } => {
                 let c = self.lookup(&handle)?;
                 let _g = c.activity.guard();
-                let value = c
-                    .properties
-                    .lock()
-                    .expect("properties lock")
-                    .get(&key)
-                    .cloned();
+                let value = c.properties().remove(&key);
                 match value {
                     Some(value) => Ok(json(&PropertyValue { value })),
                     None => Err(GardenError::generic(format!(
@@ -368,14 +358,14 @@ impl Garden {
             Request::Attach { handle, process_id } => self.attach(&handle, &process_id),
             Request::Stdout {
                 handle,
-                process_id: _,
+                process_id,
                 stream_id,
-            } => self.output(&handle, &stream_id, true),
+            } => self.output(&handle, &process_id, &stream_id, Output::Stdout),
             Request::Stderr {
                 handle,
-                process_id: _,
+                process_id,
                 stream_id,
-            } => self.output(&handle, &stream_id, false),
+            } => self.output(&handle, &process_id, &stream_id, Output::Stderr),
         }
     }
 
@@ -417,7 +407,7 @@ impl Garden {
         let mut handles: Vec<String> = containers
             .values()
             .filter(|c| {
-                let props = c.properties.lock().expect("properties lock");
+                let props = c.properties();
                 filter
                     .iter()
                     .all(|(k, v)| props.get(k).map(String::as_str).unwrap_or("") == v)
@@ -429,13 +419,7 @@ impl Garden {
     }
 
     fn set_properties(&self, c: &Container, f: impl FnOnce(&mut BTreeMap<String, String>)) {
-        let mut props = c.properties.lock().expect("properties lock");
-        f(&mut props);
-        let path = c.bundle.join("properties.json");
-        if let Err(e) = std::fs::write(&path, serde_json::to_vec(&*props).expect("map serialises"))
-        {
-            tracing::warn!(path = %path.display(), error = %e, "persist properties");
-        }
+        f(&mut c.properties.lock().expect("properties lock"));
     }
 
     async fn create(&self, spec: ContainerSpec) -> Result<String> {
@@ -479,7 +463,7 @@ impl Garden {
         result.map(|()| handle)
     }
 
-    async fn create_reserved(&self, handle: &str, mut spec: ContainerSpec) -> Result<()> {
+    async fn create_reserved(&self, handle: &str, spec: ContainerSpec) -> Result<()> {
         let started = Instant::now();
         let uri = if spec.image.uri.is_empty() {
             spec.rootfs.clone()
@@ -549,14 +533,12 @@ impl Garden {
                 return Err(e);
             }
         };
-        if spec.grace_time == 0 {
-            spec.grace_time = self.config.default_grace_time.as_nanos() as u64;
-        }
+        let grace_ns = match spec.grace_time {
+            0 => self.config.default_grace_time.as_nanos() as u64,
+            g => g,
+        };
         let mut properties = spec.properties.clone();
         properties.insert("garden.state".into(), "created".into());
-        if spec.grace_time > 0 {
-            properties.insert("garden.grace-time".into(), spec.grace_time.to_string());
-        }
         let record = Record {
             handle: handle.to_string(),
             init_pid: sandbox.init_pid(),
@@ -572,7 +554,7 @@ impl Garden {
         );
         let activity = Arc::new(Activity {
             active: AtomicUsize::new(0),
-            grace_ns: AtomicU64::new(spec.grace_time),
+            grace_ns: AtomicU64::new(grace_ns),
             changed: Notify::new(),
             cancelled: AtomicBool::new(false),
         });
@@ -587,7 +569,6 @@ impl Garden {
             state: Mutex::new(State::Active),
             properties: Mutex::new(BTreeMap::new()),
             processes: Mutex::default(),
-            streams: Mutex::default(),
             activity: activity.clone(),
         });
         self.set_properties(&container, |p| *p = properties);
@@ -885,7 +866,7 @@ impl Garden {
         };
         // Subscribe before the process starts, so its very first bytes reach this Run's streams.
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
-        let streams = process.subscribe(&stream_id);
+        process.open_session(&stream_id);
         let raw: Vec<i32> = child_fds
             .iter()
             .map(std::os::fd::AsRawFd::as_raw_fd)
@@ -903,9 +884,7 @@ impl Garden {
                 SpawnError::InitGone => GardenError::generic("container is not running"),
             });
         }
-        Ok(Reply::Process(
-            self.session(&c, process, guard, stream_id, streams),
-        ))
+        Ok(Reply::Process(session(process, guard, stream_id)))
     }
 
     fn attach(&self, handle: &str, process_id: &str) -> Result<Reply> {
@@ -921,77 +900,26 @@ impl Garden {
             .cloned()
             .ok_or_else(|| GardenError::process_not_found(process_id))?;
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
-        let streams = p.subscribe(&stream_id);
-        Ok(Reply::Process(
-            self.session(&c, p, guard, stream_id, streams),
-        ))
+        p.open_session(&stream_id);
+        Ok(Reply::Process(session(p, guard, stream_id)))
     }
 
-    fn session(
+    fn output(
         &self,
-        c: &Arc<Container>,
-        p: Arc<Process>,
-        guard: ActiveGuard,
-        stream_id: String,
-        (stdout, stderr): (PendingStream, PendingStream),
-    ) -> ProcessSession {
-        c.streams.lock().expect("streams lock").insert(
-            stream_id.clone(),
-            StreamSlot {
-                stdout: Some(stdout),
-                stderr: Some(stderr),
-            },
-        );
-        // Forget unclaimed streams a while after the process ends.
-        let (weak, sid, done) = (Arc::downgrade(c), stream_id.clone(), p.wait());
-        tokio::spawn(async move {
-            let _ = done.await;
-            tokio::time::sleep(STREAM_RETENTION).await;
-            if let Some(c) = weak.upgrade() {
-                c.streams.lock().expect("streams lock").remove(&sid);
-            }
-        });
-        let (input, rx) = mpsc::unbounded_channel();
-        let (weak, sid, process) = (Arc::downgrade(c), stream_id.clone(), p.clone());
-        tokio::spawn(async move {
-            process.clone().serve_input(sid.clone(), rx).await;
-            // A client that leaves while its process runs has detached: the streams it never
-            // claimed never will be. After an exit the server itself closed the session, and the
-            // client may still be about to fetch the output: keep them (STREAM_RETENTION).
-            if process.is_running() {
-                if let Some(c) = weak.upgrade() {
-                    c.streams.lock().expect("streams lock").remove(&sid);
-                }
-            }
-        });
-        ProcessSession {
-            process_id: p.id.clone(),
-            stream_id,
-            input,
-            exit: p.wait(),
-            guard: ActivityGuard(Some(Box::new(guard))),
-        }
-    }
-
-    fn output(&self, handle: &str, stream_id: &str, stdout: bool) -> Result<Reply> {
+        handle: &str,
+        process_id: &str,
+        stream_id: &str,
+        which: Output,
+    ) -> Result<Reply> {
         let c = self.lookup(handle)?;
         let guard = c.activity.guard();
+        // Stream ids are unique across processes: the URL's process id is only a shortcut.
         let pending = {
-            let mut streams = c.streams.lock().expect("streams lock");
-            let taken = streams.get_mut(stream_id).and_then(|s| {
-                if stdout {
-                    s.stdout.take()
-                } else {
-                    s.stderr.take()
-                }
-            });
-            if streams
-                .get(stream_id)
-                .is_some_and(|s| s.stdout.is_none() && s.stderr.is_none())
-            {
-                streams.remove(stream_id);
-            }
-            taken
+            let processes = c.processes.lock().expect("processes lock");
+            processes
+                .get(process_id)
+                .and_then(|p| p.claim(stream_id, which))
+                .or_else(|| processes.values().find_map(|p| p.claim(stream_id, which)))
         };
         let chunks = match pending {
             Some(p) => {
@@ -1212,7 +1140,7 @@ fn info(c: &Container, network: &crate::net::Network) -> ContainerInfo {
         state: state.into(),
         events,
         container_path: c.bundle.display().to_string(),
-        properties: Some(c.properties.lock().expect("properties lock").clone()),
+        properties: Some(c.properties()),
         host_ip: net.as_ref().map(|n| n.host_ip.clone()).unwrap_or_default(),
         container_ip: net
             .as_ref()
@@ -1224,6 +1152,19 @@ fn info(c: &Container, network: &crate::net::Network) -> ContainerInfo {
             .unwrap_or_default(),
         mapped_ports: Some(net.map(|n| n.mapped_ports).unwrap_or_default()),
         ..Default::default()
+    }
+}
+
+/// A Run or Attach session on `p`, whose streams `p.open_session(stream_id)` opened.
+fn session(p: Arc<Process>, guard: ActiveGuard, stream_id: String) -> ProcessSession {
+    let (input, rx) = mpsc::unbounded_channel();
+    tokio::spawn(p.clone().serve_input(stream_id.clone(), rx));
+    ProcessSession {
+        process_id: p.id.clone(),
+        stream_id,
+        input,
+        exit: p.wait(),
+        guard: ActivityGuard(Some(Box::new(guard))),
     }
 }
 

@@ -32,7 +32,7 @@ pub struct InitConfig {
     pub cgroup_procs: Vec<PathBuf>,
     /// Where garden-init listens for gardend.
     pub socket: PathBuf,
-    /// Host directory where garden-init records exit codes (`<id>.exit`).
+    /// Host directory where gardend hands over spawn requests too large for a packet.
     pub processes_dir: PathBuf,
     /// Privileged containers keep every capability and an unmasked /proc.
     #[serde(default)]

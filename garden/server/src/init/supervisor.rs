@@ -189,7 +189,6 @@ impl Supervisor {
             };
             if let Some((id, _held)) = self.running.remove(&pid.as_raw()) {
                 self.by_id.remove(&id);
-                self.record_exit(&id, code);
                 let msg = FromInit::Exited { id, status: code };
                 for c in &self.clients {
                     let _ = proto::send(c.as_fd(), &msg, &[]);
@@ -225,26 +224,6 @@ impl Supervisor {
             .read_to_end(&mut json)
             .map_err(|e| format!("read process spec: {e}"))?;
         serde_json::from_slice(&json).map_err(|e| format!("parse process spec: {e}"))
-    }
-
-    /// `<processes_dir>/<id>.exit`, so an exit code survives gardend restarts.
-    fn record_exit(&self, id: &str, code: i32) {
-        let name = format!("{id}.exit");
-        let flags =
-            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_TRUNC;
-        let flags = flags | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW;
-        match nix::fcntl::openat(
-            self.processes_dir.as_fd(),
-            name.as_str(),
-            flags,
-            nix::sys::stat::Mode::from_bits_truncate(0o644),
-        ) {
-            Ok(fd) => {
-                let mut f = std::fs::File::from(fd);
-                let _ = writeln!(f, "{code}");
-            }
-            Err(e) => eprintln!("garden-init: record exit of {id}: {e}"),
-        }
     }
 
     fn spawn(
