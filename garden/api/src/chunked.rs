@@ -158,9 +158,7 @@ fn step(state: State, b: u8) -> Result<State, ChunkError> {
                     })
                 }
                 (SizePhase::Cr, b'\n') => end_of_size_line(value),
-                (SizePhase::Cr, _) => Err(ChunkError(
-                    "expected LF after CR in chunk-size line",
-                )),
+                (SizePhase::Cr, _) => Err(ChunkError("expected LF after CR in chunk-size line")),
                 _ if digits == 0 => Err(ChunkError("invalid chunk size")),
                 (_, b'\n') => end_of_size_line(value),
                 (_, b'\r') => next(SizePhase::Cr),

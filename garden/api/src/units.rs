@@ -97,7 +97,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "h" => 3_600_000_000_000,
             "d" => 86_400_000_000_000,
             "" => return Err(err("missing unit (use ms, s, m, h or d)")),
-            other => return Err(err(&format!("unknown unit '{other}' (use ms, s, m, h or d)"))),
+            other => {
+                return Err(err(&format!(
+                    "unknown unit '{other}' (use ms, s, m, h or d)"
+                )))
+            }
         };
         let whole: u128 = if int_part.is_empty() {
             0
@@ -144,7 +148,9 @@ mod tests {
         assert!(parse_size("-1M").is_err());
         assert!(parse_size("12X").unwrap_err().contains("unknown unit 'x'"));
         assert!(parse_size("1.2.3M").is_err());
-        assert!(parse_size("99999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
         assert!(parse_size("0.3b").unwrap_err().contains("whole number"));
     }
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use garden_api::routes::build_query;
 use garden_api::chunked::{encode_chunk, LAST_CHUNK};
+use garden_api::routes::build_query;
 use garden_api::{
     to_wire, BandwidthLimits, BulkInfo, BulkMetrics, Capacity, ContainerInfo, ContainerSpec,
     CpuLimits, DiskLimits, Empty, HandleResponse, HandlesResponse, MemoryLimits, Metrics,

@@ -106,14 +106,14 @@ impl Cli {
     }
 }
 
+/// A config file's settings as flags: (arg id, `--name=value`), in file order.
+pub type FileFlags = Vec<(String, String)>;
+
 /// The `[server]` section of an INI config file as flags `(arg id, "--name=value")`, each
 /// checked on its own so that an error names its line. Other sections and unknown keys (a
 /// Guardian config has many gardend does not use) are warnings; bad syntax and bad values are
 /// errors. An empty value leaves the setting unset.
-pub fn config_file_flags(
-    text: &str,
-    path: &Path,
-) -> Result<(Vec<(String, String)>, Vec<String>), CliError> {
+pub fn config_file_flags(text: &str, path: &Path) -> Result<(FileFlags, Vec<String>), CliError> {
     let command = Cli::command();
     let mut flags = Vec::new();
     let mut warnings = Vec::new();
@@ -283,7 +283,11 @@ mod tests {
         assert_eq!(c.net.deny_networks.len(), 2);
         let c = config(&["--config", &path, "--deny-network", "192.168.0.0/16"]);
         let denied: Vec<String> = c.net.deny_networks.iter().map(|n| n.to_string()).collect();
-        assert_eq!(denied, ["192.168.0.0/16"], "the flag's list replaces the file's");
+        assert_eq!(
+            denied,
+            ["192.168.0.0/16"],
+            "the flag's list replaces the file's"
+        );
     }
 
     #[test]

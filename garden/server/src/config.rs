@@ -151,7 +151,10 @@ mod tests {
         assert_eq!((d.max_connections, d.log_level.as_str()), (4096, "info"));
         assert_eq!(d.cgroup_parent, "garden");
         assert_eq!(d.default_grace_time, Duration::ZERO);
-        assert_eq!((d.bind_socket, d.init_bin, d.default_rootfs), (None, None, None));
+        assert_eq!(
+            (d.bind_socket, d.init_bin, d.default_rootfs),
+            (None, None, None)
+        );
         assert_eq!(d.net.pool.to_string(), "10.254.0.0/22");
         assert_eq!((d.net.port_pool_start, d.net.port_pool_size), (61001, 4534));
         assert_eq!(d.net.iptables_bin, PathBuf::from("iptables"));

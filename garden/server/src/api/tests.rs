@@ -744,7 +744,10 @@ async fn shutdown_detaches_process_sessions() {
         "",
         "closed without an exit status"
     );
-    wait_for_log(&fake, "session was not detached on shutdown", |l| l.detached).await;
+    wait_for_log(&fake, "session was not detached on shutdown", |l| {
+        l.detached
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ mod conn;
 mod error;
 mod response;
 
-pub use garden_api::chunked::{encode_chunk, ChunkError, ChunkedDecoder, Decoded, LAST_CHUNK};
 pub use conn::{BodyKind, BodyReader, Conn, RequestHead, MAX_HEADERS, MAX_HEAD_BYTES};
 pub use error::HttpError;
+pub use garden_api::chunked::{encode_chunk, ChunkError, ChunkedDecoder, Decoded, LAST_CHUNK};
 pub use response::{http_date, reason_phrase, ResponseHead};

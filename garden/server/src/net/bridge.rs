@@ -49,7 +49,9 @@ pub fn netns_path(netns: BorrowedFd<'_>) -> String {
 /// The command creating a container's veth pair, the container end straight in the namespace
 /// `netns` (a path, see [`netns_path`]) as [`CONTAINER_IF`].
 fn veth_line(host_if: &str, netns: &str, mtu: u32) -> String {
-    format!("link add {host_if} mtu {mtu} type veth peer name {CONTAINER_IF} mtu {mtu} netns {netns}")
+    format!(
+        "link add {host_if} mtu {mtu} type veth peer name {CONTAINER_IF} mtu {mtu} netns {netns}"
+    )
 }
 
 /// NetIn from loopback: DNATed packets keep their 127.0.0.1 source until MASQUERADE, so the

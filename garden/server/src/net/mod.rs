@@ -35,7 +35,7 @@ use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use garden_api::{BandwidthLimits, ContainerNetworkStat, NetOutRule, PortMapping};
+use garden_api::{ContainerNetworkStat, NetOutRule, PortMapping};
 
 use firewall::{ContainerRules, Firewall};
 pub use pool::Cidr;
@@ -63,7 +63,11 @@ pub enum NetError {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NetConfig {
     /// Pool of container subnets, carved into /30s.
-    #[arg(long = "network-pool", value_name = "CIDR", default_value = "10.254.0.0/22")]
+    #[arg(
+        long = "network-pool",
+        value_name = "CIDR",
+        default_value = "10.254.0.0/22"
+    )]
     pub pool: Cidr,
     /// First host port handed out by NetIn.
     #[arg(long, value_name = "PORT", default_value_t = 61001)]
@@ -102,6 +106,14 @@ impl Default for NetConfig {
     fn default() -> Self {
         crate::config::Config::default().net
     }
+}
+
+/// A container's traffic shaping in the server's own terms (the core converts Garden's
+/// `BandwidthLimits` at the service boundary): bytes per second and burst bytes; 0 = none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bandwidth {
+    pub rate: u64,
+    pub burst: u64,
 }
 
 /// Where a container stands, so teardown undoes exactly what was done.
@@ -234,7 +246,7 @@ impl Network {
         &self,
         handle: &str,
         rules: &[NetOutRule],
-        bandwidth: &BandwidthLimits,
+        bandwidth: Bandwidth,
     ) -> Result<(), NetError> {
         firewall::expand(handle, rules)?;
         if bandwidth.rate > 0 && bandwidth.burst == 0 {
@@ -299,7 +311,7 @@ impl Network {
         netns: BorrowedFd<'_>,
         root: BorrowedFd<'_>,
         netout: &[NetOutRule],
-        bandwidth: &BandwidthLimits,
+        bandwidth: Bandwidth,
     ) -> Result<(), NetError> {
         let started = std::time::Instant::now();
         let a = self.get(handle)?;

@@ -15,7 +15,7 @@ use garden_api::{ProcessInput, Signal, WindowSize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::runtime::Sandbox;
+use crate::kernel::{self, Sandbox};
 use crate::service::ExitOutcome;
 use stdio::{async_fd, Hub, PendingStream, StdinSink};
 
@@ -65,7 +65,7 @@ pub struct Process {
     /// By stream id. An entry goes when both streams are claimed, when its client detaches
     /// while the process runs, or STREAM_RETENTION after the process is done.
     sessions: Mutex<HashMap<String, Unclaimed>>,
-    sandbox: Arc<Sandbox>,
+    sandbox: Arc<dyn Sandbox>,
 }
 
 /// What goes to garden-init: the process's own `[stdin, stdout, stderr]` (or `[pty slave]`),
@@ -78,7 +78,7 @@ impl Process {
     pub fn new(
         id: &str,
         tty: Option<WindowSize>,
-        sandbox: Arc<Sandbox>,
+        sandbox: Arc<dyn Sandbox>,
     ) -> std::io::Result<(Arc<Process>, ChildFds)> {
         let (state, exited_rx) = watch::channel(ProcessState::Running);
         let stdout = Arc::new(Hub::default());
@@ -213,9 +213,7 @@ impl Process {
         let (me, stream_id) = (Arc::downgrade(self), stream_id.to_string());
         let mut state = self.state.subscribe();
         tokio::spawn(async move {
-            let _ = state
-                .wait_for(|s| matches!(s, ProcessState::Done(_)))
-                .await;
+            let _ = state.wait_for(|s| matches!(s, ProcessState::Done(_))).await;
             drop(state);
             tokio::time::sleep(STREAM_RETENTION).await;
             if let Some(me) = me.upgrade() {
@@ -293,12 +291,12 @@ impl Process {
     }
 
     pub async fn signal(&self, signal: Signal) {
-        let sig = match signal {
-            Signal::Terminate => libc::SIGTERM,
-            Signal::Kill => libc::SIGKILL,
+        let signal = match signal {
+            Signal::Terminate => kernel::Signal::Terminate,
+            Signal::Kill => kernel::Signal::Kill,
         };
         if self.is_running() {
-            let _ = self.sandbox.init.signal(&self.id, sig).await;
+            let _ = self.sandbox.signal(&self.id, signal).await;
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup};
+use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup, Resources};
 use crate::init::proto::{InitBindMount, InitConfig};
 pub use client::{InitClient, SpawnError};
 use pidfd::PidFd;
@@ -57,15 +57,16 @@ fn io_err<'a>(
     }
 }
 
-/// What a container needs from the kernel.
-pub struct SandboxSpec<'a> {
-    pub handle: &'a str,
-    pub bundle: &'a Path,
+/// What a new sandbox is made of, in the server's own terms.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub handle: String,
+    pub bundle: PathBuf,
     /// Overlay lower layers, top first.
     pub lower_dirs: Vec<PathBuf>,
     pub hostname: String,
     pub bind_mounts: Vec<InitBindMount>,
-    pub limits: &'a garden_api::Limits,
+    pub resources: Resources,
     pub privileged: bool,
 }
 
@@ -113,9 +114,9 @@ impl Runtime {
     /// directory, which the caller owns.
     pub async fn create(
         &self,
-        spec: SandboxSpec<'_>,
+        spec: &SandboxSpec,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
-        let bundle = spec.bundle;
+        let bundle = &spec.bundle;
         for d in [
             upper_dir(bundle),
             bundle.join("work"),
@@ -124,8 +125,8 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
-        let cgroup = self.cgroups.create(spec.handle, spec.limits)?;
-        match self.start(&spec, &cgroup).await {
+        let cgroup = self.cgroups.create(&spec.handle, &spec.resources)?;
+        match self.start(spec, &cgroup).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 let _ = cgroup.remove();
@@ -136,10 +137,10 @@ impl Runtime {
 
     async fn start(
         &self,
-        spec: &SandboxSpec<'_>,
+        spec: &SandboxSpec,
         cgroup: &ContainerCgroup,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
-        let bundle = spec.bundle;
+        let bundle = &spec.bundle;
         let config = InitConfig {
             lower_dirs: spec.lower_dirs.clone(),
             upper_dir: upper_dir(bundle),
@@ -175,9 +176,7 @@ impl Runtime {
         drop(log);
         // Our unreaped child: the pid is still its own here.
         let init_process = PidFd::open(pid).map_err(RuntimeError::Watch)?;
-        let watched = init_process
-            .try_clone()
-            .map_err(RuntimeError::Watch)?;
+        let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
         let (exited_tx, exited) = watch::channel(false);
         tokio::spawn(monitor(watched, exited_tx));
 

@@ -91,11 +91,7 @@ impl PidFd {
     }
 
     /// Open `path` relative to this process's `/proc/<pid>` (e.g. `root`, `ns/net`).
-    pub fn open_in_proc(
-        &self,
-        path: &str,
-        flags: nix::fcntl::OFlag,
-    ) -> std::io::Result<OwnedFd> {
+    pub fn open_in_proc(&self, path: &str, flags: nix::fcntl::OFlag) -> std::io::Result<OwnedFd> {
         let dir = self.proc_dir()?;
         nix::fcntl::openat(
             &dir,
