@@ -8,6 +8,7 @@ source scripts/as-root.sh
 export CELL_ROOT_TESTS=1
 bash scripts/deps.sh
 cargo fmt --all -- --check
+bash scripts/check-layers.sh
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo build --workspace --bins -q
 cargo test --workspace --no-fail-fast
