@@ -43,6 +43,7 @@ fn config_errors_exit_2_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advertises_answers_locate_and_says_goodbye_on_sigterm() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let bus = bus(&nats).await;
@@ -104,6 +105,7 @@ async fn advertises_answers_locate_and_says_goodbye_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_reconnects_and_re_advertises() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let mut nats = Nats::start();
     let mut agent = Agent::start(&gardend, &nats, "");
