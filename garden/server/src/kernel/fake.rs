@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use garden_api::{ContainerNetworkStat, NetOutRule};
@@ -44,7 +43,6 @@ pub enum Kind {
     ReleaseNetwork,
     AttachDisk,
     ReleaseDisk,
-    RemoveCgroup,
 }
 
 #[derive(Default)]
@@ -104,7 +102,6 @@ impl Kernel for Fake {
                 exits: exits_tx,
                 running: Mutex::default(),
                 gone,
-                cgroup_removed: AtomicBool::new(false),
             });
             (sandbox, exits)
         }))
@@ -209,7 +206,6 @@ struct FakeSandbox {
     /// Processes that run until signalled, with the stdio they hold.
     running: Mutex<HashMap<String, Vec<OwnedFd>>>,
     gone: watch::Sender<bool>,
-    cgroup_removed: AtomicBool,
 }
 
 impl FakeSandbox {
@@ -350,7 +346,6 @@ impl Sandbox for FakeSandbox {
 
     fn remove_cgroup(&self) -> BoxFuture<'_, Result<()>> {
         self.record(Call::RemoveCgroup(self.handle.clone()));
-        self.cgroup_removed.store(true, Ordering::SeqCst);
         ready(Ok(()))
     }
 }
