@@ -208,6 +208,7 @@ fn app_rows(stdout: &str) -> Vec<(String, u64, String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_places_across_two_agents_then_apps_files_and_stop() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let extra = "resources: {memory_mb: 512}\n";

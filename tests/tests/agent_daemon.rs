@@ -154,6 +154,7 @@ async fn answers_at_once(bus: &agent::bus::Bus, subject: &str, watch: &Watch) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthmanager_start_and_router_start_are_answered_at_once() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let bus = bus(&nats).await;
@@ -185,6 +186,7 @@ async fn healthmanager_start_and_router_start_are_answered_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usr1_says_goodbye_and_stops_advertising_and_the_pid_file_comes_and_goes() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let bus = bus(&nats).await;

@@ -352,6 +352,7 @@ async fn bad_task_requests_get_an_error_and_leak_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_terminates_running_and_waiting_tasks() {
+    e2e::require_root!();
     let mut s = setup("resources: {memory_mb: 100}\n").await;
     let mut t = task("running-1", "exec sleep 300");
     t["limits"]["mem"] = json!(80);
