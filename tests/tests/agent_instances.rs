@@ -986,6 +986,7 @@ async fn an_app_that_died_while_the_agent_was_down_is_a_crash_without_a_route() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_newest_crash_of_an_app_is_kept() {
+    e2e::require_root!();
     let app = droplet(&[], "exit 4");
     let sha = sha1_hex(&app);
     let fx = Fx::start("", vec![("/d.tgz".into(), app)]).await;
@@ -1019,6 +1020,7 @@ async fn only_the_newest_crash_of_an_app_is_kept() {
 /// its target, and the agent copies crash logs out as vcap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_logs_never_copy_what_the_app_could_not_read() {
+    e2e::require_root!();
     let app = droplet(
         &[],
         "while [ ! -e /tmp/go ]; do sleep 0.05; done; cd /home/vcap && rm -rf logs && ln -s /secret logs && exit 3",
