@@ -18,7 +18,8 @@ use std::path::PathBuf;
 pub use busybox::ensure_busybox_rootfs;
 pub use image::{resolve, RootfsPlan};
 pub use safe_tar::{
-    extract, extract_as_user, open_in_root, pack, pack_as_user, ExtractStats, Owner,
+    exists_in_root, extract, extract_as_user, open_in_root, pack, pack_as_user, read_in_root,
+    ExtractStats, Owner,
 };
 
 /// Everything that can go wrong in this crate. Messages are lower-case and name the path,

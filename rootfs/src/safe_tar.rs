@@ -169,6 +169,24 @@ pub fn open_in_root(
         .map_err(|e| RootfsError::io("open", path, e))
 }
 
+/// The start of a file inside `root` (at most `limit` bytes), e.g. the container's
+/// /etc/passwd; resolved like [`open_in_root`].
+pub fn read_in_root(root: BorrowedFd<'_>, path: &Path, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let fd = open_in_root(root, path, OFlag::O_RDONLY, Mode::empty())?;
+    let mut out = Vec::new();
+    std::fs::File::from(fd)
+        .take(limit)
+        .read_to_end(&mut out)
+        .map_err(|e| RootfsError::io("read", path, e))?;
+    Ok(out)
+}
+
+/// Whether `path` exists inside `root` (the last component is not followed).
+pub fn exists_in_root(root: BorrowedFd<'_>, path: &Path) -> Result<()> {
+    open_in_root(root, path, OFlag::O_PATH | OFlag::O_NOFOLLOW, Mode::empty()).map(drop)
+}
+
 fn open_in_root_raw(
     root: BorrowedFd<'_>,
     path: &[u8],

@@ -23,6 +23,7 @@ fn chroot_sh(root: &Path, script: &str) -> String {
 
 #[test]
 fn builds_a_usable_rootfs_with_users_and_ownership() {
+    test_support::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("images/busybox");
     assert_eq!(ensure_busybox_rootfs(&dir).unwrap(), dir);
@@ -79,6 +80,7 @@ fn builds_a_usable_rootfs_with_users_and_ownership() {
 
 #[test]
 fn second_call_reuses_the_existing_rootfs() {
+    test_support::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("busybox");
     ensure_busybox_rootfs(&dir).unwrap();
@@ -89,6 +91,7 @@ fn second_call_reuses_the_existing_rootfs() {
 
 #[test]
 fn concurrent_callers_all_succeed_and_leave_no_temp_dirs() {
+    test_support::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("busybox");
     std::thread::scope(|s| {
@@ -109,6 +112,7 @@ fn concurrent_callers_all_succeed_and_leave_no_temp_dirs() {
 
 #[test]
 fn a_foreign_non_empty_directory_is_refused() {
+    test_support::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("busybox");
     fs::create_dir(&dir).unwrap();

@@ -168,6 +168,7 @@ fn registry_and_oci_schemes_are_unsupported() {
 
 #[test]
 fn tarball_is_unpacked_once_into_the_cache() {
+    test_support::require_root!();
     let d = Dirs::new();
     let tarball = d.p("rootfs.tar");
     fs::write(&tarball, sample_tar()).unwrap();
@@ -213,6 +214,7 @@ fn tarball_is_unpacked_once_into_the_cache() {
 
 #[test]
 fn gzipped_tarball() {
+    test_support::require_root!();
     let d = Dirs::new();
     let tgz = d.p("rootfs.tgz");
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -227,6 +229,7 @@ fn gzipped_tarball() {
 
 #[test]
 fn concurrent_resolves_agree_and_leave_no_temp_dirs() {
+    test_support::require_root!();
     let d = Dirs::new();
     let tarball = d.p("rootfs.tar.gz");
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());

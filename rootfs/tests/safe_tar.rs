@@ -85,6 +85,7 @@ fn assert_unsafe(r: Result<rootfs::ExtractStats, RootfsError>, entry: &str) {
 
 #[test]
 fn round_trip_preserves_content_modes_links_xattrs_and_sets_owner() {
+    test_support::require_root!();
     let s = Scene::new();
     let data = s.root().join("data");
     fs::create_dir_all(data.join("sub/deeper")).unwrap();
@@ -180,6 +181,7 @@ fn round_trip_preserves_content_modes_links_xattrs_and_sets_owner() {
 
 #[test]
 fn pax_xattr_and_user_owner_from_handmade_archive() {
+    test_support::require_root!();
     let s = Scene::new();
     let tar = RawTar::new()
         .add(
@@ -220,6 +222,7 @@ fn pax_xattr_and_user_owner_from_handmade_archive() {
 
 #[test]
 fn extracting_twice_replaces_entries() {
+    test_support::require_root!();
     let s = Scene::new();
     let tar = RawTar::new()
         .dir("d/", 0o755)
@@ -297,6 +300,7 @@ fn pack_missing_source_is_not_found() {
 
 #[test]
 fn pack_keeps_uid_gid_and_mode() {
+    test_support::require_root!();
     let s = Scene::new();
     let f = s.root().join("owned");
     fs::write(&f, b"z").unwrap();
@@ -314,6 +318,7 @@ fn pack_keeps_uid_gid_and_mode() {
 
 #[test]
 fn hostile_names_are_rejected() {
+    test_support::require_root!();
     for (name, dest) in [
         ("../evil", "/"),
         ("../evil", "/dst"),
@@ -331,6 +336,7 @@ fn hostile_names_are_rejected() {
 
 #[test]
 fn symlink_climbing_above_root_is_rejected() {
+    test_support::require_root!();
     let s = Scene::new();
     let before = s.outside_listing();
     let tar = RawTar::new()
@@ -356,6 +362,7 @@ fn assert_not_through(r: Result<rootfs::ExtractStats, RootfsError>, entry: &str)
 
 #[test]
 fn archive_symlinks_are_never_written_through() {
+    test_support::require_root!();
     let s = Scene::new();
     let outside = s.outside();
     fs::write(outside.join("victim"), b"original").unwrap();
@@ -440,6 +447,7 @@ fn archive_symlinks_are_never_written_through() {
 
 #[test]
 fn delayed_symlinks_keep_tar_semantics() {
+    test_support::require_root!();
     let s = Scene::new();
     let tar = RawTar::new()
         // Relative links without `..` are made at once and may be written through.
@@ -494,6 +502,7 @@ fn delayed_symlinks_keep_tar_semantics() {
 
 #[test]
 fn container_symlinks_resolve_inside_the_root() {
+    test_support::require_root!();
     let s = Scene::new();
     let outside = s.outside();
     // A link planted by the container (not by the archive) naming a host path: followed
@@ -528,6 +537,7 @@ fn container_symlinks_resolve_inside_the_root() {
 
 #[test]
 fn existing_symlinks_in_the_container_are_replaced_not_followed() {
+    test_support::require_root!();
     let s = Scene::new();
     fs::write(s.outside().join("victim"), b"original").unwrap();
     fs::create_dir(s.root().join("dst")).unwrap();
@@ -557,6 +567,7 @@ fn existing_symlinks_in_the_container_are_replaced_not_followed() {
 
 #[test]
 fn hostile_hardlinks_are_rejected() {
+    test_support::require_root!();
     let s = Scene::new();
     fs::write(s.outside().join("x"), b"x").unwrap();
     let absolute = s.outside().join("x").display().to_string();
@@ -587,6 +598,7 @@ fn device_nodes_are_rejected() {
 
 #[test]
 fn truncated_and_corrupt_archives_fail() {
+    test_support::require_root!();
     let s = Scene::new();
     let full = RawTar::new()
         .file("big", 0o644, &[1u8; 5000])
@@ -640,6 +652,7 @@ fn relative_destination_is_an_error() {
 
 #[test]
 fn unprivileged_user_gets_permission_denied_where_tar_would() {
+    test_support::require_root!();
     let s = Scene::new();
     let root_fd = s.root_fd();
     let as_alice = |dest: &str, tar: &[u8]| {
@@ -690,6 +703,7 @@ fn unprivileged_user_gets_permission_denied_where_tar_would() {
 
 #[test]
 fn pack_as_user_reads_only_what_the_user_may_read() {
+    test_support::require_root!();
     let s = Scene::new();
     let root_fd = s.root_fd();
     let pack_as = |source: &str, groups: &[u32]| {

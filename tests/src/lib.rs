@@ -8,6 +8,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use garden_client::{Address, Client};
+/// Root-only tests start with `e2e::require_root!();` (see the `test-support` crate):
+/// skipped unless `CELL_ROOT_TESTS=1`, failed if that is set without root.
+pub use test_support::{require_root, root_tests};
 
 pub mod agent;
 
@@ -121,6 +124,10 @@ impl Gardend {
 
     /// Start gardend with extra flags (e.g. `["--default-grace-time", "1s"]`).
     pub fn start_with(extra: &[&str]) -> Gardend {
+        assert!(
+            root_tests(),
+            "gardend needs root: begin the test with e2e::require_root!()"
+        );
         let tmp = tempfile::Builder::new()
             .prefix("gardend-e2e-")
             .tempdir()

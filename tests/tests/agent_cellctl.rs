@@ -55,6 +55,7 @@ async fn agent_ids(nats: &Nats, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_run_prints_the_output_and_exits_with_the_task_status() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let agent = Agent::start(&gardend, &nats, "");
@@ -135,6 +136,7 @@ async fn task_run_prints_the_output_and_exits_with_the_task_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advertisements_lists_every_agent_on_the_bus() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let _a = Agent::start_indexed(
@@ -206,6 +208,7 @@ fn app_rows(stdout: &str) -> Vec<(String, u64, String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_places_across_two_agents_then_apps_files_and_stop() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let extra = "resources: {memory_mb: 512}\n";

@@ -43,6 +43,7 @@ fn config_errors_exit_2_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advertises_answers_locate_and_says_goodbye_on_sigterm() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let bus = bus(&nats).await;
@@ -104,6 +105,7 @@ async fn advertises_answers_locate_and_says_goodbye_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_reconnects_and_re_advertises() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let mut nats = Nats::start();
     let mut agent = Agent::start(&gardend, &nats, "");
@@ -152,6 +154,7 @@ async fn answers_at_once(bus: &agent::bus::Bus, subject: &str, watch: &Watch) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthmanager_start_and_router_start_are_answered_at_once() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let bus = bus(&nats).await;
@@ -183,6 +186,7 @@ async fn healthmanager_start_and_router_start_are_answered_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usr1_says_goodbye_and_stops_advertising_and_the_pid_file_comes_and_goes() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let bus = bus(&nats).await;

@@ -316,6 +316,7 @@ touch "$(printf 'new\nline')"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_urls_list_read_and_refuse_escapes() {
+    e2e::require_root!();
     let f = Fixture::start(60).await;
     e2e::sh_root(
         &f.gardend.client(),
@@ -496,6 +497,7 @@ async fn signed_urls_list_read_and_refuse_escapes() {
 /// A huge directory is listed within the cap, and listing it does not take long.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_logs_on_the_host_and_large_listings() {
+    e2e::require_root!();
     let f = Fixture::start(60).await;
     f.vcap("mkdir many && cd many && i=0; while [ $i -lt 3000 ]; do : > f$i; i=$((i+1)); done")
         .await;
@@ -552,6 +554,7 @@ async fn crash_logs_on_the_host_and_large_listings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_follows_a_growing_file_until_it_goes() {
+    e2e::require_root!();
     let f = Fixture::start(3).await;
     f.vcap("mkdir logs && printf 'old\\n' > logs/grow.log && printf '0123456789' > logs/off.log")
         .await;
@@ -667,6 +670,7 @@ async fn file_uri(bus: &agent::bus::Bus, app: &str, path: &str) -> Option<(Strin
 /// once the agent restarts (its key is per boot).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_urls_from_a_running_agent() {
+    e2e::require_root!();
     use e2e::agent::{bus, droplet, sha1_hex, watch, Agent, FileServer};
     const LONG: Duration = Duration::from_secs(60);
     let app = droplet(

@@ -143,6 +143,7 @@ fn state_of(hb: &Value, instance: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_runs_is_routed_reports_stats_and_crashes_when_killed() {
+    e2e::require_root!();
     let app = web_droplet("hello from the droplet");
     let sha = sha1_hex(&app);
     let fx = Fx::start("", vec![("/droplet.tgz".into(), app)]).await;
@@ -313,6 +314,7 @@ async fn exited(fx: &Fx, exits: &Watch, app: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_starts_crash_with_the_reason_and_leave_no_container() {
+    e2e::require_root!();
     let app = web_droplet("x");
     let sha = sha1_hex(&app);
     let no_command = droplet(&[("index.html", "x", 0o644)], "");
@@ -405,6 +407,7 @@ async fn loop_find(fx: &Fx, app: &str, state: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_are_dropped_without_harm() {
+    e2e::require_root!();
     let app = web_droplet("x");
     let sha = sha1_hex(&app);
     let fx = Fx::start("", vec![("/droplet.tgz".into(), app)]).await;
@@ -454,6 +457,7 @@ async fn bad_messages_are_dropped_without_harm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_filters_update_and_one_download_per_sha1() {
+    e2e::require_root!();
     let app = web_droplet("v");
     let sha = sha1_hex(&app);
     let fx = Fx::start("", vec![("/droplet.tgz".into(), app)]).await;
@@ -569,6 +573,7 @@ async fn stop_filters_update_and_one_download_per_sha1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_agent_resumes_running_instances() {
+    e2e::require_root!();
     let app = web_droplet("still here");
     let sha = sha1_hex(&app);
     let mut fx = Fx::start("", vec![("/droplet.tgz".into(), app)]).await;
@@ -628,6 +633,7 @@ async fn restarted_agent_resumes_running_instances() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_container_and_unknown_containers_after_restart() {
+    e2e::require_root!();
     let app = web_droplet("x");
     let sha = sha1_hex(&app);
     let mut fx = Fx::start("", vec![("/droplet.tgz".into(), app)]).await;
@@ -683,6 +689,7 @@ async fn vanished_container_and_unknown_containers_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_keeps_instances_and_re_advertises() {
+    e2e::require_root!();
     let app = web_droplet("x");
     let sha = sha1_hex(&app);
     let mut fx = Fx::start("", vec![("/droplet.tgz".into(), app)]).await;
@@ -720,6 +727,7 @@ async fn nats_restart_keeps_instances_and_re_advertises() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_everything_and_sigusr2_evacuates() {
+    e2e::require_root!();
     let app = web_droplet("x");
     let sha = sha1_hex(&app);
     let mut fx = Fx::start("", vec![("/droplet.tgz".into(), app.clone())]).await;
@@ -791,6 +799,7 @@ async fn sigterm_stops_everything_and_sigusr2_evacuates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_are_reaped_after_their_lifetime() {
+    e2e::require_root!();
     let app = droplet(&[], "exit 3");
     let sha = sha1_hex(&app);
     let fx = Fx::start("crash_lifetime_secs: 3\n", vec![("/d.tgz".into(), app)]).await;
@@ -838,6 +847,7 @@ async fn dir_get(port: u16, url: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hooks_bind_mounts_files_and_out_of_memory() {
+    e2e::require_root!();
     let shared = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         shared.path(),
@@ -926,6 +936,7 @@ async fn hooks_bind_mounts_files_and_out_of_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_died_while_the_agent_was_down_is_a_crash_without_a_route() {
+    e2e::require_root!();
     let app = web_droplet("x");
     let sha = sha1_hex(&app);
     let mut fx = Fx::start("", vec![("/droplet.tgz".into(), app)]).await;
@@ -975,6 +986,7 @@ async fn an_app_that_died_while_the_agent_was_down_is_a_crash_without_a_route() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_newest_crash_of_an_app_is_kept() {
+    e2e::require_root!();
     let app = droplet(&[], "exit 4");
     let sha = sha1_hex(&app);
     let fx = Fx::start("", vec![("/d.tgz".into(), app)]).await;
@@ -1008,6 +1020,7 @@ async fn only_the_newest_crash_of_an_app_is_kept() {
 /// its target, and the agent copies crash logs out as vcap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_logs_never_copy_what_the_app_could_not_read() {
+    e2e::require_root!();
     let app = droplet(
         &[],
         "while [ ! -e /tmp/go ]; do sleep 0.05; done; cd /home/vcap && rm -rf logs && ln -s /secret logs && exit 3",

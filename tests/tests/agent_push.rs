@@ -111,6 +111,7 @@ async fn no_containers_left(gardend: &Gardend) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_static_site_with_the_static_buildpack_serves_its_pages() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let agent = one_agent(&gardend, &nats).await;
@@ -173,6 +174,7 @@ async fn push_static_site_with_the_static_buildpack_serves_its_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_shell_app_detects_the_binary_buildpack_and_answers_from_its_env() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let agent = one_agent(&gardend, &nats).await;
@@ -239,6 +241,7 @@ async fn push_shell_app_detects_the_binary_buildpack_and_answers_from_its_env() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_saves_a_droplet_in_the_dea_layout() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let agent = one_agent(&gardend, &nats).await;
@@ -321,6 +324,7 @@ async fn stage_saves_a_droplet_in_the_dea_layout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_whose_buildpack_does_not_detect_fails_with_no_app_detected() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let agent = one_agent(&gardend, &nats).await;
@@ -374,6 +378,7 @@ fn the_example_agent_config_loads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_with_a_zip_file_and_a_zip_url_buildpack() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let nats = Nats::start();
     let agent = one_agent(&gardend, &nats).await;
@@ -438,6 +443,7 @@ async fn stage_with_a_zip_file_and_a_zip_url_buildpack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_during_a_staging_sends_staging_stop() {
+    e2e::require_root!();
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let gardend = Gardend::start();
     let nats = Nats::start();

@@ -338,6 +338,7 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 /// buildpack runs; admin buildpacks downloaded once and stale ones dropped; no container left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stages_an_app_with_the_detected_buildpack_and_uploads_the_droplet() {
+    e2e::require_root!();
     let fx = setup("staging: {environment: {FROM_CONFIG: config-value}}\n").await;
     // The compile waits for a while so the log can be tailed while it runs.
     fx.files.put_bytes(
@@ -520,6 +521,7 @@ fn start_message(app: &str, uri: &str) -> Value {
 /// the droplet cache: its `executableUri` answers 404) and answers HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_message_runs_the_staged_app_here() {
+    e2e::require_root!();
     let fx = setup("").await;
     let registers = watch(&fx.bus, "router.register").await;
     let mut msg = fx.request("task-s", "app-s");
@@ -570,6 +572,7 @@ async fn a_start_message_runs_the_staged_app_here() {
 /// app package, an unknown stack: each a completion reply with the DEA's error; nothing left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_stagings_report_the_deas_errors() {
+    e2e::require_root!();
     let fx = setup("").await;
     fx.files.put_bytes(
         "/plain.zip",
@@ -655,6 +658,7 @@ async fn failed_stagings_report_the_deas_errors() {
 /// `meta.command` and a Procfile overriding the release's start command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_buildpacks_keys_procfiles_and_commands() {
+    e2e::require_root!();
     let fx = setup("").await;
     fx.files.put_bytes(
         "/procfile-app.zip",
@@ -705,6 +709,7 @@ async fn custom_buildpacks_keys_procfiles_and_commands() {
 /// both with their containers destroyed and their reservations released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_and_staging_stop_end_the_container() {
+    e2e::require_root!();
     let fx = setup("staging: {max_staging_duration: 5}\n").await;
     fx.files.put_bytes(
         "/bp/slow.zip",
@@ -781,6 +786,7 @@ async fn timeouts_and_staging_stop_end_the_container() {
 /// fails the staging with the DEA's error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_stagings_and_upload_retries() {
+    e2e::require_root!();
     let fx = setup("").await;
     fx.files.put_bytes(
         "/app2.zip",
@@ -826,6 +832,7 @@ async fn concurrent_stagings_and_upload_retries() {
 /// bad fields; the agent keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_and_bad_input() {
+    e2e::require_root!();
     let fx = setup("resources: {memory_mb: 2048, disk_mb: 4096}\n").await;
     let mut msg = fx.request("t-mem", "app-r");
     msg["memory_limit"] = json!(4096);
@@ -901,6 +908,7 @@ async fn refused_requests_and_bad_input() {
 /// container and tells the waiting requester it failed. SIGTERM stops a staging cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarts_and_shutdown_fail_stagings_cleanly() {
+    e2e::require_root!();
     let mut fx = setup("").await;
     fx.files.put_bytes(
         "/bp/slow.zip",

@@ -104,6 +104,7 @@ fn task(id: &str, command: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_report_exit_status_and_output() {
+    e2e::require_root!();
     let s = setup("").await;
     let droplet = droplet(&[("data.txt", "from the droplet\n", 0o644)], "unused");
     let sha1 = sha1_hex(&droplet);
@@ -158,6 +159,7 @@ async fn tasks_report_exit_status_and_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_are_terminated_on_request_and_fail_on_timeout() {
+    e2e::require_root!();
     let s = setup("").await;
     let reply = s
         .run(task(
@@ -201,6 +203,7 @@ async fn tasks_are_terminated_on_request_and_fail_on_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_wait_for_capacity_in_order() {
+    e2e::require_root!();
     let s =
         setup("resources: {memory_mb: 100}\ntasks: {max_output_bytes: 64, retention_secs: 1}\n")
             .await;
@@ -281,6 +284,7 @@ async fn tasks_wait_for_capacity_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_task_requests_get_an_error_and_leak_nothing() {
+    e2e::require_root!();
     let s = setup("").await;
     let r = s.run_raw(b"{not json".to_vec()).await;
     assert_eq!(r["state"], "error", "{r}");
@@ -348,6 +352,7 @@ async fn bad_task_requests_get_an_error_and_leak_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_terminates_running_and_waiting_tasks() {
+    e2e::require_root!();
     let mut s = setup("resources: {memory_mb: 100}\n").await;
     let mut t = task("running-1", "exec sleep 300");
     t["limits"]["mem"] = json!(80);

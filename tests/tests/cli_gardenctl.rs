@@ -123,6 +123,7 @@ fn create(g: &Gardend, handle: &str) -> String {
 
 #[test]
 fn create_list_info_destroy() {
+    e2e::require_root!();
     let _serial = serial();
     let g = Gardend::start();
     let out = ctl(
@@ -239,6 +240,7 @@ fn create_list_info_destroy() {
 
 #[test]
 fn unknown_handle_is_one_clear_line() {
+    e2e::require_root!();
     let _serial = serial();
     let g = Gardend::start();
     let out = ctl(&g, &["info", "no-such-container"]);
@@ -286,6 +288,7 @@ fn unknown_handle_is_one_clear_line() {
 
 #[test]
 fn run_pipes_stdin_and_propagates_exit_codes() {
+    e2e::require_root!();
     let _serial = serial();
     let g = Gardend::start();
     create(&g, "cli-run");
@@ -424,6 +427,7 @@ fn snapshot(root: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn stream_in_and_out_round_trip_a_directory() {
+    e2e::require_root!();
     let _serial = serial();
     let g = Gardend::start();
     create(&g, "cli-files");
@@ -611,6 +615,7 @@ fn expect_output(rx: &mpsc::Receiver<Vec<u8>>, seen: &mut Vec<u8>, needle: &str,
 
 #[test]
 fn tty_session_through_a_pseudo_terminal() {
+    e2e::require_root!();
     use nix::pty::{openpty, Winsize};
     use nix::sys::termios::{tcgetattr, LocalFlags};
 
@@ -682,6 +687,7 @@ fn tty_session_through_a_pseudo_terminal() {
 /// a process whose output nobody reads any more does not keep gardenctl waiting.
 #[test]
 fn closed_stdout_ends_quietly() {
+    e2e::require_root!();
     let _serial = serial();
     let g = Gardend::start();
     create(&g, "cli-pipe");

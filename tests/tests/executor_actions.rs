@@ -131,6 +131,7 @@ fn sha256(data: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_success_failure_env_user_and_logs() {
+    e2e::require_root!();
     let cell = Cell::start().await;
     let c = cell
         .run(
@@ -202,6 +203,7 @@ async fn run_success_failure_env_user_and_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_kills_the_sleeping_process_in_the_container() {
+    e2e::require_root!();
     let cell = Cell::start().await;
     let c = cell
         .run("to", r#"{"timeout": {"timeout_ms": 500, "action": {"run": {"path": "/bin/sleep", "args": ["1001"], "user": "root"}}}}"#)
@@ -286,6 +288,7 @@ async fn timeout_kills_the_sleeping_process_in_the_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_trees_serial_parallel_codependent_try_emit_progress() {
+    e2e::require_root!();
     let cell = Cell::start().await;
     let c = cell
         .run(
@@ -351,6 +354,7 @@ serial:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_tgz_zip_and_plain_files_with_cache_hits() {
+    e2e::require_root!();
     let cell = Cell::start().await;
     let app = tgz(&[
         ("bin/hello.sh", b"#!/bin/sh\necho hello-from-tgz\n", 0o755),
@@ -424,6 +428,7 @@ serial:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_failures_checksum_status_and_hostile_archives() {
+    e2e::require_root!();
     let cell = Cell::start().await;
     let body = tgz(&[("payload", b"bytes", 0o644)]);
     cell.srv.put_bytes("/p.tgz", &body);
@@ -517,6 +522,7 @@ async fn download_failures_checksum_status_and_hostile_archives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_success_retry_and_failure() {
+    e2e::require_root!();
     let cell = Cell::start().await;
     let script = format!(
         r#"

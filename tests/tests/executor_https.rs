@@ -131,6 +131,7 @@ serial:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_download_with_the_ca_lands_files_and_revalidates() {
+    e2e::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let srv = FileServer::start_tls(pki.server.clone()).await;
@@ -165,6 +166,7 @@ async fn https_download_with_the_ca_lands_files_and_revalidates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_download_without_the_ca_fails_with_a_certificate_error() {
+    e2e::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let srv = FileServer::start_tls(pki.server.clone()).await;
@@ -199,6 +201,7 @@ async fn https_download_without_the_ca_fails_with_a_certificate_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_over_https_with_and_without_the_ca() {
+    e2e::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let srv = FileServer::start_tls(pki.server.clone()).await;
@@ -243,6 +246,7 @@ serial:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_ca_cert_flag_and_env() {
+    e2e::require_root!();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki(dir.path());
     let srv = FileServer::start_tls(pki.server.clone()).await;

@@ -137,6 +137,7 @@ fn checks(list: Vec<Check>) -> Option<CheckDefinition> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lrp_becomes_healthy_with_tcp_and_http_checks_and_stops() {
+    e2e::require_root!();
     let cell = Cell::start();
     let mut events = cell.exec.subscribe();
     cell.start_lrp(
@@ -189,6 +190,7 @@ async fn lrp_becomes_healthy_with_tcp_and_http_checks_and_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lrp_never_healthy_fails_with_the_check_message() {
+    e2e::require_root!();
     let cell = Cell::start();
     cell.start_lrp("tcp-sick", HTTPD, checks(vec![tcp(8081)]), None, 1500);
     let c = cell.completed("tcp-sick").await;
@@ -231,6 +233,7 @@ async fn lrp_never_healthy_fails_with_the_check_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lrp_that_becomes_unhealthy_crashes() {
+    e2e::require_root!();
     let cell = Cell::start();
     let daemon = r#"{"run": {"path": "/bin/sh", "args": ["-c", "mkdir -p /tmp/www && httpd -p 8080 -h /tmp/www && exec sleep 1006"], "user": "root"}}"#;
     let monitor = r#"{"run": {"path": "/bin/sh", "args": ["-c", "nc -w 1 127.0.0.1 8080 -e true </dev/null || { echo port 8080 is closed; exit 1; }"], "user": "root"}}"#;
@@ -263,6 +266,7 @@ async fn lrp_that_becomes_unhealthy_crashes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn task_returns_its_result_file() {
+    e2e::require_root!();
     let cell = Cell::start();
     cell.exec
         .allocate(AllocationRequest {
@@ -342,6 +346,7 @@ fn cli_validate_reports_the_bad_path() {
 
 #[test]
 fn cli_runs_a_script_with_tagged_logs_and_exit_codes() {
+    e2e::require_root!();
     let gardend = Gardend::start();
     let bin = e2e::binary("executor");
     let dir = tempfile::tempdir().unwrap();
@@ -407,6 +412,7 @@ fn cli_runs_a_script_with_tagged_logs_and_exit_codes() {
 /// `executor serve`: allocate, run, poll, event stream and delete over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_api_drives_a_container_end_to_end() {
+    e2e::require_root!();
     use executor::http::{request, Body, Url};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 

@@ -108,6 +108,7 @@ async fn healthy(g: &Gardend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_mistyped_json() {
+    e2e::require_root!();
     let g = Gardend::start();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", post("/containers", b"{\"handle\":")),
@@ -174,6 +175,7 @@ async fn malformed_and_mistyped_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn null_and_unknown_fields_are_accepted() {
+    e2e::require_root!();
     let g = Gardend::start();
     // Go semantics: null for slices/maps/structs, unknown keys ignored, trailing newline.
     let body = br#"{"handle":"nully","env":null,"properties":null,"limits":null,"bind_mounts":null,"image":null,"whatever":{"x":1}}
@@ -198,6 +200,7 @@ async fn null_and_unknown_fields_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_declared_body_is_refused_early() {
+    e2e::require_root!();
     let g = Gardend::start();
     let mut s = TcpStream::connect(g.address()).await.expect("connect");
     let head = b"POST /containers HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n";
@@ -230,6 +233,7 @@ async fn huge_declared_body_is_refused_early() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_heads_and_framing() {
+    e2e::require_root!();
     let g = Gardend::start();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage request line", b"\x00\x01\x02 not http\r\n\r\n".to_vec()),
@@ -264,6 +268,7 @@ async fn garbage_heads_and_framing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_wrong_methods() {
+    e2e::require_root!();
     let g = Gardend::start();
     let get = |p: &str| {
         format!("GET {p} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n").into_bytes()
@@ -318,6 +323,7 @@ async fn unknown_routes_and_wrong_methods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_error_statuses_match_the_spec() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     c.create(&ContainerSpec {

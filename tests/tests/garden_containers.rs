@@ -22,6 +22,7 @@ fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_and_capacity() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     c.ping().await.expect("ping");
@@ -34,6 +35,7 @@ async fn ping_and_capacity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_given_generated_and_duplicate_handles() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = c.create(&spec("given-handle")).await.expect("create given");
@@ -75,6 +77,7 @@ async fn create_given_generated_and_duplicate_handles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_with_env_properties_and_grace_time() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let s = ContainerSpec {
@@ -114,6 +117,7 @@ async fn create_with_env_properties_and_grace_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_mounts_ro_and_rw() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let ro = tempfile::tempdir().expect("tempdir");
@@ -178,6 +182,7 @@ async fn bind_mounts_ro_and_rw() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_mount_missing_source_fails_create_cleanly() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let s = ContainerSpec {
@@ -201,6 +206,7 @@ async fn bind_mount_missing_source_fails_create_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_applied_and_echoed() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let s = ContainerSpec {
@@ -299,6 +305,7 @@ async fn limits_are_applied_and_echoed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_filters_by_properties() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let with = |h: &str, p: &[(&str, &str)]| ContainerSpec {
@@ -372,6 +379,7 @@ async fn list_filters_by_properties() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_states_properties_and_path() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let s = ContainerSpec {
@@ -426,6 +434,7 @@ async fn info_states_properties_and_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_kill_is_immediate() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     c.create(&spec("killer")).await.expect("create");
@@ -456,6 +465,7 @@ async fn stop_kill_is_immediate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_crud() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     c.create(&spec("props")).await.expect("create");
@@ -493,6 +503,7 @@ async fn properties_crud() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_bulk_routes() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     c.create(&spec("m1")).await.expect("create");
@@ -548,6 +559,7 @@ async fn metrics_and_bulk_routes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_handle_on_every_route() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "no-such-handle";
@@ -633,6 +645,7 @@ async fn unknown_handle_on_every_route() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_run_destroy_cycles_leave_nothing() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     for i in 0..20 {

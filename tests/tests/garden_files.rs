@@ -103,6 +103,7 @@ async fn destroy_clean(c: &Client, h: &str, g: &Gardend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_as_user_relative_to_home() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = c
@@ -182,6 +183,7 @@ async fn round_trip_as_user_relative_to_home() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_archives_are_refused() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = c
@@ -274,6 +276,7 @@ async fn hostile_archives_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_archive_is_an_error() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = c
@@ -323,6 +326,7 @@ fn member_builder_makes_valid_tars() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symlinks_in_the_container_never_lead_to_the_host() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = c
@@ -390,6 +394,7 @@ async fn symlinks_in_the_container_never_lead_to_the_host() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_out_reads_as_the_given_user() {
+    e2e::require_root!();
     // Guardian runs tar as the user: files the user cannot read must not come out.
     let g = Gardend::start();
     let c = g.client();
@@ -426,6 +431,7 @@ async fn stream_out_reads_as_the_given_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_symlinks_are_not_followed_by_later_entries() {
+    e2e::require_root!();
     // GNU tar (what Guardian runs) creates symlinks from the archive as placeholders until
     // the end, so `link -> /etc` followed by `link/x` fails ("Cannot open: Not a directory")
     // instead of writing outside the destination.

@@ -31,6 +31,7 @@ fn assert_gone_cleanly(h: &str, g: &Gardend) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_container_is_reaped() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let created = Instant::now();
@@ -64,6 +65,7 @@ async fn idle_container_is_reaped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_grace_time_flag_applies() {
+    e2e::require_root!();
     let g = Gardend::start_with(&["--default-grace-time", "500ms"]);
     let c = g.client();
     c.create(&spec("e2e-grace-default", Duration::ZERO))
@@ -86,6 +88,7 @@ async fn default_grace_time_flag_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_run_stream_keeps_container() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-grace-stream";
@@ -114,6 +117,7 @@ async fn open_run_stream_keeps_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_grace_time_rearms_and_zero_means_never() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-grace-set";
@@ -167,6 +171,7 @@ async fn set_grace_time_rearms_and_zero_means_never() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_stream_in_keeps_container() {
+    e2e::require_root!();
     use tokio::io::AsyncWriteExt;
     let g = Gardend::start();
     let c = g.client();

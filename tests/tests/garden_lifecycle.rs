@@ -38,6 +38,7 @@ fn tree_snapshot(dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_uris_and_the_image_is_never_written() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let base = default_rootfs(&g);
@@ -111,6 +112,7 @@ async fn image_uris_and_the_image_is_never_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_kills_and_reports_oom() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-oom";
@@ -154,6 +156,7 @@ async fn memory_limit_kills_and_reports_oom() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pid_limit_is_enforced() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-pids";
@@ -187,6 +190,7 @@ async fn pid_limit_is_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_escalates_to_kill_after_ten_seconds() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-stop-slow";
@@ -229,6 +233,7 @@ async fn stop_escalates_to_kill_after_ten_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_under_load_reports_137_to_clients() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-destroy-busy";
@@ -272,6 +277,7 @@ async fn destroy_under_load_reports_137_to_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_creates_runs_and_destroys() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let mut set = tokio::task::JoinSet::new();
@@ -294,6 +300,7 @@ async fn parallel_creates_runs_and_destroys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_containers_is_enforced() {
+    e2e::require_root!();
     let g = Gardend::start_with(&["--max-containers", "2"]);
     let c = g.client();
     assert_eq!(c.capacity().await.expect("capacity").max_containers, 2);
@@ -329,6 +336,7 @@ async fn sha_of(c: &Client, h: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_files_stream_both_ways_intact() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-bigfile";
@@ -368,6 +376,7 @@ async fn large_files_stream_both_ways_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostname_resolves_inside() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-hosts";
@@ -384,6 +393,7 @@ async fn hostname_resolves_inside() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_handles_work() {
+    e2e::require_root!();
     // Handles are opaque strings; a long one (well under NAME_MAX) must not break the
     // container's plumbing (e.g. unix socket paths, which are limited to 108 bytes).
     let g = Gardend::start();
@@ -402,6 +412,7 @@ async fn long_handles_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_ascii_handles_get_a_valid_hostname() {
+    e2e::require_root!();
     // The kernel limits hostnames to 64 bytes; Guardian keeps the last 49 *bytes* of the handle.
     let g = Gardend::start();
     let c = g.client();
@@ -429,6 +440,7 @@ async fn non_ascii_handles_get_a_valid_hostname() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_limited_container_leaves_nothing() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-disk-limited";

@@ -29,6 +29,7 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unix_socket_from_config_file() {
+    e2e::require_root!();
     let tmp = tempfile::Builder::new()
         .prefix("gardend-e2e-unix-")
         .tempdir()

@@ -66,6 +66,7 @@ async fn wait(p: &mut garden_client::Process) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_stderr_and_exit_codes() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-out").await;
     let out = f.sh("echo to-out; echo to-err >&2; exit 42").await;
     assert_eq!(out.status, 42);
@@ -81,6 +82,7 @@ async fn stdout_stderr_and_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_until_eof() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-stdin").await;
     let input: Vec<u8> = (0..5000)
         .flat_map(|i| format!("line {i}\n").into_bytes())
@@ -120,6 +122,7 @@ async fn stdin_until_eof() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_merge_and_defaults() {
+    e2e::require_root!();
     let f = Fixture::with_spec(ContainerSpec {
         handle: "e2e-p-env".into(),
         env: vec!["CONTAINER_ENV=1".into(), "TEST=hi".into()],
@@ -178,6 +181,7 @@ async fn environment_merge_and_defaults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_working_dirs() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-users").await;
     let out = f
         .run(&spec_as("alice", "id -u; id -g; pwd; echo $HOME"))
@@ -239,6 +243,7 @@ async fn users_and_working_dirs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rlimits_apply() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-rlim").await;
     let spec = ProcessSpec {
         rlimits: ResourceLimits {
@@ -255,6 +260,7 @@ async fn rlimits_apply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_and_exit_statuses() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-sig").await;
     let started = |ready: &Capture| ready.text().contains("ready");
 
@@ -305,6 +311,7 @@ async fn signals_and_exit_statuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_size_resize_and_line_endings() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-tty").await;
     let tty = Some(TtySpec {
         window_size: Some(WindowSize {
@@ -363,6 +370,7 @@ async fn tty_size_resize_and_line_endings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_stdin_reaches_the_process() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-ttyin").await;
     let spec = ProcessSpec {
         tty: Some(TtySpec::default()),
@@ -378,6 +386,7 @@ async fn tty_stdin_reaches_the_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_after_exit_and_concurrent_attaches() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-att").await;
     let spec = ProcessSpec {
         id: "quick".into(),
@@ -473,6 +482,7 @@ async fn attach_after_exit_and_concurrent_attaches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_complete_when_exiting_right_after_writing() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-seq").await;
     let spec = ProcessSpec {
         path: "seq".into(),
@@ -512,6 +522,7 @@ async fn output_complete_when_exiting_right_after_writing() {
 /// that started it, nor swallow what that process wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_exit_is_not_held_by_a_background_child() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-ttybg").await;
     let spec = ProcessSpec {
         tty: Some(TtySpec::default()),
@@ -528,6 +539,7 @@ async fn tty_exit_is_not_held_by_a_background_child() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_errors_are_typed() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-errs").await;
     let spec = ProcessSpec {
         path: "/no/such/binary".into(),
@@ -569,6 +581,7 @@ async fn run_errors_are_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_inside_view() {
+    e2e::require_root!();
     let long: String = format!("long-{}", "x".repeat(60));
     let f = Fixture::new(&long).await;
     let out = f.sh("hostname").await;
@@ -626,6 +639,7 @@ async fn container_inside_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_host_file_descriptors_inside() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-fds").await;
     // A process gets exactly stdin, stdout and stderr (ls's own directory fd is 3).
     let spec = ProcessSpec {
@@ -672,6 +686,7 @@ async fn no_host_file_descriptors_inside() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_after_stdin_eof_and_other_signal_deaths() {
+    e2e::require_root!();
     let f = Fixture::new("e2e-p-sig2").await;
     // Stdin ends (EOF message sent), then a TERM arrives on the same connection: honoured.
     let out = Capture::default();
@@ -709,6 +724,7 @@ async fn signals_after_stdin_eof_and_other_signal_deaths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_then_kill_back_to_back() {
+    e2e::require_root!();
     // A signal sent the moment Run returns must not be lost (the process may not have
     // reached exec yet).
     let f = Fixture::new("e2e-p-runkill").await;
@@ -761,6 +777,7 @@ async fn run_then_kill_back_to_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_environment_and_arguments() {
+    e2e::require_root!();
     // execve takes up to ARG_MAX (2 MiB here) of args + env, each string up to 128 KiB;
     // Cloud Foundry puts e.g. VCAP_SERVICES in the env, often hundreds of KB in total.
     let f = Fixture::new("e2e-p-bigenv").await;
@@ -791,6 +808,7 @@ async fn large_environment_and_arguments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_is_the_containers_own_pty() {
+    e2e::require_root!();
     // runc allocates the console inside the container's devpts, so ttyname() works there
     // (`tty`, ssh, sudo, script and job-control shells depend on it).
     let f = Fixture::new("e2e-p-ttyname").await;

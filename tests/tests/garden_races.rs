@@ -6,6 +6,7 @@ use garden_api::GardenError;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creates_of_one_handle() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     for round in 0..5 {
@@ -42,6 +43,7 @@ async fn racing_creates_of_one_handle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_racing_create_leaves_nothing() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     for round in 0..8 {
@@ -84,6 +86,7 @@ async fn destroy_racing_create_leaves_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_property_writes_all_land() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-props-race";
@@ -120,6 +123,7 @@ async fn concurrent_property_writes_all_land() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_processes_at_once() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-many";
@@ -151,6 +155,7 @@ async fn many_processes_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_and_metrics_after_stop() {
+    e2e::require_root!();
     let g = Gardend::start();
     let c = g.client();
     let h = "e2e-stopped-files";

@@ -50,6 +50,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
+    e2e::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let depot = tmp.path().join("depot");
     let log = tmp.path().join("gardend.log");

@@ -167,6 +167,7 @@ async fn teardown(g: &Gardend, handle: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_exact_bytes() {
+    e2e::require_root!();
     let h = "e2e-wire-run";
     let g = setup(h).await;
     let mut main = Raw::connect(&g).await;
@@ -224,6 +225,7 @@ async fn run_exact_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_on_hijacked_routes_are_length_delimited() {
+    e2e::require_root!();
     let h = "e2e-wire-err";
     let g = setup(h).await;
     let check = |head: &str, status: &str| {
@@ -285,6 +287,7 @@ async fn errors_on_hijacked_routes_are_length_delimited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_messages_split_and_merged() {
+    e2e::require_root!();
     let h = "e2e-wire-stdin";
     let g = setup(h).await;
     let mut main = Raw::connect(&g).await;
@@ -320,6 +323,7 @@ async fn stdin_messages_split_and_merged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signal_resize_and_output_buffered_before_attach() {
+    e2e::require_root!();
     let h = "e2e-wire-sig";
     let g = setup(h).await;
     let mut main = Raw::connect(&g).await;
@@ -351,6 +355,7 @@ async fn signal_resize_and_output_buffered_before_attach() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_detaches_without_killing() {
+    e2e::require_root!();
     let h = "e2e-wire-detach";
     let g = setup(h).await;
     let mut main = Raw::connect(&g).await;
@@ -379,6 +384,7 @@ async fn client_disconnect_detaches_without_killing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_messages_close_stdin_but_keep_the_session() {
+    e2e::require_root!();
     let h = "e2e-wire-unknown";
     let g = setup(h).await;
     for (i, msg) in [

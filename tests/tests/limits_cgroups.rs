@@ -60,6 +60,7 @@ fn is_v2() -> bool {
 
 #[test]
 fn memory_limit_oom_kills_and_records_event() {
+    e2e::require_root!();
     let _s = serial();
     let g = Gardend::start();
     rt().block_on(async {
@@ -119,6 +120,7 @@ fn memory_limit_oom_kills_and_records_event() {
 
 #[test]
 fn pid_limit_contains_a_fork_bomb() {
+    e2e::require_root!();
     let _s = serial();
     let g = Gardend::start();
     rt().block_on(async {
@@ -168,6 +170,7 @@ fn pid_limit_contains_a_fork_bomb() {
 
 #[test]
 fn cpu_shares_reach_the_cgroup_and_the_getter() {
+    e2e::require_root!();
     let _s = serial();
     let g = Gardend::start();
     rt().block_on(async {
@@ -216,6 +219,7 @@ fn cpu_shares_reach_the_cgroup_and_the_getter() {
 
 #[test]
 fn cpu_quota_per_share_caps_the_container() {
+    e2e::require_root!();
     let _s = serial();
     // 10 µs per share per 100 ms period: 512 shares -> 5120 µs, about 5% of one CPU.
     // 0.5% of a CPU per share: 512 shares are entitled to 2.56 CPU-ns per ns of age.
@@ -267,6 +271,7 @@ fn cpu_quota_per_share_caps_the_container() {
 
 #[test]
 fn metrics_after_work_and_bulk_endpoints() {
+    e2e::require_root!();
     let _s = serial();
     let g = Gardend::start();
     rt().block_on(async {

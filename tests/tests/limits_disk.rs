@@ -100,6 +100,7 @@ fn disk_leaks(g: &Gardend, handle: &str) -> Vec<String> {
 
 #[test]
 fn byte_limit_stops_a_writer_and_metrics_follow() {
+    e2e::require_root!();
     let _s = serial();
     let g = Gardend::start();
     rt().block_on(async {
@@ -172,6 +173,7 @@ fn byte_limit_stops_a_writer_and_metrics_follow() {
 
 #[test]
 fn inode_limit_stops_creating_files() {
+    e2e::require_root!();
     let _s = serial();
     let g = Gardend::start();
     rt().block_on(async {
@@ -201,6 +203,7 @@ fn inode_limit_stops_creating_files() {
 
 #[test]
 fn total_scope_counts_the_image() {
+    e2e::require_root!();
     let _s = serial();
     let g = Gardend::start();
     rt().block_on(async {
@@ -244,6 +247,7 @@ fn total_scope_counts_the_image() {
 
 #[test]
 fn nothing_is_left_after_destroy_or_shutdown() {
+    e2e::require_root!();
     let _s = serial();
     let mut g = Gardend::start();
     rt().block_on(async {

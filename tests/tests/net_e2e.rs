@@ -95,6 +95,7 @@ async fn names(c: &Client, h: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netin_reaches_a_server_in_the_container() {
+    e2e::require_root!();
     let g = gardend(1, &[]);
     let c = g.client();
     let mut s = spec("net-in");
@@ -199,6 +200,7 @@ async fn netin_reaches_a_server_in_the_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn neighbours_on_a_static_subnet_reach_each_other() {
+    e2e::require_root!();
     let g = gardend(2, &[]);
     let c = g.client();
     let shared = |h: &str| ContainerSpec {
@@ -241,6 +243,7 @@ async fn neighbours_on_a_static_subnet_reach_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_networks_and_netout_rules() {
+    e2e::require_root!();
     let host = TcpListener::bind("0.0.0.0:0").expect("host listener");
     let host_port = host.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -421,6 +424,7 @@ fn assert_shaped(what: &str, took: &[Duration]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_limit_slows_a_transfer() {
+    e2e::require_root!();
     let size = 1 << 20;
     let port = http_server(size);
     let g = gardend(4, &["--allow-host-access"]);
@@ -488,6 +492,7 @@ async fn bandwidth_limit_slows_a_transfer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_get_distinct_addresses() {
+    e2e::require_root!();
     let g = gardend(5, &[]);
     let c = g.client();
     let creates = (0..12).map(|i| {
@@ -514,6 +519,7 @@ async fn concurrent_creates_get_distinct_addresses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_leaks_after_100_create_destroy_cycles() {
+    e2e::require_root!();
     let g = gardend(7, &["--deny-network", "10.0.0.0/8"]);
     let c = g.client();
     c.create(&spec("probe")).await.expect("create");
@@ -630,6 +636,7 @@ impl Raw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_removes_what_a_crashed_gardend_left() {
+    e2e::require_root!();
     let dir = tempfile::Builder::new()
         .prefix("gardend-net-crash-")
         .tempdir()
@@ -745,6 +752,7 @@ impl Drop for Outside {
 /// container from the pool and for one of a static subnet outside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_traffic_is_masqueraded() {
+    e2e::require_root!();
     let outside = Outside::new();
     let g = gardend(8, &[]);
     let c = g.client();

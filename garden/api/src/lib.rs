@@ -7,11 +7,13 @@
 //!
 //! No I/O lives here.
 
+pub mod chunked;
 pub mod error;
 pub mod info;
 pub mod process;
 pub mod routes;
 pub mod spec;
+pub mod units;
 
 mod de;
 

@@ -3,118 +3,17 @@
 //! offending input, so clap can print it next to the flag.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
 use garden_api::{
     BindMount, IpRange, PortRange, Protocol, BIND_MOUNT_MODE_RO, BIND_MOUNT_MODE_RW, PROTOCOL_ALL,
     PROTOCOL_ICMP, PROTOCOL_ICMPV6, PROTOCOL_TCP, PROTOCOL_UDP,
 };
 
-/// A byte size such as `1048576`, `512K`, `64M`, `1.5G`, `2GiB`. Suffixes are binary
-/// (K = 1024), as memory limits are usually thought of.
-pub fn size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "invalid size '{s}': expected a number such as 64M or 1G"
-        ));
-    }
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => {
-            return Err(format!(
-                "invalid size '{s}': unknown unit '{other}' (use K, M, G or T)"
-            ))
-        }
-    };
-    let multiplier = 1u64 << shift;
-    if let Ok(n) = num.parse::<u64>() {
-        return n
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("invalid size '{s}': too large"));
-    }
-    let f: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid size '{s}': '{num}' is not a number"))?;
-    let bytes = f * multiplier as f64;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("invalid size '{s}': too large"));
-    }
-    if bytes.fract() != 0.0 {
-        return Err(format!("invalid size '{s}': not a whole number of bytes"));
-    }
-    Ok(bytes as u64)
-}
+/// A byte size such as `1048576`, `512K`, `64M`, `1.5G`, `2GiB` (see [`garden_api::units`]).
+pub use garden_api::units::parse_size as size;
 
 /// A duration such as `30s`, `5m`, `1h30m`, `500ms` or `2d`; a bare number means seconds.
-pub fn duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("invalid duration '': expected e.g. 30s, 5m or 1h30m".into());
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total: u128 = 0;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(format!(
-                "invalid duration '{s}': expected a number before '{rest}'"
-            ));
-        }
-        let (num, tail) = rest.split_at(num_len);
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_len);
-        let nanos_per: u128 = match unit {
-            "ns" => 1,
-            "us" | "µs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60 * 1_000_000_000,
-            "h" => 3_600 * 1_000_000_000,
-            "d" => 86_400 * 1_000_000_000,
-            "" => {
-                return Err(format!(
-                    "invalid duration '{s}': missing unit after '{num}' (use ms, s, m, h or d)"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "invalid duration '{s}': unknown unit '{other}' (use ms, s, m, h or d)"
-                ))
-            }
-        };
-        let part = if let Ok(n) = num.parse::<u128>() {
-            n.checked_mul(nanos_per)
-        } else {
-            let f: f64 = num
-                .parse()
-                .map_err(|_| format!("invalid duration '{s}': '{num}' is not a number"))?;
-            let v = f * nanos_per as f64;
-            (v.is_finite() && v < u64::MAX as f64).then_some(v as u128)
-        };
-        total = part
-            .and_then(|p| total.checked_add(p))
-            .filter(|t| *t <= u64::MAX as u128)
-            .ok_or_else(|| format!("invalid duration '{s}': too long"))?;
-        rest = tail;
-    }
-    Ok(Duration::from_nanos(total as u64))
-}
+pub use garden_api::units::parse_duration as duration;
 
 /// `key=value`, split at the first `=`; the key must not be empty, the value may be.
 pub fn key_value(s: &str) -> Result<(String, String), String> {
@@ -286,43 +185,6 @@ pub fn target(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(size("1024"), Ok(1024));
-        assert_eq!(size("64M"), Ok(64 << 20));
-        assert_eq!(size("64m"), Ok(64 << 20));
-        assert_eq!(size("1G"), Ok(1 << 30));
-        assert_eq!(size("2GiB"), Ok(2 << 30));
-        assert_eq!(size("512k"), Ok(512 << 10));
-        assert_eq!(size("1.5G"), Ok(3 << 29));
-        assert_eq!(size("10b"), Ok(10));
-        assert!(size("").unwrap_err().contains("expected a number"));
-        assert!(size("M").is_err());
-        assert!(size("-1M").is_err());
-        assert!(size("12X").unwrap_err().contains("unknown unit 'x'"));
-        assert!(size("1.2.3M").is_err());
-        assert!(size("99999999999T").unwrap_err().contains("too large"));
-        assert!(size("0.3b").unwrap_err().contains("whole number"));
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(duration("45"), Ok(Duration::from_secs(45)));
-        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert_eq!(duration("10us"), Ok(Duration::from_micros(10)));
-        assert!(duration("").is_err());
-        assert!(duration("5x").unwrap_err().contains("unknown unit 'x'"));
-        assert!(duration("1h30").unwrap_err().contains("missing unit"));
-        assert!(duration("m").unwrap_err().contains("expected a number"));
-        assert!(duration("-5s").is_err());
-        assert!(duration("999999999999d").unwrap_err().contains("too long"));
-    }
 
     #[test]
     fn bind_mounts() {

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use garden_api::chunked::{encode_chunk, LAST_CHUNK};
 use garden_api::routes::build_query;
 use garden_api::{
     to_wire, BandwidthLimits, BulkInfo, BulkMetrics, Capacity, ContainerInfo, ContainerSpec,
@@ -435,11 +436,10 @@ async fn send_chunked<W: AsyncWrite + Unpin>(
         if n == 0 {
             break;
         }
-        let mut chunk = format!("{n:x}\r\n").into_bytes();
-        chunk.extend_from_slice(&buf[..n]);
-        chunk.extend_from_slice(b"\r\n");
-        wr.write_all(&chunk).await.map_err(SendError::Write)?;
+        wr.write_all(&encode_chunk(&buf[..n]))
+            .await
+            .map_err(SendError::Write)?;
     }
-    wr.write_all(b"0\r\n\r\n").await.map_err(SendError::Write)?;
+    wr.write_all(LAST_CHUNK).await.map_err(SendError::Write)?;
     wr.flush().await.map_err(SendError::Write)
 }

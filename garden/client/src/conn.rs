@@ -9,6 +9,8 @@ use std::str::FromStr;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
+use garden_api::chunked::{ChunkedDecoder, Decoded};
 use garden_api::{ErrorBody, GardenError};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
@@ -19,8 +21,6 @@ use crate::error::ClientError;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Response heads larger than this are refused rather than buffered without bound.
 const MAX_HEAD: usize = 64 * 1024;
-/// Longest chunk-size or trailer line accepted in a chunked body.
-const MAX_LINE: usize = 4096;
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,10 +253,12 @@ pub(crate) struct Body<R> {
 enum Framing {
     Length(u64),
     Close,
-    ChunkSize(Vec<u8>),
-    ChunkData(u64),
-    ChunkEnd(Vec<u8>),
-    Trailer(Vec<u8>),
+    /// Decoded with the codec gardend uses too; `pending` is decoded body not yet handed out.
+    Chunked {
+        decoder: ChunkedDecoder,
+        raw: BytesMut,
+        pending: Bytes,
+    },
     Done,
 }
 
@@ -271,7 +273,11 @@ impl<R: AsyncRead + Unpin> Body<R> {
             if head.status == 204 || head.status == 304 || (100..200).contains(&head.status) {
                 Framing::Done
             } else if chunked {
-                Framing::ChunkSize(Vec::new())
+                Framing::Chunked {
+                    decoder: ChunkedDecoder::new(),
+                    raw: BytesMut::new(),
+                    pending: Bytes::new(),
+                }
             } else if let Some(len) = head.header("Content-Length") {
                 let len = len.parse::<u64>().map_err(|_| {
                     ClientError::Protocol(format!("invalid Content-Length {len:?} in response"))
@@ -305,36 +311,6 @@ fn eof(what: &str) -> io::Error {
 
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-/// Append bytes up to and including `\n` to `line`; ready once the line is complete, with the
-/// line ending stripped.
-fn poll_line<B: AsyncBufRead + Unpin>(
-    inner: &mut B,
-    cx: &mut Context<'_>,
-    line: &mut Vec<u8>,
-) -> Poll<io::Result<()>> {
-    loop {
-        let available = ready!(Pin::new(&mut *inner).poll_fill_buf(cx))?;
-        if available.is_empty() {
-            return Poll::Ready(Err(eof("inside chunked body framing")));
-        }
-        let (take, done) = match available.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (available.len(), false),
-        };
-        line.extend_from_slice(&available[..take]);
-        Pin::new(&mut *inner).consume(take);
-        if line.len() > MAX_LINE {
-            return Poll::Ready(Err(invalid("chunked body framing line too long".into())));
-        }
-        if done {
-            while matches!(line.last(), Some(b'\n' | b'\r')) {
-                line.pop();
-            }
-            return Poll::Ready(Ok(()));
-        }
-    }
 }
 
 /// Read at most `limit` bytes from `inner` into `buf`; returns the count (0 only at EOF).
@@ -377,42 +353,31 @@ impl<R: AsyncRead + Unpin> AsyncRead for Body<R> {
                     *left -= n as u64;
                     return Poll::Ready(Ok(()));
                 }
-                Framing::ChunkSize(line) => {
-                    ready!(poll_line(&mut this.inner, cx, line))?;
-                    let text = String::from_utf8_lossy(line);
-                    let digits = text.split(';').next().unwrap_or("").trim();
-                    let size = u64::from_str_radix(digits, 16)
-                        .map_err(|_| invalid(format!("invalid chunk size line {text:?}")))?;
-                    this.framing = if size == 0 {
-                        Framing::Trailer(Vec::new())
-                    } else {
-                        Framing::ChunkData(size)
-                    };
-                }
-                Framing::ChunkData(left) => {
-                    let n = ready!(poll_limited(&mut this.inner, cx, buf, *left))?;
-                    if n == 0 {
-                        return Poll::Ready(Err(eof("inside a chunk of the response body")));
+                Framing::Chunked {
+                    decoder,
+                    raw,
+                    pending,
+                } => {
+                    if !pending.is_empty() {
+                        let n = pending.len().min(buf.remaining());
+                        buf.put_slice(&pending.split_to(n));
+                        return Poll::Ready(Ok(()));
                     }
-                    *left -= n as u64;
-                    if *left == 0 {
-                        this.framing = Framing::ChunkEnd(Vec::new());
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Framing::ChunkEnd(line) => {
-                    ready!(poll_line(&mut this.inner, cx, line))?;
-                    if !line.is_empty() {
-                        return Poll::Ready(Err(invalid("missing CRLF after chunk data".into())));
-                    }
-                    this.framing = Framing::ChunkSize(Vec::new());
-                }
-                Framing::Trailer(line) => {
-                    ready!(poll_line(&mut this.inner, cx, line))?;
-                    if line.is_empty() {
-                        this.framing = Framing::Done;
-                    } else {
-                        line.clear();
+                    let step = decoder
+                        .decode(raw)
+                        .map_err(|e| invalid(format!("malformed chunked response body: {e}")))?;
+                    match step {
+                        Decoded::Data(data) => *pending = data,
+                        Decoded::Done => this.framing = Framing::Done,
+                        Decoded::NeedMore => {
+                            let available = ready!(Pin::new(&mut this.inner).poll_fill_buf(cx))?;
+                            if available.is_empty() {
+                                return Poll::Ready(Err(eof("inside the chunked response body")));
+                            }
+                            let n = available.len();
+                            raw.extend_from_slice(available);
+                            Pin::new(&mut this.inner).consume(n);
+                        }
                     }
                 }
             }

@@ -122,17 +122,25 @@ impl Peer {
         let lower = head.to_ascii_lowercase();
         let (mut body, mut raw_body) = (Vec::new(), Vec::new());
         if lower.contains("transfer-encoding: chunked\r\n") {
+            // The workspace's one chunked codec; `raw_body` keeps the framing for assertions.
+            let mut decoder = garden_api::chunked::ChunkedDecoder::new();
+            let mut wire = bytes::BytesMut::new();
             loop {
-                let line = self.read_line().await;
-                raw_body.extend_from_slice(line.as_bytes());
-                let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
-                let data = self.read_exact(size + 2).await;
-                raw_body.extend_from_slice(&data);
-                body.extend_from_slice(&data[..size]);
-                if size == 0 {
-                    break;
+                match decoder.decode(&mut wire).expect("valid chunked framing") {
+                    garden_api::chunked::Decoded::Data(d) => body.extend_from_slice(&d),
+                    garden_api::chunked::Decoded::Done => break,
+                    garden_api::chunked::Decoded::NeedMore => {
+                        if self.buf.is_empty() {
+                            assert!(self.fill().await > 0, "eof inside chunked body");
+                        }
+                        raw_body.extend_from_slice(&self.buf);
+                        wire.extend_from_slice(&std::mem::take(&mut self.buf));
+                    }
                 }
             }
+            // Bytes after the body belong to the next read.
+            raw_body.truncate(raw_body.len() - wire.len());
+            self.buf = wire.to_vec();
         } else if let Some(rest) = lower.split("content-length: ").nth(1) {
             let n: usize = rest.split("\r\n").next().unwrap().parse().unwrap();
             body = self.read_exact(n).await;

@@ -1,61 +1,163 @@
-//! gardend's configuration: Guardian's flag names where one exists, plus a config file.
+//! gardend's settings, each declared once: the field, its doc (which is the `--help` text), its
+//! flag (Guardian's name where one exists) and its default. The config file uses the same
+//! names (see `cli.rs`), so adding a setting means adding one field here.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything the core needs to start. Filled from flags and the config file by `cli.rs`.
-#[derive(Debug, Clone)]
+use clap::Args;
+use garden_api::units::{parse_duration, parse_size};
+
+/// Everything the core needs to start, from flags over the config file over the defaults.
+#[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// TCP address to listen on when `bind_socket` is not set.
+    /// IP address to listen on.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1", value_parser = parse_ip)]
     pub bind_ip: String,
+    /// TCP port to listen on.
+    #[arg(long, value_name = "PORT", default_value_t = 7777)]
     pub bind_port: u16,
-    /// Unix socket path; when set, gardend listens there instead of TCP.
+    /// Listen on this unix socket instead of TCP.
+    #[arg(long, value_name = "PATH", value_parser = non_empty_path)]
     pub bind_socket: Option<PathBuf>,
-    /// Directory holding one bundle directory per container.
+    /// Directory holding one bundle per container.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/gardend/depot")]
     pub depot: PathBuf,
-    /// Rootfs used when a create names no image; `None` = build the embedded busybox rootfs
-    /// under `<depot>/../rootfs` (or the state dir) on first start.
+    /// Rootfs for containers created without an image [default: built-in busybox, built under
+    /// the depot's parent on first start].
+    #[arg(long, value_name = "URI", value_parser = non_empty)]
     pub default_rootfs: Option<String>,
-    /// Grace time for containers created with `grace_time` 0; zero = never reaped.
+    /// Grace time for containers created without one, e.g. `5m`, `1h30m`, `500ms`, or a number
+    /// of seconds; 0 = never reaped.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
     pub default_grace_time: Duration,
-    /// 0 = no limit.
+    /// Maximum number of containers; 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_containers: u64,
-    /// tracing filter, e.g. `info` or `debug`.
+    /// debug, info, warn or error.
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
-    /// Name of the cgroup gardend owns at the root of each hierarchy.
+    /// Name of the cgroup gardend creates under each hierarchy.
+    #[arg(long, value_name = "NAME", default_value = "garden", value_parser = non_empty)]
     pub cgroup_parent: String,
-    /// Path of the garden-init binary; `None` = next to the gardend executable.
+    /// Path of the garden-init binary [default: next to gardend].
+    #[arg(long, value_name = "PATH", value_parser = non_empty_path)]
     pub init_bin: Option<PathBuf>,
-    /// Cap on concurrent client connections.
+    /// Maximum number of concurrent client connections.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = parse_max_connections)]
     pub max_connections: usize,
-    /// Microseconds of CPU per 100 ms period per cpu share; 0 = no hard CPU quota.
+    /// CPU hard quota: microseconds of CPU per 100 ms period granted per cpu share
+    /// (cpu.cfs_quota_us / cpu.max); 0 = no quota.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     pub cpu_quota_per_share: u64,
-    /// Bytes of the loop-mounted XFS quota store; 0 = no store (disk limits refused).
+    /// Size of the XFS file (sparse, loop-mounted with project quotas under the state dir)
+    /// holding the containers' writable layers, e.g. `10G`; 0 = no store, disk limits are
+    /// refused.
+    #[arg(long, value_name = "BYTES", default_value = "0", value_parser = parse_size)]
     pub disk_store_size: u64,
-    /// Percent of a CPU per cpu share, for Metrics' CPUEntitlement; 0 = not reported.
+    /// Percent of a CPU each cpu share entitles a container to, for Metrics' CPUEntitlement
+    /// (shares x percent/100 x age); 0 = report 0.
+    #[arg(long, value_name = "PERCENT", default_value = "0", value_parser = parse_percent)]
     pub cpu_entitlement_per_share: f64,
     /// Container networking (pools, firewall defaults, DNS).
+    #[command(flatten)]
     pub net: crate::net::NetConfig,
 }
 
+/// The defaults, exactly as the flags declare them.
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            bind_ip: "127.0.0.1".into(),
-            bind_port: 7777,
-            bind_socket: None,
-            depot: PathBuf::from("/var/lib/gardend/depot"),
-            default_rootfs: None,
-            default_grace_time: Duration::ZERO,
-            max_containers: 0,
-            log_level: "info".into(),
-            cgroup_parent: "garden".into(),
-            init_bin: None,
-            max_connections: 4096,
-            cpu_quota_per_share: 0,
-            disk_store_size: 0,
-            cpu_entitlement_per_share: 0.0,
-            net: crate::net::NetConfig::default(),
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
         }
+        let matches = <Only as clap::CommandFactory>::command().get_matches_from(["gardend"]);
+        Only::from_arg_matches(&matches)
+            .expect("the declared defaults parse")
+            .config
+    }
+}
+
+fn parse_ip(value: &str) -> Result<String, String> {
+    value
+        .trim()
+        .parse::<IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| format!("{value:?} is not an IP address"))
+}
+
+fn parse_log_level(value: &str) -> Result<String, String> {
+    let level = value.trim().to_ascii_lowercase();
+    match level.as_str() {
+        "trace" | "debug" | "info" | "warn" | "error" => Ok(level),
+        "warning" => Ok("warn".into()),
+        _ => Err(format!(
+            "unknown log level {value:?} (expected debug, info, warn or error)"
+        )),
+    }
+}
+
+fn parse_max_connections(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A non-negative, finite percentage such as `12.5`.
+fn parse_percent(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(p) if p.is_finite() && p >= 0.0 => Ok(p),
+        Ok(_) => Err(format!(
+            "invalid percentage {value:?}: must be a finite number >= 0"
+        )),
+        Err(e) => Err(format!("invalid percentage {value:?}: {e}")),
+    }
+}
+
+/// An empty value means "not set" (a config file may say `init_bin =`).
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+fn non_empty_path(value: &str) -> Result<PathBuf, String> {
+    non_empty(value).map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_percent("12.5"), Ok(12.5));
+        assert!(parse_percent("-1").is_err());
+        assert!(parse_percent("NaN").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let d = Config::default();
+        assert_eq!((d.bind_ip.as_str(), d.bind_port), ("127.0.0.1", 7777));
+        assert_eq!(d.depot, PathBuf::from("/var/lib/gardend/depot"));
+        assert_eq!((d.max_connections, d.log_level.as_str()), (4096, "info"));
+        assert_eq!(d.cgroup_parent, "garden");
+        assert_eq!(d.default_grace_time, Duration::ZERO);
+        assert_eq!(
+            (d.bind_socket, d.init_bin, d.default_rootfs),
+            (None, None, None)
+        );
+        assert_eq!(d.net.pool.to_string(), "10.254.0.0/22");
+        assert_eq!((d.net.port_pool_start, d.net.port_pool_size), (61001, 4534));
+        assert_eq!(d.net.iptables_bin, PathBuf::from("iptables"));
+        assert!(!d.net.allow_host_access);
     }
 }

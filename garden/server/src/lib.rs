@@ -3,8 +3,13 @@
 //! Layers, top to bottom (see ARCHITECTURE.md):
 //! - `http/` and `api/`: bytes on a socket to [`service::Request`] and back; nothing else.
 //! - [`service`]: the typed boundary.
-//! - `garden.rs`: the core service: containers, processes, properties, grace timers.
-//! - `runtime/`, `cgroups/`: namespaces, mounts, cgroups; the only code that talks to the kernel.
+//! - `garden/`: the core service: containers, processes, properties, grace timers; one file
+//!   per job. It reaches the host only through [`kernel::Kernel`].
+//! - `kernel/`: the seam: the `Kernel`/`Sandbox` traits, the Linux implementation and a
+//!   recording fake for unit tests.
+//! - `runtime/`, `cgroups/`, `net/`, `quota/`, `process/`: the kernel side (clone, pidfds,
+//!   cgroup files, links and firewall, disk quotas, pipes and ptys). Only these, `kernel/` and
+//!   `init/` use libc or nix (`scripts/check-layers.sh`).
 //! - `garden-init` (src/bin/garden-init.rs): pid 1 of every container.
 
 pub mod api;
@@ -14,6 +19,7 @@ pub mod config;
 pub mod garden;
 pub mod http;
 pub mod init;
+pub mod kernel;
 pub mod net;
 pub mod process;
 pub mod quota;

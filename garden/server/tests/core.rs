@@ -103,6 +103,7 @@ async fn run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_against_the_kernel() {
+    test_support::require_root!();
     let _ = tracing_subscriber::fmt()
         .with_env_filter("debug")
         .with_test_writer()
@@ -185,6 +186,7 @@ async fn lifecycle_against_the_kernel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unprivileged_root_is_confined() {
+    test_support::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let g = garden(&tmp).await;
     for (handle, privileged) in [("core-unpriv", false), ("core-priv", true)] {
@@ -231,6 +233,7 @@ async fn unprivileged_root_is_confined() {
 /// dies), a process that keeps writing still runs, because garden-init holds the pipes open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_survive_their_readers() {
+    test_support::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let g = garden(&tmp).await;
     let spec = ContainerSpec {
@@ -276,6 +279,7 @@ async fn processes_survive_their_readers() {
 /// pid 1 is shielded from the container's OOM killer; its processes are not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_init_is_shielded_from_the_oom_killer() {
+    test_support::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let g = garden(&tmp).await;
     let spec = ContainerSpec {
@@ -313,6 +317,7 @@ async fn only_init_is_shielded_from_the_oom_killer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_handles_work() {
+    test_support::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let g = garden(&tmp).await;
     let handle = "h".repeat(200);

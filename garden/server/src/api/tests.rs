@@ -10,7 +10,7 @@ use bytes::Bytes;
 use garden_api::{to_wire, GardenError, HandlesResponse, ProcessInput, Signal, WindowSize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::server::{serve_with, Listener, ServeOptions};
 use crate::service::{ActivityGuard, OutputStream, ProcessSession, Reply, Request, Service};
@@ -26,7 +26,8 @@ struct ProcessLog {
 #[derive(Default)]
 struct Fake {
     requests: Mutex<Vec<String>>,
-    process: Arc<Mutex<ProcessLog>>,
+    /// Tests wait on this watch instead of sleeping until the fake has seen something.
+    process: Arc<watch::Sender<ProcessLog>>,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<Reply, GardenError> {
@@ -132,14 +133,14 @@ impl Fake {
             let mut exit_tx = Some(exit_tx);
             while let Some(msg) = inputs.recv().await {
                 let term = msg == ProcessInput::Signal(Signal::Terminate);
-                log.lock().unwrap().inputs.push(msg);
+                log.send_modify(|l| l.inputs.push(msg));
                 if term {
                     if let Some(tx) = exit_tx.take() {
                         let _ = tx.send(Ok(143));
                     }
                 }
             }
-            log.lock().unwrap().detached = true;
+            log.send_modify(|l| l.detached = true);
         });
         let process_id = if id.is_empty() {
             "generated".to_string()
@@ -453,7 +454,8 @@ async fn stream_in_decodes_chunks_split_across_writes() {
     for (i, piece) in framed.chunks(1_001).enumerate() {
         s.write_all(piece).await.unwrap();
         if i % 50 == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            s.flush().await.unwrap();
+            tokio::task::yield_now().await;
         }
     }
     let reply = read_to_close(&mut s).await;
@@ -526,15 +528,21 @@ fn run_request(spec: &str) -> String {
     format!("POST /containers/h/processes HTTP/1.1\r\n{GO_HEAD}Content-Length: {}\r\nContent-Type: application/json\r\n\r\n{spec}\n", spec.len() + 1)
 }
 
-async fn wait_for_inputs(fake: &Fake, n: usize) -> Vec<ProcessInput> {
-    for _ in 0..500 {
-        let inputs = fake.process.lock().unwrap().inputs.clone();
-        if inputs.len() >= n {
-            return inputs;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Wait (5 s at most) until the fake process's log satisfies `cond`.
+async fn wait_for_log(fake: &Fake, what: &str, cond: impl FnMut(&ProcessLog) -> bool) {
+    let mut log = fake.process.subscribe();
+    if tokio::time::timeout(Duration::from_secs(5), log.wait_for(cond))
+        .await
+        .is_err()
+    {
+        panic!("{what}; inputs so far: {:?}", fake.process.borrow().inputs);
     }
-    panic!("only {:?}", fake.process.lock().unwrap().inputs);
+}
+
+async fn wait_for_inputs(fake: &Fake, n: usize) -> Vec<ProcessInput> {
+    wait_for_log(fake, "too few inputs", |l| l.inputs.len() >= n).await;
+    let inputs = fake.process.borrow().inputs.clone();
+    inputs
 }
 
 #[tokio::test]
@@ -620,13 +628,8 @@ async fn client_disconnect_detaches_the_process() {
         .unwrap();
     read_until(&mut s, "\"stream_id\":\"1\"}\n").await;
     drop(s);
-    for _ in 0..500 {
-        if server.fake.process.lock().unwrap().detached {
-            return server.stop().await;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("input sender was not dropped");
+    wait_for_log(&server.fake, "input sender was not dropped", |l| l.detached).await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -699,8 +702,15 @@ async fn connection_limit_holds_back_extra_clients() {
         ..Default::default()
     })
     .await;
-    let idle = server.connect().await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The first client holds the only slot with a body it never finishes; once the core has
+    // its request, the slot is certainly taken.
+    let mut idle = server.connect().await;
+    idle.write_all(b"PUT /containers/h/files HTTP/1.1\r\nContent-Length: 10\r\n\r\nx")
+        .await
+        .unwrap();
+    while server.fake.requests.lock().unwrap().is_empty() {
+        tokio::task::yield_now().await;
+    }
     let mut second = server.connect().await;
     second
         .write_all(b"GET /ping HTTP/1.1\r\n\r\n")
@@ -734,13 +744,10 @@ async fn shutdown_detaches_process_sessions() {
         "",
         "closed without an exit status"
     );
-    for _ in 0..100 {
-        if fake.process.lock().unwrap().detached {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("session was not detached on shutdown");
+    wait_for_log(&fake, "session was not detached on shutdown", |l| {
+        l.detached
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -748,7 +755,9 @@ async fn idle_connections_do_not_delay_shutdown() {
     let server = start().await;
     let mut idle = server.connect().await;
     idle.write_all(b"GET /pi").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Connections are accepted in order: once a later one is answered, `idle` is being served.
+    let reply = server.exchange(b"GET /ping HTTP/1.1\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
     let started = std::time::Instant::now();
     server.stop().await;
     assert!(

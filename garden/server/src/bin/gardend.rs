@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
-use garden_server::cli::Cli;
+use garden_server::cli::{Cli, CliError};
 use garden_server::garden::Garden;
 use garden_server::server::{serve_with, Listener, ServeOptions};
 use tokio::signal::unix::{signal, SignalKind};
@@ -13,7 +12,11 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let loaded = Cli::parse().into_config()?;
+    let loaded = match Cli::load(std::env::args_os()) {
+        Ok(loaded) => loaded,
+        Err(CliError::Flags(e)) => e.exit(),
+        Err(e) => return Err(e.into()),
+    };
     let config = loaded.config;
     init_logging(&config.log_level)?;
     for warning in &loaded.warnings {

@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use garden_api::{ContainerCpuStat, ContainerMemoryStat, ContainerPidStat, Limits};
+use garden_api::{ContainerCpuStat, ContainerMemoryStat, ContainerPidStat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -137,6 +137,15 @@ pub struct ContainerCgroup {
     dirs: Vec<PathBuf>,
 }
 
+/// The limits a container's cgroup enforces, in the server's own terms (the core converts
+/// Garden's `Limits` at the service boundary). Zero = unlimited / default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub memory_bytes: u64,
+    pub pids_max: u64,
+    pub cpu_shares: u64,
+}
+
 /// What [`ContainerCgroup::stats`] reads.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stats {
@@ -218,12 +227,12 @@ impl Cgroups {
     }
 
     /// Create the container's cgroup and apply its limits.
-    pub fn create(&self, handle: &str, limits: &Limits) -> Result<ContainerCgroup> {
+    pub fn create(&self, handle: &str, limits: &Resources) -> Result<ContainerCgroup> {
         let cg = self.container(handle);
         for d in &cg.dirs {
             fs::create_dir_all(d).map_err(io("create", d))?;
         }
-        let quota = cpu_quota(limits.cpu_limits.shares(), self.cpu_quota_per_share);
+        let quota = cpu_quota(limits.cpu_shares, self.cpu_quota_per_share);
         let applied = match &self.layout {
             Layout::V1(ctrls) => v1::apply(ctrls, &cg.dirs, limits, quota),
             Layout::V2(_) => v2::apply(&cg.dirs[0], limits, quota),

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use garden_api::{ContainerMemoryStat, Limits};
+use garden_api::ContainerMemoryStat;
+
+use super::Resources;
 
 use super::{parse_kv, read, read_u64, write, Result, Stats};
 
@@ -19,11 +21,11 @@ fn dir_of<'a>(ctrls: &[(String, PathBuf)], dirs: &'a [PathBuf], ctrl: &str) -> O
 pub fn apply(
     ctrls: &[(String, PathBuf)],
     dirs: &[PathBuf],
-    limits: &Limits,
+    limits: &Resources,
     cpu_quota: Option<u64>,
 ) -> Result<()> {
     if let Some(mem) = dir_of(ctrls, dirs, "memory") {
-        let bytes = limits.memory_limits.limit_in_bytes;
+        let bytes = limits.memory_bytes;
         if bytes > 0 {
             write(&mem.join("memory.limit_in_bytes"), &bytes.to_string())?;
             // memory+swap = memory: no swapping past the limit. Absent without swap accounting.
@@ -34,12 +36,12 @@ pub fn apply(
         }
     }
     if let Some(pids) = dir_of(ctrls, dirs, "pids") {
-        if limits.pid_limits.max > 0 {
-            write(&pids.join("pids.max"), &limits.pid_limits.max.to_string())?;
+        if limits.pids_max > 0 {
+            write(&pids.join("pids.max"), &limits.pids_max.to_string())?;
         }
     }
     if let Some(cpu) = dir_of(ctrls, dirs, "cpu") {
-        let shares = limits.cpu_limits.shares();
+        let shares = limits.cpu_shares;
         if shares > 0 {
             write(&cpu.join("cpu.shares"), &shares.max(2).to_string())?;
         }
@@ -148,11 +150,11 @@ mod tests {
             std::fs::create_dir_all(d).unwrap();
         }
         std::fs::write(dirs[0].join("memory.memsw.limit_in_bytes"), "").unwrap();
-        let mut limits = Limits::default();
-        limits.memory_limits.limit_in_bytes = 64 << 20;
-        limits.pid_limits.max = 50;
-        limits.cpu_limits.limit_in_shares = 512;
-        limits.cpu_limits.weight = 100;
+        let limits = Resources {
+            memory_bytes: 64 << 20,
+            pids_max: 50,
+            cpu_shares: 100,
+        };
         apply(&ctrls, &dirs, &limits, Some(5_000)).unwrap();
         let r = |d: &PathBuf, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
         assert_eq!(r(&dirs[0], "memory.limit_in_bytes"), "67108864");

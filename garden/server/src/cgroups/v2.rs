@@ -3,7 +3,9 @@
 use std::fs;
 use std::path::Path;
 
-use garden_api::{ContainerMemoryStat, Limits};
+use garden_api::ContainerMemoryStat;
+
+use super::Resources;
 
 use super::{io, parse_kv, read, read_u64, shares_to_weight, write, Result, Stats};
 
@@ -28,8 +30,8 @@ fn enable(dir: &Path) {
     }
 }
 
-pub fn apply(dir: &Path, limits: &Limits, cpu_quota: Option<u64>) -> Result<()> {
-    let bytes = limits.memory_limits.limit_in_bytes;
+pub fn apply(dir: &Path, limits: &Resources, cpu_quota: Option<u64>) -> Result<()> {
+    let bytes = limits.memory_bytes;
     if bytes > 0 {
         write(&dir.join("memory.max"), &bytes.to_string())?;
         let swap = dir.join("memory.swap.max");
@@ -37,10 +39,10 @@ pub fn apply(dir: &Path, limits: &Limits, cpu_quota: Option<u64>) -> Result<()> 
             write(&swap, "0")?;
         }
     }
-    if limits.pid_limits.max > 0 {
-        write(&dir.join("pids.max"), &limits.pid_limits.max.to_string())?;
+    if limits.pids_max > 0 {
+        write(&dir.join("pids.max"), &limits.pids_max.to_string())?;
     }
-    let shares = limits.cpu_limits.shares();
+    let shares = limits.cpu_shares;
     if shares > 0 {
         write(
             &dir.join("cpu.weight"),
@@ -141,10 +143,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         fs::write(d.join("memory.swap.max"), "").unwrap();
-        let mut limits = Limits::default();
-        limits.memory_limits.limit_in_bytes = 1 << 20;
-        limits.pid_limits.max = 10;
-        limits.cpu_limits.weight = 1024;
+        let limits = Resources {
+            memory_bytes: 1 << 20,
+            pids_max: 10,
+            cpu_shares: 1024,
+        };
         apply(d, &limits, Some(2_000)).unwrap();
         assert_eq!(fs::read_to_string(d.join("memory.max")).unwrap(), "1048576");
         assert_eq!(fs::read_to_string(d.join("memory.swap.max")).unwrap(), "0");

@@ -4,8 +4,8 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::chunked::{ChunkedDecoder, Decoded};
 use super::HttpError;
+use garden_api::chunked::{ChunkedDecoder, Decoded};
 
 /// Largest request head accepted (request line plus headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;

@@ -16,7 +16,7 @@ pub enum HttpError {
     #[error("unsupported Transfer-Encoding: {0:?}")]
     UnsupportedTransferEncoding(String),
     #[error("malformed chunked encoding: {0}")]
-    BadChunk(&'static str),
+    BadChunk(#[from] garden_api::chunked::ChunkError),
     #[error("request body exceeds {limit} bytes")]
     BodyTooLarge { limit: u64 },
     #[error("connection closed in the middle of the request {0}")]

@@ -32,7 +32,8 @@ pub struct InitConfig {
     pub cgroup_procs: Vec<PathBuf>,
     /// Where garden-init listens for gardend.
     pub socket: PathBuf,
-    /// Host directory where garden-init records exit codes (`<id>.exit`).
+    /// Host directory where garden-init records exit codes (`<id>.exit`) and gardend hands over
+    /// spawn requests too large for a packet.
     pub processes_dir: PathBuf,
     /// Privileged containers keep every capability and an unmasked /proc.
     #[serde(default)]
@@ -46,6 +47,26 @@ pub struct InitBindMount {
     /// Path inside the container.
     pub dst: PathBuf,
     pub read_only: bool,
+}
+
+/// The resource limits a process spec may set (Garden's `ResourceLimits`, one each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rlimit {
+    As,
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Locks,
+    Memlock,
+    Msgqueue,
+    Nice,
+    Nofile,
+    Nproc,
+    Rss,
+    Rtprio,
+    Sigpending,
+    Stack,
 }
 
 /// A process to start inside the container. Its stdio fds travel with the message:
@@ -62,7 +83,7 @@ pub struct SpawnRequest {
     /// `name`, `uid:gid`, `name:group`; empty = root.
     pub user: String,
     /// (resource, value) pairs applied with soft = hard.
-    pub rlimits: Vec<(i32, u64)>,
+    pub rlimits: Vec<(Rlimit, u64)>,
     pub tty: bool,
     /// Keep the full capability set (privileged containers).
     #[serde(default)]

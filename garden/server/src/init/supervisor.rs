@@ -20,7 +20,7 @@ use nix::unistd::{
     chown, dup2, execve, fork, pipe2, setgid, setgroups, setsid, setuid, ForkResult, Gid, Pid, Uid,
 };
 
-use super::proto::{self, FromInit, Received, SpawnFailure, SpawnRequest, ToInit};
+use super::proto::{self, FromInit, Received, Rlimit, SpawnFailure, SpawnRequest, ToInit};
 use super::setup::Prepared;
 use super::user;
 
@@ -227,7 +227,8 @@ impl Supervisor {
         serde_json::from_slice(&json).map_err(|e| format!("parse process spec: {e}"))
     }
 
-    /// `<processes_dir>/<id>.exit`, so an exit code survives gardend restarts.
+    /// `<processes_dir>/<id>.exit`, so an exit code survives gardend restarts (re-adopting
+    /// containers will read it; today `tests/garden_restart.rs` does).
     fn record_exit(&self, id: &str, code: i32) {
         let name = format!("{id}.exit");
         let flags =
@@ -405,8 +406,8 @@ fn child(
             }
         }
         for (resource, value) in &req.rlimits {
-            if let Some(r) = rlimit_resource(*resource) {
-                setrlimit(r, *value, *value).map_err(fail(STAGE_SETUP))?;
+            {
+                setrlimit(rlimit_resource(*resource), *value, *value).map_err(fail(STAGE_SETUP))?;
             }
         }
         if !req.privileged {
@@ -454,26 +455,24 @@ fn drop_capabilities() -> Result<(), Errno> {
     Ok(())
 }
 
-fn rlimit_resource(n: i32) -> Option<Resource> {
-    use Resource::*;
-    Some(match n as u32 {
-        libc::RLIMIT_AS => RLIMIT_AS,
-        libc::RLIMIT_CORE => RLIMIT_CORE,
-        libc::RLIMIT_CPU => RLIMIT_CPU,
-        libc::RLIMIT_DATA => RLIMIT_DATA,
-        libc::RLIMIT_FSIZE => RLIMIT_FSIZE,
-        libc::RLIMIT_LOCKS => RLIMIT_LOCKS,
-        libc::RLIMIT_MEMLOCK => RLIMIT_MEMLOCK,
-        libc::RLIMIT_MSGQUEUE => RLIMIT_MSGQUEUE,
-        libc::RLIMIT_NICE => RLIMIT_NICE,
-        libc::RLIMIT_NOFILE => RLIMIT_NOFILE,
-        libc::RLIMIT_NPROC => RLIMIT_NPROC,
-        libc::RLIMIT_RSS => RLIMIT_RSS,
-        libc::RLIMIT_RTPRIO => RLIMIT_RTPRIO,
-        libc::RLIMIT_SIGPENDING => RLIMIT_SIGPENDING,
-        libc::RLIMIT_STACK => RLIMIT_STACK,
-        _ => return None,
-    })
+fn rlimit_resource(r: Rlimit) -> Resource {
+    match r {
+        Rlimit::As => Resource::RLIMIT_AS,
+        Rlimit::Core => Resource::RLIMIT_CORE,
+        Rlimit::Cpu => Resource::RLIMIT_CPU,
+        Rlimit::Data => Resource::RLIMIT_DATA,
+        Rlimit::Fsize => Resource::RLIMIT_FSIZE,
+        Rlimit::Locks => Resource::RLIMIT_LOCKS,
+        Rlimit::Memlock => Resource::RLIMIT_MEMLOCK,
+        Rlimit::Msgqueue => Resource::RLIMIT_MSGQUEUE,
+        Rlimit::Nice => Resource::RLIMIT_NICE,
+        Rlimit::Nofile => Resource::RLIMIT_NOFILE,
+        Rlimit::Nproc => Resource::RLIMIT_NPROC,
+        Rlimit::Rss => Resource::RLIMIT_RSS,
+        Rlimit::Rtprio => Resource::RLIMIT_RTPRIO,
+        Rlimit::Sigpending => Resource::RLIMIT_SIGPENDING,
+        Rlimit::Stack => Resource::RLIMIT_STACK,
+    }
 }
 
 /// Create the working directory if missing, each new component owned by the user, 0755.

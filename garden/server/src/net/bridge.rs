@@ -2,6 +2,7 @@
 //! network namespace as `eth0`), a bridge per shared subnet, and tc shaping on the host end.
 
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 
 use super::pool::Cidr;
@@ -39,10 +40,18 @@ fn gateway_line(dev: &str, subnet: &Cidr) -> String {
     )
 }
 
+/// A path other processes (ip, nsenter) can open to reach the network namespace `netns`
+/// gardend holds: no pid of the container is ever named, so none can have been reused.
+pub fn netns_path(netns: BorrowedFd<'_>) -> String {
+    format!("/proc/{}/fd/{}", std::process::id(), netns.as_raw_fd())
+}
+
 /// The command creating a container's veth pair, the container end straight in the namespace
-/// of `init_pid` as [`CONTAINER_IF`].
-fn veth_line(host_if: &str, init_pid: i32, mtu: u32) -> String {
-    format!("link add {host_if} mtu {mtu} type veth peer name {CONTAINER_IF} mtu {mtu} netns {init_pid}")
+/// `netns` (a path, see [`netns_path`]) as [`CONTAINER_IF`].
+fn veth_line(host_if: &str, netns: &str, mtu: u32) -> String {
+    format!(
+        "link add {host_if} mtu {mtu} type veth peer name {CONTAINER_IF} mtu {mtu} netns {netns}"
+    )
 }
 
 /// NetIn from loopback: DNATed packets keep their 127.0.0.1 source until MASQUERADE, so the
@@ -55,13 +64,13 @@ async fn allow_route_localnet(dev: &str) -> Result<(), NetError> {
 }
 
 /// Bridge (when `new_bridge`) and veth pair in one `ip` run; the container end goes straight
-/// into the namespace of `init_pid` as [`CONTAINER_IF`].
+/// into the namespace `netns` as [`CONTAINER_IF`].
 pub async fn create_host(
     bridge: &str,
     new_bridge: bool,
     subnet: &Cidr,
     host_if: &str,
-    init_pid: i32,
+    netns: BorrowedFd<'_>,
     mtu: u32,
 ) -> Result<(), NetError> {
     let mut lines = if new_bridge {
@@ -69,7 +78,7 @@ pub async fn create_host(
     } else {
         Vec::new()
     };
-    lines.push(veth_line(host_if, init_pid, mtu));
+    lines.push(veth_line(host_if, &netns_path(netns), mtu));
     lines.push(format!("link set {host_if} master {bridge} up"));
     ip_batch(&lines).await?;
     if new_bridge {
@@ -82,11 +91,11 @@ pub async fn create_host(
 pub async fn create_routed(
     host_if: &str,
     subnet: &Cidr,
-    init_pid: i32,
+    netns: BorrowedFd<'_>,
     mtu: u32,
 ) -> Result<(), NetError> {
     ip_batch(&[
-        veth_line(host_if, init_pid, mtu),
+        veth_line(host_if, &netns_path(netns), mtu),
         gateway_line(host_if, subnet),
         format!("link set {host_if} up"),
     ])
@@ -98,22 +107,26 @@ pub async fn create_routed(
 /// namespace by a short-lived thread (namespaces are per thread), with plain ioctls: no process
 /// to spawn.
 pub async fn configure_inside(
-    init_pid: i32,
+    netns: BorrowedFd<'_>,
     container_ip: Ipv4Addr,
     subnet: &Cidr,
 ) -> Result<(), NetError> {
+    let path = netns_path(netns);
+    let netns = netns.try_clone_to_owned().map_err(|e| NetError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let subnet = *subnet;
     std::thread::Builder::new()
         .name("netns-config".into())
         .spawn(move || {
-            let _ = tx.send(inside::configure(init_pid, container_ip, &subnet));
+            let _ = tx.send(inside::configure(netns, container_ip, &subnet));
         })
         .map_err(|e| NetError::Io {
             path: "spawn netns thread".into(),
             source: e,
         })?;
-    let path = format!("/proc/{init_pid}/ns/net");
     rx.await
         .map_err(|_| NetError::Io {
             path: path.clone(),
@@ -182,9 +195,7 @@ mod inside {
     }
 
     /// Runs on a thread of its own, which it moves into the container's network namespace.
-    pub fn configure(init_pid: i32, ip: Ipv4Addr, subnet: &Cidr) -> Result {
-        let ns =
-            std::fs::File::open(format!("/proc/{init_pid}/ns/net")).map_err(|e| ("open", e))?;
+    pub fn configure(ns: OwnedFd, ip: Ipv4Addr, subnet: &Cidr) -> Result {
         // SAFETY: setns on this thread only; the thread ends right after.
         check("setns", unsafe {
             libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET)
@@ -323,7 +334,7 @@ pub fn list(prefix: &str) -> Vec<String> {
 /// bytes.
 pub async fn limit_bandwidth(
     host_if: &str,
-    init_pid: i32,
+    netns: BorrowedFd<'_>,
     rate: u64,
     burst: u64,
 ) -> Result<(), NetError> {
@@ -332,7 +343,7 @@ pub async fn limit_bandwidth(
         format!("qdisc add dev {dev} root tbf rate {rate}bps burst {burst} latency 25ms")
     };
     let host = tbf(host_if);
-    let inside = format!("-t {init_pid} -n tc {}", tbf(CONTAINER_IF));
+    let inside = format!("--net={} tc {}", netns_path(netns), tbf(CONTAINER_IF));
     let host: Vec<&str> = host.split(' ').collect();
     let inside: Vec<&str> = inside.split(' ').collect();
     let (towards, from) = tokio::join!(

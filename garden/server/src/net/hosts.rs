@@ -135,6 +135,7 @@ mod tests {
 
     #[test]
     fn write_etc_replaces_symlinks_inside_the_root() {
+        test_support::require_root!();
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(dir.path().join("outside"), "keep").unwrap();

@@ -35,7 +35,7 @@ use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use garden_api::{BandwidthLimits, ContainerNetworkStat, NetOutRule, PortMapping};
+use garden_api::{ContainerNetworkStat, NetOutRule, PortMapping};
 
 use firewall::{ContainerRules, Firewall};
 pub use pool::Cidr;
@@ -59,44 +59,61 @@ pub enum NetError {
     Unknown(String),
 }
 
-/// Operator settings (Guardian's flag names in cli.rs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Operator settings: Guardian's kawasaki flags, declared once (see `config.rs`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct NetConfig {
-    /// Dynamic pool carved into /30s.
+    /// Pool of container subnets, carved into /30s.
+    #[arg(
+        long = "network-pool",
+        value_name = "CIDR",
+        default_value = "10.254.0.0/22"
+    )]
     pub pool: Cidr,
+    /// First host port handed out by NetIn.
+    #[arg(long, value_name = "PORT", default_value_t = 61001)]
     pub port_pool_start: u32,
+    /// Number of host ports for NetIn.
+    #[arg(long, value_name = "N", default_value_t = 4534)]
     pub port_pool_size: u32,
-    /// None = the default route's MTU capped at 1500.
+    /// MTU of container interfaces [default: the host's outbound MTU, at most 1500].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(68..=65535))]
     pub mtu: Option<u32>,
-    /// Destinations rejected unless a NetOut rule allows them.
+    /// Network containers may not reach unless a NetOut rule allows it (repeatable).
+    #[arg(long = "deny-network", value_name = "CIDR")]
     pub deny_networks: Vec<Cidr>,
+    /// Let containers reach the host itself.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
     pub allow_host_access: bool,
-    /// Replace the host's resolvers in containers' resolv.conf.
+    /// DNS server for containers' resolv.conf instead of the host's (repeatable).
+    #[arg(long = "dns-server", value_name = "IP")]
     pub dns_servers: Vec<Ipv4Addr>,
+    /// DNS server added to containers' resolv.conf (repeatable).
+    #[arg(long = "additional-dns-server", value_name = "IP")]
     pub additional_dns_servers: Vec<Ipv4Addr>,
-    /// Extra `/etc/hosts` lines, e.g. `10.0.0.5 db`.
+    /// Line added to containers' /etc/hosts, e.g. `10.0.0.5 db` (repeatable).
+    #[arg(long = "additional-host-entry", value_name = "ENTRY")]
     pub additional_host_entries: Vec<String>,
-    /// None = the host's address towards the default route.
+    /// Host address NetIn forwards from and Info reports [default: the default route's source].
+    #[arg(long, value_name = "IP")]
     pub external_ip: Option<Ipv4Addr>,
+    /// iptables binary; `<bin>-restore` and `<bin>-save` are used next to it.
+    #[arg(long, value_name = "PATH", default_value = "iptables")]
     pub iptables_bin: PathBuf,
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        NetConfig {
-            pool: Cidr::new(Ipv4Addr::new(10, 254, 0, 0), 22).expect("valid default pool"),
-            port_pool_start: 61001,
-            port_pool_size: 4534,
-            mtu: None,
-            deny_networks: Vec::new(),
-            allow_host_access: false,
-            dns_servers: Vec::new(),
-            additional_dns_servers: Vec::new(),
-            additional_host_entries: Vec::new(),
-            external_ip: None,
-            iptables_bin: PathBuf::from("iptables"),
-        }
+        crate::config::Config::default().net
     }
+}
+
+/// A container's traffic shaping in the server's own terms (the core converts Garden's
+/// `BandwidthLimits` at the service boundary): bytes per second and burst bytes; 0 = none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bandwidth {
+    pub rate: u64,
+    pub burst: u64,
 }
 
 /// Where a container stands, so teardown undoes exactly what was done.
@@ -229,7 +246,7 @@ impl Network {
         &self,
         handle: &str,
         rules: &[NetOutRule],
-        bandwidth: &BandwidthLimits,
+        bandwidth: Bandwidth,
     ) -> Result<(), NetError> {
         firewall::expand(handle, rules)?;
         if bandwidth.rate > 0 && bandwidth.burst == 0 {
@@ -285,17 +302,16 @@ impl Network {
             .ok_or_else(|| NetError::Unknown(handle.into()))
     }
 
-    /// Wire up an allocated container whose init (and so its network namespace) runs as
-    /// `init_pid`: links, firewall with the create-time NetOut rules, bandwidth, /etc files.
+    /// Wire up an allocated container whose network namespace is `netns`: links, firewall with the create-time NetOut rules, bandwidth, /etc files.
     /// On error the caller calls [`Network::release`], which undoes whatever was done.
     pub async fn setup(
         &self,
         handle: &str,
         hostname: &str,
-        init_pid: i32,
+        netns: BorrowedFd<'_>,
         root: BorrowedFd<'_>,
         netout: &[NetOutRule],
-        bandwidth: &BandwidthLimits,
+        bandwidth: Bandwidth,
     ) -> Result<(), NetError> {
         let started = std::time::Instant::now();
         let a = self.get(handle)?;
@@ -305,7 +321,7 @@ impl Network {
         let links = async {
             if routed(&a.lease.subnet) {
                 a.progress.lock().expect("progress lock").link = true;
-                bridge::create_routed(&a.host_if, &a.lease.subnet, init_pid, self.mtu).await?;
+                bridge::create_routed(&a.host_if, &a.lease.subnet, netns, self.mtu).await?;
             } else {
                 // Bridge creation and removal are decided under this lock.
                 let mut bridges = self.bridges.lock().await;
@@ -316,13 +332,13 @@ impl Network {
                     new_bridge,
                     &a.lease.subnet,
                     &a.host_if,
-                    init_pid,
+                    netns,
                     self.mtu,
                 )
                 .await?;
                 bridges.insert(a.lease.subnet);
             }
-            bridge::configure_inside(init_pid, a.lease.container_ip, &a.lease.subnet).await
+            bridge::configure_inside(netns, a.lease.container_ip, &a.lease.subnet).await
         };
         let rules = async {
             a.progress.lock().expect("progress lock").firewall = true;
@@ -337,7 +353,7 @@ impl Network {
         linked?;
         filtered?;
         if bandwidth.rate > 0 {
-            bridge::limit_bandwidth(&a.host_if, init_pid, bandwidth.rate, bandwidth.burst).await?;
+            bridge::limit_bandwidth(&a.host_if, netns, bandwidth.rate, bandwidth.burst).await?;
         }
         hosts::write_etc(
             root,

@@ -6,33 +6,66 @@
 
 pub mod stdio;
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use garden_api::{ProcessInput, Signal, WindowSize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::runtime::Sandbox;
+use crate::kernel::{self, Sandbox};
 use crate::service::ExitOutcome;
 use stdio::{async_fd, Hub, PendingStream, StdinSink};
 
 /// How long a tty's output may stay idle after exit before it counts as complete; only a
 /// background child that keeps the tty open ever waits this long.
-const PTY_DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(250);
+const PTY_DRAIN_IDLE: Duration = Duration::from_millis(250);
+/// How long a finished process's unclaimed session streams stay resolvable.
+pub const STREAM_RETENTION: Duration = Duration::from_secs(60);
 
-/// One process of a container, from Run to long after its exit.
+/// Where a process stands: the one record of its exit, watched by its output pumps (which
+/// drain once it leaves `Running`), its Run/Attach sessions (which end at `Done`) and the
+/// retention of unclaimed streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessState {
+    Running,
+    /// garden-init reported the exit status; output is still being drained.
+    Exited(i32),
+    /// Output drained: the outcome every Run/Attach reports.
+    Done(ExitOutcome),
+}
+
+/// Which output stream a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
+}
+
+/// A session's output streams, until their HTTP requests claim them.
+#[derive(Default)]
+struct Unclaimed {
+    stdout: Option<PendingStream>,
+    stderr: Option<PendingStream>,
+}
+
+/// One process of a container, from Run to long after its exit. It owns its output streams:
+/// the fan-out to every session (`Hub`) and the sessions' not yet claimed ends.
 pub struct Process {
     pub id: String,
     stdin: tokio::sync::Mutex<Option<StdinSink>>,
     /// The pty master, for resizes.
     tty: Option<StdinSink>,
-    pub stdout: Arc<Hub>,
-    pub stderr: Arc<Hub>,
-    exited: watch::Sender<bool>,
-    outcome: watch::Sender<Option<ExitOutcome>>,
+    stdout: Arc<Hub>,
+    stderr: Arc<Hub>,
+    state: watch::Sender<ProcessState>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
-    sandbox: Arc<Sandbox>,
+    /// By stream id. An entry goes when both streams are claimed, when its client detaches
+    /// while the process runs, or STREAM_RETENTION after the process is done.
+    sessions: Mutex<HashMap<String, Unclaimed>>,
+    sandbox: Arc<dyn Sandbox>,
 }
 
 /// What goes to garden-init: the process's own `[stdin, stdout, stderr]` (or `[pty slave]`),
@@ -45,10 +78,9 @@ impl Process {
     pub fn new(
         id: &str,
         tty: Option<WindowSize>,
-        sandbox: Arc<Sandbox>,
+        sandbox: Arc<dyn Sandbox>,
     ) -> std::io::Result<(Arc<Process>, ChildFds)> {
-        let (exited, exited_rx) = watch::channel(false);
-        let (outcome, _) = watch::channel(None);
+        let (state, exited_rx) = watch::channel(ProcessState::Running);
         let stdout = Arc::new(Hub::default());
         let stderr = Arc::new(Hub::default());
         let mut pumps = Vec::new();
@@ -60,7 +92,7 @@ impl Process {
                     ws_xpixel: 0,
                     ws_ypixel: 0,
                 };
-                let pty = container_pty(sandbox.init_pid, &size)?;
+                let pty = container_pty(sandbox.open_ptmx()?, &size)?;
                 let held = pty.master.try_clone()?;
                 let master = Arc::new(async_fd(pty.master)?);
                 pumps.push(tokio::spawn(stdio::pump(
@@ -112,9 +144,9 @@ impl Process {
             tty: tty_sink,
             stdout,
             stderr,
-            exited,
-            outcome,
+            state,
             pumps: Mutex::new(pumps),
+            sessions: Mutex::default(),
             sandbox,
         };
         Ok((Arc::new(p), child))
@@ -122,7 +154,14 @@ impl Process {
 
     /// garden-init reported the exit: drain output, then publish.
     pub fn on_exit(self: &Arc<Self>, status: i32) {
-        if self.exited.send_replace(true) {
+        let first = self.state.send_if_modified(|s| {
+            let running = *s == ProcessState::Running;
+            if running {
+                *s = ProcessState::Exited(status);
+            }
+            running
+        });
+        if !first {
             return; // already exited (e.g. the container was destroyed first)
         }
         let pumps: Vec<JoinHandle<()>> =
@@ -133,37 +172,71 @@ impl Process {
                 let _ = p.await;
             }
             *me.stdin.lock().await = None;
-            me.outcome.send_replace(Some(Ok(status)));
+            me.state.send_replace(ProcessState::Done(Ok(status)));
         });
     }
 
-    /// The outcome once published.
-    pub fn outcome(&self) -> Option<ExitOutcome> {
-        self.outcome.borrow().clone()
+    pub fn state(&self) -> ProcessState {
+        self.state.borrow().clone()
     }
 
     pub fn is_running(&self) -> bool {
-        !*self.exited.borrow()
+        *self.state.borrow() == ProcessState::Running
     }
 
-    /// Resolves with the outcome.
+    /// Resolves with the outcome once the output is drained.
     pub fn wait(&self) -> oneshot::Receiver<ExitOutcome> {
         let (tx, rx) = oneshot::channel();
-        let mut watch = self.outcome.subscribe();
+        let mut state = self.state.subscribe();
         tokio::spawn(async move {
-            if let Ok(v) = watch.wait_for(|o| o.is_some()).await {
-                let _ = tx.send(v.clone().expect("checked by wait_for"));
+            if let Ok(s) = state.wait_for(|s| matches!(s, ProcessState::Done(_))).await {
+                if let ProcessState::Done(outcome) = &*s {
+                    let _ = tx.send(outcome.clone());
+                }
             }
         });
         rx
     }
 
-    /// Subscribe a new session's stdout and stderr streams.
-    pub fn subscribe(&self, stream_id: &str) -> (PendingStream, PendingStream) {
-        (
-            self.stdout.subscribe(stream_id),
-            self.stderr.subscribe(stream_id),
-        )
+    /// A new Run/Attach session: its stdout and stderr receive output from now on (so a Run
+    /// that subscribes before the spawn gets the very first bytes) and wait to be claimed.
+    pub fn open_session(self: &Arc<Self>, stream_id: &str) {
+        let streams = Unclaimed {
+            stdout: Some(self.stdout.subscribe(stream_id)),
+            stderr: Some(self.stderr.subscribe(stream_id)),
+        };
+        self.sessions
+            .lock()
+            .expect("sessions lock")
+            .insert(stream_id.to_string(), streams);
+        // Forget what was not claimed a while after the process is done.
+        let (me, stream_id) = (Arc::downgrade(self), stream_id.to_string());
+        let mut state = self.state.subscribe();
+        tokio::spawn(async move {
+            let _ = state.wait_for(|s| matches!(s, ProcessState::Done(_))).await;
+            drop(state);
+            tokio::time::sleep(STREAM_RETENTION).await;
+            if let Some(me) = me.upgrade() {
+                me.sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .remove(&stream_id);
+            }
+        });
+    }
+
+    /// Claim one output stream of a session; `None` if unknown, already claimed or forgotten.
+    pub fn claim(&self, stream_id: &str, which: Output) -> Option<PendingStream> {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        let unclaimed = sessions.get_mut(stream_id)?;
+        let taken = match which {
+            Output::Stdout => unclaimed.stdout.take(),
+            Output::Stderr => unclaimed.stderr.take(),
+        };
+        if unclaimed.stdout.is_none() && unclaimed.stderr.is_none() {
+            sessions.remove(stream_id);
+        }
+        taken
     }
 
     /// Serve one session's inbound messages until its client goes away, then detach.
@@ -196,6 +269,15 @@ impl Process {
         self.close_stdin().await;
         self.stdout.unsubscribe(&stream_id);
         self.stderr.unsubscribe(&stream_id);
+        // A client that leaves while its process runs has detached: the streams it never
+        // claimed never will be. After an exit the server itself closed the session, and the
+        // client may still be about to fetch the output: keep them (STREAM_RETENTION).
+        if self.is_running() {
+            self.sessions
+                .lock()
+                .expect("sessions lock")
+                .remove(&stream_id);
+        }
     }
 
     async fn close_stdin(&self) {
@@ -209,12 +291,12 @@ impl Process {
     }
 
     pub async fn signal(&self, signal: Signal) {
-        let sig = match signal {
-            Signal::Terminate => libc::SIGTERM,
-            Signal::Kill => libc::SIGKILL,
+        let signal = match signal {
+            Signal::Terminate => kernel::Signal::Terminate,
+            Signal::Kill => kernel::Signal::Kill,
         };
         if self.is_running() {
-            let _ = self.sandbox.init.signal(&self.id, sig).await;
+            let _ = self.sandbox.signal(&self.id, signal).await;
         }
     }
 }
@@ -227,12 +309,8 @@ struct Pty {
 /// A pty from the container's own devpts instance (`/dev/pts` inside it), so `tty` and
 /// ttyname(3) work in the container. TIOCGPTPEER opens the slave through the master, which
 /// works across mount namespaces.
-fn container_pty(init_pid: i32, size: &libc::winsize) -> std::io::Result<Pty> {
+fn container_pty(master: OwnedFd, size: &libc::winsize) -> std::io::Result<Pty> {
     use std::os::fd::{AsRawFd, FromRawFd};
-    let ptmx = format!("/proc/{init_pid}/root/dev/pts/ptmx");
-    let flags =
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC;
-    let master = nix::fcntl::open(ptmx.as_str(), flags, nix::sys::stat::Mode::empty())?;
     let unlock: libc::c_int = 0;
     // SAFETY: ioctls on our own ptmx descriptor with correctly typed arguments.
     unsafe {

@@ -178,12 +178,12 @@ pub enum Drain {
     Pty(std::time::Duration),
 }
 
-/// Read `fd` until EOF, or — once `exited` turns true — until nothing more is buffered
+/// Read `fd` until EOF, or — once the process has left `Running` — until nothing more is buffered
 /// (a background child may hold the pipe open forever). Then close the hub.
 pub async fn pump(
     fd: Arc<AsyncFd<OwnedFd>>,
     hub: Arc<Hub>,
-    mut exited: watch::Receiver<bool>,
+    mut state: watch::Receiver<super::ProcessState>,
     drain: Drain,
 ) {
     let mut buf = BytesMut::new();
@@ -195,7 +195,7 @@ pub async fn pump(
             tokio::select! {
                 biased;
                 r = fd.readable() => Some(r),
-                _ = exited.wait_for(|e| *e) => None,
+                _ = state.wait_for(|s| *s != super::ProcessState::Running) => None,
             }
         };
         match ready {

@@ -23,8 +23,6 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use garden_api::{DiskLimits, DISK_LIMIT_SCOPE_TOTAL};
-
 pub use sys::Quota;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +76,20 @@ pub struct Usage {
     pub inodes: u64,
 }
 
-fn has_limits(l: &DiskLimits) -> bool {
+/// A container's disk limits in the server's own terms (the core converts Garden's
+/// `DiskLimits` at the service boundary). Zero = unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskLimit {
+    pub byte_soft: u64,
+    pub byte_hard: u64,
+    pub inode_soft: u64,
+    pub inode_hard: u64,
+    /// The limits count the image too (Garden's scope "total"), not only the container's own
+    /// writes ("exclusive").
+    pub includes_image: bool,
+}
+
+fn has_limits(l: &DiskLimit) -> bool {
     l.byte_hard > 0 || l.inode_hard > 0 || l.byte_soft > 0 || l.inode_soft > 0
 }
 
@@ -143,7 +154,7 @@ impl Disk {
         &self,
         handle: &str,
         bundle: &Path,
-        limits: &DiskLimits,
+        limits: &DiskLimit,
         image: Usage,
     ) -> Result<()> {
         match &*self.state {
@@ -211,8 +222,8 @@ impl Disk {
 
 /// The project limits for `limits`: scope total subtracts the image (which lives outside the
 /// project) and refuses limits it already exceeds. Zero = unlimited.
-pub fn quota_for(limits: &DiskLimits, image: Usage) -> Result<Quota> {
-    let total = limits.scope == DISK_LIMIT_SCOPE_TOTAL;
+pub fn quota_for(limits: &DiskLimit, image: Usage) -> Result<Quota> {
+    let total = limits.includes_image;
     let own = |limit: u64, image: u64, unit: &'static str| -> Result<u64> {
         if limit == 0 || !total {
             return Ok(limit);
@@ -282,13 +293,15 @@ fn raw(f: &fs::File) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use garden_api::DISK_LIMIT_SCOPE_EXCLUSIVE;
 
-    fn limits(bytes: u64, inodes: u64, scope: u8) -> DiskLimits {
-        DiskLimits {
+    const TOTAL: bool = true;
+    const EXCLUSIVE: bool = false;
+
+    fn limits(bytes: u64, inodes: u64, includes_image: bool) -> DiskLimit {
+        DiskLimit {
             byte_hard: bytes,
             inode_hard: inodes,
-            scope,
+            includes_image,
             ..Default::default()
         }
     }
@@ -299,11 +312,11 @@ mod tests {
             bytes: 10 << 20,
             inodes: 100,
         };
-        let q = quota_for(&limits(50 << 20, 1000, DISK_LIMIT_SCOPE_TOTAL), image).unwrap();
+        let q = quota_for(&limits(50 << 20, 1000, TOTAL), image).unwrap();
         assert_eq!((q.bytes_hard, q.inodes_hard), (40 << 20, 900));
-        let q = quota_for(&limits(50 << 20, 1000, DISK_LIMIT_SCOPE_EXCLUSIVE), image).unwrap();
+        let q = quota_for(&limits(50 << 20, 1000, EXCLUSIVE), image).unwrap();
         assert_eq!((q.bytes_hard, q.inodes_hard), (50 << 20, 1000));
-        let q = quota_for(&limits(0, 0, DISK_LIMIT_SCOPE_TOTAL), image).unwrap();
+        let q = quota_for(&limits(0, 0, TOTAL), image).unwrap();
         assert_eq!(q, Quota::default(), "no limits, no quota");
     }
 
@@ -313,9 +326,9 @@ mod tests {
             bytes: 10 << 20,
             inodes: 100,
         };
-        let e = quota_for(&limits(1 << 20, 0, DISK_LIMIT_SCOPE_TOTAL), image).unwrap_err();
+        let e = quota_for(&limits(1 << 20, 0, TOTAL), image).unwrap_err();
         assert!(e.to_string().contains("not larger than the image"), "{e}");
-        let e = quota_for(&limits(0, 50, DISK_LIMIT_SCOPE_TOTAL), image).unwrap_err();
+        let e = quota_for(&limits(0, 50, TOTAL), image).unwrap_err();
         assert!(e.to_string().contains("inodes"), "{e}");
     }
 
@@ -323,12 +336,12 @@ mod tests {
     fn disabled_store_refuses_limits_only() {
         let tmp = tempfile::tempdir().unwrap();
         let d = Disk::disabled("no store here");
-        d.attach("h", tmp.path(), &DiskLimits::default(), Usage::default())
+        d.attach("h", tmp.path(), &DiskLimit::default(), Usage::default())
             .unwrap();
         let e = d.attach(
             "h",
             tmp.path(),
-            &limits(1 << 20, 0, DISK_LIMIT_SCOPE_EXCLUSIVE),
+            &limits(1 << 20, 0, EXCLUSIVE),
             Usage::default(),
         );
         assert!(e.unwrap_err().to_string().contains("no store here"));

@@ -2,7 +2,7 @@
 //! first instruction, with no intermediate process and no setns dance.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -62,15 +62,4 @@ pub fn spawn_init(
     // SAFETY: the callback only performs async-signal-safe calls (see above).
     let pid = unsafe { clone(child, &mut stack, flags, Some(Signal::SIGCHLD as i32)) }?;
     Ok(pid.as_raw())
-}
-
-/// A pidfd for `pid`, readable once the process exits.
-pub fn pidfd_open(pid: i32) -> nix::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(nix::errno::Errno::last());
-    }
-    // SAFETY: the kernel returned a fresh descriptor (close-on-exec by default).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod clone;
+pub mod pidfd;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -13,9 +14,10 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup};
+use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup, Resources};
 use crate::init::proto::{InitBindMount, InitConfig};
 pub use client::{InitClient, SpawnError};
+use pidfd::PidFd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -29,6 +31,8 @@ pub enum RuntimeError {
     Cgroup(#[from] CgroupError),
     #[error("start garden-init: {0}")]
     Clone(nix::Error),
+    #[error("watch garden-init: {0}")]
+    Watch(std::io::Error),
     #[error("container setup failed: {0}")]
     Setup(String),
     #[error("garden-init did not become ready within {0:?}")]
@@ -53,15 +57,16 @@ fn io_err<'a>(
     }
 }
 
-/// What a container needs from the kernel.
-pub struct SandboxSpec<'a> {
-    pub handle: &'a str,
-    pub bundle: &'a Path,
+/// What a new sandbox is made of, in the server's own terms.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub handle: String,
+    pub bundle: PathBuf,
     /// Overlay lower layers, top first.
     pub lower_dirs: Vec<PathBuf>,
     pub hostname: String,
     pub bind_mounts: Vec<InitBindMount>,
-    pub limits: &'a garden_api::Limits,
+    pub resources: Resources,
     pub privileged: bool,
 }
 
@@ -73,8 +78,9 @@ pub struct Runtime {
 
 /// A running container at the kernel level: garden-init (pid 1) and its cgroup.
 pub struct Sandbox {
-    /// garden-init's pid on the host.
-    pub init_pid: i32,
+    /// garden-init, by pidfd: signals and /proc lookups can never reach a later owner of its
+    /// pid (gardend reaps it the moment it exits).
+    init_process: PidFd,
     pub cgroup: ContainerCgroup,
     pub init: InitClient,
     /// Becomes true once garden-init (and so every process of the container) is gone.
@@ -108,9 +114,9 @@ impl Runtime {
     /// directory, which the caller owns.
     pub async fn create(
         &self,
-        spec: SandboxSpec<'_>,
+        spec: &SandboxSpec,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
-        let bundle = spec.bundle;
+        let bundle = &spec.bundle;
         for d in [
             upper_dir(bundle),
             bundle.join("work"),
@@ -119,8 +125,8 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
-        let cgroup = self.cgroups.create(spec.handle, spec.limits)?;
-        match self.start(&spec, &cgroup).await {
+        let cgroup = self.cgroups.create(&spec.handle, &spec.resources)?;
+        match self.start(spec, &cgroup).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 let _ = cgroup.remove();
@@ -131,10 +137,10 @@ impl Runtime {
 
     async fn start(
         &self,
-        spec: &SandboxSpec<'_>,
+        spec: &SandboxSpec,
         cgroup: &ContainerCgroup,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
-        let bundle = spec.bundle;
+        let bundle = &spec.bundle;
         let config = InitConfig {
             lower_dirs: spec.lower_dirs.clone(),
             upper_dir: upper_dir(bundle),
@@ -168,13 +174,15 @@ impl Runtime {
             .map_err(RuntimeError::Clone)?;
         drop(ready_w);
         drop(log);
-        let pidfd = clone::pidfd_open(pid).map_err(RuntimeError::Clone)?;
+        // Our unreaped child: the pid is still its own here.
+        let init_process = PidFd::open(pid).map_err(RuntimeError::Watch)?;
+        let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
         let (exited_tx, exited) = watch::channel(false);
-        tokio::spawn(monitor(pid, pidfd, exited_tx));
+        tokio::spawn(monitor(watched, exited_tx));
 
         let abort = |e: RuntimeError| {
-            // SAFETY: plain kill(2) of our own child; the monitor task reaps it.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // ESRCH (already reaped) is fine: it is gone either way.
+            let _ = init_process.signal(libc::SIGKILL);
             e
         };
         let timeout = Duration::from_secs(20);
@@ -200,7 +208,7 @@ impl Runtime {
         })?;
         Ok((
             Sandbox {
-                init_pid: pid,
+                init_process,
                 cgroup: cgroup.clone(),
                 init,
                 exited,
@@ -225,55 +233,68 @@ impl Sandbox {
     /// pid namespace and wait for them before init itself is reaped; the mount namespace (and
     /// with it the overlay and every other mount) goes away with the last process.
     pub async fn kill(&self) {
-        // SAFETY: plain kill(2); the pid stays ours until the monitor reaps it.
-        unsafe { libc::kill(self.init_pid, libc::SIGKILL) };
+        // ESRCH: already reaped, which is what we wait for anyway.
+        let _ = self.init_process.signal(libc::SIGKILL);
         self.wait_exit().await;
+    }
+
+    /// garden-init's host pid when it started (for the record and logs; never signalled).
+    pub fn init_pid(&self) -> i32 {
+        self.init_process.pid()
     }
 
     /// Host pids in the container other than init.
     pub fn other_pids(&self) -> Vec<i32> {
+        let init = self.init_pid();
         self.cgroup
             .pids()
             .into_iter()
-            .filter(|p| *p != self.init_pid)
+            .filter(|p| *p != init)
             .collect()
     }
 
     /// An fd of the container's root directory, for path resolution inside it.
     pub fn open_root(&self) -> std::io::Result<OwnedFd> {
-        let path = format!("/proc/{}/root", self.init_pid);
-        nix::fcntl::open(
-            path.as_str(),
-            nix::fcntl::OFlag::O_PATH
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
+        self.init_process.open_in_proc(
+            "root",
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
         )
-        .map_err(std::io::Error::from)
+    }
+
+    /// An fd of the container's network namespace (for setns, `ip ... netns`, `nsenter`).
+    pub fn open_netns(&self) -> std::io::Result<OwnedFd> {
+        self.init_process
+            .open_in_proc("ns/net", nix::fcntl::OFlag::O_RDONLY)
+    }
+
+    /// The container's own `/dev/pts/ptmx`, opened for a new pty.
+    pub fn open_ptmx(&self) -> std::io::Result<OwnedFd> {
+        self.init_process.open_in_proc(
+            "root/dev/pts/ptmx",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
+        )
     }
 }
 
 /// Reap garden-init as soon as its pidfd says it exited.
-async fn monitor(pid: i32, pidfd: OwnedFd, exited: watch::Sender<bool>) {
-    // SAFETY: the pidfd is owned by the AsyncFd and stays open until it is dropped.
-    match unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) } {
+async fn monitor(init: PidFd, exited: watch::Sender<bool>) {
+    let pid = init.pid();
+    let polled = init.try_clone().map(PidFd::into_fd);
+    let registered = polled.and_then(|fd| {
+        // SAFETY: the pidfd is owned by the AsyncFd and stays open until it is dropped.
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+    });
+    match registered {
         Ok(fd) => {
             let _ = fd.readable().await;
-            let mut status = 0;
-            // SAFETY: reaping our own exited child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            drop(fd);
+            if let Err(e) = init.reap() {
+                tracing::warn!(pid, error = %e, "reap garden-init");
+            }
         }
         Err(e) => {
-            let (pidfd, e) = e.into_parts();
             tracing::warn!(pid, error = %e, "pidfd not pollable; reaping in a blocking thread");
-            let _ = tokio::task::spawn_blocking(move || {
-                let mut status = 0;
-                // SAFETY: reaping our own child.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
-                drop(pidfd);
-            })
-            .await;
+            let _ = tokio::task::spawn_blocking(move || init.reap()).await;
         }
     }
     let _ = exited.send(true);

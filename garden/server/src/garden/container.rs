@@ -1,0 +1,106 @@
+//! A container as the core keeps it: its state, spec, properties and processes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use garden_api::{ContainerInfo, ContainerSpec, GardenError};
+
+use super::grace::Activity;
+use super::Result;
+use crate::kernel::{Kernel, Sandbox};
+use crate::process::Process;
+
+/// A container's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    Active,
+    Stopped,
+    Destroying,
+}
+
+impl State {
+    pub(super) fn can_run(self) -> bool {
+        self != State::Destroying
+    }
+}
+
+pub(super) struct Container {
+    pub(super) handle: String,
+    pub(super) bundle: PathBuf,
+    /// As created (Current*Limits report it).
+    pub(super) spec: ContainerSpec,
+    pub(super) image_env: Vec<String>,
+    /// Image layers, for disk usage.
+    pub(super) lower_dirs: Vec<PathBuf>,
+    pub(super) created: Instant,
+    pub(super) sandbox: Arc<dyn Sandbox>,
+    pub(super) state: Mutex<State>,
+    /// Set by clients and by the network (`garden.network.*`); see [`Container::properties`].
+    pub(super) properties: Mutex<BTreeMap<String, String>>,
+    /// Every process ever run, kept for Attach after exit.
+    pub(super) processes: Mutex<HashMap<String, Arc<Process>>>,
+    pub(super) activity: Arc<Activity>,
+}
+
+impl Container {
+    /// The client's properties plus those gardend reports: `garden.grace-time` comes from the
+    /// grace timer's own setting, so the grace time is held in one place.
+    pub(super) fn properties(&self) -> BTreeMap<String, String> {
+        self.reported(&self.properties.lock().expect("properties lock"))
+    }
+
+    /// `stored` plus what gardend reports itself.
+    pub(super) fn reported(&self, stored: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut props = stored.clone();
+        match self.activity.grace() {
+            0 => props.remove("garden.grace-time"),
+            ns => props.insert("garden.grace-time".into(), ns.to_string()),
+        };
+        props
+    }
+}
+
+pub(super) fn info(c: &Container, kernel: &dyn Kernel) -> ContainerInfo {
+    let net = kernel.network_info(&c.handle);
+    let state = match *c.state.lock().expect("state lock") {
+        State::Active => "active",
+        State::Stopped | State::Destroying => "stopped",
+    };
+    let events = if c.sandbox.oom_kills() > 0 {
+        Some(vec!["Out of memory".to_string()])
+    } else {
+        None
+    };
+    ContainerInfo {
+        state: state.into(),
+        events,
+        container_path: c.bundle.display().to_string(),
+        properties: Some(c.properties()),
+        host_ip: net.as_ref().map(|n| n.host_ip.clone()).unwrap_or_default(),
+        container_ip: net
+            .as_ref()
+            .map(|n| n.container_ip.clone())
+            .unwrap_or_default(),
+        external_ip: net
+            .as_ref()
+            .map(|n| n.external_ip.clone())
+            .unwrap_or_default(),
+        mapped_ports: Some(net.map(|n| n.mapped_ports).unwrap_or_default()),
+        ..Default::default()
+    }
+}
+
+/// Handles and process ids name directories and cgroups: no separators, no dot names.
+pub(super) fn validate_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.len() > 255
+        || name.contains(['/', '\0'])
+    {
+        return Err(GardenError::generic(format!("invalid {what}: {name:?}")));
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Create: reserve the handle, resolve the image, then disk, sandbox and network, undoing
+//! what was done when a step fails.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use garden_api::{ContainerSpec, GardenError};
+
+use super::container::{validate_name, Container, State};
+use super::depot::{self, remove_dir_all_blocking};
+use super::grace::{grace_timer, Activity};
+use super::{convert, generic, Garden, Result};
+use crate::kernel::SandboxSpec;
+
+impl Garden {
+    pub(super) async fn create(&self, spec: ContainerSpec) -> Result<String> {
+        let handle = if spec.handle.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            spec.handle.clone()
+        };
+        validate_name("handle", &handle)?;
+        if !spec.image.uri.is_empty() && !spec.rootfs.is_empty() {
+            return Err(GardenError::generic(
+                "Cannot provide both Image.URI and RootFSPath",
+            ));
+        }
+        self.kernel
+            .validate_network(
+                &handle,
+                &spec.netout_rules,
+                convert::bandwidth(&spec.limits.bandwidth_limits),
+            )
+            .map_err(generic)?;
+        for b in &spec.bind_mounts {
+            if !Path::new(&b.src_path).is_absolute() || !Path::new(&b.dst_path).is_absolute() {
+                return Err(GardenError::generic(format!(
+                    "bind mount paths must be absolute: {} -> {}",
+                    b.src_path, b.dst_path
+                )));
+            }
+        }
+        {
+            let containers = self.containers.read().expect("containers lock");
+            let mut reserved = self.reserved.lock().expect("reserved lock");
+            if containers.contains_key(&handle) || reserved.contains(&handle) {
+                return Err(GardenError::generic(format!(
+                    "Handle '{handle}' already in use"
+                )));
+            }
+            if (containers.len() + reserved.len()) as u64 >= self.max_containers() {
+                return Err(GardenError::generic("max containers reached"));
+            }
+            reserved.insert(handle.clone());
+        }
+        let result = self.create_reserved(&handle, spec).await;
+        self.reserved.lock().expect("reserved lock").remove(&handle);
+        result.map(|()| handle)
+    }
+
+    async fn create_reserved(&self, handle: &str, spec: ContainerSpec) -> Result<()> {
+        let started = Instant::now();
+        let uri = if spec.image.uri.is_empty() {
+            spec.rootfs.clone()
+        } else {
+            spec.image.uri.clone()
+        };
+        let plan = if uri.is_empty() {
+            self.default_rootfs.clone()
+        } else {
+            let cache = self.layer_cache.clone();
+            tokio::task::spawn_blocking(move || rootfs::resolve(&uri, Path::new("/"), &cache))
+                .await
+                .map_err(generic)?
+                .map_err(generic)?
+        };
+        let bundle = self.config.depot.join(handle);
+        if bundle.exists() {
+            return Err(GardenError::generic(format!(
+                "Handle '{handle}' already in use"
+            )));
+        }
+        std::fs::create_dir_all(&bundle)
+            .map_err(|e| generic(format!("create {}: {e}", bundle.display())))?;
+        let image = self.image_size(&plan.lower_dirs).await;
+        let attached = self
+            .kernel
+            .attach_disk(
+                handle,
+                &bundle,
+                convert::disk_limit(&spec.limits.disk_limits),
+                image,
+            )
+            .await;
+        if let Err(e) = attached.map_err(generic) {
+            let _ = remove_dir_all_blocking(bundle.clone()).await;
+            return Err(e);
+        }
+        let sandbox_spec = SandboxSpec {
+            handle: handle.to_string(),
+            bundle: bundle.clone(),
+            lower_dirs: plan.lower_dirs.clone(),
+            hostname: hostname(handle).to_string(),
+            bind_mounts: convert::bind_mounts(&spec.bind_mounts),
+            resources: convert::resources(&spec.limits),
+            privileged: spec.privileged,
+        };
+        let created = match self.kernel.allocate_network(handle, &spec.network) {
+            Ok(()) => self.kernel.create_sandbox(sandbox_spec).await,
+            Err(e) => Err(e),
+        };
+        let (sandbox, mut exits) = match created {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.kernel.release_disk(handle).await;
+                let _ = remove_dir_all_blocking(bundle.clone()).await;
+                let _ = self.kernel.release_network(handle).await;
+                return Err(generic(e));
+            }
+        };
+        let grace_ns = match spec.grace_time {
+            0 => self.config.default_grace_time.as_nanos() as u64,
+            g => g,
+        };
+        let mut properties = spec.properties.clone();
+        properties.insert("garden.state".into(), "created".into());
+        depot::write_record(&bundle, handle, sandbox.init_pid(), &spec);
+        let activity = Activity::new(grace_ns);
+        let container = Arc::new(Container {
+            handle: handle.to_string(),
+            bundle,
+            image_env: plan.env.clone(),
+            lower_dirs: plan.lower_dirs.clone(),
+            spec,
+            created: Instant::now(),
+            sandbox,
+            state: Mutex::new(State::Active),
+            properties: Mutex::new(BTreeMap::new()),
+            processes: Mutex::default(),
+            activity: activity.clone(),
+        });
+        self.set_properties(&container, |p| *p = properties);
+        // Route garden-init's exit events to the processes they belong to.
+        let router = Arc::downgrade(&container);
+        tokio::spawn(async move {
+            while let Some((id, status)) = exits.recv().await {
+                let Some(c) = router.upgrade() else { break };
+                let p = c
+                    .processes
+                    .lock()
+                    .expect("processes lock")
+                    .get(&id)
+                    .cloned();
+                if let Some(p) = p {
+                    p.on_exit(status);
+                }
+            }
+        });
+        tokio::spawn(grace_timer(self.me.clone(), handle.to_string(), activity));
+        self.containers
+            .write()
+            .expect("containers lock")
+            .insert(handle.to_string(), container);
+        if let Err(e) = self.net_setup(handle).await {
+            if let Err(d) = self.destroy(handle).await {
+                tracing::warn!(handle, error = %d, "clean up after failed network setup");
+            }
+            return Err(e);
+        }
+        tracing::info!(
+            handle,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "created"
+        );
+        Ok(())
+    }
+
+    /// Links, firewall, /etc files, create-time NetIn and the network properties.
+    async fn net_setup(&self, handle: &str) -> Result<()> {
+        let c = self.lookup(handle)?;
+        self.kernel
+            .attach_network(
+                handle,
+                hostname(handle),
+                c.sandbox.as_ref(),
+                &c.spec.netout_rules,
+                convert::bandwidth(&c.spec.limits.bandwidth_limits),
+            )
+            .await
+            .map_err(|e| generic(format!("network setup: {e}")))?;
+        for m in &c.spec.netin {
+            self.kernel
+                .net_in(handle, m.host_port, m.container_port)
+                .await
+                .map_err(generic)?;
+        }
+        let props = self.kernel.network_properties(handle);
+        self.set_properties(&c, |p| p.extend(props));
+        Ok(())
+    }
+
+    pub(super) async fn net_in(
+        &self,
+        c: &Container,
+        host_port: u32,
+        container_port: u32,
+    ) -> Result<(u32, u32)> {
+        let ports = self
+            .kernel
+            .net_in(&c.handle, host_port, container_port)
+            .await
+            .map_err(generic)?;
+        let props = self.kernel.network_properties(&c.handle);
+        self.set_properties(c, |p| {
+            if let Some(v) = props.get("garden.network.mapped-ports") {
+                p.insert("garden.network.mapped-ports".into(), v.clone());
+            }
+        });
+        Ok(ports)
+    }
+}
+
+/// The hostname create gives a container: Guardian keeps the last 49 bytes of the handle; we
+/// start at a char boundary so it stays UTF-8 and within the kernel's 64-byte limit.
+fn hostname(handle: &str) -> &str {
+    let mut start = handle.len().saturating_sub(49);
+    while !handle.is_char_boundary(start) {
+        start += 1;
+    }
+    &handle[start..]
+}

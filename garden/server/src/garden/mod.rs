@@ -1,0 +1,359 @@
+//! The core: Garden's semantics on top of the [`Kernel`]. Containers by handle, their
+//! properties, grace timers, processes and streams. The only door from the HTTP layer in.
+//!
+//! One file per job: `container` (state and record), `create`, `destroy`, `stop`,
+//! `processes` (Run, Attach, output streams), `files` (StreamIn/Out), `metrics`, `grace`,
+//! `depot` (bundles on disk) and `convert` (Garden's wire types into the server's own, at this
+//! boundary). Everything privileged goes through `kernel`, so `tests` drives the whole
+//! lifecycle against a recording fake, without root.
+
+mod container;
+mod convert;
+mod create;
+mod depot;
+mod destroy;
+mod files;
+mod grace;
+mod metrics;
+mod processes;
+mod stop;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use garden_api::*;
+
+use crate::config::Config;
+use crate::kernel::linux::Linux;
+use crate::kernel::Kernel;
+use crate::process::Output;
+use crate::service::{Reply, Request, Service};
+use container::{info, Container};
+
+type Result<T> = std::result::Result<T, GardenError>;
+
+fn generic(e: impl std::fmt::Display) -> GardenError {
+    GardenError::generic(e.to_string())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Reply {
+    Reply::Json(to_wire(v))
+}
+
+/// The Garden service.
+pub struct Garden {
+    me: Weak<Garden>,
+    config: Config,
+    /// Everything privileged: sandboxes, networking, disk quotas.
+    kernel: Arc<dyn Kernel>,
+    default_rootfs: rootfs::RootfsPlan,
+    layer_cache: PathBuf,
+    containers: RwLock<HashMap<String, Arc<Container>>>,
+    /// Handles whose Create is under way.
+    reserved: Mutex<HashSet<String>>,
+    next_stream: AtomicU64,
+    image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
+}
+
+impl Garden {
+    /// On this host: probe cgroups, prepare the default rootfs, clean up what a previous run
+    /// left in the depot, and return the service.
+    pub async fn new(config: Config) -> anyhow::Result<Arc<Garden>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.depot)
+            .with_context(|| format!("create depot {}", config.depot.display()))?;
+        let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
+        let layer_cache = state_dir.join("layers");
+        std::fs::create_dir_all(&layer_cache)
+            .with_context(|| format!("create {}", layer_cache.display()))?;
+        let default_rootfs = match &config.default_rootfs {
+            Some(uri) if !uri.is_empty() => {
+                let uri = uri.clone();
+                let cache = layer_cache.clone();
+                tokio::task::spawn_blocking(move || rootfs::resolve(&uri, Path::new("/"), &cache))
+                    .await?
+                    .context("resolve --default-rootfs")?
+            }
+            _ => {
+                let dir = state_dir.join("rootfs");
+                let dir = tokio::task::spawn_blocking(move || rootfs::ensure_busybox_rootfs(&dir))
+                    .await?
+                    .context("build the embedded busybox rootfs")?;
+                rootfs::RootfsPlan {
+                    lower_dirs: vec![dir],
+                    env: Vec::new(),
+                }
+            }
+        };
+        let linux = Linux::open(&config, &state_dir).await?;
+        depot::remove_stale(&config.depot, &linux);
+        Ok(Garden::with_kernel(config, Arc::new(linux), default_rootfs))
+    }
+
+    /// The service on any kernel (the fake in unit tests), with the rootfs for creates that
+    /// name no image. The depot must exist.
+    pub fn with_kernel(
+        config: Config,
+        kernel: Arc<dyn Kernel>,
+        default_rootfs: rootfs::RootfsPlan,
+    ) -> Arc<Garden> {
+        let state_dir = config.depot.parent().unwrap_or(&config.depot);
+        let layer_cache = state_dir.join("layers");
+        Arc::new_cyclic(|me| Garden {
+            me: me.clone(),
+            config,
+            kernel,
+            default_rootfs,
+            layer_cache,
+            containers: RwLock::default(),
+            reserved: Mutex::default(),
+            next_stream: AtomicU64::new(1),
+            image_sizes: Mutex::default(),
+        })
+    }
+
+    /// Containers keep running without gardend; nothing to stop here.
+    pub async fn shutdown(&self) {
+        let left = self.containers.read().expect("containers lock").len();
+        tracing::info!(containers = left, "shutting down");
+        self.kernel.shutdown(left == 0).await;
+    }
+
+    fn max_containers(&self) -> u64 {
+        let pool = self.kernel.max_containers();
+        if self.config.max_containers > 0 {
+            self.config.max_containers.min(pool)
+        } else {
+            pool
+        }
+    }
+
+    fn lookup(&self, handle: &str) -> Result<Arc<Container>> {
+        self.containers
+            .read()
+            .expect("containers lock")
+            .get(handle)
+            .cloned()
+            .ok_or_else(|| GardenError::container_not_found(handle))
+    }
+
+    async fn dispatch(&self, request: Request) -> Result<Reply> {
+        match request {
+            Request::Ping => Ok(json(&Empty {})),
+            Request::Capacity => Ok(json(&self.capacity())),
+            Request::List { filter } => Ok(json(&HandlesResponse {
+                handles: self.list(&filter),
+            })),
+            Request::Create(spec) => self
+                .create(*spec)
+                .await
+                .map(|handle| json(&HandleResponse { handle })),
+            Request::Info { handle } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                Ok(json(&info(&c, self.kernel.as_ref())))
+            }
+            Request::BulkInfo { handles } => Ok(json(&self.bulk_info(&handles))),
+            Request::BulkMetrics { handles } => Ok(json(&self.bulk_metrics(&handles).await)),
+            Request::Destroy { handle } => self.destroy(&handle).await.map(|_| json(&Empty {})),
+            Request::Stop { handle, kill } => {
+                self.stop(&handle, kill).await.map(|_| json(&Empty {}))
+            }
+            Request::StreamIn {
+                handle,
+                user,
+                destination,
+                body,
+            } => self
+                .stream_in(&handle, &user, &destination, body)
+                .await
+                .map(|_| json(&Empty {})),
+            Request::StreamOut {
+                handle,
+                user,
+                source,
+            } => self.stream_out(&handle, &user, &source).await,
+            Request::CurrentBandwidthLimits { handle } => {
+                let c = self.lookup(&handle)?;
+                Ok(json(&c.spec.limits.bandwidth_limits))
+            }
+            Request::CurrentCpuLimits { handle } => {
+                let c = self.lookup(&handle)?;
+                let shares = c.spec.limits.cpu_limits.shares();
+                let reported = if self.kernel.reports_cpu_weight() {
+                    crate::cgroups::shares_to_weight(shares)
+                } else {
+                    shares
+                };
+                Ok(json(&CpuLimits {
+                    limit_in_shares: reported,
+                    weight: 0,
+                }))
+            }
+            Request::CurrentDiskLimits { handle } => {
+                let c = self.lookup(&handle)?;
+                Ok(json(&c.spec.limits.disk_limits))
+            }
+            Request::CurrentMemoryLimits { handle } => {
+                let c = self.lookup(&handle)?;
+                Ok(json(&c.spec.limits.memory_limits))
+            }
+            Request::NetIn { handle, request } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                let (host_port, container_port) = self
+                    .net_in(&c, request.host_port, request.container_port)
+                    .await?;
+                Ok(json(&NetInResponse {
+                    host_port,
+                    container_port,
+                }))
+            }
+            Request::NetOut { handle, rule } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                self.kernel
+                    .net_out(&handle, std::slice::from_ref(&rule))
+                    .await
+                    .map_err(generic)?;
+                Ok(json(&Empty {}))
+            }
+            Request::BulkNetOut { handle, rules } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                self.kernel
+                    .net_out(&handle, &rules)
+                    .await
+                    .map_err(generic)?;
+                Ok(json(&Empty {}))
+            }
+            Request::SetGraceTime { handle, grace_time } => {
+                let c = self.lookup(&handle)?;
+                c.activity.set_grace(grace_time);
+                self.set_properties(&c, |_| {});
+                Ok(json(&Empty {}))
+            }
+            Request::Properties { handle } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                Ok(json(&c.properties()))
+            }
+            Request::Property { handle, key } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                let value = c.properties().remove(&key);
+                match value {
+                    Some(value) => Ok(json(&PropertyValue { value })),
+                    None => Err(GardenError::generic(format!(
+                        "property does not exist: {key}"
+                    ))),
+                }
+            }
+            Request::SetProperty { handle, key, value } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                self.set_properties(&c, |p| {
+                    p.insert(key, value);
+                });
+                Ok(json(&Empty {}))
+            }
+            Request::RemoveProperty { handle, key } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                self.set_properties(&c, |p| {
+                    p.remove(&key);
+                });
+                Ok(json(&Empty {}))
+            }
+            Request::Metrics { handle } => {
+                let c = self.lookup(&handle)?;
+                let _g = c.activity.guard();
+                Ok(json(&self.metrics(&c).await))
+            }
+            Request::Run { handle, spec } => self.run(&handle, *spec).await,
+            Request::Attach { handle, process_id } => self.attach(&handle, &process_id),
+            Request::Stdout {
+                handle,
+                process_id,
+                stream_id,
+            } => self.output(&handle, &process_id, &stream_id, Output::Stdout),
+            Request::Stderr {
+                handle,
+                process_id,
+                stream_id,
+            } => self.output(&handle, &process_id, &stream_id, Output::Stderr),
+        }
+    }
+
+    fn list(&self, filter: &[(String, String)]) -> Vec<String> {
+        let all = filter
+            .iter()
+            .any(|(k, v)| k == "garden.state" && v == "all");
+        let mut filter: Vec<(String, String)> = filter
+            .iter()
+            .filter(|(k, v)| !(k == "garden.state" && v == "all"))
+            .cloned()
+            .collect();
+        if !all && !filter.iter().any(|(k, _)| k == "garden.state") {
+            filter.push(("garden.state".into(), "created".into()));
+        }
+        let containers = self.containers.read().expect("containers lock");
+        let mut handles: Vec<String> = containers
+            .values()
+            .filter(|c| {
+                let props = c.properties();
+                filter
+                    .iter()
+                    .all(|(k, v)| props.get(k).map(String::as_str).unwrap_or("") == v)
+            })
+            .map(|c| c.handle.clone())
+            .collect();
+        handles.sort();
+        handles
+    }
+
+    /// Change the stored properties and persist them (with the reported ones) to
+    /// `properties.json`, under the lock so the file never goes back in time.
+    fn set_properties(&self, c: &Container, f: impl FnOnce(&mut BTreeMap<String, String>)) {
+        let mut props = c.properties.lock().expect("properties lock");
+        f(&mut props);
+        depot::write_properties(&c.bundle, &c.reported(&props));
+    }
+
+    fn bulk_info(&self, handles: &[String]) -> BulkInfo {
+        handles
+            .iter()
+            .map(|h| {
+                let entry = match self.lookup(h) {
+                    Ok(c) => ContainerInfoEntry {
+                        info: info(&c, self.kernel.as_ref()),
+                        err: None,
+                    },
+                    Err(e) => ContainerInfoEntry {
+                        info: ContainerInfo::default(),
+                        err: Some(flat_error(&e)),
+                    },
+                };
+                (h.clone(), entry)
+            })
+            .collect()
+    }
+}
+
+impl Service for Garden {
+    async fn handle(&self, request: Request) -> Result<Reply> {
+        self.dispatch(request).await
+    }
+}
+
+/// Bulk entries carry flattened (generic) errors, as Guardian's do.
+fn flat_error(e: &GardenError) -> ErrorBody {
+    ErrorBody {
+        message: e.to_string(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,368 @@
+//! The core against the recording fake kernel: lifecycle order and rollback, grace time and
+//! stream retention, without root. (`tests/core.rs` runs the same core on the real kernel.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use garden_api::{ContainerInfo, ContainerSpec, GardenError, HandlesResponse, ProcessSpec};
+
+use super::Garden;
+use crate::config::Config;
+use crate::kernel::fake::{Call, Fake, Kind};
+use crate::kernel::Signal;
+use crate::service::{ProcessSession, Reply, Request, Service};
+
+struct Setup {
+    garden: Arc<Garden>,
+    fake: Arc<Fake>,
+    tmp: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let depot = tmp.path().join("depot");
+    let image = tmp.path().join("rootfs");
+    std::fs::create_dir_all(&depot).unwrap();
+    std::fs::create_dir_all(&image).unwrap();
+    let fake = Fake::new();
+    let config = Config {
+        depot,
+        ..Config::default()
+    };
+    let plan = rootfs::RootfsPlan {
+        lower_dirs: vec![image],
+        env: vec!["FROM_IMAGE=1".into()],
+    };
+    let garden = Garden::with_kernel(config, fake.clone(), plan);
+    Setup { garden, fake, tmp }
+}
+
+fn json<T: serde::de::DeserializeOwned>(r: Result<Reply, GardenError>) -> T {
+    match r.expect("request succeeds") {
+        Reply::Json(b) => serde_json::from_slice(&b).expect("json"),
+        other => panic!("expected json, got {other:?}"),
+    }
+}
+
+impl Setup {
+    async fn create(&self, handle: &str, grace_time: u64) -> Result<Reply, GardenError> {
+        self.garden
+            .handle(Request::Create(Box::new(ContainerSpec {
+                handle: handle.into(),
+                grace_time,
+                ..Default::default()
+            })))
+            .await
+    }
+
+    async fn list(&self) -> Vec<String> {
+        let r: HandlesResponse = json(self.garden.handle(Request::List { filter: vec![] }).await);
+        r.handles
+    }
+
+    async fn run(&self, handle: &str, id: &str, path: &str, args: &[&str]) -> ProcessSession {
+        let spec = ProcessSpec {
+            id: id.into(),
+            path: path.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        let reply = self
+            .garden
+            .handle(Request::Run {
+                handle: handle.into(),
+                spec: Box::new(spec),
+            })
+            .await
+            .expect("run");
+        match reply {
+            Reply::Process(s) => s,
+            other => panic!("expected a session, got {other:?}"),
+        }
+    }
+
+    /// Everything a session's stdout (or stderr) request yields, until the stream ends.
+    async fn output(&self, handle: &str, s: &ProcessSession, stdout: bool) -> Vec<u8> {
+        let (handle, process_id, stream_id) =
+            (handle.into(), s.process_id.clone(), s.stream_id.clone());
+        let request = if stdout {
+            Request::Stdout {
+                handle,
+                process_id,
+                stream_id,
+            }
+        } else {
+            Request::Stderr {
+                handle,
+                process_id,
+                stream_id,
+            }
+        };
+        let Reply::Output(mut o) = self.garden.handle(request).await.expect("output") else {
+            panic!("expected an output stream")
+        };
+        let mut out = Vec::new();
+        while let Some(chunk) = o.chunks.recv().await {
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    /// Calls recorded from index `from` on.
+    fn calls_since(&self, from: usize) -> Vec<Call> {
+        self.fake.calls()[from..].to_vec()
+    }
+}
+
+fn call(make: fn(String) -> Call, handle: &str) -> Call {
+    make(handle.to_string())
+}
+
+#[tokio::test]
+async fn create_run_destroy_in_order_and_nothing_left() {
+    let t = setup();
+    json::<serde_json::Value>(t.create("c1", 0).await);
+    assert_eq!(
+        t.fake.calls(),
+        [
+            call(Call::AttachDisk, "c1"),
+            call(Call::AllocateNetwork, "c1"),
+            call(Call::CreateSandbox, "c1"),
+            call(Call::AttachNetwork, "c1"),
+        ]
+    );
+    let bundle = t.tmp.path().join("depot/c1");
+    assert!(bundle.join("container.json").is_file(), "record written");
+    assert_eq!(t.list().await, ["c1"]);
+    let info: ContainerInfo = json(
+        t.garden
+            .handle(Request::Info {
+                handle: "c1".into(),
+            })
+            .await,
+    );
+    assert_eq!(info.state, "active");
+    let props = info.properties.unwrap();
+    assert_eq!(props["garden.state"], "created");
+    assert_eq!(props["garden.network.container-ip"], "10.0.0.2");
+
+    let session = t.run("c1", "p1", "echo", &["hello", "there"]).await;
+    assert_eq!(t.output("c1", &session, true).await, b"hello there\n");
+    assert_eq!(t.output("c1", &session, false).await, b"");
+    assert_eq!(session.exit.await.unwrap(), Ok(0));
+
+    let before = t.fake.calls().len();
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::Destroy {
+                handle: "c1".into(),
+            })
+            .await,
+    );
+    assert_eq!(
+        t.calls_since(before),
+        [
+            call(Call::Kill, "c1"),
+            call(Call::ReleaseNetwork, "c1"),
+            call(Call::RemoveCgroup, "c1"),
+            call(Call::ReleaseDisk, "c1"),
+        ]
+    );
+    assert!(!bundle.exists(), "bundle removed");
+    assert!(t.list().await.is_empty());
+    let gone = t
+        .garden
+        .handle(Request::Info {
+            handle: "c1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(gone, GardenError::ContainerNotFound { .. }),
+        "{gone:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_destroy_step_keeps_the_container_for_a_retry() {
+    let t = setup();
+    json::<serde_json::Value>(t.create("c2", 0).await);
+    t.fake.fail_next(Kind::ReleaseNetwork, 1);
+    let destroy = || {
+        t.garden.handle(Request::Destroy {
+            handle: "c2".into(),
+        })
+    };
+    let e = destroy().await.unwrap_err();
+    assert!(e.to_string().contains("destroy c2"), "{e}");
+    assert_eq!(t.list().await, ["c2"], "still there to retry");
+    json::<serde_json::Value>(destroy().await);
+    assert!(t.list().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_sandbox_undoes_disk_and_network_and_frees_the_handle() {
+    let t = setup();
+    t.fake.fail_next(Kind::CreateSandbox, 1);
+    let e = t.create("c3", 0).await.unwrap_err();
+    assert!(e.to_string().contains("fake failure"), "{e}");
+    assert_eq!(
+        t.fake.calls(),
+        [
+            call(Call::AttachDisk, "c3"),
+            call(Call::AllocateNetwork, "c3"),
+            call(Call::CreateSandbox, "c3"),
+            call(Call::ReleaseDisk, "c3"),
+            call(Call::ReleaseNetwork, "c3"),
+        ]
+    );
+    assert!(!t.tmp.path().join("depot/c3").exists());
+    assert!(t.list().await.is_empty());
+    json::<serde_json::Value>(t.create("c3", 0).await);
+    assert_eq!(t.list().await, ["c3"]);
+}
+
+#[tokio::test]
+async fn a_failed_network_attach_destroys_what_was_made() {
+    let t = setup();
+    t.fake.fail_next(Kind::AttachNetwork, 1);
+    let e = t.create("c4", 0).await.unwrap_err();
+    assert!(e.to_string().starts_with("network setup: "), "{e}");
+    let calls = t.fake.calls();
+    for done in [
+        Call::Kill,
+        Call::ReleaseNetwork,
+        Call::RemoveCgroup,
+        Call::ReleaseDisk,
+    ] {
+        assert!(calls.contains(&call(done, "c4")), "{calls:?}");
+    }
+    assert!(t.list().await.is_empty());
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+#[tokio::test(start_paused = true)]
+async fn grace_time_reaps_idle_containers_only() {
+    let t = setup();
+    json::<serde_json::Value>(t.create("idle", SECOND).await);
+    json::<serde_json::Value>(t.create("busy", SECOND).await);
+    json::<serde_json::Value>(t.create("forever", 0).await);
+    let props: std::collections::BTreeMap<String, String> = json(
+        t.garden
+            .handle(Request::Properties {
+                handle: "idle".into(),
+            })
+            .await,
+    );
+    assert_eq!(props["garden.grace-time"], SECOND.to_string());
+    // An attached session keeps `busy` in use.
+    let session = t.run("busy", "sleeper", "sleep", &["1000"]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(t.list().await, ["busy", "forever", "idle"], "not yet");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(t.list().await, ["busy", "forever"], "idle one reaped");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(t.list().await, ["busy", "forever"], "a session holds it");
+    drop(session);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(t.list().await, ["forever"], "reaped once the client left");
+    // A grace time set later counts from then; 0 turns it off again.
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::SetGraceTime {
+                handle: "forever".into(),
+                grace_time: 2 * SECOND,
+            })
+            .await,
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::SetGraceTime {
+                handle: "forever".into(),
+                grace_time: 0,
+            })
+            .await,
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(t.list().await, ["forever"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unclaimed_streams_are_kept_a_minute_after_exit() {
+    let t = setup();
+    json::<serde_json::Value>(t.create("s", 0).await);
+    let session = t.run("s", "quick", "echo", &["late", "reader"]).await;
+    let ProcessSession {
+        process_id,
+        stream_id,
+        exit,
+        input,
+        guard,
+    } = session;
+    assert_eq!(exit.await.unwrap(), Ok(0));
+    // The client went away after the exit without reading; its streams stay claimable.
+    drop((input, guard));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let again = |exit| ProcessSession {
+        process_id: process_id.clone(),
+        stream_id: stream_id.clone(),
+        input: tokio::sync::mpsc::unbounded_channel().0,
+        exit,
+        guard: crate::service::ActivityGuard::none(),
+    };
+    let view = again(tokio::sync::oneshot::channel().1);
+    assert_eq!(t.output("s", &view, true).await, b"late reader\n");
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    // STREAM_RETENTION after the exit: stderr, never claimed, is forgotten (an empty stream,
+    // as Go answers for unknown ones), and the claimed stdout cannot be claimed twice.
+    assert_eq!(t.output("s", &view, false).await, b"");
+    assert_eq!(t.output("s", &view, true).await, b"");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_detached_session_of_a_running_process_drops_its_streams() {
+    let t = setup();
+    json::<serde_json::Value>(t.create("d", 0).await);
+    let session = t.run("d", "long", "sleep", &["1000"]).await;
+    let (process_id, stream_id) = (session.process_id.clone(), session.stream_id.clone());
+    drop(session.input);
+    // The process keeps running; once serve_input saw the client go, the streams are gone.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let request = Request::Stdout {
+        handle: "d".into(),
+        process_id: process_id.clone(),
+        stream_id,
+    };
+    let Reply::Output(mut o) = t.garden.handle(request).await.unwrap() else {
+        panic!("expected an output stream")
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(1), o.chunks.recv()).await;
+    assert!(matches!(ended, Ok(None)), "detached stream must be empty");
+    // Attach again: a new session on the same, still running process; Stop ends it.
+    let reply = t
+        .garden
+        .handle(Request::Attach {
+            handle: "d".into(),
+            process_id,
+        })
+        .await
+        .unwrap();
+    let Reply::Process(attached) = reply else {
+        panic!("expected a session")
+    };
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::Stop {
+                handle: "d".into(),
+                kill: false,
+            })
+            .await,
+    );
+    assert_eq!(attached.exit.await.unwrap(), Ok(143));
+    assert!(t
+        .fake
+        .calls()
+        .contains(&Call::SignalAll("d".into(), Signal::Terminate)));
+}

@@ -1,0 +1,161 @@
+//! The seam between Garden's semantics (`garden/`) and the host: every privileged thing the core
+//! asks for — sandboxes (garden-init in new namespaces, with a cgroup), processes in them,
+//! network attach and release, disk quotas — goes through [`Kernel`] and [`Sandbox`].
+//!
+//! [`linux::Linux`] does the real work through `runtime/`, `cgroups/`, `net/` and `quota/`;
+//! `fake::Fake` (tests only) records every call and can be told to fail, so the lifecycle, grace
+//! time and stream retention of `garden/` are unit-tested without root. Modelled on youki's
+//! `Syscall` trait. The traits are object-safe (boxed futures) so that `Garden` holds an
+//! `Arc<dyn Kernel>` and nothing above it is generic.
+
+#[cfg(test)]
+pub mod fake;
+pub mod linux;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::os::fd::{OwnedFd, RawFd};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use garden_api::{ContainerNetworkStat, NetOutRule};
+use tokio::sync::mpsc;
+
+pub use crate::cgroups::{Resources, Stats};
+use crate::init::proto::SpawnRequest;
+pub use crate::net::{Bandwidth, NetInfo};
+pub use crate::quota::{DiskLimit, Usage};
+pub use crate::runtime::{SandboxSpec, SpawnError};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Exit events of a sandbox's processes: (process id, status), from garden-init.
+pub type Exits = mpsc::UnboundedReceiver<(String, i32)>;
+
+/// Why the host refused. The message is what a client sees (after the core's context).
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error(transparent)]
+    Disk(#[from] crate::quota::QuotaError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, KernelError>;
+
+/// The two signals the core sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Kill,
+}
+
+/// What the host offers, for Capacity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCapacity {
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+/// The host, as the core uses it.
+pub trait Kernel: Send + Sync + 'static {
+    /// Make the cgroup, clone garden-init into new namespaces and wait until it is ready. On
+    /// error nothing is left but the bundle directory, which the caller owns.
+    fn create_sandbox(&self, spec: SandboxSpec)
+        -> BoxFuture<'_, Result<(Arc<dyn Sandbox>, Exits)>>;
+    /// cgroup v2 reports CPU as a weight rather than shares.
+    fn reports_cpu_weight(&self) -> bool;
+    fn capacity(&self, depot: &Path) -> HostCapacity;
+
+    /// How many containers the address pool can hold.
+    fn max_containers(&self) -> u64;
+    /// Check a create's network settings before anything is made.
+    fn validate_network(
+        &self,
+        handle: &str,
+        netout: &[NetOutRule],
+        bandwidth: Bandwidth,
+    ) -> Result<()>;
+    /// Reserve an address (`network`: a subnet or address from the spec, or empty for the pool).
+    fn allocate_network(&self, handle: &str, network: &str) -> Result<()>;
+    /// Links, firewall, bandwidth and /etc files for an allocated container's sandbox.
+    fn attach_network<'a>(
+        &'a self,
+        handle: &'a str,
+        hostname: &'a str,
+        sandbox: &'a dyn Sandbox,
+        netout: &'a [NetOutRule],
+        bandwidth: Bandwidth,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Undo whatever allocate and attach did.
+    fn release_network<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, Result<()>>;
+    fn net_in<'a>(
+        &'a self,
+        handle: &'a str,
+        host_port: u32,
+        container_port: u32,
+    ) -> BoxFuture<'a, Result<(u32, u32)>>;
+    fn net_out<'a>(&'a self, handle: &'a str, rules: &'a [NetOutRule])
+        -> BoxFuture<'a, Result<()>>;
+    fn network_info(&self, handle: &str) -> Option<NetInfo>;
+    /// The `garden.network.*` properties of a container.
+    fn network_properties(&self, handle: &str) -> BTreeMap<String, String>;
+    fn network_stats(&self, handle: &str) -> Option<ContainerNetworkStat>;
+
+    /// Put a container's writable layer under its disk limit (`image`: what the image uses).
+    fn attach_disk<'a>(
+        &'a self,
+        handle: &'a str,
+        bundle: &'a Path,
+        limit: DiskLimit,
+        image: Usage,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn release_disk<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// What the writable layer uses, when the quota backend can tell.
+    fn disk_usage(&self, handle: &str) -> Option<Usage>;
+
+    /// gardend stops; `empty`: no container is left, so shared host state may go too.
+    fn shutdown(&self, empty: bool) -> BoxFuture<'_, ()>;
+}
+
+/// One container at the host level: garden-init, its namespaces and its cgroup.
+pub trait Sandbox: Send + Sync + 'static {
+    /// garden-init's host pid when it started (for the record; never signalled by pid).
+    fn init_pid(&self) -> i32;
+    /// garden-init (and so every process of the container) is gone.
+    fn has_exited(&self) -> bool;
+    /// Kill every process of the container and wait until init is gone.
+    fn kill(&self) -> BoxFuture<'_, ()>;
+    /// No process but init left in the container.
+    fn is_idle(&self) -> bool;
+    /// An fd of the container's root directory, for path resolution inside it.
+    fn open_root(&self) -> std::io::Result<OwnedFd>;
+    /// An fd of the container's network namespace.
+    fn open_netns(&self) -> std::io::Result<OwnedFd>;
+    /// The container's own `/dev/pts/ptmx`, for a process with a tty.
+    fn open_ptmx(&self) -> std::io::Result<OwnedFd>;
+    /// Start a process with the given stdio fds; its pid inside the container.
+    fn spawn<'a>(
+        &'a self,
+        request: SpawnRequest,
+        fds: &'a [RawFd],
+    ) -> BoxFuture<'a, std::result::Result<i32, SpawnError>>;
+    fn signal<'a>(
+        &'a self,
+        process_id: &'a str,
+        signal: Signal,
+    ) -> BoxFuture<'a, std::io::Result<()>>;
+    /// Every process of the container but init.
+    fn signal_all(&self, signal: Signal) -> BoxFuture<'_, std::io::Result<()>>;
+    fn stats(&self) -> Stats;
+    fn oom_kills(&self) -> u64;
+    /// Remove the cgroup (after [`Sandbox::kill`]).
+    fn remove_cgroup(&self) -> BoxFuture<'_, Result<()>>;
+}
