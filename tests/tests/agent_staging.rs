@@ -954,6 +954,7 @@ async fn restarts_and_shutdown_fail_stagings_cleanly() {
 /// here; then the agent exits cleanly with nothing left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evacuation_lets_a_staging_finish_without_starting_its_app() {
+    e2e::require_root!();
     let mut fx = setup("").await;
     let registers = watch(&fx.bus, "router.register").await;
     fx.files.put_bytes(
@@ -1000,6 +1001,7 @@ async fn evacuation_lets_a_staging_finish_without_starting_its_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bench_staging_the_static_app() {
+    e2e::require_root!();
     let fx = setup("").await;
     let n: usize = std::env::var("BENCH_N")
         .ok()
