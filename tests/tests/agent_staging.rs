@@ -1028,3 +1028,37 @@ async fn bench_staging_the_static_app() {
         times[times.len() - 1]
     );
 }
+
+/// An agent with `staging.enabled: false` stays out of the `staging` queue group (another
+/// agent on the bus takes every queued request) and refuses requests sent to it by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_does_not_stage_leaves_the_queue_to_others() {
+    e2e::require_root!();
+    let mut fx = setup("staging: {enabled: false}\n").await;
+    let disabled = fx.id.clone();
+    let adverts = watch(&fx.bus, "dea.advertise").await;
+    let _stager = Agent::start_indexed(&fx.gardend, &fx.nats, 1, "");
+    let ad = adverts
+        .wait_for(WAIT, |a| a["id"] != disabled.as_str())
+        .await
+        .expect("second agent advertises");
+    let stager = ad["id"].as_str().unwrap().to_string();
+
+    let done = fx
+        .stage(&fx.request("t-off", "app-q"))
+        .await
+        .completion(&fx)
+        .await;
+    assert_eq!(done["error"], "Staging is disabled");
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        let msg = fx.request(&format!("t-q{i}"), "app-q");
+        queued.push(fx.stage_on("staging", &msg).await);
+    }
+    for s in &queued {
+        let done = s.completion(&fx).await;
+        assert!(done["error"].is_null(), "{done}");
+    }
+    fx.id = stager;
+    fx.assert_no_staging_containers().await;
+}

@@ -168,10 +168,13 @@ impl Stagings {
     /// Subscribe to `staging.<uuid>.start`, the `staging` queue group and `staging.stop`.
     pub async fn serve(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, BusError> {
         let mut handles = Vec::new();
-        for (subject, queue) in [
-            (subject::staging_start(&self.cell.id), None),
-            (subject::STAGING.to_string(), Some(subject::STAGING)),
-        ] {
+        let mut subjects = vec![(subject::staging_start(&self.cell.id), None)];
+        // An agent that does not stage stays out of the queue group, so it takes nobody's
+        // work; requests sent to it by id are answered with an error.
+        if self.cell.config.staging.enabled {
+            subjects.push((subject::STAGING.to_string(), Some(subject::STAGING)));
+        }
+        for (subject, queue) in subjects {
             let client = self.cell.bus.client().clone();
             let sub = match queue {
                 None => client.subscribe(subject.clone()).await,
