@@ -625,6 +625,30 @@ pub struct ErrorReply {
     pub error: String,
 }
 
+/// Longest task id (tasks' and stagings'); it becomes part of a Garden handle.
+pub const MAX_TASK_ID: usize = 128;
+
+/// A task or staging task id must be usable in a Garden handle and a file name.
+pub fn check_task_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_TASK_ID {
+        return Err(format!("task_id must have 1 to {MAX_TASK_ID} characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(format!(
+            "task_id {id:?} may only hold letters, digits, '-', '_' and '.'"
+        ));
+    }
+    // Ids name directories (`staging/<id>`, removed when the task ends): `..` would be the
+    // agent's whole base_dir.
+    if id.starts_with('.') {
+        return Err(format!("task_id {id:?} must not start with '.'"));
+    }
+    Ok(())
+}
+
 /// Float seconds since the epoch (`state_timestamp`).
 pub fn now_timestamp() -> f64 {
     std::time::SystemTime::now()
@@ -659,6 +683,16 @@ mod tests {
         m.validate().unwrap();
         assert_eq!(m.env_pairs()[0], ("FOO".into(), "bar".into()));
         assert_eq!(m.health_check_timeout, Some(120.0));
+    }
+
+    #[test]
+    fn task_ids_cannot_name_a_parent_directory() {
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert!(check_task_id(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["task-1", "a.b_c", &"x".repeat(128)] {
+            assert_eq!(check_task_id(good), Ok(()), "{good:?}");
+        }
     }
 
     #[test]

@@ -892,6 +892,21 @@ async fn refused_requests_and_bad_input() {
         .await
         .unwrap();
     assert!(r["error"].as_str().unwrap().contains("task_id"), "{r}");
+    // `..` names the agent's base_dir from its staging dir (removed when a task ends).
+    for id in ["..", "."] {
+        let r = fx
+            .stage(&fx.request(id, "app-r"))
+            .await
+            .replies
+            .wait_for(WAIT, |_| true)
+            .await
+            .unwrap();
+        assert!(
+            r["error"].as_str().unwrap().contains("task_id"),
+            "{id}: {r}"
+        );
+    }
+    assert!(fx.agent.base_dir.join("db").is_dir(), "base_dir intact");
 
     // Still serving.
     let done = fx

@@ -42,8 +42,6 @@ pub const TASK_PROPERTY: &str = "agent:staging_task";
 pub const LOG_PATH: &str = "/tmp/staged/logs/staging_task.log";
 /// How long shutdown waits for stagings to end and their containers to go.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(60);
-/// Longest task id (it becomes part of a Garden handle).
-const MAX_TASK_ID: usize = 128;
 
 /// Where a staging task is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,17 +458,7 @@ fn failed(task_id: &str, app_id: Option<&str>, error: String) -> StagingReply {
 /// What a request must satisfy before anything is reserved.
 pub fn validate(r: &StagingRequest) -> Result<(), String> {
     let id = &r.task_id;
-    if id.is_empty() || id.len() > MAX_TASK_ID {
-        return Err(format!("task_id must have 1 to {MAX_TASK_ID} characters"));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(format!(
-            "task_id {id:?} may only hold letters, digits, '-', '_' and '.'"
-        ));
-    }
+    crate::protocol::check_task_id(id)?;
     if r.app_id.is_empty() {
         return Err("app_id is empty".into());
     }

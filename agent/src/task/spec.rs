@@ -18,8 +18,6 @@ pub const SOURCE_CELL: &str = "CELL";
 
 /// Longest task timeout accepted (a week).
 pub const MAX_TIMEOUT_SECS: f64 = 7.0 * 24.0 * 3600.0;
-/// Longest task id (it becomes part of a Garden handle).
-pub const MAX_TASK_ID: usize = 128;
 
 /// The executor container guid (and Garden handle, and log guid) of a task.
 pub fn container_guid(task_id: &str) -> String {
@@ -38,17 +36,7 @@ pub fn amount(run: &TaskRun) -> Amount {
 /// whole capacity (a task that could never fit is refused instead of waiting forever).
 pub fn validate(run: &TaskRun, known_stack: bool, capacity: Amount) -> Result<(), String> {
     let id = &run.task_id;
-    if id.is_empty() || id.len() > MAX_TASK_ID {
-        return Err(format!("task_id must have 1 to {MAX_TASK_ID} characters"));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(format!(
-            "task_id {id:?} may only hold letters, digits, '-', '_' and '.'"
-        ));
-    }
+    crate::protocol::check_task_id(id)?;
     if !known_stack {
         return Err(format!("unknown stack {:?}", run.stack));
     }
