@@ -176,22 +176,21 @@ impl Bus {
         })
     }
 
-    /// A request that may get several replies: everything that arrives within `window`.
-    pub async fn gather<Q: Serialize, R: DeserializeOwned>(
+    /// Publish a request and return the subscription its replies (however many) arrive on.
+    pub async fn send_request<Q: Serialize>(
         &self,
         subject: &str,
         msg: &Q,
-        window: Duration,
-    ) -> Result<Vec<R>, BusError> {
+    ) -> Result<async_nats::Subscriber, BusError> {
         let inbox = self.client.new_inbox();
-        let mut sub =
-            self.client
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| BusError::Subscribe {
-                    subject: inbox.clone(),
-                    message: e.to_string(),
-                })?;
+        let sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| BusError::Subscribe {
+                subject: inbox.clone(),
+                message: e.to_string(),
+            })?;
         let body = serde_json::to_vec(msg).map_err(|e| BusError::Request {
             subject: subject.into(),
             message: e.to_string(),
@@ -203,6 +202,17 @@ impl Bus {
                 subject: subject.into(),
                 message: e.to_string(),
             })?;
+        Ok(sub)
+    }
+
+    /// A request that may get several replies: everything that arrives within `window`.
+    pub async fn gather<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        subject: &str,
+        msg: &Q,
+        window: Duration,
+    ) -> Result<Vec<R>, BusError> {
+        let mut sub = self.send_request(subject, msg).await?;
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + window;
         while let Ok(Some(m)) = tokio::time::timeout_at(deadline, sub.next()).await {

@@ -215,26 +215,7 @@ pub async fn stage(
     log: Box<dyn Write + Send>,
 ) -> Result<StageOutcome, CtlError> {
     let subj = subject::staging_start(agent_id);
-    let client = bus.client();
-    let inbox = client.new_inbox();
-    let mut sub = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| BusError::Subscribe {
-            subject: inbox.clone(),
-            message: e.to_string(),
-        })?;
-    let body = serde_json::to_vec(req).map_err(|e| BusError::Request {
-        subject: subj.clone(),
-        message: e.to_string(),
-    })?;
-    client
-        .publish_with_reply(subj.clone(), inbox, body.into())
-        .await
-        .map_err(|e| BusError::Request {
-            subject: subj.clone(),
-            message: e.to_string(),
-        })?;
+    let mut sub = bus.send_request(&subj, req).await?;
     bus.flush().await;
 
     let (done_tx, done_rx) = watch::channel(false);
