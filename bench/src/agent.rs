@@ -3,8 +3,12 @@
 //! TCP health check passed), one at a time and as a burst of N; and how long `dea.stop` of
 //! the burst takes until gardend holds no container of it.
 //!
+//! Staging: a staging request for `agent/examples/static-site` with the example static
+//! buildpack, to the completion reply (droplet built, uploaded, SHA1 known).
+//!
 //! A private nats-server and an `agent` (from the same target directory) run against the
-//! bench's gardend; the droplet (busybox httpd) is served by the executor's test file server.
+//! bench's gardend; droplets, packages and buildpacks are served (and uploads received) by
+//! the executor's test file server.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -33,6 +37,8 @@ pub struct AgentFigures {
     pub burst_wall_ms: f64,
     /// `dea.stop` of the burst until gardend lists none of its containers.
     pub stop_all_ms: f64,
+    /// Staging request to completion reply (buildpack already cached).
+    pub staging: Summary,
 }
 
 /// A child killed on drop.
@@ -91,6 +97,97 @@ fn droplet() -> Result<Vec<u8>> {
         false,
     )?;
     Ok(tar.into_inner()?.finish()?)
+}
+
+/// Zip every file under `dir` (relative names, modes kept) into memory.
+fn zip_dir(dir: &Path) -> Result<Vec<u8>> {
+    use std::io::Write as _;
+    use std::os::unix::fs::PermissionsExt;
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("read {}", d.display()))? {
+            let path = entry?.path();
+            let meta = std::fs::metadata(&path)?;
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(dir)?.to_string_lossy().into_owned();
+            let options = zip::write::SimpleFileOptions::default()
+                .unix_permissions(meta.permissions().mode() & 0o777);
+            zip.start_file(name, options)?;
+            zip.write_all(&std::fs::read(&path)?)?;
+        }
+    }
+    Ok(zip.finish()?.into_inner())
+}
+
+/// Stage the example static site `rounds` times (plus one that fills the buildpack cache);
+/// each sample is the request to its completion reply.
+async fn staging(
+    bus: &Bus,
+    files: &executor::testing::FileServer,
+    agent_id: &str,
+    rounds: usize,
+) -> Result<Summary> {
+    use agent::protocol::{AdminBuildpack, StagingReply, StagingRequest};
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    files.put_bytes(
+        "/static-buildpack.zip",
+        &zip_dir(&repo.join("agent/buildpacks/static"))?,
+    );
+    files.put_bytes(
+        "/static-site.zip",
+        &zip_dir(&repo.join("agent/examples/static-site"))?,
+    );
+    let mut samples = Vec::new();
+    for round in 0..=rounds {
+        let request = StagingRequest {
+            app_id: "bench-staging".into(),
+            task_id: format!("bench-staging-{round}"),
+            stack: "busybox".into(),
+            download_uri: files.url("/static-site.zip"),
+            upload_uri: files.url("/upload/droplet"),
+            buildpack_cache_download_uri: None,
+            buildpack_cache_upload_uri: None,
+            properties: Default::default(),
+            start_message: None,
+            admin_buildpacks: vec![AdminBuildpack {
+                key: "static".into(),
+                url: files.url("/static-buildpack.zip"),
+            }],
+            egress_network_rules: vec![],
+            memory_limit: None,
+            disk_limit: None,
+            accepts_http: false,
+        };
+        let t = Instant::now();
+        let mut replies = bus
+            .send_request(&agent::protocol::subject::staging_start(agent_id), &request)
+            .await?;
+        // The setup reply, then the completion reply.
+        let mut completion = None;
+        for _ in 0..2 {
+            let m = tokio::time::timeout(Duration::from_secs(120), replies.next())
+                .await
+                .context("no staging reply within 120 s")?
+                .context("nats closed")?;
+            let reply: StagingReply =
+                serde_json::from_slice(&m.payload).context("decode the staging reply")?;
+            if let Some(e) = &reply.error {
+                bail!("staging failed: {e}");
+            }
+            completion = Some(reply);
+        }
+        if completion.and_then(|c| c.droplet_sha1).is_none() {
+            bail!("the completion reply has no droplet_sha1");
+        }
+        if round > 0 {
+            samples.push(t.elapsed());
+        }
+    }
+    Summary::from_durations(&samples).context("no staging samples")
 }
 
 fn sha1_hex(data: &[u8]) -> String {
@@ -293,6 +390,7 @@ pub async fn measure(
     // with the k-th start (a lower bound on no instance, an honest distribution overall).
     let latencies: Vec<Duration> = at.iter().zip(&sent).map(|(a, s)| *a - *s).collect();
     let stop_all = stop_and_drain(&bus, garden, app).await?;
+    let staging = staging(&bus, &files, &agent_id, rounds).await?;
 
     // SIGTERM: the agent's clean shutdown (dea.shutdown, nothing left in gardend).
     let mut agent = agent;
@@ -308,5 +406,6 @@ pub async fn measure(
         burst_latency: Summary::from_durations(&latencies).context("no burst samples")?,
         burst_wall_ms: crate::stats::ms(burst_wall),
         stop_all_ms: crate::stats::ms(stop_all),
+        staging,
     })
 }

@@ -319,6 +319,7 @@ pub fn to_json(r: &Report) -> Value {
             "burst_start_to_running": summary_json(Some(&Ok(a.burst_latency))),
             "burst_wall_ms": num(a.burst_wall_ms),
             "stop_all_ms": num(a.stop_all_ms),
+            "staging_request_to_completion": summary_json(Some(&Ok(a.staging))),
         }),
         Some(Err(e)) => json!({"burst": null, "error": e}),
         None => json!({"burst": null, "error": NOT_RUN}),
@@ -591,9 +592,17 @@ pub fn to_markdown(r: &Report) -> String {
             );
             let _ = writeln!(
                 out,
-                "| dea.stop of the burst -> no container | {} | | | | {} |\n",
+                "| dea.stop of the burst -> no container | {} | | | | {} |",
                 a.burst,
                 fmt_ms(a.stop_all_ms)
+            );
+            let _ = writeln!(
+                out,
+                "| staging request -> completion (static site) | {} | {} | {} | {} | |\n",
+                a.staging.count,
+                fmt_ms(a.staging.p50),
+                fmt_ms(a.staging.p90),
+                fmt_ms(a.staging.max)
             );
         }
         Some(Err(e)) => {

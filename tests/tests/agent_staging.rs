@@ -1010,40 +1010,6 @@ async fn evacuation_lets_a_staging_finish_without_starting_its_app() {
     assert!(fx.gardend.client().list(&[]).await.unwrap().is_empty());
 }
 
-/// Bench (run by hand: `cargo test -p e2e --test agent_staging bench -- --ignored
-/// --nocapture`): staging request to completion reply for the static app, admin buildpack
-/// already cached, N times one after the other.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn bench_staging_the_static_app() {
-    e2e::require_root!();
-    let fx = setup("").await;
-    let n: usize = std::env::var("BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let mut times = Vec::new();
-    for i in 0..=n {
-        let mut msg = fx.request(&format!("bench-{i}"), "app-bench");
-        msg["admin_buildpacks"] =
-            json!([{"key": "static-bp", "url": fx.files.url("/bp/static.zip")}]);
-        let t = std::time::Instant::now();
-        let done = fx.stage(&msg).await.completion(&fx).await;
-        assert!(done["error"].is_null(), "{done}");
-        // The first one also downloads the buildpack.
-        if i > 0 {
-            times.push(t.elapsed());
-        }
-    }
-    times.sort();
-    eprintln!(
-        "staging request -> completion reply, {n} runs: min {:?} median {:?} max {:?}",
-        times[0],
-        times[times.len() / 2],
-        times[times.len() - 1]
-    );
-}
-
 /// An agent with `staging.enabled: false` stays out of the `staging` queue group (another
 /// agent on the bus takes every queued request) and refuses requests sent to it by id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
