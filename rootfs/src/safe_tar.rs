@@ -1251,11 +1251,35 @@ fn pack_with<W: Write>(
     };
     match resolved {
         Source::Entry { parent, base, st } => {
-            out.add(&parent, &base, base.as_bytes().to_vec(), &st)?;
+            let name = base.as_bytes().to_vec();
+            if let Some((fd, st)) = out.add(&parent, &base, &name, &st)? {
+                out.walk(fd, name, &st)?;
+            }
         }
-        Source::Contents { dir, st } => out.dir(dir, b".".to_vec(), &st, source)?,
+        Source::Contents { dir, st } => out.walk(dir, b".".to_vec(), &st)?,
     }
     out.finish()
+}
+
+/// The longest archive name StreamOut writes: deeper trees fail cleanly there rather than
+/// producing archives that grow with the square of their depth.
+pub const MAX_ARCHIVE_NAME: usize = 16 * 1024;
+
+/// How many directories of the path being packed are kept open; shallower ones are
+/// reopened through `..` (and checked to be the same inode) when the walk climbs back.
+const OPEN_DIRS: usize = 64;
+
+/// One directory of the path being packed.
+struct Frame {
+    /// `None` for a directory more than [`OPEN_DIRS`] above the deepest one.
+    fd: Option<OwnedFd>,
+    key: (u64, u64),
+    arcname: Vec<u8>,
+    children: std::vec::IntoIter<OsString>,
+}
+
+fn shown(arcname: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(arcname))
 }
 
 struct TarWriter<'a, W: Write> {
@@ -1280,25 +1304,39 @@ impl<W: Write> TarWriter<'_, W> {
         }
     }
 
+    /// Writes the entry for `name` in `dirfd`, except for a directory, which it opens and
+    /// returns for [`Self::walk`] to enter (so no call recurses with the tree's depth).
     fn add(
         &mut self,
         dirfd: &OwnedFd,
         name: &OsStr,
-        arcname: Vec<u8>,
+        arcname: &[u8],
         st: &FileStat,
-    ) -> Result<()> {
-        let shown = || PathBuf::from(OsStr::from_bytes(&arcname));
+    ) -> Result<Option<(OwnedFd, FileStat)>> {
+        let shown = || shown(arcname);
         let fmt = st.st_mode & SFlag::S_IFMT.bits();
         if fmt == SFlag::S_IFDIR.bits() {
             let fd = match openat(dirfd, name, DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty()) {
                 Ok(fd) => fd,
-                Err(Errno::ENOENT) => return Ok(()), // removed while packing
+                Err(Errno::ENOENT) => return Ok(None), // removed while packing
                 Err(e) => return Err(RootfsError::io("open", shown(), e)),
             };
             let st = fstat(&fd).map_err(|e| RootfsError::io("stat", shown(), e))?;
-            let path = shown();
-            self.dir(fd, arcname, &st, &path)
-        } else if fmt == SFlag::S_IFREG.bits() {
+            return Ok(Some((fd, st)));
+        }
+        self.add_leaf(dirfd, name, arcname, st).map(|()| None)
+    }
+
+    fn add_leaf(
+        &mut self,
+        dirfd: &OwnedFd,
+        name: &OsStr,
+        arcname: &[u8],
+        st: &FileStat,
+    ) -> Result<()> {
+        let shown = || shown(arcname);
+        let fmt = st.st_mode & SFlag::S_IFMT.bits();
+        if fmt == SFlag::S_IFREG.bits() {
             let fd = match openat(
                 dirfd,
                 name,
@@ -1318,7 +1356,7 @@ impl<W: Write> TarWriter<'_, W> {
             let xattrs = list_xattrs(&file);
             let mut header = header_for(&st, EntryType::Regular);
             header.set_size(st.st_size as u64);
-            self.entry(header, &arcname, None, &xattrs)?;
+            self.entry(header, arcname, None, &xattrs)?;
             self.data(file, st.st_size as u64, &shown())
         } else if fmt == SFlag::S_IFLNK.bits() {
             let target = match readlinkat(dirfd, name) {
@@ -1327,9 +1365,9 @@ impl<W: Write> TarWriter<'_, W> {
                 Err(e) => return Err(RootfsError::io("readlink", shown(), e)),
             };
             let header = header_for(st, EntryType::Symlink);
-            self.entry(header, &arcname, Some(target.as_bytes()), &[])
+            self.entry(header, arcname, Some(target.as_bytes()), &[])
         } else if fmt == SFlag::S_IFIFO.bits() {
-            self.entry(header_for(st, EntryType::Fifo), &arcname, None, &[])
+            self.entry(header_for(st, EntryType::Fifo), arcname, None, &[])
         } else if fmt == SFlag::S_IFCHR.bits() || fmt == SFlag::S_IFBLK.bits() {
             let kind = if fmt == SFlag::S_IFCHR.bits() {
                 EntryType::Char
@@ -1341,15 +1379,61 @@ impl<W: Write> TarWriter<'_, W> {
             let minor = nix::sys::stat::minor(st.st_rdev) as u32;
             header.set_device_major(major).map_err(|e| self.werr(e))?;
             header.set_device_minor(minor).map_err(|e| self.werr(e))?;
-            self.entry(header, &arcname, None, &[])
+            self.entry(header, arcname, None, &[])
         } else {
             tracing::debug!(path = %shown().display(), "stream out: skipping socket");
             Ok(())
         }
     }
 
-    fn dir(&mut self, fd: OwnedFd, arcname: Vec<u8>, st: &FileStat, display: &Path) -> Result<()> {
-        self.check_readable(st, display)?;
+    /// Packs the directory `fd` and everything below it, depth first in name order, with
+    /// an explicit stack: a container controls the depth.
+    fn walk(&mut self, fd: OwnedFd, arcname: Vec<u8>, st: &FileStat) -> Result<()> {
+        let mut stack = vec![self.enter(fd, arcname, st)?];
+        while let Some(top) = stack.last_mut() {
+            let Some(child) = top.children.next() else {
+                let done = stack.pop().expect("the loop saw a top frame");
+                if let Some(parent) = stack.last_mut() {
+                    if parent.fd.is_none() {
+                        let below = done.fd.as_ref().expect("the top frame holds its fd");
+                        parent.fd = Some(reopen_parent(below, parent.key, &parent.arcname)?);
+                    }
+                }
+                continue;
+            };
+            let dirfd = top.fd.as_ref().expect("the top frame holds its fd");
+            let mut childname = top.arcname.clone();
+            childname.push(b'/');
+            childname.extend_from_slice(child.as_bytes());
+            let st = match fstatat(dirfd, child.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(RootfsError::io("stat", shown(&childname), e)),
+            };
+            if childname.len() > MAX_ARCHIVE_NAME {
+                return Err(RootfsError::InvalidPath {
+                    path: self.source.clone(),
+                    reason: format!(
+                        "holds a path longer than {MAX_ARCHIVE_NAME} bytes, too deep to stream out"
+                    ),
+                });
+            }
+            if let Some((fd, st)) = self.add(dirfd, &child, &childname, &st)? {
+                let frame = self.enter(fd, childname, &st)?;
+                if stack.len() >= OPEN_DIRS {
+                    let far = stack.len() - OPEN_DIRS;
+                    stack[far].fd = None;
+                }
+                stack.push(frame);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a directory's entry and lists its children.
+    fn enter(&mut self, fd: OwnedFd, arcname: Vec<u8>, st: &FileStat) -> Result<Frame> {
+        let display = shown(&arcname);
+        self.check_readable(st, &display)?;
         let file = File::from(fd);
         let xattrs = list_xattrs(&file);
         let mut name = arcname.clone();
@@ -1359,12 +1443,12 @@ impl<W: Write> TarWriter<'_, W> {
         let listing_fd = file
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|e| RootfsError::io("open", display, e))?;
+            .map_err(|e| RootfsError::io("open", &display, e))?;
         let mut dir = nix::dir::Dir::from_fd(listing_fd)
-            .map_err(|e| RootfsError::io("read directory", display, e))?;
+            .map_err(|e| RootfsError::io("read directory", &display, e))?;
         let mut children: Vec<OsString> = Vec::new();
         for ent in dir.iter() {
-            let ent = ent.map_err(|e| RootfsError::io("read directory", display, e))?;
+            let ent = ent.map_err(|e| RootfsError::io("read directory", &display, e))?;
             let n = ent.file_name().to_bytes();
             if n != b"." && n != b".." {
                 children.push(OsStr::from_bytes(n).to_os_string());
@@ -1372,19 +1456,12 @@ impl<W: Write> TarWriter<'_, W> {
         }
         drop(dir);
         children.sort();
-        let dirfd = OwnedFd::from(file);
-        for child in children {
-            let st = match fstatat(&dirfd, child.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(RootfsError::io("stat", display.join(&child), e)),
-            };
-            let mut childname = arcname.clone();
-            childname.push(b'/');
-            childname.extend_from_slice(child.as_bytes());
-            self.add(&dirfd, &child, childname, &st)?;
-        }
-        Ok(())
+        Ok(Frame {
+            fd: Some(OwnedFd::from(file)),
+            key: inode_key(st),
+            arcname,
+            children: children.into_iter(),
+        })
     }
 
     /// Writes a header (with GNU long-name/long-link and PAX xattr records as needed).
@@ -1469,6 +1546,22 @@ impl<W: Write> TarWriter<'_, W> {
         self.w.write_all(&[0u8; 1024]).map_err(|e| self.werr(e))?;
         self.w.flush().map_err(|e| self.werr(e))
     }
+}
+
+/// Reopens the directory above `below` through `..`, refusing anything but the inode packed
+/// before (the tree changed under the walk: it fails rather than stray elsewhere).
+fn reopen_parent(below: &OwnedFd, key: (u64, u64), arcname: &[u8]) -> Result<OwnedFd> {
+    let fd = openat(below, "..", DIR_FLAGS | OFlag::O_NOFOLLOW, Mode::empty())
+        .map_err(|e| RootfsError::io("open", shown(arcname), e))?;
+    let st = fstat(&fd).map_err(|e| RootfsError::io("stat", shown(arcname), e))?;
+    if inode_key(&st) != key {
+        return Err(RootfsError::io(
+            "reopen (moved while packing)",
+            shown(arcname),
+            Errno::ESTALE,
+        ));
+    }
+    Ok(fd)
 }
 
 fn header_for(st: &FileStat, kind: EntryType) -> tar::Header {

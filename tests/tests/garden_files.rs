@@ -466,3 +466,56 @@ async fn archive_symlinks_are_not_followed_by_later_entries() {
     }
     destroy_clean(&c, &h, &g).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_out_of_a_deep_tree_leaves_gardend_alive() {
+    e2e::require_root!();
+    // issue 17: an unprivileged user's ~1,500 nested directories overflowed gardend's stack.
+    let g = Gardend::start();
+    let c = g.client();
+    let h = c
+        .create(&ContainerSpec {
+            handle: "e2e-deep-tree".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let levels = 3000;
+    let script = format!(
+        // Built from the bottom up: `cd` fails once the path passes PATH_MAX.
+        "mkdir /tmp/deep && cd /tmp/deep && mkdir d && echo bottom > d/f && i=1; \
+         while [ $i -lt {levels} ]; do mkdir n && mv d n/ && mv n d || exit 1; i=$((i+1)); done; \
+         echo ok"
+    );
+    let spec = garden_api::ProcessSpec {
+        user: "alice".into(),
+        ..sh(&script)
+    };
+    let out = run_output(&c, &h, &spec, None).await.expect("run");
+    assert_eq!(out.stdout_text(), "ok\n", "{}", out.stderr_text());
+
+    for (user, src) in [("", "/tmp/deep"), ("alice", "/tmp/deep/"), ("", "/tmp")] {
+        match c.stream_out(&h, user, src).await {
+            // Either the whole tree or a clean error; never a dead server.
+            Err(e) => eprintln!("stream out {src} as {user:?}: {e}"),
+            Ok(mut r) => {
+                let mut buf = Vec::new();
+                match r.read_to_end(&mut buf).await {
+                    Ok(_) => {
+                        let dirs = members_of(&buf)
+                            .iter()
+                            .filter(|m| m.0.ends_with("/d") || m.0.ends_with("/d/"))
+                            .count();
+                        assert_eq!(dirs, levels, "stream out {src} as {user:?}");
+                    }
+                    Err(e) => eprintln!("stream out {src} as {user:?} cut short: {e}"),
+                }
+            }
+        }
+        tokio::time::timeout(Duration::from_secs(10), c.ping())
+            .await
+            .expect("ping answered in time")
+            .expect("gardend still answers ping after stream out of a deep tree");
+    }
+    destroy_clean(&c, &h, &g).await;
+}
