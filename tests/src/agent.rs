@@ -396,3 +396,31 @@ impl FileServer {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 }
+
+/// What a `cellctl` run printed, and how it ended.
+pub struct CellctlOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the `cellctl` binary against `nats` with `args`; fails the test if it runs past
+/// `limit`.
+pub async fn cellctl(nats: &Nats, args: &[&str], limit: Duration) -> CellctlOutput {
+    let out = tokio::time::timeout(
+        limit,
+        tokio::process::Command::new(binary("cellctl"))
+            .env("CELL_NATS", nats.url())
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("cellctl {args:?} did not end"))
+    .expect("run cellctl");
+    CellctlOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

@@ -7,29 +7,8 @@ use e2e::Gardend;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-async fn cellctl(nats: &Nats, args: &[&str]) -> Out {
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        tokio::process::Command::new(e2e::binary("cellctl"))
-            .env("CELL_NATS", nats.url())
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("cellctl {args:?} did not end"))
-    .expect("run cellctl");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+async fn cellctl(nats: &Nats, args: &[&str]) -> CellctlOutput {
+    e2e::agent::cellctl(nats, args, Duration::from_secs(180)).await
 }
 
 /// The agent ids of `n` agents, from their advertisements.

@@ -11,12 +11,6 @@ use e2e::Gardend;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
 /// The repository's root (examples and buildpacks live there).
 fn repo(rel: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -28,23 +22,8 @@ fn repo(rel: &str) -> String {
         .to_string()
 }
 
-async fn cellctl(nats: &Nats, args: &[&str]) -> Out {
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new(e2e::binary("cellctl"))
-            .env("CELL_NATS", nats.url())
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("cellctl {args:?} did not end"))
-    .expect("run cellctl");
-    Out {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+async fn cellctl(nats: &Nats, args: &[&str]) -> CellctlOutput {
+    e2e::agent::cellctl(nats, args, Duration::from_secs(300)).await
 }
 
 async fn one_agent(gardend: &Gardend, nats: &Nats) -> Agent {
