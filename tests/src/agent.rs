@@ -424,3 +424,35 @@ pub async fn cellctl(nats: &Nats, args: &[&str], limit: Duration) -> CellctlOutp
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// GET `path` from `addr` over plain HTTP/1.0: (status, body), or None if the server could
+/// not be reached or answered nothing parseable (3 s to connect, 5 s to read).
+pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        body.to_string(),
+    ))
+}
+
+/// The body of a 200 from `GET path` on 127.0.0.1:`port`, else None.
+pub async fn http_get_ok(port: u16, path: &str) -> Option<String> {
+    match http_get(&format!("127.0.0.1:{port}"), path).await? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}

@@ -98,26 +98,7 @@ impl Fx {
 
 /// GET `path` from 127.0.0.1:`port`; the body of a 200, else None.
 async fn http_get(port: u64, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect(("127.0.0.1", port as u16)),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?;
-    (status == "200").then(|| body.to_string())
+    e2e::agent::http_get_ok(port as u16, path).await
 }
 
 async fn http_raw(port: u64, path: &str) -> String {

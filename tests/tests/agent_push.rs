@@ -40,22 +40,7 @@ async fn one_agent(gardend: &Gardend, nats: &Nats) -> Agent {
 
 /// Status and body of `GET path` at `addr` (HTTP/1.0, the connection closed by the server).
 async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((
-        head.split_whitespace().nth(1)?.parse().ok()?,
-        body.to_string(),
-    ))
+    e2e::agent::http_get(addr, path).await
 }
 
 /// `APP[i] RUNNING at HOST:PORT ...` lines: the addresses by index.
