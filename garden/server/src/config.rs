@@ -38,6 +38,15 @@ pub struct Config {
     /// debug, info, warn or error.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
+    /// Log lines as `text` (for people) or `json` (one object per line, for log tools).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// IP address of the debug listener (`/metrics`, `/debug/vars`).
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1", value_parser = parse_ip)]
+    pub debug_bind_ip: String,
+    /// Port of the debug listener; off unless given.
+    #[arg(long, value_name = "PORT")]
+    pub debug_bind_port: Option<u16>,
     /// Name of the cgroup gardend creates under each hierarchy.
     #[arg(long, value_name = "NAME", default_value = "garden", value_parser = non_empty)]
     pub cgroup_parent: String,

@@ -10,6 +10,7 @@
 //! - `runtime/`, `cgroups/`, `net/`, `quota/`, `process/`: the kernel side (clone, pidfds,
 //!   cgroup files, links and firewall, disk quotas, pipes and ptys). Only these, `kernel/` and
 //!   `init/` use libc or nix (`scripts/check-layers.sh`).
+//! - [`telemetry`]: metrics and the debug listener (`/metrics`, `/debug/vars`).
 //! - `garden-init` (src/bin/garden-init.rs): pid 1 of every container.
 
 pub mod api;
@@ -26,3 +27,4 @@ pub mod quota;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod telemetry;

@@ -79,7 +79,25 @@ pub async fn serve_connection<S, IO>(
             return;
         }
     };
-    let status = respond(conn, &head, service, opts, shutdown).await;
+    // Every event logged while serving carries the handle and process id it concerns.
+    let matched = Route::recognize(&head.method, &head.target).ok();
+    let span = match &matched {
+        Some(m) => tracing::info_span!(
+            "request",
+            route = ?m.route,
+            handle = m.handle.as_str(),
+            process = m.pid.as_str()
+        ),
+        None => tracing::Span::none(),
+    };
+    let status = tracing::Instrument::instrument(
+        respond(conn, &head, service, opts, shutdown),
+        span.clone(),
+    )
+    .await;
+    let route_name = matched.map_or_else(|| "unknown".to_string(), |m| format!("{:?}", m.route));
+    crate::telemetry::metrics().request(&route_name, status.unwrap_or(0), started.elapsed());
+    let _entered = span.enter();
     tracing::debug!(
         method = %head.method,
         path = %head.path(),

@@ -31,10 +31,12 @@ pub fn error_response(err: &GardenError, hijacked: bool) -> Vec<u8> {
 }
 
 fn error_with_status(status: u16, err: &GardenError, hijacked: bool) -> Vec<u8> {
+    let body = err.to_body();
+    crate::telemetry::metrics().error(&body.kind);
     let head = ResponseHead::new(status)
         .header("Content-Type", "application/json")
         .date();
-    framing(head, hijacked).with_body(&to_wire(&err.to_body()))
+    framing(head, hijacked).with_body(&to_wire(&body))
 }
 
 /// Go's `http.NotFound`.

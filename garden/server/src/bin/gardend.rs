@@ -7,6 +7,7 @@ use anyhow::Context;
 use garden_server::cli::{Cli, CliError};
 use garden_server::garden::Garden;
 use garden_server::server::{serve_with, Listener, ServeOptions};
+use garden_server::telemetry::debug_server;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -18,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     let config = loaded.config;
-    init_logging(&config.log_level)?;
+    init_logging(&config.log_level, &config.log_format)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -39,6 +40,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the garden core")?;
     let listener = Listener::bind(&config).await?;
+    let debug = match config.debug_bind_port {
+        Some(port) => {
+            let l = debug_server::bind(&config.debug_bind_ip, port).await?;
+            tracing::info!(address = %l.local_addr()?, "debug listener (/metrics, /debug/vars)");
+            let core = Arc::downgrade(&garden);
+            let census: debug_server::CensusFn =
+                Arc::new(move || core.upgrade().map(|g| g.census()).unwrap_or_default());
+            Some(tokio::spawn(debug_server::serve(l, census)))
+        }
+        None => None,
+    };
     serve_with(
         listener,
         Arc::clone(&garden),
@@ -46,23 +58,37 @@ async fn main() -> anyhow::Result<()> {
         shutdown,
     )
     .await;
+    if let Some(debug) = debug {
+        debug.abort();
+    }
     garden.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Logs go to stderr. `RUST_LOG`, when set, overrides `--log-level` for finer filters.
-fn init_logging(level: &str) -> anyhow::Result<()> {
+/// Logs go to stderr, as text or one JSON object per line (`--log-format json`: the event's
+/// fields plus those of the request span, i.e. handle and process id). `RUST_LOG`, when set,
+/// overrides `--log-level` for finer filters.
+fn init_logging(level: &str, format: &str) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => {
             EnvFilter::try_new(&spec).with_context(|| format!("invalid RUST_LOG {spec:?}"))?
         }
         _ => EnvFilter::try_new(level).with_context(|| format!("invalid log level {level:?}"))?,
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! boundary). Everything privileged goes through `kernel`, so `tests` drives the whole
 //! lifecycle against a recording fake, without root.
 
+mod census;
 mod container;
 mod convert;
 mod create;

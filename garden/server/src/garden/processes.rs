@@ -16,6 +16,7 @@ use crate::service::{ActivityGuard, OutputStream, ProcessSession, Reply};
 
 impl Garden {
     pub(super) async fn run(&self, handle: &str, spec: ProcessSpec) -> Result<Reply> {
+        let started = std::time::Instant::now();
         let c = self.lookup(handle)?;
         let guard = c.activity.guard();
         crate::service::bind_mounts_need_image(&spec.bind_mounts, &spec.image.uri)?;
@@ -85,6 +86,7 @@ impl Garden {
                 SpawnError::InitGone => GardenError::generic("container is not running"),
             });
         }
+        crate::telemetry::metrics().process_started(started.elapsed());
         Ok(Reply::Process(session(process, guard, stream_id)))
     }
 

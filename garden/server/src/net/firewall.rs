@@ -92,9 +92,12 @@ fn table_blocks(script: &str) -> Option<Vec<(&str, String)>> {
 }
 
 async fn restore(program: &Path, script: String) -> Result<(), NetError> {
-    cmd::run(program, &["-w", "--noflush"], Some(script))
+    let started = std::time::Instant::now();
+    let r = cmd::run(program, &["-w", "--noflush"], Some(script))
         .await
-        .map(|_| ())
+        .map(|_| ());
+    crate::telemetry::metrics().firewall_transaction(r.is_ok(), started.elapsed());
+    r
 }
 
 /// Apply a batch with the same outcome as one restore per script in queue order: each table

@@ -136,10 +136,12 @@ impl IpPool {
                 "network pool {dynamic} is smaller than a /30"
             )));
         }
-        Ok(IpPool {
+        let pool = IpPool {
             dynamic,
             subnets: BTreeMap::new(),
-        })
+        };
+        pool.publish();
+        Ok(pool)
     }
 
     /// How many /30 subnets the dynamic pool holds.
@@ -151,6 +153,12 @@ impl IpPool {
     /// `x.x.x.0/n` = the next free IP of that static subnet; `x.x.x.y[/n]` = exactly that IP
     /// (a bare address means a /30).
     pub fn acquire(&mut self, request: &str) -> Result<Lease, NetError> {
+        let lease = self.acquire_unpublished(request);
+        self.publish();
+        lease
+    }
+
+    fn acquire_unpublished(&mut self, request: &str) -> Result<Lease, NetError> {
         if request.is_empty() {
             return self.acquire_dynamic();
         }
@@ -234,12 +242,18 @@ impl IpPool {
             return true;
         };
         ips.remove(&u32::from(lease.container_ip));
-        if ips.is_empty() {
+        let empty = ips.is_empty();
+        if empty {
             self.subnets.remove(&lease.subnet);
-            true
-        } else {
-            false
         }
+        self.publish();
+        empty
+    }
+
+    /// Report size and use to the metrics (after every change; a few thousand subnets at most).
+    fn publish(&self) {
+        let in_use = self.subnets.values().map(|ips| ips.len() as u64).sum();
+        crate::telemetry::metrics().address_pool(self.capacity(), in_use);
     }
 
     /// Whether anybody still holds an IP in `subnet`.
@@ -265,12 +279,14 @@ impl PortPool {
                 "port pool {start}+{size} does not fit in 1..65535"
             )));
         }
-        Ok(PortPool {
+        let pool = PortPool {
             start,
             end,
             free: (start..end).collect(),
             taken: HashSet::new(),
-        })
+        };
+        pool.publish();
+        Ok(pool)
     }
 
     pub fn acquire(&mut self) -> Result<u32, NetError> {
@@ -279,7 +295,13 @@ impl PortPool {
             .pop_front()
             .ok_or_else(|| NetError::Exhausted("port pool is exhausted".into()))?;
         self.taken.insert(p);
+        self.publish();
         Ok(p)
+    }
+
+    fn publish(&self) {
+        let size = u64::from(self.end - self.start);
+        crate::telemetry::metrics().port_pool(size, self.taken.len() as u64);
     }
 
     /// Take a specific port (a NetIn with an explicit host port).
@@ -295,6 +317,7 @@ impl PortPool {
         if (self.start..self.end).contains(&port) {
             self.free.retain(|p| *p != port);
         }
+        self.publish();
         Ok(())
     }
 
@@ -302,6 +325,7 @@ impl PortPool {
         if self.taken.remove(&port) && (self.start..self.end).contains(&port) {
             self.free.push_back(port);
         }
+        self.publish();
     }
 }
 
