@@ -59,6 +59,11 @@ impl Bus {
                 Duration::from_millis((attempts as u64 * 100).min(2000))
             })
             .event_callback(|event| async move {
+                // The first connection happens before this callback can see it: every later
+                // `Connected` is a reconnection.
+                if matches!(event, async_nats::Event::Connected) {
+                    crate::metrics::metrics().nats_reconnected();
+                }
                 tracing::info!(%event, "nats connection event");
             })
             .connect(addrs)

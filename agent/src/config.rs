@@ -72,6 +72,9 @@ pub struct Config {
     pub pid_filename: Option<PathBuf>,
     #[serde(default)]
     pub logging: Logging,
+    /// Port for `/metrics` (Prometheus text format) on all addresses; off unless set.
+    #[serde(default)]
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -256,6 +259,17 @@ pub struct Hooks {
 pub struct Logging {
     pub level: String,
     pub file: Option<PathBuf>,
+    /// `text` or `json` (one object per line, with the instance, task and handle fields).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for Logging {
@@ -263,6 +277,7 @@ impl Default for Logging {
         Logging {
             level: "info".into(),
             file: None,
+            format: LogFormat::Text,
         }
     }
 }

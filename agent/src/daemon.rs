@@ -129,6 +129,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut handles = instances.serve().await?;
     let tasks = Tasks::new(cell.clone());
+    let metrics_server = match cell.config.metrics_port {
+        Some(port) => {
+            let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+                .await
+                .with_context(|| format!("metrics_port: cannot listen on {port}"))?;
+            let (c, i, t, s) = (
+                cell.clone(),
+                instances.clone(),
+                tasks.clone(),
+                stagings.clone(),
+            );
+            let census: crate::metrics::CensusFn = Arc::new(move || crate::metrics::Census {
+                instances: i.state_counts(),
+                tasks: t.state_counts(),
+                stagings_active: s.active_count(),
+                capacity: c.resources.capacity(),
+                remaining: c.resources.remaining(),
+            });
+            Some(tokio::spawn(crate::metrics::serve(listener, census)))
+        }
+        None => None,
+    };
     handles.extend(tasks.serve().await?);
     handles.extend(stagings.serve().await?);
 
@@ -171,6 +193,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         h.abort();
     }
     dir_server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     cell.bus.flush().await;
     if let Some(pid_file) = &cell.config.pid_filename {
         let _ = std::fs::remove_file(pid_file);

@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod dirserver;
 pub mod instance;
 pub mod logs;
+pub mod metrics;
 pub mod protocol;
 pub mod resources;
 pub mod signer;

@@ -11,6 +11,7 @@
 //! | POST | `/v1/containers/:guid/stop` | — | 202 `{}` |
 //! | DELETE | `/v1/containers/:guid` | — | 204 (after the container is destroyed) |
 //! | GET | `/v1/events` | — | NDJSON stream of events until the client leaves |
+//! | GET | `/metrics` | — | Prometheus text: containers by state, resources |
 //!
 //! Errors are `{"error": "<message>"}` with 400/404/409/413/503/500 (405 for a known path with
 //! another method).
@@ -56,6 +57,7 @@ pub fn router(exec: Arc<Executor>) -> Router {
         .route("/v1/containers/{guid}/run", post(run))
         .route("/v1/containers/{guid}/stop", post(stop))
         .route("/v1/events", get(events))
+        .route("/metrics", get(metrics))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(exec)
@@ -150,6 +152,57 @@ async fn no_route(method: Method, uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         format!("no route for {method} {}", uri.path()),
     )
+}
+
+/// Prometheus text, counted at scrape time: containers per state, and memory, disk and
+/// container slots as capacity, reserved and available.
+async fn metrics(State(exec): Exec) -> Response {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    type Labels = Vec<(&'static str, String)>;
+    let mut registry = prometheus_client::registry::Registry::with_prefix("executor");
+    let containers = Family::<Labels, Gauge>::default();
+    for c in exec.list() {
+        let state = serde_json::to_value(c.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        containers.get_or_create(&vec![("state", state)]).inc();
+    }
+    registry.register("containers", "Containers by state", containers);
+    let (total, left) = (exec.total_resources(), exec.remaining_resources());
+    for (name, help, cap, rem) in [
+        ("memory_mb", "Memory in MB", total.memory_mb, left.memory_mb),
+        ("disk_mb", "Disk in MB", total.disk_mb, left.disk_mb),
+        (
+            "container_slots",
+            "Containers",
+            total.containers,
+            left.containers,
+        ),
+    ] {
+        let family = Family::<Labels, Gauge>::default();
+        for (kind, v) in [
+            ("capacity", cap),
+            ("reserved", cap.saturating_sub(rem)),
+            ("available", rem),
+        ] {
+            family
+                .get_or_create(&vec![("kind", kind.to_string())])
+                .set(v as i64);
+        }
+        registry.register(name, help, family);
+    }
+    let mut text = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Every executor event as one JSON line, until the client leaves.
@@ -303,6 +356,24 @@ mod tests {
             (s, e["error"].as_str()),
             (404, Some("no route for GET /v2/nothing"))
         );
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/metrics")).unwrap();
+        let mut text = Vec::new();
+        request("GET", &url, &[], None)
+            .await
+            .unwrap()
+            .read_body(|b| {
+                text.extend_from_slice(b);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        for line in [
+            r#"executor_containers{state="completed"} 1"#,
+            r#"executor_memory_mb{kind="reserved"} 128"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+        }
         let (s, _) = call(port, "DELETE", "/v1/containers/g1", "").await;
         assert_eq!(s, 204);
         let (s, e) = call(port, "GET", "/v1/containers/g1", "").await;

@@ -52,20 +52,24 @@ fn init_logging(logging: &agent::config::Logging) -> anyhow::Result<()> {
     use anyhow::Context;
     let filter = tracing_subscriber::EnvFilter::try_new(&logging.level)
         .with_context(|| format!("config: logging.level: {:?} is not a level", logging.level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match &logging.file {
+    let writer = match &logging.file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("config: logging.file: cannot open {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file))
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let ansi = logging.file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match logging.format {
+        agent::config::LogFormat::Json => builder.json().with_current_span(true).init(),
+        agent::config::LogFormat::Text => builder.with_ansi(ansi).init(),
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ struct StartFailure(String);
 impl Instances {
     /// BORN → STARTING → RUNNING, then watch the process until it exits.
     pub(super) async fn run_instance(self: Arc<Self>, inst: Arc<Instance>) {
+        let started = std::time::Instant::now();
         if !self.transition(&inst, &[InstanceState::Born], InstanceState::Starting) {
             return;
         }
@@ -51,6 +52,7 @@ impl Instances {
                 match healthy {
                     Ok(()) => {
                         if self.transition(&inst, &[InstanceState::Starting], InstanceState::Running) {
+                            crate::metrics::metrics().instance_running(started.elapsed());
                             self.on_running(&inst, true).await;
                         }
                     }

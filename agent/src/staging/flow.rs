@@ -203,6 +203,7 @@ impl Stagings {
         self.save_snapshot();
 
         let r = &task.request;
+        crate::metrics::metrics().staging_finished(outcome.is_ok());
         let msg = match &outcome {
             Ok(s) => {
                 tracing::info!(task_id = %id, app = %r.app_id, buildpack = %s.detected_buildpack, sha1 = %s.droplet_sha1, "staging completed");

@@ -132,6 +132,11 @@ impl Stagings {
     }
 
     /// The staging tasks in flight, for the snapshot.
+    /// Stagings not yet cleaned up (each holds or is about to hold a container).
+    pub fn active_count(&self) -> u64 {
+        *self.active.borrow() as u64
+    }
+
     pub fn snapshot_entries(&self) -> Vec<SnapshotEntry> {
         let mut v: Vec<SnapshotEntry> = self
             .tasks

@@ -96,6 +96,18 @@ impl Tasks {
         })
     }
 
+    /// (state as the wire names it, how many tasks are in it), for the metrics.
+    pub fn state_counts(&self) -> Vec<(String, u64)> {
+        let reg = self.reg.lock().unwrap();
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for t in reg.tasks.values() {
+            *counts
+                .entry(crate::instance::wire_name(&t.state))
+                .or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+
     /// Subscribe to `task.<id>.run`, `task.status` and `task.terminate`.
     pub async fn serve(self: &Arc<Self>) -> Result<Vec<tokio::task::JoinHandle<()>>, BusError> {
         let mut handles = Vec::new();

@@ -22,6 +22,10 @@ use garden_client::{Address, Client};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines (stderr, filtered by EXECUTOR_LOG) as `text` or `json`.
+    #[arg(long, global = true, env = "EXECUTOR_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(clap::Args)]
@@ -139,14 +143,18 @@ fn parse_env(pairs: &[String]) -> anyhow::Result<Vec<EnvironmentVariable>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EXECUTOR_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
     match cli.command {
         Command::Validate { script } => {
             let action = Action::load(&script)?;
