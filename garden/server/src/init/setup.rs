@@ -33,12 +33,8 @@ fn ctx<T, E: std::fmt::Display>(
 }
 
 pub fn prepare(c: &InitConfig) -> Result<Prepared> {
-    // The container's OOM killer must pick a process, never pid 1 (which would take the whole
-    // container down). Children are reset to 0 before exec.
-    // Best effort: lowering the score needs CAP_SYS_RESOURCE, which some hosts withhold.
-    if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
-        eprintln!("garden-init: cannot shield init from the OOM killer: {e}");
-    }
+    // init's OOM score is gardend's business (runtime::shield_from_oom): lowering it needs
+    // CAP_SYS_RESOURCE in the host's user namespace.
     for procs in &c.cgroup_procs {
         ctx(fs::write(procs, "0"), || {
             format!("join cgroup {}", procs.display())

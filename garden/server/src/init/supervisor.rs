@@ -305,6 +305,7 @@ impl Supervisor {
             .map_err(|_| other("NUL byte in dir".into()))?;
         let (err_r, err_w) =
             pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| other(format!("pipe: {e}")))?;
+        let oom_score_adj = process_oom_score_adj();
 
         let stdio: [RawFd; 3] = if req.tty {
             [fds[0].as_raw_fd(); 3]
@@ -316,7 +317,16 @@ impl Supervisor {
             Err(e) => Err(other(format!("fork: {e}"))),
             Ok(ForkResult::Child) => {
                 drop(err_r);
-                let (stage, errno) = child(stdio, req, &user, &dir_c, &exe_c, &argv, &envp);
+                let (stage, errno) = child(
+                    stdio,
+                    req,
+                    &user,
+                    oom_score_adj,
+                    &dir_c,
+                    &exe_c,
+                    &argv,
+                    &envp,
+                );
                 let mut w = std::fs::File::from(err_w);
                 let _ = w.write_all(&[stage]);
                 let _ = w.write_all(&(errno as i32).to_le_bytes());
@@ -354,15 +364,32 @@ impl Supervisor {
     }
 }
 
+/// The OOM score a new process gets: 0 when gardend shielded init (-1000); otherwise the
+/// highest, so that the container's OOM killer still picks any process before init (a process
+/// scores its rss plus score/1000 of the limit, and init's rss is far below the limit).
+fn process_oom_score_adj() -> &'static str {
+    let init: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if init < 0 {
+        "0"
+    } else {
+        "1000"
+    }
+}
+
 const STAGE_SETUP: u8 = 1;
 const STAGE_CHDIR: u8 = 2;
 const STAGE_EXEC: u8 = 3;
 
 /// In the forked child: become the process. Returns only on failure, with the stage and errno.
+#[allow(clippy::too_many_arguments)]
 fn child(
     stdio: [RawFd; 3],
     req: &SpawnRequest,
     user: &user::User,
+    oom_score_adj: &'static str,
     dir: &CString,
     exe: &CString,
     argv: &[CString],
@@ -384,7 +411,7 @@ fn child(
             )
         };
         // Undo init's OOM immunity (raising the score needs no privilege).
-        std::fs::write("/proc/self/oom_score_adj", "0")
+        std::fs::write("/proc/self/oom_score_adj", oom_score_adj)
             .map_err(|_| (STAGE_SETUP, Errno::last()))?;
         // Rust ignores SIGPIPE in garden-init; ignored signals survive exec, so restore it.
         // SAFETY: resetting a disposition to the default in the single-threaded child.
