@@ -112,3 +112,119 @@ fn wait_returns_when_init_dies() {
     });
     e2e::assert_no_leaks("init-dies", &g);
 }
+
+/// `sh -c script` as `user`, optionally on a tty: (status, stdout + stderr).
+async fn sh_as(c: &Client, handle: &str, user: &str, tty: bool, script: &str) -> (i32, String) {
+    let spec = ProcessSpec {
+        path: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        user: user.into(),
+        tty: tty.then(garden_api::TtySpec::default),
+        ..Default::default()
+    };
+    let out = e2e::run_output(c, handle, &spec, None).await.expect("run");
+    (out.status, out.stdout_text() + &out.stderr_text())
+}
+
+/// 16.2 and 16.3: a user's stdio pipes are its own, and its supplementary groups are exactly
+/// those /etc/group lists it in (alice: wheel), without the primary group.
+#[test]
+fn users_own_their_stdio_and_only_their_groups() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        c.create(&e2e::container_spec("stdio")).await.unwrap();
+        let (code, out) = sh_as(
+            &c,
+            "stdio",
+            "alice",
+            false,
+            "echo hi > /dev/stdout && echo err > /dev/stderr && stat -L -c '%u:%g' /proc/self/fd/0 /proc/self/fd/1",
+        )
+        .await;
+        assert_eq!((code, out.as_str()), (0, "hi\n1000:1000\n1000:1000\nerr\n"));
+        let (code, out) = sh_as(&c, "stdio", "alice", false, "grep ^Groups: /proc/self/status").await;
+        assert_eq!((code, out.trim_end()), (0, "Groups:\t10"));
+        let (code, out) = sh_as(&c, "stdio", "root", false, "grep ^Groups: /proc/self/status").await;
+        assert_eq!((code, out.trim_end()), (0, "Groups:"));
+        c.destroy("stdio").await.unwrap();
+    });
+    e2e::assert_no_leaks("stdio", &g);
+}
+
+/// 16.4 and 16.5: devpts gives terminals to the tty group, /dev/shm is a `tmpfs`, and the
+/// host's firmware and kernel internals are masked; only the standard devices may be opened.
+#[test]
+fn mounts_and_devices_look_like_guardians() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        c.create(&e2e::container_spec("mounts")).await.unwrap();
+        let (code, out) = sh_as(&c, "mounts", "root", false, "cat /proc/mounts").await;
+        assert_eq!(code, 0);
+        let devpts = out.lines().find(|l| l.contains(" /dev/pts ")).unwrap();
+        for opt in ["gid=5", "mode=620", "ptmxmode=666"] {
+            assert!(devpts.contains(opt), "{devpts}");
+        }
+        assert!(out.lines().any(|l| l.starts_with("tmpfs /dev/shm tmpfs ")), "{out}");
+        let (code, out) = sh_as(&c, "mounts", "alice", true, "stat -c '%u:%g %a' $(tty)").await;
+        assert_eq!((code, out.trim_end()), (0, "1000:5 620"));
+        let (code, out) = sh_as(
+            &c,
+            "mounts",
+            "root",
+            false,
+            "ls -A /sys/firmware; cat /proc/kcore /proc/keys /proc/timer_list /proc/sched_debug 2>/dev/null | wc -c",
+        )
+        .await;
+        assert_eq!((code, out.as_str()), (0, "0\n"), "{out}");
+        for (user, path) in [("root", "/proc/sys/kernel/hostname"), ("root", "/proc/sysrq-trigger")] {
+            let (code, _) = sh_as(&c, "mounts", user, false, &format!("echo x > {path}")).await;
+            assert_ne!(code, 0, "{path} is writable");
+        }
+        let (code, out) = sh_as(
+            &c,
+            "mounts",
+            "root",
+            false,
+            "test -e /dev/fuse && echo fuse; head -c 4 /dev/urandom | wc -c; echo ok > /dev/null && echo null",
+        )
+        .await;
+        assert_eq!((code, out.as_str()), (0, "4\nnull\n"));
+        let v1_devices = std::path::Path::new("/sys/fs/cgroup/devices")
+            .join(&g.cgroup_parent)
+            .join("mounts/devices.list");
+        if v1_devices.exists() {
+            let list = std::fs::read_to_string(&v1_devices).unwrap();
+            assert!(!list.contains("a *:* rwm"), "{list}");
+            for rule in ["c 1:3 rwm", "c 1:9 rwm", "c 136:* rwm", "c 10:229 rwm"] {
+                assert!(list.contains(rule), "{list}");
+            }
+        }
+        c.destroy("mounts").await.unwrap();
+    });
+    e2e::assert_no_leaks("mounts", &g);
+}
+
+/// 16.8: privileged containers have /dev/fuse.
+#[test]
+fn privileged_containers_have_fuse() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        c.create(&ContainerSpec {
+            handle: "fuse".into(),
+            privileged: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (code, out) = sh_as(&c, "fuse", "root", false, "stat -c '%t:%T %a' /dev/fuse").await;
+        assert_eq!((code, out.trim_end()), (0, "a:e5 666"));
+        c.destroy("fuse").await.unwrap();
+    });
+    e2e::assert_no_leaks("fuse", &g);
+}

@@ -21,6 +21,8 @@ use super::proto::InitConfig;
 pub struct Prepared {
     pub listener: OwnedFd,
     pub processes_dir: OwnedFd,
+    /// The capabilities of the container's processes.
+    pub caps: super::caps::Container,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -72,7 +74,7 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
     if !c.privileged {
         mask_proc(root)?;
     }
-    make_dev(root)?;
+    make_dev(root, c.privileged)?;
     mount_at(
         root,
         "tmp",
@@ -131,6 +133,10 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
     Ok(Prepared {
         listener,
         processes_dir,
+        caps: super::caps::Container {
+            privileged: c.privileged,
+            mknod: c.devices_allowlisted,
+        },
     })
 }
 
@@ -280,8 +286,15 @@ fn mask_proc(root: &Path) -> Result<()> {
             )?;
         }
     }
-    for dir in ["acpi", "scsi"] {
-        let p = proc.join(dir);
+    // Directories hidden under an empty read-only tmpfs, as Guardian does (firmware tables
+    // and SCSI rescans are the host's).
+    let hidden = [
+        proc.join("acpi"),
+        proc.join("scsi"),
+        root.join("sys/firmware"),
+    ];
+    for p in hidden {
+        let dir = p.strip_prefix(root).unwrap_or(&p).display().to_string();
         if p.is_dir() {
             ctx(
                 mount(
@@ -291,14 +304,14 @@ fn mask_proc(root: &Path) -> Result<()> {
                     MsFlags::MS_RDONLY,
                     None::<&str>,
                 ),
-                || format!("mask /proc/{dir}"),
+                || format!("mask /{dir}"),
             )?;
         }
     }
     Ok(())
 }
 
-fn make_dev(root: &Path) -> Result<()> {
+fn make_dev(root: &Path, privileged: bool) -> Result<()> {
     let dev = root.join("dev");
     mount_at(
         root,
@@ -331,6 +344,23 @@ fn make_dev(root: &Path) -> Result<()> {
             || format!("chmod /dev/{name}"),
         )?;
     }
+    if privileged {
+        // Guardian's privileged containers can run FUSE file systems.
+        let fuse = dev.join("fuse");
+        ctx(
+            mknod(
+                &fuse,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(10, 229),
+            ),
+            || "mknod /dev/fuse".into(),
+        )?;
+        ctx(
+            fs::set_permissions(&fuse, fs::Permissions::from_mode(0o666)),
+            || "chmod /dev/fuse".into(),
+        )?;
+    }
     let pts = dev.join("pts");
     ctx(fs::create_dir_all(&pts), || "create /dev/pts".into())?;
     ctx(
@@ -339,7 +369,8 @@ fn make_dev(root: &Path) -> Result<()> {
             &pts,
             Some("devpts"),
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
+            // gid 5 is the tty group: terminals belong to it, as Guardian (and login) make them.
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
         ),
         || "mount devpts".into(),
     )?;
@@ -357,8 +388,9 @@ fn make_dev(root: &Path) -> Result<()> {
     let shm = dev.join("shm");
     ctx(fs::create_dir_all(&shm), || "create /dev/shm".into())?;
     ctx(
+        // Source `tmpfs`, as Guardian's mount table shows it (clients grep for it).
         mount(
-            Some("shm"),
+            Some("tmpfs"),
             &shm,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,

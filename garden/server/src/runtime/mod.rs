@@ -153,6 +153,7 @@ impl Runtime {
             socket: socket_path(bundle),
             processes_dir: processes_dir(bundle),
             privileged: spec.privileged,
+            devices_allowlisted: self.cgroups.layout().restricts_devices(),
         };
         let init_json = bundle.join("init.json");
         std::fs::write(
