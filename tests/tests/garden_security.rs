@@ -212,10 +212,25 @@ fn escapes_from_inside_fail() {
     let g = Gardend::start();
     rt().block_on(async {
         let c = g.client();
-        c.create(&e2e::container_spec("escape")).await.unwrap();
+        let host_file = g.tmp.path().join("host-file");
+        std::fs::write(&host_file, "host\n").unwrap();
+        let mut spec = e2e::container_spec("escape");
+        spec.bind_mounts.push(garden_api::BindMount {
+            src_path: host_file.display().to_string(),
+            dst_path: "/host-file".into(),
+            ..Default::default()
+        });
+        c.create(&spec).await.unwrap();
         install_probe(&c, "escape").await;
+        // A setuid-root binary gives a user nothing (no_new_privs).
+        let probe = std::fs::read(probe_binary()).unwrap();
+        stream_file(&c, "escape", "root", "/", "suid-probe", &probe, 0o755).await;
+        let (code, out) = sh_as(&c, "escape", "root", "chmod 4755 /suid-probe").await;
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = sh_as(&c, "escape", "alice", "/suid-probe euid").await;
+        assert_eq!((code, out.as_str()), (0, "1000\n"));
         let disk = host_root_device();
-        let attacks: [&str; 18] = [
+        let attacks: [&str; 20] = [
             "mount -t tmpfs none /mnt",
             "mount -t proc proc /mnt",
             "mount -t cgroup -o memory none /mnt",
@@ -234,6 +249,8 @@ fn escapes_from_inside_fail() {
             "probe keyctl",
             "probe bpf",
             "probe unshare_user",
+            "chown 1000 /host-file",
+            "echo evil > /host-file",
         ];
         for user in ["root", "alice"] {
             for attack in attacks {
@@ -241,6 +258,7 @@ fn escapes_from_inside_fail() {
                 assert_ne!(code, 0, "{attack} as {user} succeeded: {out}");
             }
         }
+        assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host\n");
         c.destroy("escape").await.unwrap();
     });
     e2e::assert_no_leaks("escape", &g);
