@@ -157,6 +157,24 @@ impl Garden {
                     p.on_exit(status);
                 }
             }
+            // garden-init is gone (killed by the OOM killer or by hand, or destroyed): no
+            // exit will ever be reported, so nobody may keep waiting for one.
+            // (Destroy reports its own 137s.)
+            if let Some(c) = router.upgrade() {
+                if *c.state.lock().expect("state lock") == State::Destroying {
+                    return;
+                }
+                let processes: Vec<_> = c
+                    .processes
+                    .lock()
+                    .expect("processes lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                for p in processes {
+                    p.on_init_gone();
+                }
+            }
         });
         tokio::spawn(grace_timer(self.me.clone(), handle.to_string(), activity));
         self.containers

@@ -59,6 +59,23 @@ pub struct Garden {
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
 }
 
+/// The depot and everything gardend keeps in the state directory are root's alone (0700):
+/// writable layers hold files container root made, setuid-root binaries included, and no
+/// host user may reach them. (The state directory itself may be shared, e.g. /var/lib, so
+/// it is left as it is.)
+fn keep_private(depot: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let owned = ["layers", "rootfs", "quota", "disk"].map(|d| state_dir.join(d));
+    for dir in std::iter::once(depot.to_path_buf()).chain(owned) {
+        if dir.is_dir() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("make {} private", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
 impl Garden {
     /// On this host: probe cgroups, prepare the default rootfs, clean up what a previous run
     /// left in the depot, and return the service.
@@ -90,6 +107,7 @@ impl Garden {
             }
         };
         let linux = Linux::open(&config, &state_dir).await?;
+        keep_private(&config.depot, &state_dir)?;
         depot::remove_stale(&config.depot, &linux);
         Ok(Garden::with_kernel(config, Arc::new(linux), default_rootfs))
     }

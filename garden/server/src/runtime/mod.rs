@@ -5,6 +5,7 @@ mod client;
 mod clone;
 pub mod pidfd;
 
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,6 +153,7 @@ impl Runtime {
             socket: socket_path(bundle),
             processes_dir: processes_dir(bundle),
             privileged: spec.privileged,
+            devices_allowlisted: self.cgroups.layout().restricts_devices(),
         };
         let init_json = bundle.join("init.json");
         std::fs::write(
@@ -176,6 +178,8 @@ impl Runtime {
         drop(log);
         // Our unreaped child: the pid is still its own here.
         let init_process = PidFd::open(pid).map_err(RuntimeError::Watch)?;
+        // Before init reports ready, so before any container process exists.
+        shield_from_oom(&init_process);
         let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
         let (exited_tx, exited) = watch::channel(false);
         tokio::spawn(monitor(watched, exited_tx));
@@ -273,6 +277,22 @@ impl Sandbox {
             "root/dev/pts/ptmx",
             nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
         )
+    }
+}
+
+/// The container's OOM killer must pick one of its processes, never pid 1 (which takes the
+/// whole container down). Lowering a score needs CAP_SYS_RESOURCE, which garden-init lacks
+/// inside a user namespace and some hosts withhold from gardend too: then init stays at 0 and
+/// garden-init raises its processes' scores instead (`init/supervisor.rs`).
+fn shield_from_oom(init: &PidFd) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let written = init
+        .open_in_proc("oom_score_adj", nix::fcntl::OFlag::O_WRONLY)
+        .and_then(|fd| std::fs::File::from(fd).write_all(b"-1000"));
+    if let Err(e) = written {
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "cannot lower garden-init's OOM score (no CAP_SYS_RESOURCE?); container processes get a raised score instead");
+        });
     }
 }
 
