@@ -234,7 +234,7 @@ fn unpack_tarball(path: &Path, cache_dir: &Path) -> Result<PathBuf, RootfsError>
                 ownership: Ownership::FromArchive,
                 allow_devices: true,
                 restrict: None,
-                whiteouts: false,
+                image_layer: false,
             },
         )
         .map_err(|e| RootfsError::Layer {

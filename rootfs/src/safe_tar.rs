@@ -80,10 +80,11 @@ pub(crate) struct ExtractOptions<'a> {
     pub allow_devices: bool,
     /// Emulate the permission checks tar would meet running as an unprivileged user.
     pub restrict: Option<Restrict<'a>>,
-    /// Image layers: turn OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) into overlayfs's own
+    /// Image layers: names may start with `/` (umoci and others write `/` for the root; as
+    /// GNU tar does, it is dropped), and OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) into overlayfs's own
     /// (a 0/0 character device, the `trusted.overlay.opaque` xattr) and drop any
     /// `trusted.overlay.*` xattr the archive carries, so a layer cannot steer overlayfs.
-    pub whiteouts: bool,
+    pub image_layer: bool,
 }
 
 /// What an OCI whiteout entry asks for.
@@ -355,7 +356,7 @@ pub fn extract_as_user<R: Read>(
             ownership: Ownership::Fixed(owner),
             allow_devices: false,
             restrict: Some(Restrict::new(owner, groups)),
-            whiteouts: false,
+            image_layer: false,
         },
     )
 }
@@ -382,7 +383,7 @@ pub fn extract<R: Read>(
             ownership: Ownership::Fixed(owner),
             allow_devices: false,
             restrict: None,
-            whiteouts: false,
+            image_layer: false,
         },
     )
 }
@@ -609,7 +610,8 @@ impl Extractor<'_> {
             }
         };
 
-        let rel = archive_relative(&path_bytes).map_err(|r| Self::unsafe_entry(name, r))?;
+        let rel = archive_relative(self.layer_name(&path_bytes))
+            .map_err(|r| Self::unsafe_entry(name, r))?;
         let Some((base, parent_rel)) = rel.split_last() else {
             // `./`: the destination itself, which already exists; keep its metadata.
             return match kind {
@@ -622,7 +624,7 @@ impl Extractor<'_> {
         };
         let mut parent: Vec<OsString> = self.dest.clone();
         parent.extend(parent_rel.iter().cloned());
-        if self.opts.whiteouts {
+        if self.opts.image_layer {
             if let Some(w) = whiteout(base).map_err(|r| Self::unsafe_entry(name, r))? {
                 return self.apply_whiteout(w, &parent, name);
             }
@@ -730,7 +732,7 @@ impl Extractor<'_> {
                 }
             }
             Kind::Hardlink(target) => {
-                let trel = archive_relative(&target).map_err(|r| {
+                let trel = archive_relative(self.layer_name(&target)).map_err(|r| {
                     Self::unsafe_entry(
                         name,
                         format!(
@@ -875,7 +877,7 @@ impl Extractor<'_> {
                 let ext = ext.map_err(|e| Self::corrupt(name, e))?;
                 let key = ext.key_bytes();
                 if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if self.opts.whiteouts && attr.starts_with(b"trusted.overlay.") {
+                    if self.opts.image_layer && attr.starts_with(b"trusted.overlay.") {
                         continue;
                     }
                     xattrs.push((
@@ -994,6 +996,22 @@ impl Extractor<'_> {
             }
         }
         Ok(())
+    }
+
+    /// An image layer's member name without leading slashes (elsewhere: as is).
+    fn layer_name<'n>(&self, name: &'n [u8]) -> &'n [u8] {
+        if !self.opts.image_layer {
+            return name;
+        }
+        let mut n = name;
+        while let [b'/', rest @ ..] = n {
+            n = rest;
+        }
+        if n.is_empty() && !name.is_empty() {
+            b"."
+        } else {
+            n
+        }
     }
 
     /// Records a whiteout the way overlayfs reads it in a lower layer. A whiteout for a name

@@ -562,7 +562,7 @@ impl Store {
                         ownership: Ownership::FromArchive,
                         allow_devices: true,
                         restrict: None,
-                        whiteouts: true,
+                        image_layer: true,
                     },
                 )
                 .map_err(layer_err)?;

@@ -96,7 +96,7 @@ fn base_layer() -> Vec<u8> {
 
 fn top_layer() -> Vec<u8> {
     RawTar::new()
-        .file("a/.wh.gone", 0o644, b"")
+        .file("/a/.wh.gone", 0o644, b"")
         .file("d/.wh..wh..opq", 0o644, b"")
         .file("d/z", 0o644, b"z")
         .add(
