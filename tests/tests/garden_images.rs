@@ -246,6 +246,49 @@ fn append_layer_as(layout: &Path, tag: &str, tar: &[u8], zstd: bool) {
     .unwrap();
 }
 
+/// Tags `new_tag` in `layout` as an image index with one manifest per architecture in
+/// `arches` (linux), each a copy of `from_tag`'s manifest (same layers and config).
+fn add_index(layout: &Path, from_tag: &str, new_tag: &str, arches: &[&str]) {
+    let mut index = read_json(&layout.join("index.json"));
+    let entries = index["manifests"].as_array_mut().unwrap();
+    let from = entries
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == from_tag)
+        .expect("tag in index.json")
+        .clone();
+    let blob = layout
+        .join("blobs/sha256")
+        .join(&from["digest"].as_str().unwrap()[7..]);
+    let manifest = read_json(&blob);
+    let mut platforms = Vec::new();
+    for arch in arches {
+        let mut m = manifest.clone();
+        m["annotations"] = serde_json::json!({"e2e.arch": arch});
+        let bytes = serde_json::to_vec(&m).unwrap();
+        platforms.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": write_blob(layout, &bytes), "size": bytes.len(),
+            "platform": {"architecture": arch, "os": "linux"}
+        }));
+    }
+    let nested = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": platforms
+    }))
+    .unwrap();
+    entries.push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": write_blob(layout, &nested), "size": nested.len(),
+        "annotations": {"org.opencontainers.image.ref.name": new_tag}
+    }));
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+}
+
 /// An OCI layout tagged `app`: the busybox rootfs, a data layer, then a layer whiting out
 /// `/data/gone` and making `/dir` opaque (only `new` left), with config env and working dir.
 fn build_layout(dir: &Path) -> PathBuf {
@@ -267,6 +310,8 @@ fn build_layout_as(dir: &Path, zstd: bool) -> PathBuf {
             "PATH=/usr/bin:/bin",
             "--config.workingdir",
             "/data",
+            "--config.user",
+            "vcap",
         ],
     );
     append_layer_as(
@@ -291,6 +336,8 @@ fn build_layout_as(dir: &Path, zstd: bool) -> PathBuf {
         ]),
         zstd,
     );
+    add_index(&layout, "app", "multi", &["arm64", "amd64"]);
+    add_index(&layout, "app", "armonly", &["arm64"]);
     layout
 }
 
@@ -340,6 +387,8 @@ async fn registry_image_layers_whiteouts_config_and_cache() {
     let reg = Registry::start(false);
     reg.push(&layout, "app", "team/app", "oci", &[]);
     reg.push(&layout, "app", "team/app", "v2s2", &["--format", "v2s2"]);
+    reg.push(&layout, "multi", "team/app", "multi", &["--all"]);
+    reg.push(&layout, "armonly", "team/app", "armonly", &["--all"]);
     let zstd_layout = build_layout_as(&work.path().join("zstd"), true);
     reg.push(
         &zstd_layout,
@@ -365,6 +414,7 @@ async fn registry_image_layers_whiteouts_config_and_cache() {
         ("img-oci", "oci"),
         ("img-v2s2", "v2s2"),
         ("img-zstd", "zstd"),
+        ("img-multi", "multi"),
     ] {
         let uri = format!("docker://{}/team/app#{tag}", reg.host());
         c.create(&image_spec(handle, &uri))
@@ -373,12 +423,21 @@ async fn registry_image_layers_whiteouts_config_and_cache() {
         let out = shell(
             &g,
             handle,
-            "pwd; echo $FROM_CONFIG; cat /data/keep; ls /dir; \
+            "id -un; pwd; echo $FROM_CONFIG; cat /data/keep; ls /dir; \
              test -e /data/gone && echo GONE-VISIBLE; echo done",
         )
         .await;
-        assert_eq!(out, "/data\nhello\nkept\nnew\ndone\n", "{tag}");
+        assert_eq!(out, "vcap\n/data\nhello\nkept\nnew\ndone\n", "{tag}");
     }
+    let err = e2e::garden_err(
+        c.create(&image_spec(
+            "img-arm",
+            &format!("docker://{}/team/app#armonly", reg.host()),
+        ))
+        .await,
+    )
+    .to_string();
+    assert!(err.contains("no linux/amd64 manifest"), "{err}");
     // The three tags share no compressed blobs but oci and v2s2 hold the same layers:
     // one unpack per chain id.
     let blobs_before = reg.blob_gets(None);
@@ -398,10 +457,15 @@ async fn registry_image_layers_whiteouts_config_and_cache() {
     assert!(g.log().contains("pulling layer"));
 
     // The container's writes stay its own.
-    shell(&g, "img-again", "echo mine > /data/keep").await;
+    let write = garden_api::ProcessSpec {
+        user: "root".into(),
+        ..sh("echo mine > /data/keep")
+    };
+    let out = run_output(&c, "img-again", &write, None).await.unwrap();
+    assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(shell(&g, "img-oci", "cat /data/keep").await, "kept\n");
 
-    for h in ["img-oci", "img-v2s2", "img-zstd", "img-again"] {
+    for h in ["img-oci", "img-v2s2", "img-zstd", "img-multi", "img-again"] {
         c.destroy(h).await.expect("destroy");
         no_leaks(h, &g);
     }
@@ -578,6 +642,21 @@ async fn oci_layout_image_and_many_layers() {
     )
     .await;
     assert_eq!(out, "hello\nkept\n0\n59\n60\nnew\n");
+    // A tag naming an index: its linux/amd64 manifest (the image without the 60 layers).
+    let multi = format!("oci://{}#multi", layout.display());
+    c.create(&image_spec("layout-multi", &multi))
+        .await
+        .expect("create from an index");
+    assert_eq!(
+        shell(
+            &g,
+            "layout-multi",
+            "cat /data/keep; test -e /many || echo none"
+        )
+        .await,
+        "kept\nnone\n"
+    );
+    c.destroy("layout-multi").await.unwrap();
     c.destroy("layout").await.unwrap();
     no_leaks("layout", &g);
 }
@@ -667,4 +746,60 @@ async fn preloaded_layer_is_downloaded_once_per_digest() {
         c.destroy(h).await.unwrap();
         no_leaks(h, &g);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_scope_disk_limits_count_the_pulled_image() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let busybox = rootfs::ensure_busybox_rootfs(&work.path().join("busybox")).unwrap();
+    let layout = tiny_layout(work.path(), &busybox, "big");
+    // 3 MiB that do not compress, in a layer of their own.
+    let mut noise = vec![0u8; 3 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let noise = String::from_utf8_lossy(&noise).into_owned();
+    append_layer(&layout, "big", &tar_of(&[("noise", Some(&noise))]));
+    let g = Gardend::start();
+    let c = g.client();
+    let uri = format!("oci://{}#big", layout.display());
+    let limited = |handle: &str, byte_hard: u64, scope: u8| {
+        let mut s = image_spec(handle, &uri);
+        s.limits.disk_limits = garden_api::DiskLimits {
+            byte_hard,
+            scope,
+            ..Default::default()
+        };
+        s
+    };
+    let err = e2e::garden_err(
+        c.create(&limited(
+            "too-small",
+            2 << 20,
+            garden_api::DISK_LIMIT_SCOPE_TOTAL,
+        ))
+        .await,
+    )
+    .to_string();
+    assert!(err.contains("image"), "{err}");
+    assert!(c.list(&[]).await.unwrap().is_empty());
+    c.create(&limited(
+        "exclusive",
+        2 << 20,
+        garden_api::DISK_LIMIT_SCOPE_EXCLUSIVE,
+    ))
+    .await
+    .expect("exclusive scope does not count the image");
+    let m = c.metrics("exclusive").await.unwrap().disk_stat;
+    assert!(
+        m.total_bytes_used - m.exclusive_bytes_used >= 3 << 20,
+        "the image's layers count in total usage: {m:?}"
+    );
+    c.destroy("exclusive").await.unwrap();
+    no_leaks("exclusive", &g);
 }
