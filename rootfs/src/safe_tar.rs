@@ -80,7 +80,7 @@ pub(crate) struct ExtractOptions<'a> {
     pub allow_devices: bool,
     /// Emulate the permission checks tar would meet running as an unprivileged user.
     pub restrict: Option<Restrict<'a>>,
-    /// Image layers: names may start with `/` (umoci and others write `/` for the root; as
+    /// Image layers: device nodes other than 0:0 whiteouts are skipped, names may start with `/` (umoci and others write `/` for the root; as
     /// GNU tar does, it is dropped), and OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) into overlayfs's own
     /// (a 0/0 character device, the `trusted.overlay.opaque` xattr) and drop any
     /// `trusted.overlay.*` xattr the archive carries, so a layer cannot steer overlayfs.
@@ -600,6 +600,18 @@ impl Extractor<'_> {
                 } else {
                     SFlag::S_IFBLK
                 };
+                // Registry images are untrusted and the root overlay is not `nodev`: a layer's
+                // block or char device (say 8:0, the host's disk) would hand the container the
+                // host's hardware. Only 0:0 character devices, overlayfs's whiteouts, stay.
+                if self.opts.image_layer && !(kind == SFlag::S_IFCHR && major == 0 && minor == 0) {
+                    tracing::warn!(
+                        entry = name,
+                        major,
+                        minor,
+                        "skipping a device node in an image layer"
+                    );
+                    return Ok(());
+                }
                 Kind::Device(kind, libc::makedev(major, minor))
             }
             other => {

@@ -242,3 +242,46 @@ fn zstd_layers_and_gc() {
     );
     assert!(tmp_entries(tmp.path()).is_empty());
 }
+
+/// A hostile layer carries the host's disk (block 8:0) and /dev/mem (char 1:1): neither may
+/// reach a container, whose root overlay is not `nodev`. Overlay whiteouts (char 0:0) stay.
+#[test]
+fn device_nodes_in_layers_are_dropped() {
+    test_support::require_root!();
+    let dev = |name: &str, kind: tar::EntryType, major: u32, minor: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_mode(0o666);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        h
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    for h in [
+        dev("disk", tar::EntryType::Block, 8, 0),
+        dev("mem", tar::EntryType::Char, 1, 1),
+        dev("whiteout", tar::EntryType::Char, 0, 0),
+    ] {
+        b.append(&h, &[][..]).unwrap();
+    }
+    let hostile = b.into_inner().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(&tmp.path().join("layout"));
+    layout.image("latest", &[base_layer(), hostile], gzip);
+    let s = store(tmp.path(), None);
+    let uri = format!("oci://{}", tmp.path().join("layout").display());
+    let plan = s
+        .resolve(&uri, &Credentials::default(), Path::new("/"))
+        .unwrap();
+    let top = &plan.lower_dirs[0];
+    assert!(fs::symlink_metadata(top.join("disk")).is_err());
+    assert!(fs::symlink_metadata(top.join("mem")).is_err());
+    let wh = fs::symlink_metadata(top.join("whiteout")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+}

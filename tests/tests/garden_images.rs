@@ -803,3 +803,51 @@ async fn total_scope_disk_limits_count_the_pulled_image() {
     c.destroy("exclusive").await.unwrap();
     no_leaks("exclusive", &g);
 }
+
+/// The attack: an image whose layer carries the host's disk (block 8:0) and /dev/mem (char
+/// 1:1) as device nodes, read by container root. Layers drop them: the files do not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_nodes_from_an_image_never_reach_the_container() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let busybox = rootfs::ensure_busybox_rootfs(&work.path().join("busybox")).unwrap();
+    let layout = tiny_layout(work.path(), &busybox, "hostile");
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, major, minor) in [
+        ("disk", tar::EntryType::Block, 8, 0),
+        ("mem", tar::EntryType::Char, 1, 1),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_entry_type(kind);
+        h.set_mode(0o666);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_size(0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        h.set_cksum();
+        b.append(&h, &[][..]).unwrap();
+    }
+    append_layer(&layout, "hostile", &b.into_inner().unwrap());
+    let g = Gardend::start();
+    let c = g.client();
+    let uri = format!("oci://{}#hostile", layout.display());
+    c.create(&image_spec("hostile", &uri))
+        .await
+        .expect("create");
+    let root = garden_api::ProcessSpec {
+        user: "root".into(),
+        ..sh("cat /id; ls -l /disk /mem 2>&1; test -e /disk || test -e /mem || echo absent")
+    };
+    let out = run_output(&c, "hostile", &root, None).await.unwrap();
+    let text = out.stdout_text();
+    assert!(
+        text.starts_with("hostile") && text.ends_with("absent\n"),
+        "{text}"
+    );
+    assert!(g.log().contains("skipping a device node in an image layer"));
+    c.destroy("hostile").await.unwrap();
+    no_leaks("hostile", &g);
+}
