@@ -67,6 +67,11 @@ pub struct Store {
     writing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
+/// Mount options are one page; what the layers may take of it, leaving room for the upper
+/// and work dirs (about 200 bytes). With the short links that is ~95 layers under
+/// `/var/lib/gardend`; Docker itself stops at 127.
+const MAX_LOWERDIR_OPTION: usize = 3800;
+
 /// The overlayfs whiteout / opaque forms need these dirs readable by everyone.
 const LAYER_MODE: u32 = 0o755;
 
@@ -325,6 +330,18 @@ impl Store {
             )));
         }
         let chains = chain_ids(&diff_ids);
+        // Checked before pulling anything: the links' names follow from the chain ids.
+        let option_len: usize = chains
+            .iter()
+            .map(|c| self.link_path(c.hex()).as_os_str().len() + 1)
+            .sum();
+        if option_len > MAX_LOWERDIR_OPTION {
+            return Err(err(format!(
+                "{} layers need {option_len} bytes of overlay lowerdir option; at most {} fit in one mount",
+                chains.len(),
+                MAX_LOWERDIR_OPTION
+            )));
+        }
         let mut lower_dirs = Vec::with_capacity(layers.len());
         for (i, desc) in layers.iter().enumerate() {
             let digest = descriptor_digest(name, desc)?;

@@ -285,3 +285,27 @@ fn device_nodes_in_layers_are_dropped() {
     let wh = fs::symlink_metadata(top.join("whiteout")).unwrap();
     assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
 }
+
+/// More layers than one overlay mount option holds: a clear error, not a failed mount.
+#[test]
+fn too_many_layers_fail_clearly() {
+    test_support::require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::new(&tmp.path().join("layout"));
+    let layers: Vec<Vec<u8>> = (0..150)
+        .map(|i| RawTar::new().file(&format!("f{i}"), 0o644, b"x").finish())
+        .collect();
+    layout.image("latest", &layers, gzip);
+    let s = store(tmp.path(), None);
+    let uri = format!("oci://{}", tmp.path().join("layout").display());
+    let err = s
+        .resolve(&uri, &Credentials::default(), Path::new("/"))
+        .unwrap_err();
+    assert!(err.to_string().contains("150 layers need"), "{err}");
+    assert_eq!(
+        fs::read_dir(tmp.path().join("images/layers"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
