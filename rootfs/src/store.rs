@@ -378,6 +378,24 @@ impl Store {
         digest: &Digest,
         blob: &mut dyn FnMut(&Digest) -> Result<Box<dyn Read>>,
     ) -> Result<Vec<u8>> {
+        let key = format!("config-{}", digest.hex());
+        let lock = self.key_lock(&key);
+        let result = {
+            let _writer = lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.config_blob_locked(name, digest, blob)
+        };
+        drop(lock);
+        self.forget_lock(&key);
+        result
+    }
+
+    /// [`Store::config_blob`] under the digest's lock: one fetch however many pulls wait.
+    fn config_blob_locked(
+        &self,
+        name: &str,
+        digest: &Digest,
+        blob: &mut dyn FnMut(&Digest) -> Result<Box<dyn Read>>,
+    ) -> Result<Vec<u8>> {
         let path = self
             .root
             .join("configs")
