@@ -114,6 +114,8 @@ pub struct Gardend {
     pub depot: PathBuf,
     /// Name of the cgroup gardend owns at each hierarchy's root.
     pub cgroup_parent: String,
+    /// gardend's arguments, for [`Gardend::restart`].
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Gardend {
@@ -136,16 +138,12 @@ impl Gardend {
         std::fs::create_dir_all(&depot).expect("depot");
         let port = free_port();
         let cgroup_parent = format!("garden-e2e-{port}");
-        let log = std::fs::File::create(tmp.path().join("gardend.log")).expect("log file");
         let mut cmd = Command::new(binary("gardend"));
         cmd.args(["--bind-ip", "127.0.0.1", "--bind-port", &port.to_string()])
             .arg("--depot")
             .arg(&depot)
             .args(["--cgroup-parent", &cgroup_parent, "--log-level", "debug"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+            .args(extra);
         if let Ok(rootfs) = std::env::var("GARDEN_TEST_ROOTFS") {
             cmd.args(["--default-rootfs", &rootfs]);
         }
@@ -156,16 +154,62 @@ impl Gardend {
             let start = port_pool_start().to_string();
             cmd.args(["--port-pool-start", &start, "--port-pool-size", "100"]);
         }
-        let child = cmd.spawn().expect("spawn gardend");
-        let g = Gardend {
-            child: Some(child),
+        let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut g = Gardend {
+            child: None,
             port,
             tmp,
             depot,
             cgroup_parent,
+            args,
         };
+        g.spawn();
         g.wait_ready();
         g
+    }
+
+    /// Start gardend with the arguments it was first started with, its output appended to
+    /// the log.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("gardend.log"))
+            .expect("log file");
+        let child = Command::new(binary("gardend"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn gardend");
+        self.child = Some(child);
+    }
+
+    /// gardend's pid (0 when it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// gardend's arguments (to start another one on the same depot, say).
+    pub fn args(&self) -> &[std::ffi::OsString] {
+        &self.args
+    }
+
+    /// SIGKILL gardend: it cleans up nothing. Its containers keep running.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start gardend again with the same flags (after [`Gardend::kill9`] or
+    /// [`Gardend::stop`]) and wait until it listens.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {

@@ -7,6 +7,7 @@
 //! boundary). Everything privileged goes through `kernel`, so `tests` drives the whole
 //! lifecycle against a recording fake, without root.
 
+mod adopt;
 mod container;
 mod convert;
 mod create;
@@ -15,6 +16,7 @@ mod destroy;
 mod files;
 mod grace;
 mod metrics;
+mod owner;
 mod processes;
 mod stop;
 #[cfg(test)]
@@ -28,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use garden_api::*;
 
 use crate::config::Config;
-use crate::kernel::linux::Linux;
+use crate::kernel::linux::{Linux, Survivor};
 use crate::kernel::Kernel;
 use crate::process::Output;
 use crate::service::{Reply, Request, Service};
@@ -57,16 +59,21 @@ pub struct Garden {
     reserved: Mutex<HashSet<String>>,
     next_stream: AtomicU64,
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// The depot and instance locks (see `owner`), held while this gardend runs.
+    ownership: std::sync::OnceLock<owner::Ownership>,
 }
 
 impl Garden {
-    /// On this host: probe cgroups, prepare the default rootfs, clean up what a previous run
-    /// left in the depot, and return the service.
+    /// On this host: make sure no other gardend owns the depot or the instance, probe
+    /// cgroups, prepare the default rootfs, adopt the containers a previous run left whole,
+    /// remove everything else it left, and return the service.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Garden>> {
         use anyhow::Context;
         std::fs::create_dir_all(&config.depot)
             .with_context(|| format!("create depot {}", config.depot.display()))?;
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
+        // Before anything of the host (cgroups, chains, links, layers) is touched.
+        let ownership = owner::claim(&state_dir, &config.depot, &config.cgroup_parent)?;
         let layer_cache = state_dir.join("layers");
         std::fs::create_dir_all(&layer_cache)
             .with_context(|| format!("create {}", layer_cache.display()))?;
@@ -89,9 +96,36 @@ impl Garden {
                 }
             }
         };
-        let linux = Linux::open(&config, &state_dir).await?;
-        depot::remove_stale(&config.depot, &linux);
-        Ok(Garden::with_kernel(config, Arc::new(linux), default_rootfs))
+        let survivors = adopt::survivors(&config.depot);
+        let kept: Vec<Survivor> = survivors
+            .iter()
+            .map(|(record, _)| Survivor {
+                handle: record.handle.clone(),
+                subnet: record.subnet.clone(),
+                container_ip: record.container_ip.clone(),
+            })
+            .collect();
+        let linux = Linux::open(&config, &state_dir, &kept).await?;
+        let (survivors, lost): (Vec<_>, Vec<_>) = survivors
+            .into_iter()
+            .partition(|(record, _)| linux.has_network(&record.handle));
+        let keep: HashSet<String> = survivors.iter().map(|(r, _)| r.handle.clone()).collect();
+        let linux = Arc::new(linux);
+        for (record, _) in &lost {
+            tracing::warn!(
+                handle = record.handle,
+                "removing a container whose network could not be kept"
+            );
+            let _ = linux.release_disk(&record.handle).await;
+        }
+        {
+            let (linux, depot) = (linux.clone(), config.depot.clone());
+            tokio::task::spawn_blocking(move || linux.sweep(&depot, &keep)).await?;
+        }
+        let garden = Garden::with_kernel(config, linux, default_rootfs);
+        let _ = garden.ownership.set(ownership);
+        garden.adopt_all(survivors).await;
+        Ok(garden)
     }
 
     /// The service on any kernel (the fake in unit tests), with the rootfs for creates that
@@ -113,6 +147,7 @@ impl Garden {
             reserved: Mutex::default(),
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
+            ownership: std::sync::OnceLock::new(),
         })
     }
 
@@ -220,6 +255,8 @@ impl Garden {
                     .net_out(&handle, std::slice::from_ref(&rule))
                     .await
                     .map_err(generic)?;
+                c.net_out.lock().expect("net_out lock").push(rule);
+                self.set_properties(&c, |_| {});
                 Ok(json(&Empty {}))
             }
             Request::BulkNetOut { handle, rules } => {
@@ -229,6 +266,8 @@ impl Garden {
                     .net_out(&handle, &rules)
                     .await
                     .map_err(generic)?;
+                c.net_out.lock().expect("net_out lock").extend(rules);
+                self.set_properties(&c, |_| {});
                 Ok(json(&Empty {}))
             }
             Request::SetGraceTime { handle, grace_time } => {
@@ -316,12 +355,17 @@ impl Garden {
         handles
     }
 
-    /// Change the stored properties and persist them (with the reported ones) to
-    /// `properties.json`, under the lock so the file never goes back in time.
+    /// Change the stored properties and persist them (with the reported ones and the NetOut
+    /// rules) to `properties.json`, under the lock so the file never goes back in time.
     fn set_properties(&self, c: &Container, f: impl FnOnce(&mut BTreeMap<String, String>)) {
         let mut props = c.properties.lock().expect("properties lock");
         f(&mut props);
-        depot::write_properties(&c.bundle, &c.reported(&props));
+        let state = depot::Mutable {
+            version: depot::VERSION,
+            properties: c.reported(&props),
+            net_out: c.net_out.lock().expect("net_out lock").clone(),
+        };
+        depot::write_mutable(&c.bundle, &state);
     }
 
     fn bulk_info(&self, handles: &[String]) -> BulkInfo {
