@@ -450,16 +450,25 @@ fn kill9_during_concurrent_creates_leaves_whole_containers_or_nothing() {
     let mut g = Gardend::start();
     let rt = rt();
     let c = g.client();
-    let handles: Vec<String> = (0..16).map(|i| format!("burst-{i}")).collect();
+    let handles: Vec<String> = (0..16).map(|i| format!("burst-{i:02}")).collect();
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for h in &handles {
-            let (c, h) = (c.clone(), h.clone());
+            let (c, h, done) = (c.clone(), h.clone(), done.clone());
             set.spawn(async move {
-                let _ = c.create(&container_spec(&h)).await;
+                if c.create(&container_spec(&h)).await.is_ok() {
+                    done.lock().unwrap().push(h);
+                }
             });
         }
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Kill as soon as the first create completes: the others are at every stage.
+        let first = e2e::eventually(Duration::from_secs(60), || {
+            let n = done.lock().unwrap().len();
+            async move { n > 0 }
+        })
+        .await;
+        assert!(first, "no create completed");
         g.kill9();
         while set.join_next().await.is_some() {}
     });
@@ -467,6 +476,18 @@ fn kill9_during_concurrent_creates_leaves_whole_containers_or_nothing() {
     let log = g.log();
     rt.block_on(async {
         let listed = c.list(&[]).await.expect("list");
+        eprintln!(
+            "{} of {} creates complete at the kill",
+            listed.len(),
+            handles.len()
+        );
+        assert!(
+            listed.len() < handles.len(),
+            "the kill came after every create"
+        );
+        for h in done.lock().unwrap().iter() {
+            assert!(listed.contains(h), "{h} was created, and lost\n{log}");
+        }
         for h in &handles {
             if listed.contains(h) {
                 let (status, out) = e2e::sh_combined(&c, h, "echo alive").await;
@@ -516,5 +537,55 @@ fn kill9_during_destroys_completes_them_after_restart() {
             }
         }
         destroy_all_and_check(&mut g, &handles).await;
+    });
+}
+
+#[test]
+fn grace_timers_restart_with_gardend_and_streams_in_survive_a_kill() {
+    e2e::require_root!();
+    let mut g = Gardend::start();
+    let rt = rt();
+    let c = g.client();
+    rt.block_on(async {
+        let mut spec = container_spec("graceful");
+        spec.grace_time = 3_000_000_000;
+        c.create(&spec).await.expect("create");
+        c.create(&container_spec("streamed")).await.expect("create");
+        // A StreamIn that never ends: gardend is killed in the middle of it.
+        let (mut w, r) = tokio::io::duplex(64 * 1024);
+        let c2 = c.clone();
+        let upload = tokio::spawn(async move { c2.stream_in("streamed", "", "/tmp", r).await });
+        tokio::io::AsyncWriteExt::write_all(&mut w, &[0u8; 4096])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        g.kill9();
+        drop(w);
+        let _ = upload.await;
+    });
+    // Longer than the grace time: counted from the restart, not from before the kill.
+    std::thread::sleep(Duration::from_secs(4));
+    let restarted = Instant::now();
+    g.restart();
+    rt.block_on(async {
+        assert_eq!(c.list(&[]).await.unwrap(), ["graceful", "streamed"]);
+        assert_eq!(
+            c.properties("graceful").await.unwrap()["garden.grace-time"],
+            "3000000000"
+        );
+        let (status, out) = e2e::sh_combined(&c, "streamed", "echo ok").await;
+        assert_eq!((status, out.as_str()), (0, "ok\n"));
+        // The adopted container is reaped once idle for its grace time after the restart.
+        let gone = e2e::eventually(Duration::from_secs(10), || {
+            let c = c.clone();
+            async move { !c.list(&[]).await.unwrap().contains(&"graceful".to_string()) }
+        })
+        .await;
+        assert!(gone, "grace time never expired\n{}", g.log());
+        assert!(
+            restarted.elapsed() >= Duration::from_secs(3),
+            "reaped before its grace time after the restart"
+        );
+        destroy_all_and_check(&mut g, &["graceful".to_string()]).await;
     });
 }

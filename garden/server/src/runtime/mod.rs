@@ -102,7 +102,7 @@ impl InitIdentity {
     pub fn find(&self) -> Option<PidFd> {
         let p = PidFd::open(self.pid).ok()?;
         let same = p.start_time().ok()? == self.start_time && p.comm().ok()? == "garden-init";
-        same.then_some(p)
+        (same && !p.is_zombie()).then_some(p)
     }
 }
 
