@@ -589,3 +589,99 @@ fn grace_timers_restart_with_gardend_and_streams_in_survive_a_kill() {
         destroy_all_and_check(&mut g, &["graceful".to_string()]).await;
     });
 }
+
+/// 20 kill -9 / restart cycles under a create / run / destroy load: every container whose create
+/// returned (and that was not destroyed) is there after each restart, every destroyed one is
+/// gone, and after destroying everything nothing of any of them is left.
+#[test]
+fn restart_soak_under_load_loses_and_leaks_nothing() {
+    e2e::require_root!();
+    let mut g = Gardend::start();
+    let rt = rt();
+    let c = g.client();
+    type Log = std::sync::Arc<std::sync::Mutex<Vec<(String, &'static str)>>>;
+    let events: Log = Default::default();
+    let mut used = Vec::new();
+    let mut restarts = Vec::new();
+    let mut adopted_counts = Vec::new();
+    for round in 0..20u32 {
+        let mut workers = tokio::task::JoinSet::new();
+        for w in 0..3u32 {
+            let (c, events) = (c.clone(), events.clone());
+            let _guard = rt.enter();
+            workers.spawn(async move {
+                for i in 0.. {
+                    let h = format!("soak-{round:02}-{w}-{i:03}");
+                    events.lock().unwrap().push((h.clone(), "tried"));
+                    if c.create(&container_spec(&h)).await.is_err() {
+                        return;
+                    }
+                    events.lock().unwrap().push((h.clone(), "created"));
+                    match e2e::run_output(&c, &h, &sh("echo hi"), None).await {
+                        Ok(out) => assert_eq!(out.stdout_text(), "hi\n"),
+                        Err(_) => return,
+                    }
+                    if i % 3 != 0 {
+                        events.lock().unwrap().push((h.clone(), "destroying"));
+                        if c.destroy(&h).await.is_err() {
+                            return;
+                        }
+                        events.lock().unwrap().push((h.clone(), "destroyed"));
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300 + (round as u64 * 137) % 700));
+        g.kill9();
+        rt.block_on(async {
+            // Requests in flight fail with the connection; no worker outlives the round.
+            while let Some(r) = workers.join_next().await {
+                if let Err(e) = r {
+                    assert!(!e.is_panic(), "a worker failed before the kill");
+                }
+            }
+        });
+        let t = Instant::now();
+        g.restart();
+        restarts.push(t.elapsed());
+        let listed = rt.block_on(c.list(&[])).expect("list");
+        adopted_counts.push(listed.len());
+        let log = events.lock().unwrap().clone();
+        let last = |h: &str| log.iter().rev().find(|(x, _)| x == h).map(|(_, e)| *e);
+        for (h, _) in &log {
+            match last(h) {
+                Some("created") => {
+                    assert!(listed.contains(h), "round {round}: {h} lost\n{}", g.log())
+                }
+                Some("destroyed") => assert!(!listed.contains(h), "round {round}: {h} back"),
+                _ => {}
+            }
+            if !used.contains(h) {
+                used.push(h.clone());
+            }
+        }
+        for h in &used {
+            if !listed.contains(h) {
+                let left = all_leaks(h, &g);
+                assert!(
+                    left.is_empty(),
+                    "round {round}: {h} left {left:#?}\n{}",
+                    g.log()
+                );
+            }
+        }
+    }
+    rt.block_on(async {
+        for h in c.list(&[]).await.unwrap() {
+            let (status, out) = e2e::sh_combined(&c, &h, "echo alive").await;
+            assert_eq!((status, out.as_str()), (0, "alive\n"), "{h}");
+        }
+        destroy_all_and_check(&mut g, &used).await;
+    });
+    let ms: Vec<u128> = restarts.iter().map(|d| d.as_millis()).collect();
+    eprintln!(
+        "soak: 20 restarts, {} containers made, adopted per restart {adopted_counts:?}, restart to listening ms {ms:?} (max {})",
+        used.len(),
+        ms.iter().max().unwrap()
+    );
+}

@@ -22,7 +22,7 @@ use crate::kernel::InitIdentity;
 pub(super) const VERSION: u32 = 1;
 
 /// `<bundle>/container.json`.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Record {
     pub version: u32,
     pub handle: String,
@@ -48,7 +48,7 @@ impl Record {
 }
 
 /// `<bundle>/properties.json`.
-#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[derive(Debug, serde::Serialize, serde::Deserialize, Default)]
 pub(super) struct Mutable {
     pub version: u32,
     /// Every property as Info reports it (`garden.grace-time` included).
@@ -141,4 +141,88 @@ pub(super) async fn remove_dir_all_blocking(dir: PathBuf) -> Result<(), String> 
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(handle: &str) -> Record {
+        Record {
+            version: VERSION,
+            handle: handle.into(),
+            init_pid: 42,
+            init_start_time: 4242,
+            created_unix_ns: now_unix_ns(),
+            spec: ContainerSpec {
+                handle: handle.into(),
+                grace_time: 7,
+                ..Default::default()
+            },
+            image_env: vec!["A=b".into()],
+            lower_dirs: vec![PathBuf::from("/layers/x")],
+            subnet: "10.0.0.0/30".into(),
+            container_ip: "10.0.0.2".into(),
+        }
+    }
+
+    #[test]
+    fn state_files_round_trip_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read(dir.path()).is_err(), "no record: not a container");
+        write_record(dir.path(), &record("h"));
+        assert!(
+            read(dir.path()).is_err(),
+            "record only: create not finished"
+        );
+        let mutable = Mutable {
+            version: VERSION,
+            properties: BTreeMap::from([("k".to_string(), "v".to_string())]),
+            net_out: vec![NetOutRule::default()],
+        };
+        write_mutable(dir.path(), &mutable);
+        let (r, m) = read(dir.path()).expect("read back");
+        assert_eq!(
+            (r.handle.as_str(), r.init().pid, r.init().start_time),
+            ("h", 42, 4242)
+        );
+        assert_eq!(r.spec.grace_time, 7);
+        assert_eq!(m.properties["k"], "v");
+        assert_eq!(m.net_out.len(), 1);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    }
+
+    #[test]
+    fn other_versions_and_garbage_are_not_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = record("h");
+        r.version = VERSION + 1;
+        write_record(dir.path(), &r);
+        write_mutable(
+            dir.path(),
+            &Mutable {
+                version: VERSION,
+                ..Default::default()
+            },
+        );
+        assert!(read(dir.path()).unwrap_err().contains("version"));
+        std::fs::write(dir.path().join("container.json"), b"{\"handle\":").unwrap();
+        assert!(read(dir.path()).unwrap_err().contains("parse"));
+    }
+
+    #[test]
+    fn exit_codes_are_read_from_the_processes_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let procs = crate::runtime::processes_dir(dir.path());
+        std::fs::create_dir_all(&procs).unwrap();
+        std::fs::write(procs.join("a.exit"), "7\n").unwrap();
+        std::fs::write(procs.join(".b.spawn"), "{}").unwrap();
+        std::fs::write(procs.join("c.exit"), "").unwrap();
+        assert_eq!(exit_codes(dir.path()), [("a".to_string(), 7)]);
+    }
 }
