@@ -49,25 +49,54 @@ pub(super) fn survivors(depot: &Path) -> Vec<(Record, Mutable)> {
     found
 }
 
+/// How many containers are adopted at once.
+const ADOPT_AT_ONCE: usize = 8;
+
 impl Garden {
-    /// Adopt each survivor; one that fails is removed with everything it had.
+    /// Adopt each survivor (a few at a time); one that fails is removed with everything it
+    /// had.
     pub(super) async fn adopt_all(&self, survivors: Vec<(Record, Mutable)>) {
-        for (record, mutable) in survivors {
-            let handle = record.handle.clone();
-            let t = Instant::now();
-            match self.adopt(record, mutable).await {
-                Ok(processes) => tracing::info!(
-                    handle,
-                    processes,
-                    ms = t.elapsed().as_secs_f64() * 1e3,
-                    "adopted a container of the previous run"
-                ),
-                Err(e) => {
-                    tracing::warn!(handle, error = %e, "could not adopt; removing the container");
-                    let bundle = self.config.depot.join(&handle);
-                    self.kernel.discard(&handle).await;
-                    let _ = depot::remove_dir_all_blocking(bundle).await;
-                }
+        let Some(me) = self.me.upgrade() else { return };
+        let total = survivors.len();
+        let t = Instant::now();
+        let mut queue = survivors.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < ADOPT_AT_ONCE {
+                let Some((record, mutable)) = queue.next() else {
+                    break;
+                };
+                let me = me.clone();
+                running.spawn(async move { me.adopt_one(record, mutable).await });
+            }
+            if running.join_next().await.is_none() {
+                break;
+            }
+        }
+        if total > 0 {
+            tracing::info!(
+                containers = total,
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                "adoption done"
+            );
+        }
+    }
+
+    async fn adopt_one(&self, record: Record, mutable: Mutable) {
+        let handle = record.handle.clone();
+        let t = Instant::now();
+        match self.adopt(record, mutable).await {
+            Ok(processes) => tracing::info!(
+                handle,
+                processes,
+                ms = t.elapsed().as_secs_f64() * 1e3,
+                "adopted a container of the previous run"
+            ),
+            Err(e) => {
+                tracing::warn!(handle, error = %e, "could not adopt; removing the container");
+                let bundle = self.config.depot.join(&handle);
+                self.kernel.discard(&handle).await;
+                let _ = depot::remove_dir_all_blocking(bundle).await;
             }
         }
     }

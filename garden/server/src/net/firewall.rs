@@ -270,26 +270,28 @@ impl Firewall {
         Ok(saved)
     }
 
-    /// A kept container's jumps from the (re-installed) shared chains into its own.
-    pub async fn relink_container(
+    /// Kept containers' jumps from the (re-installed) shared chains into their own, in one
+    /// restore; `nat_chain`: the container has a nat chain (a NetIn made it).
+    pub async fn relink_containers(
         &self,
-        c: &ContainerRules,
-        nat_chain: bool,
+        kept: &[(&ContainerRules, bool)],
     ) -> Result<(), NetError> {
-        let mut s = format!(
-            "*filter\n-I {} 1 {}\nCOMMIT\n",
-            self.global("fwd"),
-            self.forward_link(c)
-        );
-        let mut nat = String::new();
-        if !c.in_pool {
-            nat += &format!("-A {}\n", self.masquerade(c));
+        if kept.is_empty() {
+            return Ok(());
         }
-        if nat_chain {
-            for link in self.nat_links(c) {
-                nat += &format!("-A {link}\n");
+        let (mut filter, mut nat) = (String::new(), String::new());
+        for (c, nat_chain) in kept {
+            filter += &format!("-I {} 1 {}\n", self.global("fwd"), self.forward_link(c));
+            if !c.in_pool {
+                nat += &format!("-A {}\n", self.masquerade(c));
+            }
+            if *nat_chain {
+                for link in self.nat_links(c) {
+                    nat += &format!("-A {link}\n");
+                }
             }
         }
+        let mut s = format!("*filter\n{filter}COMMIT\n");
         if !nat.is_empty() {
             s += &format!("*nat\n{nat}COMMIT\n");
         }

@@ -269,12 +269,16 @@ impl Network {
         firewall
             .install_global(cfg.pool, &cfg.deny_networks, &dns, cfg.allow_host_access)
             .await?;
+        let links: Vec<(&ContainerRules, bool)> = adopted
+            .iter()
+            .map(|(_, a)| (&a.rules, firewall::has_nat_chain(&saved, &a.rules.chain)))
+            .collect();
+        firewall.relink_containers(&links).await?;
         let mut containers = HashMap::new();
         let mut bridges = HashSet::new();
         for (handle, a) in adopted {
             let mapped = firewall::netin_mappings(&saved, &a.rules.chain);
             let nat_chain = firewall::has_nat_chain(&saved, &a.rules.chain);
-            firewall.relink_container(&a.rules, nat_chain).await?;
             for m in &mapped {
                 if let Err(e) = ports.claim(m.host_port) {
                     tracing::warn!(handle, port = m.host_port, error = %e, "kept NetIn port");
