@@ -154,10 +154,12 @@ fn remove_stale_cgroup(cgroups: &crate::cgroups::Cgroups, handle: &str) {
         );
     }
     while !pids.is_empty() && Instant::now() < deadline {
-        for pid in pids {
-            if let Ok(p) = PidFd::open(pid) {
-                let _ = p.signal(libc::SIGKILL);
-            }
+        // Pin each process first, then check it is (still) in the cgroup: a pid reused
+        // between reading cgroup.procs and pidfd_open is not in it.
+        let pinned: Vec<PidFd> = pids.iter().filter_map(|p| PidFd::open(*p).ok()).collect();
+        let members = cg.pids();
+        for p in pinned.iter().filter(|p| members.contains(&p.pid())) {
+            let _ = p.signal(libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(10));
         pids = cg.pids();
