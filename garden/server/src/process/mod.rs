@@ -102,7 +102,7 @@ impl Process {
                 };
                 let pty = container_pty(sandbox.open_ptmx()?, &size)?;
                 let held = pty.master.try_clone()?;
-                let p = Process::with_ends(id, Ends::Pty(pty.master), sandbox)?;
+                let p = Process::with_ends(id, Ends::Pty(pty.master), sandbox, false)?;
                 Ok((p, vec![pty.slave, held]))
             }
             None => {
@@ -119,7 +119,7 @@ impl Process {
                     stderr: err_r,
                     stdin: Some(in_w),
                 };
-                let p = Process::with_ends(id, ends, sandbox)?;
+                let p = Process::with_ends(id, ends, sandbox, false)?;
                 let child = vec![in_r, out_w, err_w].into_iter().chain(held).collect();
                 Ok((p, child))
             }
@@ -128,7 +128,8 @@ impl Process {
 
     /// A process a previous gardend started, still running: `fds` are garden-init's copies of
     /// gardend's ends of its stdio (`[stdout, stderr]` plus stdin if still open, or the pty
-    /// master). Output it wrote while nobody read waited in the pipe (or pty) buffer.
+    /// master). Output it wrote while nobody read waited in the pipe (or pty) buffer; what is
+    /// read before the first Attach is kept for it (bounded).
     pub fn adopt(
         id: &str,
         tty: bool,
@@ -146,7 +147,7 @@ impl Process {
                 stdin: fds.next(),
             }
         };
-        Process::with_ends(id, ends, sandbox)
+        Process::with_ends(id, ends, sandbox, true)
     }
 
     /// A process that exited while no gardend was running: only its status is left.
@@ -168,11 +169,23 @@ impl Process {
         })
     }
 
-    /// Start reading gardend's ends of a process's stdio.
-    fn with_ends(id: &str, ends: Ends, sandbox: Arc<dyn Sandbox>) -> std::io::Result<Arc<Process>> {
+    /// Start reading gardend's ends of a process's stdio; `backlog`: keep what is read before
+    /// the first session (see [`Hub::with_backlog`]).
+    fn with_ends(
+        id: &str,
+        ends: Ends,
+        sandbox: Arc<dyn Sandbox>,
+        backlog: bool,
+    ) -> std::io::Result<Arc<Process>> {
         let (state, exited_rx) = watch::channel(ProcessState::Running);
-        let stdout = Arc::new(Hub::default());
-        let stderr = Arc::new(Hub::default());
+        let hub = || {
+            Arc::new(if backlog {
+                Hub::with_backlog()
+            } else {
+                Hub::default()
+            })
+        };
+        let (stdout, stderr) = (hub(), hub());
         let mut pumps = Vec::new();
         let (stdin, tty_sink) = match ends {
             Ends::Pty(master) => {
