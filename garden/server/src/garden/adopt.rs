@@ -18,12 +18,15 @@ use super::create::route_exits;
 use super::depot::{self, Mutable, Record};
 use super::grace::{grace_timer, Activity};
 use super::Garden;
-use crate::kernel::linux::Linux;
+use crate::kernel::InitIdentity;
 use crate::process::Process;
 
-/// The depot's containers that can be adopted, each with its state; what cannot is logged
-/// (and left to the sweep).
-pub(super) fn survivors(depot: &Path) -> Vec<(Record, Mutable)> {
+/// The depot's containers that can be adopted (`alive`: whether their garden-init still
+/// runs), each with its state; what cannot is logged (and left to the sweep).
+pub(super) fn survivors(
+    depot: &Path,
+    alive: impl Fn(InitIdentity) -> bool,
+) -> Vec<(Record, Mutable)> {
     let Ok(entries) = std::fs::read_dir(depot) else {
         return Vec::new();
     };
@@ -37,7 +40,7 @@ pub(super) fn survivors(depot: &Path) -> Vec<(Record, Mutable)> {
             Ok((record, _)) if record.handle != handle => {
                 tracing::info!(handle, "removing: its record names another handle")
             }
-            Ok((record, _)) if !Linux::init_alive(record.init()) => tracing::info!(
+            Ok((record, _)) if !alive(record.init()) => tracing::info!(
                 handle,
                 pid = record.init_pid,
                 "removing: its garden-init is gone"

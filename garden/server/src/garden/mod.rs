@@ -96,7 +96,7 @@ impl Garden {
                 }
             }
         };
-        let survivors = adopt::survivors(&config.depot);
+        let survivors = adopt::survivors(&config.depot, Linux::init_alive);
         let kept: Vec<Survivor> = survivors
             .iter()
             .map(|(record, _)| Survivor {
