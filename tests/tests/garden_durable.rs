@@ -298,6 +298,21 @@ fn kill9_while_idle_adopts_every_container_whole() {
         assert_eq!(status, 0, "{out}");
         assert!(out.starts_with("data\nfrom the host"), "{out}");
         assert!(!out.contains("rc=0"), "the disk limit no longer holds: {out}");
+        // NetIn and NetOut keep working on it (its nat chain exists already).
+        let more = c.net_in("whole", 0, 8082).await.expect("net_in after restart");
+        assert!(!mapped(&after).iter().any(|(h, _)| *h == more.host_port));
+        c.net_out(
+            "whole",
+            &NetOutRule {
+                networks: vec![garden_api::IpRange {
+                    start: "10.7.7.7".into(),
+                    end: "10.7.7.7".into(),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("net_out after restart");
         // Nothing is handed out twice: a new container gets another address and NetIn port.
         c.create(&container_spec("new")).await.expect("create after restart");
         let new = c.info("new").await.unwrap();
