@@ -683,7 +683,7 @@ fn restart_soak_under_load_loses_and_leaks_nothing() {
         }
         for h in &used {
             if !listed.contains(h) {
-                let left = all_leaks(h, &g);
+                let left = leaks_after(h, &g, Duration::from_secs(5));
                 assert!(
                     left.is_empty(),
                     "round {round}: {h} left {left:#?}\n{}",
@@ -705,4 +705,85 @@ fn restart_soak_under_load_loses_and_leaks_nothing() {
         used.len(),
         ms.iter().max().unwrap()
     );
+}
+
+/// What changed while no gardend ran is not adopted blindly: a container whose garden-init died
+/// and one whose firewall chain was removed by hand are removed completely, with a log line.
+#[test]
+fn containers_broken_while_gardend_was_down_are_removed() {
+    e2e::require_root!();
+    let mut g = Gardend::start();
+    let rt = rt();
+    let c = g.client();
+    let (prefix, chain) = rt.block_on(async {
+        for h in ["dead", "unchained", "fine"] {
+            c.create(&container_spec(h)).await.expect("create");
+        }
+        let p = c.properties("unchained").await.unwrap();
+        (
+            p["kawasaki.iptable-prefix"].clone(),
+            format!(
+                "{}{}",
+                p["kawasaki.iptable-prefix"], p["kawasaki.iptable-inst"]
+            ),
+        )
+    });
+    g.kill9();
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(g.depot.join("dead/container.json")).expect("record"),
+    )
+    .unwrap();
+    let init = record["init_pid"].as_i64().unwrap() as i32;
+    // SAFETY: plain kill(2) of the container init the record names.
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{init}/stat"))
+        .is_ok_and(|s| s.contains("garden-init") && !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "init {init} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fwd = format!("{prefix}fwd");
+    let rules = Command::new("iptables")
+        .args(["-S", &fwd])
+        .output()
+        .unwrap();
+    for rule in String::from_utf8_lossy(&rules.stdout).lines() {
+        if rule.contains(&chain) {
+            let delete = rule.replacen("-A ", "-D ", 1);
+            let ok = Command::new("iptables")
+                .args(delete.split_whitespace())
+                .status()
+                .unwrap();
+            assert!(ok.success(), "{delete}");
+        }
+    }
+    for flag in ["-F", "-X"] {
+        let ok = Command::new("iptables")
+            .args([flag, &chain])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "iptables {flag} {chain}");
+    }
+    g.restart();
+    let log = g.log();
+    assert!(log.contains("its garden-init is gone"), "{log}");
+    assert!(
+        log.contains("firewall chain of a kept container is gone"),
+        "{log}"
+    );
+    rt.block_on(async {
+        assert_eq!(c.list(&[]).await.unwrap(), ["fine"]);
+        for h in ["dead", "unchained"] {
+            let left = leaks_after(h, &g, Duration::from_secs(5));
+            assert!(left.is_empty(), "{h} left: {left:#?}\n{log}");
+        }
+        // Their addresses are free again: two new containers fit and work.
+        for h in ["new-1", "new-2"] {
+            c.create(&container_spec(h)).await.expect("create");
+            let (status, _) = e2e::sh_combined(&c, h, "true").await;
+            assert_eq!(status, 0);
+        }
+        destroy_all_and_check(&mut g, &["dead".into(), "unchained".into()]).await;
+    });
 }

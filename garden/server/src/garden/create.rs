@@ -175,7 +175,8 @@ impl Garden {
             handle: handle.to_string(),
             init_pid: init.pid,
             init_start_time: init.start_time,
-            created_unix_ns: depot::now_unix_ns(),
+            // When the container's age starts, as Metrics counts it.
+            created_unix_ns: depot::now_unix_ns().saturating_sub(c.created.elapsed().as_nanos()),
             spec: c.spec.clone(),
             image_env: c.image_env.clone(),
             lower_dirs: c.lower_dirs.clone(),

@@ -249,35 +249,49 @@ impl Firewall {
         self.apply(script).await
     }
 
-    /// [`Firewall::cleanup`] sparing the containers' chains in `keep` (containers a restart
-    /// takes over): the shared chains are emptied for [`Firewall::install_global`] and the
-    /// jumps into them removed. Returns the `iptables-save` output it worked from.
-    pub async fn cleanup_keeping(&self, keep: &HashSet<String>) -> Result<String, NetError> {
+    /// Take over from a previous run in one transaction per table: remove its chains except
+    /// those of the `kept` containers (taken over by a restart), (re)install the shared chains
+    /// (`global`, from [`Firewall::global_script`]) and the kept containers' jumps into theirs,
+    /// so their traffic is never cut. Returns the `iptables-save` output it started from.
+    pub async fn take_over(
+        &self,
+        kept: &[&ContainerRules],
+        global: String,
+    ) -> Result<String, NetError> {
         let saved = {
             let _g = self.queue.lock.lock().await;
             cmd::run(&self.save, &[], None).await?
         };
-        let globals: Vec<String> = GLOBAL_CHAINS.iter().map(|g| self.global(g)).collect();
-        let script = if keep.is_empty() {
+        // A container whose chain is gone cannot be kept (the caller drops it too).
+        let kept: Vec<&ContainerRules> = kept
+            .iter()
+            .copied()
+            .filter(|c| has_chain(&saved, "filter", &c.chain))
+            .collect();
+        let keep: HashSet<String> = kept.iter().map(|c| c.chain.clone()).collect();
+        let cleanup = if keep.is_empty() {
             cleanup_script(&saved, &self.prefix)
         } else {
-            cleanup_script_keeping(&saved, &self.prefix, keep, &globals)
+            let globals: Vec<String> = GLOBAL_CHAINS.iter().map(|g| self.global(g)).collect();
+            cleanup_script_keeping(&saved, &self.prefix, &keep, &globals)
         };
-        if !script.is_empty() {
+        if !cleanup.is_empty() {
             tracing::info!(prefix = %self.prefix, kept = keep.len(), "removing firewall chains left by a previous run");
-            self.apply(script).await?;
         }
+        let links: Vec<(&ContainerRules, bool)> = kept
+            .iter()
+            .map(|c| (*c, has_nat_chain(&saved, &c.chain)))
+            .collect();
+        let relink = self.relink_script(&links);
+        self.apply(merge_tables(&[cleanup, global, relink])).await?;
         Ok(saved)
     }
 
-    /// Kept containers' jumps from the (re-installed) shared chains into their own, in one
-    /// restore; `nat_chain`: the container has a nat chain (a NetIn made it).
-    pub async fn relink_containers(
-        &self,
-        kept: &[(&ContainerRules, bool)],
-    ) -> Result<(), NetError> {
+    /// Kept containers' jumps from the shared chains into their own; `nat_chain`: the
+    /// container has a nat chain (a NetIn made it).
+    fn relink_script(&self, kept: &[(&ContainerRules, bool)]) -> String {
         if kept.is_empty() {
-            return Ok(());
+            return String::new();
         }
         let (mut filter, mut nat) = (String::new(), String::new());
         for (c, nat_chain) in kept {
@@ -295,7 +309,7 @@ impl Firewall {
         if !nat.is_empty() {
             s += &format!("*nat\n{nat}COMMIT\n");
         }
-        self.apply(s).await
+        s
     }
 
     /// [`Firewall::cleanup`] for contexts that cannot await (Drop at exit).
@@ -321,14 +335,14 @@ impl Firewall {
         }
     }
 
-    /// The chains shared by all containers.
-    pub async fn install_global(
+    /// The chains shared by all containers, as a restore script.
+    pub fn global_script(
         &self,
         pool: Cidr,
         deny: &[Cidr],
         dns: &[Ipv4Addr],
         allow_host_access: bool,
-    ) -> Result<(), NetError> {
+    ) -> String {
         let (fwd, def, input) = (
             self.global("fwd"),
             self.global("default"),
@@ -366,7 +380,7 @@ impl Firewall {
         s += &format!("-A {post} -s 127.0.0.0/8 -o {br} -j MASQUERADE\n");
         s += &format!("-A {post} -s {pool} -j MASQUERADE\n");
         s += "COMMIT\n";
-        self.apply(s).await
+        s
     }
 
     /// The jump from the shared forward chain into the container's filter chain.
@@ -592,7 +606,28 @@ fn expand_one(handle: &str, r: &NetOutRule) -> Result<String, NetError> {
     Ok(out)
 }
 
-/// The shared chains [`Firewall::install_global`] makes (after the prefix).
+/// One block per table holding the blocks of every script in order (one transaction per
+/// table); scripts that do not parse are concatenated as they are.
+fn merge_tables(scripts: &[String]) -> String {
+    let parsed: Option<Vec<Vec<(&str, String)>>> =
+        scripts.iter().map(|s| table_blocks(s)).collect();
+    let Some(parsed) = parsed else {
+        return scripts.concat();
+    };
+    let mut tables: Vec<(&str, String)> = Vec::new();
+    for (table, body) in parsed.into_iter().flatten() {
+        match tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, merged)) => merged.push_str(&body),
+            None => tables.push((table, body)),
+        }
+    }
+    tables
+        .into_iter()
+        .map(|(t, body)| format!("*{t}\n{body}COMMIT\n"))
+        .collect()
+}
+
+/// The shared chains [`Firewall::global_script`] makes (after the prefix).
 const GLOBAL_CHAINS: [&str; 6] = ["fwd", "default", "input", "pre", "out", "post"];
 
 /// The NetIn mappings a container's nat chain holds in `saved` (`iptables-save` output): the
@@ -635,13 +670,18 @@ pub fn netin_mappings(saved: &str, chain: &str) -> Vec<garden_api::PortMapping> 
 
 /// Whether `saved` declares `chain` in the nat table (a NetIn made it).
 pub fn has_nat_chain(saved: &str, chain: &str) -> bool {
-    let mut table = "";
+    has_chain(saved, "nat", chain)
+}
+
+/// Whether `saved` (`iptables-save` output) declares `chain` in `table`.
+pub fn has_chain(saved: &str, table: &str, chain: &str) -> bool {
+    let mut current = "";
     let decl = format!(":{chain} ");
     saved.lines().any(|line| {
         if let Some(t) = line.strip_prefix('*') {
-            table = t.trim();
+            current = t.trim();
         }
-        table == "nat" && line.starts_with(&decl)
+        current == table && line.starts_with(&decl)
     })
 }
 
@@ -921,6 +961,20 @@ mod tests {
     fn prepend_keeps_group_order_and_reverses_rules() {
         let s = prepend("c", &["a1\na2\n".into(), "b1\n".into()]);
         assert_eq!(s, "-I c 1 a2\n-I c 1 a1\n-I c 1 b1\n");
+    }
+
+    #[test]
+    fn take_over_scripts_merge_into_one_transaction_per_table() {
+        let merged = merge_tables(&[
+            "*filter\n-F a\nCOMMIT\n*nat\n-F b\nCOMMIT\n".to_string(),
+            String::new(),
+            "*filter\n:a - [0:0]\nCOMMIT\n".to_string(),
+            "*nat\n-A b -j c\nCOMMIT\n".to_string(),
+        ]);
+        assert_eq!(
+            merged,
+            "*filter\n-F a\n:a - [0:0]\nCOMMIT\n*nat\n-F b\n-A b -j c\nCOMMIT\n"
+        );
     }
 
     #[test]

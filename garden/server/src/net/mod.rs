@@ -250,6 +250,28 @@ impl Network {
                 }
             }
         }
+        let mut dns = cfg.dns_servers.clone();
+        dns.extend(cfg.additional_dns_servers.iter().copied());
+        let global =
+            firewall.global_script(cfg.pool, &cfg.deny_networks, &dns, cfg.allow_host_access);
+        let kept_rules: Vec<&ContainerRules> = adopted.iter().map(|(_, a)| &a.rules).collect();
+        let saved = firewall.take_over(&kept_rules, global).await?;
+        // A container whose chain is gone cannot be kept.
+        let adopted: Vec<(String, Attached)> = adopted
+            .into_iter()
+            .filter(|(handle, a)| {
+                let whole = firewall::has_chain(&saved, "filter", &a.rules.chain);
+                if !whole {
+                    tracing::warn!(
+                        handle,
+                        chain = a.rules.chain,
+                        "firewall chain of a kept container is gone"
+                    );
+                    ips.release(&a.lease);
+                }
+                whole
+            })
+            .collect();
         let keep_links: HashSet<String> = adopted
             .iter()
             .flat_map(|(_, a)| [a.host_if.clone(), a.rules.gateway_if.clone()])
@@ -261,19 +283,6 @@ impl Network {
             tracing::info!(link = name, "removing link left by a previous run");
             bridge::delete(&name).await?;
         }
-        let keep_chains: HashSet<String> =
-            adopted.iter().map(|(_, a)| a.rules.chain.clone()).collect();
-        let saved = firewall.cleanup_keeping(&keep_chains).await?;
-        let mut dns = cfg.dns_servers.clone();
-        dns.extend(cfg.additional_dns_servers.iter().copied());
-        firewall
-            .install_global(cfg.pool, &cfg.deny_networks, &dns, cfg.allow_host_access)
-            .await?;
-        let links: Vec<(&ContainerRules, bool)> = adopted
-            .iter()
-            .map(|(_, a)| (&a.rules, firewall::has_nat_chain(&saved, &a.rules.chain)))
-            .collect();
-        firewall.relink_containers(&links).await?;
         let mut containers = HashMap::new();
         let mut bridges = HashSet::new();
         for (handle, a) in adopted {
