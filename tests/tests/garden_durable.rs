@@ -380,7 +380,7 @@ fn processes_outlive_a_killed_gardend_and_are_reattached() {
         )
         .await;
         spawn(&c, "procs", "reader", "read x; echo got $x").await;
-        spawn(&c, "procs", "quitter", "sleep 1; exit 7").await;
+        spawn(&c, "procs", "quitter", "sleep 1; echo bye; exit 7").await;
         let tty = ProcessSpec {
             id: "tty".into(),
             tty: Some(TtySpec::default()),
@@ -437,9 +437,10 @@ fn processes_outlive_a_killed_gardend_and_are_reattached() {
             .expect("wait");
         assert_eq!((status, out.text().as_str()), (0, "got hello\n"));
 
-        // The exit while gardend was down is reported.
-        let (mut p, _) = attach(&c, "procs", "quitter", None).await;
+        // The exit while gardend was down is reported, after the output nobody read.
+        let (mut p, out) = attach(&c, "procs", "quitter", None).await;
         assert_eq!(p.wait().await.expect("wait"), 7);
+        assert_eq!(out.text(), "bye\n");
 
         // The tty process is back too.
         let (_p, out) = attach(&c, "procs", "tty", None).await;

@@ -117,6 +117,10 @@ impl Garden {
         for r in running {
             let p = Process::adopt(&r.id, r.tty, r.fds, sandbox.clone())
                 .map_err(|e| format!("process {}: {e}", r.id))?;
+            if let Some(status) = r.exited {
+                // Exited while no gardend ran: its last output is drained for the first Attach.
+                p.on_exit(status);
+            }
             processes.insert(r.id, p);
         }
         for (id, status) in depot::exit_codes(&bundle) {

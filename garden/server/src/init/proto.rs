@@ -137,7 +137,10 @@ pub enum FromInit {
     /// Answer to `Adopt`: a live process and, as fds, init's copies of gardend's ends of its
     /// stdio: `[stdout, stderr]` plus `stdin` unless it was closed, or `[pty master]`.
     Running { id: String, pid: i32, tty: bool },
-    /// Every `Running` of an `Adopt` was sent.
+    /// Answer to `Adopt`: a process that exited while no gardend was connected, with init's
+    /// copies of gardend's stdio ends (as for `Running`), so its last output can be read.
+    Finished { id: String, status: i32, tty: bool },
+    /// Every `Running` and `Finished` of an `Adopt` was sent.
     Adopted,
 }
 

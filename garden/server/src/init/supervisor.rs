@@ -34,6 +34,9 @@ struct Supervisor {
     running: HashMap<i32, (String, Vec<OwnedFd>)>,
     /// Processes started with a tty (their held fd is the pty master).
     ttys: std::collections::HashSet<i32>,
+    /// Processes that exited while no gardend was connected: status, tty, and the held fds
+    /// (their unread output), for the next gardend's `Adopt`. At most FINISHED_KEPT.
+    finished: Vec<(String, i32, bool, Vec<OwnedFd>)>,
     by_id: HashMap<String, i32>,
 }
 
@@ -50,6 +53,7 @@ pub fn run(prepared: Prepared) -> ! {
         clients: Vec::new(),
         running: HashMap::new(),
         ttys: Default::default(),
+        finished: Vec::new(),
         by_id: HashMap::new(),
     };
     loop {
@@ -179,7 +183,11 @@ impl Supervisor {
                     }
                 }
             }
-            (ToInit::Adopt, _) => self.adopt(i),
+            (ToInit::Adopt, _) => {
+                self.adopt(i);
+                // Handed over: the new gardend holds them now.
+                self.finished.clear();
+            }
         }
         true
     }
@@ -191,6 +199,17 @@ impl Supervisor {
                 id: id.clone(),
                 pid: *pid,
                 tty: self.ttys.contains(pid),
+            };
+            let fds: Vec<RawFd> = held.iter().map(|f| f.as_raw_fd()).collect();
+            if let Err(e) = proto::send(self.clients[i].as_fd(), &msg, &fds) {
+                eprintln!("garden-init: hand over {id}: {e}");
+            }
+        }
+        for (id, status, tty, held) in &self.finished {
+            let msg = FromInit::Finished {
+                id: id.clone(),
+                status: *status,
+                tty: *tty,
             };
             let fds: Vec<RawFd> = held.iter().map(|f| f.as_raw_fd()).collect();
             if let Err(e) = proto::send(self.clients[i].as_fd(), &msg, &fds) {
@@ -216,10 +235,17 @@ impl Supervisor {
                 WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32),
                 _ => continue,
             };
-            if let Some((id, _held)) = self.running.remove(&pid.as_raw()) {
-                self.ttys.remove(&pid.as_raw());
+            if let Some((id, held)) = self.running.remove(&pid.as_raw()) {
+                let tty = self.ttys.remove(&pid.as_raw());
                 self.by_id.remove(&id);
                 self.record_exit(&id, code);
+                if self.clients.is_empty() {
+                    // Nobody read its last output: keep it for the next gardend.
+                    if self.finished.len() >= FINISHED_KEPT {
+                        self.finished.remove(0);
+                    }
+                    self.finished.push((id.clone(), code, tty, held));
+                }
                 let msg = FromInit::Exited { id, status: code };
                 for c in &self.clients {
                     let _ = proto::send(c.as_fd(), &msg, &[]);
@@ -387,6 +413,9 @@ impl Supervisor {
         }
     }
 }
+
+/// How many finished processes' stdio garden-init keeps while no gardend is connected.
+const FINISHED_KEPT: usize = 64;
 
 const STAGE_SETUP: u8 = 1;
 const STAGE_CHDIR: u8 = 2;

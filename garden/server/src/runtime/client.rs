@@ -184,6 +184,8 @@ pub struct RunningProcess {
     pub id: String,
     pub tty: bool,
     pub fds: Vec<OwnedFd>,
+    /// It exited while no gardend was connected, with this status (its output may be left).
+    pub exited: Option<i32>,
 }
 
 /// Read garden-init's answer to `Adopt` up to `Adopted`; exits reported meanwhile are passed on.
@@ -204,7 +206,20 @@ async fn adopt_answer(
             Received::Closed => return Err(std::io::Error::other("garden-init closed the socket")),
             Received::Garbage(e) => tracing::warn!(error = %e, "bad message from garden-init"),
             Received::Message(FromInit::Running { id, tty, .. }, fds) => {
-                running.push(RunningProcess { id, tty, fds })
+                running.push(RunningProcess {
+                    id,
+                    tty,
+                    fds,
+                    exited: None,
+                })
+            }
+            Received::Message(FromInit::Finished { id, status, tty }, fds) => {
+                running.push(RunningProcess {
+                    id,
+                    tty,
+                    fds,
+                    exited: Some(status),
+                })
             }
             Received::Message(FromInit::Exited { id, status }, _) => {
                 let _ = exits.send((id, status));
@@ -256,7 +271,7 @@ async fn read_loop(
             FromInit::Exited { id, status } => {
                 let _ = exits.send((id, status));
             }
-            FromInit::Running { .. } | FromInit::Adopted => {}
+            FromInit::Running { .. } | FromInit::Finished { .. } | FromInit::Adopted => {}
         }
     }
     // Init is gone: fail whoever still waits for a spawn reply.
