@@ -414,10 +414,11 @@ fn processes_outlive_a_killed_gardend_and_are_reattached() {
             out.text(),
             g.log()
         );
-        // What the ticker wrote while no gardend ran waited in its pipe and comes first.
+        // What the ticker wrote while no gardend ran (40 lines in 2 s) waited in its pipe and
+        // comes first (a few lines may have been read by the old gardend, never delivered).
         let last = *seen_before.last().unwrap();
         assert!(
-            after[0] > last && after[0] <= last + 5,
+            after[0] > last && after[0] <= last + 20,
             "{after:?} after {seen_before:?}"
         );
         assert!(
