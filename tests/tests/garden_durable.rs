@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::{all_leaks, container_spec, leaks_after, sh, Capture, Gardend};
+use e2e::{container_spec, leaks_after, sh, Capture, Gardend};
 use garden_api::{
     BindMount, ContainerSpec, DiskLimits, Limits, MemoryLimits, NetOutRule, ProcessSpec, TtySpec,
 };
@@ -546,18 +546,27 @@ fn kill9_during_destroys_completes_them_after_restart() {
                 let _ = c.destroy(&h).await;
             });
         }
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Kill once every destroy has begun (its bundle says so, or is gone already).
+        let depot = g.depot.clone();
+        let begun = e2e::eventually(Duration::from_secs(30), || {
+            let all = handles.iter().all(|h| {
+                let b = depot.join(h);
+                !b.exists() || b.join("destroying").exists()
+            });
+            async move { all }
+        })
+        .await;
+        assert!(begun, "the destroys did not begin");
         g.kill9();
         while set.join_next().await.is_some() {}
     });
     g.restart();
     rt.block_on(async {
-        let listed = c.list(&[]).await.expect("list");
+        // Every destroy that began is finished by the restart.
+        assert_eq!(c.list(&[]).await.expect("list"), Vec::<String>::new());
         for h in &handles {
-            if !listed.contains(h) {
-                let left = all_leaks(h, &g);
-                assert!(left.is_empty(), "{h}: {left:#?}\n{}", g.log());
-            }
+            let left = leaks_after(h, &g, Duration::from_secs(5));
+            assert!(left.is_empty(), "{h}: {left:#?}\n{}", g.log());
         }
         destroy_all_and_check(&mut g, &handles).await;
     });

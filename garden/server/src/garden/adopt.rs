@@ -36,6 +36,10 @@ pub(super) fn survivors(
             continue;
         }
         let handle = e.file_name().to_string_lossy().into_owned();
+        if depot::is_destroying(&e.path()) {
+            tracing::info!(handle, "removing: its destroy was under way");
+            continue;
+        }
         match depot::read(&e.path()) {
             Ok((record, _)) if record.handle != handle => {
                 tracing::info!(handle, "removing: its record names another handle")

@@ -112,6 +112,27 @@ fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Result<T, Stri
     serde_json::from_slice(&bytes).map_err(|e| format!("parse {}: {e}", path.display()))
 }
 
+/// `<bundle>/destroying`: a destroy began. A restart does not adopt such a container; it
+/// finishes the destroy (the sweep removes it).
+pub(super) fn mark_destroying(bundle: &Path, on: bool) {
+    let path = bundle.join("destroying");
+    let r = if on {
+        write_atomic(&path, b"")
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    };
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "mark destroy");
+    }
+}
+
+pub(super) fn is_destroying(bundle: &Path) -> bool {
+    bundle.join("destroying").exists()
+}
+
 /// Exit codes garden-init recorded: `processes/<id>.exit`.
 pub(super) fn exit_codes(bundle: &Path) -> Vec<(String, i32)> {
     let dir = crate::runtime::processes_dir(bundle);

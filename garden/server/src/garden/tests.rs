@@ -196,6 +196,11 @@ async fn a_failed_destroy_step_keeps_the_container_for_a_retry() {
     let e = destroy().await.unwrap_err();
     assert!(e.to_string().contains("destroy c2"), "{e}");
     assert_eq!(t.list().await, ["c2"], "still there to retry");
+    let bundle = t.tmp.path().join("depot/c2");
+    assert!(
+        !bundle.join("destroying").exists(),
+        "a restart would not adopt it"
+    );
     json::<serde_json::Value>(destroy().await);
     assert!(t.list().await.is_empty());
 }
@@ -381,8 +386,11 @@ async fn a_restart_adopts_properties_exit_codes_and_starts_the_grace_timer_afres
             })
             .await,
     );
-    // Half-made: a bundle without a record (create interrupted) is not adopted.
+    // Half-made: a bundle without a record (create interrupted) is not adopted, nor one whose
+    // destroy began.
     let depot = t.tmp.path().join("depot");
+    json::<serde_json::Value>(t.create("doomed", 0).await);
+    super::depot::mark_destroying(&depot.join("doomed"), true);
     std::fs::create_dir_all(depot.join("half")).unwrap();
     // garden-init recorded an exit while no gardend ran.
     let procs = crate::runtime::processes_dir(&depot.join("kept"));
