@@ -798,3 +798,30 @@ fn containers_broken_while_gardend_was_down_are_removed() {
         destroy_all_and_check(&mut g, &["dead".into(), "unchained".into()]).await;
     });
 }
+
+/// A graceful stop (SIGTERM, as an upgrade does) keeps containers too, and the next gardend
+/// adopts them just the same.
+#[test]
+fn a_stopped_gardend_leaves_its_containers_to_the_next() {
+    e2e::require_root!();
+    let mut g = Gardend::start();
+    let rt = rt();
+    let c = g.client();
+    rt.block_on(async {
+        c.create(&container_spec("upgraded")).await.expect("create");
+        spawn(&c, "upgraded", "sleeper", "sleep 1000").await;
+    });
+    g.stop();
+    g.restart();
+    rt.block_on(async {
+        assert_eq!(c.list(&[]).await.unwrap(), ["upgraded"]);
+        let (p, _) = attach(&c, "upgraded", "sleeper", None).await;
+        p.control()
+            .signal(garden_api::Signal::Kill)
+            .await
+            .expect("signal");
+        let mut p = p;
+        assert_eq!(p.wait().await.expect("wait"), 137);
+        destroy_all_and_check(&mut g, &[]).await;
+    });
+}
