@@ -116,6 +116,8 @@ pub struct Gardend {
     pub cgroup_parent: String,
     /// gardend's arguments, for [`Gardend::restart`].
     args: Vec<std::ffi::OsString>,
+    /// Killed by [`Gardend::kill9`] and not started again: drop restarts it to clean up.
+    killed: bool,
 }
 
 impl Gardend {
@@ -162,6 +164,7 @@ impl Gardend {
             depot,
             cgroup_parent,
             args,
+            killed: false,
         };
         g.spawn();
         g.wait_ready();
@@ -184,6 +187,7 @@ impl Gardend {
             .spawn()
             .expect("spawn gardend");
         self.child = Some(child);
+        self.killed = false;
     }
 
     /// gardend's pid (0 when it is not running).
@@ -201,6 +205,7 @@ impl Gardend {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            self.killed = true;
         }
     }
 
@@ -257,6 +262,17 @@ impl Gardend {
 
 impl Drop for Gardend {
     fn drop(&mut self) {
+        if self.killed {
+            // A test that failed between kill9 and restart: a new gardend adopts what the
+            // killed one left, so it can be destroyed below.
+            self.spawn();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if self.child.is_some() {
             // Best effort: destroy what the test left, so no container outlives the test.
             let addr = self.address();
