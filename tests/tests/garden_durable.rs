@@ -650,7 +650,9 @@ fn restart_soak_under_load_loses_and_leaks_nothing() {
                     }
                     events.lock().unwrap().push((h.clone(), "created"));
                     match e2e::run_output(&c, &h, &sh("echo hi"), None).await {
-                        Ok(out) => assert_eq!(out.stdout_text(), "hi\n"),
+                        // The kill may cut the stdout connection after the exit status
+                        // arrived: what came is a prefix.
+                        Ok(out) => assert!("hi\n".starts_with(&out.stdout_text())),
                         Err(_) => return,
                     }
                     if i % 3 != 0 {
