@@ -41,6 +41,8 @@ enum Scenario {
     Agent,
     /// create from a cached registry image vs a directory, and a cold pull.
     Images,
+    /// kill -9 and restart gardend with containers and processes running (gardend only).
+    Restart,
 }
 
 /// gardend vs crun vs runc. Prints a markdown table; `--json FILE` writes the same figures.
@@ -457,6 +459,25 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         }
     }
 
+    if result.is_ok() && cli.wants(Scenario::Restart) {
+        if let Some(g) = server.as_mut() {
+            let (containers, restarts) = if cli.full { (100, 20) } else { (20, 5) };
+            let t = Instant::now();
+            progress(&format!(
+                "restart: {containers} containers with a process each, {restarts} kill -9 restarts"
+            ));
+            let note = match restart_soak(g, containers, restarts).await {
+                Ok(note) => note,
+                Err(e) => format!("restart: failed: {e:#}"),
+            };
+            progress(&format!(
+                "restart: done in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ));
+            report.notes.push(note);
+        }
+    }
+
     if let Some(mut g) = server {
         if let Ok(handles) = g.client().list(&[]).await {
             if !handles.is_empty() {
@@ -565,6 +586,68 @@ async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -
         rss_checkpoint(env, report, "streaming");
     }
     Ok(())
+}
+
+/// `containers` containers with a sleeping process each, then `restarts` rounds of kill -9 and
+/// restart: the time from the new start to Ping, and whether every container and process is
+/// still there (each process is attached and killed at the end). The finding as a note.
+async fn restart_soak(
+    g: &mut gardend::Gardend,
+    containers: usize,
+    restarts: usize,
+) -> Result<String> {
+    let c = g.client();
+    let handles: Vec<String> = (0..containers)
+        .map(|i| format!("bench-restart-{i}"))
+        .collect();
+    let spec = garden_api::ProcessSpec {
+        id: "sleeper".into(),
+        path: "sleep".into(),
+        args: vec!["100000".into()],
+        ..Default::default()
+    };
+    for h in &handles {
+        c.create(&garden_api::ContainerSpec {
+            handle: h.clone(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create {h}"))?;
+        c.run(h, &spec, garden_client::ProcessIo::default())
+            .await
+            .with_context(|| format!("run in {h}"))?;
+    }
+    let mut ms = Vec::new();
+    let mut lost = 0;
+    for _ in 0..restarts {
+        ms.push(g.kill_and_restart().await?.as_secs_f64() * 1e3);
+        let listed = c.list(&[]).await.context("list after restart")?;
+        lost += handles.iter().filter(|h| !listed.contains(h)).count();
+    }
+    let mut attached = 0;
+    for h in &handles {
+        let Ok(mut p) = c
+            .attach(h, "sleeper", garden_client::ProcessIo::default())
+            .await
+        else {
+            continue;
+        };
+        let _ = p.control().signal(garden_api::Signal::Kill).await;
+        if p.wait().await.ok() == Some(137) {
+            attached += 1;
+        }
+    }
+    for h in &handles {
+        let _ = c.destroy(h).await;
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(format!(
+        "restart: {containers} containers with a running process each, {restarts} kill -9 \
+         restarts with the same flags: start to Ping p50 {:.0} ms, max {:.0} ms; containers \
+         lost {lost}; processes re-attached after the last restart {attached}/{containers}",
+        ms[ms.len() / 2],
+        ms[ms.len() - 1]
+    ))
 }
 
 /// Record gardend's RSS after a scenario, to see which one grows it.

@@ -225,6 +225,21 @@ impl Cgroups {
         }
     }
 
+    /// Names of the container cgroups under the parent (read from the first hierarchy).
+    pub fn children(&self) -> Vec<String> {
+        let Some(parent) = self.dirs_for(None).into_iter().next() else {
+            return Vec::new();
+        };
+        fs::read_dir(parent)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The container's cgroup, without touching the filesystem.
     pub fn container(&self, handle: &str) -> ContainerCgroup {
         ContainerCgroup {

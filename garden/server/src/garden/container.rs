@@ -45,6 +45,8 @@ pub(super) struct Container {
     /// Every process ever run, kept for Attach after exit.
     pub(super) processes: Mutex<HashMap<String, Arc<Process>>>,
     pub(super) activity: Arc<Activity>,
+    /// NetOut rules added after create, for the depot.
+    pub(super) net_out: Mutex<Vec<garden_api::NetOutRule>>,
 }
 
 impl Container {

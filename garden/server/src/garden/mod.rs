@@ -7,6 +7,7 @@
 //! boundary). Everything privileged goes through `kernel`, so `tests` drives the whole
 //! lifecycle against a recording fake, without root.
 
+mod adopt;
 mod container;
 mod convert;
 mod create;
@@ -15,6 +16,7 @@ mod destroy;
 mod files;
 mod grace;
 mod metrics;
+mod owner;
 mod processes;
 mod stop;
 #[cfg(test)]
@@ -28,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use garden_api::*;
 
 use crate::config::Config;
-use crate::kernel::linux::Linux;
+use crate::kernel::linux::{Linux, Survivor};
 use crate::kernel::Kernel;
 use crate::process::Output;
 use crate::service::{Reply, Request, Service};
@@ -58,6 +60,8 @@ pub struct Garden {
     reserved: Mutex<HashSet<String>>,
     next_stream: AtomicU64,
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// The depot and instance locks (see `owner`), held while this gardend runs.
+    ownership: std::sync::OnceLock<owner::Ownership>,
 }
 
 /// The depot and everything gardend keeps in the state directory are root's alone (0700):
@@ -95,13 +99,16 @@ fn open_store(config: &Config) -> std::result::Result<rootfs::Store, rootfs::Roo
 }
 
 impl Garden {
-    /// On this host: probe cgroups, prepare the default rootfs, clean up what a previous run
-    /// left in the depot, and return the service.
+    /// On this host: make sure no other gardend owns the depot or the instance, probe
+    /// cgroups, prepare the default rootfs, adopt the containers a previous run left whole,
+    /// remove everything else it left, and return the service.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Garden>> {
         use anyhow::Context;
         std::fs::create_dir_all(&config.depot)
             .with_context(|| format!("create depot {}", config.depot.display()))?;
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
+        // Before anything of the host (cgroups, chains, links, layers) is touched.
+        let ownership = owner::claim(&state_dir, &config.depot, &config.cgroup_parent)?;
         let images = Arc::new(open_store(&config).context("open the image layer store")?);
         let default_rootfs = match &config.default_rootfs {
             Some(uri) if !uri.is_empty() => {
@@ -121,15 +128,37 @@ impl Garden {
                 rootfs::RootfsPlan::single(dir)
             }
         };
-        let linux = Linux::open(&config, &state_dir).await?;
+        let survivors = adopt::survivors(&config.depot, Linux::init_alive);
+        let kept: Vec<Survivor> = survivors
+            .iter()
+            .map(|(record, _)| Survivor {
+                handle: record.handle.clone(),
+                subnet: record.subnet.clone(),
+                container_ip: record.container_ip.clone(),
+            })
+            .collect();
+        let linux = Linux::open(&config, &state_dir, &kept).await?;
         keep_private(&config.depot, &state_dir)?;
-        depot::remove_stale(&config.depot, &linux);
-        Ok(Garden::with_store(
-            config,
-            Arc::new(linux),
-            default_rootfs,
-            images,
-        ))
+        let (survivors, lost): (Vec<_>, Vec<_>) = survivors
+            .into_iter()
+            .partition(|(record, _)| linux.has_network(&record.handle));
+        let keep: HashSet<String> = survivors.iter().map(|(r, _)| r.handle.clone()).collect();
+        let linux = Arc::new(linux);
+        for (record, _) in &lost {
+            tracing::warn!(
+                handle = record.handle,
+                "removing a container whose network could not be kept"
+            );
+            let _ = linux.release_disk(&record.handle).await;
+        }
+        {
+            let (linux, depot) = (linux.clone(), config.depot.clone());
+            tokio::task::spawn_blocking(move || linux.sweep(&depot, &keep)).await?;
+        }
+        let garden = Garden::with_store(config, linux, default_rootfs, images);
+        let _ = garden.ownership.set(ownership);
+        garden.adopt_all(survivors).await;
+        Ok(garden)
     }
 
     /// The service on any kernel (the fake in unit tests), with the rootfs for creates that
@@ -159,6 +188,7 @@ impl Garden {
             reserved: Mutex::default(),
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
+            ownership: std::sync::OnceLock::new(),
         })
     }
 
@@ -266,6 +296,8 @@ impl Garden {
                     .net_out(&handle, std::slice::from_ref(&rule))
                     .await
                     .map_err(generic)?;
+                c.net_out.lock().expect("net_out lock").push(rule);
+                self.set_properties(&c, |_| {});
                 Ok(json(&Empty {}))
             }
             Request::BulkNetOut { handle, rules } => {
@@ -275,6 +307,8 @@ impl Garden {
                     .net_out(&handle, &rules)
                     .await
                     .map_err(generic)?;
+                c.net_out.lock().expect("net_out lock").extend(rules);
+                self.set_properties(&c, |_| {});
                 Ok(json(&Empty {}))
             }
             Request::SetGraceTime { handle, grace_time } => {
@@ -362,12 +396,17 @@ impl Garden {
         handles
     }
 
-    /// Change the stored properties and persist them (with the reported ones) to
-    /// `properties.json`, under the lock so the file never goes back in time.
+    /// Change the stored properties and persist them (with the reported ones and the NetOut
+    /// rules) to `properties.json`, under the lock so the file never goes back in time.
     fn set_properties(&self, c: &Container, f: impl FnOnce(&mut BTreeMap<String, String>)) {
         let mut props = c.properties.lock().expect("properties lock");
         f(&mut props);
-        depot::write_properties(&c.bundle, &c.reported(&props));
+        let state = depot::Mutable {
+            version: depot::VERSION,
+            properties: c.reported(&props),
+            net_out: c.net_out.lock().expect("net_out lock").clone(),
+        };
+        depot::write_mutable(&c.bundle, &state);
     }
 
     fn bulk_info(&self, handles: &[String]) -> BulkInfo {

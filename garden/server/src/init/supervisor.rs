@@ -31,8 +31,13 @@ struct Supervisor {
     clients: Vec<OwnedFd>,
     /// pid (in the container) -> process id, and the descriptors held for it: duplicates of
     /// gardend's ends of its stdio, so the process never sees SIGPIPE or a hangup just
-    /// because gardend went away.
+    /// because gardend went away, and a restarted gardend gets them back (`ToInit::Adopt`).
     running: HashMap<i32, (String, Vec<OwnedFd>)>,
+    /// Processes started with a tty (their held fd is the pty master).
+    ttys: std::collections::HashSet<i32>,
+    /// Processes that exited while no gardend was connected: status, tty, and the held fds
+    /// (their unread output), for the next gardend's `Adopt`. At most FINISHED_KEPT.
+    finished: Vec<(String, i32, bool, Vec<OwnedFd>)>,
     by_id: HashMap<String, i32>,
 }
 
@@ -49,6 +54,8 @@ pub fn run(prepared: Prepared) -> ! {
         caps: prepared.caps,
         clients: Vec::new(),
         running: HashMap::new(),
+        ttys: Default::default(),
+        finished: Vec::new(),
         by_id: HashMap::new(),
     };
     loop {
@@ -169,8 +176,49 @@ impl Supervisor {
                     let _ = kill(Pid::from_raw(-1), sig);
                 }
             }
+            (ToInit::CloseStdin { id }, _) => {
+                let pid = self.by_id.get(&id).copied();
+                if let Some((_, held)) = pid.and_then(|p| self.running.get_mut(&p)) {
+                    // Pipes hold [stdout, stderr, stdin]; a tty holds only its master.
+                    if held.len() > 2 {
+                        held.truncate(2);
+                    }
+                }
+            }
+            (ToInit::Adopt, _) => {
+                self.adopt(i);
+                // Handed over: the new gardend holds them now.
+                self.finished.clear();
+            }
         }
         true
+    }
+
+    /// Hand every live process's held stdio ends to client `i` (a restarted gardend).
+    fn adopt(&self, i: usize) {
+        for (pid, (id, held)) in &self.running {
+            let msg = FromInit::Running {
+                id: id.clone(),
+                pid: *pid,
+                tty: self.ttys.contains(pid),
+            };
+            let fds: Vec<RawFd> = held.iter().map(|f| f.as_raw_fd()).collect();
+            if let Err(e) = proto::send(self.clients[i].as_fd(), &msg, &fds) {
+                eprintln!("garden-init: hand over {id}: {e}");
+            }
+        }
+        for (id, status, tty, held) in &self.finished {
+            let msg = FromInit::Finished {
+                id: id.clone(),
+                status: *status,
+                tty: *tty,
+            };
+            let fds: Vec<RawFd> = held.iter().map(|f| f.as_raw_fd()).collect();
+            if let Err(e) = proto::send(self.clients[i].as_fd(), &msg, &fds) {
+                eprintln!("garden-init: hand over {id}: {e}");
+            }
+        }
+        let _ = proto::send(self.clients[i].as_fd(), &FromInit::Adopted, &[]);
     }
 
     fn reap(&mut self) {
@@ -189,9 +237,17 @@ impl Supervisor {
                 WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32),
                 _ => continue,
             };
-            if let Some((id, _held)) = self.running.remove(&pid.as_raw()) {
+            if let Some((id, held)) = self.running.remove(&pid.as_raw()) {
+                let tty = self.ttys.remove(&pid.as_raw());
                 self.by_id.remove(&id);
                 self.record_exit(&id, code);
+                if self.clients.is_empty() {
+                    // Nobody read its last output: keep it for the next gardend.
+                    if self.finished.len() >= FINISHED_KEPT {
+                        self.finished.remove(0);
+                    }
+                    self.finished.push((id.clone(), code, tty, held));
+                }
                 let msg = FromInit::Exited { id, status: code };
                 for c in &self.clients {
                     let _ = proto::send(c.as_fd(), &msg, &[]);
@@ -354,6 +410,9 @@ impl Supervisor {
                 drop(fds);
                 let pid = child.as_raw();
                 self.running.insert(pid, (req.id.clone(), held));
+                if req.tty {
+                    self.ttys.insert(pid);
+                }
                 self.by_id.insert(req.id.clone(), pid);
                 let mut buf = Vec::new();
                 let _ = std::fs::File::from(err_r).read_to_end(&mut buf);
@@ -362,6 +421,7 @@ impl Supervisor {
                         Errno::from_raw(i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]));
                     // The child is gone; the reaper reports nothing for it because we forget it.
                     self.running.remove(&pid);
+                    self.ttys.remove(&pid);
                     self.by_id.remove(&req.id);
                     let _ = waitpid(child, None);
                     return Err(match (buf[0], errno) {
@@ -394,6 +454,9 @@ fn process_oom_score_adj() -> &'static str {
         "1000"
     }
 }
+
+/// How many finished processes' stdio garden-init keeps while no gardend is connected.
+const FINISHED_KEPT: usize = 64;
 
 const STAGE_SETUP: u8 = 1;
 const STAGE_CHDIR: u8 = 2;

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup, Resources};
 use crate::init::proto::{InitBindMount, InitConfig};
-pub use client::{InitClient, SpawnError};
+pub use client::{InitClient, RunningProcess, SpawnError};
 use pidfd::PidFd;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,25 @@ pub struct Sandbox {
     pub init: InitClient,
     /// Becomes true once garden-init (and so every process of the container) is gone.
     exited: watch::Receiver<bool>,
+    /// When garden-init started (see [`PidFd::start_time`]), recorded against pid reuse.
+    start_time: u64,
+}
+
+/// Which garden-init a record names: its host pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitIdentity {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl InitIdentity {
+    /// A pidfd for the garden-init this names, if that very process still runs (same pid,
+    /// same start time, named garden-init); `None` if it is gone.
+    pub fn find(&self) -> Option<PidFd> {
+        let p = PidFd::open(self.pid).ok()?;
+        let same = p.start_time().ok()? == self.start_time && p.comm().ok()? == "garden-init";
+        (same && !p.is_zombie()).then_some(p)
+    }
 }
 
 /// Directory layout of a bundle.
@@ -182,7 +201,8 @@ impl Runtime {
         shield_from_oom(&init_process);
         let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
         let (exited_tx, exited) = watch::channel(false);
-        tokio::spawn(monitor(watched, exited_tx));
+        tokio::spawn(monitor(watched, exited_tx, true));
+        let start_time = init_process.start_time().unwrap_or(0);
 
         let abort = |e: RuntimeError| {
             // ESRCH (already reaped) is fine: it is gone either way.
@@ -216,8 +236,53 @@ impl Runtime {
                 cgroup: cgroup.clone(),
                 init,
                 exited,
+                start_time,
             },
             exits,
+        ))
+    }
+
+    /// Take over a container a previous gardend made: garden-init `init` (checked against pid
+    /// reuse), its cgroup, its socket and its live processes' stdio.
+    pub async fn adopt(
+        &self,
+        handle: &str,
+        bundle: &Path,
+        init: InitIdentity,
+    ) -> Result<(
+        Sandbox,
+        mpsc::UnboundedReceiver<(String, i32)>,
+        Vec<RunningProcess>,
+    )> {
+        let gone = || {
+            RuntimeError::Watch(std::io::Error::other(format!(
+                "garden-init {} is gone",
+                init.pid
+            )))
+        };
+        let init_process = init.find().ok_or_else(gone)?;
+        let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
+        let (exited_tx, exited) = watch::channel(false);
+        // Not our child (its parent was the previous gardend): watch it, never reap it.
+        tokio::spawn(monitor(watched, exited_tx, false));
+        let socket = socket_path(bundle);
+        let (client, exits, running) =
+            InitClient::adopt(&socket)
+                .await
+                .map_err(|source| RuntimeError::Connect {
+                    path: socket.clone(),
+                    source,
+                })?;
+        Ok((
+            Sandbox {
+                init_process,
+                cgroup: self.cgroups.container(handle),
+                init: client,
+                exited,
+                start_time: init.start_time,
+            },
+            exits,
+            running,
         ))
     }
 }
@@ -245,6 +310,14 @@ impl Sandbox {
     /// garden-init's host pid when it started (for the record and logs; never signalled).
     pub fn init_pid(&self) -> i32 {
         self.init_process.pid()
+    }
+
+    /// garden-init's pid and start time, for the record.
+    pub fn identity(&self) -> InitIdentity {
+        InitIdentity {
+            pid: self.init_pid(),
+            start_time: self.start_time,
+        }
     }
 
     /// Host pids in the container other than init.
@@ -296,8 +369,8 @@ fn shield_from_oom(init: &PidFd) {
     }
 }
 
-/// Reap garden-init as soon as its pidfd says it exited.
-async fn monitor(init: PidFd, exited: watch::Sender<bool>) {
+/// Reap garden-init (when `reap`: it is our child) as soon as its pidfd says it exited.
+async fn monitor(init: PidFd, exited: watch::Sender<bool>, reap: bool) {
     let pid = init.pid();
     let polled = init.try_clone().map(PidFd::into_fd);
     let registered = polled.and_then(|fd| {
@@ -308,13 +381,21 @@ async fn monitor(init: PidFd, exited: watch::Sender<bool>) {
     match registered {
         Ok(fd) => {
             let _ = fd.readable().await;
-            if let Err(e) = init.reap() {
+            if !reap {
+                // Someone else's child: exited is all we can know, and all we need.
+            } else if let Err(e) = init.reap() {
                 tracing::warn!(pid, error = %e, "reap garden-init");
             }
         }
         Err(e) => {
             tracing::warn!(pid, error = %e, "pidfd not pollable; reaping in a blocking thread");
-            let _ = tokio::task::spawn_blocking(move || init.reap()).await;
+            if reap {
+                let _ = tokio::task::spawn_blocking(move || init.reap()).await;
+            } else {
+                while init.is_alive() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     }
     let _ = exited.send(true);
