@@ -30,6 +30,9 @@ pub struct Gardend {
     pub port: u16,
     pub log: PathBuf,
     pub cgroup_parent: String,
+    /// The binary and its arguments, for [`Gardend::kill_and_restart`].
+    bin: PathBuf,
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Gardend {
@@ -51,35 +54,69 @@ impl Gardend {
         let port = free_port()?;
         let cgroup_parent = format!("bench-{}", std::process::id());
         let log = dir.join("gardend.log");
-        let log_file =
-            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["--bind-ip", "127.0.0.1", "--bind-port", &port.to_string()])
-            .arg("--depot")
-            .arg(&depot)
-            .args(["--cgroup-parent", &cgroup_parent, "--log-level", log_level])
-            .args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().context("clone log file")?)
-            .stderr(log_file)
-            .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        let pid = child.id().context("gardend exited at once")?;
+        std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        for a in [
+            "--bind-ip",
+            "127.0.0.1",
+            "--bind-port",
+            &port.to_string(),
+            "--depot",
+        ] {
+            args.push(a.into());
+        }
+        args.push(depot.into_os_string());
+        for a in ["--cgroup-parent", &cgroup_parent, "--log-level", log_level] {
+            args.push(a.into());
+        }
+        args.extend(extra_args.iter().map(Into::into));
         let mut g = Gardend {
-            child: Some(child),
-            pid,
+            child: None,
+            pid: 0,
             port,
             log,
             cgroup_parent,
+            bin: bin.to_path_buf(),
+            args,
         };
+        g.spawn()?;
         if let Err(e) = g.wait_ready().await {
             let log = g.log_tail();
             g.stop().await;
             bail!("{e:#}; gardend log:\n{log}");
         }
         Ok(g)
+    }
+
+    /// Start the binary with the stored arguments, its output appended to the log.
+    fn spawn(&mut self) -> Result<()> {
+        let log_file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let child = Command::new(&self.bin)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().context("clone log file")?)
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", self.bin.display()))?;
+        self.pid = child.id().context("gardend exited at once")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL gardend (its containers keep running), start it again with the same flags and
+    /// wait until it answers Ping; how long that took from the new start.
+    pub async fn kill_and_restart(&mut self) -> Result<Duration> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+        let t = Instant::now();
+        self.spawn()?;
+        self.wait_ready().await?;
+        Ok(t.elapsed())
     }
 
     async fn wait_ready(&mut self) -> Result<()> {

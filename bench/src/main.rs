@@ -7,6 +7,7 @@
 mod agent;
 mod bundle;
 mod gardend;
+mod images;
 mod netclean;
 mod peers;
 mod report;
@@ -38,6 +39,10 @@ enum Scenario {
     Density,
     /// the cell agent: start message to RUNNING instance, alone and in a burst.
     Agent,
+    /// create from a cached registry image vs a directory, and a cold pull.
+    Images,
+    /// kill -9 and restart gardend with containers and processes running (gardend only).
+    Restart,
 }
 
 /// gardend vs crun vs runc. Prints a markdown table; `--json FILE` writes the same figures.
@@ -98,6 +103,9 @@ struct Cli {
     /// Instances started at once in the agent scenario.
     #[arg(long)]
     agent_burst: Option<usize>,
+    /// Recorded creates of each kind in the images scenario.
+    #[arg(long)]
+    image_rounds: Option<usize>,
     /// gardend binary (default: next to this executable).
     #[arg(long, value_name = "PATH")]
     gardend: Option<PathBuf>,
@@ -307,6 +315,15 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             .into(),
     );
 
+    // The images scenario's registry comes first: gardend must know it at start.
+    let image_fixture = (cli.wants(Scenario::Images) && !cli.peers_only).then(|| {
+        let mib = if cli.full { 128 } else { 32 };
+        progress(&format!(
+            "images: building and pushing a busybox + {mib} MiB image"
+        ));
+        images::prepare(&rootfs, mib).map_err(|e| format!("{e:#}"))
+    });
+
     // gardend.
     let mut server = None;
     let gardend_target: Result<Target, String> = if cli.peers_only {
@@ -320,6 +337,15 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             "--network-pool".to_string(),
             cli.gardend_network_pool.clone(),
         ];
+        if let Some(Ok(f)) = &image_fixture {
+            // Cold pulls: every destroy removes the layers no container uses.
+            gardend_args.extend([
+                "--insecure-docker-registry".to_string(),
+                f.host.clone(),
+                "--graph-cleanup-threshold-in-megabytes".to_string(),
+                "0".to_string(),
+            ]);
+        }
         gardend_args.extend(cli.gardend_args.iter().cloned());
         let started = match bin {
             Ok(bin) => {
@@ -408,6 +434,48 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
                 r
             }
         });
+    }
+
+    if result.is_ok() {
+        if let Some(fixture) = &image_fixture {
+            report.images = Some(match (fixture, &server) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(_), None) => Err("skipped (no gardend)".into()),
+                (Ok(f), Some(g)) => {
+                    let rounds = cli.image_rounds.unwrap_or(if cli.full { 20 } else { 5 });
+                    let t = Instant::now();
+                    progress(&format!("images: {rounds} rounds of each create"));
+                    let store = scratch.path().join("images");
+                    let r = images::measure(&g.client(), f, &store, rounds.max(1))
+                        .await
+                        .map_err(|e| format!("{e:#}"));
+                    progress(&format!(
+                        "images: done in {:.1} s",
+                        t.elapsed().as_secs_f64()
+                    ));
+                    r
+                }
+            });
+        }
+    }
+
+    if result.is_ok() && cli.wants(Scenario::Restart) {
+        if let Some(g) = server.as_mut() {
+            let (containers, restarts) = if cli.full { (100, 20) } else { (20, 5) };
+            let t = Instant::now();
+            progress(&format!(
+                "restart: {containers} containers with a process each, {restarts} kill -9 restarts"
+            ));
+            let note = match restart_soak(g, containers, restarts).await {
+                Ok(note) => note,
+                Err(e) => format!("restart: failed: {e:#}"),
+            };
+            progress(&format!(
+                "restart: done in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ));
+            report.notes.push(note);
+        }
     }
 
     if let Some(mut g) = server {
@@ -518,6 +586,68 @@ async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -
         rss_checkpoint(env, report, "streaming");
     }
     Ok(())
+}
+
+/// `containers` containers with a sleeping process each, then `restarts` rounds of kill -9 and
+/// restart: the time from the new start to Ping, and whether every container and process is
+/// still there (each process is attached and killed at the end). The finding as a note.
+async fn restart_soak(
+    g: &mut gardend::Gardend,
+    containers: usize,
+    restarts: usize,
+) -> Result<String> {
+    let c = g.client();
+    let handles: Vec<String> = (0..containers)
+        .map(|i| format!("bench-restart-{i}"))
+        .collect();
+    let spec = garden_api::ProcessSpec {
+        id: "sleeper".into(),
+        path: "sleep".into(),
+        args: vec!["100000".into()],
+        ..Default::default()
+    };
+    for h in &handles {
+        c.create(&garden_api::ContainerSpec {
+            handle: h.clone(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("create {h}"))?;
+        c.run(h, &spec, garden_client::ProcessIo::default())
+            .await
+            .with_context(|| format!("run in {h}"))?;
+    }
+    let mut ms = Vec::new();
+    let mut lost = 0;
+    for _ in 0..restarts {
+        ms.push(g.kill_and_restart().await?.as_secs_f64() * 1e3);
+        let listed = c.list(&[]).await.context("list after restart")?;
+        lost += handles.iter().filter(|h| !listed.contains(h)).count();
+    }
+    let mut attached = 0;
+    for h in &handles {
+        let Ok(mut p) = c
+            .attach(h, "sleeper", garden_client::ProcessIo::default())
+            .await
+        else {
+            continue;
+        };
+        let _ = p.control().signal(garden_api::Signal::Kill).await;
+        if p.wait().await.ok() == Some(137) {
+            attached += 1;
+        }
+    }
+    for h in &handles {
+        let _ = c.destroy(h).await;
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(format!(
+        "restart: {containers} containers with a running process each, {restarts} kill -9 \
+         restarts with the same flags: start to Ping p50 {:.0} ms, max {:.0} ms; containers \
+         lost {lost}; processes re-attached after the last restart {attached}/{containers}",
+        ms[ms.len() / 2],
+        ms[ms.len() - 1]
+    ))
 }
 
 /// Record gardend's RSS after a scenario, to see which one grows it.

@@ -13,6 +13,7 @@ pub use garden_client::{Address, Client};
 pub use test_support::{require_root, root_tests};
 
 pub mod agent;
+pub mod security;
 
 /// The target directory the test binary runs from (`target/debug`).
 pub fn bin_dir() -> PathBuf {
@@ -114,6 +115,10 @@ pub struct Gardend {
     pub depot: PathBuf,
     /// Name of the cgroup gardend owns at each hierarchy's root.
     pub cgroup_parent: String,
+    /// gardend's arguments, for [`Gardend::restart`].
+    args: Vec<std::ffi::OsString>,
+    /// Killed by [`Gardend::kill9`] and not started again: drop restarts it to clean up.
+    killed: bool,
 }
 
 impl Gardend {
@@ -136,16 +141,12 @@ impl Gardend {
         std::fs::create_dir_all(&depot).expect("depot");
         let port = free_port();
         let cgroup_parent = format!("garden-e2e-{port}");
-        let log = std::fs::File::create(tmp.path().join("gardend.log")).expect("log file");
         let mut cmd = Command::new(binary("gardend"));
         cmd.args(["--bind-ip", "127.0.0.1", "--bind-port", &port.to_string()])
             .arg("--depot")
             .arg(&depot)
             .args(["--cgroup-parent", &cgroup_parent, "--log-level", "debug"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+            .args(extra);
         if let Ok(rootfs) = std::env::var("GARDEN_TEST_ROOTFS") {
             cmd.args(["--default-rootfs", &rootfs]);
         }
@@ -156,16 +157,65 @@ impl Gardend {
             let start = port_pool_start().to_string();
             cmd.args(["--port-pool-start", &start, "--port-pool-size", "100"]);
         }
-        let child = cmd.spawn().expect("spawn gardend");
-        let g = Gardend {
-            child: Some(child),
+        let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut g = Gardend {
+            child: None,
             port,
             tmp,
             depot,
             cgroup_parent,
+            args,
+            killed: false,
         };
+        g.spawn();
         g.wait_ready();
         g
+    }
+
+    /// Start gardend with the arguments it was first started with, its output appended to
+    /// the log.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("gardend.log"))
+            .expect("log file");
+        let child = Command::new(binary("gardend"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn gardend");
+        self.child = Some(child);
+        self.killed = false;
+    }
+
+    /// gardend's pid (0 when it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// gardend's arguments (to start another one on the same depot, say).
+    pub fn args(&self) -> &[std::ffi::OsString] {
+        &self.args
+    }
+
+    /// SIGKILL gardend: it cleans up nothing. Its containers keep running.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+            self.killed = true;
+        }
+    }
+
+    /// Start gardend again with the same flags (after [`Gardend::kill9`] or
+    /// [`Gardend::stop`]) and wait until it listens.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -213,6 +263,17 @@ impl Gardend {
 
 impl Drop for Gardend {
     fn drop(&mut self) {
+        if self.killed {
+            // A test that failed between kill9 and restart: a new gardend adopts what the
+            // killed one left, so it can be destroyed below.
+            self.spawn();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         if self.child.is_some() {
             // Best effort: destroy what the test left, so no container outlives the test.
             let addr = self.address();

@@ -1,6 +1,6 @@
 //! gardend may die: container processes keep running and finish normally (their stdio does not
 //! depend on gardend), their exit codes are recorded in the depot, and the next gardend on the
-//! same depot removes what the dead one left (containers are not re-adopted yet).
+//! same depot adopts the container and reports them (more in `garden_durable.rs`).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -49,7 +49,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
-fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
+fn processes_outlive_a_killed_gardend_and_the_next_one_adopts_them() {
     e2e::require_root!();
     let tmp = tempfile::tempdir().unwrap();
     let depot = tmp.path().join("depot");
@@ -114,8 +114,24 @@ fn processes_outlive_a_killed_gardend_and_the_next_one_cleans_up() {
         "the container died with gardend"
     );
 
-    // The next gardend on the same depot removes the orphaned container completely.
+    // The next gardend on the same depot adopts the container: the same garden-init, and the
+    // writer's exit status on Attach. Destroy then removes it completely.
     let mut gardend = start(&depot, port, &parent, &pool, &log);
+    let handles = rt.block_on(client.list(&[])).unwrap();
+    assert_eq!(handles, [handle]);
+    let status = rt.block_on(async {
+        let mut p = client
+            .attach(handle, "writer", ProcessIo::default())
+            .await
+            .expect("attach");
+        p.wait().await.expect("wait")
+    });
+    assert_eq!(status, 0);
+    assert!(
+        Path::new(&format!("/proc/{init_pid}")).exists(),
+        "the adopted container's init is gone"
+    );
+    rt.block_on(client.destroy(handle)).expect("destroy");
     wait_for(
         "the old container init to go",
         Duration::from_secs(10),

@@ -655,6 +655,26 @@ async fn restart_removes_what_a_crashed_gardend_left() {
         "the crash left the rules"
     );
     assert!(!links(&link_prefix).is_empty(), "the crash left the links");
+    // The container dies too while no gardend runs: the next one cannot adopt it (a living
+    // container is adopted, see garden_durable.rs) and removes its network.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("depot/crashed/container.json")).expect("record"),
+    )
+    .expect("record is JSON");
+    let init = record["init_pid"].as_i64().expect("init_pid") as i32;
+    // SAFETY: plain kill(2) of the container's init, which the test just read from the record.
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{init}/comm"))
+        .is_ok_and(|c| c.trim() == "garden-init")
+        && std::fs::read_to_string(format!("/proc/{init}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "init {init} survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let g = Raw::start(dir.path(), e2e::free_port(), &cgroup_parent);
     assert!(

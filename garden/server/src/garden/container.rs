@@ -32,6 +32,9 @@ pub(super) struct Container {
     /// As created (Current*Limits report it).
     pub(super) spec: ContainerSpec,
     pub(super) image_env: Vec<String>,
+    /// The image config's user and working dir, for processes that name none.
+    pub(super) image_user: String,
+    pub(super) image_dir: String,
     /// Image layers, for disk usage.
     pub(super) lower_dirs: Vec<PathBuf>,
     pub(super) created: Instant,
@@ -42,6 +45,8 @@ pub(super) struct Container {
     /// Every process ever run, kept for Attach after exit.
     pub(super) processes: Mutex<HashMap<String, Arc<Process>>>,
     pub(super) activity: Arc<Activity>,
+    /// NetOut rules added after create, for the depot.
+    pub(super) net_out: Mutex<Vec<garden_api::NetOutRule>>,
 }
 
 impl Container {

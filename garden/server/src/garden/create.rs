@@ -68,14 +68,45 @@ impl Garden {
             spec.image.uri.clone()
         };
         let plan = if uri.is_empty() {
+            self.images.pin(&self.default_rootfs.lower_dirs);
             self.default_rootfs.clone()
         } else {
-            let cache = self.layer_cache.clone();
-            tokio::task::spawn_blocking(move || rootfs::resolve(&uri, Path::new("/"), &cache))
+            let store = self.images.clone();
+            let creds = rootfs::Credentials {
+                username: spec.image.username.clone(),
+                password: spec.image.password.clone(),
+            };
+            tokio::task::spawn_blocking(move || store.resolve(&uri, &creds, Path::new("/")))
                 .await
                 .map_err(generic)?
                 .map_err(generic)?
         };
+        let lower_dirs = plan.lower_dirs.clone();
+        // Once the container is registered, its destroy releases the image.
+        let mut registered = false;
+        let result = self
+            .create_with_plan(handle, spec, plan, started, &mut registered)
+            .await;
+        if result.is_err() && !registered {
+            self.release_image(lower_dirs).await;
+        }
+        result
+    }
+
+    /// Unpins a container's layers (collecting unused ones if the store is over its limit).
+    pub(super) async fn release_image(&self, lower_dirs: Vec<std::path::PathBuf>) {
+        let store = self.images.clone();
+        let _ = tokio::task::spawn_blocking(move || store.release(&lower_dirs)).await;
+    }
+
+    async fn create_with_plan(
+        &self,
+        handle: &str,
+        spec: ContainerSpec,
+        plan: rootfs::RootfsPlan,
+        started: Instant,
+        registered: &mut bool,
+    ) -> Result<()> {
         let bundle = self.config.depot.join(handle);
         if bundle.exists() {
             return Err(GardenError::generic(format!(
@@ -111,7 +142,7 @@ impl Garden {
             Ok(()) => self.kernel.create_sandbox(sandbox_spec).await,
             Err(e) => Err(e),
         };
-        let (sandbox, mut exits) = match created {
+        let (sandbox, exits) = match created {
             Ok(s) => s,
             Err(e) => {
                 let _ = self.kernel.release_disk(handle).await;
@@ -126,12 +157,13 @@ impl Garden {
         };
         let mut properties = spec.properties.clone();
         properties.insert("garden.state".into(), "created".into());
-        depot::write_record(&bundle, handle, sandbox.init_pid(), &spec);
         let activity = Activity::new(grace_ns);
         let container = Arc::new(Container {
             handle: handle.to_string(),
             bundle,
             image_env: plan.env.clone(),
+            image_user: plan.user.clone(),
+            image_dir: plan.workdir.clone(),
             lower_dirs: plan.lower_dirs.clone(),
             spec,
             created: Instant::now(),
@@ -140,40 +172,54 @@ impl Garden {
             properties: Mutex::new(BTreeMap::new()),
             processes: Mutex::default(),
             activity: activity.clone(),
+            net_out: Mutex::default(),
         });
         self.set_properties(&container, |p| *p = properties);
-        // Route garden-init's exit events to the processes they belong to.
-        let router = Arc::downgrade(&container);
-        tokio::spawn(async move {
-            while let Some((id, status)) = exits.recv().await {
-                let Some(c) = router.upgrade() else { break };
-                let p = c
-                    .processes
-                    .lock()
-                    .expect("processes lock")
-                    .get(&id)
-                    .cloned();
-                if let Some(p) = p {
-                    p.on_exit(status);
-                }
-            }
-        });
+        route_exits(&container, exits);
         tokio::spawn(grace_timer(self.me.clone(), handle.to_string(), activity));
         self.containers
             .write()
             .expect("containers lock")
             .insert(handle.to_string(), container);
+        *registered = true;
         if let Err(e) = self.net_setup(handle).await {
             if let Err(d) = self.destroy(handle).await {
                 tracing::warn!(handle, error = %d, "clean up after failed network setup");
             }
             return Err(e);
         }
+        // Only now is the container complete: a bundle without a record is a create that a
+        // crash interrupted, which the next gardend removes.
+        self.write_record(handle)?;
         tracing::info!(
             handle,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "created"
         );
+        Ok(())
+    }
+
+    /// `container.json`, what a restarted gardend adopts the container from.
+    fn write_record(&self, handle: &str) -> Result<()> {
+        let c = self.lookup(handle)?;
+        let init = c.sandbox.identity();
+        let net = self.kernel.network_info(handle);
+        let record = depot::Record {
+            version: depot::VERSION,
+            handle: handle.to_string(),
+            init_pid: init.pid,
+            init_start_time: init.start_time,
+            // When the container's age starts, as Metrics counts it.
+            created_unix_ns: depot::now_unix_ns().saturating_sub(c.created.elapsed().as_nanos()),
+            spec: c.spec.clone(),
+            image_env: c.image_env.clone(),
+            lower_dirs: c.lower_dirs.clone(),
+            image_user: c.image_user.clone(),
+            image_dir: c.image_dir.clone(),
+            subnet: net.as_ref().map(|n| n.subnet.clone()).unwrap_or_default(),
+            container_ip: net.map(|n| n.container_ip).unwrap_or_default(),
+        };
+        depot::write_record(&c.bundle, &record);
         Ok(())
     }
 
@@ -220,6 +266,43 @@ impl Garden {
         });
         Ok(ports)
     }
+}
+
+/// Route garden-init's exit events to the processes they belong to.
+pub(super) fn route_exits(container: &Arc<Container>, mut exits: crate::kernel::Exits) {
+    let router = Arc::downgrade(container);
+    tokio::spawn(async move {
+        while let Some((id, status)) = exits.recv().await {
+            let Some(c) = router.upgrade() else { break };
+            let p = c
+                .processes
+                .lock()
+                .expect("processes lock")
+                .get(&id)
+                .cloned();
+            if let Some(p) = p {
+                p.on_exit(status);
+            }
+        }
+        // garden-init is gone (killed by the OOM killer or by hand, or destroyed): no exit
+        // will ever be reported, so nobody may keep waiting for one. (Destroy reports its
+        // own 137s.)
+        if let Some(c) = router.upgrade() {
+            if *c.state.lock().expect("state lock") == State::Destroying {
+                return;
+            }
+            let processes: Vec<_> = c
+                .processes
+                .lock()
+                .expect("processes lock")
+                .values()
+                .cloned()
+                .collect();
+            for p in processes {
+                p.on_init_gone();
+            }
+        }
+    });
 }
 
 /// The hostname create gives a container: Guardian keeps the last 49 bytes of the handle; we

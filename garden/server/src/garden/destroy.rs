@@ -6,7 +6,7 @@ use std::time::Instant;
 use garden_api::GardenError;
 
 use super::container::State;
-use super::depot::remove_dir_all_blocking;
+use super::depot::{mark_destroying, remove_dir_all_blocking};
 use super::{Garden, Result};
 
 impl Garden {
@@ -20,6 +20,11 @@ impl Garden {
             std::mem::replace(&mut *state, State::Destroying)
         };
         c.activity.cancel();
+        // From here a restart finishes the destroy instead of adopting the container.
+        let bundle = c.bundle.clone();
+        tokio::task::spawn_blocking(move || mark_destroying(&bundle, true))
+            .await
+            .map_err(|e| GardenError::generic(e.to_string()))?;
         let t = Instant::now();
         c.sandbox.kill().await;
         tracing::debug!(
@@ -29,6 +34,7 @@ impl Garden {
         );
         if let Err(e) = self.kernel.release_network(handle).await {
             *c.state.lock().expect("state lock") = previous;
+            mark_destroying(&c.bundle, false);
             return Err(GardenError::generic(format!("destroy {handle}: {e}")));
         }
         tracing::debug!(
@@ -60,12 +66,14 @@ impl Garden {
         if let Err(e) = removed {
             // Keep the container so Destroy can be retried.
             *c.state.lock().expect("state lock") = previous;
+            mark_destroying(&c.bundle, false);
             return Err(GardenError::generic(format!("destroy {handle}: {e}")));
         }
         self.containers
             .write()
             .expect("containers lock")
             .remove(handle);
+        self.release_image(c.lower_dirs.clone()).await;
         tracing::info!(handle, "destroyed");
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! boundary). Everything privileged goes through `kernel`, so `tests` drives the whole
 //! lifecycle against a recording fake, without root.
 
+mod adopt;
 mod census;
 mod container;
 mod convert;
@@ -16,6 +17,7 @@ mod destroy;
 mod files;
 mod grace;
 mod metrics;
+mod owner;
 mod processes;
 mod stop;
 #[cfg(test)]
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use garden_api::*;
 
 use crate::config::Config;
-use crate::kernel::linux::Linux;
+use crate::kernel::linux::{Linux, Survivor};
 use crate::kernel::Kernel;
 use crate::process::Output;
 use crate::service::{Reply, Request, Service};
@@ -52,47 +54,112 @@ pub struct Garden {
     /// Everything privileged: sandboxes, networking, disk quotas.
     kernel: Arc<dyn Kernel>,
     default_rootfs: rootfs::RootfsPlan,
-    layer_cache: PathBuf,
+    /// Images: local rootfses, registry pulls, OCI layouts; layers pinned per container.
+    images: Arc<rootfs::Store>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
     /// Handles whose Create is under way.
     reserved: Mutex<HashSet<String>>,
     next_stream: AtomicU64,
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// The depot and instance locks (see `owner`), held while this gardend runs.
+    ownership: std::sync::OnceLock<owner::Ownership>,
+}
+
+/// The depot and everything gardend keeps in the state directory are root's alone (0700):
+/// writable layers hold files container root made, setuid-root binaries included, and no
+/// host user may reach them. (The state directory itself may be shared, e.g. /var/lib, so
+/// it is left as it is.)
+fn keep_private(depot: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let owned = ["layers", "images", "rootfs", "quota", "disk"].map(|d| state_dir.join(d));
+    for dir in std::iter::once(depot.to_path_buf()).chain(owned) {
+        if dir.is_dir() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("make {} private", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The layer store under the state dir (the depot's parent): `images/`, with plain tarballs
+/// cached in `layers/`.
+fn open_store(config: &Config) -> std::result::Result<rootfs::Store, rootfs::RootfsError> {
+    let state_dir = config.depot.parent().unwrap_or(&config.depot);
+    let gc_threshold = u64::try_from(config.graph_cleanup_threshold_in_megabytes)
+        .ok()
+        .map(|mb| mb.saturating_mul(1 << 20));
+    rootfs::Store::open(
+        &state_dir.join("images"),
+        &state_dir.join("layers"),
+        rootfs::StoreConfig {
+            insecure_registries: config.insecure_docker_registry.clone(),
+            gc_threshold,
+        },
+    )
 }
 
 impl Garden {
-    /// On this host: probe cgroups, prepare the default rootfs, clean up what a previous run
-    /// left in the depot, and return the service.
+    /// On this host: make sure no other gardend owns the depot or the instance, probe
+    /// cgroups, prepare the default rootfs, adopt the containers a previous run left whole,
+    /// remove everything else it left, and return the service.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Garden>> {
         use anyhow::Context;
         std::fs::create_dir_all(&config.depot)
             .with_context(|| format!("create depot {}", config.depot.display()))?;
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
-        let layer_cache = state_dir.join("layers");
-        std::fs::create_dir_all(&layer_cache)
-            .with_context(|| format!("create {}", layer_cache.display()))?;
+        // Before anything of the host (cgroups, chains, links, layers) is touched.
+        let ownership = owner::claim(&state_dir, &config.depot, &config.cgroup_parent)?;
+        let images = Arc::new(open_store(&config).context("open the image layer store")?);
         let default_rootfs = match &config.default_rootfs {
             Some(uri) if !uri.is_empty() => {
                 let uri = uri.clone();
-                let cache = layer_cache.clone();
-                tokio::task::spawn_blocking(move || rootfs::resolve(&uri, Path::new("/"), &cache))
-                    .await?
-                    .context("resolve --default-rootfs")?
+                let store = images.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.resolve(&uri, &rootfs::Credentials::default(), Path::new("/"))
+                })
+                .await?
+                .context("resolve --default-rootfs")?
             }
             _ => {
                 let dir = state_dir.join("rootfs");
                 let dir = tokio::task::spawn_blocking(move || rootfs::ensure_busybox_rootfs(&dir))
                     .await?
                     .context("build the embedded busybox rootfs")?;
-                rootfs::RootfsPlan {
-                    lower_dirs: vec![dir],
-                    env: Vec::new(),
-                }
+                rootfs::RootfsPlan::single(dir)
             }
         };
-        let linux = Linux::open(&config, &state_dir).await?;
-        depot::remove_stale(&config.depot, &linux);
-        Ok(Garden::with_kernel(config, Arc::new(linux), default_rootfs))
+        let survivors = adopt::survivors(&config.depot, Linux::init_alive);
+        let kept: Vec<Survivor> = survivors
+            .iter()
+            .map(|(record, _)| Survivor {
+                handle: record.handle.clone(),
+                subnet: record.subnet.clone(),
+                container_ip: record.container_ip.clone(),
+            })
+            .collect();
+        let linux = Linux::open(&config, &state_dir, &kept).await?;
+        keep_private(&config.depot, &state_dir)?;
+        let (survivors, lost): (Vec<_>, Vec<_>) = survivors
+            .into_iter()
+            .partition(|(record, _)| linux.has_network(&record.handle));
+        let keep: HashSet<String> = survivors.iter().map(|(r, _)| r.handle.clone()).collect();
+        let linux = Arc::new(linux);
+        for (record, _) in &lost {
+            tracing::warn!(
+                handle = record.handle,
+                "removing a container whose network could not be kept"
+            );
+            let _ = linux.release_disk(&record.handle).await;
+        }
+        {
+            let (linux, depot) = (linux.clone(), config.depot.clone());
+            tokio::task::spawn_blocking(move || linux.sweep(&depot, &keep)).await?;
+        }
+        let garden = Garden::with_store(config, linux, default_rootfs, images);
+        let _ = garden.ownership.set(ownership);
+        garden.adopt_all(survivors).await;
+        Ok(garden)
     }
 
     /// The service on any kernel (the fake in unit tests), with the rootfs for creates that
@@ -102,18 +169,27 @@ impl Garden {
         kernel: Arc<dyn Kernel>,
         default_rootfs: rootfs::RootfsPlan,
     ) -> Arc<Garden> {
-        let state_dir = config.depot.parent().unwrap_or(&config.depot);
-        let layer_cache = state_dir.join("layers");
+        let images = Arc::new(open_store(&config).expect("open the image layer store"));
+        Garden::with_store(config, kernel, default_rootfs, images)
+    }
+
+    fn with_store(
+        config: Config,
+        kernel: Arc<dyn Kernel>,
+        default_rootfs: rootfs::RootfsPlan,
+        images: Arc<rootfs::Store>,
+    ) -> Arc<Garden> {
         Arc::new_cyclic(|me| Garden {
             me: me.clone(),
             config,
             kernel,
             default_rootfs,
-            layer_cache,
+            images,
             containers: RwLock::default(),
             reserved: Mutex::default(),
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
+            ownership: std::sync::OnceLock::new(),
         })
     }
 
@@ -221,6 +297,8 @@ impl Garden {
                     .net_out(&handle, std::slice::from_ref(&rule))
                     .await
                     .map_err(generic)?;
+                c.net_out.lock().expect("net_out lock").push(rule);
+                self.set_properties(&c, |_| {});
                 Ok(json(&Empty {}))
             }
             Request::BulkNetOut { handle, rules } => {
@@ -230,6 +308,8 @@ impl Garden {
                     .net_out(&handle, &rules)
                     .await
                     .map_err(generic)?;
+                c.net_out.lock().expect("net_out lock").extend(rules);
+                self.set_properties(&c, |_| {});
                 Ok(json(&Empty {}))
             }
             Request::SetGraceTime { handle, grace_time } => {
@@ -317,12 +397,17 @@ impl Garden {
         handles
     }
 
-    /// Change the stored properties and persist them (with the reported ones) to
-    /// `properties.json`, under the lock so the file never goes back in time.
+    /// Change the stored properties and persist them (with the reported ones and the NetOut
+    /// rules) to `properties.json`, under the lock so the file never goes back in time.
     fn set_properties(&self, c: &Container, f: impl FnOnce(&mut BTreeMap<String, String>)) {
         let mut props = c.properties.lock().expect("properties lock");
         f(&mut props);
-        depot::write_properties(&c.bundle, &c.reported(&props));
+        let state = depot::Mutable {
+            version: depot::VERSION,
+            properties: c.reported(&props),
+            net_out: c.net_out.lock().expect("net_out lock").clone(),
+        };
+        depot::write_mutable(&c.bundle, &state);
     }
 
     fn bulk_info(&self, handles: &[String]) -> BulkInfo {

@@ -32,6 +32,7 @@ fn setup() -> Setup {
     let plan = rootfs::RootfsPlan {
         lower_dirs: vec![image],
         env: vec!["FROM_IMAGE=1".into()],
+        ..rootfs::RootfsPlan::default()
     };
     let garden = Garden::with_kernel(config, fake.clone(), plan);
     Setup { garden, fake, tmp }
@@ -196,6 +197,11 @@ async fn a_failed_destroy_step_keeps_the_container_for_a_retry() {
     let e = destroy().await.unwrap_err();
     assert!(e.to_string().contains("destroy c2"), "{e}");
     assert_eq!(t.list().await, ["c2"], "still there to retry");
+    let bundle = t.tmp.path().join("depot/c2");
+    assert!(
+        !bundle.join("destroying").exists(),
+        "a restart would not adopt it"
+    );
     json::<serde_json::Value>(destroy().await);
     assert!(t.list().await.is_empty());
 }
@@ -365,4 +371,82 @@ async fn a_detached_session_of_a_running_process_drops_its_streams() {
         .fake
         .calls()
         .contains(&Call::SignalAll("d".into(), Signal::Terminate)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_adopts_properties_exit_codes_and_starts_the_grace_timer_afresh() {
+    let Setup { garden, fake, tmp } = setup();
+    let t = Setup { garden, fake, tmp };
+    json::<serde_json::Value>(t.create("kept", 10 * SECOND).await);
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::SetProperty {
+                handle: "kept".into(),
+                key: "k".into(),
+                value: "v".into(),
+            })
+            .await,
+    );
+    // Half-made: a bundle without a record (create interrupted) is not adopted, nor one whose
+    // destroy began.
+    let depot = t.tmp.path().join("depot");
+    json::<serde_json::Value>(t.create("doomed", 0).await);
+    super::depot::mark_destroying(&depot.join("doomed"), true);
+    std::fs::create_dir_all(depot.join("half")).unwrap();
+    // garden-init recorded an exit while no gardend ran.
+    let procs = crate::runtime::processes_dir(&depot.join("kept"));
+    std::fs::create_dir_all(&procs).unwrap();
+    std::fs::write(procs.join("gone.exit"), "3\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+
+    // kill -9: the old core vanishes; a new one on the same depot adopts what is whole.
+    let Setup { garden, tmp, .. } = t;
+    drop(garden);
+    let fake = Fake::new();
+    let config = Config {
+        depot: depot.clone(),
+        ..Config::default()
+    };
+    let plan = rootfs::RootfsPlan::single(tmp.path().join("rootfs"));
+    let garden = Garden::with_kernel(config, fake.clone(), plan);
+    garden
+        .adopt_all(super::adopt::survivors(&depot, |_| true))
+        .await;
+    let t = Setup { garden, fake, tmp };
+    assert_eq!(t.list().await, ["kept"]);
+    assert!(t.fake.calls().contains(&Call::AdoptSandbox("kept".into())));
+    let props: std::collections::BTreeMap<String, String> = json(
+        t.garden
+            .handle(Request::Properties {
+                handle: "kept".into(),
+            })
+            .await,
+    );
+    assert_eq!(props["k"], "v");
+    assert_eq!(props["garden.grace-time"], (10 * SECOND).to_string());
+    let session = match t
+        .garden
+        .handle(Request::Attach {
+            handle: "kept".into(),
+            process_id: "gone".into(),
+        })
+        .await
+        .expect("attach")
+    {
+        Reply::Process(s) => s,
+        other => panic!("expected a session, got {other:?}"),
+    };
+    // The session's other parts (and its hold on the grace timer) go at the block's end.
+    let exit = {
+        let s = session;
+        s.exit
+    };
+    assert_eq!(exit.await.unwrap(), Ok(3));
+    // 8 s before the restart do not count: not reaped 10 s after create...
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(t.list().await, ["kept"]);
+    // ...but 10 s after the last use.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(t.list().await.is_empty());
+    assert!(t.fake.calls().contains(&Call::Kill("kept".into())));
 }

@@ -38,6 +38,10 @@ pub struct InitConfig {
     /// Privileged containers keep every capability and an unmasked /proc.
     #[serde(default)]
     pub privileged: bool,
+    /// The devices cgroup allows only the standard devices, so root may keep CAP_MKNOD as in
+    /// Guardian; without it (cgroup v2 for now) nobody may make device nodes.
+    #[serde(default)]
+    pub devices_allowlisted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +111,13 @@ pub enum ToInit {
     SignalAll {
         signal: i32,
     },
+    /// Drop init's copy of a process's stdin (gardend closed its own): the process sees EOF.
+    CloseStdin {
+        id: String,
+    },
+    /// A new gardend takes over: init answers one `Running` per live process, with its copies
+    /// of gardend's stdio ends, then `Adopted`.
+    Adopt,
 }
 
 /// Why a spawn failed; selects the Garden error type.
@@ -127,6 +138,14 @@ pub enum FromInit {
     },
     /// Exit code, or 128 + signal.
     Exited { id: String, status: i32 },
+    /// Answer to `Adopt`: a live process and, as fds, init's copies of gardend's ends of its
+    /// stdio: `[stdout, stderr]` plus `stdin` unless it was closed, or `[pty master]`.
+    Running { id: String, pid: i32, tty: bool },
+    /// Answer to `Adopt`: a process that exited while no gardend was connected, with init's
+    /// copies of gardend's stdio ends (as for `Running`), so its last output can be read.
+    Finished { id: String, status: i32, tty: bool },
+    /// Every `Running` and `Finished` of an `Adopt` was sent.
+    Adopted,
 }
 
 /// Send one message with its fds.

@@ -14,8 +14,8 @@ use garden_api::{ContainerNetworkStat, NetOutRule};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Bandwidth, BoxFuture, DiskLimit, Exits, HostCapacity, Kernel, KernelError, NetInfo, Result,
-    Sandbox, SandboxSpec, Signal, SpawnError, Stats, Usage,
+    Adopted, Bandwidth, BoxFuture, DiskLimit, Exits, HostCapacity, InitIdentity, Kernel,
+    KernelError, NetInfo, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats, Usage,
 };
 use crate::init::proto::SpawnRequest;
 
@@ -23,6 +23,7 @@ use crate::init::proto::SpawnRequest;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     CreateSandbox(String),
+    AdoptSandbox(String),
     AllocateNetwork(String),
     AttachNetwork(String),
     ReleaseNetwork(String),
@@ -196,6 +197,26 @@ impl Kernel for Fake {
 
     fn shutdown(&self, _empty: bool) -> BoxFuture<'_, ()> {
         ready(())
+    }
+
+    /// A sandbox like a new one, with no live process (they all exited while "down").
+    fn adopt_sandbox<'a>(
+        &'a self,
+        handle: &'a str,
+        _bundle: &'a Path,
+        _init: InitIdentity,
+    ) -> BoxFuture<'a, Result<Adopted>> {
+        let _ = self.record(Call::AdoptSandbox(handle.into()), None);
+        let (exits_tx, exits) = mpsc::unbounded_channel();
+        let (gone, _) = watch::channel(false);
+        let sandbox: Arc<dyn Sandbox> = Arc::new(FakeSandbox {
+            handle: handle.into(),
+            calls: self.calls.clone(),
+            exits: exits_tx,
+            running: Mutex::default(),
+            gone,
+        });
+        ready(Ok((sandbox, exits, Vec::new())))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,13 +12,13 @@ use anyhow::Context;
 use garden_api::{ContainerNetworkStat, NetOutRule};
 
 use super::{
-    Bandwidth, BoxFuture, DiskLimit, Exits, HostCapacity, Kernel, KernelError, NetInfo, Result,
-    Sandbox, SandboxSpec, Signal, SpawnError, Stats, Usage,
+    Adopted, Bandwidth, BoxFuture, DiskLimit, Exits, HostCapacity, InitIdentity, Kernel,
+    KernelError, NetInfo, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats, Usage,
 };
 use crate::cgroups::{Cgroups, Layout};
 use crate::config::Config;
 use crate::init::proto::SpawnRequest;
-use crate::net::Network;
+use crate::net::{KeptNetwork, Network};
 use crate::quota::Disk;
 use crate::runtime::{self, pidfd::PidFd, Runtime};
 
@@ -28,10 +29,25 @@ pub struct Linux {
     disk: Disk,
 }
 
+/// A container of a previous run that this gardend takes over: its disk layer, links, chains
+/// and address are kept.
+#[derive(Debug, Clone)]
+pub struct Survivor {
+    pub handle: String,
+    /// `a.b.c.d/n` and `a.b.c.d`, from the depot record.
+    pub subnet: String,
+    pub container_ip: String,
+}
+
 impl Linux {
-    /// Probe cgroups, find garden-init, set up the disk quota backend and networking. Call
-    /// [`Linux::remove_stale`] for what a previous run left before creating containers.
-    pub async fn open(config: &Config, state_dir: &Path) -> anyhow::Result<Linux> {
+    /// Probe cgroups, find garden-init, set up the disk quota backend and networking, keeping
+    /// what belongs to `survivors`. Call [`Linux::sweep`] for the rest a previous run left
+    /// before creating containers.
+    pub async fn open(
+        config: &Config,
+        state_dir: &Path,
+        survivors: &[Survivor],
+    ) -> anyhow::Result<Linux> {
         let layout = Layout::detect().context("detect cgroup layout")?;
         tracing::info!(?layout, "cgroups");
         let cgroups = Cgroups::new(layout, &config.cgroup_parent)
@@ -40,8 +56,29 @@ impl Linux {
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
         let runtime = Runtime::new(cgroups, init_bin);
         let (state_dir, store_size) = (state_dir.to_path_buf(), config.disk_store_size);
-        let disk = tokio::task::spawn_blocking(move || Disk::open(&state_dir, store_size)).await?;
-        let network = Network::new(config.net.clone(), &config.cgroup_parent)
+        let keep: Vec<String> = survivors.iter().map(|s| s.handle.clone()).collect();
+        let disk =
+            tokio::task::spawn_blocking(move || Disk::open(&state_dir, store_size, &keep)).await?;
+        let kept: Vec<KeptNetwork> = survivors
+            .iter()
+            .filter_map(|s| {
+                let parsed = s.subnet.parse().ok().zip(s.container_ip.parse().ok());
+                if parsed.is_none() {
+                    tracing::warn!(
+                        handle = s.handle,
+                        subnet = s.subnet,
+                        ip = s.container_ip,
+                        "unreadable network record"
+                    );
+                }
+                parsed.map(|(subnet, container_ip)| KeptNetwork {
+                    handle: s.handle.clone(),
+                    subnet,
+                    container_ip,
+                })
+            })
+            .collect();
+        let network = Network::new(config.net.clone(), &config.cgroup_parent, &kept)
             .await
             .context("set up container networking")?;
         Ok(Linux {
@@ -51,38 +88,114 @@ impl Linux {
         })
     }
 
-    /// A previous run's container: SIGKILL its garden-init (if `init_pid` still names one),
-    /// wait for its cgroup to empty (5 s at most) and remove it.
-    pub fn remove_stale(&self, handle: &str, init_pid: Option<i32>) {
-        if let Some(pid) = init_pid {
-            kill_stale_init(pid);
+    /// Whether the network of `handle` was kept (or allocated) here.
+    pub fn has_network(&self, handle: &str) -> bool {
+        self.network.has(handle)
+    }
+
+    /// Whether the garden-init `init` names still runs (same pid, start time and name).
+    pub fn init_alive(init: InitIdentity) -> bool {
+        init.find().is_some()
+    }
+
+    /// Remove what a previous run left and this one does not adopt (`keep`): garden-init
+    /// processes of bundles in `depot`, container cgroups under the parent (their processes
+    /// killed first) and depot directories. Each removal is logged.
+    pub fn sweep(&self, depot: &Path, keep: &std::collections::HashSet<String>) {
+        for (pid, handle) in garden_inits(depot) {
+            if keep.contains(&handle) {
+                continue;
+            }
+            if let Ok(p) = PidFd::open(pid) {
+                if p.comm().is_ok_and(|c| c == "garden-init") {
+                    tracing::info!(handle, pid, "killing a garden-init left by a previous run");
+                    let _ = p.signal(libc::SIGKILL);
+                }
+            }
         }
-        let cg = self.runtime.cgroups().container(handle);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !cg.pids().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        for handle in self.runtime.cgroups().children() {
+            if !keep.contains(&handle) {
+                self.remove_stale_cgroup(&handle);
+            }
         }
-        if let Err(e) = cg.remove() {
-            tracing::warn!(handle, error = %e, "remove stale cgroup");
+        let Ok(entries) = std::fs::read_dir(depot) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let handle = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&handle) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => {
+                    tracing::info!(handle, "removed a depot directory left by a previous run")
+                }
+                Err(e) => tracing::warn!(handle, error = %e, "remove stale bundle"),
+            }
         }
+    }
+
+    fn remove_stale_cgroup(&self, handle: &str) {
+        remove_stale_cgroup(self.runtime.cgroups(), handle)
     }
 }
 
-/// SIGKILL a previous run's garden-init by its recorded pid, if that pid still names a
-/// garden-init: the pidfd is opened before the name is checked, so the signal can only reach
-/// the process whose name was read (or nothing, if it has gone since).
-fn kill_stale_init(pid: i32) {
-    let Ok(process) = PidFd::open(pid) else {
-        return;
-    };
-    let comm = process
-        .open_in_proc("comm", nix::fcntl::OFlag::O_RDONLY)
-        .ok()
-        .and_then(|fd| std::io::read_to_string(std::fs::File::from(fd)).ok())
-        .unwrap_or_default();
-    if comm.trim() == "garden-init" {
-        let _ = process.signal(libc::SIGKILL);
+/// A previous run's container cgroup: SIGKILL what is in it, wait for it to empty (5 s at
+/// most) and remove it.
+fn remove_stale_cgroup(cgroups: &crate::cgroups::Cgroups, handle: &str) {
+    let cg = cgroups.container(handle);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut pids = cg.pids();
+    if !pids.is_empty() {
+        tracing::info!(
+            handle,
+            processes = pids.len(),
+            "killing processes of a cgroup left by a previous run"
+        );
     }
+    while !pids.is_empty() && Instant::now() < deadline {
+        // Pin each process first, then check it is (still) in the cgroup: a pid reused
+        // between reading cgroup.procs and pidfd_open is not in it.
+        let pinned: Vec<PidFd> = pids.iter().filter_map(|p| PidFd::open(*p).ok()).collect();
+        let members = cg.pids();
+        for p in pinned.iter().filter(|p| members.contains(&p.pid())) {
+            let _ = p.signal(libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        pids = cg.pids();
+    }
+    match cg.remove() {
+        Ok(()) => tracing::info!(handle, "removed a cgroup left by a previous run"),
+        Err(e) => tracing::warn!(handle, error = %e, "remove stale cgroup"),
+    }
+}
+
+/// Host pids of garden-init processes whose bundle is in `depot`, with the bundle's name.
+fn garden_inits(depot: &Path) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() != "garden-init" {
+            continue;
+        }
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let Some(bundle) = cmdline.split(|b| *b == 0).nth(1) else {
+            continue;
+        };
+        let bundle = Path::new(std::ffi::OsStr::from_bytes(bundle));
+        if bundle.parent() == Some(depot) {
+            if let Some(name) = bundle.file_name() {
+                found.push((pid, name.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    found
 }
 
 /// Run blocking host work (file systems, loop devices) off the runtime's threads.
@@ -232,6 +345,33 @@ impl Kernel for Linux {
         self.disk.usage(handle)
     }
 
+    fn adopt_sandbox<'a>(
+        &'a self,
+        handle: &'a str,
+        bundle: &'a Path,
+        init: InitIdentity,
+    ) -> BoxFuture<'a, Result<Adopted>> {
+        Box::pin(async move {
+            let (sandbox, exits, running) = self.runtime.adopt(handle, bundle, init).await?;
+            let sandbox: Arc<dyn Sandbox> = Arc::new(sandbox);
+            Ok((sandbox, exits, running))
+        })
+    }
+
+    fn discard<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let cgroups = self.runtime.cgroups().clone();
+            let h = handle.to_string();
+            let _ = tokio::task::spawn_blocking(move || remove_stale_cgroup(&cgroups, &h)).await;
+            if let Err(e) = self.network.release(handle).await {
+                tracing::warn!(handle, error = %e, "release network");
+            }
+            if let Err(e) = self.disk.release(handle) {
+                tracing::warn!(handle, error = %e, "release disk");
+            }
+        })
+    }
+
     fn shutdown(&self, empty: bool) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if empty {
@@ -256,8 +396,16 @@ impl Sandbox for runtime::Sandbox {
         runtime::Sandbox::init_pid(self)
     }
 
+    fn identity(&self) -> InitIdentity {
+        runtime::Sandbox::identity(self)
+    }
+
     fn has_exited(&self) -> bool {
         runtime::Sandbox::has_exited(self)
+    }
+
+    fn close_stdin<'a>(&'a self, process_id: &'a str) -> BoxFuture<'a, std::io::Result<()>> {
+        Box::pin(self.init.close_stdin(process_id))
     }
 
     fn kill(&self) -> BoxFuture<'_, ()> {

@@ -26,7 +26,7 @@ pub use crate::cgroups::{Resources, Stats};
 use crate::init::proto::SpawnRequest;
 pub use crate::net::{Bandwidth, NetInfo};
 pub use crate::quota::{DiskLimit, Usage};
-pub use crate::runtime::{SandboxSpec, SpawnError};
+pub use crate::runtime::{InitIdentity, RunningProcess, SandboxSpec, SpawnError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -123,12 +123,43 @@ pub trait Kernel: Send + Sync + 'static {
 
     /// gardend stops; `empty`: no container is left, so shared host state may go too.
     fn shutdown(&self, empty: bool) -> BoxFuture<'_, ()>;
+
+    /// Take over the sandbox of a container a previous gardend made, whose garden-init is
+    /// `init`: with its exit events and its live processes' stdio (see `ToInit::Adopt`).
+    fn adopt_sandbox<'a>(
+        &'a self,
+        handle: &'a str,
+        bundle: &'a Path,
+        init: InitIdentity,
+    ) -> BoxFuture<'a, Result<Adopted>> {
+        let _ = (handle, bundle, init);
+        Box::pin(std::future::ready(Err(KernelError::Other(
+            "this kernel cannot adopt containers".into(),
+        ))))
+    }
+
+    /// Remove whatever is left of a container that could not be adopted: its processes,
+    /// cgroup, network and disk layer.
+    fn discard<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()> {
+        let _ = handle;
+        Box::pin(std::future::ready(()))
+    }
 }
+
+/// An adopted sandbox, its exit events and its live processes.
+pub type Adopted = (Arc<dyn Sandbox>, Exits, Vec<RunningProcess>);
 
 /// One container at the host level: garden-init, its namespaces and its cgroup.
 pub trait Sandbox: Send + Sync + 'static {
     /// garden-init's host pid when it started (for the record; never signalled by pid).
     fn init_pid(&self) -> i32;
+    /// garden-init's pid and start time, recorded so a restart finds this very process again.
+    fn identity(&self) -> InitIdentity {
+        InitIdentity {
+            pid: self.init_pid(),
+            start_time: 0,
+        }
+    }
     /// garden-init (and so every process of the container) is gone.
     fn has_exited(&self) -> bool;
     /// Kill every process of the container and wait until init is gone.
@@ -152,6 +183,12 @@ pub trait Sandbox: Send + Sync + 'static {
         process_id: &'a str,
         signal: Signal,
     ) -> BoxFuture<'a, std::io::Result<()>>;
+    /// gardend closed a process's stdin: garden-init drops the copy it holds, so the process
+    /// sees EOF.
+    fn close_stdin<'a>(&'a self, process_id: &'a str) -> BoxFuture<'a, std::io::Result<()>> {
+        let _ = process_id;
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// Every process of the container but init.
     fn signal_all(&self, signal: Signal) -> BoxFuture<'_, std::io::Result<()>>;
     fn stats(&self) -> Stats;

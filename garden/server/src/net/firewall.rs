@@ -17,6 +17,7 @@
 //! So a container without NetIn and from the pool lives in the filter table only: its create
 //! and destroy are one transaction each, not two (a commit costs this kernel about 7 ms).
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -251,6 +252,69 @@ impl Firewall {
         self.apply(script).await
     }
 
+    /// Take over from a previous run in one transaction per table: remove its chains except
+    /// those of the `kept` containers (taken over by a restart), (re)install the shared chains
+    /// (`global`, from [`Firewall::global_script`]) and the kept containers' jumps into theirs,
+    /// so their traffic is never cut. Returns the `iptables-save` output it started from.
+    pub async fn take_over(
+        &self,
+        kept: &[&ContainerRules],
+        global: String,
+    ) -> Result<String, NetError> {
+        let saved = {
+            let _g = self.queue.lock.lock().await;
+            cmd::run(&self.save, &[], None).await?
+        };
+        // A container whose chain is gone cannot be kept (the caller drops it too).
+        let kept: Vec<&ContainerRules> = kept
+            .iter()
+            .copied()
+            .filter(|c| has_chain(&saved, "filter", &c.chain))
+            .collect();
+        let keep: HashSet<String> = kept.iter().map(|c| c.chain.clone()).collect();
+        let cleanup = if keep.is_empty() {
+            cleanup_script(&saved, &self.prefix)
+        } else {
+            let globals: Vec<String> = GLOBAL_CHAINS.iter().map(|g| self.global(g)).collect();
+            cleanup_script_keeping(&saved, &self.prefix, &keep, &globals)
+        };
+        if !cleanup.is_empty() {
+            tracing::info!(prefix = %self.prefix, kept = keep.len(), "removing firewall chains left by a previous run");
+        }
+        let links: Vec<(&ContainerRules, bool)> = kept
+            .iter()
+            .map(|c| (*c, has_nat_chain(&saved, &c.chain)))
+            .collect();
+        let relink = self.relink_script(&links);
+        self.apply(merge_tables(&[cleanup, global, relink])).await?;
+        Ok(saved)
+    }
+
+    /// Kept containers' jumps from the shared chains into their own; `nat_chain`: the
+    /// container has a nat chain (a NetIn made it).
+    fn relink_script(&self, kept: &[(&ContainerRules, bool)]) -> String {
+        if kept.is_empty() {
+            return String::new();
+        }
+        let (mut filter, mut nat) = (String::new(), String::new());
+        for (c, nat_chain) in kept {
+            filter += &format!("-I {} 1 {}\n", self.global("fwd"), self.forward_link(c));
+            if !c.in_pool {
+                nat += &format!("-A {}\n", self.masquerade(c));
+            }
+            if *nat_chain {
+                for link in self.nat_links(c) {
+                    nat += &format!("-A {link}\n");
+                }
+            }
+        }
+        let mut s = format!("*filter\n{filter}COMMIT\n");
+        if !nat.is_empty() {
+            s += &format!("*nat\n{nat}COMMIT\n");
+        }
+        s
+    }
+
     /// [`Firewall::cleanup`] for contexts that cannot await (Drop at exit).
     pub fn cleanup_blocking(&self) {
         let Ok(saved) = std::process::Command::new(&self.save).output() else {
@@ -274,14 +338,14 @@ impl Firewall {
         }
     }
 
-    /// The chains shared by all containers.
-    pub async fn install_global(
+    /// The chains shared by all containers, as a restore script.
+    pub fn global_script(
         &self,
         pool: Cidr,
         deny: &[Cidr],
         dns: &[Ipv4Addr],
         allow_host_access: bool,
-    ) -> Result<(), NetError> {
+    ) -> String {
         let (fwd, def, input) = (
             self.global("fwd"),
             self.global("default"),
@@ -319,7 +383,7 @@ impl Firewall {
         s += &format!("-A {post} -s 127.0.0.0/8 -o {br} -j MASQUERADE\n");
         s += &format!("-A {post} -s {pool} -j MASQUERADE\n");
         s += "COMMIT\n";
-        self.apply(s).await
+        s
     }
 
     /// The jump from the shared forward chain into the container's filter chain.
@@ -543,6 +607,137 @@ fn expand_one(handle: &str, r: &NetOutRule) -> Result<String, NetError> {
         }
     }
     Ok(out)
+}
+
+/// One block per table holding the blocks of every script in order (one transaction per
+/// table); scripts that do not parse are concatenated as they are.
+fn merge_tables(scripts: &[String]) -> String {
+    let parsed: Option<Vec<Vec<(&str, String)>>> =
+        scripts.iter().map(|s| table_blocks(s)).collect();
+    let Some(parsed) = parsed else {
+        return scripts.concat();
+    };
+    let mut tables: Vec<(&str, String)> = Vec::new();
+    for (table, body) in parsed.into_iter().flatten() {
+        match tables.iter_mut().find(|(t, _)| *t == table) {
+            Some((_, merged)) => merged.push_str(&body),
+            None => tables.push((table, body)),
+        }
+    }
+    tables
+        .into_iter()
+        .map(|(t, body)| format!("*{t}\n{body}COMMIT\n"))
+        .collect()
+}
+
+/// The shared chains [`Firewall::global_script`] makes (after the prefix).
+const GLOBAL_CHAINS: [&str; 6] = ["fwd", "default", "input", "pre", "out", "post"];
+
+/// The NetIn mappings a container's nat chain holds in `saved` (`iptables-save` output): the
+/// firewall, not a file, is what forwards, so it is what a restart believes.
+pub fn netin_mappings(saved: &str, chain: &str) -> Vec<garden_api::PortMapping> {
+    let mut found: Vec<garden_api::PortMapping> = Vec::new();
+    let mut table = "";
+    let head = format!("-A {chain} ");
+    for line in saved.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim();
+            continue;
+        }
+        if table != "nat" || !line.starts_with(&head) {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let after = |flag: &str| {
+            words
+                .iter()
+                .position(|w| *w == flag)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        let host = after("--dport").and_then(|p| p.parse::<u32>().ok());
+        let container = after("--to-destination")
+            .and_then(|d| d.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u32>().ok());
+        if let (Some(host_port), Some(container_port)) = (host, container) {
+            if !found.iter().any(|m| m.host_port == host_port) {
+                found.push(garden_api::PortMapping {
+                    host_port,
+                    container_port,
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Whether `saved` declares `chain` in the nat table (a NetIn made it).
+pub fn has_nat_chain(saved: &str, chain: &str) -> bool {
+    has_chain(saved, "nat", chain)
+}
+
+/// Whether `saved` (`iptables-save` output) declares `chain` in `table`.
+pub fn has_chain(saved: &str, table: &str, chain: &str) -> bool {
+    let mut current = "";
+    let decl = format!(":{chain} ");
+    saved.lines().any(|line| {
+        if let Some(t) = line.strip_prefix('*') {
+            current = t.trim();
+        }
+        current == table && line.starts_with(&decl)
+    })
+}
+
+/// Like [`cleanup_script`], but chains in `keep` stay whole and the shared chains in `globals`
+/// are only emptied (kept chains jump into the shared default chain).
+fn cleanup_script_keeping(
+    saved: &str,
+    prefix: &str,
+    keep: &HashSet<String>,
+    globals: &[String],
+) -> String {
+    let mut out = String::new();
+    let mut table = String::new();
+    let (mut flush, mut delete, mut rules) = (Vec::new(), Vec::new(), Vec::new());
+    for line in saved.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t.trim().to_string();
+        } else if line.starts_with("COMMIT") {
+            if !(flush.is_empty() && rules.is_empty()) {
+                out += &format!("*{table}\n");
+                for r in rules.drain(..) {
+                    out += &format!("-D {r}\n");
+                }
+                for c in flush.drain(..) {
+                    out += &format!("-F {c}\n");
+                }
+                for c in delete.drain(..) {
+                    out += &format!("-X {c}\n");
+                }
+                out += "COMMIT\n";
+            }
+            delete.clear();
+        } else if let Some(c) = line.strip_prefix(':') {
+            let name = c.split_whitespace().next().unwrap_or("").to_string();
+            if name.starts_with(prefix) && !keep.contains(&name) {
+                flush.push(name.clone());
+                if !globals.contains(&name) {
+                    delete.push(name);
+                }
+            }
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let chain = rule.split_whitespace().next().unwrap_or("");
+            let target = rule
+                .split_whitespace()
+                .skip_while(|w| *w != "-j" && *w != "-g")
+                .nth(1)
+                .unwrap_or("");
+            if !chain.starts_with(prefix) && target.starts_with(prefix) {
+                rules.push(rule.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// Restore script removing every chain starting with `prefix` and the rules of built-in chains
@@ -769,6 +964,40 @@ mod tests {
     fn prepend_keeps_group_order_and_reverses_rules() {
         let s = prepend("c", &["a1\na2\n".into(), "b1\n".into()]);
         assert_eq!(s, "-I c 1 a2\n-I c 1 a1\n-I c 1 b1\n");
+    }
+
+    #[test]
+    fn take_over_scripts_merge_into_one_transaction_per_table() {
+        let merged = merge_tables(&[
+            "*filter\n-F a\nCOMMIT\n*nat\n-F b\nCOMMIT\n".to_string(),
+            String::new(),
+            "*filter\n:a - [0:0]\nCOMMIT\n".to_string(),
+            "*nat\n-A b -j c\nCOMMIT\n".to_string(),
+        ]);
+        assert_eq!(
+            merged,
+            "*filter\n-F a\n:a - [0:0]\nCOMMIT\n*nat\n-F b\n-A b -j c\nCOMMIT\n"
+        );
+    }
+
+    #[test]
+    fn cleanup_keeping_spares_kept_chains_and_reads_their_netin() {
+        let saved = "*nat\n:PREROUTING ACCEPT [0:0]\n:gd-x-pre - [0:0]\n:gd-x-0a000002 - [0:0]\n:gd-x-0a000006 - [0:0]\n\
+-A PREROUTING -j gd-x-pre\n-A gd-x-pre -j gd-x-0a000002\n\
+-A gd-x-0a000002 -d 10.1.1.1/32 -p tcp -m tcp --dport 61001 -j DNAT --to-destination 10.0.0.2:8080\n\
+-A gd-x-0a000002 -d 127.0.0.1/32 -p tcp -m tcp --dport 61001 -j DNAT --to-destination 10.0.0.2:8080\nCOMMIT\n";
+        let keep: HashSet<String> = ["gd-x-0a000002".to_string()].into();
+        let script = cleanup_script_keeping(saved, "gd-x-", &keep, &["gd-x-pre".to_string()]);
+        assert!(script.contains("-D PREROUTING -j gd-x-pre\n"), "{script}");
+        assert!(script.contains("-F gd-x-pre\n"), "{script}");
+        assert!(!script.contains("-X gd-x-pre"), "{script}");
+        assert!(script.contains("-X gd-x-0a000006\n"), "{script}");
+        assert!(!script.contains("gd-x-0a000002"), "{script}");
+        let m = netin_mappings(saved, "gd-x-0a000002");
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].host_port, m[0].container_port), (61001, 8080));
+        assert!(has_nat_chain(saved, "gd-x-0a000002"));
+        assert!(!has_nat_chain(saved, "gd-x-0a000003"));
     }
 
     #[test]

@@ -142,6 +142,8 @@ struct Attached {
 pub struct NetInfo {
     pub host_ip: String,
     pub container_ip: String,
+    /// The container's subnet (`a.b.c.d/n`), for the depot record.
+    pub subnet: String,
     pub external_ip: String,
     pub mapped_ports: Vec<PortMapping>,
 }
@@ -170,6 +172,31 @@ fn routed(subnet: &Cidr) -> bool {
     subnet.prefix() == 30
 }
 
+/// A container's network record for `lease`: link and chain names follow from the address.
+fn attached(cfg: &NetConfig, links_prefix: &str, chain_prefix: &str, lease: Lease) -> Attached {
+    let id = format!("{:08x}", u32::from(lease.container_ip));
+    let host_if = format!("{links_prefix}h{id}");
+    let routed = routed(&lease.subnet);
+    Attached {
+        lease,
+        rules: ContainerRules {
+            chain: format!("{chain_prefix}{id}"),
+            in_pool: cfg.pool.contains_cidr(&lease.subnet),
+            gateway_if: if routed {
+                host_if.clone()
+            } else {
+                format!("{links_prefix}b{}", lease.subnet.hex())
+            },
+            container_ip: lease.container_ip,
+            subnet: lease.subnet,
+        },
+        host_if,
+        mapped: Mutex::default(),
+        progress: Mutex::default(),
+        op: tokio::sync::Mutex::new(()),
+    }
+}
+
 /// Five hex digits identifying an instance (FNV-1a of its name).
 fn tag(instance: &str) -> String {
     let mut h: u32 = 0x811c9dc5;
@@ -180,9 +207,24 @@ fn tag(instance: &str) -> String {
     format!("{:05x}", h & 0xfffff)
 }
 
+/// A container of a previous run whose network is taken over as it is: its address (the
+/// links and chains named after it are kept; NetIn mappings are read back from its nat chain).
+#[derive(Debug, Clone)]
+pub struct KeptNetwork {
+    pub handle: String,
+    pub subnet: Cidr,
+    pub container_ip: Ipv4Addr,
+}
+
 impl Network {
-    /// Remove what a previous run of this instance left, then install the shared chains.
-    pub async fn new(cfg: NetConfig, instance: &str) -> Result<Network, NetError> {
+    /// Remove what a previous run of this instance left, except the links, chains and
+    /// addresses of the containers in `kept`, which are registered as they are; then install
+    /// the shared chains (and the kept containers' jumps into theirs).
+    pub async fn new(
+        cfg: NetConfig,
+        instance: &str,
+        kept: &[KeptNetwork],
+    ) -> Result<Network, NetError> {
         let tag = tag(instance);
         let links_prefix = format!("g{tag}");
         let firewall = Firewall::new(
@@ -190,18 +232,80 @@ impl Network {
             format!("gd-{tag}-"),
             format!("{links_prefix}+"),
         );
-        let ips = IpPool::new(cfg.pool)?;
-        let ports = PortPool::new(cfg.port_pool_start, cfg.port_pool_size)?;
+        let mut ips = IpPool::new(cfg.pool)?;
+        let mut ports = PortPool::new(cfg.port_pool_start, cfg.port_pool_size)?;
+        let mut adopted = Vec::new();
+        for k in kept {
+            let lease = Lease {
+                subnet: k.subnet,
+                container_ip: k.container_ip,
+            };
+            match ips.claim(&lease) {
+                Ok(()) => adopted.push((
+                    k.handle.clone(),
+                    attached(&cfg, &links_prefix, firewall.prefix(), lease),
+                )),
+                Err(e) => {
+                    tracing::warn!(handle = k.handle, error = %e, "address of a kept container")
+                }
+            }
+        }
+        let mut dns = cfg.dns_servers.clone();
+        dns.extend(cfg.additional_dns_servers.iter().copied());
+        let global =
+            firewall.global_script(cfg.pool, &cfg.deny_networks, &dns, cfg.allow_host_access);
+        let kept_rules: Vec<&ContainerRules> = adopted.iter().map(|(_, a)| &a.rules).collect();
+        let saved = firewall.take_over(&kept_rules, global).await?;
+        // A container whose chain is gone cannot be kept.
+        let adopted: Vec<(String, Attached)> = adopted
+            .into_iter()
+            .filter(|(handle, a)| {
+                let whole = firewall::has_chain(&saved, "filter", &a.rules.chain);
+                if !whole {
+                    tracing::warn!(
+                        handle,
+                        chain = a.rules.chain,
+                        "firewall chain of a kept container is gone"
+                    );
+                    ips.release(&a.lease);
+                }
+                whole
+            })
+            .collect();
+        let keep_links: HashSet<String> = adopted
+            .iter()
+            .flat_map(|(_, a)| [a.host_if.clone(), a.rules.gateway_if.clone()])
+            .collect();
         for name in bridge::list(&links_prefix) {
+            if keep_links.contains(&name) {
+                continue;
+            }
             tracing::info!(link = name, "removing link left by a previous run");
             bridge::delete(&name).await?;
         }
-        firewall.cleanup().await?;
-        let mut dns = cfg.dns_servers.clone();
-        dns.extend(cfg.additional_dns_servers.iter().copied());
-        firewall
-            .install_global(cfg.pool, &cfg.deny_networks, &dns, cfg.allow_host_access)
-            .await?;
+        let mut containers = HashMap::new();
+        let mut bridges = HashSet::new();
+        for (handle, a) in adopted {
+            let mapped = firewall::netin_mappings(&saved, &a.rules.chain);
+            let nat_chain = firewall::has_nat_chain(&saved, &a.rules.chain);
+            for m in &mapped {
+                if let Err(e) = ports.claim(m.host_port) {
+                    tracing::warn!(handle, port = m.host_port, error = %e, "kept NetIn port");
+                }
+            }
+            {
+                let mut p = a.progress.lock().expect("progress lock");
+                p.link = true;
+                p.firewall = true;
+                p.nat_chain = nat_chain;
+            }
+            *a.mapped.lock().expect("mapped lock") = mapped;
+            if !routed(&a.lease.subnet) {
+                bridges.insert(a.lease.subnet);
+            }
+            tracing::info!(handle, ip = %a.lease.container_ip, "network kept");
+            containers.insert(handle, Arc::new(a));
+        }
         let path = "/proc/sys/net/ipv4/ip_forward";
         std::fs::write(path, "1").map_err(|source| NetError::Io {
             path: path.into(),
@@ -217,10 +321,15 @@ impl Network {
             mtu,
             ips: Mutex::new(ips),
             ports: Mutex::new(ports),
-            containers: Mutex::default(),
-            bridges: tokio::sync::Mutex::default(),
+            containers: Mutex::new(containers),
+            bridges: tokio::sync::Mutex::new(bridges),
             firewall,
         })
+    }
+
+    /// Whether `handle` has a network here (allocated, or kept from a previous run).
+    pub fn has(&self, handle: &str) -> bool {
+        self.get(handle).is_ok()
     }
 
     /// Remove the shared chains and any link of this instance; for a shutdown that leaves no
@@ -265,27 +374,7 @@ impl Network {
     /// Reserve an address for `handle` (`network` as in the create spec).
     pub fn allocate(&self, handle: &str, network: &str) -> Result<(), NetError> {
         let lease = self.ips.lock().expect("ip pool lock").acquire(network)?;
-        let id = format!("{:08x}", u32::from(lease.container_ip));
-        let host_if = format!("{}h{id}", self.links_prefix);
-        let routed = routed(&lease.subnet);
-        let attached = Attached {
-            lease,
-            rules: ContainerRules {
-                chain: format!("{}{id}", self.firewall.prefix()),
-                in_pool: self.cfg.pool.contains_cidr(&lease.subnet),
-                gateway_if: if routed {
-                    host_if.clone()
-                } else {
-                    format!("{}b{}", self.links_prefix, lease.subnet.hex())
-                },
-                container_ip: lease.container_ip,
-                subnet: lease.subnet,
-            },
-            host_if,
-            mapped: Mutex::default(),
-            progress: Mutex::default(),
-            op: tokio::sync::Mutex::new(()),
-        };
+        let attached = attached(&self.cfg, &self.links_prefix, self.firewall.prefix(), lease);
         self.containers
             .lock()
             .expect("containers lock")
@@ -441,6 +530,7 @@ impl Network {
         Some(NetInfo {
             host_ip: a.lease.host_ip().to_string(),
             container_ip: a.lease.container_ip.to_string(),
+            subnet: a.lease.subnet.to_string(),
             external_ip: self.external_ip.to_string(),
             mapped_ports,
         })

@@ -236,6 +236,38 @@ impl IpPool {
         ))
     }
 
+    /// Take exactly `lease` (a container kept from a previous run).
+    pub fn claim(&mut self, lease: &Lease) -> Result<(), NetError> {
+        let c = u32::from(lease.container_ip);
+        if !lease.subnet.contains(lease.container_ip)
+            || c == lease.subnet.network
+            || c == u32::from(lease.subnet.gateway())
+            || c == u32::from(lease.subnet.broadcast())
+        {
+            return Err(NetError::Invalid(format!(
+                "{} is not a container address of {}",
+                lease.container_ip, lease.subnet
+            )));
+        }
+        if let Some(other) = self
+            .subnets
+            .keys()
+            .find(|s| s.overlaps(&lease.subnet) && **s != lease.subnet)
+        {
+            return Err(NetError::Invalid(format!(
+                "subnet {} overlaps {other}",
+                lease.subnet
+            )));
+        }
+        if !self.subnets.entry(lease.subnet).or_default().insert(c) {
+            return Err(NetError::Invalid(format!(
+                "the IP {} is already allocated",
+                lease.container_ip
+            )));
+        }
+        Ok(())
+    }
+
     /// Give the IP back. True when its subnet is now empty (its bridge can go).
     pub fn release(&mut self, lease: &Lease) -> bool {
         let Some(ips) = self.subnets.get_mut(&lease.subnet) else {
@@ -404,6 +436,23 @@ mod tests {
         assert_eq!(bare.subnet.to_string(), "10.253.3.4/30");
         assert!(p.acquire("nonsense").is_err());
         assert!(p.acquire("10.0.0.0/31").is_err());
+    }
+
+    #[test]
+    fn claimed_leases_are_not_handed_out_again() {
+        let mut p = pool();
+        let kept = Lease {
+            subnet: "10.254.0.0/30".parse().unwrap(),
+            container_ip: "10.254.0.2".parse().unwrap(),
+        };
+        p.claim(&kept).unwrap();
+        assert!(p.claim(&kept).is_err(), "claimed twice");
+        assert_ne!(p.acquire("").unwrap().subnet, kept.subnet);
+        let gateway = Lease {
+            container_ip: "10.254.0.5".parse().unwrap(),
+            subnet: "10.254.0.4/30".parse().unwrap(),
+        };
+        assert!(p.claim(&gateway).is_err(), "gateway address");
     }
 
     #[test]

@@ -69,9 +69,21 @@ pub struct Process {
 }
 
 /// What goes to garden-init: the process's own `[stdin, stdout, stderr]` (or `[pty slave]`),
-/// then duplicates of gardend's reading ends, which garden-init holds until the process exits
-/// so that the process keeps running (it blocks once a pipe is full) if gardend goes away.
+/// then duplicates of gardend's ends (`[stdout, stderr, stdin]`, or the pty master), which
+/// garden-init holds until the process exits so that the process keeps running (it blocks once
+/// a pipe is full) if gardend goes away, and hands back to a restarted gardend.
 pub type ChildFds = Vec<OwnedFd>;
+
+/// gardend's ends of a process's stdio.
+enum Ends {
+    Pty(OwnedFd),
+    Pipes {
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        /// `None` once closed.
+        stdin: Option<OwnedFd>,
+    },
+}
 
 impl Process {
     /// Create the plumbing and start reading; the caller sends `ChildFds` to garden-init.
@@ -80,11 +92,7 @@ impl Process {
         tty: Option<WindowSize>,
         sandbox: Arc<dyn Sandbox>,
     ) -> std::io::Result<(Arc<Process>, ChildFds)> {
-        let (state, exited_rx) = watch::channel(ProcessState::Running);
-        let stdout = Arc::new(Hub::default());
-        let stderr = Arc::new(Hub::default());
-        let mut pumps = Vec::new();
-        let (stdin, tty_sink, child) = match tty {
+        match tty {
             Some(ws) => {
                 let size = libc::winsize {
                     ws_row: if ws.rows == 0 { 24 } else { ws.rows },
@@ -94,7 +102,94 @@ impl Process {
                 };
                 let pty = container_pty(sandbox.open_ptmx()?, &size)?;
                 let held = pty.master.try_clone()?;
-                let master = Arc::new(async_fd(pty.master)?);
+                let p = Process::with_ends(id, Ends::Pty(pty.master), sandbox, false)?;
+                Ok((p, vec![pty.slave, held]))
+            }
+            None => {
+                let flags = nix::fcntl::OFlag::O_CLOEXEC;
+                let (in_r, in_w) = nix::unistd::pipe2(flags)?;
+                let (out_r, out_w) = nix::unistd::pipe2(flags)?;
+                let (err_r, err_w) = nix::unistd::pipe2(flags)?;
+                // A larger pipe means fewer wake-ups for chatty processes.
+                let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+                // garden-init keeps [stdout, stderr, stdin] of ours for a restarted gardend.
+                let held = vec![out_r.try_clone()?, err_r.try_clone()?, in_w.try_clone()?];
+                let ends = Ends::Pipes {
+                    stdout: out_r,
+                    stderr: err_r,
+                    stdin: Some(in_w),
+                };
+                let p = Process::with_ends(id, ends, sandbox, false)?;
+                let child = vec![in_r, out_w, err_w].into_iter().chain(held).collect();
+                Ok((p, child))
+            }
+        }
+    }
+
+    /// A process a previous gardend started, still running: `fds` are garden-init's copies of
+    /// gardend's ends of its stdio (`[stdout, stderr]` plus stdin if still open, or the pty
+    /// master). Output it wrote while nobody read waited in the pipe (or pty) buffer; what is
+    /// read before the first Attach is kept for it (bounded).
+    pub fn adopt(
+        id: &str,
+        tty: bool,
+        fds: Vec<OwnedFd>,
+        sandbox: Arc<dyn Sandbox>,
+    ) -> std::io::Result<Arc<Process>> {
+        let mut fds = fds.into_iter();
+        let missing = || std::io::Error::other("garden-init handed over too few descriptors");
+        let ends = if tty {
+            Ends::Pty(fds.next().ok_or_else(missing)?)
+        } else {
+            Ends::Pipes {
+                stdout: fds.next().ok_or_else(missing)?,
+                stderr: fds.next().ok_or_else(missing)?,
+                stdin: fds.next(),
+            }
+        };
+        Process::with_ends(id, ends, sandbox, true)
+    }
+
+    /// A process that exited while no gardend was running: only its status is left.
+    pub fn finished(id: &str, status: i32, sandbox: Arc<dyn Sandbox>) -> Arc<Process> {
+        let (state, _) = watch::channel(ProcessState::Done(Ok(status)));
+        let (stdout, stderr) = (Arc::new(Hub::default()), Arc::new(Hub::default()));
+        stdout.close_now();
+        stderr.close_now();
+        Arc::new(Process {
+            id: id.to_string(),
+            stdin: tokio::sync::Mutex::new(None),
+            tty: None,
+            stdout,
+            stderr,
+            state,
+            pumps: Mutex::default(),
+            sessions: Mutex::default(),
+            sandbox,
+        })
+    }
+
+    /// Start reading gardend's ends of a process's stdio; `backlog`: keep what is read before
+    /// the first session (see [`Hub::with_backlog`]).
+    fn with_ends(
+        id: &str,
+        ends: Ends,
+        sandbox: Arc<dyn Sandbox>,
+        backlog: bool,
+    ) -> std::io::Result<Arc<Process>> {
+        let (state, exited_rx) = watch::channel(ProcessState::Running);
+        let hub = || {
+            Arc::new(if backlog {
+                Hub::with_backlog()
+            } else {
+                Hub::default()
+            })
+        };
+        let (stdout, stderr) = (hub(), hub());
+        let mut pumps = Vec::new();
+        let (stdin, tty_sink) = match ends {
+            Ends::Pty(master) => {
+                let master = Arc::new(async_fd(master)?);
                 pumps.push(tokio::spawn(stdio::pump(
                     master.clone(),
                     stdout.clone(),
@@ -104,19 +199,15 @@ impl Process {
                 // With a tty everything arrives on stdout; stderr just ends.
                 pumps.push(tokio::spawn(close_hub(stderr.clone())));
                 (
-                    StdinSink::new(master.clone(), true),
+                    Some(StdinSink::new(master.clone(), true)),
                     Some(StdinSink::new(master, true)),
-                    vec![pty.slave, held],
                 )
             }
-            None => {
-                let flags = nix::fcntl::OFlag::O_CLOEXEC;
-                let (in_r, in_w) = nix::unistd::pipe2(flags)?;
-                let (out_r, out_w) = nix::unistd::pipe2(flags)?;
-                let (err_r, err_w) = nix::unistd::pipe2(flags)?;
-                // A larger pipe means fewer wake-ups for chatty processes.
-                let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
-                let held = vec![out_r.try_clone()?, err_r.try_clone()?];
+            Ends::Pipes {
+                stdout: out_r,
+                stderr: err_r,
+                stdin: in_w,
+            } => {
                 let out = Arc::new(async_fd(out_r)?);
                 let err = Arc::new(async_fd(err_r)?);
                 pumps.push(tokio::spawn(stdio::pump(
@@ -131,16 +222,16 @@ impl Process {
                     exited_rx.clone(),
                     stdio::Drain::Pipe,
                 )));
-                (
-                    StdinSink::new(Arc::new(async_fd(in_w)?), false),
-                    None,
-                    vec![in_r, out_w, err_w].into_iter().chain(held).collect(),
-                )
+                let stdin = match in_w {
+                    Some(w) => Some(StdinSink::new(Arc::new(async_fd(w)?), false)),
+                    None => None,
+                };
+                (stdin, None)
             }
         };
-        let p = Process {
+        Ok(Arc::new(Process {
             id: id.to_string(),
-            stdin: tokio::sync::Mutex::new(Some(stdin)),
+            stdin: tokio::sync::Mutex::new(stdin),
             tty: tty_sink,
             stdout,
             stderr,
@@ -148,12 +239,25 @@ impl Process {
             pumps: Mutex::new(pumps),
             sessions: Mutex::default(),
             sandbox,
-        };
-        Ok((Arc::new(p), child))
+        }))
     }
 
     /// garden-init reported the exit: drain output, then publish.
     pub fn on_exit(self: &Arc<Self>, status: i32) {
+        self.finish(status, Ok(status));
+    }
+
+    /// garden-init died (OOM kill, a SIGKILL from the host) and took the process with it: no
+    /// exit status will ever come, so every waiter ends with an error once the output is
+    /// drained.
+    pub fn on_init_gone(self: &Arc<Self>) {
+        self.finish(
+            137,
+            Err("container init exited: the process was killed with its container".into()),
+        );
+    }
+
+    fn finish(self: &Arc<Self>, status: i32, outcome: ExitOutcome) {
         let first = self.state.send_if_modified(|s| {
             let running = *s == ProcessState::Running;
             if running {
@@ -172,7 +276,7 @@ impl Process {
                 let _ = p.await;
             }
             *me.stdin.lock().await = None;
-            me.state.send_replace(ProcessState::Done(Ok(status)));
+            me.state.send_replace(ProcessState::Done(outcome));
         });
     }
 
@@ -285,8 +389,10 @@ impl Process {
         if let Some(sink) = stdin.as_ref() {
             sink.eof().await;
         }
-        if self.tty.is_none() {
-            *stdin = None;
+        if self.tty.is_none() && stdin.take().is_some() && self.is_running() {
+            // garden-init holds a copy for a restarted gardend: the process sees EOF only
+            // once that one is closed too.
+            let _ = self.sandbox.close_stdin(&self.id).await;
         }
     }
 

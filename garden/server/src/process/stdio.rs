@@ -76,7 +76,13 @@ pub struct Hub {
 struct HubInner {
     subs: Vec<Subscriber>,
     closed: bool,
+    /// Output of an adopted process read while nobody was attached yet (at most
+    /// BACKLOG_BYTES, the oldest dropped first), for the first stream that subscribes.
+    backlog: Option<(std::collections::VecDeque<Bytes>, usize)>,
 }
+
+/// What an adopted process's output stream keeps for its first new reader.
+const BACKLOG_BYTES: usize = 1 << 20;
 
 /// A stream's receiving end, waiting for its HTTP request.
 pub struct PendingStream {
@@ -91,16 +97,32 @@ impl Hub {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let link = Arc::new(StreamLink::default());
         let mut inner = self.inner.lock().expect("hub lock");
+        let mut unclaimed = 0;
+        if let Some((chunks, _)) = inner.backlog.take() {
+            for chunk in chunks {
+                unclaimed += chunk.len();
+                let _ = tx.try_send(chunk);
+            }
+        }
         if !inner.closed {
             inner.subs.push(Subscriber {
                 stream_id: stream_id.to_string(),
                 tx,
                 link: link.clone(),
-                unclaimed: 0,
+                unclaimed,
                 abandoned: false,
             });
         }
         PendingStream { rx, link }
+    }
+
+    /// A hub that keeps what is published before anyone subscribes (up to BACKLOG_BYTES) for
+    /// the first subscriber: for a process adopted after a restart, whose output waited in
+    /// its pipe while no gardend ran.
+    pub fn with_backlog() -> Hub {
+        let hub = Hub::default();
+        hub.inner.lock().expect("hub lock").backlog = Some(Default::default());
+        hub
     }
 
     /// Drop a session's subscriber (its client went away).
@@ -120,6 +142,17 @@ impl Hub {
         let mut waiting = Vec::new();
         {
             let mut inner = self.inner.lock().expect("hub lock");
+            if inner.subs.is_empty() {
+                if let Some((chunks, bytes)) = inner.backlog.as_mut() {
+                    *bytes += data.len();
+                    chunks.push_back(data);
+                    while *bytes > BACKLOG_BYTES {
+                        let Some(old) = chunks.pop_front() else { break };
+                        *bytes -= old.len();
+                    }
+                    return;
+                }
+            }
             for s in inner.subs.iter_mut().filter(|s| !s.abandoned) {
                 if s.link.is_connected() {
                     connected.push(s.tx.clone());
@@ -302,5 +335,44 @@ impl Hub {
     /// Close at once (a stream that will never carry output).
     pub fn close_now(&self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_backlog_goes_to_the_first_subscriber_only_and_is_bounded() {
+        let hub = Hub::with_backlog();
+        hub.publish(Bytes::from_static(b"old")).await;
+        for _ in 0..3 {
+            hub.publish(Bytes::from(vec![b'x'; BACKLOG_BYTES / 2]))
+                .await;
+        }
+        hub.publish(Bytes::from_static(b"new")).await;
+        let mut first = hub.subscribe("1");
+        let mut got = Vec::new();
+        while let Ok(chunk) = first.rx.try_recv() {
+            got.extend_from_slice(&chunk);
+        }
+        assert!(got.len() <= BACKLOG_BYTES, "unbounded: {}", got.len());
+        assert!(
+            got.ends_with(b"new") && !got.starts_with(b"old"),
+            "oldest dropped first"
+        );
+        let mut second = hub.subscribe("2");
+        assert!(second.rx.try_recv().is_err(), "the backlog went twice");
+        hub.publish(Bytes::from_static(b"live")).await;
+        assert_eq!(&first.rx.try_recv().unwrap()[..], b"live");
+        assert_eq!(&second.rx.try_recv().unwrap()[..], b"live");
+    }
+
+    #[tokio::test]
+    async fn without_a_backlog_output_before_a_subscriber_is_not_kept() {
+        let hub = Hub::default();
+        hub.publish(Bytes::from_static(b"early")).await;
+        let mut s = hub.subscribe("1");
+        assert!(s.rx.try_recv().is_err());
     }
 }

@@ -32,8 +32,9 @@ struct Mounted {
 }
 
 impl Images {
-    /// Check that loop devices and mkfs.ext4 exist, and remove what a previous run left.
-    pub fn open(dir: &Path) -> Result<Images> {
+    /// Check that loop devices and mkfs.ext4 exist, and remove what a previous run left but
+    /// the images of `keep` (still mounted), which are registered.
+    pub fn open(dir: &Path, keep: &[String]) -> Result<Images> {
         if !Path::new("/dev/loop-control").exists() {
             return Err(QuotaError::Setup(
                 "no loop device support (/dev/loop-control is missing)".into(),
@@ -54,7 +55,28 @@ impl Images {
             }
         }
         fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let mut mounted = HashMap::new();
+        for handle in keep {
+            let m = Mounted {
+                mount: dir.join(handle),
+                image: dir.join(format!("{handle}.img")),
+                baseline: read_baseline(&dir.join(format!("{handle}.baseline"))),
+            };
+            if is_mount_point(&m.mount) && m.image.is_file() {
+                mounted.insert(handle.clone(), m);
+            }
+        }
+        let kept = |name: &str| {
+            let stem = name
+                .strip_suffix(".img")
+                .or_else(|| name.strip_suffix(".baseline"))
+                .unwrap_or(name);
+            mounted.contains_key(stem)
+        };
         for e in fs::read_dir(dir).map_err(io("read", dir))?.flatten() {
+            if kept(&e.file_name().to_string_lossy()) {
+                continue;
+            }
             let path = e.path();
             tracing::info!(path = %path.display(), "removing a layer left by a previous run");
             if path.is_dir() {
@@ -68,7 +90,7 @@ impl Images {
         }
         Ok(Images {
             dir: dir.to_path_buf(),
-            mounted: Mutex::default(),
+            mounted: Mutex::new(mounted),
         })
     }
 
@@ -81,6 +103,12 @@ impl Images {
         match self.build(m, bundle, &quota) {
             Ok(m) => {
                 tracing::debug!(handle, image = %m.image.display(), ?quota, "disk image attached");
+                // The baseline cannot be measured again once the container wrote: keep it.
+                let path = self.dir.join(format!("{handle}.baseline"));
+                let text = format!("{} {}\n", m.baseline.bytes, m.baseline.inodes);
+                if let Err(e) = fs::write(&path, text) {
+                    tracing::warn!(path = %path.display(), error = %e, "write disk baseline");
+                }
                 self.mounted
                     .lock()
                     .expect("mounted lock")
@@ -210,6 +238,16 @@ impl Images {
     }
 }
 
+/// `<bytes> <inodes>` as `attach` wrote it; zero if unreadable.
+fn read_baseline(path: &Path) -> Usage {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut n = text.split_whitespace().map(|w| w.parse().unwrap_or(0));
+    Usage {
+        bytes: n.next().unwrap_or(0),
+        inodes: n.next().unwrap_or(0),
+    }
+}
+
 /// Lazily unmount (the loop device detaches once the container's mount namespace, which
 /// holds a copy, is gone too) and delete the mount point and the image.
 fn unmount_and_remove(m: &Mounted) {
@@ -223,6 +261,7 @@ fn unmount_and_remove(m: &Mounted) {
             tracing::warn!(mount = %m.mount.display(), error = %e, "remove mount point");
         }
     }
+    let _ = fs::remove_file(m.image.with_extension("baseline"));
     if let Err(e) = fs::remove_file(&m.image) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(image = %m.image.display(), error = %e, "remove disk image");

@@ -104,11 +104,12 @@ impl Disk {
     /// Pick and set up a backend under `state_dir` (the XFS store of `store_size` bytes when
     /// non-zero, else or on failure per-container images). Never fails: without a backend
     /// the returned `Disk` refuses disk limits and carries the reason. Layers a previous run
-    /// left behind are removed, since containers are never restored.
-    pub fn open(state_dir: &Path, store_size: u64) -> Disk {
+    /// left behind are removed, except those of the containers in `keep` (taken over by a
+    /// restart), which are registered as they are.
+    pub fn open(state_dir: &Path, store_size: u64, keep: &[String]) -> Disk {
         let mut reasons = Vec::new();
         if store_size > 0 {
-            match xfs::Store::open(&state_dir.join("quota"), store_size) {
+            match xfs::Store::open(&state_dir.join("quota"), store_size, keep) {
                 Ok(store) => {
                     tracing::info!(mount = %store.mount.display(), store_size, "disk quotas: XFS project quota store");
                     return Disk {
@@ -121,7 +122,7 @@ impl Disk {
                 }
             }
         }
-        match images::Images::open(&state_dir.join("disk")) {
+        match images::Images::open(&state_dir.join("disk"), keep) {
             Ok(images) => {
                 tracing::info!(dir = %images.dir.display(), "disk quotas: a loop-mounted ext4 image per limited container");
                 Disk {
@@ -352,7 +353,7 @@ mod tests {
     #[test]
     fn too_small_xfs_store_falls_back() {
         let tmp = tempfile::tempdir().unwrap();
-        let d = Disk::open(tmp.path(), 1 << 20);
+        let d = Disk::open(tmp.path(), 1 << 20, &[]);
         assert_ne!(d.backend(), "xfs");
     }
 }

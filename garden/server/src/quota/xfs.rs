@@ -23,7 +23,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(dir: &Path, size: u64) -> Result<Store> {
+    pub fn open(dir: &Path, size: u64, keep: &[String]) -> Result<Store> {
         if size < MIN_STORE_SIZE {
             return Err(QuotaError::Setup(format!(
                 "--disk-store-size {size} is below XFS's minimum of {MIN_STORE_SIZE} bytes"
@@ -44,7 +44,7 @@ impl Store {
             mount,
             projects: Mutex::default(),
         };
-        if let Err(e) = store.check_quota_on().and_then(|()| store.wipe()) {
+        if let Err(e) = store.check_quota_on().and_then(|()| store.wipe(keep)) {
             if mounted_here {
                 // Unmounting also detaches the loop device.
                 let _ = nix::mount::umount2(&store.mount, nix::mount::MntFlags::MNT_DETACH);
@@ -64,12 +64,25 @@ impl Store {
         })
     }
 
-    fn wipe(&self) -> Result<()> {
+    /// Remove every layer but those of `keep`, whose projects are registered.
+    fn wipe(&self, keep: &[String]) -> Result<()> {
         for e in fs::read_dir(&self.mount)
             .map_err(io("read", &self.mount))?
             .flatten()
         {
             let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                if let Ok(id) = sys::project_of(&path) {
+                    if id >= FIRST_PROJECT {
+                        self.projects
+                            .lock()
+                            .expect("projects lock")
+                            .insert(name, id);
+                        continue;
+                    }
+                }
+            }
             if let Ok(id) = sys::project_of(&path) {
                 if id >= FIRST_PROJECT {
                     let _ = sys::set_quota(&self.mount, id, &Quota::default());

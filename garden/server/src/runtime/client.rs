@@ -41,6 +41,30 @@ impl InitClient {
     pub async fn connect(
         path: &Path,
     ) -> std::io::Result<(InitClient, mpsc::UnboundedReceiver<(String, i32)>)> {
+        let (client, exits, _) = InitClient::open(path, false).await?;
+        Ok((client, exits))
+    }
+
+    /// Connect to a garden-init a previous gardend started and take over its live processes'
+    /// stdio ends (`ToInit::Adopt`).
+    pub async fn adopt(
+        path: &Path,
+    ) -> std::io::Result<(
+        InitClient,
+        mpsc::UnboundedReceiver<(String, i32)>,
+        Vec<RunningProcess>,
+    )> {
+        InitClient::open(path, true).await
+    }
+
+    async fn open(
+        path: &Path,
+        adopt: bool,
+    ) -> std::io::Result<(
+        InitClient,
+        mpsc::UnboundedReceiver<(String, i32)>,
+        Vec<RunningProcess>,
+    )> {
         let fd = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -69,16 +93,31 @@ impl InitClient {
         let fd = Arc::new(unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?);
         let pending: Pending = Arc::default();
         let (exits_tx, exits) = mpsc::unbounded_channel();
-        tokio::spawn(read_loop(fd.clone(), pending.clone(), exits_tx));
         let processes_dir = dir.join("processes");
-        Ok((
-            InitClient {
-                fd,
-                pending,
-                processes_dir,
-            },
-            exits,
-        ))
+        let client = InitClient {
+            fd: fd.clone(),
+            pending: pending.clone(),
+            processes_dir,
+        };
+        let mut running = Vec::new();
+        if adopt {
+            client.send(&ToInit::Adopt, &[]).await?;
+            let answer = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                adopt_answer(&fd, &exits_tx),
+            )
+            .await
+            .map_err(|_| std::io::Error::other("garden-init did not answer Adopt"))?;
+            running = answer?;
+        }
+        tokio::spawn(read_loop(fd, pending, exits_tx));
+        Ok((client, exits, running))
+    }
+
+    /// The process's stdin is closed on gardend's side: garden-init drops its copy too.
+    pub async fn close_stdin(&self, id: &str) -> std::io::Result<()> {
+        self.send(&ToInit::CloseStdin { id: id.to_string() }, &[])
+            .await
     }
 
     async fn send(&self, msg: &ToInit, fds: &[RawFd]) -> std::io::Result<()> {
@@ -139,6 +178,58 @@ impl InitClient {
     }
 }
 
+/// A live process handed over by garden-init: its id, whether it has a tty, and gardend's ends
+/// of its stdio (`[stdout, stderr]` plus stdin unless closed, or `[pty master]`).
+pub struct RunningProcess {
+    pub id: String,
+    pub tty: bool,
+    pub fds: Vec<OwnedFd>,
+    /// It exited while no gardend was connected, with this status (its output may be left).
+    pub exited: Option<i32>,
+}
+
+/// Read garden-init's answer to `Adopt` up to `Adopted`; exits reported meanwhile are passed on.
+async fn adopt_answer(
+    fd: &AsyncFd<OwnedFd>,
+    exits: &mpsc::UnboundedSender<(String, i32)>,
+) -> std::io::Result<Vec<RunningProcess>> {
+    let mut running = Vec::new();
+    loop {
+        let mut guard = fd.readable().await?;
+        let msg = match guard.try_io(|fd| {
+            proto::recv::<FromInit>(fd.get_ref().as_fd()).map_err(std::io::Error::from)
+        }) {
+            Err(_would_block) => continue,
+            Ok(r) => r?,
+        };
+        match msg {
+            Received::Closed => return Err(std::io::Error::other("garden-init closed the socket")),
+            Received::Garbage(e) => tracing::warn!(error = %e, "bad message from garden-init"),
+            Received::Message(FromInit::Running { id, tty, .. }, fds) => {
+                running.push(RunningProcess {
+                    id,
+                    tty,
+                    fds,
+                    exited: None,
+                })
+            }
+            Received::Message(FromInit::Finished { id, status, tty }, fds) => {
+                running.push(RunningProcess {
+                    id,
+                    tty,
+                    fds,
+                    exited: Some(status),
+                })
+            }
+            Received::Message(FromInit::Exited { id, status }, _) => {
+                let _ = exits.send((id, status));
+            }
+            Received::Message(FromInit::Adopted, _) => return Ok(running),
+            Received::Message(_, _) => {}
+        }
+    }
+}
+
 async fn read_loop(
     fd: Arc<AsyncFd<OwnedFd>>,
     pending: Pending,
@@ -180,6 +271,7 @@ async fn read_loop(
             FromInit::Exited { id, status } => {
                 let _ = exits.send((id, status));
             }
+            FromInit::Running { .. } | FromInit::Finished { .. } | FromInit::Adopted => {}
         }
     }
     // Init is gone: fail whoever still waits for a spawn reply.

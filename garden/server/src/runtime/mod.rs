@@ -5,6 +5,7 @@ mod client;
 mod clone;
 pub mod pidfd;
 
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup, Resources};
 use crate::init::proto::{InitBindMount, InitConfig};
-pub use client::{InitClient, SpawnError};
+pub use client::{InitClient, RunningProcess, SpawnError};
 use pidfd::PidFd;
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,25 @@ pub struct Sandbox {
     pub init: InitClient,
     /// Becomes true once garden-init (and so every process of the container) is gone.
     exited: watch::Receiver<bool>,
+    /// When garden-init started (see [`PidFd::start_time`]), recorded against pid reuse.
+    start_time: u64,
+}
+
+/// Which garden-init a record names: its host pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitIdentity {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl InitIdentity {
+    /// A pidfd for the garden-init this names, if that very process still runs (same pid,
+    /// same start time, named garden-init); `None` if it is gone.
+    pub fn find(&self) -> Option<PidFd> {
+        let p = PidFd::open(self.pid).ok()?;
+        let same = p.start_time().ok()? == self.start_time && p.comm().ok()? == "garden-init";
+        (same && !p.is_zombie()).then_some(p)
+    }
 }
 
 /// Directory layout of a bundle.
@@ -152,6 +172,7 @@ impl Runtime {
             socket: socket_path(bundle),
             processes_dir: processes_dir(bundle),
             privileged: spec.privileged,
+            devices_allowlisted: self.cgroups.layout().restricts_devices(),
         };
         let init_json = bundle.join("init.json");
         std::fs::write(
@@ -176,9 +197,12 @@ impl Runtime {
         drop(log);
         // Our unreaped child: the pid is still its own here.
         let init_process = PidFd::open(pid).map_err(RuntimeError::Watch)?;
+        // Before init reports ready, so before any container process exists.
+        shield_from_oom(&init_process);
         let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
         let (exited_tx, exited) = watch::channel(false);
-        tokio::spawn(monitor(watched, exited_tx));
+        tokio::spawn(monitor(watched, exited_tx, true));
+        let start_time = init_process.start_time().unwrap_or(0);
 
         let abort = |e: RuntimeError| {
             // ESRCH (already reaped) is fine: it is gone either way.
@@ -212,8 +236,53 @@ impl Runtime {
                 cgroup: cgroup.clone(),
                 init,
                 exited,
+                start_time,
             },
             exits,
+        ))
+    }
+
+    /// Take over a container a previous gardend made: garden-init `init` (checked against pid
+    /// reuse), its cgroup, its socket and its live processes' stdio.
+    pub async fn adopt(
+        &self,
+        handle: &str,
+        bundle: &Path,
+        init: InitIdentity,
+    ) -> Result<(
+        Sandbox,
+        mpsc::UnboundedReceiver<(String, i32)>,
+        Vec<RunningProcess>,
+    )> {
+        let gone = || {
+            RuntimeError::Watch(std::io::Error::other(format!(
+                "garden-init {} is gone",
+                init.pid
+            )))
+        };
+        let init_process = init.find().ok_or_else(gone)?;
+        let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
+        let (exited_tx, exited) = watch::channel(false);
+        // Not our child (its parent was the previous gardend): watch it, never reap it.
+        tokio::spawn(monitor(watched, exited_tx, false));
+        let socket = socket_path(bundle);
+        let (client, exits, running) =
+            InitClient::adopt(&socket)
+                .await
+                .map_err(|source| RuntimeError::Connect {
+                    path: socket.clone(),
+                    source,
+                })?;
+        Ok((
+            Sandbox {
+                init_process,
+                cgroup: self.cgroups.container(handle),
+                init: client,
+                exited,
+                start_time: init.start_time,
+            },
+            exits,
+            running,
         ))
     }
 }
@@ -241,6 +310,14 @@ impl Sandbox {
     /// garden-init's host pid when it started (for the record and logs; never signalled).
     pub fn init_pid(&self) -> i32 {
         self.init_process.pid()
+    }
+
+    /// garden-init's pid and start time, for the record.
+    pub fn identity(&self) -> InitIdentity {
+        InitIdentity {
+            pid: self.init_pid(),
+            start_time: self.start_time,
+        }
     }
 
     /// Host pids in the container other than init.
@@ -276,8 +353,24 @@ impl Sandbox {
     }
 }
 
-/// Reap garden-init as soon as its pidfd says it exited.
-async fn monitor(init: PidFd, exited: watch::Sender<bool>) {
+/// The container's OOM killer must pick one of its processes, never pid 1 (which takes the
+/// whole container down). Lowering a score needs CAP_SYS_RESOURCE, which garden-init lacks
+/// inside a user namespace and some hosts withhold from gardend too: then init stays at 0 and
+/// garden-init raises its processes' scores instead (`init/supervisor.rs`).
+fn shield_from_oom(init: &PidFd) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let written = init
+        .open_in_proc("oom_score_adj", nix::fcntl::OFlag::O_WRONLY)
+        .and_then(|fd| std::fs::File::from(fd).write_all(b"-1000"));
+    if let Err(e) = written {
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "cannot lower garden-init's OOM score (no CAP_SYS_RESOURCE?); container processes get a raised score instead");
+        });
+    }
+}
+
+/// Reap garden-init (when `reap`: it is our child) as soon as its pidfd says it exited.
+async fn monitor(init: PidFd, exited: watch::Sender<bool>, reap: bool) {
     let pid = init.pid();
     let polled = init.try_clone().map(PidFd::into_fd);
     let registered = polled.and_then(|fd| {
@@ -288,13 +381,21 @@ async fn monitor(init: PidFd, exited: watch::Sender<bool>) {
     match registered {
         Ok(fd) => {
             let _ = fd.readable().await;
-            if let Err(e) = init.reap() {
+            if !reap {
+                // Someone else's child: exited is all we can know, and all we need.
+            } else if let Err(e) = init.reap() {
                 tracing::warn!(pid, error = %e, "reap garden-init");
             }
         }
         Err(e) => {
             tracing::warn!(pid, error = %e, "pidfd not pollable; reaping in a blocking thread");
-            let _ = tokio::task::spawn_blocking(move || init.reap()).await;
+            if reap {
+                let _ = tokio::task::spawn_blocking(move || init.reap()).await;
+            } else {
+                while init.is_alive() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
         }
     }
     let _ = exited.send(true);

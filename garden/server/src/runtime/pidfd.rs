@@ -102,6 +102,40 @@ impl PidFd {
         .map_err(std::io::Error::from)
     }
 
+    /// The process's start time (`/proc/<pid>/stat` field 22, clock ticks since boot): with
+    /// the pid, it names one process for good, so a record can be checked against pid reuse.
+    pub fn start_time(&self) -> std::io::Result<u64> {
+        self.stat_field(19)?
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("unexpected /proc/{}/stat", self.pid)))
+    }
+
+    /// Exited and waiting to be reaped (by whoever is its parent).
+    pub fn is_zombie(&self) -> bool {
+        self.stat_field(0)
+            .map(|s| s == "Z" || s == "X")
+            .unwrap_or(true)
+    }
+
+    /// Field `n` of `/proc/<pid>/stat`, counted from the state (field 3) as 0.
+    fn stat_field(&self, n: usize) -> std::io::Result<String> {
+        let fd = self.open_in_proc("stat", nix::fcntl::OFlag::O_RDONLY)?;
+        let stat = std::io::read_to_string(std::fs::File::from(fd))?;
+        // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(n))
+            .map(str::to_string)
+            .ok_or_else(|| std::io::Error::other(format!("unexpected /proc/{}/stat", self.pid)))
+    }
+
+    /// The process's command name (`/proc/<pid>/comm`).
+    pub fn comm(&self) -> std::io::Result<String> {
+        let fd = self.open_in_proc("comm", nix::fcntl::OFlag::O_RDONLY)?;
+        Ok(std::io::read_to_string(std::fs::File::from(fd))?
+            .trim()
+            .to_string())
+    }
+
     /// Reap this process (our child) once it has exited; blocks until then.
     pub fn reap(&self) -> std::io::Result<()> {
         // SAFETY: an all-zero siginfo_t is a valid value for waitid to fill.
