@@ -157,6 +157,11 @@ impl Gardend {
             let start = port_pool_start().to_string();
             cmd.args(["--port-pool-start", &start, "--port-pool-size", "100"]);
         }
+        // Tests (the agent's above all) reach NetIn ports on 127.0.0.1, which gardend only
+        // forwards when asked to.
+        if !extra.iter().any(|a| a.starts_with("--netin-loopback")) {
+            cmd.arg("--netin-loopback");
+        }
         let child = cmd.spawn().expect("spawn gardend");
         let g = Gardend {
             child: Some(child),
@@ -187,6 +192,11 @@ impl Gardend {
 
     pub fn client(&self) -> Client {
         Client::new(Address::Tcp(self.address()))
+    }
+
+    /// gardend's process id, e.g. for its RSS in /proc.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// gardend's log so far (stderr and stdout).

@@ -26,6 +26,8 @@
 mod bridge;
 mod cmd;
 pub mod firewall;
+mod host_nets;
+mod host_ports;
 mod hosts;
 pub mod pool;
 
@@ -97,6 +99,15 @@ pub struct NetConfig {
     /// Host address NetIn forwards from and Info reports [default: the default route's source].
     #[arg(long, value_name = "IP")]
     pub external_ip: Option<Ipv4Addr>,
+    /// Let NetIn take an explicit host port outside the port pool (ports a host service
+    /// listens on are refused either way).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
+    pub netin_any_port: bool,
+    /// Also forward NetIn ports on 127.0.0.1 (off: loopback stays the host's own).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
+    pub netin_loopback: bool,
     /// iptables binary; `<bin>-restore` and `<bin>-save` are used next to it.
     #[arg(long, value_name = "PATH", default_value = "iptables")]
     pub iptables_bin: PathBuf,
@@ -265,6 +276,15 @@ impl Network {
     /// Reserve an address for `handle` (`network` as in the create spec).
     pub fn allocate(&self, handle: &str, network: &str) -> Result<(), NetError> {
         let lease = self.ips.lock().expect("ip pool lock").acquire(network)?;
+        if !network.is_empty() {
+            if let Some(what) = host_nets::conflict(&lease.subnet, &self.links_prefix) {
+                self.ips.lock().expect("ip pool lock").release(&lease);
+                return Err(NetError::Invalid(format!(
+                    "the requested network ({}) overlaps the {what}",
+                    lease.subnet
+                )));
+            }
+        }
         let id = format!("{:08x}", u32::from(lease.container_ip));
         let host_if = format!("{}h{id}", self.links_prefix);
         let routed = routed(&lease.subnet);
@@ -394,10 +414,22 @@ impl Network {
             )));
         }
         let host_port = {
+            let busy = host_ports::listening();
             let mut ports = self.ports.lock().expect("port pool lock");
             if host_port == 0 {
-                ports.acquire()?
+                ports.acquire_free(&busy)?
             } else {
+                if !ports.contains(host_port) && !self.cfg.netin_any_port {
+                    return Err(NetError::Invalid(format!(
+                        "host port {host_port} is outside the port pool {}",
+                        ports.range()
+                    )));
+                }
+                if busy.contains(&host_port) {
+                    return Err(NetError::Invalid(format!(
+                        "host port {host_port} is already in use on the host"
+                    )));
+                }
                 ports.claim(host_port)?;
                 host_port
             }
@@ -410,7 +442,14 @@ impl Network {
         let first = !a.progress.lock().expect("progress lock").nat_chain;
         if let Err(e) = self
             .firewall
-            .add_netin(&a.rules, self.external_ip, host_port, container_port, first)
+            .add_netin(
+                &a.rules,
+                self.external_ip,
+                self.cfg.netin_loopback,
+                host_port,
+                container_port,
+                first,
+            )
             .await
         {
             self.ports

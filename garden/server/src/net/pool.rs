@@ -282,6 +282,29 @@ impl PortPool {
         Ok(p)
     }
 
+    /// The next free port that no host service listens on (`busy`); busy ones go to the back
+    /// of the queue, so they are tried again later.
+    pub fn acquire_free(&mut self, busy: &HashSet<u32>) -> Result<u32, NetError> {
+        for _ in 0..self.free.len() {
+            let p = self.acquire()?;
+            if !busy.contains(&p) {
+                return Ok(p);
+            }
+            self.release(p);
+        }
+        Err(NetError::Exhausted("port pool is exhausted".into()))
+    }
+
+    /// Whether `port` is one of the pool's.
+    pub fn contains(&self, port: u32) -> bool {
+        (self.start..self.end).contains(&port)
+    }
+
+    /// The pool as `first-last`, for messages.
+    pub fn range(&self) -> String {
+        format!("{}-{}", self.start, self.end - 1)
+    }
+
     /// Take a specific port (a NetIn with an explicit host port).
     pub fn claim(&mut self, port: u32) -> Result<(), NetError> {
         if port == 0 || port > 65535 {

@@ -1,0 +1,499 @@
+//! Issue 17 (hardening): inputs refused up front with clear 4xx errors, NetIn port policy,
+//! static networks that would clash with the host's, bounded output under a flood, connection
+//! timeouts and limits, and anti-spoofing between containers.
+
+use std::future::Future;
+use std::time::Duration;
+
+use e2e::Gardend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Send `request`, read the reply until the server closes or `Content-Length` bytes of body
+/// arrived. Returns (status, head, body).
+async fn exchange(g: &Gardend, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(g.address()).await.expect("connect");
+    let _ = s.write_all(request).await;
+    read_reply(&mut s).await
+}
+
+async fn read_reply(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let read = async {
+        loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..i + 4]).into_owned();
+                let len = head.split("\r\n").find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                });
+                if let Some(len) = len {
+                    if buf.len() >= i + 4 + len {
+                        return (head, buf[i + 4..i + 4 + len].to_vec());
+                    }
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let i = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no reply head: {buf:?}"));
+        (
+            String::from_utf8_lossy(&buf[..i + 4]).into_owned(),
+            buf[i + 4..].to_vec(),
+        )
+    };
+    let (head, body) = tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("reply within 15s");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+    (status, head, body)
+}
+
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
+/// A 4xx Garden error (five-key JSON body, generic type); returns its message.
+#[track_caller]
+fn assert_bad_request(what: &str, status: u16, head: &str, body: &[u8]) -> String {
+    assert_eq!(
+        status,
+        400,
+        "{what}: {head}{}",
+        String::from_utf8_lossy(body)
+    );
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{what}: body not JSON ({e}): {body:?}"));
+    for key in ["Type", "Message", "Handle", "ProcessID", "Binary"] {
+        assert!(v.get(key).is_some(), "{what}: no {key} in {v}");
+    }
+    assert_eq!(v["Type"], "", "{what}: {v}");
+    let msg = v["Message"].as_str().unwrap_or("").to_string();
+    assert!(!msg.is_empty(), "{what}: {v}");
+    msg
+}
+
+async fn healthy(g: &Gardend) {
+    g.client().ping().await.expect("gardend still answers ping");
+    assert!(
+        g.log().find("panicked").is_none(),
+        "gardend panicked:\n{}",
+        g.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_inputs_are_refused_up_front_with_400() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "pid limit 2^63",
+            br#"{"handle":"h-pids","limits":{"pid_limits":{"max":9223372036854775808}}}"#,
+            "pid limit",
+        ),
+        (
+            "memory limit of 1 byte",
+            br#"{"handle":"h-mem","limits":{"memory_limits":{"limit_in_bytes":1}}}"#,
+            "memory limit",
+        ),
+        (
+            "negative memory limit",
+            br#"{"handle":"h-neg","limits":{"memory_limits":{"limit_in_bytes":-1}}}"#,
+            "invalid",
+        ),
+        (
+            "negative pid limit",
+            br#"{"handle":"h-neg2","limits":{"pid_limits":{"max":-5}}}"#,
+            "invalid",
+        ),
+        (
+            "cpu shares out of range",
+            br#"{"handle":"h-cpu","limits":{"cpu_limits":{"limit_in_shares":18446744073709551615}}}"#,
+            "cpu shares",
+        ),
+        (
+            "disk scope out of range",
+            br#"{"handle":"h-scope","limits":{"disk_limits":{"scope":7}}}"#,
+            "scope",
+        ),
+        ("malformed JSON", br#"{"handle":"#, "invalid Create request body"),
+        ("wrong type", br#"{"handle":["x"]}"#, "invalid type"),
+        ("handle with a newline", b"{\"handle\":\"a\\nb\"}", "invalid handle"),
+        ("handle with a tab", b"{\"handle\":\"a\\tb\"}", "invalid handle"),
+        (
+            "create-time NetIn port out of range",
+            br#"{"handle":"h-port","netin":[{"host_port":70000,"container_port":80}]}"#,
+            "host port 70000",
+        ),
+    ];
+    for (what, body, needle) in cases {
+        let (status, head, reply) = exchange(&g, &post("/containers", body)).await;
+        let msg = assert_bad_request(what, status, &head, &reply);
+        assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
+    }
+    let all = g
+        .client()
+        .list(&[("garden.state".into(), "all".into())])
+        .await
+        .expect("list");
+    assert!(all.is_empty(), "a refused create left {all:?}");
+
+    // The smallest memory limit accepted really runs a process.
+    let c = g.client();
+    let mut spec = e2e::container_spec("e2e-hard-minmem");
+    spec.limits.memory_limits.limit_in_bytes = 6 << 20;
+    c.create(&spec).await.expect("create at the minimum memory");
+    let (status, out) = e2e::sh_combined(&c, "e2e-hard-minmem", "echo ok").await;
+    assert_eq!((status, out.trim()), (0, "ok"));
+    // NetIn and Run bodies are checked the same way.
+    for (what, path, body, needle) in [
+        (
+            "NetIn container port out of range",
+            "/containers/e2e-hard-minmem/net/in",
+            &br#"{"host_port":0,"container_port":65536}"#[..],
+            "container port 65536",
+        ),
+        (
+            "NetIn negative port",
+            "/containers/e2e-hard-minmem/net/in",
+            &br#"{"host_port":-1}"#[..],
+            "invalid NetIn request body",
+        ),
+        (
+            "Run with a newline in the process id",
+            "/containers/e2e-hard-minmem/processes",
+            &b"{\"id\":\"p\\n1\",\"path\":\"true\"}"[..],
+            "invalid process id",
+        ),
+    ] {
+        let (status, head, reply) = exchange(&g, &post(path, body)).await;
+        let msg = assert_bad_request(what, status, &head, &reply);
+        assert!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
+    }
+    c.destroy("e2e-hard-minmem").await.expect("destroy");
+    e2e::assert_no_leaks("e2e-hard-minmem", &g);
+    healthy(&g).await;
+}
+
+/// Read a line a host service greets with, or what went wrong.
+async fn greeting(port: u16) -> String {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(5),
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    else {
+        return "connect failed".into();
+    };
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A host service on 127.0.0.1 answering every connection with `text`.
+async fn host_service(listener: tokio::net::TcpListener, text: &'static str) {
+    while let Ok((mut s, _)) = listener.accept().await {
+        let _ = s.write_all(text.as_bytes()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netin_refuses_ports_outside_the_pool_or_in_use_and_leaves_loopback_alone() {
+    e2e::require_root!();
+    let pool = e2e::port_pool_start();
+    let (start, size) = (pool.to_string(), "100");
+    let g = Gardend::start_with(&[
+        "--port-pool-start",
+        &start,
+        "--port-pool-size",
+        size,
+        "--netin-loopback=false",
+    ]);
+    let c = g.client();
+    c.create(&e2e::container_spec("e2e-hard-netin"))
+        .await
+        .expect("create");
+    let h = "e2e-hard-netin";
+    // Outside the pool: ssh, gardend's own port, and a free port far away.
+    for port in [22u32, u32::from(g.port), u32::from(e2e::free_port())] {
+        let (status, head, body) = exchange(
+            &g,
+            &post(
+                &format!("/containers/{h}/net/in"),
+                format!("{{\"host_port\":{port},\"container_port\":80}}").as_bytes(),
+            ),
+        )
+        .await;
+        let msg = assert_bad_request("port outside the pool", status, &head, &body);
+        assert!(msg.contains("outside the port pool"), "{port}: {msg}");
+    }
+    // A host service listening inside the pool keeps its port: asked for explicitly, it is
+    // refused; handed out, it is skipped.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", pool))
+        .await
+        .expect("bind the pool's first port");
+    tokio::spawn(host_service(listener, "host service\n"));
+    let err = e2e::garden_err(c.net_in(h, u32::from(pool), 80).await);
+    assert!(
+        err.to_string().contains("already in use on the host"),
+        "{err}"
+    );
+    let r = c.net_in(h, 0, 8080).await.expect("net_in from the pool");
+    assert_eq!(r.host_port, u32::from(pool) + 1, "the busy port is skipped");
+    assert_eq!(greeting(pool).await, "host service\n");
+    // A host service that binds loopback after the NetIn still gets its own traffic: gardend
+    // does not DNAT 127.0.0.1 unless asked to.
+    let late = tokio::net::TcpListener::bind(("127.0.0.1", pool + 1))
+        .await
+        .expect("bind the mapped port on loopback");
+    tokio::spawn(host_service(late, "late host service\n"));
+    assert_eq!(greeting(pool + 1).await, "late host service\n");
+    c.destroy(h).await.expect("destroy");
+    e2e::assert_no_leaks(h, &g);
+    healthy(&g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn netin_explicit_ports_outside_the_pool_need_the_operator_flag() {
+    e2e::require_root!();
+    let g = Gardend::start_with(&["--netin-any-port"]);
+    let c = g.client();
+    let h = "e2e-hard-anyport";
+    c.create(&e2e::container_spec(h)).await.expect("create");
+    let free = u32::from(e2e::free_port());
+    let r = c.net_in(h, free, 80).await.expect("explicit port allowed");
+    assert_eq!(r.host_port, free);
+    // Still never one a host service (here gardend itself) listens on.
+    let err = e2e::garden_err(c.net_in(h, u32::from(g.port), 80).await);
+    assert!(
+        err.to_string().contains("already in use on the host"),
+        "{err}"
+    );
+    c.destroy(h).await.expect("destroy");
+    e2e::assert_no_leaks(h, &g);
+}
+
+/// A link standing for "a host network" (a bridge: this kernel has no dummy module), deleted
+/// on drop.
+struct HostLink(String);
+
+impl HostLink {
+    fn new(name: &str, cmds: &[&[&str]]) -> HostLink {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", name])
+            .output();
+        let link = HostLink(name.to_string());
+        for args in cmds {
+            let out = std::process::Command::new("ip")
+                .args(*args)
+                .output()
+                .expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        }
+        link
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_networks_overlapping_the_host_are_refused() {
+    e2e::require_root!();
+    let pool = e2e::network_pool();
+    let g = Gardend::start_with(&["--network-pool", &pool]);
+    let c = g.client();
+    let name = format!("hd{}", std::process::id() % 100_000);
+    let host_link = HostLink::new(
+        &name,
+        &[
+            &["link", "add", &name, "type", "bridge"],
+            &["addr", "add", "198.51.100.1/24", "dev", &name],
+            &["link", "set", &name, "up"],
+            &[
+                "route",
+                "add",
+                "203.0.113.0/24",
+                "via",
+                "198.51.100.9",
+                "dev",
+                &name,
+            ],
+        ],
+    );
+    let pool_net = pool.replace(".0/22", ".0/24");
+    for (network, needle) in [
+        ("198.51.100.0/24", "overlaps the host"),
+        ("198.51.100.0/30", "overlaps the host"),
+        ("198.51.100.22", "overlaps the host"),
+        ("203.0.113.8/30", "host route"),
+        (pool_net.as_str(), "dynamic allocation range"),
+    ] {
+        let body = format!("{{\"handle\":\"e2e-hard-net\",\"network\":\"{network}\"}}");
+        let (status, head, reply) = exchange(&g, &post("/containers", body.as_bytes())).await;
+        let msg = assert_bad_request(network, status, &head, &reply);
+        assert!(msg.contains(needle), "{network}: {msg}");
+    }
+    assert!(
+        c.list(&[("garden.state".into(), "all".into())])
+            .await
+            .expect("list")
+            .is_empty(),
+        "a refused create left a container"
+    );
+    // Once the host network is gone, the same subnet is fine; a second container shares it
+    // (this gardend's own bridge does not count as a host network).
+    drop(host_link);
+    for h in ["e2e-hard-sa", "e2e-hard-sb"] {
+        c.create(&garden_api::ContainerSpec {
+            network: "198.51.100.0/24".into(),
+            ..e2e::container_spec(h)
+        })
+        .await
+        .expect("create on the freed subnet");
+    }
+    for h in ["e2e-hard-sa", "e2e-hard-sb"] {
+        c.destroy(h).await.expect("destroy");
+        e2e::assert_no_leaks(h, &g);
+    }
+    healthy(&g).await;
+}
+
+/// gardend's resident memory in bytes.
+fn rss(g: &Gardend) -> u64 {
+    let pid = g.pid().expect("gardend runs");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// A reader that takes at most 64 KiB every 5 ms (about 12 MB/s).
+struct SlowSink {
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncWrite for SlowSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(p) = self.pause.as_mut() {
+            if p.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+        }
+        self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(5))));
+        std::task::Poll::Ready(Ok(buf.len().min(64 << 10)))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_flood_keeps_gardend_memory_bounded_and_ping_answering() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    let c = g.client();
+    let h = "e2e-hard-flood";
+    c.create(&e2e::container_spec(h)).await.expect("create");
+    let (status, _) = e2e::sh_combined(&c, h, "true").await;
+    assert_eq!(status, 0);
+    let baseline = rss(&g);
+    let flood = |script: &str| e2e::sh(script);
+    let writers: Vec<Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>>> = vec![
+        Some(Box::new(tokio::io::sink())),
+        Some(Box::new(SlowSink { pause: None })),
+        None,
+    ];
+    let mut procs = Vec::new();
+    for (i, stdout) in writers.into_iter().enumerate() {
+        let io = garden_client::ProcessIo {
+            stdin: None,
+            stdout,
+            stderr: None,
+        };
+        let script = if i == 2 { "yes" } else { "cat /dev/zero" };
+        procs.push(c.run(h, &flood(script), io).await.expect("run flood"));
+    }
+    let (mut max_rss, mut max_ping) = (baseline, Duration::ZERO);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let t = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), c.ping())
+            .await
+            .expect("ping within 10s during the flood")
+            .expect("ping");
+        max_ping = max_ping.max(t.elapsed());
+        max_rss = max_rss.max(rss(&g));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "flood: baseline RSS {} MiB, max {} MiB, max ping {max_ping:?}",
+        baseline >> 20,
+        max_rss >> 20
+    );
+    assert!(
+        max_rss < baseline + (64 << 20),
+        "gardend grew from {} MiB to {} MiB during the flood",
+        baseline >> 20,
+        max_rss >> 20
+    );
+    assert!(
+        max_ping < Duration::from_secs(2),
+        "ping took {max_ping:?} during the flood"
+    );
+    c.destroy(h).await.expect("destroy");
+    drop(procs);
+    let back = e2e::eventually(Duration::from_secs(10), || async {
+        rss(&g) < baseline + (24 << 20)
+    })
+    .await;
+    assert!(
+        back,
+        "gardend kept {} MiB after the flood (baseline {} MiB)",
+        rss(&g) >> 20,
+        baseline >> 20
+    );
+    e2e::assert_no_leaks(h, &g);
+    healthy(&g).await;
+}
