@@ -497,3 +497,179 @@ async fn a_stdout_flood_keeps_gardend_memory_bounded_and_ping_answering() {
     e2e::assert_no_leaks(h, &g);
     healthy(&g).await;
 }
+
+/// Everything the server sends until it closes (or 10 s pass), and how long that took.
+async fn until_close(s: &mut TcpStream) -> (String, Duration) {
+    let t = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    (String::from_utf8_lossy(&buf).into_owned(), t.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_idle_and_greedy_clients_are_cut_off() {
+    e2e::require_root!();
+    let g = Gardend::start_with(&[
+        "--request-timeout",
+        "1s",
+        "--max-connections-per-client",
+        "20",
+    ]);
+    // Slowloris: half a head, then nothing.
+    let mut s = TcpStream::connect(g.address()).await.expect("connect");
+    s.write_all(b"GET /ping HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let (reply, took) = until_close(&mut s).await;
+    assert!(took < Duration::from_secs(4), "half a head held {took:?}");
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply:?}");
+    // A body that stops arriving.
+    let mut s = TcpStream::connect(g.address()).await.expect("connect");
+    s.write_all(b"POST /containers HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{\"handle\"")
+        .await
+        .unwrap();
+    let (reply, took) = until_close(&mut s).await;
+    assert!(
+        took < Duration::from_secs(4),
+        "a stalled body held {took:?}"
+    );
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply:?}");
+    // A bad chunk size: 400 and the connection is closed, though the client sends no more.
+    let mut s = TcpStream::connect(g.address()).await.expect("connect");
+    s.write_all(
+        b"POST /containers HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await
+    .unwrap();
+    let (reply, took) = until_close(&mut s).await;
+    assert!(took < Duration::from_secs(4), "a bad chunk held {took:?}");
+    assert!(reply.starts_with("HTTP/1.1 400 "), "{reply:?}");
+    // One client may hold 20 connections; the 21st is refused at once with a Garden error.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(g.address()).await.expect("connect"));
+    }
+    let mut s = TcpStream::connect(g.address()).await.expect("connect");
+    let (reply, took) = until_close(&mut s).await;
+    assert!(took < Duration::from_secs(1), "refusal took {took:?}");
+    assert!(reply.starts_with("HTTP/1.1 429 "), "{reply:?}");
+    assert!(reply.contains("too many connections"), "{reply:?}");
+    drop(held);
+    // The slots come back, and a hijacked stream is not cut by the request timeout.
+    let c = g.client();
+    assert!(
+        e2e::eventually(Duration::from_secs(5), || async { c.ping().await.is_ok() }).await,
+        "ping after the held connections closed"
+    );
+    let h = "e2e-hard-conns";
+    c.create(&e2e::container_spec(h)).await.expect("create");
+    let (status, out) = e2e::sh_combined(&c, h, "sleep 3; echo still here").await;
+    assert_eq!((status, out.trim()), (0, "still here"));
+    c.destroy(h).await.expect("destroy");
+    e2e::assert_no_leaks(h, &g);
+    healthy(&g).await;
+}
+
+/// Host pid of `handle`'s garden-init.
+fn init_pid(g: &Gardend, handle: &str) -> i32 {
+    let bundle = g.depot.join(handle).display().to_string();
+    e2e::processes_mentioning(&bundle)
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("garden-init") && cmd.ends_with(&bundle))
+        .unwrap_or_else(|| panic!("no garden-init for {handle}"))
+        .0
+}
+
+/// A command in the network namespace of `pid` (only: the host's tools and files).
+fn in_netns(pid: i32) -> std::process::Command {
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.args(["-t", &pid.to_string(), "-n", "--"]);
+    cmd
+}
+
+const UDP_RECEIVER: &str = "import socket,time
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+s.bind(('0.0.0.0',9999))
+s.settimeout(0.2)
+print('ready',flush=True)
+end=time.time()+4
+while time.time()<end:
+    try:
+        d,a=s.recvfrom(100)
+        print(d.decode(),a[0],flush=True)
+    except socket.timeout:
+        pass
+";
+
+const UDP_SENDER: &str = "import socket,sys
+s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)
+s.bind((sys.argv[1],0))
+for _ in range(3):
+    s.sendto(sys.argv[2].encode(),(sys.argv[3],9999))
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_cannot_forge_source_addresses_or_route() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    let c = g.client();
+    let hs = ["e2e-hard-spa", "e2e-hard-spb", "e2e-hard-spc"];
+    let mut ips = Vec::new();
+    for h in hs {
+        c.create(&e2e::container_spec(h)).await.expect("create");
+        ips.push(c.info(h).await.expect("info").container_ip);
+    }
+    let (a, b) = (init_pid(&g, hs[0]), init_pid(&g, hs[1]));
+    let forward = in_netns(a)
+        .args(["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .output()
+        .expect("nsenter");
+    assert_eq!(
+        String::from_utf8_lossy(&forward.stdout).trim(),
+        "0",
+        "{forward:?}"
+    );
+    // A container with CAP_NET_ADMIN-like powers (here: the test, in its namespace) adds an
+    // outside address and its neighbour's address, and sends from each.
+    for addr in ["8.8.8.8/32", &format!("{}/32", ips[2])] {
+        let out = in_netns(a)
+            .args(["ip", "addr", "add", addr, "dev", "eth0"])
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let mut receiver = in_netns(b)
+        .args(["python3", "-c", UDP_RECEIVER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        receiver.stdout.take().expect("stdout"),
+    ));
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    for (src, text) in [
+        (ips[0].as_str(), "real"),
+        ("8.8.8.8", "forged-outside"),
+        (ips[2].as_str(), "forged-neighbour"),
+    ] {
+        let out = in_netns(a)
+            .args(["python3", "-c", UDP_SENDER, src, text, &ips[1]])
+            .output()
+            .expect("sender");
+        assert!(out.status.success(), "{text}: {out:?}");
+    }
+    let got: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = receiver.wait();
+    assert!(
+        got.iter().any(|l| l == &format!("real {}", ips[0])),
+        "genuine traffic must pass: {got:?}"
+    );
+    assert!(
+        !got.iter().any(|l| l.starts_with("forged")),
+        "forged sources reached the neighbour: {got:?}"
+    );
+    for h in hs {
+        c.destroy(h).await.expect("destroy");
+        e2e::assert_no_leaks(h, &g);
+    }
+}
