@@ -673,3 +673,22 @@ async fn containers_cannot_forge_source_addresses_or_route() {
         e2e::assert_no_leaks(h, &g);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_limits_beyond_the_store_are_refused() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    let body =
+        br#"{"handle":"e2e-hard-disk","limits":{"disk_limits":{"byte_hard":1125899906842624}}}"#;
+    let (status, head, reply) = exchange(&g, &post("/containers", body)).await;
+    let msg = assert_bad_request("1 PiB disk limit", status, &head, &reply);
+    assert!(msg.contains("exceeds the"), "{msg}");
+    let all = g
+        .client()
+        .list(&[("garden.state".into(), "all".into())])
+        .await
+        .expect("list");
+    assert!(all.is_empty(), "{all:?}");
+    e2e::assert_no_leaks("e2e-hard-disk", &g);
+    healthy(&g).await;
+}

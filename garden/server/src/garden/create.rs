@@ -98,7 +98,7 @@ impl Garden {
                 image,
             )
             .await;
-        if let Err(e) = attached.map_err(generic) {
+        if let Err(e) = attached.map_err(kernel_error) {
             let _ = remove_dir_all_blocking(bundle.clone()).await;
             return Err(e);
         }

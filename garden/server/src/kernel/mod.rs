@@ -51,7 +51,14 @@ pub enum KernelError {
 impl KernelError {
     /// The caller's input was refused (not a failure of the host).
     pub fn is_invalid_input(&self) -> bool {
-        matches!(self, KernelError::Net(crate::net::NetError::Invalid(_)))
+        matches!(
+            self,
+            KernelError::Net(crate::net::NetError::Invalid(_))
+                | KernelError::Disk(
+                    crate::quota::QuotaError::BeyondStore { .. }
+                        | crate::quota::QuotaError::ImageTooLarge { .. }
+                )
+        )
     }
 }
 
