@@ -512,6 +512,8 @@ async fn slow_idle_and_greedy_clients_are_cut_off() {
     let g = Gardend::start_with(&[
         "--request-timeout",
         "1s",
+        "--body-idle-timeout",
+        "1s",
         "--max-connections-per-client",
         "20",
     ]);

@@ -145,7 +145,7 @@ impl ServeOptions {
             max_per_client: config.max_connections_per_client,
             conn: ConnOptions {
                 head_timeout: config.request_timeout,
-                body_idle: config.request_timeout,
+                body_idle: config.body_idle_timeout,
                 ..ConnOptions::default()
             },
             ..ServeOptions::default()

@@ -42,7 +42,7 @@ impl Default for ConnOptions {
     fn default() -> Self {
         ConnOptions {
             head_timeout: Duration::from_secs(10),
-            body_idle: Duration::from_secs(30),
+            body_idle: Duration::from_secs(60),
             max_json_body: 16 * 1024 * 1024,
             stream_body_queue: 8,
         }
