@@ -23,6 +23,7 @@
 //! `iptables` binary is iptables-nft, so the rules live in nf_tables anyway and coexist with
 //! Docker's or firewalld's rules, which also still use the iptables tables.
 
+mod antispoof;
 mod bridge;
 mod cmd;
 pub mod firewall;
@@ -208,6 +209,7 @@ impl Network {
             bridge::delete(&name).await?;
         }
         firewall.cleanup().await?;
+        antispoof::remove_all(&format!("{links_prefix}h")).await;
         let mut dns = cfg.dns_servers.clone();
         dns.extend(cfg.additional_dns_servers.iter().copied());
         firewall
@@ -357,6 +359,8 @@ impl Network {
                 )
                 .await?;
                 bridges.insert(a.lease.subnet);
+                drop(bridges);
+                antispoof::bind(&a.host_if, a.lease.container_ip).await?;
             }
             bridge::configure_inside(netns, a.lease.container_ip, &a.lease.subnet).await
         };
@@ -589,6 +593,9 @@ impl Network {
                 // the address must not find it still there.
                 self.release_lease(&a);
                 return Ok(());
+            }
+            if link {
+                antispoof::unbind(&a.host_if, a.lease.container_ip).await;
             }
             // Bridge creation and removal are decided under this lock.
             let mut bridges = self.bridges.lock().await;

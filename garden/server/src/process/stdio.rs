@@ -36,7 +36,7 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
 /// What a connected stream may have queued and not yet written to its connection; beyond it
 /// the pump stops reading, so a slow reader slows the process (its pipe fills up) instead of
 /// growing gardend's memory.
-const CONNECTED_BYTES: usize = 4 << 20;
+const CONNECTED_BYTES: usize = 1 << 20;
 
 /// Bytes handed to one connected stream and not yet consumed: each chunk carries a
 /// [`Tracked`] owner that gives its bytes back when the connection drops it.
