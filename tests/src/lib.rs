@@ -157,6 +157,11 @@ impl Gardend {
             let start = port_pool_start().to_string();
             cmd.args(["--port-pool-start", &start, "--port-pool-size", "100"]);
         }
+        // Tests (the agent's above all) reach NetIn ports on 127.0.0.1, which gardend only
+        // forwards when asked to.
+        if !extra.iter().any(|a| a.starts_with("--netin-loopback")) {
+            cmd.arg("--netin-loopback");
+        }
         let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
         let mut g = Gardend {
             child: None,

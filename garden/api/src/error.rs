@@ -38,11 +38,22 @@ pub enum GardenError {
     /// Everything else: `"Type":""`, status 500.
     #[error("{message}")]
     Generic { message: String },
+    /// A request the server refuses before doing anything (malformed JSON, a limit out of
+    /// range): a generic body (`"Type":""`, so Go clients see a plain error) with status 400.
+    /// The client decodes it as [`GardenError::Generic`], since only `Type` travels.
+    #[error("{message}")]
+    BadRequest { message: String },
 }
 
 impl GardenError {
     pub fn generic(message: impl Into<String>) -> Self {
         GardenError::Generic {
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        GardenError::BadRequest {
             message: message.into(),
         }
     }
@@ -59,10 +70,12 @@ impl GardenError {
         }
     }
 
-    /// The status the Go server answers with: 404 for the two not-found types, else 500.
+    /// The status the Go server answers with: 404 for the two not-found types, else 500;
+    /// 400 for a request refused up front.
     pub fn http_status(&self) -> u16 {
         match self {
             GardenError::ContainerNotFound { .. } | GardenError::ProcessNotFound { .. } => 404,
+            GardenError::BadRequest { .. } => 400,
             _ => 500,
         }
     }
@@ -97,7 +110,7 @@ impl GardenError {
                 message,
                 ..Default::default()
             },
-            GardenError::Generic { .. } => ErrorBody {
+            GardenError::Generic { .. } | GardenError::BadRequest { .. } => ErrorBody {
                 message,
                 ..Default::default()
             },
@@ -158,5 +171,11 @@ mod tests {
         assert_eq!(e.http_status(), 500);
         assert_eq!(e.to_body().kind, "");
         assert_eq!(GardenError::process_not_found("p").http_status(), 404);
+        let e = GardenError::bad_request("pid limit out of range");
+        assert_eq!((e.http_status(), e.to_body().kind.as_str()), (400, ""));
+        assert_eq!(
+            GardenError::from_body(e.to_body()),
+            GardenError::generic("pid limit out of range")
+        );
     }
 }

@@ -16,6 +16,8 @@ pub mod spec;
 pub mod units;
 
 mod de;
+#[cfg(test)]
+mod fuzz;
 
 pub use error::{ErrorBody, GardenError};
 pub use info::*;

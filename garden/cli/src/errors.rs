@@ -25,7 +25,7 @@ pub fn garden_error(e: &GardenError) -> String {
         GardenError::Generic { message } if message.is_empty() => {
             "the server failed without a message".into()
         }
-        GardenError::Generic { message } => message.clone(),
+        GardenError::Generic { message } | GardenError::BadRequest { message } => message.clone(),
     }
 }
 

@@ -56,6 +56,16 @@ pub struct Config {
     /// Maximum number of concurrent client connections.
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = parse_max_connections)]
     pub max_connections: usize,
+    /// Connections one client address may hold at once (TCP); 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub max_connections_per_client: usize,
+    /// Time a client has to send its request head.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Longest pause within a request body (a StreamIn fed from a slow source needs slack);
+    /// hijacked streams have no timeout.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub body_idle_timeout: Duration,
     /// CPU hard quota: microseconds of CPU per 100 ms period granted per cpu share
     /// (cpu.cfs_quota_us / cpu.max); 0 = no quota.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]

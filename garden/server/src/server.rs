@@ -120,6 +120,8 @@ impl Listener {
 pub struct ServeOptions {
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one TCP client address may hold; beyond it a new one is answered 429.
+    pub max_per_client: usize,
     /// After shutdown, how long running plain requests may take before they are aborted.
     pub drain_timeout: Duration,
     pub conn: ConnOptions,
@@ -129,6 +131,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             max_connections: 4096,
+            max_per_client: 0,
             drain_timeout: Duration::from_secs(10),
             conn: ConnOptions::default(),
         }
@@ -139,6 +142,12 @@ impl ServeOptions {
     pub fn from_config(config: &Config) -> Self {
         ServeOptions {
             max_connections: config.max_connections.max(1),
+            max_per_client: config.max_connections_per_client,
+            conn: ConnOptions {
+                head_timeout: config.request_timeout,
+                body_idle: config.body_idle_timeout,
+                ..ConnOptions::default()
+            },
             ..ServeOptions::default()
         }
     }
@@ -164,6 +173,7 @@ pub async fn serve_with<S: Service>(
     let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let conn_options = Arc::new(options.conn.clone());
+    let per_client = PerClient::new(options.max_per_client);
     let mut tasks = JoinSet::new();
     tracing::info!(address = %listener.describe(), "serving the garden API");
     tokio::pin!(shutdown);
@@ -184,6 +194,11 @@ pub async fn serve_with<S: Service>(
         }
         match accepted {
             Ok(Accepted::Tcp(stream)) => {
+                let Some(slot) = per_client.enter(&stream) else {
+                    tasks.spawn(refuse_busy_client(stream, permit));
+                    continue;
+                };
+                let permit = (permit, slot);
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!("cannot set TCP_NODELAY: {e}");
                 }
@@ -250,13 +265,92 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
     }
 }
 
-fn spawn_connection<S, IO>(
+/// Connections per TCP client address, so one client cannot take every connection slot.
+#[derive(Clone)]
+struct PerClient {
+    limit: usize,
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One connection's place in [`PerClient`], given back on drop.
+struct ClientSlot {
+    ip: Option<std::net::IpAddr>,
+    clients: PerClient,
+}
+
+impl PerClient {
+    fn new(limit: usize) -> Self {
+        PerClient {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for the stream's peer, or `None` when it already holds `limit` connections.
+    fn enter(&self, stream: &tokio::net::TcpStream) -> Option<ClientSlot> {
+        let ip = stream
+            .peer_addr()
+            .ok()
+            .map(|a| a.ip())
+            .filter(|_| self.limit > 0);
+        if let Some(ip) = ip {
+            let mut open = self.open.lock().expect("per-client lock");
+            let n = open.entry(ip).or_default();
+            if *n >= self.limit {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(ClientSlot {
+            ip,
+            clients: self.clone(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut open = self.clients.open.lock().expect("per-client lock");
+            if let Some(n) = open.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// 429 with a Garden error body to a client over its connection limit, then close.
+async fn refuse_busy_client(
+    mut stream: tokio::net::TcpStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    use tokio::io::AsyncWriteExt;
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    tracing::warn!(client = peer, "too many connections from one client");
+    let err = garden_api::GardenError::generic(format!("too many connections from {peer}"));
+    let reply = crate::http::ResponseHead::new(429)
+        .header("Content-Type", "application/json")
+        .date()
+        .close()
+        .with_body(&garden_api::to_wire(&err.to_body()));
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
+    let _ = stream.shutdown().await;
+    drop(permit);
+}
+
+fn spawn_connection<S, IO, P: Send + 'static>(
     tasks: &mut JoinSet<()>,
     io: IO,
     service: &Arc<S>,
     options: &Arc<ConnOptions>,
     stop: &watch::Receiver<bool>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: P,
 ) where
     S: Service,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,

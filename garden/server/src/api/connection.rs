@@ -28,6 +28,9 @@ use crate::service::{Reply, Service};
 pub struct ConnOptions {
     /// Time allowed for the request head to arrive (bounds idle connections).
     pub head_timeout: Duration,
+    /// Longest pause within a request body (and within the head) before the request is
+    /// answered 408; hijacked streams have none.
+    pub body_idle: Duration,
     /// Largest JSON request body; longer ones get 413 without being buffered.
     pub max_json_body: u64,
     /// Chunks of a streamed body (StreamIn) buffered ahead of the core; beyond this the socket
@@ -38,7 +41,8 @@ pub struct ConnOptions {
 impl Default for ConnOptions {
     fn default() -> Self {
         ConnOptions {
-            head_timeout: Duration::from_secs(60),
+            head_timeout: Duration::from_secs(10),
+            body_idle: Duration::from_secs(60),
             max_json_body: 16 * 1024 * 1024,
             stream_body_queue: 8,
         }
@@ -60,7 +64,7 @@ pub async fn serve_connection<S, IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
-    let mut conn = Conn::new(io);
+    let mut conn = Conn::new(io).with_read_idle(opts.body_idle);
     let mut stop = shutdown.clone();
     let read = tokio::select! {
         read = tokio::time::timeout(opts.head_timeout, conn.read_head()) => read,

@@ -123,7 +123,7 @@ mod tests {
     #[test]
     fn bad_bodies_name_the_problem() {
         let err = parse(route("POST", "/containers"), br#"{"handle":7}"#).unwrap_err();
-        assert_eq!(err.http_status(), 500);
+        assert_eq!(err.http_status(), 400);
         assert_eq!(err.to_body().kind, "");
         assert!(
             err.to_string().contains("invalid Create request body"),

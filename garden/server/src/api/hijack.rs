@@ -41,7 +41,7 @@ pub async fn process_session<IO>(
         exit,
         guard,
     } = session;
-    let Conn { io, buf } = conn;
+    let Conn { io, buf, .. } = conn;
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut head = ResponseHead::new(status)
         .header("Content-Type", "application/json")

@@ -99,15 +99,15 @@ pub fn parse_streaming(m: RouteMatch, body: Body) -> Result<Request, GardenError
 }
 
 /// Decode the first JSON value of a body as Go's `json.Decoder` does (trailing bytes ignored).
-/// Errors are generic Garden errors that name the route and the problem.
+/// Errors are 400s (generic bodies) that name the route and the problem.
 fn decode<T: DeserializeOwned>(route: Route, body: &[u8]) -> Result<T, GardenError> {
     let mut values = serde_json::Deserializer::from_slice(body).into_iter::<T>();
     match values.next() {
         Some(Ok(value)) => Ok(value),
-        Some(Err(e)) => Err(GardenError::generic(format!(
+        Some(Err(e)) => Err(GardenError::bad_request(format!(
             "invalid {route:?} request body: {e}"
         ))),
-        None => Err(GardenError::generic(format!(
+        None => Err(GardenError::bad_request(format!(
             "invalid {route:?} request body: empty body, expected JSON"
         ))),
     }

@@ -32,7 +32,13 @@ pub fn error_response(err: &GardenError, hijacked: bool) -> Vec<u8> {
 
 fn error_with_status(status: u16, err: &GardenError, hijacked: bool) -> Vec<u8> {
     let body = err.to_body();
-    crate::telemetry::metrics().error(&body.kind);
+    // Plain errors have no Garden kind: count them by status instead.
+    let kind = if body.kind.is_empty() {
+        format!("status_{status}")
+    } else {
+        body.kind.clone()
+    };
+    crate::telemetry::metrics().error(&kind);
     let head = ResponseHead::new(status)
         .header("Content-Type", "application/json")
         .date();

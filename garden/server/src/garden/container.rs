@@ -103,9 +103,12 @@ pub(super) fn validate_name(what: &str, name: &str) -> Result<()> {
         || name == "."
         || name == ".."
         || name.len() > 255
-        || name.contains(['/', '\0'])
+        || name.contains('/')
+        || name.contains(char::is_control)
     {
-        return Err(GardenError::generic(format!("invalid {what}: {name:?}")));
+        return Err(GardenError::bad_request(format!(
+            "invalid {what}: {name:?}"
+        )));
     }
     Ok(())
 }

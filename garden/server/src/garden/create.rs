@@ -11,7 +11,7 @@ use garden_api::{ContainerSpec, GardenError};
 use super::container::{validate_name, Container, State};
 use super::depot::{self, remove_dir_all_blocking};
 use super::grace::{grace_timer, Activity};
-use super::{convert, generic, Garden, Result};
+use super::{convert, generic, kernel_error, validate, Garden, Result};
 use crate::kernel::SandboxSpec;
 
 impl Garden {
@@ -22,6 +22,10 @@ impl Garden {
             spec.handle.clone()
         };
         validate_name("handle", &handle)?;
+        validate::limits(&spec.limits)?;
+        for m in &spec.netin {
+            validate::ports(m.host_port, m.container_port)?;
+        }
         if !spec.image.uri.is_empty() && !spec.rootfs.is_empty() {
             return Err(GardenError::generic(
                 "Cannot provide both Image.URI and RootFSPath",
@@ -33,10 +37,10 @@ impl Garden {
                 &spec.netout_rules,
                 convert::bandwidth(&spec.limits.bandwidth_limits),
             )
-            .map_err(generic)?;
+            .map_err(kernel_error)?;
         for b in &spec.bind_mounts {
             if !Path::new(&b.src_path).is_absolute() || !Path::new(&b.dst_path).is_absolute() {
-                return Err(GardenError::generic(format!(
+                return Err(GardenError::bad_request(format!(
                     "bind mount paths must be absolute: {} -> {}",
                     b.src_path, b.dst_path
                 )));
@@ -125,7 +129,7 @@ impl Garden {
                 image,
             )
             .await;
-        if let Err(e) = attached.map_err(generic) {
+        if let Err(e) = attached.map_err(kernel_error) {
             let _ = remove_dir_all_blocking(bundle.clone()).await;
             return Err(e);
         }
@@ -148,7 +152,7 @@ impl Garden {
                 let _ = self.kernel.release_disk(handle).await;
                 let _ = remove_dir_all_blocking(bundle.clone()).await;
                 let _ = self.kernel.release_network(handle).await;
-                return Err(generic(e));
+                return Err(kernel_error(e));
             }
         };
         let grace_ns = match spec.grace_time {
@@ -240,7 +244,7 @@ impl Garden {
             self.kernel
                 .net_in(handle, m.host_port, m.container_port)
                 .await
-                .map_err(generic)?;
+                .map_err(kernel_error)?;
         }
         let props = self.kernel.network_properties(handle);
         self.set_properties(&c, |p| p.extend(props));
@@ -253,11 +257,12 @@ impl Garden {
         host_port: u32,
         container_port: u32,
     ) -> Result<(u32, u32)> {
+        validate::ports(host_port, container_port)?;
         let ports = self
             .kernel
             .net_in(&c.handle, host_port, container_port)
             .await
-            .map_err(generic)?;
+            .map_err(kernel_error)?;
         let props = self.kernel.network_properties(&c.handle);
         self.set_properties(c, |p| {
             if let Some(v) = props.get("garden.network.mapped-ports") {

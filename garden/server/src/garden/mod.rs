@@ -22,6 +22,7 @@ mod processes;
 mod stop;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,6 +42,16 @@ type Result<T> = std::result::Result<T, GardenError>;
 
 fn generic(e: impl std::fmt::Display) -> GardenError {
     GardenError::generic(e.to_string())
+}
+
+/// A kernel error as the client sees it: bad input (e.g. a NetIn port or network the host
+/// refuses) is a 400, anything else a generic 500.
+fn kernel_error(e: crate::kernel::KernelError) -> GardenError {
+    if e.is_invalid_input() {
+        GardenError::bad_request(e.to_string())
+    } else {
+        generic(e)
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Reply {

@@ -1,6 +1,8 @@
 //! A connection's read side: the request head, then the body, with every byte that follows the
 //! body kept in the buffer (a hijacked Run's inbound messages may arrive in the same read).
 
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -13,6 +15,15 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// How much to ask the socket for at a time.
 const READ_SIZE: usize = 64 * 1024;
+
+/// A body that stopped arriving is answered 408; other read errors close the connection.
+fn body_read_error(e: std::io::Error) -> HttpError {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        HttpError::BodyTimeout
+    } else {
+        HttpError::Io(e)
+    }
+}
 
 /// A parsed request line and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,12 +147,16 @@ impl BodyReader {
 pub struct Conn<IO> {
     pub io: IO,
     pub buf: BytesMut,
+    /// Longest wait for the client's next bytes before a read fails with `TimedOut` (a
+    /// slowloris client must not hold a connection); none on hijacked streams.
+    read_idle: Option<Duration>,
 }
 
 impl<IO: AsyncRead + Unpin> Conn<IO> {
     pub fn new(io: IO) -> Self {
         Conn {
             io,
+            read_idle: None,
             buf: BytesMut::with_capacity(8 * 1024),
         }
     }
@@ -150,7 +165,22 @@ impl<IO: AsyncRead + Unpin> Conn<IO> {
     pub async fn fill(&mut self, max: usize) -> std::io::Result<usize> {
         self.buf.reserve(max.min(READ_SIZE));
         let mut limited = (&mut self.io).take(max as u64);
-        limited.read_buf(&mut self.buf).await
+        let read = limited.read_buf(&mut self.buf);
+        match self.read_idle {
+            None => read.await,
+            Some(idle) => tokio::time::timeout(idle, read).await.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("client sent nothing for {idle:?}"),
+                ))
+            }),
+        }
+    }
+
+    /// Fail reads that wait longer than `idle` for the client.
+    pub fn with_read_idle(mut self, idle: Duration) -> Self {
+        self.read_idle = Some(idle);
+        self
     }
 
     /// Read and parse the request head. `Ok(None)`: the peer closed the connection before
@@ -170,7 +200,11 @@ impl<IO: AsyncRead + Unpin> Conn<IO> {
             }
             // Never read past the head limit, so an endless head cannot grow the buffer.
             let room = MAX_HEAD_BYTES - self.buf.len();
-            if self.fill(room).await? == 0 {
+            let filled = self.fill(room).await.map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => HttpError::HeadTimeout,
+                _ => HttpError::Io(e),
+            });
+            if filled? == 0 {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
@@ -203,7 +237,7 @@ impl<IO: AsyncRead + Unpin> Conn<IO> {
                     let want = usize::try_from(*remaining)
                         .unwrap_or(usize::MAX)
                         .min(READ_SIZE);
-                    if self.fill(want).await? == 0 {
+                    if self.fill(want).await.map_err(body_read_error)? == 0 {
                         return Err(HttpError::UnexpectedEof("body"));
                     }
                 }
@@ -211,7 +245,7 @@ impl<IO: AsyncRead + Unpin> Conn<IO> {
                     Decoded::Data(data) => return Ok(Some(data)),
                     Decoded::Done => body.state = BodyState::Done,
                     Decoded::NeedMore => {
-                        if self.fill(READ_SIZE).await? == 0 {
+                        if self.fill(READ_SIZE).await.map_err(body_read_error)? == 0 {
                             return Err(HttpError::UnexpectedEof("body"));
                         }
                     }

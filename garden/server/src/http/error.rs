@@ -23,6 +23,8 @@ pub enum HttpError {
     UnexpectedEof(&'static str),
     #[error("timed out reading the request head")]
     HeadTimeout,
+    #[error("timed out waiting for the request body")]
+    BodyTimeout,
     #[error("i/o error reading the request: {0}")]
     Io(#[from] io::Error),
 }
@@ -38,7 +40,7 @@ impl HttpError {
             }
             HttpError::UnsupportedTransferEncoding(_) => Some(501),
             HttpError::BodyTooLarge { .. } => Some(413),
-            HttpError::HeadTimeout => Some(408),
+            HttpError::HeadTimeout | HttpError::BodyTimeout => Some(408),
             HttpError::UnexpectedEof(_) | HttpError::Io(_) => None,
         }
     }

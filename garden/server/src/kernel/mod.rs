@@ -48,6 +48,20 @@ pub enum KernelError {
     Other(String),
 }
 
+impl KernelError {
+    /// The caller's input was refused (not a failure of the host).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            KernelError::Net(crate::net::NetError::Invalid(_))
+                | KernelError::Disk(
+                    crate::quota::QuotaError::BeyondStore { .. }
+                        | crate::quota::QuotaError::ImageTooLarge { .. }
+                )
+        )
+    }
+}
+
 pub type Result<T> = std::result::Result<T, KernelError>;
 
 /// The two signals the core sends.

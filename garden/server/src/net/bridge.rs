@@ -63,6 +63,16 @@ async fn allow_route_localnet(dev: &str) -> Result<(), NetError> {
         .map_err(|e| NetError::Io { path, source: e })
 }
 
+/// Strict reverse-path filtering on the interface containers' traffic enters the host by: a
+/// packet whose source address would not be routed back out of that interface (a forged
+/// neighbour's or outside address) is dropped.
+async fn strict_source_check(dev: &str) -> Result<(), NetError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{dev}/rp_filter");
+    tokio::fs::write(&path, "1")
+        .await
+        .map_err(|e| NetError::Io { path, source: e })
+}
+
 /// Bridge (when `new_bridge`) and veth pair in one `ip` run; the container end goes straight
 /// into the namespace `netns` as [`CONTAINER_IF`].
 pub async fn create_host(
@@ -83,6 +93,7 @@ pub async fn create_host(
     ip_batch(&lines).await?;
     if new_bridge {
         allow_route_localnet(bridge).await?;
+        strict_source_check(bridge).await?;
     }
     Ok(())
 }
@@ -100,7 +111,8 @@ pub async fn create_routed(
         format!("link set {host_if} up"),
     ])
     .await?;
-    allow_route_localnet(host_if).await
+    allow_route_localnet(host_if).await?;
+    strict_source_check(host_if).await
 }
 
 /// Address, link up and default route via the bridge, set from inside the container's
@@ -253,7 +265,11 @@ mod inside {
         // SAFETY: valid socket, rtentry laid out as the kernel expects, `dev` outlives the call.
         check("add default route", unsafe {
             libc::ioctl(fd, libc::SIOCADDRT, &mut route)
-        })
+        })?;
+        // A new namespace inherits the host's ip_forward=1; a container is an end host and
+        // must not route (e.g. a neighbour's traffic it lured with forged ARP replies). This
+        // thread's namespace decides which /proc/sys/net it opens.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").map_err(|e| ("disable forwarding", e))
     }
 }
 

@@ -469,12 +469,14 @@ impl Firewall {
             .await
     }
 
-    /// DNAT `host_port` (on the external IP, and loopback for local clients) to the container;
-    /// the `first` NetIn of a container makes its nat chain.
+    /// DNAT `host_port` on the external IP (and on 127.0.0.1 only when `loopback`: otherwise a
+    /// container could shadow a host service bound to loopback) to the container; the `first`
+    /// NetIn of a container makes its nat chain.
     pub async fn add_netin(
         &self,
         c: &ContainerRules,
         external_ip: Ipv4Addr,
+        loopback: bool,
         host_port: u32,
         container_port: u32,
         first: bool,
@@ -491,7 +493,7 @@ impl Firewall {
             }
         }
         s += &format!("-A {} -d {external_ip}/32 {to}\n", c.chain);
-        if !external_ip.is_loopback() {
+        if loopback && !external_ip.is_loopback() {
             s += &format!("-A {} -d 127.0.0.1/32 {to}\n", c.chain);
         }
         s += "COMMIT\n";

@@ -23,9 +23,12 @@
 //! `iptables` binary is iptables-nft, so the rules live in nf_tables anyway and coexist with
 //! Docker's or firewalld's rules, which also still use the iptables tables.
 
+mod antispoof;
 mod bridge;
 mod cmd;
 pub mod firewall;
+mod host_nets;
+mod host_ports;
 mod hosts;
 pub mod pool;
 
@@ -97,6 +100,15 @@ pub struct NetConfig {
     /// Host address NetIn forwards from and Info reports [default: the default route's source].
     #[arg(long, value_name = "IP")]
     pub external_ip: Option<Ipv4Addr>,
+    /// Let NetIn take an explicit host port outside the port pool (ports a host service
+    /// listens on are refused either way).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
+    pub netin_any_port: bool,
+    /// Also forward NetIn ports on 127.0.0.1 (off: loopback stays the host's own).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, num_args = 0..=1,
+          default_value = "false", default_missing_value = "true")]
+    pub netin_loopback: bool,
     /// iptables binary; `<bin>-restore` and `<bin>-save` are used next to it.
     #[arg(long, value_name = "PATH", default_value = "iptables")]
     pub iptables_bin: PathBuf,
@@ -285,6 +297,9 @@ impl Network {
         }
         let mut containers = HashMap::new();
         let mut bridges = HashSet::new();
+        // Anti-spoofing rules are rebuilt: a previous run's go, kept bridged containers get
+        // theirs again.
+        antispoof::remove_all(&format!("{links_prefix}h")).await;
         for (handle, a) in adopted {
             let mapped = firewall::netin_mappings(&saved, &a.rules.chain);
             let nat_chain = firewall::has_nat_chain(&saved, &a.rules.chain);
@@ -302,6 +317,9 @@ impl Network {
             *a.mapped.lock().expect("mapped lock") = mapped;
             if !routed(&a.lease.subnet) {
                 bridges.insert(a.lease.subnet);
+                if let Err(e) = antispoof::bind(&a.host_if, a.lease.container_ip).await {
+                    tracing::warn!(handle, error = %e, "anti-spoofing rules of a kept container");
+                }
             }
             tracing::info!(handle, ip = %a.lease.container_ip, "network kept");
             containers.insert(handle, Arc::new(a));
@@ -374,6 +392,15 @@ impl Network {
     /// Reserve an address for `handle` (`network` as in the create spec).
     pub fn allocate(&self, handle: &str, network: &str) -> Result<(), NetError> {
         let lease = self.ips.lock().expect("ip pool lock").acquire(network)?;
+        if !network.is_empty() {
+            if let Some(what) = host_nets::conflict(&lease.subnet, &self.links_prefix) {
+                self.ips.lock().expect("ip pool lock").release(&lease);
+                return Err(NetError::Invalid(format!(
+                    "the requested network ({}) overlaps the {what}",
+                    lease.subnet
+                )));
+            }
+        }
         let attached = attached(&self.cfg, &self.links_prefix, self.firewall.prefix(), lease);
         self.containers
             .lock()
@@ -426,6 +453,8 @@ impl Network {
                 )
                 .await?;
                 bridges.insert(a.lease.subnet);
+                drop(bridges);
+                antispoof::bind(&a.host_if, a.lease.container_ip).await?;
             }
             bridge::configure_inside(netns, a.lease.container_ip, &a.lease.subnet).await
         };
@@ -483,10 +512,22 @@ impl Network {
             )));
         }
         let host_port = {
+            let busy = host_ports::listening();
             let mut ports = self.ports.lock().expect("port pool lock");
             if host_port == 0 {
-                ports.acquire()?
+                ports.acquire_free(&busy)?
             } else {
+                if !ports.contains(host_port) && !self.cfg.netin_any_port {
+                    return Err(NetError::Invalid(format!(
+                        "host port {host_port} is outside the port pool {}",
+                        ports.range()
+                    )));
+                }
+                if busy.contains(&host_port) {
+                    return Err(NetError::Invalid(format!(
+                        "host port {host_port} is already in use on the host"
+                    )));
+                }
                 ports.claim(host_port)?;
                 host_port
             }
@@ -499,7 +540,14 @@ impl Network {
         let first = !a.progress.lock().expect("progress lock").nat_chain;
         if let Err(e) = self
             .firewall
-            .add_netin(&a.rules, self.external_ip, host_port, container_port, first)
+            .add_netin(
+                &a.rules,
+                self.external_ip,
+                self.cfg.netin_loopback,
+                host_port,
+                container_port,
+                first,
+            )
             .await
         {
             self.ports
@@ -640,6 +688,9 @@ impl Network {
                 // the address must not find it still there.
                 self.release_lease(&a);
                 return Ok(());
+            }
+            if link {
+                antispoof::unbind(&a.host_if, a.lease.container_ip).await;
             }
             // Bridge creation and removal are decided under this lock.
             let mut bridges = self.bridges.lock().await;

@@ -331,6 +331,29 @@ impl PortPool {
         Ok(p)
     }
 
+    /// The next free port that no host service listens on (`busy`); busy ones go to the back
+    /// of the queue, so they are tried again later.
+    pub fn acquire_free(&mut self, busy: &HashSet<u32>) -> Result<u32, NetError> {
+        for _ in 0..self.free.len() {
+            let p = self.acquire()?;
+            if !busy.contains(&p) {
+                return Ok(p);
+            }
+            self.release(p);
+        }
+        Err(NetError::Exhausted("port pool is exhausted".into()))
+    }
+
+    /// Whether `port` is one of the pool's.
+    pub fn contains(&self, port: u32) -> bool {
+        (self.start..self.end).contains(&port)
+    }
+
+    /// The pool as `first-last`, for messages.
+    pub fn range(&self) -> String {
+        format!("{}-{}", self.start, self.end - 1)
+    }
+
     fn publish(&self) {
         let size = u64::from(self.end - self.start);
         crate::telemetry::metrics().port_pool(size, self.taken.len() as u64);

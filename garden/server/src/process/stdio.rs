@@ -2,7 +2,7 @@
 //! fan output out to every attached stream, and the stdin writer.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -33,10 +33,70 @@ pub fn async_fd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
+/// What a connected stream may have queued and not yet written to its connection; beyond it
+/// the pump stops reading, so a slow reader slows the process (its pipe fills up) instead of
+/// growing gardend's memory.
+const CONNECTED_BYTES: usize = 1 << 20;
+
+/// Bytes handed to one connected stream and not yet consumed: each chunk carries a
+/// [`Tracked`] owner that gives its bytes back when the connection drops it.
+#[derive(Default)]
+struct InFlight {
+    bytes: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Wait until the stream has room, or its receiver is gone.
+    async fn room(&self, tx: &mpsc::Sender<Bytes>) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.bytes.load(Ordering::Acquire) < CONNECTED_BYTES || tx.is_closed() {
+                return;
+            }
+            // A dropped receiver frees its queue (and notifies); the timeout only guards
+            // against a receiver that is dropped without queued chunks.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drained).await;
+        }
+    }
+
+    fn track(self: &Arc<Self>, data: Bytes) -> Bytes {
+        self.bytes.fetch_add(data.len(), Ordering::AcqRel);
+        Bytes::from_owner(Tracked {
+            data,
+            gauge: self.clone(),
+        })
+    }
+}
+
+/// A chunk's owner on its way to one connected stream.
+struct Tracked {
+    data: Bytes,
+    gauge: Arc<InFlight>,
+}
+
+impl AsRef<[u8]> for Tracked {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.gauge
+            .bytes
+            .fetch_sub(self.data.len(), Ordering::AcqRel);
+        self.gauge.drained.notify_waiters();
+    }
+}
+
 struct Subscriber {
     stream_id: String,
     tx: mpsc::Sender<Bytes>,
     link: Arc<StreamLink>,
+    in_flight: Arc<InFlight>,
     /// Bytes queued while nobody read this stream.
     unclaimed: usize,
     /// Never claimed in time: its output is dropped from now on, as Go's server does.
@@ -109,6 +169,7 @@ impl Hub {
                 stream_id: stream_id.to_string(),
                 tx,
                 link: link.clone(),
+                in_flight: Arc::default(),
                 unclaimed,
                 abandoned: false,
             });
@@ -135,8 +196,9 @@ impl Hub {
     }
 
     /// Hand a chunk to every subscriber. A connected reader gets back-pressure (the process
-    /// waits rather than lose output); an unclaimed stream buffers up to UNCLAIMED_BYTES, then
-    /// the process waits up to CLAIM_GRACE for its reader before that stream is abandoned.
+    /// waits rather than lose output) once CONNECTED_BYTES are queued for it; an unclaimed
+    /// stream buffers up to UNCLAIMED_BYTES, then the process waits up to CLAIM_GRACE for its
+    /// reader before that stream is abandoned.
     async fn publish(&self, data: Bytes) {
         let mut connected = Vec::new();
         let mut waiting = Vec::new();
@@ -155,7 +217,7 @@ impl Hub {
             }
             for s in inner.subs.iter_mut().filter(|s| !s.abandoned) {
                 if s.link.is_connected() {
-                    connected.push(s.tx.clone());
+                    connected.push((s.tx.clone(), s.in_flight.clone()));
                 } else if s.unclaimed + data.len() <= UNCLAIMED_BYTES {
                     if s.tx.try_send(data.clone()).is_ok() {
                         s.unclaimed += data.len();
@@ -178,7 +240,15 @@ impl Hub {
             .await
             .is_ok();
             if claimed {
-                connected.push(tx);
+                let in_flight = {
+                    let inner = self.inner.lock().expect("hub lock");
+                    inner
+                        .subs
+                        .iter()
+                        .find(|s| s.stream_id == stream_id)
+                        .map(|s| s.in_flight.clone())
+                };
+                connected.push((tx, in_flight.unwrap_or_default()));
             } else {
                 let mut inner = self.inner.lock().expect("hub lock");
                 if let Some(s) = inner.subs.iter_mut().find(|s| s.stream_id == stream_id) {
@@ -186,8 +256,9 @@ impl Hub {
                 }
             }
         }
-        for tx in connected {
-            let _ = tx.send(data.clone()).await;
+        for (tx, in_flight) in connected {
+            in_flight.room(&tx).await;
+            let _ = tx.send(in_flight.track(data.clone())).await;
         }
     }
 
@@ -258,6 +329,17 @@ pub async fn pump(
         }
     }
     hub.close();
+    give_back_memory();
+}
+
+/// A flood's chunks came and went through malloc's arenas; hand the freed pages back to the
+/// kernel now rather than keep them for a flood that may never come again.
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// read(2) straight into the buffer the chunk is handed out from (no copy); `None` = EOF.

@@ -37,6 +37,12 @@ pub enum QuotaError {
         image: u64,
         unit: &'static str,
     },
+    #[error("disk limit of {limit} bytes exceeds the {backend} store's {capacity} bytes")]
+    BeyondStore {
+        limit: u64,
+        capacity: u64,
+        backend: &'static str,
+    },
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -138,6 +144,19 @@ impl Disk {
         }
     }
 
+    /// Bytes the backend's filesystem holds in all (the XFS store's size, or the filesystem
+    /// the per-container images live on): a limit beyond it could never be honoured.
+    pub fn capacity(&self) -> u64 {
+        let dir = match &*self.state {
+            DiskState::Off(_) => return 0,
+            DiskState::Xfs(store) => &store.mount,
+            DiskState::Images(images) => &images.dir,
+        };
+        nix::sys::statvfs::statvfs(dir)
+            .map(|s| s.blocks() * s.fragment_size())
+            .unwrap_or(u64::MAX)
+    }
+
     /// Which backend is in use: "xfs", "images" or "off".
     pub fn backend(&self) -> &'static str {
         match &*self.state {
@@ -163,6 +182,13 @@ impl Disk {
                 Err(QuotaError::Unavailable(reason.clone()))
             }
             DiskState::Off(_) => Ok(()),
+            _ if limits.byte_hard.max(limits.byte_soft) > self.capacity() => {
+                Err(QuotaError::BeyondStore {
+                    limit: limits.byte_hard.max(limits.byte_soft),
+                    capacity: self.capacity(),
+                    backend: self.backend(),
+                })
+            }
             DiskState::Xfs(store) => store.attach(handle, bundle, quota_for(limits, image)?),
             DiskState::Images(images) if has_limits(limits) => {
                 images.attach(handle, bundle, quota_for(limits, image)?)
