@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-# What the services need at run time (the build adds scripts/deps.sh's list): nats-server, the
+# What the services need at run time (a build adds a compiler and rustup): nats-server, the
 # static busybox of the default rootfs, container networking (iproute2, iptables), the disk
 # store (xfsprogs, e2fsprogs), nsenter/losetup (util-linux) and procps.
 RUNTIME_PACKAGES=(nats-server busybox-static iproute2 iptables xfsprogs e2fsprogs util-linux procps)
@@ -48,15 +48,15 @@ if [ -n "${CELL_BINARIES:-}" ]; then
     src=$CELL_BINARIES
     say "installing prebuilt binaries from $src"
 else
+    # A linker and C compiler for the crates that build C (aws-lc); scripts/deps.sh is not
+    # used: its test-only packages (registry, skopeo, crun, runc, vagrant) are no cell's.
+    [ "${CELL_SKIP_APT:-0}" = 1 ] || apt_install build-essential curl ca-certificates
     # Debian 12's rustc is older than the workspace's rust-version: use rustup's stable.
     export PATH=$HOME/.cargo/bin:$PATH
     if ! command -v cargo >/dev/null 2>&1; then
-        apt_install curl ca-certificates build-essential
         say "installing rust with rustup (stable, minimal profile)"
         curl -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal >/dev/null
     fi
-    # The development packages (tests, benchmarks) as well: a box that builds can test.
-    [ "${CELL_SKIP_APT:-0}" = 1 ] || bash scripts/deps.sh
     export CARGO_TARGET_DIR=${CELL_BUILD_DIR:-/var/tmp/cell-build}
     say "building release binaries into $CARGO_TARGET_DIR (a first build takes a while)"
     cargo build --release -q -p garden-server -p gardenctl -p agent --bins

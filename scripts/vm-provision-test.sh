@@ -112,7 +112,7 @@ if [ ! -e "$base/.done" ]; then
     cp -L "$r"/boot/vmlinuz-* "$base/vmlinuz"
     cp -L "$r"/boot/initrd.img-* "$base/initrd.img"
     size_mb=$(($(du -sm "$r" | cut -f1) + 1536))
-    mkfs.ext4 -q -F -L cellroot -d "$r" "$base/root.img" "${size_mb}M"
+    mkfs.ext4 -q -F -L cellroot -d "$r" "$base/root.img" "${size_mb}M" >/dev/null
     rm -rf "$r"
     touch "$base/.done"
 fi
@@ -127,10 +127,10 @@ mkdir -p "$stage/bin" "$stage/repo/scripts"
 for b in gardend garden-init gardenctl agent cellctl; do
     objcopy --strip-debug "$target/debug/$b" "$stage/bin/$b" 2>/dev/null || cp "$target/debug/$b" "$stage/bin/$b"
 done
-cp scripts/provision.sh scripts/as-root.sh scripts/deps.sh "$stage/repo/scripts/"
+cp scripts/provision.sh scripts/as-root.sh "$stage/repo/scripts/"
 cp -r deploy "$stage/repo/"
 cp scripts/vm/provision-check.sh "$stage/check.sh"
-mkfs.ext4 -q -F -d "$stage" "$payload" "$(($(du -sm "$stage" | cut -f1) + 32))M"
+mkfs.ext4 -q -F -d "$stage" "$payload" "$(($(du -sm "$stage" | cut -f1) + 32))M" >/dev/null
 
 # --- boot -----------------------------------------------------------------------------------
 log=$cache/console.log
@@ -147,13 +147,15 @@ timeout "$timeout_s" "$qemu" -L "$qroot/usr/share/qemu" -L "$qroot/usr/share/sea
     -display none -monitor none -serial stdio -no-reboot -nic none </dev/null >"$log" 2>&1
 qemu_rc=$?
 set -e
-tr -d '\r' <"$log" | grep -E '^(PASS|FAIL|SKIP|VM-RESULT|VM-EXIT|TIME|provision:)' || true
+# The check's output reaches the console through journald: "[ 12.3] sh[268]: PASS: ...".
+console() { tr -d '\r' <"$log" | sed -E 's/^\[ *[0-9.]+\] [^ ]+\[[0-9]+\]: //'; }
+console | grep -E '^ *(PASS|FAIL|SKIP|VM-RESULT|VM-EXIT|TIME|provision:|verify:|task:)' || true
 now=$(date +%s)
 echo "vm: guest ran $((now - start)) s; whole test $((now - start_all)) s (qemu exit $qemu_rc)"
-if tr -d '\r' <"$log" | grep -q '^VM-RESULT: PASS'; then
+if console | grep -q '^VM-RESULT: PASS'; then
     echo "PASS: provisioning VM test (cgroup $cgroup)"
     exit 0
 fi
 echo "FAIL: provisioning VM test (console log: $log)"
-tr -d '\r' <"$log" | tail -n 60
+console | tail -n 60
 exit 1

@@ -28,7 +28,7 @@ wait_for() { # wait_for SECONDS COMMAND...: until the command succeeds
     local n=$(($1 * 2))
     shift
     while [ "$n" -gt 0 ]; do
-        "$@" && return 0
+        "$@" >/dev/null 2>&1 && return 0
         sleep 0.5
         n=$((n - 1))
     done
