@@ -22,4 +22,7 @@ if command -v vagrant >/dev/null 2>&1; then
 else
     echo "SKIP: vagrant validate: vagrant is not installed (scripts/deps.sh installs it when the archive has it)"
 fi
-bash scripts/vm-provision-test.sh
+# Debian 12's default (cgroup v2, as in the Vagrant box) and the hybrid v1 layout of this
+# host, where only KillMode=process keeps containers alive across a gardend stop.
+VM_CGROUP=v2 bash scripts/vm-provision-test.sh
+VM_CGROUP=v1 bash scripts/vm-provision-test.sh

@@ -122,7 +122,8 @@ echo "vm: building gardend, garden-init, gardenctl, agent, cellctl"
 cargo build -q -p garden-server -p gardenctl -p agent --bins
 stage=$(mktemp -d "${TMPDIR:-/tmp}/garden-vm-payload.XXXXXX")
 payload=$stage.img
-trap 'rm -rf "$stage" "$payload"' EXIT
+qemu_pid=
+trap 'rm -rf "$stage" "$payload"; [ -z "$qemu_pid" ] || kill "$qemu_pid" 2>/dev/null' EXIT
 mkdir -p "$stage/bin" "$stage/repo/scripts"
 for b in gardend garden-init gardenctl agent cellctl; do
     objcopy --strip-debug "$target/debug/$b" "$stage/bin/$b" 2>/dev/null || cp "$target/debug/$b" "$stage/bin/$b"
@@ -133,10 +134,23 @@ cp scripts/vm/provision-check.sh "$stage/check.sh"
 mkfs.ext4 -q -F -d "$stage" "$payload" "$(($(du -sm "$stage" | cut -f1) + 32))M" >/dev/null
 
 # --- boot -----------------------------------------------------------------------------------
+# free_port: a loopback TCP port nothing listens on, for qemu's forwards.
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 20000))
+        ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
+    done
+}
+gport=$(free_port)
+nport=$(free_port)
 log=$cache/console.log
-echo "vm: booting $base/root.img (systemd, cgroup $cgroup) under TCG (log: $log)"
+: >"$log"
+# The check's output reaches the console through journald: "[ 12.3] sh[268]: PASS: ...".
+console() { tr -d '\r' <"$log" | sed -E 's/^\[ *[0-9.]+\] [^ ]+\[[0-9]+\]: //'; }
+echo "vm: booting $base/root.img (systemd, cgroup $cgroup) under TCG; gardend and nats-server" \
+    "forwarded to 127.0.0.1:$gport and :$nport (log: $log)"
 start=$(date +%s)
-set +e
 # shellcheck disable=SC2086
 timeout "$timeout_s" "$qemu" -L "$qroot/usr/share/qemu" -L "$qroot/usr/share/seabios" \
     -machine q35,accel=tcg -cpu max -smp 2 -m 2048 \
@@ -144,15 +158,42 @@ timeout "$timeout_s" "$qemu" -L "$qroot/usr/share/qemu" -L "$qroot/usr/share/sea
     -append "root=/dev/vda rw console=ttyS0 panic=-1 quiet loglevel=3 systemd.show_status=false $cgroup_args" \
     -drive "file=$base/root.img,format=raw,if=virtio,snapshot=on" \
     -drive "file=$payload,format=raw,if=virtio,readonly=on" \
-    -display none -monitor none -serial stdio -no-reboot -nic none </dev/null >"$log" 2>&1
+    -netdev "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:$gport-:7777,hostfwd=tcp:127.0.0.1:$nport-:4222" \
+    -device virtio-net-pci,netdev=n0,romfile= \
+    -display none -monitor none -serial stdio -no-reboot </dev/null >"$log" 2>&1 &
+qemu_pid=$!
+
+# The host's part, as a Vagrant user's: when the guest says so, use gardenctl and cellctl
+# through the forwarded ports, then create the container "host-probe" the guest waits for.
+host_fails=0
+host_check() {
+    local name=$1
+    shift
+    if "$@"; then echo "PASS: (host) $name"; else echo "FAIL: (host) $name"; host_fails=$((host_fails + 1)); fi
+}
+while kill -0 "$qemu_pid" 2>/dev/null && ! console | grep -q '^VM-HOST-TURN'; do sleep 1; done
+if console | grep -q '^VM-HOST-TURN'; then
+    export GARDEN_TARGET=127.0.0.1:$gport
+    host_check "cellctl advertisements through the forwarded NATS port" sh -c \
+        "'$target/debug/cellctl' --nats nats://127.0.0.1:$nport --wait 3 advertisements | grep -q busybox"
+    host_check "gardenctl create and run through the forwarded gardend port" sh -c \
+        "'$target/debug/gardenctl' create --handle host-run >/dev/null &&
+         '$target/debug/gardenctl' run host-run -- /bin/echo hi from the host | grep -qx 'hi from the host' &&
+         '$target/debug/gardenctl' destroy host-run"
+    host_check "gardenctl create host-probe for the guest to see" sh -c \
+        "'$target/debug/gardenctl' create --handle host-probe >/dev/null"
+else
+    host_fails=1
+fi
+set +e
+wait "$qemu_pid"
 qemu_rc=$?
+qemu_pid=
 set -e
-# The check's output reaches the console through journald: "[ 12.3] sh[268]: PASS: ...".
-console() { tr -d '\r' <"$log" | sed -E 's/^\[ *[0-9.]+\] [^ ]+\[[0-9]+\]: //'; }
 console | grep -E '^ *(PASS|FAIL|SKIP|VM-RESULT|VM-EXIT|TIME|provision:|verify:|task:)' || true
 now=$(date +%s)
 echo "vm: guest ran $((now - start)) s; whole test $((now - start_all)) s (qemu exit $qemu_rc)"
-if console | grep -q '^VM-RESULT: PASS'; then
+if console | grep -q '^VM-RESULT: PASS' && [ "$host_fails" = 0 ]; then
     echo "PASS: provisioning VM test (cgroup $cgroup)"
     exit 0
 fi

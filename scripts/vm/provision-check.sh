@@ -25,19 +25,24 @@ finish() {
     exit "$fails"
 }
 wait_for() { # wait_for SECONDS COMMAND...: until the command succeeds
-    local n=$(($1 * 2))
+    local end=$(($(date +%s) + $1))
     shift
-    while [ "$n" -gt 0 ]; do
-        "$@" >/dev/null 2>&1 && return 0
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s)" -lt "$end" ] || return 1
         sleep 0.5
-        n=$((n - 1))
     done
-    return 1
 }
 
 echo "TIME: booted to the check in $(cut -d' ' -f1 /proc/uptime) s"
+# The host forwards ports to the guest's user-mode NIC (qemu's slirp, like Vagrant's NAT):
+# give it slirp's fixed address, as DHCP would.
+nic=$(ip -o link show | awk -F': ' '$2 != "lo" {print $2; exit}')
+if [ -n "$nic" ]; then
+    ip addr add 10.0.2.15/24 dev "$nic" && ip link set "$nic" up && ip route add default via 10.0.2.2
+fi
 start=$(date +%s)
-if CELL_BINARIES=$payload/bin bash $payload/repo/scripts/provision.sh >/tmp/provision.log 2>&1; then
+# As the Vagrant box does: listen on every address so that forwarded ports reach the services.
+if CELL_LISTEN_IP=0.0.0.0 CELL_BINARIES=$payload/bin bash $payload/repo/scripts/provision.sh >/tmp/provision.log 2>&1; then
     pass "provision.sh with prebuilt binaries"
 else
     fail "provision.sh with prebuilt binaries"
@@ -73,8 +78,12 @@ check "the agent is after gardend and nats-server" sh -c \
 check "cellctl sees the agent's advertisement" wait_for 30 sh -c \
     'cellctl --wait 3 advertisements 2>/dev/null | grep -qi busybox'
 
+check "gardend and nats-server listen on 0.0.0.0 (CELL_LISTEN_IP)" sh -c \
+    'ss -Hltn | grep -q "0.0.0.0:7777 " && ss -Hltn | grep -q "0.0.0.0:4222 "'
+
 # --- a container ----------------------------------------------------------------------------
 check "gardenctl create" gardenctl create --handle vm-check
+check "gardenctl list shows it" sh -c 'gardenctl list -q | grep -qx vm-check'
 out=$(gardenctl run vm-check -- /bin/sh -c 'echo hello from $(hostname); exit 3' 2>&1)
 rc=$?
 check "gardenctl run prints the process output" sh -c "echo '$out' | grep -q '^hello from'"
@@ -97,7 +106,7 @@ check "gardend is active again" wait_for 30 gardenctl ping
 check "the agent stayed up while gardend restarted" systemctl is-active -q cell-agent
 # gardend does not re-adopt containers yet: the new one removes what the old one left.
 check "the restarted gardend cleans the old container up" wait_for 30 sh -c \
-    "! grep -qx garden-init /proc/$init_pid/comm 2>/dev/null && ! gardenctl list | grep -qx vm-check"
+    "! grep -qx garden-init /proc/$init_pid/comm 2>/dev/null && ! gardenctl list -q | grep -qx vm-check"
 check "a new container runs after the restart" sh -c \
     'gardenctl create --handle vm-check-2 >/dev/null && gardenctl run vm-check-2 -- /bin/true &&
      gardenctl destroy vm-check-2'
@@ -109,4 +118,12 @@ out=$(timeout 120 cellctl task run --timeout 90 -- /bin/sh -c 'echo task ran' 2>
 check "cellctl task run through the agent" sh -c "echo '$out' | grep -q '^task ran'"
 [ -n "$out" ] && echo "$out" | tail -n 5 | sed 's/^/  task: /'
 echo "TIME: checks done $(($(date +%s) - start)) s after provisioning began"
+
+# --- the host's turn: gardenctl and cellctl through the forwarded ports ------------------------
+if [ -n "$nic" ]; then
+    echo "VM-HOST-TURN"
+    check "the host created a container through the forwarded gardend port" \
+        wait_for 120 sh -c 'gardenctl list -q | grep -qx host-probe'
+    gardenctl destroy host-probe >/dev/null 2>&1
+fi
 finish
