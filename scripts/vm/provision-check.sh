@@ -79,7 +79,8 @@ check "cellctl sees the agent's advertisement" wait_for 30 sh -c \
     'cellctl --wait 3 advertisements 2>/dev/null | grep -qi busybox'
 
 check "gardend and nats-server listen on 0.0.0.0 (CELL_LISTEN_IP)" sh -c \
-    'ss -Hltn | grep -q "0.0.0.0:7777 " && ss -Hltn | grep -q "0.0.0.0:4222 "'
+    'journalctl -b -u gardend -o cat | grep -q "serving the garden API address=0.0.0.0:7777" &&
+     journalctl -b -u nats-server -o cat | grep -q "connections on 0.0.0.0:4222"'
 
 # --- a container ----------------------------------------------------------------------------
 check "gardenctl create" gardenctl create --handle vm-check
