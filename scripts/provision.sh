@@ -132,5 +132,6 @@ there (cargo build -p gardenctl -p agent):
   GARDEN_TARGET=127.0.0.1:7777 target/debug/gardenctl list
   target/debug/cellctl --nats nats://127.0.0.1:4222 advertisements
   target/debug/cellctl --nats nats://127.0.0.1:4222 apps
+  target/debug/cellctl --nats nats://127.0.0.1:4222 files APP logs/ --dir-server 127.0.0.1:34567
 (cellctl push/stage serve the app to the agents from cellctl itself: run those in the box.)
 EOF
