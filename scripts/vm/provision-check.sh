@@ -71,6 +71,8 @@ check "gardend's unit: KillMode=process, Delegate=yes, LimitNOFILE and TasksMax 
      [ "$(systemctl show -p TasksMax --value gardend)" = infinity ]'
 check "gardend reads /etc/garden/gardend.ini" sh -c \
     'tr "\0" " " </proc/$(systemctl show -p MainPID --value gardend)/cmdline | grep -q "/etc/garden/gardend.ini"'
+check "gardend takes every key of gardend.ini (no 'ignoring' warning)" sh -c \
+    '! journalctl -b -u gardend -o cat | grep -i "ignoring"'
 check "the agent is after gardend and nats-server" sh -c \
     'systemctl show -p After --value cell-agent | grep -q gardend.service &&
      systemctl show -p After --value cell-agent | grep -q nats-server.service'
