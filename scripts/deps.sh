@@ -10,7 +10,8 @@ set -euo pipefail
 # nats-server: the agent's bus (tests start their own on loopback).
 # crun, runc: benchmark peers only. util-linux: nsenter, unshare, losetup.
 # docker-registry, skopeo, umoci: the image tests' loopback registry, its feeder and OCI layouts.
-PACKAGES=(busybox-static nats-server iproute2 iptables xfsprogs e2fsprogs cpio binutils crun runc util-linux procps docker-registry skopeo umoci "$@")
+# mmdebstrap: the provisioning VM check builds a fresh Debian root.
+PACKAGES=(busybox-static nats-server iproute2 iptables xfsprogs e2fsprogs cpio binutils crun runc util-linux procps docker-registry skopeo umoci mmdebstrap "$@")
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -22,6 +23,16 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     echo "deps: installed ${missing[*]}"
+fi
+# Optional, for `vagrant validate` of vagrant/Vagrantfile in scripts/test.sh (16 MB of ruby;
+# no provider is needed to validate): installed when the archive has it, skipped otherwise.
+if ! dpkg-query -W -f='${Status}' vagrant 2>/dev/null | grep -q "install ok installed" \
+    && [ "$(id -u)" = 0 ] && apt-cache show vagrant >/dev/null 2>&1; then
+    if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends vagrant >/dev/null 2>&1; then
+        echo "deps: installed vagrant"
+    else
+        echo "deps: vagrant is not installable; vagrant validate will be skipped" >&2
+    fi
 fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "deps: cargo not found; installing Debian's rust toolchain" >&2
