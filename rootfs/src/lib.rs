@@ -9,17 +9,20 @@
 //!   symlinks planted inside a container can never make the host write or read outside it.
 
 pub mod busybox;
+pub mod idmap;
 pub mod image;
+pub mod mapped_copy;
 pub mod safe_tar;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use busybox::ensure_busybox_rootfs;
+pub use idmap::{IdMapping, IdRange};
 pub use image::{resolve, RootfsPlan};
 pub use safe_tar::{
-    exists_in_root, extract, extract_as_user, open_in_root, pack, pack_as_user, read_in_root,
-    ExtractStats, Owner,
+    exists_in_root, extract, extract_as_user, open_in_root, pack, pack_as_user, pack_mapped,
+    read_in_root, ExtractStats, Owner,
 };
 
 /// Everything that can go wrong in this crate. Messages are lower-case and name the path,

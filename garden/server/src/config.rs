@@ -60,9 +60,37 @@ pub struct Config {
     /// (shares x percent/100 x age); 0 = report 0.
     #[arg(long, value_name = "PERCENT", default_value = "0", value_parser = parse_percent)]
     pub cpu_entitlement_per_share: f64,
+    /// Host uid that container uid 1 maps to in unprivileged containers (container root is
+    /// always 4294967294, "maximus").
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub uid_map_start: u32,
+    /// How many container uids from 1 up are mapped [default: all up to 4294967293].
+    #[arg(long, value_name = "N")]
+    pub uid_map_length: Option<u32>,
+    /// Host gid that container gid 1 maps to in unprivileged containers.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub gid_map_start: u32,
+    /// How many container gids from 1 up are mapped [default: all up to 4294967293].
+    #[arg(long, value_name = "N")]
+    pub gid_map_length: Option<u32>,
+    /// Refuse to create privileged containers (no user namespace, host root as root).
+    #[arg(long)]
+    pub disable_privileged_containers: bool,
     /// Container networking (pools, firewall defaults, DNS).
     #[command(flatten)]
     pub net: crate::net::NetConfig,
+}
+
+impl Config {
+    /// The user namespace mapping of unprivileged containers, from the `--*-map-*` settings.
+    pub fn id_mapping(&self) -> Result<rootfs::IdMapping, rootfs::idmap::IdMapError> {
+        rootfs::IdMapping::guardian(
+            self.uid_map_start,
+            self.uid_map_length,
+            self.gid_map_start,
+            self.gid_map_length,
+        )
+    }
 }
 
 /// The defaults, exactly as the flags declare them.
@@ -146,6 +174,12 @@ mod tests {
     #[test]
     fn defaults() {
         let d = Config::default();
+        assert!(!d.disable_privileged_containers);
+        let ids = d.id_mapping().unwrap();
+        assert_eq!(
+            rootfs::IdMapping::map_file(&ids.uids),
+            "0 4294967294 1\n1 1 4294967293\n"
+        );
         assert_eq!((d.bind_ip.as_str(), d.bind_port), ("127.0.0.1", 7777));
         assert_eq!(d.depot, PathBuf::from("/var/lib/gardend/depot"));
         assert_eq!((d.max_connections, d.log_level.as_str()), (4096, "info"));

@@ -34,6 +34,8 @@ pub(super) struct Container {
     pub(super) image_env: Vec<String>,
     /// Image layers, for disk usage.
     pub(super) lower_dirs: Vec<PathBuf>,
+    /// Its user namespace's mapping (files on disk hold host ids); `None` when privileged.
+    pub(super) ids: Option<rootfs::IdMapping>,
     pub(super) created: Instant,
     pub(super) sandbox: Arc<dyn Sandbox>,
     pub(super) state: Mutex<State>,

@@ -57,6 +57,8 @@ pub struct Garden {
     reserved: Mutex<HashSet<String>>,
     next_stream: AtomicU64,
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
+    /// The user namespace mapping of unprivileged containers.
+    ids: rootfs::IdMapping,
 }
 
 impl Garden {
@@ -64,6 +66,9 @@ impl Garden {
     /// left in the depot, and return the service.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Garden>> {
         use anyhow::Context;
+        config
+            .id_mapping()
+            .context("--uid-map-*/--gid-map-* settings")?;
         std::fs::create_dir_all(&config.depot)
             .with_context(|| format!("create depot {}", config.depot.display()))?;
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
@@ -103,6 +108,10 @@ impl Garden {
     ) -> Arc<Garden> {
         let state_dir = config.depot.parent().unwrap_or(&config.depot);
         let layer_cache = state_dir.join("layers");
+        let ids = config.id_mapping().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "invalid id mapping; using Guardian's default");
+            rootfs::IdMapping::guardian(1, None, 1, None).expect("the default mapping is valid")
+        });
         Arc::new_cyclic(|me| Garden {
             me: me.clone(),
             config,
@@ -113,6 +122,7 @@ impl Garden {
             reserved: Mutex::default(),
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
+            ids,
         })
     }
 

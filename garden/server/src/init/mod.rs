@@ -11,6 +11,7 @@ pub mod proto;
 mod setup;
 mod supervisor;
 pub mod user;
+mod userns;
 
 use std::io::Write;
 use std::os::fd::FromRawFd;

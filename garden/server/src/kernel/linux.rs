@@ -38,7 +38,7 @@ impl Linux {
             .context("create parent cgroups")?
             .with_cpu_quota_per_share(config.cpu_quota_per_share);
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
-        let runtime = Runtime::new(cgroups, init_bin);
+        let runtime = Runtime::new(cgroups, init_bin, state_dir);
         let (state_dir, store_size) = (state_dir.to_path_buf(), config.disk_store_size);
         let disk = tokio::task::spawn_blocking(move || Disk::open(&state_dir, store_size)).await?;
         let network = Network::new(config.net.clone(), &config.cgroup_parent)
@@ -163,7 +163,10 @@ impl Kernel for Linux {
                     handle,
                     hostname,
                     netns.as_fd(),
-                    root.as_fd(),
+                    crate::net::hosts::ContainerRoot {
+                        fd: root.as_fd(),
+                        owner: sandbox.root_owner(),
+                    },
                     netout,
                     bandwidth,
                 )
@@ -270,6 +273,10 @@ impl Sandbox for runtime::Sandbox {
 
     fn open_root(&self) -> std::io::Result<OwnedFd> {
         runtime::Sandbox::open_root(self)
+    }
+
+    fn root_owner(&self) -> (u32, u32) {
+        self.ids.as_ref().map_or((0, 0), |ids| ids.root())
     }
 
     fn open_netns(&self) -> std::io::Result<OwnedFd> {

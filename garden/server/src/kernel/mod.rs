@@ -137,6 +137,10 @@ pub trait Sandbox: Send + Sync + 'static {
     fn is_idle(&self) -> bool;
     /// An fd of the container's root directory, for path resolution inside it.
     fn open_root(&self) -> std::io::Result<OwnedFd>;
+    /// Container root's host uid and gid (host root's unless it has a user namespace).
+    fn root_owner(&self) -> (u32, u32) {
+        (0, 0)
+    }
     /// An fd of the container's network namespace.
     fn open_netns(&self) -> std::io::Result<OwnedFd>;
     /// The container's own `/dev/pts/ptmx`, for a process with a tty.
