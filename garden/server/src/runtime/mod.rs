@@ -376,12 +376,23 @@ impl Sandbox {
             .open_in_proc("ns/net", nix::fcntl::OFlag::O_RDONLY)
     }
 
-    /// The container's own `/dev/pts/ptmx`, opened for a new pty.
+    /// The container's own `/dev/pts/ptmx`, opened for a new pty. With a user namespace it is
+    /// opened as container root, who then owns the new pty (devpts gives it the opener's
+    /// fsuid), so garden-init may hand it to the process's user.
     pub fn open_ptmx(&self) -> std::io::Result<OwnedFd> {
-        self.init_process.open_in_proc(
-            "root/dev/pts/ptmx",
-            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
-        )
+        let open = || {
+            self.init_process.open_in_proc(
+                "root/dev/pts/ptmx",
+                nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
+            )
+        };
+        match &self.ids {
+            Some(ids) => {
+                let (uid, gid) = ids.root();
+                rootfs::idmap::as_fs_ids(uid, gid, open)
+            }
+            None => open(),
+        }
     }
 }
 
