@@ -95,9 +95,35 @@ async fn uid_map_default_and_privileged() {
     let words: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(words, ["0", "0", "4294967295"], "{out}");
 
-    // The host's view of garden-init: container root is maximus.
+    // The kernel file systems were mounted from inside, so the namespace owns them; they
+    // are all there, and what container root makes on them is its own.
+    let (status, out) = sh_combined(
+        &c,
+        "un",
+        "for m in /proc /sys /dev/pts /dev/mqueue /dev/shm /tmp; do \
+           grep -q \" $m \" /proc/mounts || echo missing $m; done; \
+         touch /dev/shm/x /tmp/x && stat -c '%u' /dev/shm/x /tmp/x /dev/pts/ptmx",
+    )
+    .await;
+    assert_eq!((status, out.as_str()), (0, "0\n0\n0\n"), "{out}");
+
+    // Container root is uid 0 inside; the host sees garden-init (container root) as maximus.
     let (status, out) = sh_combined(&c, "un", "id -u; id -g").await;
     assert_eq!((status, out.as_str()), (0, "0\n0\n"));
+    for (handle, want) in [("un", MAXIMUS), ("pr", 0)] {
+        let record: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(g.depot.join(handle).join("container.json")).expect("record"),
+        )
+        .expect("json");
+        let pid = record["init_pid"].as_i64().expect("init_pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        let uids: Vec<u32> = uid_line[4..]
+            .split_whitespace()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        assert_eq!(uids, [want; 4], "{handle}: {uid_line}");
+    }
 
     for h in ["un", "pr"] {
         c.destroy(h).await.expect("destroy");

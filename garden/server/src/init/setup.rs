@@ -82,6 +82,7 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         mask_proc(root)?;
     }
     make_dev(root)?;
+    super::userns::mount_mqueue(root)?;
     mount_at(
         root,
         "tmp",

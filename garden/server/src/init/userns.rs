@@ -108,3 +108,18 @@ pub fn attach_bind(root: &Path, b: &InitBindMount, fd: i32) -> Result<(), String
     attach(fd, &target)
         .map_err(|e| format!("bind mount {} to {}: {e}", b.src.display(), b.dst.display()))
 }
+
+/// POSIX message queues at /dev/mqueue: an mqueue filesystem of the container's own ipc
+/// namespace, mounted from inside (so, with a user namespace, it belongs to it).
+pub fn mount_mqueue(root: &Path) -> Result<(), String> {
+    let target = root.join("dev/mqueue");
+    std::fs::create_dir_all(&target).map_err(|e| format!("create /dev/mqueue: {e}"))?;
+    mount(
+        Some("mqueue"),
+        &target,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mount mqueue on /dev/mqueue: {e}"))
+}
