@@ -488,3 +488,61 @@ async fn keyrings_are_per_namespace() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// A lower layer on a filesystem that cannot be id-mapped (ramfs): gardend falls back to a
+/// chown'd copy of it, cached per layer and mapping, with the same view inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmappable_layers_get_a_chowned_copy() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    let c = g.client();
+    let rootfs = g.depot.parent().unwrap().join("rootfs");
+    let mnt = g.tmp.path().join("ramfs");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", rootfs.display()))
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let image = ContainerSpec {
+        image: garden_api::ImageRef {
+            uri: format!("raw://{}", mnt.display()),
+            ..Default::default()
+        },
+        ..spec("ramfs-layer")
+    };
+    c.create(&image).await.expect("create on a ramfs layer");
+    let (status, out) = sh_combined(
+        &c,
+        "ramfs-layer",
+        "stat -c '%u:%g' /bin/busybox /home/alice",
+    )
+    .await;
+    assert_eq!((status, out.as_str()), (0, "0:0\n1000:1000\n"), "{out}");
+    let copies: Vec<_> = std::fs::read_dir(g.depot.parent().unwrap().join("mapped-layers"))
+        .expect("mapped-layers cache")
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let m = std::fs::metadata(copies[0].join("bin/busybox")).unwrap();
+    assert_eq!(m.uid(), MAXIMUS);
+    // The layer itself is untouched.
+    assert_eq!(std::fs::metadata(mnt.join("bin/busybox")).unwrap().uid(), 0);
+    c.destroy("ramfs-layer").await.expect("destroy");
+    assert_no_leaks("ramfs-layer", &g);
+}
