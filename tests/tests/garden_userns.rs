@@ -526,6 +526,9 @@ async fn unmappable_layers_get_a_chowned_copy() {
         },
         ..spec("ramfs-layer")
     };
+    // A state directory only host root may enter (as the depot should be): container root
+    // never walks the host paths to its bundle, upper dir or the layer copy.
+    std::fs::set_permissions(g.tmp.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     c.create(&image).await.expect("create on a ramfs layer");
     let (status, out) = sh_combined(
         &c,

@@ -199,28 +199,38 @@ impl Runtime {
         lowers: Vec<Lower>,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = &spec.bundle;
-        // garden-init reaches its bundle, upper and work directories through descriptors:
-        // container root in a user namespace may not be able to walk the host path to them.
-        let mut passed =
-            Passed::new([bundle.to_path_buf(), upper_dir(bundle), bundle.join("work")])?;
-        let [b, upper, work] = [0, 1, 2].map(Passed::opened_path);
+        // garden-init reaches its bundle, upper and work directories (and lower layers it
+        // mounts by path) through descriptors: container root in a user namespace may not be
+        // able to walk the host paths to them.
+        let mut dirs = vec![bundle.to_path_buf(), upper_dir(bundle), bundle.join("work")];
         let mut lower_dirs = Vec::new();
-        let mut lower_mounts = Vec::new();
+        let mut mapped = Vec::new();
         for lower in lowers {
             match lower {
+                Lower::Dir(d) if spec.ids.is_some() => {
+                    lower_dirs.push(Passed::opened_path(dirs.len()));
+                    dirs.push(d);
+                }
                 Lower::Dir(d) => lower_dirs.push(d),
                 Lower::Mapped(fd) => {
-                    let name = format!("lower/{}", lower_mounts.len());
-                    let host = bundle.join(&name);
-                    std::fs::create_dir_all(&host).map_err(io_err("create", &host))?;
-                    let target = b.join(&name);
-                    lower_dirs.push(target.clone());
-                    lower_mounts.push(FdMount {
-                        fd: passed.add(fd),
-                        target,
-                    });
+                    lower_dirs.push(PathBuf::new()); // set below, once numbers are known
+                    mapped.push((lower_dirs.len() - 1, fd));
                 }
             }
+        }
+        let mut passed = Passed::new(&dirs)?;
+        let [b, upper, work] = [0, 1, 2].map(Passed::opened_path);
+        let mut lower_mounts = Vec::new();
+        for (i, fd) in mapped {
+            let name = format!("lower/{}", lower_mounts.len());
+            let host = bundle.join(&name);
+            std::fs::create_dir_all(&host).map_err(io_err("create", &host))?;
+            let target = b.join(&name);
+            lower_dirs[i] = target.clone();
+            lower_mounts.push(FdMount {
+                fd: passed.add(fd),
+                target,
+            });
         }
         let mut bind_mounts = spec.bind_mounts.clone();
         for m in &mut bind_mounts {
@@ -412,7 +422,7 @@ struct Passed {
 }
 
 impl Passed {
-    fn new<const N: usize>(dirs: [PathBuf; N]) -> Result<Passed> {
+    fn new(dirs: &[PathBuf]) -> Result<Passed> {
         let opened = dirs
             .iter()
             .map(|d| {
