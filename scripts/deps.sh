@@ -9,8 +9,9 @@ set -euo pipefail
 # e2fsprogs, cpio, binutils: the cgroup v2 VM check builds disk images and an initramfs.
 # nats-server: the agent's bus (tests start their own on loopback).
 # crun, runc: benchmark peers only. util-linux: nsenter, unshare, losetup.
+# docker-registry, skopeo, umoci: the image tests' loopback registry, its feeder and OCI layouts.
 # gcc, libc6-dev: garden_userns builds a tiny static keyctl helper to stream into containers.
-PACKAGES=(busybox-static nats-server iproute2 iptables xfsprogs e2fsprogs cpio binutils crun runc util-linux procps gcc libc6-dev "$@")
+PACKAGES=(busybox-static nats-server iproute2 iptables xfsprogs e2fsprogs cpio binutils crun runc util-linux procps docker-registry skopeo umoci gcc libc6-dev "$@")
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -7,6 +7,7 @@
 mod agent;
 mod bundle;
 mod gardend;
+mod images;
 mod netclean;
 mod peers;
 mod report;
@@ -38,6 +39,8 @@ enum Scenario {
     Density,
     /// the cell agent: start message to RUNNING instance, alone and in a burst.
     Agent,
+    /// create from a cached registry image vs a directory, and a cold pull.
+    Images,
 }
 
 /// gardend vs crun vs runc. Prints a markdown table; `--json FILE` writes the same figures.
@@ -98,6 +101,9 @@ struct Cli {
     /// Instances started at once in the agent scenario.
     #[arg(long)]
     agent_burst: Option<usize>,
+    /// Recorded creates of each kind in the images scenario.
+    #[arg(long)]
+    image_rounds: Option<usize>,
     /// gardend binary (default: next to this executable).
     #[arg(long, value_name = "PATH")]
     gardend: Option<PathBuf>,
@@ -307,6 +313,15 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             .into(),
     );
 
+    // The images scenario's registry comes first: gardend must know it at start.
+    let image_fixture = (cli.wants(Scenario::Images) && !cli.peers_only).then(|| {
+        let mib = if cli.full { 128 } else { 32 };
+        progress(&format!(
+            "images: building and pushing a busybox + {mib} MiB image"
+        ));
+        images::prepare(&rootfs, mib).map_err(|e| format!("{e:#}"))
+    });
+
     // gardend.
     let mut server = None;
     let gardend_target: Result<Target, String> = if cli.peers_only {
@@ -320,6 +335,15 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             "--network-pool".to_string(),
             cli.gardend_network_pool.clone(),
         ];
+        if let Some(Ok(f)) = &image_fixture {
+            // Cold pulls: every destroy removes the layers no container uses.
+            gardend_args.extend([
+                "--insecure-docker-registry".to_string(),
+                f.host.clone(),
+                "--graph-cleanup-threshold-in-megabytes".to_string(),
+                "0".to_string(),
+            ]);
+        }
         gardend_args.extend(cli.gardend_args.iter().cloned());
         let started = match bin {
             Ok(bin) => {
@@ -408,6 +432,29 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
                 r
             }
         });
+    }
+
+    if result.is_ok() {
+        if let Some(fixture) = &image_fixture {
+            report.images = Some(match (fixture, &server) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(_), None) => Err("skipped (no gardend)".into()),
+                (Ok(f), Some(g)) => {
+                    let rounds = cli.image_rounds.unwrap_or(if cli.full { 20 } else { 5 });
+                    let t = Instant::now();
+                    progress(&format!("images: {rounds} rounds of each create"));
+                    let store = scratch.path().join("images");
+                    let r = images::measure(&g.client(), f, &store, rounds.max(1))
+                        .await
+                        .map_err(|e| format!("{e:#}"));
+                    progress(&format!(
+                        "images: done in {:.1} s",
+                        t.elapsed().as_secs_f64()
+                    ));
+                    r
+                }
+            });
+        }
     }
 
     if let Some(mut g) = server {

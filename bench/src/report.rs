@@ -115,6 +115,7 @@ pub struct Report {
     pub streaming: Option<Streaming>,
     pub density: Option<Outcome<Density>>,
     pub agent: Option<Outcome<crate::agent::AgentFigures>>,
+    pub images: Option<Outcome<crate::images::ImageFigures>>,
     /// gardend's RSS (KiB) at start and after each scenario.
     pub gardend_rss: Vec<(String, u64)>,
     pub notes: Vec<String>,
@@ -325,6 +326,18 @@ pub fn to_json(r: &Report) -> Value {
         None => json!({"burst": null, "error": NOT_RUN}),
     };
     root.insert("agent".into(), agent);
+    let images = match &r.images {
+        Some(Ok(i)) => json!({
+            "image_mib": i.image_mib,
+            "layers": i.layers,
+            "create_from_directory": summary_json(Some(&Ok(i.directory))),
+            "create_from_cached_image": summary_json(Some(&Ok(i.cached))),
+            "create_with_cold_pull": summary_json(Some(&Ok(i.cold))),
+        }),
+        Some(Err(e)) => json!({"layers": null, "error": e}),
+        None => json!({"layers": null, "error": NOT_RUN}),
+    };
+    root.insert("images".into(), images);
     let rss: Map<String, Value> = r
         .gardend_rss
         .iter()
@@ -607,6 +620,36 @@ pub fn to_markdown(r: &Report) -> String {
         }
         Some(Err(e)) => {
             let _ = writeln!(out, "agent: {}\n", cell(e));
+        }
+        None => {}
+    }
+
+    match &r.images {
+        Some(Ok(i)) => {
+            let _ = writeln!(
+                out,
+                "| gardend create (ms), image of {} layers, {} MiB of noise | n | p50 | p90 | max |",
+                i.layers, i.image_mib
+            );
+            out.push_str("|---|---:|---:|---:|---:|\n");
+            for (name, s) in [
+                ("from a directory (default rootfs)", &i.directory),
+                ("from a registry image, layers stored", &i.cached),
+                ("from a registry image, cold pull", &i.cold),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "| {name} | {} | {} | {} | {} |",
+                    s.count,
+                    fmt_ms(s.p50),
+                    fmt_ms(s.p90),
+                    fmt_ms(s.max)
+                );
+            }
+            out.push('\n');
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(out, "images: {}\n", cell(e));
         }
         None => {}
     }

@@ -1,8 +1,8 @@
-//! A small HTTP/1.1 client for downloads and uploads: one request per connection
-//! (`Connection: close`), bodies framed by `Content-Length`, chunked encoding or EOF.
-//! `http://` and `https://` are supported; TLS is rustls (ring provider) with the server
-//! certificate verified against the system roots plus any extra CAs in [`TlsOptions`], and SNI
-//! taken from the URL's host.
+//! The HTTP client for downloads and uploads: reqwest (hyper underneath) with pooled
+//! keep-alive connections, redirects followed as Go's client does, proxies from the
+//! environment and gzip decoding. TLS is our own rustls config (ring provider): the system
+//! roots plus any extra CAs in [`TlsOptions`], or nothing verified when asked; SNI is the URL's
+//! host. [`Url`] is our own small parser so that no error ever echoes a (signed) URL.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -11,8 +11,7 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -163,12 +162,33 @@ impl Url {
         }
     }
 
+    /// `host:port` (IPv6 in brackets), for error messages.
+    fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     /// The last path segment (for naming a downloaded single file).
     pub fn file_name(&self) -> Option<String> {
         let path = self.target.split('?').next().unwrap_or("");
         path.rsplit('/')
             .find(|s| !s.is_empty())
             .map(|s| s.to_string())
+    }
+}
+
+/// The URL again, normalised (default ports elided). Not for error messages: it may carry
+/// credentials in its query.
+impl std::fmt::Display for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        write!(f, "{scheme}://{}{}", self.host_header(), self.target)
     }
 }
 
@@ -190,6 +210,7 @@ pub struct TlsOptions {
 pub struct Tls {
     config: Arc<OnceLock<Arc<rustls::ClientConfig>>>,
     handshake_timeout: Duration,
+    client: Arc<OnceLock<reqwest::Client>>,
 }
 
 /// Like Go's `http.Transport` default: a peer that is not speaking TLS (a plain HTTP port)
@@ -201,6 +222,7 @@ impl Default for Tls {
         Tls {
             config: Arc::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            client: Arc::default(),
         }
     }
 }
@@ -285,12 +307,14 @@ impl Tls {
         Ok(Tls {
             config: Arc::new(lock),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            client: Arc::default(),
         })
     }
 
     /// Give up on a handshake after `timeout` (default 10 s); retried like other network errors.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Tls {
         self.handshake_timeout = timeout;
+        self.client = Arc::default();
         self
     }
 
@@ -357,72 +381,134 @@ impl ServerCertVerifier for SkipVerify {
     }
 }
 
-/// A plain or TLS connection.
-trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
-
-async fn connect(tls: &Tls, url: &Url) -> Result<Box<dyn Conn>, HttpError> {
-    let addr = if url.host.contains(':') {
-        format!("[{}]:{}", url.host, url.port)
-    } else {
-        format!("{}:{}", url.host, url.port)
-    };
-    let stream = TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(io_err(format!("connecting to {addr}")))?;
-    let _ = stream.set_nodelay(true);
-    if url.scheme == Scheme::Http {
-        return Ok(Box::new(stream));
+/// The client for one [`Tls`]: built on first use, then shared by every request so that
+/// keep-alive connections are reused.
+fn client(tls: &Tls) -> Result<reqwest::Client, HttpError> {
+    if let Some(c) = tls.client.get() {
+        return Ok(c.clone());
     }
-    let name = ServerName::try_from(url.host.clone())
-        .map_err(|_| HttpError::ServerName(url.host.clone()))?;
-    let connector = tokio_rustls::TlsConnector::from(tls.client_config());
-    let handshake = tokio::time::timeout(tls.handshake_timeout, connector.connect(name, stream));
-    match handshake.await {
-        Err(_) => Err(HttpError::Io {
-            context: format!("tls handshake with {addr}"),
+    let config = (*tls.client_config()).clone();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(config)
+        // Covers the TCP connect and the TLS handshake: a peer that is not speaking TLS would
+        // otherwise stall the request until the caller's overall timeout.
+        .connect_timeout(tls.handshake_timeout)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .http1_only()
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| HttpError::TlsSetup(chain(&e)))?;
+    Ok(tls.client.get_or_init(|| client).clone())
+}
+
+/// Like Go's `http.Client`: blobstores answer downloads with a redirect to a signed URL,
+/// sometimes through a CDN, but never with long chains.
+const MAX_REDIRECTS: usize = 10;
+
+/// The causes of an error, `a: b: c`, without reqwest's and hyper's generic wrappers and
+/// without any URL (signed URLs carry credentials).
+fn chain(e: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for err in causes(e) {
+        let part = err.to_string();
+        let generic = part.starts_with("error sending request")
+            || part.starts_with("client error (")
+            || part.starts_with("builder error")
+            || part.starts_with("request or response body error")
+            || part.starts_with("error decoding response body");
+        if !generic && !parts.iter().any(|p| p.contains(&part)) {
+            parts.push(part);
+        }
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// `e` and its causes. An `io::Error` wrapping another error reports only the inner one's
+/// *source* as its own, so the wrapped error itself is yielded too (rustls's errors arrive
+/// that way from tokio-rustls).
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        out.push(err);
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    out.into_iter()
+}
+
+/// The first cause of type `T` in `e`'s chain.
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    causes(e).find_map(|err| err.downcast_ref::<T>())
+}
+
+/// Sort a reqwest failure into our kinds: a certificate rejected by rustls is permanent;
+/// connect failures and timeouts are network errors (retried by the callers).
+fn classify(e: reqwest::Error, url: &Url, context: &str, tls: &Tls) -> HttpError {
+    let e = e.without_url();
+    let addr = url.addr();
+    if let Some(t) = find_cause::<rustls::Error>(&e) {
+        return HttpError::Tls {
+            addr,
+            source: t.clone(),
+        };
+    }
+    if e.is_redirect() {
+        return HttpError::Protocol(format!("more than {MAX_REDIRECTS} redirects"));
+    }
+    if e.is_builder() {
+        return HttpError::InvalidUrl(chain(&e));
+    }
+    if e.is_connect() && e.is_timeout() {
+        return HttpError::Io {
+            context: format!("connecting to {addr}"),
             source: std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("timed out after {:?}", tls.handshake_timeout),
             ),
-        }),
-        Ok(Ok(s)) => Ok(Box::new(s)),
-        Ok(Err(e)) => {
-            // rustls reports its own failures as an io::Error wrapping a rustls::Error; anything
-            // else (reset, EOF) is a network error and worth a retry.
-            let tls_error = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .cloned();
-            Err(match tls_error {
-                Some(source) => HttpError::Tls { addr, source },
-                None => HttpError::Io {
-                    context: format!("tls handshake with {addr}"),
-                    source: e,
-                },
-            })
-        }
+        };
+    }
+    let kind = find_cause::<std::io::Error>(&e)
+        .map(|io| io.kind())
+        .unwrap_or(std::io::ErrorKind::Other);
+    let context = if e.is_connect() {
+        format!("connecting to {addr}")
+    } else {
+        context.to_string()
+    };
+    HttpError::Io {
+        context,
+        source: std::io::Error::new(kind, chain(&e)),
     }
 }
+
 /// A request body of known length.
 pub struct Body {
     pub len: u64,
     pub reader: Box<dyn AsyncRead + Send + Unpin>,
 }
 
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    Eof,
-}
-
-/// A response whose body has not been read yet.
+/// A response whose body has not been read yet. Redirects have been followed: `status` is
+/// the final one.
 pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
-    reader: BufReader<Box<dyn Conn>>,
-    framing: Framing,
+    inner: reqwest::Response,
+    url: Url,
+    tls: Tls,
 }
 
 impl Response {
@@ -434,90 +520,23 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The next piece of the body (gzip content-encoding already decoded); `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, HttpError> {
+        self.inner
+            .chunk()
+            .await
+            .map_err(|e| classify(e, &self.url, "reading body", &self.tls))
+    }
+
     /// Read the whole body, handing each piece to `sink`; returns the body length.
     pub async fn read_body(
         mut self,
         mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
     ) -> Result<u64, HttpError> {
         let mut total = 0u64;
-        let mut buf = vec![0u8; 64 * 1024];
-        match self.framing {
-            Framing::None => {}
-            Framing::Length(mut left) => {
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    let n = self
-                        .reader
-                        .read(&mut buf[..want])
-                        .await
-                        .map_err(io_err("reading body"))?;
-                    if n == 0 {
-                        return Err(HttpError::Protocol(format!(
-                            "body ended {left} bytes early"
-                        )));
-                    }
-                    sink(&buf[..n]).map_err(io_err("storing body"))?;
-                    left -= n as u64;
-                    total += n as u64;
-                }
-            }
-            Framing::Eof => loop {
-                let n = self
-                    .reader
-                    .read(&mut buf)
-                    .await
-                    .map_err(io_err("reading body"))?;
-                if n == 0 {
-                    break;
-                }
-                sink(&buf[..n]).map_err(io_err("storing body"))?;
-                total += n as u64;
-            },
-            Framing::Chunked => loop {
-                let mut line = String::new();
-                self.reader
-                    .read_line(&mut line)
-                    .await
-                    .map_err(io_err("reading chunk size"))?;
-                let size_text = line.trim().split(';').next().unwrap_or("");
-                let mut left = u64::from_str_radix(size_text, 16).map_err(|_| {
-                    HttpError::Protocol(format!("bad chunk size {:?}", line.trim()))
-                })?;
-                if left == 0 {
-                    // Trailers until the empty line.
-                    loop {
-                        line.clear();
-                        let n = self
-                            .reader
-                            .read_line(&mut line)
-                            .await
-                            .map_err(io_err("reading trailers"))?;
-                        if n == 0 || line.trim().is_empty() {
-                            break;
-                        }
-                    }
-                    break;
-                }
-                while left > 0 {
-                    let want = left.min(buf.len() as u64) as usize;
-                    let n = self
-                        .reader
-                        .read(&mut buf[..want])
-                        .await
-                        .map_err(io_err("reading chunk"))?;
-                    if n == 0 {
-                        return Err(HttpError::Protocol("chunked body ended early".into()));
-                    }
-                    sink(&buf[..n]).map_err(io_err("storing body"))?;
-                    left -= n as u64;
-                    total += n as u64;
-                }
-                line.clear();
-                self.reader
-                    .read_line(&mut line)
-                    .await
-                    .map_err(io_err("reading chunk end"))?;
-            },
+        while let Some(piece) = self.chunk().await? {
+            sink(&piece).map_err(io_err("storing body"))?;
+            total += piece.len() as u64;
         }
         Ok(total)
     }
@@ -536,6 +555,8 @@ pub async fn request(
 }
 
 /// Send one request and read the response head; `tls` verifies `https://` servers.
+/// Redirects are followed (up to ten; credentials are dropped when one leaves the host),
+/// proxies come from `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`, and gzip bodies are decoded.
 pub async fn request_with(
     tls: &Tls,
     method: &str,
@@ -543,106 +564,40 @@ pub async fn request_with(
     headers: &[(&str, String)],
     body: Option<Body>,
 ) -> Result<Response, HttpError> {
-    let stream = connect(tls, url).await?;
-    let mut head = format!(
-        "{method} {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-        url.target,
-        url.host_header()
-    );
+    let method = reqwest::Method::from_bytes(method.as_bytes())
+        .map_err(|_| HttpError::Protocol(format!("bad method {method:?}")))?;
+    let target =
+        reqwest::Url::parse(&url.to_string()).map_err(|e| HttpError::InvalidUrl(e.to_string()))?;
+    let mut req = client(tls)?.request(method, target);
     for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, v.as_str());
     }
-    if let Some(b) = &body {
-        head.push_str(&format!("Content-Length: {}\r\n", b.len));
+    if let Some(b) = body {
+        let stream = tokio_util::io::ReaderStream::new(b.reader.take(b.len));
+        req = req
+            .header(reqwest::header::CONTENT_LENGTH, b.len)
+            .body(reqwest::Body::wrap_stream(stream));
     }
-    head.push_str("\r\n");
-    let mut reader = BufReader::new(stream);
-    reader
-        .get_mut()
-        .write_all(head.as_bytes())
+    let inner = req
+        .send()
         .await
-        .map_err(io_err("sending request"))?;
-    if let Some(mut b) = body {
-        let sent = tokio::io::copy(&mut (&mut b.reader).take(b.len), reader.get_mut())
-            .await
-            .map_err(io_err("sending request body"))?;
-        if sent != b.len {
-            return Err(HttpError::Protocol(format!(
-                "request body was {sent} bytes, expected {}",
-                b.len
-            )));
-        }
-    }
-    reader
-        .get_mut()
-        .flush()
-        .await
-        .map_err(io_err("sending request"))?;
-
-    let mut raw = Vec::new();
-    loop {
-        let n = reader
-            .read_until(b'\n', &mut raw)
-            .await
-            .map_err(io_err("reading response head"))?;
-        if n == 0 {
-            return Err(HttpError::Protocol(
-                "connection closed before the response head".into(),
-            ));
-        }
-        if raw.ends_with(b"\r\n\r\n") || raw.ends_with(b"\n\n") {
-            break;
-        }
-        if raw.len() > 64 * 1024 {
-            return Err(HttpError::Protocol("response head too large".into()));
-        }
-    }
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut hdrs);
-    match resp.parse(&raw) {
-        Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => {
-            return Err(HttpError::Protocol("incomplete response head".into()))
-        }
-        Err(e) => return Err(HttpError::Protocol(e.to_string())),
-    }
-    let status = resp.code.unwrap_or(0);
-    let headers: Vec<(String, String)> = resp
-        .headers
+        .map_err(|e| classify(e, url, "sending request", tls))?;
+    let headers = inner
+        .headers()
         .iter()
-        .map(|h| {
+        .map(|(k, v)| {
             (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).trim().to_string(),
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).trim().to_string(),
             )
         })
         .collect();
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
-    let framing =
-        if method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status) {
-            Framing::None
-        } else if get("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
-        {
-            Framing::Chunked
-        } else if let Some(len) = get("content-length") {
-            Framing::Length(
-                len.parse()
-                    .map_err(|_| HttpError::Protocol(format!("bad content-length {len:?}")))?,
-            )
-        } else {
-            Framing::Eof
-        };
     Ok(Response {
-        status,
+        status: inner.status().as_u16(),
         headers,
-        reader,
-        framing,
+        inner,
+        url: url.clone(),
+        tls: tls.clone(),
     })
 }
 
@@ -763,12 +718,15 @@ mod tests {
         let port = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
         let r = request("GET", &url, &[], None).await.unwrap();
-        assert!(r
-            .read_body(|_| Ok(()))
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("early"));
+        let err = r.read_body(|_| Ok(())).await.unwrap_err();
+        assert!(!err.is_permanent(), "{err}");
+        assert!(
+            err.to_string().starts_with("reading body: ")
+                && err
+                    .to_string()
+                    .contains("end of file before message length reached"),
+            "{err}"
+        );
     }
 }
 

@@ -1,5 +1,5 @@
-//! The executor's HTTP API for controllers other than an in-process agent. JSON in and out,
-//! one request per connection (`Connection: close`):
+//! The executor's HTTP API for controllers other than an in-process agent (axum). JSON in
+//! and out:
 //!
 //! | method | path | body | reply |
 //! |---|---|---|---|
@@ -12,204 +12,168 @@
 //! | DELETE | `/v1/containers/:guid` | — | 204 (after the container is destroyed) |
 //! | GET | `/v1/events` | — | NDJSON stream of events until the client leaves |
 //!
-//! Errors are `{"error": "<message>"}` with 400/404/409/503/500.
+//! Errors are `{"error": "<message>"}` with 400/404/409/413/503/500 (405 for a known path with
+//! another method).
 
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::container::{AllocationRequest, Executor, ExecutorError, RunInfo};
 
-/// Serve until `shutdown` completes.
+/// Bodies are small JSON documents; anything bigger is refused with 413.
+const MAX_BODY: usize = 16 << 20;
+
+/// Serve until `shutdown` completes. Open event streams are not waited for: they end when
+/// the process does.
 pub async fn serve(
     listener: TcpListener,
     exec: Arc<Executor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            r = listener.accept() => {
-                let (sock, _) = r?;
-                let exec = exec.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(sock, exec).await {
-                        tracing::debug!(error = %e, "api connection failed");
-                    }
-                });
-            }
-            _ = &mut shutdown => return Ok(()),
-        }
+    let server = axum::serve(listener, router(exec));
+    tokio::select! {
+        r = server => r,
+        _ = shutdown => Ok(()),
     }
 }
 
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
+/// The route table.
+pub fn router(exec: Arc<Executor>) -> Router {
+    Router::new()
+        .route("/v1/resources", get(resources))
+        .route("/v1/containers", post(allocate).get(list))
+        .route("/v1/containers/{guid}", get(one).delete(delete))
+        .route("/v1/containers/{guid}/run", post(run))
+        .route("/v1/containers/{guid}/stop", post(stop))
+        .route("/v1/events", get(events))
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(exec)
 }
 
-fn json<T: Serialize>(status: u16, v: &T) -> Reply {
-    Reply {
-        status,
-        body: serde_json::to_vec(v).unwrap_or_default(),
-    }
+type Exec = State<Arc<Executor>>;
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    (status, axum::Json(v)).into_response()
 }
 
-fn error(status: u16, msg: impl std::fmt::Display) -> Reply {
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     json(status, &serde_json::json!({ "error": msg.to_string() }))
 }
 
-fn exec_error(e: ExecutorError) -> Reply {
+fn exec_error(e: ExecutorError) -> Response {
     let status = match &e {
-        ExecutorError::NotFound(_) => 404,
-        ExecutorError::InsufficientResources => 503,
-        ExecutorError::GuidNotAvailable(_) | ExecutorError::InvalidTransition { .. } => 409,
-        ExecutorError::InvalidRunInfo(_) => 400,
-        ExecutorError::Destroy { .. } => 500,
+        ExecutorError::NotFound(_) => StatusCode::NOT_FOUND,
+        ExecutorError::InsufficientResources => StatusCode::SERVICE_UNAVAILABLE,
+        ExecutorError::GuidNotAvailable(_) | ExecutorError::InvalidTransition { .. } => {
+            StatusCode::CONFLICT
+        }
+        ExecutorError::InvalidRunInfo(_) => StatusCode::BAD_REQUEST,
+        ExecutorError::Destroy { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
 }
 
-async fn handle(sock: TcpStream, exec: Arc<Executor>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(sock);
-    let mut raw = Vec::new();
-    loop {
-        let n = reader.read_until(b'\n', &mut raw).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        if raw.ends_with(b"\r\n\r\n") || raw.ends_with(b"\n\n") {
-            break;
-        }
-        if raw.len() > 64 * 1024 {
-            return write_reply(reader.get_mut(), error(431, "request head too large")).await;
-        }
-    }
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut hdrs);
-    if !matches!(req.parse(&raw), Ok(httparse::Status::Complete(_))) {
-        return write_reply(reader.get_mut(), error(400, "malformed request")).await;
-    }
-    let method = req.method.unwrap_or("").to_string();
-    let path = req
-        .path
-        .unwrap_or("/")
-        .split('?')
-        .next()
-        .unwrap_or("/")
-        .to_string();
-    let len: usize = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-        .unwrap_or(0);
-    if len > 16 << 20 {
-        return write_reply(reader.get_mut(), error(413, "request body too large")).await;
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await?;
-
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    if method == "GET" && segments == ["v1", "events"] {
-        return stream_events(reader.into_inner(), &exec).await;
-    }
-    let reply = match (method.as_str(), segments.as_slice()) {
-        ("GET", ["v1", "resources"]) => json(
-            200,
-            &serde_json::json!({"total": exec.total_resources(), "remaining": exec.remaining_resources()}),
-        ),
-        ("POST", ["v1", "containers"]) => {
-            match serde_json::from_slice::<AllocationRequest>(&body) {
-                Ok(req) => match exec.allocate(req) {
-                    Ok(c) => json(201, &c),
-                    Err(e) => exec_error(e),
-                },
-                Err(e) => error(400, format!("bad allocation request: {e}")),
-            }
-        }
-        ("GET", ["v1", "containers"]) => json(200, &exec.list()),
-        ("GET", ["v1", "containers", guid]) => match exec.get(guid) {
-            Ok(c) => json(200, &c),
-            Err(e) => exec_error(e),
-        },
-        ("POST", ["v1", "containers", guid, "run"]) => {
-            match serde_json::from_slice::<RunInfo>(&body) {
-                Ok(info) => match exec.run(guid, info) {
-                    Ok(()) => json(202, &serde_json::json!({})),
-                    Err(e) => exec_error(e),
-                },
-                Err(e) => error(400, format!("bad run info: {e}")),
-            }
-        }
-        ("POST", ["v1", "containers", guid, "stop"]) => match exec.stop(guid) {
-            Ok(()) => json(202, &serde_json::json!({})),
-            Err(e) => exec_error(e),
-        },
-        ("DELETE", ["v1", "containers", guid]) => match exec.delete(guid).await {
-            Ok(()) => Reply {
-                status: 204,
-                body: Vec::new(),
-            },
-            Err(e) => exec_error(e),
-        },
-        _ => error(404, format!("no route for {method} {path}")),
-    };
-    write_reply(reader.get_mut(), reply).await
+/// Parse a JSON body ourselves so that a bad one gets our error shape, saying what was wrong.
+fn parse<T: DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad {what}: {e}"))
 }
 
-async fn write_reply(sock: &mut TcpStream, reply: Reply) -> std::io::Result<()> {
-    let reason = match reply.status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        400 => "Bad Request",
-        404 => "Not Found",
-        409 => "Conflict",
-        503 => "Service Unavailable",
-        _ => "Error",
-    };
-    let mut head = format!(
-        "HTTP/1.1 {} {reason}\r\nConnection: close\r\n",
-        reply.status
-    );
-    if reply.status != 204 {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            reply.body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    sock.write_all(head.as_bytes()).await?;
-    sock.write_all(&reply.body).await?;
-    sock.shutdown().await
+fn accepted() -> Response {
+    json(StatusCode::ACCEPTED, &serde_json::json!({}))
 }
 
-async fn stream_events(mut sock: TcpStream, exec: &Executor) -> std::io::Result<()> {
-    let mut events = exec.subscribe();
-    sock.write_all(
-        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: application/x-ndjson\r\n\r\n",
+async fn resources(State(exec): Exec) -> Response {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"total": exec.total_resources(), "remaining": exec.remaining_resources()}),
     )
-    .await?;
-    sock.flush().await?;
-    loop {
-        match events.recv().await {
-            Ok(ev) => {
-                let mut line = serde_json::to_vec(&ev).unwrap_or_default();
-                line.push(b'\n');
-                sock.write_all(&line).await?;
-                sock.flush().await?;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "event stream lagged");
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
-        }
+}
+
+async fn allocate(State(exec): Exec, body: Bytes) -> Response {
+    match parse::<AllocationRequest>(&body, "allocation request") {
+        Ok(req) => match exec.allocate(req) {
+            Ok(c) => json(StatusCode::CREATED, &c),
+            Err(e) => exec_error(e),
+        },
+        Err(msg) => error(StatusCode::BAD_REQUEST, msg),
     }
+}
+
+async fn list(State(exec): Exec) -> Response {
+    json(StatusCode::OK, &exec.list())
+}
+
+async fn one(State(exec): Exec, Path(guid): Path<String>) -> Response {
+    match exec.get(&guid) {
+        Ok(c) => json(StatusCode::OK, &c),
+        Err(e) => exec_error(e),
+    }
+}
+
+async fn run(State(exec): Exec, Path(guid): Path<String>, body: Bytes) -> Response {
+    match parse::<RunInfo>(&body, "run info") {
+        Ok(info) => match exec.run(&guid, info) {
+            Ok(()) => accepted(),
+            Err(e) => exec_error(e),
+        },
+        Err(msg) => error(StatusCode::BAD_REQUEST, msg),
+    }
+}
+
+async fn stop(State(exec): Exec, Path(guid): Path<String>) -> Response {
+    match exec.stop(&guid) {
+        Ok(()) => accepted(),
+        Err(e) => exec_error(e),
+    }
+}
+
+async fn delete(State(exec): Exec, Path(guid): Path<String>) -> Response {
+    match exec.delete(&guid).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => exec_error(e),
+    }
+}
+
+async fn no_route(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+/// Every executor event as one JSON line, until the client leaves.
+async fn events(State(exec): Exec) -> Response {
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = exec.subscribe();
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+                    line.push(b'\n');
+                    return Some((Ok::<_, std::io::Error>(Bytes::from(line)), rx));
+                }
+                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event stream lagged"),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -220,6 +184,7 @@ mod tests {
     use crate::garden::fake::{FakeGarden, Script};
     use crate::http::{request, Body, Url};
     use crate::log::NullSink;
+    use tokio::net::TcpListener;
 
     async fn call(port: u16, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
         let url = Url::parse(&format!("http://127.0.0.1:{port}{path}")).unwrap();
@@ -265,17 +230,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(serve(listener, exec, std::future::pending()));
 
-        let mut events = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        events
-            .write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut events = BufReader::new(events);
-        let mut line = String::new();
-        while line != "\r\n" {
-            line.clear();
-            events.read_line(&mut line).await.unwrap();
-        }
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/v1/events")).unwrap();
+        let mut events = request("GET", &url, &[], None).await.unwrap();
+        assert_eq!(events.header("content-type"), Some("application/x-ndjson"));
+        let mut pending = Vec::new();
 
         let (s, c) = call(
             port,
@@ -304,10 +262,15 @@ mod tests {
         assert_eq!(s, 202);
         let mut kinds = Vec::new();
         while kinds.last().map(String::as_str) != Some("container_complete") {
-            line.clear();
-            events.read_line(&mut line).await.unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            kinds.push(v["type"].as_str().unwrap().to_string());
+            while let Some(i) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=i).collect();
+                let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                kinds.push(v["type"].as_str().unwrap().to_string());
+            }
+            if kinds.last().map(String::as_str) == Some("container_complete") {
+                break;
+            }
+            pending.extend_from_slice(&events.chunk().await.unwrap().unwrap());
         }
         assert_eq!(
             kinds,
@@ -326,6 +289,20 @@ mod tests {
         assert_eq!((s, list.as_array().unwrap().len()), (200, 1));
         let (s, _) = call(port, "POST", "/v1/containers/g1/run", r#"{"action":null}"#).await;
         assert_eq!(s, 400);
+        let (s, e) = call(port, "POST", "/v1/containers", "{not json").await;
+        assert_eq!(s, 400);
+        assert!(
+            e["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("bad allocation request"),
+            "{e}"
+        );
+        let (s, e) = call(port, "GET", "/v2/nothing", "").await;
+        assert_eq!(
+            (s, e["error"].as_str()),
+            (404, Some("no route for GET /v2/nothing"))
+        );
         let (s, _) = call(port, "DELETE", "/v1/containers/g1", "").await;
         assert_eq!(s, 204);
         let (s, e) = call(port, "GET", "/v1/containers/g1", "").await;

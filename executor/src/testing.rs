@@ -1,13 +1,17 @@
-//! Test support shared by the unit and end-to-end tests: a tiny HTTP/1.1 file server on
-//! 127.0.0.1:0 that serves registered files (with ETag and conditional GET), counts requests
-//! and body bytes sent, and records POSTed uploads. [`FileServer::start_tls`] serves the same
-//! over TLS with a caller-made certificate.
+//! Test support shared by the unit and end-to-end tests: a file server on 127.0.0.1:0 (axum
+//! on hyper) that serves registered files (with ETag and conditional GET, redirects, gzip),
+//! counts requests and body bytes sent, records POSTed uploads, and answers requests in
+//! proxy form (`GET http://host/path`) as a forward proxy would, counting them.
+//! [`FileServer::start_tls`] serves the same over TLS with a caller-made certificate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use axum::body::Body;
+use axum::extract::{Request, State as Shared};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
 /// A file the server hands out.
@@ -20,6 +24,10 @@ pub struct ServedFile {
     pub status: Option<u16>,
     /// Send the body chunked instead of with Content-Length.
     pub chunked: bool,
+    /// Answer with a redirect to this URL (status 302 unless `status` says otherwise).
+    pub redirect: Option<String>,
+    /// Send the body gzip-compressed with `Content-Encoding: gzip`.
+    pub gzip: bool,
 }
 
 /// A recorded POST.
@@ -45,16 +53,20 @@ struct State {
     requests: HashMap<String, usize>,
     not_modified: HashMap<String, usize>,
     body_bytes: HashMap<String, u64>,
+    /// Requests that arrived in proxy (absolute) form, by their full target.
+    proxied: Vec<String>,
     uploads: Vec<Upload>,
     /// Status codes to answer POSTs with, consumed one per request (then 200).
     upload_statuses: Vec<u16>,
 }
 
+type SharedState = Arc<Mutex<State>>;
+
 /// The server; dropped = stopped.
 pub struct FileServer {
     addr: SocketAddr,
     scheme: &'static str,
-    state: Arc<Mutex<State>>,
+    state: SharedState,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -81,24 +93,25 @@ impl FileServer {
             .await
             .expect("bind test server");
         let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(Mutex::new(State::default()));
-        let st = state.clone();
+        let state = SharedState::default();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(state.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let st = st.clone();
+                let app = app.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = match tls {
-                        None => serve(sock, st).await,
+                    match tls {
+                        None => serve_connection(sock, app).await,
                         Some(acceptor) => match acceptor.accept(sock).await {
-                            Ok(s) => serve(s, st).await,
+                            Ok(s) => serve_connection(s, app).await,
                             Err(e) => {
-                                tracing::debug!(error = %e, "test server: tls handshake failed");
-                                Ok(())
+                                tracing::debug!(error = %e, "test server: tls handshake failed")
                             }
                         },
-                    };
+                    }
                 });
             }
         });
@@ -121,11 +134,7 @@ impl FileServer {
     }
 
     pub fn put(&self, path: &str, file: ServedFile) {
-        self.state
-            .lock()
-            .unwrap()
-            .files
-            .insert(path.to_string(), file);
+        self.lock().files.insert(path.to_string(), file);
     }
 
     /// Serve `body` at `path` with a strong ETag derived from its length and a counter.
@@ -145,164 +154,161 @@ impl FileServer {
         );
     }
 
+    /// Answer GETs of `path` with a 302 to `location`.
+    pub fn put_redirect(&self, path: &str, location: &str) {
+        self.put(
+            path,
+            ServedFile {
+                redirect: Some(location.to_string()),
+                ..Default::default()
+            },
+        );
+    }
+
     /// GET requests seen for `path`.
     pub fn requests(&self, path: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .requests
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.lock().requests.get(path).copied().unwrap_or(0)
     }
 
     /// 304 answers sent for `path`.
     pub fn not_modified(&self, path: &str) -> usize {
-        self.state
-            .lock()
-            .unwrap()
-            .not_modified
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.lock().not_modified.get(path).copied().unwrap_or(0)
     }
 
     /// Body bytes sent for `path`.
     pub fn body_bytes(&self, path: &str) -> u64 {
-        self.state
-            .lock()
-            .unwrap()
-            .body_bytes
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.lock().body_bytes.get(path).copied().unwrap_or(0)
+    }
+
+    /// Full targets of the requests that came in proxy form (`http://host:port/path`).
+    pub fn proxied(&self) -> Vec<String> {
+        self.lock().proxied.clone()
     }
 
     pub fn uploads(&self) -> Vec<Upload> {
-        self.state.lock().unwrap().uploads.clone()
+        self.lock().uploads.clone()
     }
 
     /// The next POSTs are answered with these statuses, in order.
     pub fn fail_uploads(&self, statuses: &[u16]) {
-        self.state.lock().unwrap().upload_statuses = statuses.to_vec();
+        self.lock().upload_statuses = statuses.to_vec();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
-    sock: S,
-    state: Arc<Mutex<State>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(sock);
-    let mut raw = Vec::new();
-    loop {
-        let n = reader.read_until(b'\n', &mut raw).await?;
-        if n == 0 || raw.ends_with(b"\r\n\r\n") {
-            break;
-        }
+/// One connection, HTTP/1.1 with keep-alive, served by the router.
+async fn serve_connection<S>(io: S, app: axum::Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "test server: connection ended");
     }
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut hdrs);
-    if req.parse(&raw).is_err() {
-        return Ok(());
-    }
-    let method = req.method.unwrap_or("").to_string();
-    let target = req.path.unwrap_or("/").to_string();
-    let path = target.split('?').next().unwrap_or("/").to_string();
-    let headers: Vec<(String, String)> = req
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).to_string(),
-            )
-        })
-        .collect();
-    let get = |n: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-            .map(|(_, v)| v.clone())
-    };
+}
 
-    let (status, mut extra, body, chunked): (u16, Vec<String>, Vec<u8>, bool) = if method == "POST"
-    {
-        let len: usize = get("content-length")
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).await?;
-        let mut st = state.lock().unwrap();
-        let status = if st.upload_statuses.is_empty() {
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn handle(Shared(state): Shared<SharedState>, req: Request) -> Response {
+    let uri = req.uri().clone();
+    let path = uri.path().to_string();
+    let headers = req.headers().clone();
+    if uri.authority().is_some() {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        st.proxied.push(uri.to_string());
+    }
+    if req.method() == Method::POST {
+        let body = match axum::body::to_bytes(req.into_body(), 1 << 30).await {
+            Ok(b) => b.to_vec(),
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        };
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        let code = if st.upload_statuses.is_empty() {
             200
         } else {
             st.upload_statuses.remove(0)
         };
         st.uploads.push(Upload {
-            path: path.clone(),
-            headers: headers.clone(),
+            path,
+            headers: header_pairs(&headers),
             body,
         });
-        (status, vec![], Vec::new(), false)
-    } else {
-        let mut st = state.lock().unwrap();
-        *st.requests.entry(path.clone()).or_default() += 1;
-        match st.files.get(&path).cloned() {
-            None => (404, vec![], b"not found".to_vec(), false),
-            Some(f) if f.status.is_some() => (f.status.unwrap_or(500), vec![], Vec::new(), false),
-            Some(f) => {
-                let mut extra = Vec::new();
-                if let Some(e) = &f.etag {
-                    extra.push(format!("ETag: {e}"));
-                }
-                if let Some(lm) = &f.last_modified {
-                    extra.push(format!("Last-Modified: {lm}"));
-                }
-                let etag_match = f.etag.is_some() && get("if-none-match") == f.etag;
-                let lm_match = f.etag.is_none()
-                    && f.last_modified.is_some()
-                    && get("if-modified-since") == f.last_modified;
-                if etag_match || lm_match {
-                    *st.not_modified.entry(path.clone()).or_default() += 1;
-                    (304, extra, Vec::new(), false)
-                } else {
-                    *st.body_bytes.entry(path.clone()).or_default() += f.body.len() as u64;
-                    (200, extra, f.body, f.chunked)
-                }
-            }
-        }
+        return status(code).into_response();
+    }
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    *st.requests.entry(path.clone()).or_default() += 1;
+    let Some(f) = st.files.get(&path).cloned() else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
     };
-    let reason = match status {
-        200 => "OK",
-        304 => "Not Modified",
-        404 => "Not Found",
-        _ => "Status",
-    };
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\nConnection: close\r\n");
-    if status != 304 {
-        if chunked {
-            extra.push("Transfer-Encoding: chunked".into());
-        } else {
-            extra.push(format!("Content-Length: {}", body.len()));
-        }
+    if let Some(location) = &f.redirect {
+        let code = status(f.status.unwrap_or(302));
+        return (code, [(header::LOCATION, location.clone())]).into_response();
     }
-    for h in extra {
-        head.push_str(&h);
-        head.push_str("\r\n");
+    if let Some(code) = f.status {
+        return status(code).into_response();
     }
-    head.push_str("\r\n");
-    let sock = reader.get_mut();
-    sock.write_all(head.as_bytes()).await?;
-    if chunked {
-        for piece in body.chunks(1000) {
-            sock.write_all(format!("{:x}\r\n", piece.len()).as_bytes())
-                .await?;
-            sock.write_all(piece).await?;
-            sock.write_all(b"\r\n").await?;
-        }
-        sock.write_all(b"0\r\n\r\n").await?;
+    let mut out = Response::builder();
+    if let Some(e) = &f.etag {
+        out = out.header(header::ETAG, e);
+    }
+    if let Some(lm) = &f.last_modified {
+        out = out.header(header::LAST_MODIFIED, lm);
+    }
+    let wanted = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let etag_match = f.etag.is_some() && wanted(header::IF_NONE_MATCH) == f.etag.as_deref();
+    let lm_match = f.etag.is_none()
+        && f.last_modified.is_some()
+        && wanted(header::IF_MODIFIED_SINCE) == f.last_modified.as_deref();
+    if etag_match || lm_match {
+        *st.not_modified.entry(path).or_default() += 1;
+        return out
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    *st.body_bytes.entry(path).or_default() += f.body.len() as u64;
+    drop(st);
+    let body = if f.gzip {
+        out = out.header(header::CONTENT_ENCODING, "gzip");
+        gzip(&f.body)
     } else {
-        sock.write_all(&body).await?;
-    }
-    sock.shutdown().await
+        f.body
+    };
+    let body = if f.chunked {
+        // A stream of unknown length: hyper sends it chunked.
+        let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = body
+            .chunks(1000)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        Body::from_stream(futures_util::stream::iter(pieces))
+    } else {
+        Body::from(body)
+    };
+    out.status(StatusCode::OK).body(body).unwrap_or_default()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = enc.write_all(data);
+    enc.finish().unwrap_or_default()
+}
+
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).to_string(),
+            )
+        })
+        .collect()
 }

@@ -1,9 +1,10 @@
 //! Resolving a Garden rootfs URI (`image.uri` or legacy `rootfs`) into overlay lower layers.
 //!
-//! Supported today: `""` (the server's default rootfs), `raw:///dir`, `file:///dir`, and plain
+//! Local forms: `""` (the server's default rootfs), `raw:///dir`, `file:///dir`, and plain
 //! absolute paths to a directory or a tarball. Tarballs are unpacked once into a layer cache
-//! keyed by the sha256 of their bytes. Registry (`docker://`) and OCI layout (`oci://`) images
-//! are refused with [`RootfsError::UnsupportedScheme`].
+//! keyed by the sha256 of their bytes. Registry (`docker://`), OCI layout (`oci://`) and
+//! `preloaded+layer://` images need the layer store ([`crate::store::Store::resolve`]); here
+//! they are refused with [`RootfsError::UnsupportedScheme`].
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek};
@@ -18,19 +19,24 @@ use crate::safe_tar::{extract_with, ExtractOptions, Ownership};
 use crate::RootfsError;
 
 /// What the runtime needs to assemble a container's root filesystem.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RootfsPlan {
     /// Read-only layers, top first (the order overlayfs `lowerdir=` wants).
     pub lower_dirs: Vec<PathBuf>,
     /// Environment from the image config (`KEY=value`); empty for plain directories.
     pub env: Vec<String>,
+    /// The image config's user (`name`, `uid`, `uid:gid`...); empty = none given.
+    pub user: String,
+    /// The image config's working directory; empty = none given.
+    pub workdir: String,
 }
 
 impl RootfsPlan {
-    fn single(dir: PathBuf) -> Self {
+    /// A plan of one plain directory.
+    pub fn single(dir: PathBuf) -> Self {
         RootfsPlan {
             lower_dirs: vec![dir],
-            env: Vec::new(),
+            ..RootfsPlan::default()
         }
     }
 }
@@ -228,6 +234,7 @@ fn unpack_tarball(path: &Path, cache_dir: &Path) -> Result<PathBuf, RootfsError>
                 ownership: Ownership::FromArchive,
                 allow_devices: true,
                 restrict: None,
+                image_layer: false,
             },
         )
         .map_err(|e| RootfsError::Layer {

@@ -3,16 +3,23 @@
 //! - [`image`]: turns a Garden `image.uri` / `rootfs` value into the directories the runtime
 //!   mounts as overlay lower layers (directories as-is, local tarballs unpacked once into a
 //!   content-addressed layer cache).
+//! - [`store`]: the layer store: `docker://` registry images ([`registry`]), OCI layouts and
+//!   Diego's `preloaded+layer://`, each layer unpacked once by chain id ([`digest`]) into
+//!   overlay lower dirs; references are parsed by [`reference`].
 //! - [`busybox`]: builds the small default rootfs `gardend` embeds, from the host's static busybox.
 //! - [`safe_tar`]: StreamIn / StreamOut. Everything is resolved relative to a directory fd that
 //!   stands for the container's `/` (openat2 with `RESOLVE_IN_ROOT`), so hostile archives or
 //!   symlinks planted inside a container can never make the host write or read outside it.
 
 pub mod busybox;
+pub mod digest;
 pub mod idmap;
 pub mod image;
 pub mod mapped_copy;
+pub mod reference;
+pub mod registry;
 pub mod safe_tar;
+pub mod store;
 
 use std::io;
 use std::path::PathBuf;
@@ -20,17 +27,19 @@ use std::path::PathBuf;
 pub use busybox::ensure_busybox_rootfs;
 pub use idmap::{IdMapping, IdRange};
 pub use image::{resolve, RootfsPlan};
+pub use registry::Credentials;
 pub use safe_tar::{
     exists_in_root, extract, extract_as_user, open_in_root, pack, pack_as_user, pack_mapped,
     read_in_root, ExtractStats, Owner,
 };
+pub use store::{GcStats, Store, StoreConfig};
 
 /// Everything that can go wrong in this crate. Messages are lower-case and name the path,
 /// URI or tar entry involved, because they end up verbatim in Garden error responses.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     /// A URI scheme this runtime cannot (yet) provide, e.g. `docker://` or `oci://`.
-    #[error("unsupported rootfs uri scheme {scheme:?} in {uri:?}: only plain absolute paths, file:// and raw:// are supported")]
+    #[error("unsupported rootfs uri scheme {scheme:?} in {uri:?}: supported are plain absolute paths, file://, raw://, docker://, oci:// and preloaded+layer://")]
     UnsupportedScheme { uri: String, scheme: String },
     /// A malformed URI or a path that is not absolute.
     #[error("invalid rootfs uri {uri:?}: {reason}")]
@@ -83,6 +92,19 @@ pub enum RootfsError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    /// Pulling an image failed: registry, network, layout or format trouble.
+    #[error("image {image}: {reason}")]
+    Image { image: String, reason: String },
+    /// The registry refused the (missing or wrong) credentials.
+    #[error("image {image}: unauthorized: {reason}")]
+    Unauthorized { image: String, reason: String },
+    /// Content did not match the digest it was asked for by.
+    #[error("{what}: digest mismatch: expected {expected}, got {got}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        got: String,
     },
     /// The host busybox cannot be used for the default rootfs.
     #[error("{}: {reason}", path.display())]

@@ -81,7 +81,45 @@ pub(crate) struct ExtractOptions<'a> {
     pub allow_devices: bool,
     /// Emulate the permission checks tar would meet running as an unprivileged user.
     pub restrict: Option<Restrict<'a>>,
+    /// Image layers: device nodes other than 0:0 whiteouts are skipped, names may start with `/` (umoci and others write `/` for the root; as
+    /// GNU tar does, it is dropped), and OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`) into overlayfs's own
+    /// (a 0/0 character device, the `trusted.overlay.opaque` xattr) and drop any
+    /// `trusted.overlay.*` xattr the archive carries, so a layer cannot steer overlayfs.
+    pub image_layer: bool,
 }
+
+/// What an OCI whiteout entry asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Whiteout {
+    /// `.wh..wh..opq`: hide everything lower layers have in this directory.
+    Opaque,
+    /// `.wh.<name>`: hide `<name>` of lower layers.
+    Remove(OsString),
+}
+
+/// The whiteout an archive member's base name stands for, if any; `Err` for a whiteout that
+/// names nothing usable (`.wh.`, `.wh..`, `.wh...`).
+pub(crate) fn whiteout(base: &OsStr) -> Result<Option<Whiteout>, String> {
+    let b = base.as_bytes();
+    if b == b".wh..wh..opq" {
+        return Ok(Some(Whiteout::Opaque));
+    }
+    let Some(name) = b.strip_prefix(b".wh.") else {
+        return Ok(None);
+    };
+    match name {
+        b"" | b"." | b".." => Err(format!(
+            "whiteout {:?} names no file",
+            String::from_utf8_lossy(b)
+        )),
+        _ => Ok(Some(Whiteout::Remove(
+            OsStr::from_bytes(name).to_os_string(),
+        ))),
+    }
+}
+
+/// The xattr overlayfs reads to make a lower directory opaque.
+const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
 
 /// An unprivileged user's identity for DAC checks (on-disk ids).
 #[derive(Debug, Clone, Copy)]
@@ -319,6 +357,7 @@ pub fn extract_as_user<R: Read>(
             ownership: Ownership::Fixed(owner),
             allow_devices: false,
             restrict: Some(Restrict::new(owner, groups)),
+            image_layer: false,
         },
     )
 }
@@ -345,6 +384,7 @@ pub fn extract<R: Read>(
             ownership: Ownership::Fixed(owner),
             allow_devices: false,
             restrict: None,
+            image_layer: false,
         },
     )
 }
@@ -561,6 +601,18 @@ impl Extractor<'_> {
                 } else {
                     SFlag::S_IFBLK
                 };
+                // Registry images are untrusted and the root overlay is not `nodev`: a layer's
+                // block or char device (say 8:0, the host's disk) would hand the container the
+                // host's hardware. Only 0:0 character devices, overlayfs's whiteouts, stay.
+                if self.opts.image_layer && !(kind == SFlag::S_IFCHR && major == 0 && minor == 0) {
+                    tracing::warn!(
+                        entry = name,
+                        major,
+                        minor,
+                        "skipping a device node in an image layer"
+                    );
+                    return Ok(());
+                }
                 Kind::Device(kind, libc::makedev(major, minor))
             }
             other => {
@@ -571,7 +623,8 @@ impl Extractor<'_> {
             }
         };
 
-        let rel = archive_relative(&path_bytes).map_err(|r| Self::unsafe_entry(name, r))?;
+        let rel = archive_relative(self.layer_name(&path_bytes))
+            .map_err(|r| Self::unsafe_entry(name, r))?;
         let Some((base, parent_rel)) = rel.split_last() else {
             // `./`: the destination itself, which already exists; keep its metadata.
             return match kind {
@@ -584,6 +637,11 @@ impl Extractor<'_> {
         };
         let mut parent: Vec<OsString> = self.dest.clone();
         parent.extend(parent_rel.iter().cloned());
+        if self.opts.image_layer {
+            if let Some(w) = whiteout(base).map_err(|r| Self::unsafe_entry(name, r))? {
+                return self.apply_whiteout(w, &parent, name);
+            }
+        }
         let full = {
             let mut f = join_abs(&parent);
             f.push(base);
@@ -687,7 +745,7 @@ impl Extractor<'_> {
                 }
             }
             Kind::Hardlink(target) => {
-                let trel = archive_relative(&target).map_err(|r| {
+                let trel = archive_relative(self.layer_name(&target)).map_err(|r| {
                     Self::unsafe_entry(
                         name,
                         format!(
@@ -832,6 +890,9 @@ impl Extractor<'_> {
                 let ext = ext.map_err(|e| Self::corrupt(name, e))?;
                 let key = ext.key_bytes();
                 if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if self.opts.image_layer && attr.starts_with(b"trusted.overlay.") {
+                        continue;
+                    }
                     xattrs.push((
                         OsStr::from_bytes(attr).to_os_string(),
                         ext.value_bytes().to_vec(),
@@ -948,6 +1009,54 @@ impl Extractor<'_> {
             }
         }
         Ok(())
+    }
+
+    /// An image layer's member name without leading slashes (elsewhere: as is).
+    fn layer_name<'n>(&self, name: &'n [u8]) -> &'n [u8] {
+        if !self.opts.image_layer {
+            return name;
+        }
+        let mut n = name;
+        while let [b'/', rest @ ..] = n {
+            n = rest;
+        }
+        if n.is_empty() && !name.is_empty() {
+            b"."
+        } else {
+            n
+        }
+    }
+
+    /// Records a whiteout the way overlayfs reads it in a lower layer. A whiteout for a name
+    /// this same layer already holds is ignored: whiteouts only hide lower layers' files.
+    fn apply_whiteout(&mut self, w: Whiteout, parent: &[OsString], name: &str) -> Result<()> {
+        let entry_err = |e: RootfsError| RootfsError::Entry {
+            entry: name.to_string(),
+            source: Box::new(e),
+        };
+        let parent_fd = self.open_parent(parent).map_err(entry_err)?;
+        let dir = join_abs(parent);
+        match w {
+            Whiteout::Opaque => File::from(parent_fd)
+                .set_xattr(OVERLAY_OPAQUE, b"y")
+                .map_err(|e| entry_err(RootfsError::io("set opaque xattr on", &dir, e))),
+            Whiteout::Remove(target) => {
+                let full = dir.join(&target);
+                match fstatat(&parent_fd, target.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(_) => return Ok(()),
+                    Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(entry_err(RootfsError::io("stat", &full, e))),
+                }
+                mknodat(
+                    &parent_fd,
+                    target.as_os_str(),
+                    SFlag::S_IFCHR,
+                    Mode::empty(),
+                    libc::makedev(0, 0),
+                )
+                .map_err(|e| entry_err(RootfsError::io("create whiteout", &full, e)))
+            }
+        }
     }
 
     /// The fd of an entry's parent directory, creating missing directories like tar does.
@@ -1666,6 +1775,22 @@ mod tests {
         assert!(archive_relative(b"a/../../evil").is_err());
         assert!(archive_relative(b"..").is_err());
         assert!(archive_relative(b"").is_err());
+    }
+
+    #[test]
+    fn whiteout_names() {
+        let w = |s: &str| whiteout(OsStr::new(s));
+        assert_eq!(w(".wh..wh..opq"), Ok(Some(Whiteout::Opaque)));
+        assert_eq!(w(".wh.gone"), Ok(Some(Whiteout::Remove("gone".into()))));
+        assert_eq!(
+            w(".wh..hidden"),
+            Ok(Some(Whiteout::Remove(".hidden".into())))
+        );
+        assert_eq!(w("plain"), Ok(None));
+        assert_eq!(w("x.wh.y"), Ok(None));
+        assert!(w(".wh.").is_err());
+        assert!(w(".wh..").is_err());
+        assert!(w(".wh...").is_err());
     }
 
     #[test]

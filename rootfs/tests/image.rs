@@ -11,10 +11,7 @@ use common::RawTar;
 use rootfs::{resolve, RootfsError, RootfsPlan};
 
 fn plan(dir: &Path) -> RootfsPlan {
-    RootfsPlan {
-        lower_dirs: vec![dir.to_path_buf()],
-        env: vec![],
-    }
+    RootfsPlan::single(dir.to_path_buf())
 }
 
 struct Dirs {

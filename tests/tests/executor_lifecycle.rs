@@ -414,7 +414,6 @@ fn cli_runs_a_script_with_tagged_logs_and_exit_codes() {
 async fn http_api_drives_a_container_end_to_end() {
     e2e::require_root!();
     use executor::http::{request, Body, Url};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
     let gardend = Gardend::start();
     let port = e2e::free_port();
@@ -464,19 +463,11 @@ async fn http_api_drives_a_container_end_to_end() {
         )
     }
 
-    let mut events = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    events
-        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut events = tokio::io::BufReader::new(events);
-    let mut line = String::new();
-    while line != "\r\n" {
-        line.clear();
-        events.read_line(&mut line).await.unwrap();
-    }
+    // Events arrive as NDJSON in a chunked body that never ends while the executor runs.
+    let events_url = Url::parse(&format!("http://127.0.0.1:{port}/v1/events")).unwrap();
+    let mut events = request("GET", &events_url, &[], None).await.unwrap();
+    assert_eq!(events.header("content-type"), Some("application/x-ndjson"));
+    let mut pending: Vec<u8> = Vec::new();
 
     let (s, _) = call(
         port,
@@ -499,13 +490,18 @@ async fn http_api_drives_a_container_end_to_end() {
     assert_eq!(s, 202);
     let mut kinds = Vec::new();
     while kinds.last().map(String::as_str) != Some("container_complete") {
-        line.clear();
-        tokio::time::timeout(Duration::from_secs(30), events.read_line(&mut line))
+        if let Some(i) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let v: serde_json::Value = serde_json::from_slice(&line).expect("event json");
+            kinds.push(v["type"].as_str().unwrap().to_string());
+            continue;
+        }
+        let piece = tokio::time::timeout(Duration::from_secs(30), events.chunk())
             .await
             .expect("event")
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).expect("event json");
-        kinds.push(v["type"].as_str().unwrap().to_string());
+            .unwrap()
+            .expect("event stream ended");
+        pending.extend_from_slice(&piece);
     }
     assert_eq!(
         kinds,

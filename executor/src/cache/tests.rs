@@ -312,3 +312,76 @@ async fn futures_join<T: Send + 'static>(
     }
     out
 }
+
+/// Blobstores answer with a redirect to a signed URL on another host: the body comes from
+/// there, and the cache keys and validators are those of the final answer.
+#[tokio::test]
+async fn redirects_to_another_host_are_followed() {
+    let blobs = FileServer::start().await;
+    blobs.put_bytes("/signed/droplet", b"droplet bytes");
+    let api = FileServer::start().await;
+    // `localhost` is another host name than the api's `127.0.0.1`.
+    let target = format!(
+        "http://localhost:{}/signed/droplet?sig=abc",
+        blobs.addr().port()
+    );
+    api.put_redirect("/v2/droplet", &target);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DownloadCache::open(config(dir.path())).unwrap();
+    let mut f = cache
+        .fetch(&api.url("/v2/droplet"), "droplet", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        tar_entries(&mut f),
+        vec![("droplet".to_string(), b"droplet bytes".to_vec())]
+    );
+    assert_eq!(api.requests("/v2/droplet"), 1);
+    assert_eq!(blobs.requests("/signed/droplet"), 1);
+    // The second fetch revalidates through the same redirect and gets a 304.
+    let second = cache
+        .fetch(&api.url("/v2/droplet"), "droplet", None)
+        .await
+        .unwrap();
+    assert!(second.cache_hit);
+    assert_eq!(blobs.not_modified("/signed/droplet"), 1);
+}
+
+#[tokio::test]
+async fn redirect_loops_fail_without_hanging() {
+    let srv = FileServer::start().await;
+    srv.put_redirect("/loop", "/loop");
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.attempts = 1;
+    let cache = DownloadCache::open(c).unwrap();
+    let err = cache.fetch(&srv.url("/loop"), "", None).await.unwrap_err();
+    assert!(err.to_string().contains("more than 10 redirects"), "{err}");
+    assert_eq!(srv.requests("/loop"), 11);
+}
+
+#[tokio::test]
+async fn gzip_content_encoding_is_decoded_before_checksums() {
+    let srv = FileServer::start().await;
+    let body = b"compressible ".repeat(1000);
+    srv.put(
+        "/big.txt",
+        ServedFile {
+            body: body.clone(),
+            gzip: true,
+            ..Default::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cache = DownloadCache::open(config(dir.path())).unwrap();
+    let sum = Checksum {
+        algorithm: "sha256".into(),
+        value: sha256_hex(&body),
+    };
+    let mut f = cache
+        .fetch(&srv.url("/big.txt"), "", Some(&sum))
+        .await
+        .unwrap();
+    assert_eq!(f.downloaded, body.len() as u64);
+    assert_eq!(tar_entries(&mut f), vec![("big.txt".to_string(), body)]);
+}

@@ -164,16 +164,32 @@ async fn plain_http_to_a_tls_port_and_tls_to_a_plain_port_fail() {
     let tls_srv = FileServer::start_tls(pki.server.clone()).await;
     let plain = FileServer::start().await;
     plain.put_bytes("/a.txt", b"x");
-    // The plain server waits for a request line that never comes: the handshake times out.
+    // A peer that accepts and says nothing: the handshake times out, and a timeout is worth
+    // a retry.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
     let tls = Tls::default().with_handshake_timeout(Duration::from_millis(300));
-    let err = get(&tls, &plain.url("/a.txt").replace("http://", "https://"))
+    let err = get(&tls, &format!("https://{silent_addr}/a.txt"))
         .await
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!("tls handshake with {}: timed out after 300ms", plain.addr())
+        format!("connecting to {silent_addr}: timed out after 300ms")
     );
     assert!(!err.is_permanent());
+    hold.abort();
+    // A plain HTTP server answers the ClientHello with an HTTP error: not TLS, not retried.
+    let err = get(&tls, &plain.url("/a.txt").replace("http://", "https://"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HttpError::Tls { .. }), "{err}");
+    assert!(err.is_permanent());
     let err = get(
         &Tls::default(),
         &tls_srv.url("/a.txt").replace("https://", "http://"),

@@ -60,6 +60,14 @@ pub struct Config {
     /// (shares x percent/100 x age); 0 = report 0.
     #[arg(long, value_name = "PERCENT", default_value = "0", value_parser = parse_percent)]
     pub cpu_entitlement_per_share: f64,
+    /// Registry (`host:port`, or a host for every port) pulled from over plain HTTP instead of
+    /// HTTPS; repeatable.
+    #[arg(long = "insecure-docker-registry", value_name = "HOST:PORT", value_parser = non_empty)]
+    pub insecure_docker_registry: Vec<String>,
+    /// Size of the image layer store (`<state>/images`) above which layers no container uses
+    /// are removed, checked whenever a container is destroyed; -1 = never, 0 = always.
+    #[arg(long, value_name = "MEGABYTES", default_value_t = -1, allow_negative_numbers = true)]
+    pub graph_cleanup_threshold_in_megabytes: i64,
     /// Host uid that container uid 1 maps to in unprivileged containers (container root is
     /// always 4294967294, "maximus").
     #[arg(long, value_name = "ID", default_value_t = 1)]

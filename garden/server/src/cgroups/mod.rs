@@ -105,6 +105,13 @@ impl Layout {
     pub fn is_v2(&self) -> bool {
         matches!(self, Layout::V2(_))
     }
+
+    /// Whether containers get the device allowlist (`v1::DEVICE_ALLOWLIST`). cgroup v2 needs
+    /// a BPF_PROG_TYPE_CGROUP_DEVICE program for it, which gardend does not load yet: there
+    /// containers lose CAP_MKNOD instead, so no device node can be made at all.
+    pub fn restricts_devices(&self) -> bool {
+        matches!(self, Layout::V1(c) if c.iter().any(|(c, _)| c == "devices"))
+    }
 }
 
 /// The cgroups of gardend: a parent per hierarchy, a child per container.

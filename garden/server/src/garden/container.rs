@@ -32,6 +32,9 @@ pub(super) struct Container {
     /// As created (Current*Limits report it).
     pub(super) spec: ContainerSpec,
     pub(super) image_env: Vec<String>,
+    /// The image config's user and working dir, for processes that name none.
+    pub(super) image_user: String,
+    pub(super) image_dir: String,
     /// Image layers, for disk usage.
     pub(super) lower_dirs: Vec<PathBuf>,
     /// Its user namespace's mapping (files on disk hold host ids); `None` when privileged.

@@ -73,14 +73,45 @@ impl Garden {
             spec.image.uri.clone()
         };
         let plan = if uri.is_empty() {
+            self.images.pin(&self.default_rootfs.lower_dirs);
             self.default_rootfs.clone()
         } else {
-            let cache = self.layer_cache.clone();
-            tokio::task::spawn_blocking(move || rootfs::resolve(&uri, Path::new("/"), &cache))
+            let store = self.images.clone();
+            let creds = rootfs::Credentials {
+                username: spec.image.username.clone(),
+                password: spec.image.password.clone(),
+            };
+            tokio::task::spawn_blocking(move || store.resolve(&uri, &creds, Path::new("/")))
                 .await
                 .map_err(generic)?
                 .map_err(generic)?
         };
+        let lower_dirs = plan.lower_dirs.clone();
+        // Once the container is registered, its destroy releases the image.
+        let mut registered = false;
+        let result = self
+            .create_with_plan(handle, spec, plan, started, &mut registered)
+            .await;
+        if result.is_err() && !registered {
+            self.release_image(lower_dirs).await;
+        }
+        result
+    }
+
+    /// Unpins a container's layers (collecting unused ones if the store is over its limit).
+    pub(super) async fn release_image(&self, lower_dirs: Vec<std::path::PathBuf>) {
+        let store = self.images.clone();
+        let _ = tokio::task::spawn_blocking(move || store.release(&lower_dirs)).await;
+    }
+
+    async fn create_with_plan(
+        &self,
+        handle: &str,
+        spec: ContainerSpec,
+        plan: rootfs::RootfsPlan,
+        started: Instant,
+        registered: &mut bool,
+    ) -> Result<()> {
         let bundle = self.config.depot.join(handle);
         if bundle.exists() {
             return Err(GardenError::generic(format!(
@@ -139,6 +170,8 @@ impl Garden {
             handle: handle.to_string(),
             bundle,
             image_env: plan.env.clone(),
+            image_user: plan.user.clone(),
+            image_dir: plan.workdir.clone(),
             lower_dirs: plan.lower_dirs.clone(),
             ids,
             spec,
@@ -165,12 +198,31 @@ impl Garden {
                     p.on_exit(status);
                 }
             }
+            // garden-init is gone (killed by the OOM killer or by hand, or destroyed): no
+            // exit will ever be reported, so nobody may keep waiting for one.
+            // (Destroy reports its own 137s.)
+            if let Some(c) = router.upgrade() {
+                if *c.state.lock().expect("state lock") == State::Destroying {
+                    return;
+                }
+                let processes: Vec<_> = c
+                    .processes
+                    .lock()
+                    .expect("processes lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                for p in processes {
+                    p.on_init_gone();
+                }
+            }
         });
         tokio::spawn(grace_timer(self.me.clone(), handle.to_string(), activity));
         self.containers
             .write()
             .expect("containers lock")
             .insert(handle.to_string(), container);
+        *registered = true;
         if let Err(e) = self.net_setup(handle).await {
             if let Err(d) = self.destroy(handle).await {
                 tracing::warn!(handle, error = %d, "clean up after failed network setup");

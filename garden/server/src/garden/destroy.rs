@@ -66,6 +66,7 @@ impl Garden {
             .write()
             .expect("containers lock")
             .remove(handle);
+        self.release_image(c.lower_dirs.clone()).await;
         tracing::info!(handle, "destroyed");
         Ok(())
     }

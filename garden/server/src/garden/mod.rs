@@ -51,7 +51,8 @@ pub struct Garden {
     /// Everything privileged: sandboxes, networking, disk quotas.
     kernel: Arc<dyn Kernel>,
     default_rootfs: rootfs::RootfsPlan,
-    layer_cache: PathBuf,
+    /// Images: local rootfses, registry pulls, OCI layouts; layers pinned per container.
+    images: Arc<rootfs::Store>,
     containers: RwLock<HashMap<String, Arc<Container>>>,
     /// Handles whose Create is under way.
     reserved: Mutex<HashSet<String>>,
@@ -59,6 +60,40 @@ pub struct Garden {
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
     /// The user namespace mapping of unprivileged containers.
     ids: rootfs::IdMapping,
+}
+
+/// The depot and everything gardend keeps in the state directory are root's alone (0700):
+/// writable layers hold files container root made, setuid-root binaries included, and no
+/// host user may reach them. (The state directory itself may be shared, e.g. /var/lib, so
+/// it is left as it is.)
+fn keep_private(depot: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let owned = ["layers", "images", "rootfs", "quota", "disk"].map(|d| state_dir.join(d));
+    for dir in std::iter::once(depot.to_path_buf()).chain(owned) {
+        if dir.is_dir() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("make {} private", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The layer store under the state dir (the depot's parent): `images/`, with plain tarballs
+/// cached in `layers/`.
+fn open_store(config: &Config) -> std::result::Result<rootfs::Store, rootfs::RootfsError> {
+    let state_dir = config.depot.parent().unwrap_or(&config.depot);
+    let gc_threshold = u64::try_from(config.graph_cleanup_threshold_in_megabytes)
+        .ok()
+        .map(|mb| mb.saturating_mul(1 << 20));
+    rootfs::Store::open(
+        &state_dir.join("images"),
+        &state_dir.join("layers"),
+        rootfs::StoreConfig {
+            insecure_registries: config.insecure_docker_registry.clone(),
+            gc_threshold,
+        },
+    )
 }
 
 impl Garden {
@@ -72,31 +107,34 @@ impl Garden {
         std::fs::create_dir_all(&config.depot)
             .with_context(|| format!("create depot {}", config.depot.display()))?;
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
-        let layer_cache = state_dir.join("layers");
-        std::fs::create_dir_all(&layer_cache)
-            .with_context(|| format!("create {}", layer_cache.display()))?;
+        let images = Arc::new(open_store(&config).context("open the image layer store")?);
         let default_rootfs = match &config.default_rootfs {
             Some(uri) if !uri.is_empty() => {
                 let uri = uri.clone();
-                let cache = layer_cache.clone();
-                tokio::task::spawn_blocking(move || rootfs::resolve(&uri, Path::new("/"), &cache))
-                    .await?
-                    .context("resolve --default-rootfs")?
+                let store = images.clone();
+                tokio::task::spawn_blocking(move || {
+                    store.resolve(&uri, &rootfs::Credentials::default(), Path::new("/"))
+                })
+                .await?
+                .context("resolve --default-rootfs")?
             }
             _ => {
                 let dir = state_dir.join("rootfs");
                 let dir = tokio::task::spawn_blocking(move || rootfs::ensure_busybox_rootfs(&dir))
                     .await?
                     .context("build the embedded busybox rootfs")?;
-                rootfs::RootfsPlan {
-                    lower_dirs: vec![dir],
-                    env: Vec::new(),
-                }
+                rootfs::RootfsPlan::single(dir)
             }
         };
         let linux = Linux::open(&config, &state_dir).await?;
+        keep_private(&config.depot, &state_dir)?;
         depot::remove_stale(&config.depot, &linux);
-        Ok(Garden::with_kernel(config, Arc::new(linux), default_rootfs))
+        Ok(Garden::with_store(
+            config,
+            Arc::new(linux),
+            default_rootfs,
+            images,
+        ))
     }
 
     /// The service on any kernel (the fake in unit tests), with the rootfs for creates that
@@ -106,8 +144,16 @@ impl Garden {
         kernel: Arc<dyn Kernel>,
         default_rootfs: rootfs::RootfsPlan,
     ) -> Arc<Garden> {
-        let state_dir = config.depot.parent().unwrap_or(&config.depot);
-        let layer_cache = state_dir.join("layers");
+        let images = Arc::new(open_store(&config).expect("open the image layer store"));
+        Garden::with_store(config, kernel, default_rootfs, images)
+    }
+
+    fn with_store(
+        config: Config,
+        kernel: Arc<dyn Kernel>,
+        default_rootfs: rootfs::RootfsPlan,
+        images: Arc<rootfs::Store>,
+    ) -> Arc<Garden> {
         let ids = config.id_mapping().unwrap_or_else(|e| {
             tracing::error!(error = %e, "invalid id mapping; using Guardian's default");
             rootfs::IdMapping::guardian(1, None, 1, None).expect("the default mapping is valid")
@@ -117,7 +163,7 @@ impl Garden {
             config,
             kernel,
             default_rootfs,
-            layer_cache,
+            images,
             containers: RwLock::default(),
             reserved: Mutex::default(),
             next_stream: AtomicU64::new(1),

@@ -59,8 +59,16 @@ impl Garden {
             path: spec.path.clone(),
             args: spec.args.clone(),
             env,
-            dir: spec.dir.clone(),
-            user: spec.user.clone(),
+            dir: if spec.dir.is_empty() {
+                c.image_dir.clone()
+            } else {
+                spec.dir.clone()
+            },
+            user: if spec.user.is_empty() {
+                c.image_user.clone()
+            } else {
+                spec.user.clone()
+            },
             rlimits: convert::rlimits(&spec.rlimits),
             tty: spec.tty.is_some(),
             privileged: c.spec.privileged,

@@ -32,6 +32,7 @@ fn setup() -> Setup {
     let plan = rootfs::RootfsPlan {
         lower_dirs: vec![image],
         env: vec!["FROM_IMAGE=1".into()],
+        ..rootfs::RootfsPlan::default()
     };
     let garden = Garden::with_kernel(config, fake.clone(), plan);
     Setup { garden, fake, tmp }

@@ -7,7 +7,9 @@
 //! reaps them (and any orphan) at once and records exit codes in the bundle, so processes
 //! depend on neither gardend's liveness nor its sockets.
 
+mod caps;
 pub mod proto;
+pub mod seccomp;
 mod setup;
 mod supervisor;
 pub mod user;
@@ -48,9 +50,25 @@ pub fn main() -> ! {
             std::process::exit(1);
         }
     };
+    // The container is built: from here on init needs no mount, namespace or keyring call,
+    // and only the capabilities to start processes.
+    if let Err(e) = lock_down(prepared.caps) {
+        let _ = ready.write_all(e.as_bytes());
+        std::process::exit(1);
+    }
     let _ = ready.write_all(b"ok");
     drop(ready);
     supervisor::run(prepared)
+}
+
+/// Seccomp on init itself (inherited by every process, so a start costs nothing for it), then
+/// init's own capabilities down to what starting processes needs.
+fn lock_down(c: caps::Container) -> Result<(), String> {
+    if !c.privileged {
+        let profile = seccomp::default_profile().map_err(|e| e.to_string())?;
+        seccomp::install(&profile).map_err(|e| e.to_string())?;
+    }
+    caps::drop_for_init(c).map_err(|e| format!("drop init's capabilities: {e}"))
 }
 
 fn fatal(msg: &str) -> ! {

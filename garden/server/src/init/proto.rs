@@ -42,6 +42,10 @@ pub struct InitConfig {
     /// Privileged containers keep every capability and an unmasked /proc.
     #[serde(default)]
     pub privileged: bool,
+    /// The devices cgroup allows only the standard devices, so root may keep CAP_MKNOD as in
+    /// Guardian; without it (cgroup v2 for now) nobody may make device nodes.
+    #[serde(default)]
+    pub devices_allowlisted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,6 +21,8 @@ use super::proto::InitConfig;
 pub struct Prepared {
     pub listener: OwnedFd,
     pub processes_dir: OwnedFd,
+    /// The capabilities of the container's processes.
+    pub caps: super::caps::Container,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -33,12 +35,8 @@ fn ctx<T, E: std::fmt::Display>(
 }
 
 pub fn prepare(c: &InitConfig) -> Result<Prepared> {
-    // The container's OOM killer must pick a process, never pid 1 (which would take the whole
-    // container down). Children are reset to 0 before exec.
-    // Best effort: lowering the score needs CAP_SYS_RESOURCE, which some hosts withhold.
-    if let Err(e) = fs::write("/proc/self/oom_score_adj", "-1000") {
-        eprintln!("garden-init: cannot shield init from the OOM killer: {e}");
-    }
+    // init's OOM score is gardend's business (runtime::shield_from_oom): lowering it needs
+    // CAP_SYS_RESOURCE in the host's user namespace.
     for procs in &c.cgroup_procs {
         ctx(fs::write(procs, "0"), || {
             format!("join cgroup {}", procs.display())
@@ -81,7 +79,7 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
     if !c.privileged {
         mask_proc(root)?;
     }
-    make_dev(root)?;
+    make_dev(root, c.privileged)?;
     super::userns::mount_mqueue(root)?;
     mount_at(
         root,
@@ -141,6 +139,10 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
     Ok(Prepared {
         listener,
         processes_dir,
+        caps: super::caps::Container {
+            privileged: c.privileged,
+            mknod: c.devices_allowlisted,
+        },
     })
 }
 
@@ -291,8 +293,15 @@ fn mask_proc(root: &Path) -> Result<()> {
             )?;
         }
     }
-    for dir in ["acpi", "scsi"] {
-        let p = proc.join(dir);
+    // Directories hidden under an empty read-only tmpfs, as Guardian does (firmware tables
+    // and SCSI rescans are the host's).
+    let hidden = [
+        proc.join("acpi"),
+        proc.join("scsi"),
+        root.join("sys/firmware"),
+    ];
+    for p in hidden {
+        let dir = p.strip_prefix(root).unwrap_or(&p).display().to_string();
         if p.is_dir() {
             ctx(
                 mount(
@@ -302,14 +311,14 @@ fn mask_proc(root: &Path) -> Result<()> {
                     MsFlags::MS_RDONLY,
                     None::<&str>,
                 ),
-                || format!("mask /proc/{dir}"),
+                || format!("mask /{dir}"),
             )?;
         }
     }
     Ok(())
 }
 
-fn make_dev(root: &Path) -> Result<()> {
+fn make_dev(root: &Path, privileged: bool) -> Result<()> {
     let dev = root.join("dev");
     mount_at(
         root,
@@ -345,6 +354,23 @@ fn make_dev(root: &Path) -> Result<()> {
             || format!("chmod /dev/{name}"),
         )?;
     }
+    if privileged {
+        // Guardian's privileged containers can run FUSE file systems.
+        let fuse = dev.join("fuse");
+        ctx(
+            mknod(
+                &fuse,
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(10, 229),
+            ),
+            || "mknod /dev/fuse".into(),
+        )?;
+        ctx(
+            fs::set_permissions(&fuse, fs::Permissions::from_mode(0o666)),
+            || "chmod /dev/fuse".into(),
+        )?;
+    }
     let pts = dev.join("pts");
     ctx(fs::create_dir_all(&pts), || "create /dev/pts".into())?;
     ctx(
@@ -353,7 +379,8 @@ fn make_dev(root: &Path) -> Result<()> {
             &pts,
             Some("devpts"),
             MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
+            // gid 5 is the tty group: terminals belong to it, as Guardian (and login) make them.
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
         ),
         || "mount devpts".into(),
     )?;
@@ -371,8 +398,9 @@ fn make_dev(root: &Path) -> Result<()> {
     let shm = dev.join("shm");
     ctx(fs::create_dir_all(&shm), || "create /dev/shm".into())?;
     ctx(
+        // Source `tmpfs`, as Guardian's mount table shows it (clients grep for it).
         mount(
-            Some("shm"),
+            Some("tmpfs"),
             &shm,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,

@@ -27,6 +27,7 @@ use super::user;
 struct Supervisor {
     listener: OwnedFd,
     processes_dir: OwnedFd,
+    caps: super::caps::Container,
     clients: Vec<OwnedFd>,
     /// pid (in the container) -> process id, and the descriptors held for it: duplicates of
     /// gardend's ends of its stdio, so the process never sees SIGPIPE or a hangup just
@@ -45,6 +46,7 @@ pub fn run(prepared: Prepared) -> ! {
     let mut s = Supervisor {
         listener: prepared.listener,
         processes_dir: prepared.processes_dir,
+        caps: prepared.caps,
         clients: Vec::new(),
         running: HashMap::new(),
         by_id: HashMap::new(),
@@ -269,13 +271,21 @@ impl Supervisor {
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
         let user = user::resolve(&req.user, &passwd, &group).map_err(other)?;
+        if !req.tty {
+            // The process's pipes are its own, as runc makes them: a user may reopen them
+            // through /dev/stdout or /proc/self/fd.
+            for fd in &fds[..3] {
+                let _ = nix::unistd::fchown(
+                    fd,
+                    Some(Uid::from_raw(user.uid)),
+                    Some(Gid::from_raw(user.gid)),
+                );
+            }
+        }
         if req.tty {
-            // The terminal belongs to the process's user, as a login terminal would.
-            let _ = nix::unistd::fchown(
-                &fds[0],
-                Some(Uid::from_raw(user.uid)),
-                Some(Gid::from_raw(user.gid)),
-            );
+            // The terminal belongs to the process's user and stays in the tty group (devpts'
+            // gid=5), as a login terminal would.
+            let _ = nix::unistd::fchown(&fds[0], Some(Uid::from_raw(user.uid)), None);
             let _ =
                 nix::sys::stat::fchmod(&fds[0], nix::sys::stat::Mode::from_bits_truncate(0o620));
         }
@@ -305,6 +315,7 @@ impl Supervisor {
             .map_err(|_| other("NUL byte in dir".into()))?;
         let (err_r, err_w) =
             pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| other(format!("pipe: {e}")))?;
+        let oom_score_adj = process_oom_score_adj();
 
         let stdio: [RawFd; 3] = if req.tty {
             [fds[0].as_raw_fd(); 3]
@@ -316,7 +327,22 @@ impl Supervisor {
             Err(e) => Err(other(format!("fork: {e}"))),
             Ok(ForkResult::Child) => {
                 drop(err_r);
-                let (stage, errno) = child(stdio, req, &user, &dir_c, &exe_c, &argv, &envp);
+                let caps = super::caps::Container {
+                    // A privileged request is honoured only in a privileged container.
+                    privileged: req.privileged && self.caps.privileged,
+                    ..self.caps
+                };
+                let (stage, errno) = child(
+                    stdio,
+                    req,
+                    &user,
+                    caps,
+                    oom_score_adj,
+                    &dir_c,
+                    &exe_c,
+                    &argv,
+                    &envp,
+                );
                 let mut w = std::fs::File::from(err_w);
                 let _ = w.write_all(&[stage]);
                 let _ = w.write_all(&(errno as i32).to_le_bytes());
@@ -354,15 +380,33 @@ impl Supervisor {
     }
 }
 
+/// The OOM score a new process gets: 0 when gardend shielded init (-1000); otherwise the
+/// highest, so that the container's OOM killer still picks any process before init (a process
+/// scores its rss plus score/1000 of the limit, and init's rss is far below the limit).
+fn process_oom_score_adj() -> &'static str {
+    let init: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if init < 0 {
+        "0"
+    } else {
+        "1000"
+    }
+}
+
 const STAGE_SETUP: u8 = 1;
 const STAGE_CHDIR: u8 = 2;
 const STAGE_EXEC: u8 = 3;
 
 /// In the forked child: become the process. Returns only on failure, with the stage and errno.
+#[allow(clippy::too_many_arguments)]
 fn child(
     stdio: [RawFd; 3],
     req: &SpawnRequest,
     user: &user::User,
+    caps: super::caps::Container,
+    oom_score_adj: &'static str,
     dir: &CString,
     exe: &CString,
     argv: &[CString],
@@ -384,7 +428,7 @@ fn child(
             )
         };
         // Undo init's OOM immunity (raising the score needs no privilege).
-        std::fs::write("/proc/self/oom_score_adj", "0")
+        std::fs::write("/proc/self/oom_score_adj", oom_score_adj)
             .map_err(|_| (STAGE_SETUP, Errno::last()))?;
         // Rust ignores SIGPIPE in garden-init; ignored signals survive exec, so restore it.
         // SAFETY: resetting a disposition to the default in the single-threaded child.
@@ -410,13 +454,20 @@ fn child(
                 setrlimit(rlimit_resource(*resource), *value, *value).map_err(fail(STAGE_SETUP))?;
             }
         }
-        if !req.privileged {
-            drop_capabilities().map_err(fail(STAGE_SETUP))?;
-        }
+        super::caps::shape_process(super::caps::Profile::new(caps, user.uid))
+            .map_err(|_| (STAGE_SETUP, Errno::EPERM))?;
         let groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
         setgroups(&groups).map_err(fail(STAGE_SETUP))?;
         setgid(Gid::from_raw(user.gid)).map_err(fail(STAGE_SETUP))?;
         setuid(Uid::from_raw(user.uid)).map_err(fail(STAGE_SETUP))?;
+        if user.uid != 0 {
+            // setuid cleared every capability; nothing (setuid-root or file-capability
+            // binaries) may hand one back.
+            // SAFETY: prctl with integer arguments.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err((STAGE_SETUP, Errno::last()));
+            }
+        }
         nix::unistd::chdir(dir.as_c_str()).map_err(fail(STAGE_CHDIR))?;
         execve(exe, argv, envp).map_err(fail(STAGE_EXEC))
     };
@@ -424,35 +475,6 @@ fn child(
         Err(e) => e,
         Ok(never) => match never {},
     }
-}
-
-/// Capabilities an unprivileged container keeps (Docker's and Guardian's default set, without
-/// CAP_MKNOD: there is no user namespace and no device cgroup to make device nodes safe).
-const KEPT_CAPS: &[caps::Capability] = &[
-    caps::Capability::CAP_CHOWN,
-    caps::Capability::CAP_DAC_OVERRIDE,
-    caps::Capability::CAP_FSETID,
-    caps::Capability::CAP_FOWNER,
-    caps::Capability::CAP_SETGID,
-    caps::Capability::CAP_SETUID,
-    caps::Capability::CAP_SETPCAP,
-    caps::Capability::CAP_SETFCAP,
-    caps::Capability::CAP_NET_BIND_SERVICE,
-    caps::Capability::CAP_NET_RAW,
-    caps::Capability::CAP_SYS_CHROOT,
-    caps::Capability::CAP_KILL,
-    caps::Capability::CAP_AUDIT_WRITE,
-];
-
-/// Shrink the bounding set before exec: root's permitted set after execve is bounded by it,
-/// and it can never grow back.
-fn drop_capabilities() -> Result<(), Errno> {
-    for cap in caps::all() {
-        if !KEPT_CAPS.contains(&cap) {
-            caps::drop(None, caps::CapSet::Bounding, cap).map_err(|_| Errno::EPERM)?;
-        }
-    }
-    Ok(())
 }
 
 fn rlimit_resource(r: Rlimit) -> Resource {

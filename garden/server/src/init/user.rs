@@ -7,7 +7,7 @@
 pub struct User {
     pub uid: u32,
     pub gid: u32,
-    /// Supplementary groups from /etc/group (none inherited from gardend).
+    /// Supplementary groups from /etc/group, without the primary one (none inherited).
     pub groups: Vec<u32>,
     pub home: String,
     /// The name to report in `USER` when the caller did not set it.
@@ -56,8 +56,10 @@ fn group_entries(group: &str) -> impl Iterator<Item = GroupEntry<'_>> {
     })
 }
 
-fn supplementary(group: &str, name: &str, primary: u32) -> Vec<u32> {
-    let mut gids = vec![primary];
+/// Exactly the groups /etc/group lists `name` in, as Guardian sets them: the primary group is
+/// not added.
+fn supplementary(group: &str, name: &str) -> Vec<u32> {
+    let mut gids = Vec::new();
     for g in group_entries(group) {
         if g.members.contains(&name) && !gids.contains(&g.gid) {
             gids.push(g.gid);
@@ -102,8 +104,8 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, String> {
         };
     }
     let groups = match &entry {
-        Some(e) => supplementary(group, e.name, gid),
-        None => vec![gid],
+        Some(e) => supplementary(group, e.name),
+        None => Vec::new(),
     };
     Ok(User {
         uid,
@@ -165,7 +167,7 @@ mod tests {
     fn resolves_names_ids_and_groups() {
         let u = resolve("alice", PASSWD, GROUP).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (1000, 1000, "/home/alice"));
-        assert_eq!(u.groups, vec![1000, 10]);
+        assert_eq!(u.groups, vec![10]);
         let u = resolve("", PASSWD, GROUP).unwrap();
         assert_eq!((u.uid, u.gid, u.name.as_str()), (0, 0, "root"));
         let u = resolve("1000000000:1000000000", "", "").unwrap();

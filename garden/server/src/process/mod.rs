@@ -154,6 +154,20 @@ impl Process {
 
     /// garden-init reported the exit: drain output, then publish.
     pub fn on_exit(self: &Arc<Self>, status: i32) {
+        self.finish(status, Ok(status));
+    }
+
+    /// garden-init died (OOM kill, a SIGKILL from the host) and took the process with it: no
+    /// exit status will ever come, so every waiter ends with an error once the output is
+    /// drained.
+    pub fn on_init_gone(self: &Arc<Self>) {
+        self.finish(
+            137,
+            Err("container init exited: the process was killed with its container".into()),
+        );
+    }
+
+    fn finish(self: &Arc<Self>, status: i32, outcome: ExitOutcome) {
         let first = self.state.send_if_modified(|s| {
             let running = *s == ProcessState::Running;
             if running {
@@ -172,7 +186,7 @@ impl Process {
                 let _ = p.await;
             }
             *me.stdin.lock().await = None;
-            me.state.send_replace(ProcessState::Done(Ok(status)));
+            me.state.send_replace(ProcessState::Done(outcome));
         });
     }
 

@@ -6,6 +6,7 @@ mod clone;
 pub mod pidfd;
 pub mod userns;
 
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -254,6 +255,7 @@ impl Runtime {
             socket: b.join("init.sock"),
             processes_dir: b.join("processes"),
             privileged: spec.privileged,
+            devices_allowlisted: self.cgroups.layout().restricts_devices(),
         };
         let init_json = bundle.join("init.json");
         std::fs::write(
@@ -286,6 +288,8 @@ impl Runtime {
         drop((ready_w, log, go_r, passed));
         // Our unreaped child: the pid is still its own here.
         let init_process = PidFd::open(pid).map_err(RuntimeError::Watch)?;
+        // Before init reports ready, so before any container process exists.
+        shield_from_oom(&init_process);
         let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
         let (exited_tx, exited) = watch::channel(false);
         tokio::spawn(monitor(watched, exited_tx));
@@ -449,9 +453,8 @@ impl Passed {
     }
 }
 
-/// Before garden-init execs: its cgroups, its id maps, and its OOM shield (lowering
-/// `oom_score_adj` needs a privilege container root lacks).
-/// The child is blocked until we release it and unreaped, so its pid names it; its /proc
+/// Before garden-init execs: its cgroups and its id maps (its OOM shield is
+/// [`shield_from_oom`]). The child is blocked until we release it and unreaped, so its pid names it; its /proc
 /// files are opened through the pidfd all the same.
 fn prepare_child(init: &PidFd, cgroup: &ContainerCgroup, ids: Option<&IdMapping>) -> Result<()> {
     let pid = init.pid();
@@ -468,10 +471,23 @@ fn prepare_child(init: &PidFd, cgroup: &ContainerCgroup, ids: Option<&IdMapping>
             write(name, &IdMapping::map_file(ranges)).map_err(io_err("write", &path))?;
         }
     }
-    if let Err(e) = write("oom_score_adj", "-1000") {
-        tracing::warn!(pid, error = %e, "cannot shield garden-init from the OOM killer");
-    }
     Ok(())
+}
+
+/// The container's OOM killer must pick one of its processes, never pid 1 (which takes the
+/// whole container down). Lowering a score needs CAP_SYS_RESOURCE, which garden-init lacks
+/// inside a user namespace and some hosts withhold from gardend too: then init stays at 0 and
+/// garden-init raises its processes' scores instead (`init/supervisor.rs`).
+fn shield_from_oom(init: &PidFd) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let written = init
+        .open_in_proc("oom_score_adj", nix::fcntl::OFlag::O_WRONLY)
+        .and_then(|fd| std::fs::File::from(fd).write_all(b"-1000"));
+    if let Err(e) = written {
+        WARNED.call_once(|| {
+            tracing::warn!(error = %e, "cannot lower garden-init's OOM score (no CAP_SYS_RESOURCE?); container processes get a raised score instead");
+        });
+    }
 }
 
 /// Reap garden-init as soon as its pidfd says it exited.
