@@ -120,6 +120,7 @@ pub(crate) fn whiteout(base: &OsStr) -> Result<Option<Whiteout>, String> {
 
 /// The xattr overlayfs reads to make a lower directory opaque.
 const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
+const OVERLAY_OPAQUE_USER: &str = "user.overlay.opaque";
 
 /// An unprivileged user's identity for DAC checks (on-disk ids).
 #[derive(Debug, Clone, Copy)]
@@ -890,7 +891,10 @@ impl Extractor<'_> {
                 let ext = ext.map_err(|e| Self::corrupt(name, e))?;
                 let key = ext.key_bytes();
                 if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if self.opts.image_layer && attr.starts_with(b"trusted.overlay.") {
+                    if self.opts.image_layer
+                        && (attr.starts_with(b"trusted.overlay.")
+                            || attr.starts_with(b"user.overlay."))
+                    {
                         continue;
                     }
                     xattrs.push((
@@ -1037,9 +1041,15 @@ impl Extractor<'_> {
         let parent_fd = self.open_parent(parent).map_err(entry_err)?;
         let dir = join_abs(parent);
         match w {
-            Whiteout::Opaque => File::from(parent_fd)
-                .set_xattr(OVERLAY_OPAQUE, b"y")
-                .map_err(|e| entry_err(RootfsError::io("set opaque xattr on", &dir, e))),
+            Whiteout::Opaque => {
+                let dir_file = File::from(parent_fd);
+                // The `user.` twin is what an overlay mounted in a user namespace reads
+                // (`userxattr`): there trusted.* xattrs are out of reach.
+                dir_file
+                    .set_xattr(OVERLAY_OPAQUE, b"y")
+                    .and_then(|()| dir_file.set_xattr(OVERLAY_OPAQUE_USER, b"y"))
+                    .map_err(|e| entry_err(RootfsError::io("set opaque xattr on", &dir, e)))
+            }
             Whiteout::Remove(target) => {
                 let full = dir.join(&target);
                 match fstatat(&parent_fd, target.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {

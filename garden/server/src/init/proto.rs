@@ -26,6 +26,9 @@ pub struct InitConfig {
     /// each) before mounting the overlay.
     #[serde(default)]
     pub lower_mounts: Vec<FdMount>,
+    /// garden-init runs in its own user namespace (the overlay then reads `user.overlay.*`).
+    #[serde(default)]
+    pub user_namespace: bool,
     pub upper_dir: PathBuf,
     pub work_dir: PathBuf,
     /// Mount point of the container root (`<bundle>/rootfs`).

@@ -153,11 +153,15 @@ fn mount_root(c: &InitConfig) -> Result<()> {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
-    let data = format!(
+    let mut data = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         c.upper_dir.display(),
         c.work_dir.display()
     );
+    if c.user_namespace {
+        // trusted.* xattrs are out of a user namespace's reach: opaque dirs are user.*.
+        data.push_str(",userxattr");
+    }
     ctx(
         mount(
             Some("overlay"),

@@ -244,6 +244,7 @@ impl Runtime {
         let config = InitConfig {
             lower_dirs,
             lower_mounts,
+            user_namespace: spec.ids.is_some(),
             upper_dir: upper,
             work_dir: work,
             rootfs: b.join("rootfs"),
