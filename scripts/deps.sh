@@ -11,7 +11,8 @@ set -euo pipefail
 # crun, runc: benchmark peers only. util-linux: nsenter, unshare, losetup.
 # docker-registry, skopeo, umoci: the image tests' loopback registry, its feeder and OCI layouts.
 # mmdebstrap: the provisioning VM check builds a fresh Debian root.
-PACKAGES=(busybox-static nats-server iproute2 iptables xfsprogs e2fsprogs cpio binutils crun runc util-linux procps docker-registry skopeo umoci mmdebstrap "$@")
+# gcc, libc6-dev: garden_userns builds a tiny static keyctl helper to stream into containers.
+PACKAGES=(busybox-static nats-server iproute2 iptables xfsprogs e2fsprogs cpio binutils crun runc util-linux procps docker-registry skopeo umoci mmdebstrap gcc libc6-dev "$@")
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -13,7 +13,9 @@
 
 pub mod busybox;
 pub mod digest;
+pub mod idmap;
 pub mod image;
+pub mod mapped_copy;
 pub mod reference;
 pub mod registry;
 pub mod safe_tar;
@@ -23,11 +25,12 @@ use std::io;
 use std::path::PathBuf;
 
 pub use busybox::ensure_busybox_rootfs;
+pub use idmap::{IdMapping, IdRange};
 pub use image::{resolve, RootfsPlan};
 pub use registry::Credentials;
 pub use safe_tar::{
-    exists_in_root, extract, extract_as_user, open_in_root, pack, pack_as_user, read_in_root,
-    ExtractStats, Owner,
+    exists_in_root, extract, extract_as_user, open_in_root, pack, pack_as_user, pack_mapped,
+    read_in_root, ExtractStats, Owner,
 };
 pub use store::{GcStats, Store, StoreConfig};
 

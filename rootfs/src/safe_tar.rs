@@ -36,6 +36,7 @@ use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, Unlin
 use tar::EntryType;
 use xattr::FileExt;
 
+use crate::idmap::IdMapping;
 use crate::RootfsError;
 
 type Result<T, E = RootfsError> = std::result::Result<T, E>;
@@ -119,6 +120,7 @@ pub(crate) fn whiteout(base: &OsStr) -> Result<Option<Whiteout>, String> {
 
 /// The xattr overlayfs reads to make a lower directory opaque.
 const OVERLAY_OPAQUE: &str = "trusted.overlay.opaque";
+const OVERLAY_OPAQUE_USER: &str = "user.overlay.opaque";
 
 /// An unprivileged user's identity for DAC checks (on-disk ids).
 #[derive(Debug, Clone, Copy)]
@@ -889,7 +891,10 @@ impl Extractor<'_> {
                 let ext = ext.map_err(|e| Self::corrupt(name, e))?;
                 let key = ext.key_bytes();
                 if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if self.opts.image_layer && attr.starts_with(b"trusted.overlay.") {
+                    if self.opts.image_layer
+                        && (attr.starts_with(b"trusted.overlay.")
+                            || attr.starts_with(b"user.overlay."))
+                    {
                         continue;
                     }
                     xattrs.push((
@@ -1036,9 +1041,15 @@ impl Extractor<'_> {
         let parent_fd = self.open_parent(parent).map_err(entry_err)?;
         let dir = join_abs(parent);
         match w {
-            Whiteout::Opaque => File::from(parent_fd)
-                .set_xattr(OVERLAY_OPAQUE, b"y")
-                .map_err(|e| entry_err(RootfsError::io("set opaque xattr on", &dir, e))),
+            Whiteout::Opaque => {
+                let dir_file = File::from(parent_fd);
+                // The `user.` twin is what an overlay mounted in a user namespace reads
+                // (`userxattr`): there trusted.* xattrs are out of reach.
+                dir_file
+                    .set_xattr(OVERLAY_OPAQUE, b"y")
+                    .and_then(|()| dir_file.set_xattr(OVERLAY_OPAQUE_USER, b"y"))
+                    .map_err(|e| entry_err(RootfsError::io("set opaque xattr on", &dir, e)))
+            }
             Whiteout::Remove(target) => {
                 let full = dir.join(&target);
                 match fstatat(&parent_fd, target.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -1229,7 +1240,7 @@ fn parse_pax_time(v: &[u8]) -> Option<(u64, i64)> {
 /// (except those in the source path itself, resolved inside the root); hard links are stored
 /// as separate files; sockets are skipped. Modes, uid/gid, mtimes and xattrs are preserved.
 pub fn pack<W: Write>(root: BorrowedFd<'_>, source: &Path, writer: W) -> Result<()> {
-    pack_with(root, source, writer, None)
+    pack_with(root, source, writer, None, None)
 }
 
 /// StreamOut for an unprivileged user: like [`pack`], but with the permission checks
@@ -1244,7 +1255,28 @@ pub fn pack_as_user<W: Write>(
     owner: Owner,
     groups: &[u32],
 ) -> Result<()> {
-    pack_with(root, source, writer, Some(Restrict::new(owner, groups)))
+    pack_with(
+        root,
+        source,
+        writer,
+        Some(Restrict::new(owner, groups)),
+        None,
+    )
+}
+
+/// StreamOut from a container with a user namespace: [`pack`] (`user` = `None`, container
+/// root) or [`pack_as_user`] (`user`: on-disk owner ids and groups), with every entry's
+/// uid/gid translated from on-disk (host) ids to the ids the container sees, as `tar` running
+/// inside the namespace would record them.
+pub fn pack_mapped<W: Write>(
+    root: BorrowedFd<'_>,
+    source: &Path,
+    writer: W,
+    user: Option<(Owner, &[u32])>,
+    ids: &IdMapping,
+) -> Result<()> {
+    let restrict = user.map(|(owner, groups)| Restrict::new(owner, groups));
+    pack_with(root, source, writer, restrict, Some(ids))
 }
 
 /// The checks [`pack_as_user`] makes before writing its first byte, without packing: lets
@@ -1351,12 +1383,14 @@ fn pack_with<W: Write>(
     source: &Path,
     writer: W,
     restrict: Option<Restrict<'_>>,
+    ids: Option<&IdMapping>,
 ) -> Result<()> {
     let resolved = open_source(root, source, restrict)?;
     let mut out = TarWriter {
         w: writer,
         source: source.to_path_buf(),
         restrict,
+        ids,
     };
     match resolved {
         Source::Entry { parent, base, st } => {
@@ -1395,6 +1429,8 @@ struct TarWriter<'a, W: Write> {
     w: W,
     source: PathBuf,
     restrict: Option<Restrict<'a>>,
+    /// Translate on-disk ids to the container's view.
+    ids: Option<&'a IdMapping>,
 }
 
 impl<W: Write> TarWriter<'_, W> {
@@ -1581,6 +1617,15 @@ impl<W: Write> TarWriter<'_, W> {
         link: Option<&[u8]>,
         xattrs: &[(OsString, Vec<u8>)],
     ) -> Result<()> {
+        if let Some(ids) = self.ids {
+            let (uid, gid) = (header.uid(), header.gid());
+            if let (Ok(uid), Ok(gid)) = (uid, gid) {
+                let uid = u32::try_from(uid).unwrap_or(u32::MAX);
+                let gid = u32::try_from(gid).unwrap_or(u32::MAX);
+                header.set_uid(u64::from(ids.uid_to_container(uid)));
+                header.set_gid(u64::from(ids.gid_to_container(gid)));
+            }
+        }
         if !xattrs.is_empty() {
             let mut records = Vec::new();
             for (k, v) in xattrs {

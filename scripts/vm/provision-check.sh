@@ -107,14 +107,20 @@ check "the container's process survives systemctl stop gardend" kill -0 "$sleepe
 systemctl start gardend
 check "gardend is active again" wait_for 30 gardenctl ping
 check "the agent stayed up while gardend restarted" systemctl is-active -q cell-agent
-# gardend does not re-adopt containers yet: the new one removes what the old one left.
-check "the restarted gardend cleans the old container up" wait_for 30 sh -c \
-    "! grep -qx garden-init /proc/$init_pid/comm 2>/dev/null && ! gardenctl list -q | grep -qx vm-check"
+# The new gardend adopts the container: same garden-init, its process still running.
+check "the restarted gardend keeps the container" wait_for 30 sh -c \
+    "gardenctl list -q | grep -qx vm-check && grep -qx garden-init /proc/$init_pid/comm"
+check "the container's process still runs" kill -0 "$sleeper"
+check "a kept container runs new processes" gardenctl run vm-check -- /bin/true
 check "a new container runs after the restart" sh -c \
     'gardenctl create --handle vm-check-2 >/dev/null && gardenctl run vm-check-2 -- /bin/true &&
      gardenctl destroy vm-check-2'
 systemctl restart gardend
 check "systemctl restart gardend" wait_for 30 gardenctl ping
+check "systemctl restart gardend keeps the container" sh -c \
+    "gardenctl list -q | grep -qx vm-check && kill -0 $sleeper"
+check "gardenctl destroy of the kept container" gardenctl destroy vm-check
+check "its garden-init is gone" wait_for 30 sh -c "! grep -qx garden-init /proc/$init_pid/comm 2>/dev/null"
 
 # --- the agent drives gardend: a one-off task through NATS ------------------------------------
 out=$(timeout 120 cellctl task run --timeout 90 -- /bin/sh -c 'echo task ran' 2>&1)

@@ -122,6 +122,13 @@ async fn bind_mounts_ro_and_rw() {
     let c = g.client();
     let ro = tempfile::tempdir().expect("tempdir");
     let rw = tempfile::tempdir().expect("tempdir");
+    // Container root is not host root (user namespace): like any other user it writes into a
+    // host directory only if the directory's mode lets it.
+    std::fs::set_permissions(
+        rw.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
     std::fs::write(ro.path().join("given.txt"), "from host\n").expect("write");
     let s = ContainerSpec {
         handle: "binds".into(),

@@ -87,9 +87,37 @@ pub struct Config {
     /// are removed, checked whenever a container is destroyed; -1 = never, 0 = always.
     #[arg(long, value_name = "MEGABYTES", default_value_t = -1, allow_negative_numbers = true)]
     pub graph_cleanup_threshold_in_megabytes: i64,
+    /// Host uid that container uid 1 maps to in unprivileged containers (container root is
+    /// always 4294967294, "maximus").
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub uid_map_start: u32,
+    /// How many container uids from 1 up are mapped [default: all up to 4294967293].
+    #[arg(long, value_name = "N")]
+    pub uid_map_length: Option<u32>,
+    /// Host gid that container gid 1 maps to in unprivileged containers.
+    #[arg(long, value_name = "ID", default_value_t = 1)]
+    pub gid_map_start: u32,
+    /// How many container gids from 1 up are mapped [default: all up to 4294967293].
+    #[arg(long, value_name = "N")]
+    pub gid_map_length: Option<u32>,
+    /// Refuse to create privileged containers (no user namespace, host root as root).
+    #[arg(long)]
+    pub disable_privileged_containers: bool,
     /// Container networking (pools, firewall defaults, DNS).
     #[command(flatten)]
     pub net: crate::net::NetConfig,
+}
+
+impl Config {
+    /// The user namespace mapping of unprivileged containers, from the `--*-map-*` settings.
+    pub fn id_mapping(&self) -> Result<rootfs::IdMapping, rootfs::idmap::IdMapError> {
+        rootfs::IdMapping::guardian(
+            self.uid_map_start,
+            self.uid_map_length,
+            self.gid_map_start,
+            self.gid_map_length,
+        )
+    }
 }
 
 /// The defaults, exactly as the flags declare them.
@@ -173,6 +201,12 @@ mod tests {
     #[test]
     fn defaults() {
         let d = Config::default();
+        assert!(!d.disable_privileged_containers);
+        let ids = d.id_mapping().unwrap();
+        assert_eq!(
+            rootfs::IdMapping::map_file(&ids.uids),
+            "0 4294967294 1\n1 1 4294967293\n"
+        );
         assert_eq!((d.bind_ip.as_str(), d.bind_port), ("127.0.0.1", 7777));
         assert_eq!(d.depot, PathBuf::from("/var/lib/gardend/depot"));
         assert_eq!((d.max_connections, d.log_level.as_str()), (4096, "info"));

@@ -112,9 +112,12 @@ impl Garden {
     async fn adopt(&self, record: Record, mutable: Mutable) -> Result<usize, String> {
         let handle = record.handle.clone();
         let bundle = self.config.depot.join(&handle);
+        // The mapping create gave it: none when privileged, else this gardend's (the same
+        // flags as the run that made it, as a restart requires).
+        let ids = (!record.spec.privileged).then(|| self.ids.clone());
         let (sandbox, exits, running) = self
             .kernel
-            .adopt_sandbox(&handle, &bundle, record.init())
+            .adopt_sandbox(&handle, &bundle, record.init(), ids.clone())
             .await
             .map_err(|e| e.to_string())?;
         let mut processes = HashMap::new();
@@ -151,6 +154,7 @@ impl Garden {
             bundle,
             spec: record.spec,
             image_env: record.image_env,
+            ids,
             image_user: record.image_user,
             image_dir: record.image_dir,
             lower_dirs: record.lower_dirs,

@@ -37,6 +37,8 @@ pub(super) struct Container {
     pub(super) image_dir: String,
     /// Image layers, for disk usage.
     pub(super) lower_dirs: Vec<PathBuf>,
+    /// Its user namespace's mapping (files on disk hold host ids); `None` when privileged.
+    pub(super) ids: Option<rootfs::IdMapping>,
     pub(super) created: Instant,
     pub(super) sandbox: Arc<dyn Sandbox>,
     pub(super) state: Mutex<State>,

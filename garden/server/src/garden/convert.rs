@@ -42,6 +42,8 @@ pub(super) fn bind_mounts(mounts: &[BindMount]) -> Vec<InitBindMount> {
             src: b.src_path.clone().into(),
             dst: b.dst_path.clone().into(),
             read_only: b.mode == BIND_MOUNT_MODE_RO,
+            fd: None,
+            src_is_dir: false,
         })
         .collect()
 }

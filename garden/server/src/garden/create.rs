@@ -26,6 +26,11 @@ impl Garden {
         for m in &spec.netin {
             validate::ports(m.host_port, m.container_port)?;
         }
+        if spec.privileged && self.config.disable_privileged_containers {
+            return Err(GardenError::generic(
+                "privileged container creation is disabled",
+            ));
+        }
         if !spec.image.uri.is_empty() && !spec.rootfs.is_empty() {
             return Err(GardenError::generic(
                 "Cannot provide both Image.URI and RootFSPath",
@@ -133,6 +138,7 @@ impl Garden {
             let _ = remove_dir_all_blocking(bundle.clone()).await;
             return Err(e);
         }
+        let ids = (!spec.privileged).then(|| self.ids.clone());
         let sandbox_spec = SandboxSpec {
             handle: handle.to_string(),
             bundle: bundle.clone(),
@@ -141,6 +147,7 @@ impl Garden {
             bind_mounts: convert::bind_mounts(&spec.bind_mounts),
             resources: convert::resources(&spec.limits),
             privileged: spec.privileged,
+            ids: ids.clone(),
         };
         let created = match self.kernel.allocate_network(handle, &spec.network) {
             Ok(()) => self.kernel.create_sandbox(sandbox_spec).await,
@@ -169,6 +176,7 @@ impl Garden {
             image_user: plan.user.clone(),
             image_dir: plan.workdir.clone(),
             lower_dirs: plan.lower_dirs.clone(),
+            ids,
             spec,
             created: Instant::now(),
             sandbox,

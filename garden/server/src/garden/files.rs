@@ -51,9 +51,11 @@ impl Garden {
             .map_err(|e| generic(format!("error streaming in: open container root: {e}")))?;
         let user_spec = user_spec.to_string();
         let destination = destination.to_string();
+        let ids = c.ids.clone();
         tokio::task::spawn_blocking(move || {
             let (u, dest) = Garden::user_and_path(&root, &user_spec, &destination)
                 .map_err(|e| format!("error streaming in: {e}"))?;
+            let u = on_disk(u, ids.as_ref()).map_err(|e| format!("error streaming in: {e}"))?;
             let reader = ChannelReader {
                 rx: body,
                 current: Bytes::new(),
@@ -64,10 +66,21 @@ impl Garden {
             };
             // Root may write anywhere; anyone else only where their permissions allow, as
             // Guardian's `tar` running as that user would.
-            let extracted = if u.uid == 0 {
-                rootfs::extract(root.as_fd(), &dest, reader, owner)
-            } else {
-                rootfs::safe_tar::extract_as_user(root.as_fd(), &dest, reader, owner, &u.groups)
+            let extract = || {
+                if u.is_root {
+                    rootfs::extract(root.as_fd(), &dest, reader, owner)
+                } else {
+                    rootfs::safe_tar::extract_as_user(root.as_fd(), &dest, reader, owner, &u.groups)
+                }
+            };
+            // With a user namespace, files are created as container root (host root has no
+            // id in the container's filesystem), then given to the user.
+            let extracted = match &ids {
+                Some(ids) => {
+                    let (uid, gid) = ids.root();
+                    rootfs::idmap::as_fs_ids(uid, gid, extract)
+                }
+                None => extract(),
             };
             extracted
                 .map(|_| ())
@@ -92,13 +105,16 @@ impl Garden {
             .map_err(|e| generic(format!("error streaming out: open container root: {e}")))?;
         let (u, src) = Garden::user_and_path(&root, user_spec, source)
             .map_err(|e| generic(format!("error streaming out: {e}")))?;
+        let ids = c.ids.clone();
+        let u =
+            on_disk(u, ids.as_ref()).map_err(|e| generic(format!("error streaming out: {e}")))?;
         // Anyone but root reads only what their permissions allow, as Guardian's `tar`
         // running as that user would; an unreadable source is an error reply, not a stream.
         let owner = rootfs::Owner {
             uid: u.uid,
             gid: u.gid,
         };
-        if u.uid != 0 {
+        if !u.is_root {
             rootfs::safe_tar::check_readable_as_user(root.as_fd(), &src, owner, &u.groups)
                 .map_err(|e| generic(format!("error streaming out: {e}")))?;
         }
@@ -117,10 +133,13 @@ impl Garden {
                 tx: tx.clone(),
                 buf: Vec::with_capacity(CHANNEL_CHUNK),
             };
-            let packed = if u.uid == 0 {
-                rootfs::pack(root.as_fd(), &src, &mut w)
-            } else {
-                rootfs::safe_tar::pack_as_user(root.as_fd(), &src, &mut w, owner, &u.groups)
+            let user = (!u.is_root).then_some((owner, u.groups.as_slice()));
+            let packed = match (&ids, user) {
+                (Some(ids), user) => rootfs::pack_mapped(root.as_fd(), &src, &mut w, user, ids),
+                (None, None) => rootfs::pack(root.as_fd(), &src, &mut w),
+                (None, Some((owner, groups))) => {
+                    rootfs::safe_tar::pack_as_user(root.as_fd(), &src, &mut w, owner, groups)
+                }
             };
             let result = packed
                 .map_err(std::io::Error::other)
@@ -131,6 +150,45 @@ impl Garden {
         });
         Ok(Reply::Tar(rx))
     }
+}
+
+/// A container user as files on disk know it: host ids (through the container's user
+/// namespace mapping, if it has one).
+struct DiskUser {
+    is_root: bool,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+fn on_disk(
+    u: user::User,
+    ids: Option<&rootfs::IdMapping>,
+) -> std::result::Result<DiskUser, String> {
+    let is_root = u.uid == 0;
+    let Some(ids) = ids else {
+        return Ok(DiskUser {
+            is_root,
+            uid: u.uid,
+            gid: u.gid,
+            groups: u.groups,
+        });
+    };
+    let unmapped = |what: &str, id: u32| format!("{what} {id} is not mapped into the container");
+    Ok(DiskUser {
+        is_root,
+        uid: ids
+            .uid_to_host(u.uid)
+            .ok_or_else(|| unmapped("uid", u.uid))?,
+        gid: ids
+            .gid_to_host(u.gid)
+            .ok_or_else(|| unmapped("gid", u.gid))?,
+        groups: u
+            .groups
+            .iter()
+            .filter_map(|g| ids.gid_to_host(*g))
+            .collect(),
+    })
 }
 
 /// Adapts StreamIn's body channel to `Read` for the blocking tar extractor.

@@ -74,6 +74,8 @@ pub struct Garden {
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
     /// The depot and instance locks (see `owner`), held while this gardend runs.
     ownership: std::sync::OnceLock<owner::Ownership>,
+    /// The user namespace mapping of unprivileged containers.
+    ids: rootfs::IdMapping,
 }
 
 /// The depot and everything gardend keeps in the state directory are root's alone (0700):
@@ -116,6 +118,9 @@ impl Garden {
     /// remove everything else it left, and return the service.
     pub async fn new(config: Config) -> anyhow::Result<Arc<Garden>> {
         use anyhow::Context;
+        config
+            .id_mapping()
+            .context("--uid-map-*/--gid-map-* settings")?;
         std::fs::create_dir_all(&config.depot)
             .with_context(|| format!("create depot {}", config.depot.display()))?;
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
@@ -190,6 +195,10 @@ impl Garden {
         default_rootfs: rootfs::RootfsPlan,
         images: Arc<rootfs::Store>,
     ) -> Arc<Garden> {
+        let ids = config.id_mapping().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "invalid id mapping; using Guardian's default");
+            rootfs::IdMapping::guardian(1, None, 1, None).expect("the default mapping is valid")
+        });
         Arc::new_cyclic(|me| Garden {
             me: me.clone(),
             config,
@@ -201,6 +210,7 @@ impl Garden {
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
             ownership: std::sync::OnceLock::new(),
+            ids,
         })
     }
 

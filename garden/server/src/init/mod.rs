@@ -13,6 +13,7 @@ pub mod seccomp;
 mod setup;
 mod supervisor;
 pub mod user;
+mod userns;
 
 use std::io::Write;
 use std::os::fd::FromRawFd;

@@ -22,6 +22,13 @@ pub const MAX_FDS: usize = 8;
 pub struct InitConfig {
     /// Overlay layers, top first; empty = `rootfs` is used as is (raw).
     pub lower_dirs: Vec<PathBuf>,
+    /// Id-mapped lower layers: detached mounts garden-init attaches (one of `lower_dirs`
+    /// each) before mounting the overlay.
+    #[serde(default)]
+    pub lower_mounts: Vec<FdMount>,
+    /// garden-init runs in its own user namespace (the overlay then reads `user.overlay.*`).
+    #[serde(default)]
+    pub user_namespace: bool,
     pub upper_dir: PathBuf,
     pub work_dir: PathBuf,
     /// Mount point of the container root (`<bundle>/rootfs`).
@@ -51,6 +58,21 @@ pub struct InitBindMount {
     /// Path inside the container.
     pub dst: PathBuf,
     pub read_only: bool,
+    /// gardend's detached clone of `src` (already read-only if asked), which garden-init
+    /// attaches instead of looking `src` up itself: container root in a user namespace may
+    /// not be able to reach it.
+    #[serde(default)]
+    pub fd: Option<i32>,
+    /// Whether `src` is a directory (the target is made as one, else as an empty file).
+    #[serde(default)]
+    pub src_is_dir: bool,
+}
+
+/// A detached mount garden-init holds as descriptor `fd`, to attach at `target`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FdMount {
+    pub fd: i32,
+    pub target: PathBuf,
 }
 
 /// The resource limits a process spec may set (Garden's `ResourceLimits`, one each).

@@ -52,10 +52,15 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         ),
         || "make / private".into(),
     )?;
+    super::userns::attach_lowers(c)?;
     mount_root(c)?;
     let root = &c.rootfs;
     for b in &c.bind_mounts {
-        bind_mount(root, &b.src, &b.dst, b.read_only)?;
+        match b.fd {
+            // gardend cloned the source (and made it read-only if asked).
+            Some(fd) => super::userns::attach_bind(root, b, fd)?,
+            None => bind_mount(root, &b.src, &b.dst, b.read_only)?,
+        }
     }
     mount_at(
         root,
@@ -75,6 +80,7 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         mask_proc(root)?;
     }
     make_dev(root, c.privileged)?;
+    super::userns::mount_mqueue(root)?;
     mount_at(
         root,
         "tmp",
@@ -147,11 +153,15 @@ fn mount_root(c: &InitConfig) -> Result<()> {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
-    let data = format!(
+    let mut data = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         c.upper_dir.display(),
         c.work_dir.display()
     );
+    if c.user_namespace {
+        // trusted.* xattrs are out of a user namespace's reach: opaque dirs are user.*.
+        data.push_str(",userxattr");
+    }
     ctx(
         mount(
             Some("overlay"),
@@ -197,6 +207,7 @@ fn bind_mount(root: &Path, src: &Path, dst: &Path, read_only: bool) -> Result<()
     )?;
     if read_only {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC;
+        let flags = flags | super::userns::locked_flags(&target);
         ctx(
             mount(None::<&str>, &target, None::<&str>, flags, None::<&str>),
             || format!("remount {} read-only", dst.display()),
@@ -209,7 +220,7 @@ fn bind_mount(root: &Path, src: &Path, dst: &Path, read_only: bool) -> Result<()
 /// land outside the container. The overlay is not yet anybody's root, so symlinks in the image
 /// are not followed by `create_dir_all` beyond what the image already holds; targets are
 /// checked again after creation.
-fn inside(root: &Path, path: &Path) -> Result<PathBuf> {
+pub(super) fn inside(root: &Path, path: &Path) -> Result<PathBuf> {
     let mut out = root.to_path_buf();
     for comp in path.components() {
         match comp {
@@ -329,15 +340,18 @@ fn make_dev(root: &Path, privileged: bool) -> Result<()> {
         ("tty", 5, 0),
     ] {
         let path = dev.join(name);
-        ctx(
-            mknod(
-                &path,
-                SFlag::S_IFCHR,
-                Mode::from_bits_truncate(0o666),
-                makedev(major, minor),
-            ),
-            || format!("mknod /dev/{name}"),
-        )?;
+        let made = mknod(
+            &path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        );
+        if made == Err(nix::errno::Errno::EPERM) {
+            // A user namespace may not make device nodes: use the host's.
+            super::userns::bind_host_device(name, &path)?;
+            continue;
+        }
+        ctx(made, || format!("mknod /dev/{name}"))?;
         // mknod is subject to the umask; devices must be usable by every user.
         ctx(
             fs::set_permissions(&path, fs::Permissions::from_mode(0o666)),

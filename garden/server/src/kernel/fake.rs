@@ -205,6 +205,7 @@ impl Kernel for Fake {
         handle: &'a str,
         _bundle: &'a Path,
         _init: InitIdentity,
+        _ids: Option<rootfs::IdMapping>,
     ) -> BoxFuture<'a, Result<Adopted>> {
         let _ = self.record(Call::AdoptSandbox(handle.into()), None);
         let (exits_tx, exits) = mpsc::unbounded_channel();

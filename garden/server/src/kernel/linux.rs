@@ -54,7 +54,7 @@ impl Linux {
             .context("create parent cgroups")?
             .with_cpu_quota_per_share(config.cpu_quota_per_share);
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
-        let runtime = Runtime::new(cgroups, init_bin);
+        let runtime = Runtime::new(cgroups, init_bin, state_dir);
         let (state_dir, store_size) = (state_dir.to_path_buf(), config.disk_store_size);
         let keep: Vec<String> = survivors.iter().map(|s| s.handle.clone()).collect();
         let disk =
@@ -276,7 +276,10 @@ impl Kernel for Linux {
                     handle,
                     hostname,
                     netns.as_fd(),
-                    root.as_fd(),
+                    crate::net::hosts::ContainerRoot {
+                        fd: root.as_fd(),
+                        owner: sandbox.root_owner(),
+                    },
                     netout,
                     bandwidth,
                 )
@@ -350,9 +353,10 @@ impl Kernel for Linux {
         handle: &'a str,
         bundle: &'a Path,
         init: InitIdentity,
+        ids: Option<rootfs::IdMapping>,
     ) -> BoxFuture<'a, Result<Adopted>> {
         Box::pin(async move {
-            let (sandbox, exits, running) = self.runtime.adopt(handle, bundle, init).await?;
+            let (sandbox, exits, running) = self.runtime.adopt(handle, bundle, init, ids).await?;
             let sandbox: Arc<dyn Sandbox> = Arc::new(sandbox);
             Ok((sandbox, exits, running))
         })
@@ -418,6 +422,10 @@ impl Sandbox for runtime::Sandbox {
 
     fn open_root(&self) -> std::io::Result<OwnedFd> {
         runtime::Sandbox::open_root(self)
+    }
+
+    fn root_owner(&self) -> (u32, u32) {
+        self.ids.as_ref().map_or((0, 0), |ids| ids.root())
     }
 
     fn open_netns(&self) -> std::io::Result<OwnedFd> {

@@ -139,14 +139,16 @@ pub trait Kernel: Send + Sync + 'static {
     fn shutdown(&self, empty: bool) -> BoxFuture<'_, ()>;
 
     /// Take over the sandbox of a container a previous gardend made, whose garden-init is
-    /// `init`: with its exit events and its live processes' stdio (see `ToInit::Adopt`).
+    /// `init`: with its exit events and its live processes' stdio (see `ToInit::Adopt`). `ids`:
+    /// its user namespace's mapping (`None` when privileged), as create gave it.
     fn adopt_sandbox<'a>(
         &'a self,
         handle: &'a str,
         bundle: &'a Path,
         init: InitIdentity,
+        ids: Option<rootfs::IdMapping>,
     ) -> BoxFuture<'a, Result<Adopted>> {
-        let _ = (handle, bundle, init);
+        let _ = (handle, bundle, init, ids);
         Box::pin(std::future::ready(Err(KernelError::Other(
             "this kernel cannot adopt containers".into(),
         ))))
@@ -182,6 +184,10 @@ pub trait Sandbox: Send + Sync + 'static {
     fn is_idle(&self) -> bool;
     /// An fd of the container's root directory, for path resolution inside it.
     fn open_root(&self) -> std::io::Result<OwnedFd>;
+    /// Container root's host uid and gid (host root's unless it has a user namespace).
+    fn root_owner(&self) -> (u32, u32) {
+        (0, 0)
+    }
     /// An fd of the container's network namespace.
     fn open_netns(&self) -> std::io::Result<OwnedFd>;
     /// The container's own `/dev/pts/ptmx`, for a process with a tty.

@@ -68,9 +68,35 @@ pub fn host_resolv_conf() -> String {
     main
 }
 
+/// A container's root directory and container root's host ids, for its /etc files.
+pub struct ContainerRoot<'a> {
+    pub fd: BorrowedFd<'a>,
+    pub owner: (u32, u32),
+}
+
 /// Replace `/etc/<name>` inside the container root (never following a symlink out of it) with a
-/// fresh root-owned 0644 file.
-pub fn write_etc(root: BorrowedFd<'_>, name: &str, contents: &str) -> Result<(), NetError> {
+/// fresh 0644 file owned by container root, `owner` in host ids (created as it: a root
+/// filesystem mounted in a user namespace has no place for host root's files).
+pub fn write_etc(
+    root: BorrowedFd<'_>,
+    name: &str,
+    contents: &str,
+    owner: (u32, u32),
+) -> Result<(), NetError> {
+    if owner == (0, 0) {
+        return write_etc_as(root, name, contents, owner);
+    }
+    rootfs::idmap::as_fs_ids(owner.0, owner.1, || {
+        write_etc_as(root, name, contents, owner)
+    })
+}
+
+fn write_etc_as(
+    root: BorrowedFd<'_>,
+    name: &str,
+    contents: &str,
+    owner: (u32, u32),
+) -> Result<(), NetError> {
     let path = format!("/etc/{name}");
     let err = |e: nix::Error| NetError::Io {
         path: path.clone(),
@@ -94,7 +120,7 @@ pub fn write_etc(root: BorrowedFd<'_>, name: &str, contents: &str) -> Result<(),
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = nix::fcntl::openat(&etc, name, flags, Mode::from_bits_truncate(0o644)).map_err(err)?;
     let mut file = std::fs::File::from(fd);
-    nix::unistd::fchown(&file, Some(0.into()), Some(0.into())).map_err(err)?;
+    nix::unistd::fchown(&file, Some(owner.0.into()), Some(owner.1.into())).map_err(err)?;
     nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(0o644)).map_err(err)?;
     file.write_all(contents.as_bytes())
         .map_err(|e| NetError::Io {
@@ -141,7 +167,7 @@ mod tests {
         std::fs::write(dir.path().join("outside"), "keep").unwrap();
         std::os::unix::fs::symlink("/outside", dir.path().join("etc/hosts")).unwrap();
         let root = std::fs::File::open(dir.path()).unwrap();
-        write_etc(root.as_fd(), "hosts", "127.0.0.1 localhost\n").unwrap();
+        write_etc(root.as_fd(), "hosts", "127.0.0.1 localhost\n", (0, 0)).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("etc/hosts")).unwrap(),
             "127.0.0.1 localhost\n"

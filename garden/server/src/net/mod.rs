@@ -29,7 +29,7 @@ mod cmd;
 pub mod firewall;
 mod host_nets;
 mod host_ports;
-mod hosts;
+pub mod hosts;
 pub mod pool;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -425,7 +425,7 @@ impl Network {
         handle: &str,
         hostname: &str,
         netns: BorrowedFd<'_>,
-        root: BorrowedFd<'_>,
+        root: hosts::ContainerRoot<'_>,
         netout: &[NetOutRule],
         bandwidth: Bandwidth,
     ) -> Result<(), NetError> {
@@ -474,20 +474,21 @@ impl Network {
             bridge::limit_bandwidth(&a.host_if, netns, bandwidth.rate, bandwidth.burst).await?;
         }
         hosts::write_etc(
-            root,
+            root.fd,
             "hosts",
             &hosts::hosts(
                 a.lease.container_ip,
                 hostname,
                 &self.cfg.additional_host_entries,
             ),
+            root.owner,
         )?;
         let resolv = hosts::resolv_conf(
             &self.cfg.dns_servers,
             &self.cfg.additional_dns_servers,
             &hosts::host_resolv_conf(),
         );
-        hosts::write_etc(root, "resolv.conf", &resolv)?;
+        hosts::write_etc(root.fd, "resolv.conf", &resolv, root.owner)?;
         tracing::debug!(
             handle,
             ms = started.elapsed().as_secs_f64() * 1e3,

@@ -107,9 +107,17 @@ impl Process {
             }
             None => {
                 let flags = nix::fcntl::OFlag::O_CLOEXEC;
-                let (in_r, in_w) = nix::unistd::pipe2(flags)?;
-                let (out_r, out_w) = nix::unistd::pipe2(flags)?;
-                let (err_r, err_w) = nix::unistd::pipe2(flags)?;
+                // Made as container root (pipes belong to their creator's fsuid), so that
+                // garden-init may give them to the process's user even in a user namespace.
+                let (uid, gid) = sandbox.root_owner();
+                let pipes = rootfs::idmap::as_fs_ids(uid, gid, || -> nix::Result<_> {
+                    Ok((
+                        nix::unistd::pipe2(flags)?,
+                        nix::unistd::pipe2(flags)?,
+                        nix::unistd::pipe2(flags)?,
+                    ))
+                });
+                let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = pipes?;
                 // A larger pipe means fewer wake-ups for chatty processes.
                 let _ = nix::fcntl::fcntl(&out_r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
                 // garden-init keeps [stdout, stderr, stdin] of ours for a restarted gardend.

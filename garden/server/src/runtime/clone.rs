@@ -9,13 +9,30 @@ use std::path::Path;
 use nix::sched::{clone, CloneFlags};
 use nix::sys::signal::Signal;
 
-/// Clone garden-init into new mount, pid, uts, ipc and net namespaces. `ready` becomes its
-/// fd 3. Returns its host pid.
+/// The descriptors garden-init starts with besides /dev/null.
+pub struct InitFds<'a> {
+    /// Becomes fd 3: garden-init says "ok" (or why not) on it.
+    pub ready: &'a OwnedFd,
+    /// Becomes fds 1 and 2.
+    pub log: &'a OwnedFd,
+    /// Directories the child opens (O_PATH) in its own mount namespace before it becomes
+    /// container root, which may not be allowed to walk the host paths to them: fds 4, 5, ...
+    pub opened: &'a [CString],
+    /// Detached mounts garden-init attaches (move_mount): the fds after `opened`'s.
+    pub passed: &'a [OwnedFd],
+    /// The child waits for one byte here before it execs, so that gardend can put it in its
+    /// cgroups and write its id maps first.
+    pub go: &'a OwnedFd,
+}
+
+/// Clone garden-init into new mount, pid, uts, ipc and net namespaces, and a new user
+/// namespace when `userns`. It waits for a byte on `fds.go` (EOF = abort) before it becomes
+/// container root (in a user namespace) and execs. Returns its host pid.
 pub fn spawn_init(
     init_bin: &Path,
     bundle: &Path,
-    ready: &OwnedFd,
-    log: &OwnedFd,
+    fds: &InitFds<'_>,
+    userns: bool,
 ) -> nix::Result<i32> {
     // Everything the child touches is prepared here: after clone in a multi-threaded process
     // the child may only make async-signal-safe calls (no allocation).
@@ -27,25 +44,42 @@ pub fn spawn_init(
     let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
     let path_env = CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string");
     let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
-    let ready_fd = ready.as_raw_fd();
-    let log_fd = log.as_raw_fd();
+    let ready_fd = fds.ready.as_raw_fd();
+    let log_fd = fds.log.as_raw_fd();
+    let go_fd = fds.go.as_raw_fd();
+    let passed_fds: Vec<i32> = fds.passed.iter().map(|f| f.as_raw_fd()).collect();
+    let opened = fds.opened;
+    // Scratch for the passed fds' high duplicates, allocated before clone.
+    let mut high = vec![-1i32; passed_fds.len()];
     let mut stack = vec![0u8; 256 * 1024];
-    let flags = CloneFlags::CLONE_NEWNS
+    let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET;
+    if userns {
+        flags |= CloneFlags::CLONE_NEWUSER;
+    }
     let child = Box::new(|| -> isize {
-        // SAFETY: only open, fcntl, dup2, close_range, execve and _exit run in the child, all
-        // async-signal-safe, on values prepared before clone.
+        // SAFETY: only open, fcntl, dup2, read, close_range, raw set*id syscalls, execve and
+        // _exit run in the child, all async-signal-safe, on values prepared before clone.
+        // (glibc's setresuid wrappers would try to signal threads that do not exist here.)
         unsafe {
             // garden-init gets exactly: 0 = /dev/null, 1 and 2 = <bundle>/init.log,
-            // 3 = the ready pipe. Nothing else of gardend's may reach a container.
+            // 3 = the ready pipe, 4.. = the passed descriptors. Nothing else of gardend's may
+            // reach a container.
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
             let ready = libc::fcntl(ready_fd, libc::F_DUPFD, 100);
             let log = libc::fcntl(log_fd, libc::F_DUPFD, 100);
-            if null < 0 || ready < 0 || log < 0 {
+            let go = libc::fcntl(go_fd, libc::F_DUPFD, 100);
+            if null < 0 || ready < 0 || log < 0 || go < 0 {
                 libc::_exit(126);
+            }
+            for (h, fd) in high.iter_mut().zip(&passed_fds) {
+                *h = libc::fcntl(*fd, libc::F_DUPFD, 100);
+                if *h < 0 {
+                    libc::_exit(126);
+                }
             }
             if libc::dup2(null, 0) < 0
                 || libc::dup2(log, 1) < 0
@@ -54,7 +88,50 @@ pub fn spawn_init(
             {
                 libc::_exit(126);
             }
-            libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+            let first_passed = 4 + opened.len() as i32;
+            for (i, h) in high.iter().enumerate() {
+                if libc::dup2(*h, first_passed + i as i32) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            // The go pipe goes right after them; everything else (gardend's copy of the go
+            // pipe's write end included, so that its close reads as EOF here) is closed.
+            let go_at = first_passed + high.len() as i32;
+            if libc::dup2(go, go_at) < 0 {
+                libc::_exit(126);
+            }
+            libc::syscall(libc::SYS_close_range, go_at as u32 + 1, u32::MAX, 0u32);
+            let go = go_at;
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(go, &mut byte as *mut u8 as *mut libc::c_void, 1);
+                if n == 1 {
+                    break;
+                }
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(125); // gardend gave up on us
+            }
+            // In the new mount namespace and still host root (which owns the host paths),
+            // open the directories garden-init reaches as /proc/self/fd/N.
+            for (i, path) in opened.iter().enumerate() {
+                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+                if fd < 0 || (fd != 4 + i as i32 && libc::dup2(fd, 4 + i as i32) < 0) {
+                    libc::_exit(123);
+                }
+            }
+            libc::close(go);
+            if userns {
+                // Become container root: until now this process was host root, which the
+                // namespace does not map.
+                if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                    || libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) < 0
+                    || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) < 0
+                {
+                    libc::_exit(124);
+                }
+            }
             libc::execve(bin.as_ptr(), argv.as_ptr(), envp.as_ptr());
             libc::_exit(127)
         }

@@ -4,6 +4,7 @@
 mod client;
 mod clone;
 pub mod pidfd;
+pub mod userns;
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -16,9 +17,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup, Resources};
-use crate::init::proto::{InitBindMount, InitConfig};
+use crate::init::proto::{FdMount, InitBindMount, InitConfig};
 pub use client::{InitClient, RunningProcess, SpawnError};
 use pidfd::PidFd;
+use rootfs::IdMapping;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -69,12 +71,17 @@ pub struct SandboxSpec {
     pub bind_mounts: Vec<InitBindMount>,
     pub resources: Resources,
     pub privileged: bool,
+    /// The user namespace's maps; `None` = no user namespace (privileged: host ids).
+    pub ids: Option<IdMapping>,
 }
 
 /// Creates sandboxes: owns the cgroup parents and knows where garden-init lives.
 pub struct Runtime {
     cgroups: Cgroups,
     init_bin: PathBuf,
+    templates: userns::Templates,
+    /// Where chown'd copies of lower layers go when a filesystem cannot be id-mapped.
+    mapped_layers: PathBuf,
 }
 
 /// A running container at the kernel level: garden-init (pid 1) and its cgroup.
@@ -84,6 +91,8 @@ pub struct Sandbox {
     init_process: PidFd,
     pub cgroup: ContainerCgroup,
     pub init: InitClient,
+    /// Its user namespace's mapping; `None` without one.
+    pub ids: Option<IdMapping>,
     /// Becomes true once garden-init (and so every process of the container) is gone.
     exited: watch::Receiver<bool>,
     /// When garden-init started (see [`PidFd::start_time`]), recorded against pid reuse.
@@ -122,8 +131,15 @@ pub fn socket_path(bundle: &Path) -> PathBuf {
 }
 
 impl Runtime {
-    pub fn new(cgroups: Cgroups, init_bin: PathBuf) -> Runtime {
-        Runtime { cgroups, init_bin }
+    /// `state_dir` holds the cache of chown'd lower layers (for filesystems that cannot be
+    /// id-mapped).
+    pub fn new(cgroups: Cgroups, init_bin: PathBuf, state_dir: &Path) -> Runtime {
+        Runtime {
+            cgroups,
+            init_bin,
+            templates: userns::Templates::default(),
+            mapped_layers: state_dir.join("mapped-layers"),
+        }
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -145,8 +161,22 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
+        if let Some(ids) = &spec.ids {
+            // Container root (garden-init in its namespace) binds its socket in the bundle,
+            // records exits and builds the overlay: those directories are its own.
+            let (uid, gid) = ids.root();
+            for d in [
+                bundle.to_path_buf(),
+                upper_dir(bundle),
+                bundle.join("work"),
+                processes_dir(bundle),
+            ] {
+                std::os::unix::fs::chown(&d, Some(uid), Some(gid)).map_err(io_err("chown", &d))?;
+            }
+        }
+        let lowers = self.lowers(spec).await?;
         let cgroup = self.cgroups.create(&spec.handle, &spec.resources)?;
-        match self.start(spec, &cgroup).await {
+        match self.start(spec, &cgroup, lowers).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 let _ = cgroup.remove();
@@ -155,22 +185,95 @@ impl Runtime {
         }
     }
 
+    /// The overlay's lower layers for this container: as they are without a user namespace;
+    /// else an id-mapped clone of each (attached by garden-init inside the container), or,
+    /// where the filesystem cannot be id-mapped, a chown'd copy cached per layer and mapping.
+    async fn lowers(&self, spec: &SandboxSpec) -> Result<Vec<Lower>> {
+        let Some(ids) = &spec.ids else {
+            return Ok(spec.lower_dirs.iter().cloned().map(Lower::Dir).collect());
+        };
+        let mut out = Vec::new();
+        for dir in &spec.lower_dirs {
+            match self.templates.idmapped_tree(dir, ids) {
+                Ok(fd) => out.push(Lower::Mapped(fd)),
+                Err(e) => {
+                    tracing::debug!(layer = %dir.display(), error = %e, "cannot id-map; using a chown'd copy");
+                    let (dir, cache, ids) = (dir.clone(), self.mapped_layers.clone(), ids.clone());
+                    let copy = tokio::task::spawn_blocking(move || {
+                        rootfs::mapped_copy::ensure(&dir, &cache, &ids)
+                    })
+                    .await
+                    .map_err(|e| RuntimeError::Setup(e.to_string()))?
+                    .map_err(|e| RuntimeError::Setup(format!("map lower layer: {e}")))?;
+                    out.push(Lower::Dir(copy));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     async fn start(
         &self,
         spec: &SandboxSpec,
         cgroup: &ContainerCgroup,
+        lowers: Vec<Lower>,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = &spec.bundle;
+        // garden-init reaches its bundle, upper and work directories (and lower layers it
+        // mounts by path) through descriptors: container root in a user namespace may not be
+        // able to walk the host paths to them.
+        let mut dirs = vec![bundle.to_path_buf(), upper_dir(bundle), bundle.join("work")];
+        let mut lower_dirs = Vec::new();
+        let mut mapped = Vec::new();
+        for lower in lowers {
+            match lower {
+                Lower::Dir(d) if spec.ids.is_some() => {
+                    lower_dirs.push(Passed::opened_path(dirs.len()));
+                    dirs.push(d);
+                }
+                Lower::Dir(d) => lower_dirs.push(d),
+                Lower::Mapped(fd) => {
+                    lower_dirs.push(PathBuf::new()); // set below, once numbers are known
+                    mapped.push((lower_dirs.len() - 1, fd));
+                }
+            }
+        }
+        let mut passed = Passed::new(&dirs)?;
+        let [b, upper, work] = [0, 1, 2].map(Passed::opened_path);
+        let mut lower_mounts = Vec::new();
+        for (i, fd) in mapped {
+            let name = format!("lower/{}", lower_mounts.len());
+            let host = bundle.join(&name);
+            std::fs::create_dir_all(&host).map_err(io_err("create", &host))?;
+            let target = b.join(&name);
+            lower_dirs[i] = target.clone();
+            lower_mounts.push(FdMount {
+                fd: passed.add(fd),
+                target,
+            });
+        }
+        let mut bind_mounts = spec.bind_mounts.clone();
+        for m in &mut bind_mounts {
+            let meta = std::fs::metadata(&m.src).map_err(io_err("bind mount source", &m.src))?;
+            let tree = userns::detached_clone(&m.src, m.read_only)
+                .map_err(io_err("bind mount source", &m.src))?;
+            m.src_is_dir = meta.is_dir();
+            m.fd = Some(passed.add(tree));
+        }
         let config = InitConfig {
-            lower_dirs: spec.lower_dirs.clone(),
-            upper_dir: upper_dir(bundle),
-            work_dir: bundle.join("work"),
-            rootfs: rootfs_dir(bundle),
+            lower_dirs,
+            lower_mounts,
+            user_namespace: spec.ids.is_some(),
+            upper_dir: upper,
+            work_dir: work,
+            rootfs: b.join("rootfs"),
             hostname: spec.hostname.clone(),
-            bind_mounts: spec.bind_mounts.clone(),
-            cgroup_procs: cgroup.procs_files(),
-            socket: socket_path(bundle),
-            processes_dir: processes_dir(bundle),
+            bind_mounts,
+            // gardend puts garden-init in its cgroups before it execs (container root in a
+            // user namespace may not write the host's cgroup files).
+            cgroup_procs: Vec::new(),
+            socket: b.join("init.sock"),
+            processes_dir: b.join("processes"),
             privileged: spec.privileged,
             devices_allowlisted: self.cgroups.layout().restricts_devices(),
         };
@@ -191,10 +294,18 @@ impl Runtime {
             .open(&log_path)
             .map_err(io_err("open", &log_path))?
             .into();
-        let pid = clone::spawn_init(&self.init_bin, bundle, &ready_w, &log)
+        let (go_r, go_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::Clone)?;
+        let fds = clone::InitFds {
+            ready: &ready_w,
+            log: &log,
+            opened: &passed.opened,
+            passed: &passed.fds,
+            go: &go_r,
+        };
+        let pid = clone::spawn_init(&self.init_bin, &b, &fds, spec.ids.is_some())
             .map_err(RuntimeError::Clone)?;
-        drop(ready_w);
-        drop(log);
+        drop((ready_w, log, go_r, passed));
         // Our unreaped child: the pid is still its own here.
         let init_process = PidFd::open(pid).map_err(RuntimeError::Watch)?;
         // Before init reports ready, so before any container process exists.
@@ -209,6 +320,14 @@ impl Runtime {
             let _ = init_process.signal(libc::SIGKILL);
             e
         };
+        if let Err(e) = prepare_child(&init_process, cgroup, spec.ids.as_ref()) {
+            return Err(abort(e));
+        }
+        // Let it exec (a write to our own fresh pipe; the child holds the read end).
+        if let Err(e) = nix::unistd::write(&go_w, b"g") {
+            return Err(abort(RuntimeError::Clone(e)));
+        }
+        drop(go_w);
         let timeout = Duration::from_secs(20);
         let msg = match tokio::time::timeout(timeout, read_all(ready_r)).await {
             Ok(Ok(m)) => m,
@@ -235,6 +354,7 @@ impl Runtime {
                 init_process,
                 cgroup: cgroup.clone(),
                 init,
+                ids: spec.ids.clone(),
                 exited,
                 start_time,
             },
@@ -249,6 +369,7 @@ impl Runtime {
         handle: &str,
         bundle: &Path,
         init: InitIdentity,
+        ids: Option<IdMapping>,
     ) -> Result<(
         Sandbox,
         mpsc::UnboundedReceiver<(String, i32)>,
@@ -280,6 +401,7 @@ impl Runtime {
                 init: client,
                 exited,
                 start_time: init.start_time,
+                ids,
             },
             exits,
             running,
@@ -344,13 +466,88 @@ impl Sandbox {
             .open_in_proc("ns/net", nix::fcntl::OFlag::O_RDONLY)
     }
 
-    /// The container's own `/dev/pts/ptmx`, opened for a new pty.
+    /// The container's own `/dev/pts/ptmx`, opened for a new pty. With a user namespace it is
+    /// opened as container root, who then owns the new pty (devpts gives it the opener's
+    /// fsuid), so garden-init may hand it to the process's user.
     pub fn open_ptmx(&self) -> std::io::Result<OwnedFd> {
-        self.init_process.open_in_proc(
-            "root/dev/pts/ptmx",
-            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
-        )
+        let open = || {
+            self.init_process.open_in_proc(
+                "root/dev/pts/ptmx",
+                nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY,
+            )
+        };
+        match &self.ids {
+            Some(ids) => {
+                let (uid, gid) = ids.root();
+                rootfs::idmap::as_fs_ids(uid, gid, open)
+            }
+            None => open(),
+        }
     }
+}
+
+/// One overlay lower layer as garden-init gets it.
+enum Lower {
+    /// A host directory it mounts by path.
+    Dir(PathBuf),
+    /// A detached id-mapped mount it attaches first.
+    Mapped(OwnedFd),
+}
+
+/// Descriptors garden-init starts with: the directories it opens itself (fds 4, 5, ...), then
+/// the detached mounts gardend hands it.
+struct Passed {
+    opened: Vec<std::ffi::CString>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Passed {
+    fn new(dirs: &[PathBuf]) -> Result<Passed> {
+        let opened = dirs
+            .iter()
+            .map(|d| {
+                std::ffi::CString::new(d.as_os_str().as_encoded_bytes())
+                    .map_err(|_| io_err("open", d)(std::io::Error::from_raw_os_error(libc::EINVAL)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Passed {
+            opened,
+            fds: Vec::new(),
+        })
+    }
+
+    /// The `i`th opened directory as garden-init names it: its own descriptor, so no
+    /// permission on the host path above it is needed.
+    fn opened_path(i: usize) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", 4 + i))
+    }
+
+    /// Hand over `fd`; its number in garden-init.
+    fn add(&mut self, fd: OwnedFd) -> i32 {
+        self.fds.push(fd);
+        3 + (self.opened.len() + self.fds.len()) as i32
+    }
+}
+
+/// Before garden-init execs: its cgroups and its id maps (its OOM shield is
+/// [`shield_from_oom`]). The child is blocked until we release it and unreaped, so its pid names it; its /proc
+/// files are opened through the pidfd all the same.
+fn prepare_child(init: &PidFd, cgroup: &ContainerCgroup, ids: Option<&IdMapping>) -> Result<()> {
+    let pid = init.pid();
+    for procs in cgroup.procs_files() {
+        std::fs::write(&procs, pid.to_string()).map_err(io_err("join cgroup", &procs))?;
+    }
+    let write = |name: &str, text: &str| -> std::io::Result<()> {
+        let fd = init.open_in_proc(name, nix::fcntl::OFlag::O_WRONLY)?;
+        std::io::Write::write_all(&mut std::fs::File::from(fd), text.as_bytes())
+    };
+    if let Some(ids) = ids {
+        for (name, ranges) in [("uid_map", &ids.uids), ("gid_map", &ids.gids)] {
+            let path = PathBuf::from(format!("/proc/{pid}/{name}"));
+            write(name, &IdMapping::map_file(ranges)).map_err(io_err("write", &path))?;
+        }
+    }
+    Ok(())
 }
 
 /// The container's OOM killer must pick one of its processes, never pid 1 (which takes the
