@@ -13,6 +13,7 @@ pub use garden_client::{Address, Client};
 pub use test_support::{require_root, root_tests};
 
 pub mod agent;
+pub mod raw_http;
 pub mod security;
 
 /// The target directory the test binary runs from (`target/debug`).

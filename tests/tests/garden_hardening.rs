@@ -5,70 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use e2e::raw_http::{exchange, post};
 use e2e::Gardend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Send `request`, read the reply until the server closes or `Content-Length` bytes of body
-/// arrived. Returns (status, head, body).
-async fn exchange(g: &Gardend, request: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(g.address()).await.expect("connect");
-    let _ = s.write_all(request).await;
-    read_reply(&mut s).await
-}
-
-async fn read_reply(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let read = async {
-        loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..i + 4]).into_owned();
-                let len = head.split("\r\n").find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                });
-                if let Some(len) = len {
-                    if buf.len() >= i + 4 + len {
-                        return (head, buf[i + 4..i + 4 + len].to_vec());
-                    }
-                }
-            }
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let i = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no reply head: {buf:?}"));
-        (
-            String::from_utf8_lossy(&buf[..i + 4]).into_owned(),
-            buf[i + 4..].to_vec(),
-        )
-    };
-    let (head, body) = tokio::time::timeout(Duration::from_secs(15), read)
-        .await
-        .expect("reply within 15s");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head:?}"));
-    (status, head, body)
-}
-
-fn post(path: &str, body: &[u8]) -> Vec<u8> {
-    let mut r = format!(
-        "POST {path} HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    r.extend_from_slice(body);
-    r
-}
 
 /// A 4xx Garden error (five-key JSON body, generic type); returns its message.
 #[track_caller]
