@@ -359,6 +359,34 @@ pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     found
 }
 
+/// Host pids of garden-init processes in a cgroup of `cgroup_parent` (all of them, or only
+/// `handle`'s). In a user namespace garden-init's argument is a descriptor, not the bundle's
+/// path, so its cgroup is what ties it to a gardend and a container.
+pub fn garden_inits_in(cgroup_parent: &str, handle: Option<&str>) -> Vec<i32> {
+    let suffix = match handle {
+        Some(h) => format!("/{cgroup_parent}/{h}"),
+        None => format!("/{cgroup_parent}/"),
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            if comm.trim() != "garden-init" {
+                return None;
+            }
+            let cgroups = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+            let member = cgroups.lines().any(|l| match handle {
+                Some(_) => l.ends_with(&suffix),
+                None => l.contains(&suffix),
+            });
+            member.then_some(pid)
+        })
+        .collect()
+}
+
 /// Like `leaks`, but mounts only count when they lie under gardend's state directory and name
 /// the handle as a whole path component (a handle such as `env` would otherwise match
 /// unrelated host mounts), plus any process still naming the bundle (garden-init's argument).
@@ -377,6 +405,9 @@ pub fn all_leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     let needle = format!("garden-init {}", bundle.display());
     for (pid, cmdline) in processes_mentioning(&needle) {
         found.push(format!("process {pid}: {cmdline}"));
+    }
+    for pid in garden_inits_in(&gardend.cgroup_parent, Some(handle)) {
+        found.push(format!("garden-init {pid} in the container's cgroup"));
     }
     found
 }

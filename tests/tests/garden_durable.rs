@@ -82,7 +82,12 @@ async fn destroy_all_and_check(g: &mut Gardend, also: &[String]) {
         let left = leaks_after(h, g, Duration::from_secs(5));
         assert!(left.is_empty(), "{h} leaked: {left:#?}\n{}", g.log());
     }
-    let inits = e2e::processes_mentioning(&format!("garden-init {}/", g.depot.display()));
+    let mut inits = e2e::processes_mentioning(&format!("garden-init {}/", g.depot.display()));
+    inits.extend(
+        e2e::garden_inits_in(&g.cgroup_parent, None)
+            .into_iter()
+            .map(|pid| (pid, "garden-init".to_string())),
+    );
     assert!(inits.is_empty(), "garden-init left: {inits:?}");
     g.stop();
     if !prefix.is_empty() {

@@ -517,12 +517,14 @@ async fn slow_idle_and_greedy_clients_are_cut_off() {
 
 /// Host pid of `handle`'s garden-init.
 fn init_pid(g: &Gardend, handle: &str) -> i32 {
-    let bundle = g.depot.join(handle).display().to_string();
-    e2e::processes_mentioning(&bundle)
-        .into_iter()
-        .find(|(_, cmd)| cmd.contains("garden-init") && cmd.ends_with(&bundle))
-        .unwrap_or_else(|| panic!("no garden-init for {handle}"))
-        .0
+    // In a user namespace garden-init's argument is a descriptor, not the bundle's path: the
+    // bundle's record names it.
+    let record = std::fs::read(g.depot.join(handle).join("container.json"))
+        .unwrap_or_else(|e| panic!("no record for {handle}: {e}"));
+    let record: serde_json::Value = serde_json::from_slice(&record).expect("record is JSON");
+    record["init_pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no garden-init for {handle}")) as i32
 }
 
 /// A command in the network namespace of `pid` (only: the host's tools and files).

@@ -225,19 +225,21 @@ impl Cgroups {
         }
     }
 
-    /// Names of the container cgroups under the parent (read from the first hierarchy).
+    /// Names of the container cgroups under the parent, in any hierarchy.
     pub fn children(&self) -> Vec<String> {
-        let Some(parent) = self.dirs_for(None).into_iter().next() else {
-            return Vec::new();
-        };
-        fs::read_dir(parent)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        // Every hierarchy: a create cut short by a crash may have made the container's
+        // directory in some of them only.
+        let mut names = std::collections::BTreeSet::new();
+        for parent in self.dirs_for(None) {
+            if let Ok(d) = fs::read_dir(parent) {
+                names.extend(
+                    d.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+        names.into_iter().collect()
     }
 
     /// The container's cgroup, without touching the filesystem.
