@@ -612,9 +612,16 @@ impl Raw {
             .stderr(log)
             .spawn()
             .expect("spawn gardend");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: the startup sweep waits for a previous run's processes to die, and the
+        // host's pid 1 reaps orphans slowly; on a loaded CI machine this took over 30 s once.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "gardend did not start");
+            assert!(
+                Instant::now() < deadline,
+                "gardend did not start; log:\n{}",
+                std::fs::read_to_string(dir.join(format!("gardend-{port}.log")))
+                    .unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Raw { child, port }
