@@ -69,6 +69,9 @@ impl Gardend {
         for a in ["--cgroup-parent", &cgroup_parent, "--log-level", log_level] {
             args.push(a.into());
         }
+        // The agent scenario reaches its apps' NetIn ports on 127.0.0.1, which gardend only
+        // forwards when asked to (a single-host cell, as in the e2e harness).
+        args.push("--netin-loopback".into());
         args.extend(extra_args.iter().map(Into::into));
         let mut g = Gardend {
             child: None,
