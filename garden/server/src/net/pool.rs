@@ -127,6 +127,8 @@ impl Lease {
 pub struct IpPool {
     dynamic: Cidr,
     subnets: BTreeMap<Cidr, BTreeSet<u32>>,
+    /// IPs held across all subnets (what `subnets` holds, counted as it changes).
+    addresses: u64,
 }
 
 impl IpPool {
@@ -139,6 +141,7 @@ impl IpPool {
         let pool = IpPool {
             dynamic,
             subnets: BTreeMap::new(),
+            addresses: 0,
         };
         pool.publish();
         Ok(pool)
@@ -208,7 +211,7 @@ impl IpPool {
             }
             c
         };
-        self.subnets.entry(subnet).or_default().insert(ip);
+        self.take(subnet, ip);
         Ok(Lease {
             subnet,
             container_ip: Ipv4Addr::from(ip),
@@ -224,7 +227,7 @@ impl IpPool {
             };
             if !self.subnets.contains_key(&subnet) {
                 let ip = subnet.network + 2;
-                self.subnets.entry(subnet).or_default().insert(ip);
+                self.take(subnet, ip);
                 return Ok(Lease {
                     subnet,
                     container_ip: Ipv4Addr::from(ip),
@@ -259,13 +262,23 @@ impl IpPool {
                 lease.subnet
             )));
         }
-        if !self.subnets.entry(lease.subnet).or_default().insert(c) {
+        if !self.take(lease.subnet, c) {
             return Err(NetError::Invalid(format!(
                 "the IP {} is already allocated",
                 lease.container_ip
             )));
         }
+        self.publish();
         Ok(())
+    }
+
+    /// Record `ip` as held in `subnet`; false if it already was.
+    fn take(&mut self, subnet: Cidr, ip: u32) -> bool {
+        let new = self.subnets.entry(subnet).or_default().insert(ip);
+        if new {
+            self.addresses += 1;
+        }
+        new
     }
 
     /// Give the IP back. True when its subnet is now empty (its bridge can go).
@@ -273,7 +286,9 @@ impl IpPool {
         let Some(ips) = self.subnets.get_mut(&lease.subnet) else {
             return true;
         };
-        ips.remove(&u32::from(lease.container_ip));
+        if ips.remove(&u32::from(lease.container_ip)) {
+            self.addresses -= 1;
+        }
         let empty = ips.is_empty();
         if empty {
             self.subnets.remove(&lease.subnet);
@@ -282,10 +297,9 @@ impl IpPool {
         empty
     }
 
-    /// Report size and use to the metrics (after every change; a few thousand subnets at most).
+    /// Report size and use to the metrics, after every change.
     fn publish(&self) {
-        let in_use = self.subnets.values().map(|ips| ips.len() as u64).sum();
-        crate::telemetry::metrics().address_pool(self.capacity(), in_use);
+        crate::telemetry::metrics().address_pool(self.capacity(), self.addresses);
     }
 
     /// Whether anybody still holds an IP in `subnet`.
@@ -406,6 +420,23 @@ mod tests {
         assert_eq!(b.container_ip, "10.254.0.6".parse::<Ipv4Addr>().unwrap());
         assert!(p.release(&a));
         assert_eq!(p.acquire("").unwrap(), a);
+    }
+
+    #[test]
+    fn addresses_in_use_are_counted_as_they_change() {
+        let mut p = pool();
+        let a = p.acquire("").unwrap();
+        let s = p.acquire("10.1.2.0/29").unwrap();
+        let t = p.acquire("10.1.2.0/29").unwrap();
+        assert_eq!(p.addresses, 3);
+        assert!(p.claim(&a).is_err(), "already held");
+        assert_eq!(p.addresses, 3);
+        assert!(!p.release(&s));
+        assert!(p.release(&t));
+        assert!(p.release(&t), "a second release changes nothing");
+        assert_eq!(p.addresses, 1);
+        p.claim(&s).unwrap();
+        assert_eq!(p.addresses, 2);
     }
 
     #[test]
