@@ -83,23 +83,25 @@ pub async fn serve_connection<S, IO>(
             return;
         }
     };
+    let recognized = Route::recognize(&head.method, &head.target);
     // Every event logged while serving carries the handle and process id it concerns.
-    let matched = Route::recognize(&head.method, &head.target).ok();
-    let span = match &matched {
-        Some(m) => tracing::info_span!(
-            "request",
-            route = ?m.route,
-            handle = m.handle.as_str(),
-            process = m.pid.as_str()
+    let (span, route_name) = match &recognized {
+        Ok(m) => (
+            tracing::info_span!(
+                "request",
+                route = ?m.route,
+                handle = m.handle.as_str(),
+                process = m.pid.as_str()
+            ),
+            format!("{:?}", m.route),
         ),
-        None => tracing::Span::none(),
+        Err(_) => (tracing::Span::none(), "unknown".to_string()),
     };
     let status = tracing::Instrument::instrument(
-        respond(conn, &head, service, opts, shutdown),
+        respond(conn, &head, recognized, service, opts, shutdown),
         span.clone(),
     )
     .await;
-    let route_name = matched.map_or_else(|| "unknown".to_string(), |m| format!("{:?}", m.route));
     crate::telemetry::metrics().request(&route_name, status.unwrap_or(0), started.elapsed());
     let _entered = span.enter();
     tracing::debug!(
@@ -114,6 +116,7 @@ pub async fn serve_connection<S, IO>(
 async fn respond<S, IO>(
     mut conn: Conn<IO>,
     head: &RequestHead,
+    recognized: Result<RouteMatch, NoRoute>,
     service: &S,
     opts: &ConnOptions,
     shutdown: watch::Receiver<bool>,
@@ -122,7 +125,7 @@ where
     S: Service,
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let m = match Route::recognize(&head.method, &head.target) {
+    let m = match recognized {
         Ok(m) => m,
         Err(NoRoute::NotFound) => return finish(conn, &not_found_response(), 404).await,
         Err(NoRoute::MethodNotAllowed(allowed)) => {
