@@ -150,6 +150,19 @@ impl Metrics {
     }
 }
 
+/// (state as the wire names it, e.g. `RUNNING` or `running`, how many are in it), sorted.
+pub fn count_states<T: serde::Serialize>(states: impl Iterator<Item = T>) -> Vec<(String, u64)> {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for state in states {
+        let name = serde_json::to_value(&state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        *counts.entry(name).or_default() += 1;
+    }
+    counts.into_iter().collect()
+}
+
 /// Where the census comes from.
 pub type CensusFn = Arc<dyn Fn() -> Census + Send + Sync>;
 
@@ -180,6 +193,24 @@ pub async fn serve(listener: tokio::net::TcpListener, census: CensusFn) {
 mod tests {
     use super::*;
     use crate::resources::Amount;
+
+    #[test]
+    fn states_are_counted_by_their_wire_names() {
+        use crate::protocol::{InstanceState, TaskState};
+        let states = [
+            InstanceState::Running,
+            InstanceState::Crashed,
+            InstanceState::Running,
+        ];
+        assert_eq!(
+            count_states(states.into_iter()),
+            vec![("CRASHED".to_string(), 1), ("RUNNING".to_string(), 2)]
+        );
+        assert_eq!(
+            count_states([TaskState::Waiting].into_iter()),
+            vec![("waiting".to_string(), 1)]
+        );
+    }
 
     #[test]
     fn renders_states_resources_and_durations() {

@@ -205,11 +205,7 @@ impl Instances {
 
     /// (state as the wire names it, how many instances are in it), for the metrics.
     pub fn state_counts(&self) -> Vec<(String, u64)> {
-        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
-        for inst in self.all() {
-            *counts.entry(wire_name(&inst.state())).or_default() += 1;
-        }
-        counts.into_iter().collect()
+        crate::metrics::count_states(self.all().iter().map(|i| i.state()))
     }
 
     fn by_instance_id(&self, id: &str) -> Option<Arc<Instance>> {
@@ -744,12 +740,4 @@ impl FileRoots for Instances {
     fn staging_task(&self, _task_id: &str) -> Lookup {
         Lookup::Unknown
     }
-}
-
-/// A serde unit variant's wire name (`RUNNING`, `running`).
-pub(crate) fn wire_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

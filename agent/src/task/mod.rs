@@ -99,13 +99,7 @@ impl Tasks {
     /// (state as the wire names it, how many tasks are in it), for the metrics.
     pub fn state_counts(&self) -> Vec<(String, u64)> {
         let reg = self.reg.lock().unwrap();
-        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
-        for t in reg.tasks.values() {
-            *counts
-                .entry(crate::instance::wire_name(&t.state))
-                .or_default() += 1;
-        }
-        counts.into_iter().collect()
+        crate::metrics::count_states(reg.tasks.values().map(|t| t.state))
     }
 
     /// Subscribe to `task.<id>.run`, `task.status` and `task.terminate`.
