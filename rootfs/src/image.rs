@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
+use crate::reference::percent_decode;
 use crate::safe_tar::{extract_with, ExtractOptions, Ownership};
 use crate::RootfsError;
 
@@ -118,21 +119,23 @@ fn strip_query(s: &str) -> &str {
     &s[..end]
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+/// Move the directory `tmp`, once `built` succeeded, into place at `target`. A concurrent
+/// builder of the same content that got there first wins and ours is dropped; `tmp` never
+/// outlives the call. True when ours is the one now at `target`.
+pub(crate) fn publish_dir(
+    tmp: &Path,
+    built: Result<(), RootfsError>,
+    target: &Path,
+) -> Result<bool, RootfsError> {
+    let published = built.and_then(|()| match fs::rename(tmp, target) {
+        Ok(()) => Ok(true),
+        Err(_) if target.is_dir() => Ok(false),
+        Err(e) => Err(RootfsError::io("rename", target, e)),
+    });
+    if !matches!(published, Ok(true)) {
+        let _ = fs::remove_dir_all(tmp);
     }
-    String::from_utf8(out).ok()
+    published
 }
 
 /// A local directory (used directly) or tarball (unpacked into the cache).
@@ -245,25 +248,10 @@ fn unpack_tarball(path: &Path, cache_dir: &Path) -> Result<PathBuf, RootfsError>
             .map_err(|e| RootfsError::io("chmod", &tmp, e))?;
         Ok(())
     })();
-    if let Err(e) = result {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
+    if publish_dir(&tmp, result, &target)? {
+        tracing::info!(tarball = %path.display(), layer = %target.display(), "unpacked rootfs tarball");
     }
-    match fs::rename(&tmp, &target) {
-        Ok(()) => {
-            tracing::info!(tarball = %path.display(), layer = %target.display(), "unpacked rootfs tarball");
-            Ok(target)
-        }
-        // A concurrent resolve of the same tarball finished first; its copy is identical.
-        Err(_) if target.is_dir() => {
-            let _ = fs::remove_dir_all(&tmp);
-            Ok(target)
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            Err(RootfsError::io("rename", &target, e))
-        }
-    }
+    Ok(target)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use nix::sys::time::TimeSpec;
 use sha2::{Digest, Sha256};
 
 use crate::idmap::{IdMapping, OVERFLOW_ID};
-use crate::image::unique_suffix;
+use crate::image::{publish_dir, unique_suffix};
 use crate::RootfsError;
 
 /// The cached copy of `layer` for `ids`, making it first if needed.
@@ -33,24 +33,10 @@ pub fn ensure(layer: &Path, cache: &Path, ids: &IdMapping) -> Result<PathBuf, Ro
     }
     fs::create_dir_all(cache).map_err(|e| RootfsError::io("create directory", cache, e))?;
     let tmp = cache.join(format!(".tmp-{digest}-{}", unique_suffix()));
-    if let Err(e) = copy_tree(layer, &tmp, ids) {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
+    if publish_dir(&tmp, copy_tree(layer, &tmp, ids), &target)? {
+        tracing::info!(layer = %layer.display(), copy = %target.display(), "made a chown'd copy of a lower layer");
     }
-    match fs::rename(&tmp, &target) {
-        Ok(()) => {
-            tracing::info!(layer = %layer.display(), copy = %target.display(), "made a chown'd copy of a lower layer");
-            Ok(target)
-        }
-        Err(_) if target.is_dir() => {
-            let _ = fs::remove_dir_all(&tmp);
-            Ok(target)
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            Err(RootfsError::io("rename", &target, e))
-        }
-    }
+    Ok(target)
 }
 
 fn shifted(ids: &IdMapping, uid: u32, gid: u32) -> (u32, u32) {
