@@ -98,6 +98,16 @@ pub fn network_pool() -> String {
     panic!("no free /22 left in 10.64.0.0/10");
 }
 
+/// A two-worker runtime for plain `#[test]` functions (those that serialise on a lock or
+/// must drop gardend outside the runtime).
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -200,6 +210,18 @@ impl Gardend {
     /// gardend's pid (0 when it is not running).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// The host pid of `handle`'s garden-init, from the container's record in the depot (in
+    /// a user namespace garden-init's argument is a descriptor, not the bundle's path).
+    pub fn init_pid(&self, handle: &str) -> i32 {
+        let path = self.depot.join(handle).join("container.json");
+        let record = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("no record for {handle} at {}: {e}", path.display()));
+        let record: serde_json::Value = serde_json::from_slice(&record).expect("record is JSON");
+        record["init_pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no init_pid in {handle}'s record: {record}")) as i32
     }
 
     /// gardend's arguments (to start another one on the same depot, say).

@@ -70,3 +70,13 @@ pub fn post(path: &str, body: &[u8]) -> Vec<u8> {
     r.extend_from_slice(body);
     r
 }
+
+/// gardend still answers Ping and has not logged a panic.
+pub async fn healthy(g: &Gardend) {
+    g.client().ping().await.expect("gardend still answers ping");
+    assert!(
+        g.log().find("panicked").is_none(),
+        "gardend panicked:\n{}",
+        g.log()
+    );
+}

@@ -8,7 +8,7 @@ use garden_api::ContainerSpec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use e2e::raw_http::{exchange, post, read_reply};
+use e2e::raw_http::{exchange, healthy, post, read_reply};
 
 fn put(path: &str, body: &[u8]) -> Vec<u8> {
     let mut r = post(path, body);
@@ -35,15 +35,6 @@ fn assert_error_body(status: u16, head: &str, body: &[u8], want_status: u16) -> 
     let msg = v["Message"].as_str().expect("Message").to_string();
     assert!(!msg.is_empty(), "{v}");
     msg
-}
-
-async fn healthy(g: &Gardend) {
-    g.client().ping().await.expect("gardend still answers ping");
-    assert!(
-        g.log().find("panicked").is_none(),
-        "gardend panicked:\n{}",
-        g.log()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

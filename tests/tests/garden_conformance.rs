@@ -16,23 +16,10 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use e2e::rt;
 
 async fn sh(client: &Client, handle: &str, script: &str) -> (i32, String, String) {
     e2e::sh_root(client, handle, script, Duration::from_secs(60)).await
-}
-
-/// garden-init's host pid, from the container's record in the depot.
-fn init_pid(g: &Gardend, handle: &str) -> i32 {
-    let record = std::fs::read(g.depot.join(handle).join("container.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&record).unwrap();
-    v["init_pid"].as_i64().unwrap() as i32
 }
 
 /// A process filling the container's tmpfs past the memory limit: the memory is not the
@@ -95,7 +82,7 @@ fn wait_returns_when_init_dies() {
             .attach("init-dies", p.id(), garden_client::ProcessIo::default())
             .await
             .unwrap();
-        let pid = init_pid(&g, "init-dies");
+        let pid = g.init_pid("init-dies");
         // SAFETY: kill(2) on a pid gardend recorded for this test's own container.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         let started = Instant::now();

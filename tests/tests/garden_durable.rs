@@ -15,13 +15,7 @@ use garden_api::{
 };
 use garden_client::{Client, ProcessIo};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use e2e::rt;
 
 /// What a TCP server at `addr` says, or "" if nothing answers within 5 s.
 fn read_from(addr: (Ipv4Addr, u16)) -> String {

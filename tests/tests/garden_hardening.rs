@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use e2e::raw_http::{exchange, post};
+use e2e::raw_http::{exchange, healthy, post};
 use e2e::Gardend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -28,15 +28,6 @@ fn assert_bad_request(what: &str, status: u16, head: &str, body: &[u8]) -> Strin
     let msg = v["Message"].as_str().unwrap_or("").to_string();
     assert!(!msg.is_empty(), "{what}: {v}");
     msg
-}
-
-async fn healthy(g: &Gardend) {
-    g.client().ping().await.expect("gardend still answers ping");
-    assert!(
-        g.log().find("panicked").is_none(),
-        "gardend panicked:\n{}",
-        g.log()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,18 +506,6 @@ async fn slow_idle_and_greedy_clients_are_cut_off() {
     healthy(&g).await;
 }
 
-/// Host pid of `handle`'s garden-init.
-fn init_pid(g: &Gardend, handle: &str) -> i32 {
-    // In a user namespace garden-init's argument is a descriptor, not the bundle's path: the
-    // bundle's record names it.
-    let record = std::fs::read(g.depot.join(handle).join("container.json"))
-        .unwrap_or_else(|e| panic!("no record for {handle}: {e}"));
-    let record: serde_json::Value = serde_json::from_slice(&record).expect("record is JSON");
-    record["init_pid"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no garden-init for {handle}")) as i32
-}
-
 /// A command in the network namespace of `pid` (only: the host's tools and files).
 fn in_netns(pid: i32) -> std::process::Command {
     let mut cmd = std::process::Command::new("nsenter");
@@ -566,7 +545,7 @@ async fn containers_cannot_forge_source_addresses_or_route() {
         c.create(&e2e::container_spec(h)).await.expect("create");
         ips.push(c.info(h).await.expect("info").container_ip);
     }
-    let (a, b) = (init_pid(&g, hs[0]), init_pid(&g, hs[1]));
+    let (a, b) = (g.init_pid(hs[0]), g.init_pid(hs[1]));
     let forward = in_netns(a)
         .args(["cat", "/proc/sys/net/ipv4/ip_forward"])
         .output()
@@ -657,7 +636,7 @@ async fn containers_on_a_shared_bridge_cannot_forge_a_neighbours_address() {
         .expect("create on the shared subnet");
         ips.push(c.info(h).await.expect("info").container_ip);
     }
-    let (a, b) = (init_pid(&g, hs[0]), init_pid(&g, hs[1]));
+    let (a, b) = (g.init_pid(hs[0]), g.init_pid(hs[1]));
     let out = in_netns(a)
         .args([
             "ip",

@@ -8,13 +8,7 @@ use e2e::security::{install_probe, probe_binary, status_field, stream_file};
 use e2e::{Client, Gardend};
 use garden_api::{ContainerSpec, ProcessSpec};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use e2e::rt;
 
 /// `sh -c script` as `user`: (status, stdout + stderr).
 async fn sh_as(c: &Client, handle: &str, user: &str, script: &str) -> (i32, String) {
@@ -32,12 +26,6 @@ async fn status_of(c: &Client, handle: &str, user: &str) -> String {
     let (code, out) = sh_as(c, handle, user, "cat /proc/self/status").await;
     assert_eq!(code, 0, "{out}");
     out
-}
-
-fn init_pid(g: &Gardend, handle: &str) -> i32 {
-    let record = std::fs::read(g.depot.join(handle).join("container.json")).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&record).unwrap();
-    v["init_pid"].as_i64().unwrap() as i32
 }
 
 fn privileged(handle: &str) -> ContainerSpec {
@@ -172,8 +160,7 @@ fn capabilities_follow_guardian() {
         assert_eq!(status_field(&alice, "CapBnd"), "00000000a80425fb");
         assert_eq!(status_field(&alice, "NoNewPrivs"), "1");
         // init keeps only what starting processes needs: no CAP_SYS_ADMIN, no mounts.
-        let init =
-            std::fs::read_to_string(format!("/proc/{}/status", init_pid(&g, "caps"))).unwrap();
+        let init = std::fs::read_to_string(format!("/proc/{}/status", g.init_pid("caps"))).unwrap();
         assert_eq!(status_field(&init, "CapEff"), "00000000000001eb");
         assert_eq!(status_field(&init, "CapBnd"), "00000000a80425fb");
 
@@ -191,7 +178,7 @@ fn capabilities_follow_guardian() {
         assert_eq!(status_field(&alice, "CapInh"), "00000000a82425fb");
         assert_eq!(status_field(&alice, "CapEff"), "0000000000000000");
         let init =
-            std::fs::read_to_string(format!("/proc/{}/status", init_pid(&g, "caps-priv"))).unwrap();
+            std::fs::read_to_string(format!("/proc/{}/status", g.init_pid("caps-priv"))).unwrap();
         assert_eq!(status_field(&init, "CapEff"), "00000000000001eb");
         c.destroy("caps").await.unwrap();
         c.destroy("caps-priv").await.unwrap();

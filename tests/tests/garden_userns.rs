@@ -111,11 +111,7 @@ async fn uid_map_default_and_privileged() {
     let (status, out) = sh_combined(&c, "un", "id -u; id -g").await;
     assert_eq!((status, out.as_str()), (0, "0\n0\n"));
     for (handle, want) in [("un", MAXIMUS), ("pr", 0)] {
-        let record: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(g.depot.join(handle).join("container.json")).expect("record"),
-        )
-        .expect("json");
-        let pid = record["init_pid"].as_i64().expect("init_pid");
+        let pid = g.init_pid(handle);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
         let uids: Vec<u32> = uid_line[4..]

@@ -30,13 +30,7 @@ fn spec(handle: &str, limits: Limits) -> ContainerSpec {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use e2e::rt;
 
 /// The v1 controller directory of a container, or the v2 one.
 fn cgroup_file(g: &Gardend, controller: &str, handle: &str, file: &str) -> PathBuf {

@@ -42,13 +42,7 @@ fn named(handle: &str, mut spec: ContainerSpec) -> ContainerSpec {
     spec
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use e2e::rt;
 
 /// Loop devices whose backing file lies under `dir`.
 fn loop_devices_under(dir: &Path) -> Vec<String> {
