@@ -272,3 +272,72 @@ fn nothing_is_left_after_destroy_or_shutdown() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&*dir.to_string_lossy()), "{mounts}");
 }
+
+/// /tmp is part of the writable layer, so the disk limit covers it (a tmpfs would escape it
+/// and take host memory instead); it stays world-writable and sticky, owned by container
+/// root, in unprivileged and privileged containers alike.
+#[test]
+fn tmp_is_under_the_disk_limit() {
+    e2e::require_root!();
+    let _s = serial();
+    let g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        c.create(&named(
+            "tmp-cap",
+            disk(100 << 20, 0, DISK_LIMIT_SCOPE_EXCLUSIVE),
+        ))
+        .await
+        .unwrap();
+        let (status, stdout, stderr) = sh(
+            &c,
+            "tmp-cap",
+            "dd if=/dev/zero of=/tmp/big bs=1M count=300",
+        )
+        .await;
+        assert_ne!(status, 0, "300 MiB into /tmp under a 100 MiB limit must fail");
+        assert!(
+            stderr.contains("No space left") || stderr.contains("quota exceeded"),
+            "status {status}, stdout {stdout:?}, stderr {stderr:?}"
+        );
+        let m = c.metrics("tmp-cap").await.unwrap().disk_stat;
+        assert!(
+            m.exclusive_bytes_used > 90 << 20 && m.exclusive_bytes_used <= 101 << 20,
+            "/tmp's bytes count against the layer: {m:?}"
+        );
+        let (_, mounts, _) = sh(&c, "tmp-cap", "cat /proc/self/mountinfo").await;
+        assert!(
+            !mounts.lines().any(|l| l.split_whitespace().nth(4) == Some("/tmp")),
+            "/tmp must not be a mount of its own: {mounts}"
+        );
+
+        let privileged = ContainerSpec {
+            privileged: true,
+            ..named("tmp-priv", ContainerSpec::default())
+        };
+        c.create(&privileged).await.unwrap();
+        for h in ["tmp-cap", "tmp-priv"] {
+            let (status, out, err) = sh(&c, h, "stat -c '%a %u %g' /tmp").await;
+            assert_eq!((status, out.trim()), (0, "1777 0 0"), "{h}: {err}");
+            // An unprivileged user can write there and cannot remove root's files.
+            let spec = garden_api::ProcessSpec {
+                path: "sh".into(),
+                args: vec![
+                    "-c".into(),
+                    "echo mine > /tmp/user-file && cat /tmp/user-file && rm -f /tmp/root-file; \
+                     test -e /tmp/root-file && echo kept"
+                        .into(),
+                ],
+                user: "alice".into(),
+                ..Default::default()
+            };
+            sh(&c, h, "echo root > /tmp/root-file").await;
+            let out = e2e::run_output(&c, h, &spec, None).await.unwrap();
+            assert_eq!(out.stdout_text(), "mine\nkept\n", "{h}: {out:?}");
+        }
+        c.destroy("tmp-cap").await.unwrap();
+        c.destroy("tmp-priv").await.unwrap();
+    });
+    assert_eq!(disk_leaks(&g, "tmp-cap"), Vec::<String>::new());
+    assert_eq!(disk_leaks(&g, "tmp-priv"), Vec::<String>::new());
+}
