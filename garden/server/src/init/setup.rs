@@ -278,7 +278,10 @@ fn prepare_tmp(root: &Path) -> Result<()> {
         Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => return Ok(()),
         Err(e) => return Err(format!("open /tmp: {e}")),
     };
-    let root_id = (Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(0)));
+    let root_id = (
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    );
     ctx(nix::unistd::fchown(&tmp, root_id.0, root_id.1), || {
         "chown /tmp to container root".into()
     })?;

@@ -357,7 +357,10 @@ mod tests {
         assert_eq!(value(&text, "garden_oom_killed_containers"), Some(1.0));
         assert_eq!(value(&text, "garden_network_pool_subnets"), Some(256.0));
         assert_eq!(
-            value(&text, r#"garden_disk_backend{backend="images",wanted="xfs"}"#),
+            value(
+                &text,
+                r#"garden_disk_backend{backend="images",wanted="xfs"}"#
+            ),
             Some(1.0),
             "{text}"
         );
