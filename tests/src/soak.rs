@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use garden_api::{ContainerSpec, ProcessSpec, Signal};
+use garden_api::{ProcessSpec, Signal};
 use garden_client::{Client, ProcessIo};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
