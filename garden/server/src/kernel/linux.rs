@@ -231,9 +231,14 @@ impl Kernel for Linux {
                     .and_then(|kb| kb.parse::<u64>().ok())
             })
             .unwrap_or(0);
-        let disk = nix::sys::statvfs::statvfs(depot)
-            .map(|s| s.blocks() * s.fragment_size())
-            .unwrap_or(0);
+        // Containers' writable layers live where the disk backend keeps them (the XFS store
+        // is a filesystem of its own); without a backend, in the depot.
+        let disk = match self.disk.backend() {
+            "off" => nix::sys::statvfs::statvfs(depot)
+                .map(|s| s.blocks() * s.fragment_size())
+                .unwrap_or(0),
+            _ => self.disk.capacity(),
+        };
         HostCapacity {
             memory_bytes: memory_kb * 1024,
             disk_bytes: disk,

@@ -219,19 +219,21 @@ impl Runtime {
         lowers: Vec<Lower>,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = &spec.bundle;
-        // garden-init reaches its bundle, upper and work directories (and lower layers it
-        // mounts by path) through descriptors: container root in a user namespace may not be
-        // able to walk the host paths to them.
+        // garden-init reaches its bundle, upper and work directories and lower layers
+        // through descriptors: container root in a user namespace may not be able to walk the
+        // host paths to them, and the overlay's options (in the container's mountinfo) name
+        // `/proc/self/fd/N` instead of the depot.
         let mut dirs = vec![bundle.to_path_buf(), upper_dir(bundle), bundle.join("work")];
         let mut lower_dirs = Vec::new();
         let mut mapped = Vec::new();
         for lower in lowers {
             match lower {
-                Lower::Dir(d) if spec.ids.is_some() => {
+                // By descriptor in privileged containers too: overlay's options, which the
+                // container reads in /proc/self/mountinfo, then name no host path.
+                Lower::Dir(d) => {
                     lower_dirs.push(Passed::opened_path(dirs.len()));
                     dirs.push(d);
                 }
-                Lower::Dir(d) => lower_dirs.push(d),
                 Lower::Mapped(fd) => {
                     lower_dirs.push(PathBuf::new()); // set below, once numbers are known
                     mapped.push((lower_dirs.len() - 1, fd));
