@@ -5,6 +5,7 @@
 //! only leftovers, which we ignore). Everything takes the cgroup root as a parameter, so the
 //! file-level logic is tested against a temporary directory.
 
+pub mod devices;
 mod v1;
 mod v2;
 
@@ -108,11 +109,14 @@ impl Layout {
         matches!(self, Layout::V2(_))
     }
 
-    /// Whether containers get the device allowlist (`v1::DEVICE_ALLOWLIST`). cgroup v2 needs
-    /// a BPF_PROG_TYPE_CGROUP_DEVICE program for it, which gardend does not load yet: there
-    /// containers lose CAP_MKNOD instead, so no device node can be made at all.
+    /// Whether containers get the device allowlist ([`devices::ALLOWLIST`]): v1's devices
+    /// controller, or on v2 a device program this kernel accepts. Without it containers lose
+    /// CAP_MKNOD instead, so no device node can be made at all.
     pub fn restricts_devices(&self) -> bool {
-        matches!(self, Layout::V1(c) if c.iter().any(|(c, _)| c == "devices"))
+        match self {
+            Layout::V1(c) => c.iter().any(|(c, _)| c == "devices"),
+            Layout::V2(_) => devices::bpf_supported(),
+        }
     }
 }
 
@@ -336,7 +340,13 @@ impl Cgroups {
         let quota = cpu_quota(limits.cpu_shares, self.cpu_quota_per_share);
         let applied = match &self.layout {
             Layout::V1(ctrls) => v1::apply(ctrls, &cg.dirs, limits, quota),
-            Layout::V2(_) => v2::apply(&cg.dirs[0], limits, quota),
+            Layout::V2(_) => v2::apply(&cg.dirs[0], limits, quota).and_then(|()| {
+                let dir = &cg.dirs[0];
+                if self.layout.restricts_devices() {
+                    devices::attach(dir).map_err(io("attach the device program to", dir))?;
+                }
+                Ok(())
+            }),
         };
         if let Err(e) = applied {
             let _ = cg.remove();

@@ -9,23 +9,6 @@ use super::{parse_kv, read, read_u64, write, MemoryStats, Result, Stats};
 /// The controllers gardend uses.
 pub const CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "devices"];
 
-/// The devices a container may open (Guardian's allowlist): null, zero, full, random,
-/// urandom, tty, ptmx, the pty slaves and fuse. Any node may be made (`m`), which is what lets
-/// root keep CAP_MKNOD as in Guardian: a disk or /dev/mem node made inside cannot be opened.
-pub const DEVICE_ALLOWLIST: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-    "c 10:229 rwm",
-];
-
 fn dir_of<'a>(ctrls: &[(String, PathBuf)], dirs: &'a [PathBuf], ctrl: &str) -> Option<&'a Path> {
     let (_, mount) = ctrls.iter().find(|(c, _)| c == ctrl)?;
     dirs.iter()
@@ -52,8 +35,8 @@ pub fn apply(
     }
     if let Some(devices) = dir_of(ctrls, dirs, "devices") {
         write(&devices.join("devices.deny"), "a")?;
-        for rule in DEVICE_ALLOWLIST {
-            write(&devices.join("devices.allow"), rule)?;
+        for rule in super::devices::ALLOWLIST {
+            write(&devices.join("devices.allow"), &rule.v1_line())?;
         }
     }
     if let Some(pids) = dir_of(ctrls, dirs, "pids") {
