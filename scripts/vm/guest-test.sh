@@ -114,7 +114,7 @@ if gardenctl create --handle dev --privileged >/tmp/create.out 2>&1; then
     rc=$?
     check "root keeps CAP_MKNOD: mknod of c 1:11 works (exit $rc: $(cat /tmp/mknod.out))" [ $rc = 0 ]
     out=$(gardenctl run dev -- sh -c 'exec 3< /tmp/kmsg && echo opened' 2>&1)
-    check "a node outside the allowlist cannot be opened (output: $out)" sh -c "! echo '$out' | grep -q opened"
+    has_output "a node outside the allowlist cannot be opened" "Permission denied|not permitted" "$out"
     out=$(gardenctl run dev -- sh -c 'echo x > /dev/null && head -c 4 /dev/zero | wc -c' 2>&1)
     has_output "allowlisted devices work (/dev/null, /dev/zero)" "^ *4" "$out"
     gardenctl destroy dev >/dev/null 2>&1
