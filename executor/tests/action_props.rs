@@ -7,15 +7,7 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 fn config(default_cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    test_support::proptest_config(default_cases)
 }
 
 const KEYS: &[&str] = &[

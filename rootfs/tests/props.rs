@@ -11,15 +11,7 @@ use proptest::prelude::*;
 use rootfs::{extract, pack, Owner};
 
 fn config(default_cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    test_support::proptest_config(default_cases)
 }
 
 /// The caller's own ids: extraction chowns, which only root may do to others.

@@ -52,6 +52,21 @@ pub fn sh(script: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The proptest settings every property suite uses: `default_cases` cases unless
+/// `PROPTEST_CASES` says otherwise (CI keeps the defaults, a long local run raises it), and no
+/// failure files written into the source tree.
+pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

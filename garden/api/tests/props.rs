@@ -9,15 +9,7 @@ use garden_api::{ContainerSpec, NetOutRule, ProcessSpec};
 use proptest::prelude::*;
 
 fn config(default_cases: u32) -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
+    test_support::proptest_config(default_cases)
 }
 
 /// Feed `input` in pieces of the given sizes (cycled); the body, or the error.

@@ -406,15 +406,7 @@ mod props {
     use proptest::prelude::*;
 
     fn config() -> ProptestConfig {
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256);
-        ProptestConfig {
-            cases,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
+        test_support::proptest_config(256)
     }
 
     /// A reader handing out `data` in pieces of the given sizes.

@@ -504,15 +504,7 @@ mod props {
     use proptest::prelude::*;
 
     fn config() -> ProptestConfig {
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(256);
-        ProptestConfig {
-            cases,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        }
+        test_support::proptest_config(256)
     }
 
     /// Read one request (head and whole body, at most 1 MiB) from `wire`.
