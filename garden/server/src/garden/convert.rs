@@ -3,7 +3,7 @@
 //! wire change never reaches the code that talks to the kernel.
 
 use garden_api::{
-    BandwidthLimits, BindMount, DiskLimits, Limits, ResourceLimits, BIND_MOUNT_MODE_RO,
+    BandwidthLimits, BindMount, DiskLimits, Limits, ProcessLimits, ResourceLimits, BIND_MOUNT_MODE_RO,
     DISK_LIMIT_SCOPE_TOTAL,
 };
 
@@ -14,6 +14,15 @@ pub(super) fn resources(l: &Limits) -> Resources {
     Resources {
         memory_bytes: l.memory_limits.limit_in_bytes,
         pids_max: l.pid_limits.max,
+        cpu_shares: l.cpu_limits.shares(),
+    }
+}
+
+/// A pea's own limits (`ProcessSpec.limits`); zero = unlimited.
+pub(super) fn process_resources(l: &ProcessLimits) -> Resources {
+    Resources {
+        memory_bytes: l.memory_limits.limit_in_bytes,
+        pids_max: 0,
         cpu_shares: l.cpu_limits.shares(),
     }
 }

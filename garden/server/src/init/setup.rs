@@ -23,6 +23,8 @@ pub struct Prepared {
     pub processes_dir: OwnedFd,
     /// The capabilities of the container's processes.
     pub caps: super::caps::Container,
+    /// This init serves one pea: it leaves once its process is gone.
+    pub pea: bool,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -88,10 +90,16 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=1777"),
     )?;
-    write_etc(root, &c.hostname)?;
-    ctx(sethostname(&c.hostname), || {
-        format!("set hostname {}", c.hostname)
-    })?;
+    match &c.pea {
+        // The uts namespace and its name are the container's; so are the network's files.
+        Some(pea) => copy_etc(root, &pea.etc_files)?,
+        None => {
+            write_etc(root, &c.hostname)?;
+            ctx(sethostname(&c.hostname), || {
+                format!("set hostname {}", c.hostname)
+            })?;
+        }
+    }
 
     let listener = ctx(
         socket(
@@ -135,7 +143,9 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         "detach old root".into()
     })?;
     ctx(chdir("/"), || "chdir /".into())?;
-    loopback_up()?;
+    if c.pea.is_none() {
+        loopback_up()?;
+    }
     Ok(Prepared {
         listener,
         processes_dir,
@@ -143,6 +153,7 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
             privileged: c.privileged,
             mknod: c.devices_allowlisted,
         },
+        pea: c.pea.is_some(),
     })
 }
 
@@ -437,6 +448,28 @@ fn write_etc(root: &Path, hostname: &str) -> Result<()> {
         let _ = fs::remove_file(&path);
     }
     ctx(fs::write(&path, hosts), || "write /etc/hosts".into())
+}
+
+/// A pea's copies of the container's network files, replacing whatever its image has there
+/// (a symlink is replaced, never followed).
+fn copy_etc(root: &Path, files: &[(PathBuf, String)]) -> Result<()> {
+    for (path, content) in files {
+        let target = inside(root, path)?;
+        let Some(dir) = target.parent() else { continue };
+        if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            continue; // an image with a strange /etc: leave it alone
+        }
+        ctx(fs::create_dir_all(dir), || {
+            format!("create {}", dir.display())
+        })?;
+        if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
+            let _ = fs::remove_file(&target);
+        }
+        ctx(fs::write(&target, content), || {
+            format!("write {}", path.display())
+        })?;
+    }
+    Ok(())
 }
 
 /// A new network namespace starts with `lo` down.

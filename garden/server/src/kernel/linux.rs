@@ -13,7 +13,8 @@ use garden_api::{ContainerNetworkStat, NetOutRule};
 
 use super::{
     Adopted, Bandwidth, BoxFuture, DiskLimit, Exits, HostCapacity, InitIdentity, Kernel,
-    KernelError, NetInfo, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats, Usage,
+    KernelError, NetInfo, PeaSpec, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats,
+    Usage,
 };
 use crate::cgroups::{Cgroups, Layout};
 use crate::config::Config;
@@ -409,7 +410,7 @@ impl Sandbox for runtime::Sandbox {
     }
 
     fn close_stdin<'a>(&'a self, process_id: &'a str) -> BoxFuture<'a, std::io::Result<()>> {
-        Box::pin(self.init.close_stdin(process_id))
+        Box::pin(runtime::Sandbox::close_stdin(self, process_id))
     }
 
     fn kill(&self) -> BoxFuture<'_, ()> {
@@ -444,12 +445,29 @@ impl Sandbox for runtime::Sandbox {
         Box::pin(self.init.spawn(request, fds))
     }
 
+    fn spawn_pea<'a>(
+        &'a self,
+        pea: PeaSpec,
+        request: SpawnRequest,
+        fds: &'a [RawFd],
+    ) -> BoxFuture<'a, std::result::Result<i32, SpawnError>> {
+        Box::pin(runtime::Sandbox::spawn_pea(self, pea, request, fds))
+    }
+
+    fn pea_stats(&self, process_id: &str) -> Option<Stats> {
+        runtime::Sandbox::pea_stats(self, process_id)
+    }
+
     fn signal<'a>(
         &'a self,
         process_id: &'a str,
         signal: Signal,
     ) -> BoxFuture<'a, std::io::Result<()>> {
-        Box::pin(self.init.signal(process_id, signal_number(signal)))
+        Box::pin(runtime::Sandbox::signal(
+            self,
+            process_id,
+            signal_number(signal),
+        ))
     }
 
     fn signal_all(&self, signal: Signal) -> BoxFuture<'_, std::io::Result<()>> {
@@ -465,7 +483,6 @@ impl Sandbox for runtime::Sandbox {
     }
 
     fn remove_cgroup(&self) -> BoxFuture<'_, Result<()>> {
-        let cgroup = self.cgroup.clone();
-        Box::pin(blocking(move || Ok(cgroup.remove()?)))
+        Box::pin(async move { Ok(runtime::Sandbox::remove_cgroup(self).await?) })
     }
 }

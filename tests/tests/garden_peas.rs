@@ -1,0 +1,391 @@
+//! Peas: processes run with an image of their own. Their root is that image (in a mount
+//! namespace of their own), everything else is the container's: network, pid, ipc, uts and
+//! user namespaces, /etc/hosts and /etc/resolv.conf, and its cgroup unless the process spec
+//! gives limits. A pea's rootfs goes when it exits; Destroy kills it (137) and leaves nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use e2e::{all_leaks, garden_err, run_output, sh, Capture, Gardend};
+use garden_api::{
+    ContainerSpec, GardenError, ImageRef, Limits, MemoryLimits, ProcessLimits, ProcessSpec,
+};
+use garden_client::{Client, ProcessIo};
+
+/// The pea image: the busybox rootfs plus `/pea-only` and a user of its own, `peauser`
+/// (4321:4321), that the container's image does not have.
+fn pea_image(dir: &Path) -> PathBuf {
+    let root = rootfs::ensure_busybox_rootfs(&dir.join("pea-image")).expect("busybox rootfs");
+    std::fs::write(root.join("pea-only"), "from the pea image\n").unwrap();
+    let add = |file: &str, line: &str| {
+        let path = root.join("etc").join(file);
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(line);
+        std::fs::write(&path, text).unwrap();
+    };
+    add("passwd", "peauser:x:4321:4321::/home/peauser:/bin/sh\n");
+    add("group", "peagroup:x:4321:\n");
+    root
+}
+
+fn pea(uri: &Path, script: &str) -> ProcessSpec {
+    ProcessSpec {
+        image: ImageRef {
+            uri: uri.display().to_string(),
+            ..Default::default()
+        },
+        ..sh(script)
+    }
+}
+
+async fn output(c: &Client, handle: &str, spec: &ProcessSpec) -> e2e::Output {
+    run_output(c, handle, spec, None).await.expect("run")
+}
+
+/// Host pids of the processes in the container's pid namespace (its init's included).
+fn container_pids(init: i32) -> Vec<i32> {
+    let ns = |pid: i32, which: &str| std::fs::read_link(format!("/proc/{pid}/ns/{which}")).ok();
+    let target = ns(init, "pid");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| target.is_some() && ns(*p, "pid") == target)
+        .collect()
+}
+
+/// Every process in the container's pid namespace is in its init's mount namespace: no pea's
+/// mount namespace (its root filesystem) is left.
+fn no_pea_mounts(init: i32) -> Result<(), String> {
+    let mnt = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let init_mnt = mnt(init);
+    let other: Vec<i32> = container_pids(init)
+        .into_iter()
+        .filter(|p| mnt(*p).is_some() && mnt(*p) != init_mnt)
+        .collect();
+    if other.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("processes in another mount namespace: {other:?}"))
+    }
+}
+
+/// Pea cgroups (`pea-*`) left under gardend's cgroup parent.
+fn pea_cgroups(g: &Gardend) -> Vec<String> {
+    let mut found = Vec::new();
+    for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+        let Ok(dir) = std::fs::read_dir(Path::new(root).join(&g.cgroup_parent)) else {
+            continue;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("pea-") {
+                found.push(format!("{root}/{name}"));
+            }
+        }
+    }
+    found
+}
+
+/// Whether the pea bundles of `handle` are all gone.
+fn pea_bundles(g: &Gardend, handle: &str) -> Vec<String> {
+    std::fs::read_dir(g.depot.join(handle).join("peas"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn eventually_clean(g: &Gardend, handle: &str, init: i32) {
+    let clean = e2e::eventually(Duration::from_secs(5), || async {
+        no_pea_mounts(init).is_ok() && pea_bundles(g, handle).is_empty() && pea_cgroups(g).is_empty()
+    })
+    .await;
+    assert!(
+        clean,
+        "pea left: {:?} bundles {:?} cgroups {:?}",
+        no_pea_mounts(init),
+        pea_bundles(g, handle),
+        pea_cgroups(g)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pea_has_its_own_root_and_the_container_s_everything_else() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let image = pea_image(work.path());
+    let g = Gardend::start();
+    let c = g.client();
+    let handle = c
+        .create(&ContainerSpec {
+            handle: "peas-share".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let init = g.init_pid(&handle);
+    let ok = |o: &e2e::Output, what: &str| {
+        assert_eq!(o.status, 0, "{what}: {o:?}");
+        o.stdout_text()
+    };
+    let setup = output(
+        &c,
+        &handle,
+        &sh("echo container > /container-only; mkdir -p /www; echo served > /www/x; \
+             httpd -p 127.0.0.1:8080 -h /www"),
+    )
+    .await;
+    ok(&setup, "container setup");
+    let ns = "for n in net pid ipc uts user mnt; do echo $n $(readlink /proc/self/ns/$n); done";
+    let in_container = ok(&output(&c, &handle, &sh(ns)).await, "container namespaces");
+    let in_pea = ok(&output(&c, &handle, &pea(&image, ns)).await, "pea namespaces");
+    for (a, b) in in_container.lines().zip(in_pea.lines()) {
+        if a.starts_with("mnt") {
+            assert_ne!(a, b, "a pea has a mount namespace of its own");
+        } else {
+            assert_eq!(a, b, "a pea shares the container's namespace");
+        }
+    }
+
+    // Its own filesystem: the image's file, not the container's.
+    let files = output(
+        &c,
+        &handle,
+        &pea(
+            &image,
+            "cat /pea-only; test -e /container-only && echo LEAKED; \
+             stat -c '%u:%g' /pea-only /bin/busybox; id -u; id -g; pwd",
+        ),
+    )
+    .await;
+    assert_eq!(
+        ok(&files, "pea files"),
+        "from the pea image\n0:0\n0:0\n0\n0\n/\n",
+        "image files owned by container root, default user 0:0 and dir /"
+    );
+    let in_container = ok(
+        &output(&c, &handle, &sh("test -e /pea-only && echo LEAKED; cat /container-only")).await,
+        "container files",
+    );
+    assert_eq!(in_container, "container\n");
+
+    // Network: the container's listener on its loopback.
+    let fetched = output(&c, &handle, &pea(&image, "wget -qO- http://127.0.0.1:8080/x")).await;
+    assert_eq!(ok(&fetched, "pea reaches the container's listener"), "served\n");
+    // Pid namespace: the container's httpd is visible.
+    let ps = ok(&output(&c, &handle, &pea(&image, "ps -o comm")).await, "ps");
+    assert!(ps.contains("httpd"), "pea sees the container's processes: {ps}");
+
+    // /etc/hosts and /etc/resolv.conf are the container's.
+    let etc = "cat /etc/hosts; echo ---; cat /etc/resolv.conf";
+    let want = ok(&output(&c, &handle, &sh(etc)).await, "container etc");
+    assert_eq!(ok(&output(&c, &handle, &pea(&image, etc)).await, "pea etc"), want);
+
+    // Users from the pea's own /etc/passwd, by name and by uid:gid.
+    let user = ProcessSpec {
+        user: "peauser".into(),
+        ..pea(&image, "id -u; id -g; echo $USER")
+    };
+    assert_eq!(ok(&output(&c, &handle, &user).await, "peauser"), "4321\n4321\npeauser\n");
+    let by_id = ProcessSpec {
+        user: "1000:1001".into(),
+        ..pea(&image, "id -u; id -g")
+    };
+    assert_eq!(ok(&output(&c, &handle, &by_id).await, "uid:gid"), "1000\n1001\n");
+
+    // Exit code and both streams.
+    let streams = output(&c, &handle, &pea(&image, "echo out; echo err >&2; exit 7")).await;
+    assert_eq!(streams.status, 7);
+    assert_eq!(streams.stdout_text(), "out\n");
+    assert_eq!(streams.stderr_text(), "err\n");
+
+    // Gone with its exit: no mount namespace, bundle or cgroup left.
+    eventually_clean(&g, &handle, init).await;
+
+    // A missing executable.
+    let missing = ProcessSpec {
+        path: "no-such-program".into(),
+        args: vec![],
+        ..pea(&image, "")
+    };
+    let err = garden_err(run_output(&c, &handle, &missing, None).await);
+    assert!(
+        err.to_string().contains("executable file not found in $PATH"),
+        "{err:?}"
+    );
+    eventually_clean(&g, &handle, init).await;
+
+    // A bad image: a clean error, nothing made.
+    let bad = pea(Path::new("/no/such/image"), "true");
+    let err = garden_err(run_output(&c, &handle, &bad, None).await);
+    assert!(matches!(err, GardenError::Generic { .. }), "{err:?}");
+    let err = garden_err(
+        run_output(&c, &handle, &pea(Path::new("docker://127.0.0.1:1/nope#x"), "true"), None)
+            .await,
+    );
+    assert!(err.to_string().contains("pea image"), "{err:?}");
+    eventually_clean(&g, &handle, init).await;
+
+    c.destroy(&handle).await.expect("destroy");
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peas_in_privileged_containers() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let image = pea_image(work.path());
+    let g = Gardend::start();
+    let c = g.client();
+    let handle = c
+        .create(&ContainerSpec {
+            handle: "peas-priv".into(),
+            privileged: true,
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let init = g.init_pid(&handle);
+    let out = output(&c, &handle, &pea(&image, "cat /pea-only; id -u")).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout_text(), "from the pea image\n0\n");
+    eventually_clean(&g, &handle, init).await;
+    c.destroy(&handle).await.expect("destroy");
+    assert!(all_leaks(&handle, &g).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attach_metrics_and_limits_of_peas() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let image = pea_image(work.path());
+    let g = Gardend::start();
+    let c = g.client();
+    let handle = c
+        .create(&ContainerSpec {
+            handle: "peas-limits".into(),
+            limits: Limits {
+                memory_limits: MemoryLimits {
+                    limit_in_bytes: 64 << 20,
+                },
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let init = g.init_pid(&handle);
+
+    // Attach by id, and BulkMetrics by the pea's id (its own cgroup: limits {}).
+    let spec = ProcessSpec {
+        id: "pea-attach".into(),
+        limits: Some(ProcessLimits::default()),
+        ..pea(
+            &image,
+            "head -c 8m /dev/zero > /tmp/fill; sleep 2; echo done; exit 3",
+        )
+    };
+    let running = c
+        .run(&handle, &spec, ProcessIo::default())
+        .await
+        .expect("run");
+    assert_eq!(running.id(), "pea-attach");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let listed = c.bulk_metrics(&["pea-attach".to_string()]).await.unwrap();
+    let entry = &listed["pea-attach"];
+    assert!(entry.err.is_none(), "{entry:?}");
+    assert!(
+        entry.metrics.memory_stat.total_usage_toward_limit > 0,
+        "{entry:?}"
+    );
+    let out = Capture::default();
+    let io = ProcessIo {
+        stdin: None,
+        stdout: Some(Box::new(out.clone())),
+        stderr: None,
+    };
+    let mut attached = c.attach(&handle, "pea-attach", io).await.expect("attach");
+    let status = tokio::time::timeout(Duration::from_secs(20), attached.wait())
+        .await
+        .expect("attach wait")
+        .expect("status");
+    assert_eq!(status, 3);
+    assert_eq!(out.text(), "done\n");
+
+    // Memory: a pea without limits counts against the container's 64 MiB; one with its own
+    // (empty = unlimited) cgroup does not.
+    let hog = "head -c 200m /dev/zero | tail > /dev/null && echo survived";
+    let shared = output(&c, &handle, &pea(&image, hog)).await;
+    assert_ne!(shared.status, 0, "a shared pea is held to the container's limit: {shared:?}");
+    let own = ProcessSpec {
+        limits: Some(ProcessLimits::default()),
+        ..pea(&image, hog)
+    };
+    let own = output(&c, &handle, &own).await;
+    assert_eq!(own.status, 0, "own (unlimited) cgroup: {own:?}");
+    assert_eq!(own.stdout_text(), "survived\n");
+    // And its own limit is enforced in a container with room.
+    let limited = ProcessSpec {
+        limits: Some(ProcessLimits {
+            memory_limits: MemoryLimits {
+                limit_in_bytes: 32 << 20,
+            },
+            ..Default::default()
+        }),
+        ..pea(&image, "head -c 48m /dev/zero | tail > /dev/null && echo survived")
+    };
+    let limited = output(&c, &handle, &limited).await;
+    assert_ne!(limited.status, 0, "its own 32 MiB limit: {limited:?}");
+    eventually_clean(&g, &handle, init).await;
+
+    c.destroy(&handle).await.expect("destroy");
+    assert!(all_leaks(&handle, &g).is_empty());
+    assert!(pea_cgroups(&g).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_kills_running_peas_and_leaves_nothing() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let image = pea_image(work.path());
+    let g = Gardend::start();
+    let c = g.client();
+    let handle = c
+        .create(&ContainerSpec {
+            handle: "peas-destroy".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let shared = c
+        .run(&handle, &pea(&image, "sleep 600"), ProcessIo::default())
+        .await
+        .expect("run shared pea");
+    let own = ProcessSpec {
+        limits: Some(ProcessLimits::default()),
+        ..pea(&image, "sleep 600")
+    };
+    let own = c
+        .run(&handle, &own, ProcessIo::default())
+        .await
+        .expect("run pea with its own cgroup");
+    assert_eq!(pea_bundles(&g, &handle).len(), 2);
+    assert!(!pea_cgroups(&g).is_empty(), "the pea with limits has a cgroup");
+    c.destroy(&handle).await.expect("destroy");
+    for mut p in [shared, own] {
+        let status = tokio::time::timeout(Duration::from_secs(10), p.wait())
+            .await
+            .expect("wait after destroy")
+            .expect("status");
+        assert_eq!(status, 137);
+    }
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(all_leaks(&handle, &g).is_empty(), "{:?}", all_leaks(&handle, &g));
+    assert!(pea_cgroups(&g).is_empty(), "{:?}", pea_cgroups(&g));
+    assert!(e2e::garden_inits_in(&g.cgroup_parent, None).is_empty());
+}
