@@ -196,6 +196,19 @@ async fn a_pea_has_its_own_root_and_the_container_s_everything_else() {
     };
     assert_eq!(ok(&output(&c, &handle, &by_id).await, "uid:gid"), "1000\n1001\n");
 
+    // Seccomp and the reduced capabilities apply to peas as to the container's processes.
+    let confined = "grep -E '^(Seccomp|CapEff|CapBnd|NoNewPrivs):' /proc/self/status";
+    let want = ok(&output(&c, &handle, &sh(confined)).await, "container confinement");
+    assert!(want.contains("Seccomp:\t2"), "{want}");
+    assert_eq!(ok(&output(&c, &handle, &pea(&image, confined)).await, "pea confinement"), want);
+
+    // A terminal.
+    let tty = ProcessSpec {
+        tty: Some(garden_api::TtySpec::default()),
+        ..pea(&image, "test -t 0 && test -t 1 && echo tty")
+    };
+    assert_eq!(ok(&output(&c, &handle, &tty).await, "pea tty"), "tty\r\n");
+
     // Exit code and both streams.
     let streams = output(&c, &handle, &pea(&image, "echo out; echo err >&2; exit 7")).await;
     assert_eq!(streams.status, 7);
@@ -388,4 +401,56 @@ async fn destroy_kills_running_peas_and_leaves_nothing() {
     assert!(all_leaks(&handle, &g).is_empty(), "{:?}", all_leaks(&handle, &g));
     assert!(pea_cgroups(&g).is_empty(), "{:?}", pea_cgroups(&g));
     assert!(e2e::garden_inits_in(&g.cgroup_parent, None).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_killing_its_peas_inits_leaves_nothing_behind() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let image = pea_image(work.path());
+    let g = Gardend::start();
+    let c = g.client();
+    let handle = c
+        .create(&ContainerSpec {
+            handle: "peas-hostile".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let init = g.init_pid(&handle);
+    let mut peas = Vec::new();
+    for limits in [None, Some(ProcessLimits::default())] {
+        let spec = ProcessSpec {
+            limits,
+            ..pea(&image, "sleep 600 & sleep 600")
+        };
+        peas.push(
+            c.run(&handle, &spec, ProcessIo::default())
+                .await
+                .expect("run pea"),
+        );
+    }
+    // Container root sees the peas' inits in its pid namespace and kills them (pid 1, its
+    // own init, ignores the signal).
+    let killed = output(
+        &c,
+        &handle,
+        &sh("for p in $(pidof garden-init); do [ $p = 1 ] || kill -9 $p; done; \
+             cat /proc/[0-9]*/status 2>/dev/null | grep -c '^Name:.garden-init'"),
+    )
+    .await;
+    assert_eq!(killed.status, 0, "{killed:?}");
+    for mut p in peas {
+        let status = tokio::time::timeout(Duration::from_secs(10), p.wait())
+            .await
+            .expect("wait")
+            .expect("status");
+        assert_eq!(status, 137);
+    }
+    // Their processes (orphans now) went with them: no mount namespace, cgroup or bundle.
+    eventually_clean(&g, &handle, init).await;
+    let ps = output(&c, &handle, &sh("ps -o comm | grep -c sleep")).await;
+    assert_eq!(ps.stdout_text(), "0\n", "{ps:?}");
+    c.destroy(&handle).await.expect("destroy");
+    assert!(all_leaks(&handle, &g).is_empty(), "{:?}", all_leaks(&handle, &g));
 }

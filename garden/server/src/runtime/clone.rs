@@ -193,6 +193,12 @@ pub fn spawn_pea_init(
         // SAFETY: as in spawn_init, only async-signal-safe calls on values prepared before
         // clone; the raw clone below behaves like fork (no shared memory).
         unsafe {
+            // From the moment it is in the container's namespaces until garden-init takes
+            // over (which does the same), this copy of gardend is out of the container's
+            // reach: no ptrace, no /proc/<pid>/mem, no open files through /proc.
+            if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 {
+                libc::_exit(126);
+            }
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
             let ready = libc::fcntl(ready_fd, libc::F_DUPFD, 100);
             let log = libc::fcntl(log_fd, libc::F_DUPFD, 100);

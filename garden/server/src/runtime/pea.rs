@@ -128,7 +128,7 @@ impl Peas {
             .start(&container, &spec, &bundle)
             .await
             .map_err(|e| SpawnError::Failed(format!("start pea: {e}")));
-        let (init, exited, cgroup, client, pea_exits) = match started {
+        let (init, exited, cgroup, client, pea_exits, mnt) = match started {
             Ok(s) => s,
             Err(e) => {
                 cleanup(&bundle, None).await;
@@ -147,6 +147,7 @@ impl Peas {
             }
         };
         let (gone_tx, gone) = watch::channel(false);
+        let pea_cgroup = cgroup.clone();
         let pea = Arc::new(Pea {
             client,
             cgroup,
@@ -156,10 +157,15 @@ impl Peas {
             .lock()
             .expect("peas lock")
             .insert(id.clone(), pea);
+        let left = Leftovers {
+            bundle,
+            cgroup: pea_cgroup,
+            own: own.is_some(),
+            mnt,
+        };
         tokio::spawn(watch_pea(
             id,
-            bundle,
-            own,
+            left,
             pea_exits,
             exited,
             gone_tx,
@@ -181,6 +187,7 @@ impl Peas {
         ContainerCgroup,
         InitClient,
         mpsc::UnboundedReceiver<(String, i32)>,
+        MountNs,
     )> {
         for d in [
             upper_dir(bundle),
@@ -311,16 +318,19 @@ impl Peas {
                     msg
                 }));
             }
+            let mnt = MountNs::of(&init).map_err(io_err("stat", Path::new("ns/mnt")))?;
             let socket = super::socket_path(bundle);
-            InitClient::connect(&socket)
-                .await
-                .map_err(|source| RuntimeError::Connect {
-                    path: socket.clone(),
-                    source,
-                })
+            let (client, exits) =
+                InitClient::connect(&socket)
+                    .await
+                    .map_err(|source| RuntimeError::Connect {
+                        path: socket.clone(),
+                        source,
+                    })?;
+            Ok((client, exits, mnt))
         };
         match started.await {
-            Ok((client, exits)) => Ok((init, exited, cgroup, client, exits)),
+            Ok((client, exits, mnt)) => Ok((init, exited, cgroup, client, exits, mnt)),
             Err(e) => {
                 let _ = init.signal(libc::SIGKILL);
                 let mut exited = exited;
@@ -331,13 +341,34 @@ impl Peas {
     }
 }
 
+/// What is left of a pea once its init is gone.
+struct Leftovers {
+    bundle: PathBuf,
+    /// Where its processes are: its own cgroup or the container's.
+    cgroup: ContainerCgroup,
+    own: bool,
+    mnt: MountNs,
+}
+
+/// A mount namespace, by the device and inode of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MountNs(u64, u64);
+
+impl MountNs {
+    fn of(p: &PidFd) -> std::io::Result<MountNs> {
+        let fd = p.open_in_proc("ns/mnt", nix::fcntl::OFlag::O_RDONLY)?;
+        let st = nix::sys::stat::fstat(&fd)?;
+        Ok(MountNs(st.st_dev, st.st_ino))
+    }
+}
+
 /// Until the pea is gone: its exit status (137 if its init died without reporting one, as
-/// when the container is killed), then its cgroup and bundle removed, then the exit passed on.
-#[allow(clippy::too_many_arguments)]
+/// when the container is killed), then whatever still runs in its mount namespace killed
+/// (orphans of an init that was killed), its cgroup and bundle removed, then the exit
+/// passed on.
 async fn watch_pea(
     id: String,
-    bundle: PathBuf,
-    own_cgroup: Option<ContainerCgroup>,
+    left: Leftovers,
     mut pea_exits: mpsc::UnboundedReceiver<(String, i32)>,
     mut exited: watch::Receiver<bool>,
     gone: watch::Sender<bool>,
@@ -354,13 +385,38 @@ async fn watch_pea(
     // The pea's init leaves by itself once its process is reaped; the channel closed
     // without a status means it was killed.
     let _ = exited.wait_for(|e| *e).await;
-    cleanup(&bundle, own_cgroup).await;
+    let (cgroup, mnt) = (left.cgroup.clone(), left.mnt);
+    let _ = tokio::task::spawn_blocking(move || kill_in_namespace(&cgroup, mnt)).await;
+    cleanup(&left.bundle, left.own.then_some(left.cgroup)).await;
     live.lock().expect("peas lock").remove(&id);
     gone.send_replace(true);
     let status = status.unwrap_or(137);
     tracing::debug!(process = id, status, "pea gone");
     if let Some(tx) = exits.upgrade() {
         let _ = tx.send((id, status));
+    }
+}
+
+/// SIGKILL every process of `cgroup` in the mount namespace `mnt` until none is left (5 s at
+/// most). Each is pinned by pidfd before its namespace is read, so a reused pid is never hit.
+fn kill_in_namespace(cgroup: &ContainerCgroup, mnt: MountNs) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut found = 0;
+        for pid in cgroup.pids() {
+            let Ok(p) = PidFd::open(pid) else { continue };
+            if MountNs::of(&p).is_ok_and(|m| m == mnt) {
+                found += 1;
+                let _ = p.signal(libc::SIGKILL);
+            }
+        }
+        if found == 0 || std::time::Instant::now() > deadline {
+            if found > 0 {
+                tracing::warn!(found, "processes of a pea survive SIGKILL");
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
