@@ -764,25 +764,51 @@ fn create_from_an_image_reports_progress() {
     let out = ctl(&g, &["create", "--handle", "pulled", "--image", &uri]).ok();
     assert_eq!(out.text(), "pulled\n");
     let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.first(), Some(&format!("creating from {uri}").as_str()), "{lines:?}");
+    assert_eq!(
+        lines.first(),
+        Some(&format!("creating from {uri}").as_str()),
+        "{lines:?}"
+    );
     let last = lines.last().expect("a summary");
     assert!(
         last.starts_with(&format!("created pulled from {uri} in ")),
         "{lines:?}"
     );
-    assert!(!out.stderr.contains('\r') && !out.stderr.contains('\u{1b}'), "no terminal codes: {:?}", out.stderr);
+    assert!(
+        !out.stderr.contains('\r') && !out.stderr.contains('\u{1b}'),
+        "no terminal codes: {:?}",
+        out.stderr
+    );
     let log = g.log();
     for needle in ["pulling layer", "layer unpacked", "image ready"] {
         assert!(log.contains(needle), "gardend logs {needle:?}");
     }
 
-    let json = ctl(&g, &["--json", "create", "--handle", "quiet", "--image", &uri]).ok();
+    let json = ctl(
+        &g,
+        &["--json", "create", "--handle", "quiet", "--image", &uri],
+    )
+    .ok();
     assert!(json.text().contains("\"quiet\""), "{}", json.text());
     assert_eq!(json.stderr, "", "--json: nothing on stderr");
     // A failed create: the start line, then only the error.
-    let bad = ctl(&g, &["create", "--handle", "bad", "--image", "oci:///no/such/layout"]);
+    let bad = ctl(
+        &g,
+        &[
+            "create",
+            "--handle",
+            "bad",
+            "--image",
+            "oci:///no/such/layout",
+        ],
+    );
     assert_eq!(bad.code(), Some(1));
-    assert!(bad.stderr.starts_with("creating from oci:///no/such/layout\n"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .starts_with("creating from oci:///no/such/layout\n"),
+        "{}",
+        bad.stderr
+    );
     assert!(!bad.stderr.contains("created"), "{}", bad.stderr);
     for h in ["pulled", "quiet"] {
         ctl(&g, &["destroy", h]).ok();
@@ -814,6 +840,9 @@ fn create_from_an_image_spins_on_a_terminal() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "spun\n");
     let terminal = String::from_utf8_lossy(&seen);
-    assert!(terminal.contains(&format!("creating from {uri}")), "{terminal:?}");
+    assert!(
+        terminal.contains(&format!("creating from {uri}")),
+        "{terminal:?}"
+    );
     ctl(&g, &["destroy", "spun"]).ok();
 }

@@ -73,7 +73,11 @@ fn no_pea_mounts(init: i32) -> Result<(), String> {
 /// Pea cgroups (`pea-*`) left under gardend's cgroup parent.
 fn pea_cgroups(g: &Gardend) -> Vec<String> {
     let mut found = Vec::new();
-    for root in ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+    for root in [
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup",
+    ] {
         let Ok(dir) = std::fs::read_dir(Path::new(root).join(&g.cgroup_parent)) else {
             continue;
         };
@@ -100,7 +104,9 @@ fn pea_bundles(g: &Gardend, handle: &str) -> Vec<String> {
 
 async fn eventually_clean(g: &Gardend, handle: &str, init: i32) {
     let clean = e2e::eventually(Duration::from_secs(5), || async {
-        no_pea_mounts(init).is_ok() && pea_bundles(g, handle).is_empty() && pea_cgroups(g).is_empty()
+        no_pea_mounts(init).is_ok()
+            && pea_bundles(g, handle).is_empty()
+            && pea_cgroups(g).is_empty()
     })
     .await;
     assert!(
@@ -134,14 +140,19 @@ async fn a_pea_has_its_own_root_and_the_container_s_everything_else() {
     let setup = output(
         &c,
         &handle,
-        &sh("echo container > /container-only; mkdir -p /www; echo served > /www/x; \
-             httpd -p 127.0.0.1:8080 -h /www"),
+        &sh(
+            "echo container > /container-only; mkdir -p /www; echo served > /www/x; \
+             httpd -p 127.0.0.1:8080 -h /www",
+        ),
     )
     .await;
     ok(&setup, "container setup");
     let ns = "for n in net pid ipc uts user mnt; do echo $n $(readlink /proc/self/ns/$n); done";
     let in_container = ok(&output(&c, &handle, &sh(ns)).await, "container namespaces");
-    let in_pea = ok(&output(&c, &handle, &pea(&image, ns)).await, "pea namespaces");
+    let in_pea = ok(
+        &output(&c, &handle, &pea(&image, ns)).await,
+        "pea namespaces",
+    );
     for (a, b) in in_container.lines().zip(in_pea.lines()) {
         if a.starts_with("mnt") {
             assert_ne!(a, b, "a pea has a mount namespace of its own");
@@ -167,40 +178,74 @@ async fn a_pea_has_its_own_root_and_the_container_s_everything_else() {
         "image files owned by container root, default user 0:0 and dir /"
     );
     let in_container = ok(
-        &output(&c, &handle, &sh("test -e /pea-only && echo LEAKED; cat /container-only")).await,
+        &output(
+            &c,
+            &handle,
+            &sh("test -e /pea-only && echo LEAKED; cat /container-only"),
+        )
+        .await,
         "container files",
     );
     assert_eq!(in_container, "container\n");
 
     // Network: the container's listener on its loopback.
-    let fetched = output(&c, &handle, &pea(&image, "wget -qO- http://127.0.0.1:8080/x")).await;
-    assert_eq!(ok(&fetched, "pea reaches the container's listener"), "served\n");
+    let fetched = output(
+        &c,
+        &handle,
+        &pea(&image, "wget -qO- http://127.0.0.1:8080/x"),
+    )
+    .await;
+    assert_eq!(
+        ok(&fetched, "pea reaches the container's listener"),
+        "served\n"
+    );
     // Pid namespace: the container's httpd is visible.
     let ps = ok(&output(&c, &handle, &pea(&image, "ps -o comm")).await, "ps");
-    assert!(ps.contains("httpd"), "pea sees the container's processes: {ps}");
+    assert!(
+        ps.contains("httpd"),
+        "pea sees the container's processes: {ps}"
+    );
 
     // /etc/hosts and /etc/resolv.conf are the container's.
     let etc = "cat /etc/hosts; echo ---; cat /etc/resolv.conf";
     let want = ok(&output(&c, &handle, &sh(etc)).await, "container etc");
-    assert_eq!(ok(&output(&c, &handle, &pea(&image, etc)).await, "pea etc"), want);
+    assert_eq!(
+        ok(&output(&c, &handle, &pea(&image, etc)).await, "pea etc"),
+        want
+    );
 
     // Users from the pea's own /etc/passwd, by name and by uid:gid.
     let user = ProcessSpec {
         user: "peauser".into(),
         ..pea(&image, "id -u; id -g; echo $USER")
     };
-    assert_eq!(ok(&output(&c, &handle, &user).await, "peauser"), "4321\n4321\npeauser\n");
+    assert_eq!(
+        ok(&output(&c, &handle, &user).await, "peauser"),
+        "4321\n4321\npeauser\n"
+    );
     let by_id = ProcessSpec {
         user: "1000:1001".into(),
         ..pea(&image, "id -u; id -g")
     };
-    assert_eq!(ok(&output(&c, &handle, &by_id).await, "uid:gid"), "1000\n1001\n");
+    assert_eq!(
+        ok(&output(&c, &handle, &by_id).await, "uid:gid"),
+        "1000\n1001\n"
+    );
 
     // Seccomp and the reduced capabilities apply to peas as to the container's processes.
     let confined = "grep -E '^(Seccomp|CapEff|CapBnd|NoNewPrivs):' /proc/self/status";
-    let want = ok(&output(&c, &handle, &sh(confined)).await, "container confinement");
+    let want = ok(
+        &output(&c, &handle, &sh(confined)).await,
+        "container confinement",
+    );
     assert!(want.contains("Seccomp:\t2"), "{want}");
-    assert_eq!(ok(&output(&c, &handle, &pea(&image, confined)).await, "pea confinement"), want);
+    assert_eq!(
+        ok(
+            &output(&c, &handle, &pea(&image, confined)).await,
+            "pea confinement"
+        ),
+        want
+    );
 
     // A terminal.
     let tty = ProcessSpec {
@@ -226,7 +271,8 @@ async fn a_pea_has_its_own_root_and_the_container_s_everything_else() {
     };
     let err = garden_err(run_output(&c, &handle, &missing, None).await);
     assert!(
-        err.to_string().contains("executable file not found in $PATH"),
+        err.to_string()
+            .contains("executable file not found in $PATH"),
         "{err:?}"
     );
     eventually_clean(&g, &handle, init).await;
@@ -236,8 +282,13 @@ async fn a_pea_has_its_own_root_and_the_container_s_everything_else() {
     let err = garden_err(run_output(&c, &handle, &bad, None).await);
     assert!(matches!(err, GardenError::Generic { .. }), "{err:?}");
     let err = garden_err(
-        run_output(&c, &handle, &pea(Path::new("docker://127.0.0.1:1/nope#x"), "true"), None)
-            .await,
+        run_output(
+            &c,
+            &handle,
+            &pea(Path::new("docker://127.0.0.1:1/nope#x"), "true"),
+            None,
+        )
+        .await,
     );
     assert!(err.to_string().contains("pea image"), "{err:?}");
     eventually_clean(&g, &handle, init).await;
@@ -329,11 +380,42 @@ async fn attach_metrics_and_limits_of_peas() {
     assert_eq!(status, 3);
     assert_eq!(out.text(), "done\n");
 
+    // Signals reach the pea's process; Stop's SIGTERM to every process too, and the pea's
+    // init (which ignores it) still reports the exit.
+    let mut termed = c
+        .run(&handle, &pea(&image, "sleep 600"), ProcessIo::default())
+        .await
+        .expect("run");
+    termed
+        .control()
+        .signal(garden_api::Signal::Terminate)
+        .await
+        .expect("signal");
+    let status = tokio::time::timeout(Duration::from_secs(10), termed.wait())
+        .await
+        .expect("wait")
+        .expect("status");
+    assert_eq!(status, 143);
+    let mut stopped = c
+        .run(&handle, &pea(&image, "sleep 600"), ProcessIo::default())
+        .await
+        .expect("run");
+    c.stop(&handle, false).await.expect("stop");
+    let status = tokio::time::timeout(Duration::from_secs(15), stopped.wait())
+        .await
+        .expect("wait")
+        .expect("status");
+    assert_eq!(status, 143);
+    eventually_clean(&g, &handle, init).await;
+
     // Memory: a pea without limits counts against the container's 64 MiB; one with its own
     // (empty = unlimited) cgroup does not.
     let hog = "head -c 200m /dev/zero | tail > /dev/null && echo survived";
     let shared = output(&c, &handle, &pea(&image, hog)).await;
-    assert_ne!(shared.status, 0, "a shared pea is held to the container's limit: {shared:?}");
+    assert_ne!(
+        shared.status, 0,
+        "a shared pea is held to the container's limit: {shared:?}"
+    );
     let own = ProcessSpec {
         limits: Some(ProcessLimits::default()),
         ..pea(&image, hog)
@@ -349,7 +431,10 @@ async fn attach_metrics_and_limits_of_peas() {
             },
             ..Default::default()
         }),
-        ..pea(&image, "head -c 48m /dev/zero | tail > /dev/null && echo survived")
+        ..pea(
+            &image,
+            "head -c 48m /dev/zero | tail > /dev/null && echo survived",
+        )
     };
     let limited = output(&c, &handle, &limited).await;
     assert_ne!(limited.status, 0, "its own 32 MiB limit: {limited:?}");
@@ -387,7 +472,10 @@ async fn destroy_kills_running_peas_and_leaves_nothing() {
         .await
         .expect("run pea with its own cgroup");
     assert_eq!(pea_bundles(&g, &handle).len(), 2);
-    assert!(!pea_cgroups(&g).is_empty(), "the pea with limits has a cgroup");
+    assert!(
+        !pea_cgroups(&g).is_empty(),
+        "the pea with limits has a cgroup"
+    );
     c.destroy(&handle).await.expect("destroy");
     for mut p in [shared, own] {
         let status = tokio::time::timeout(Duration::from_secs(10), p.wait())
@@ -398,7 +486,11 @@ async fn destroy_kills_running_peas_and_leaves_nothing() {
     }
     let left = e2e::leaks_after(&handle, &g, Duration::from_secs(5));
     assert!(left.is_empty(), "{left:#?}");
-    assert!(all_leaks(&handle, &g).is_empty(), "{:?}", all_leaks(&handle, &g));
+    assert!(
+        all_leaks(&handle, &g).is_empty(),
+        "{:?}",
+        all_leaks(&handle, &g)
+    );
     assert!(pea_cgroups(&g).is_empty(), "{:?}", pea_cgroups(&g));
     assert!(e2e::garden_inits_in(&g.cgroup_parent, None).is_empty());
 }
@@ -435,8 +527,10 @@ async fn a_container_killing_its_peas_inits_leaves_nothing_behind() {
     let killed = output(
         &c,
         &handle,
-        &sh("for p in $(pidof garden-init); do [ $p = 1 ] || kill -9 $p; done; \
-             cat /proc/[0-9]*/status 2>/dev/null | grep -c '^Name:.garden-init'"),
+        &sh(
+            "for p in $(pidof garden-init); do [ $p = 1 ] || kill -9 $p; done; \
+             cat /proc/[0-9]*/status 2>/dev/null | grep -c '^Name:.garden-init'",
+        ),
     )
     .await;
     assert_eq!(killed.status, 0, "{killed:?}");
@@ -452,5 +546,9 @@ async fn a_container_killing_its_peas_inits_leaves_nothing_behind() {
     let ps = output(&c, &handle, &sh("ps -o comm | grep -c sleep")).await;
     assert_eq!(ps.stdout_text(), "0\n", "{ps:?}");
     c.destroy(&handle).await.expect("destroy");
-    assert!(all_leaks(&handle, &g).is_empty(), "{:?}", all_leaks(&handle, &g));
+    assert!(
+        all_leaks(&handle, &g).is_empty(),
+        "{:?}",
+        all_leaks(&handle, &g)
+    );
 }

@@ -45,8 +45,7 @@ impl CreateProgress {
         if crate::term::stderr_is_tty() {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                    .expect("static template"),
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("static template"),
             );
             bar.set_message(format!("creating from {image} (pulling what is missing)"));
             bar.enable_steady_tick(Duration::from_millis(100));
@@ -55,10 +54,8 @@ impl CreateProgress {
         line(format_args!("creating from {image}"));
         let name = image.to_string();
         let ticker = tokio::spawn(async move {
-            let mut every = tokio::time::interval_at(
-                tokio::time::Instant::now() + STILL_EVERY,
-                STILL_EVERY,
-            );
+            let mut every =
+                tokio::time::interval_at(tokio::time::Instant::now() + STILL_EVERY, STILL_EVERY);
             loop {
                 every.tick().await;
                 line(format_args!(
@@ -91,7 +88,10 @@ impl CreateProgress {
             } => {
                 ticker.abort();
                 if let Some(h) = handle {
-                    line(format_args!("created {h} from {image} in {}", took(started)));
+                    line(format_args!(
+                        "created {h} from {image} in {}",
+                        took(started)
+                    ));
                 }
             }
         }

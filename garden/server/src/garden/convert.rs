@@ -3,8 +3,8 @@
 //! wire change never reaches the code that talks to the kernel.
 
 use garden_api::{
-    BandwidthLimits, BindMount, DiskLimits, Limits, ProcessLimits, ResourceLimits, BIND_MOUNT_MODE_RO,
-    DISK_LIMIT_SCOPE_TOTAL,
+    BandwidthLimits, BindMount, DiskLimits, Limits, ProcessLimits, ResourceLimits,
+    BIND_MOUNT_MODE_RO, DISK_LIMIT_SCOPE_TOTAL,
 };
 
 use crate::init::proto::{InitBindMount, Rlimit};

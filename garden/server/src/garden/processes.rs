@@ -30,7 +30,11 @@ impl Garden {
             spec.id.clone()
         };
         validate_name("process id", &id)?;
-        if c.processes.lock().expect("processes lock").contains_key(&id) {
+        if c.processes
+            .lock()
+            .expect("processes lock")
+            .contains_key(&id)
+        {
             return Err(GardenError::generic(format!(
                 "process ID '{id}' already in use"
             )));

@@ -488,9 +488,15 @@ async fn a_pea_is_root_in_slash_with_its_own_image_env_and_limits_if_given() {
         },
         ..Default::default()
     };
-    for (id, limits) in [("shared", None), ("own", Some(own)), ("empty", Some(Default::default()))] {
+    for (id, limits) in [
+        ("shared", None),
+        ("own", Some(own)),
+        ("empty", Some(Default::default())),
+    ] {
         let from = t.fake.calls().len();
-        let Reply::Process(s) = run_spec(&t, "c1", pea_spec(&t, id, limits)).await.expect("run")
+        let Reply::Process(s) = run_spec(&t, "c1", pea_spec(&t, id, limits))
+            .await
+            .expect("run")
         else {
             panic!("expected a session")
         };
@@ -518,7 +524,13 @@ async fn a_pea_is_root_in_slash_with_its_own_image_env_and_limits_if_given() {
         });
         assert_eq!(*resources, want, "{id}");
     }
-    json::<serde_json::Value>(t.garden.handle(Request::Destroy { handle: "c1".into() }).await);
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::Destroy {
+                handle: "c1".into(),
+            })
+            .await,
+    );
 }
 
 #[tokio::test]
@@ -540,7 +552,9 @@ async fn a_bad_pea_image_or_limit_fails_before_anything_is_made() {
     assert!(matches!(e, GardenError::BadRequest { .. }), "{e:?}");
     assert_eq!(t.calls_since(from), [], "no spawn");
     // The id was never taken.
-    let Reply::Process(s) = run_spec(&t, "c1", pea_spec(&t, "p1", None)).await.expect("run")
+    let Reply::Process(s) = run_spec(&t, "c1", pea_spec(&t, "p1", None))
+        .await
+        .expect("run")
     else {
         panic!("expected a session")
     };

@@ -13,8 +13,7 @@ use garden_api::{ContainerNetworkStat, NetOutRule};
 
 use super::{
     Adopted, Bandwidth, BoxFuture, DiskLimit, Exits, HostCapacity, InitIdentity, Kernel,
-    KernelError, NetInfo, PeaSpec, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats,
-    Usage,
+    KernelError, NetInfo, PeaSpec, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats, Usage,
 };
 use crate::cgroups::{Cgroups, Layout};
 use crate::config::Config;

@@ -183,8 +183,7 @@ pub fn spawn_pea_init(
         (ns.uts.as_raw_fd(), libc::CLONE_NEWUTS),
         (ns.pid.as_raw_fd(), libc::CLONE_NEWPID),
     ];
-    let (report_r, report_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let report_fd = report_w.as_raw_fd();
     let mut high = vec![-1i32; passed_fds.len()];
     let mut high_ns = [-1i32; 5];
@@ -213,7 +212,13 @@ pub fn spawn_pea_init(
                     libc::_exit(126);
                 }
             }
-            let all_ns = [userns.unwrap_or(-1), joined[0].0, joined[1].0, joined[2].0, joined[3].0];
+            let all_ns = [
+                userns.unwrap_or(-1),
+                joined[0].0,
+                joined[1].0,
+                joined[2].0,
+                joined[3].0,
+            ];
             for (h, fd) in high_ns.iter_mut().zip(all_ns) {
                 if fd >= 0 {
                     *h = libc::fcntl(fd, libc::F_DUPFD, 100);
@@ -305,8 +310,7 @@ pub fn spawn_pea_init(
             }
             libc::close(go);
             if userns.is_some()
-                && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
-                    < 0
+                && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
                     || libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) < 0
                     || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) < 0)
             {
@@ -317,7 +321,14 @@ pub fn spawn_pea_init(
         }
     });
     // SAFETY: the callback only performs async-signal-safe calls (see above).
-    let joiner = unsafe { clone(child, &mut stack, CloneFlags::empty(), Some(Signal::SIGCHLD as i32)) }?;
+    let joiner = unsafe {
+        clone(
+            child,
+            &mut stack,
+            CloneFlags::empty(),
+            Some(Signal::SIGCHLD as i32),
+        )
+    }?;
     drop(report_w);
     let mut buf = [0u8; 4];
     let read = nix::unistd::read(&report_r, &mut buf);

@@ -153,10 +153,7 @@ impl Peas {
             cgroup,
             gone,
         });
-        self.live
-            .lock()
-            .expect("peas lock")
-            .insert(id.clone(), pea);
+        self.live.lock().expect("peas lock").insert(id.clone(), pea);
         let left = Leftovers {
             bundle,
             cgroup: pea_cgroup,
