@@ -552,3 +552,110 @@ async fn a_container_killing_its_peas_inits_leaves_nothing_behind() {
         all_leaks(&handle, &g)
     );
 }
+
+/// An OCI layout (umoci) tagged `pea`: the busybox rootfs without /etc/passwd or /etc/group,
+/// a marker file, and `PEA_ENV=from-config` in its config.
+fn oci_pea_image(dir: &Path) -> PathBuf {
+    let busybox = rootfs::ensure_busybox_rootfs(&dir.join("busybox")).expect("busybox rootfs");
+    let layout = dir.join("layout");
+    let img = format!("{}:pea", layout.display());
+    let bundle = dir.join("bundle");
+    let umoci = |args: &[&str]| {
+        let out = std::process::Command::new("umoci")
+            .args(args)
+            .output()
+            .expect("umoci (scripts/deps.sh installs it)");
+        assert!(out.status.success(), "umoci {args:?}: {out:?}");
+    };
+    umoci(&["init", "--layout", &layout.display().to_string()]);
+    umoci(&["new", "--image", &img]);
+    umoci(&["unpack", "--image", &img, &bundle.display().to_string()]);
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", busybox.display()))
+        .arg(bundle.join("rootfs"))
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let root = bundle.join("rootfs");
+    let _ = std::fs::remove_file(root.join("etc/passwd"));
+    let _ = std::fs::remove_file(root.join("etc/group"));
+    std::fs::write(root.join("oci-pea"), "layered\n").unwrap();
+    umoci(&["repack", "--image", &img, &bundle.display().to_string()]);
+    umoci(&[
+        "config",
+        "--image",
+        &img,
+        "--config.env",
+        "PEA_ENV=from-config",
+    ]);
+    layout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pea_from_the_layer_store_with_bind_mounts_and_no_passwd() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let layout = oci_pea_image(work.path());
+    let shared = work.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("note"), "from the host\n").unwrap();
+    let g = Gardend::start();
+    let c = g.client();
+    let handle = c
+        .create(&ContainerSpec {
+            handle: "peas-oci".into(),
+            env: vec!["CONTAINER_ENV=1".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let init = g.init_pid(&handle);
+    let uri = PathBuf::from(format!("oci://{}#pea", layout.display()));
+    let spec = ProcessSpec {
+        env: vec!["SPEC_ENV=1".into()],
+        bind_mounts: vec![garden_api::BindMount {
+            src_path: shared.display().to_string(),
+            dst_path: "/mnt/shared".into(),
+            mode: garden_api::BIND_MOUNT_MODE_RO,
+            ..Default::default()
+        }],
+        ..pea(
+            &uri,
+            "cat /oci-pea /mnt/shared/note; echo $PEA_ENV ${CONTAINER_ENV:-none} $SPEC_ENV; \
+             touch /mnt/shared/x 2>/dev/null || echo read-only; id -u; id -g",
+        )
+    };
+    let out = output(&c, &handle, &spec).await;
+    assert_eq!(out.status, 0, "{out:?}\n{}", g.log());
+    assert_eq!(
+        out.stdout_text(),
+        "layered\nfrom the host\nfrom-config none 1\nread-only\n0\n0\n"
+    );
+    assert!(
+        g.log().contains("pulling layer"),
+        "the layer store unpacked it"
+    );
+    // Without /etc/passwd, a uid:gid still works.
+    let by_id = ProcessSpec {
+        user: "1000:1000".into(),
+        ..pea(&uri, "id -u; id -g")
+    };
+    let out = output(&c, &handle, &by_id).await;
+    assert_eq!(
+        (out.status, out.stdout_text().as_str()),
+        (0, "1000\n1000\n"),
+        "{out:?}"
+    );
+    // A second pea of the same image pulls nothing.
+    let again = output(&c, &handle, &pea(&uri, "cat /oci-pea")).await;
+    assert_eq!(again.stdout_text(), "layered\n");
+    assert_eq!(g.log().matches("pulling layer").count(), 1, "one unpack");
+    eventually_clean(&g, &handle, init).await;
+    c.destroy(&handle).await.expect("destroy");
+    assert!(
+        all_leaks(&handle, &g).is_empty(),
+        "{:?}",
+        all_leaks(&handle, &g)
+    );
+}

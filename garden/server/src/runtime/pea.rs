@@ -118,6 +118,7 @@ impl Peas {
         fds: &[RawFd],
     ) -> std::result::Result<i32, SpawnError> {
         let id = request.id.clone();
+        let begun = std::time::Instant::now();
         let bundle = self.dir.join(&id);
         if self.get(&id).is_some() || bundle.exists() {
             return Err(SpawnError::Failed(format!(
@@ -154,6 +155,13 @@ impl Peas {
             gone,
         });
         self.live.lock().expect("peas lock").insert(id.clone(), pea);
+        tracing::info!(
+            process = id,
+            pid,
+            own_cgroup = spec.resources.is_some(),
+            elapsed_ms = begun.elapsed().as_secs_f64() * 1e3,
+            "pea started"
+        );
         let left = Leftovers {
             bundle,
             cgroup: pea_cgroup,
