@@ -500,3 +500,55 @@ fn loopback_up() -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etc_files() -> Vec<(PathBuf, String)> {
+        vec![
+            (PathBuf::from("/etc/hosts"), "127.0.0.1 localhost\n".into()),
+            (
+                PathBuf::from("/etc/resolv.conf"),
+                "nameserver 10.0.0.1\n".into(),
+            ),
+        ]
+    }
+
+    /// A pea image whose /etc/hosts links to a host file: the copy replaces the link and
+    /// never writes through it.
+    #[test]
+    fn a_pea_s_etc_files_replace_links_and_never_follow_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, host) = (tmp.path().join("root"), tmp.path().join("host-file"));
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(&host, "host secret\n").unwrap();
+        symlink(&host, root.join("etc/hosts")).unwrap();
+        copy_etc(&root, &etc_files()).unwrap();
+        assert_eq!(fs::read_to_string(&host).unwrap(), "host secret\n");
+        let hosts = root.join("etc/hosts");
+        assert!(fs::symlink_metadata(&hosts).unwrap().is_file());
+        assert_eq!(fs::read_to_string(hosts).unwrap(), "127.0.0.1 localhost\n");
+        assert_eq!(
+            fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
+            "nameserver 10.0.0.1\n"
+        );
+    }
+
+    /// An image whose /etc is a link (to anywhere) is left alone; one without /etc gets one.
+    #[test]
+    fn a_pea_image_with_a_linked_etc_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, root.join("etc")).unwrap();
+        copy_etc(&root, &etc_files()).unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+
+        let bare = tmp.path().join("bare");
+        fs::create_dir_all(&bare).unwrap();
+        copy_etc(&bare, &etc_files()).unwrap();
+        assert!(bare.join("etc/hosts").is_file());
+    }
+}
