@@ -659,3 +659,43 @@ async fn a_pea_from_the_layer_store_with_bind_mounts_and_no_passwd() {
         all_leaks(&handle, &g)
     );
 }
+
+/// Peas are not adopted by a restarted gardend (see the README), but nothing of them leaks:
+/// one with its own cgroup is swept at start, one in the container's cgroup dies with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peas_across_a_gardend_restart_leave_nothing_after_destroy() {
+    e2e::require_root!();
+    let work = tempfile::tempdir().unwrap();
+    let image = pea_image(work.path());
+    let mut g = Gardend::start();
+    let c = g.client();
+    let handle = c
+        .create(&ContainerSpec {
+            handle: "peas-restart".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let own = ProcessSpec {
+        limits: Some(ProcessLimits::default()),
+        ..pea(&image, "sleep 600")
+    };
+    for spec in [pea(&image, "sleep 600"), own] {
+        c.run(&handle, &spec, ProcessIo::default())
+            .await
+            .expect("run pea");
+    }
+    g.kill9();
+    g.restart();
+    let c = g.client();
+    let ok = run_output(&c, &handle, &sh("echo adopted"), None)
+        .await
+        .expect("the container survives");
+    assert_eq!(ok.stdout_text(), "adopted\n");
+    assert!(pea_cgroups(&g).is_empty(), "swept: {:?}", pea_cgroups(&g));
+    c.destroy(&handle).await.expect("destroy");
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(5));
+    assert!(left.is_empty(), "{left:#?}");
+    assert!(all_leaks(&handle, &g).is_empty(), "{:?}", all_leaks(&handle, &g));
+    assert!(e2e::garden_inits_in(&g.cgroup_parent, None).is_empty());
+}
