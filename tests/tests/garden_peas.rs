@@ -660,10 +660,10 @@ async fn a_pea_from_the_layer_store_with_bind_mounts_and_no_passwd() {
     );
 }
 
-/// Peas are not adopted by a restarted gardend (see the README), but nothing of them leaks:
-/// one with its own cgroup is swept at start, one in the container's cgroup dies with it.
+/// A restarted gardend takes running peas over like any process (attach, signal, metrics by
+/// id, their own cgroups kept); a pea that finished while no gardend ran has its exit code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peas_across_a_gardend_restart_leave_nothing_after_destroy() {
+async fn peas_outlive_a_gardend_restart() {
     e2e::require_root!();
     let work = tempfile::tempdir().unwrap();
     let image = pea_image(work.path());
@@ -676,23 +676,60 @@ async fn peas_across_a_gardend_restart_leave_nothing_after_destroy() {
         })
         .await
         .expect("create");
-    let own = ProcessSpec {
-        limits: Some(ProcessLimits::default()),
-        ..pea(&image, "sleep 600")
-    };
-    for spec in [pea(&image, "sleep 600"), own] {
+    let init = g.init_pid(&handle);
+    let peas = [
+        ("shared", None, "trap 'echo bye; exit 9' TERM; while true; do sleep 0.1; done"),
+        ("own", Some(ProcessLimits::default()), "sleep 600"),
+        ("brief", None, "sleep 1; exit 5"),
+    ];
+    for (id, limits, script) in peas {
+        let spec = ProcessSpec {
+            id: id.into(),
+            limits,
+            ..pea(&image, script)
+        };
         c.run(&handle, &spec, ProcessIo::default())
             .await
             .expect("run pea");
     }
     g.kill9();
+    tokio::time::sleep(Duration::from_secs(2)).await;
     g.restart();
     let c = g.client();
-    let ok = run_output(&c, &handle, &sh("echo adopted"), None)
+    assert!(!pea_cgroups(&g).is_empty(), "the own cgroup is kept");
+    let metrics = c.bulk_metrics(&["own".to_string()]).await.unwrap();
+    assert!(metrics["own"].err.is_none(), "{metrics:?}");
+
+    let attach = |id: &'static str| {
+        let c = c.clone();
+        let handle = handle.clone();
+        async move {
+            let out = Capture::default();
+            let io = ProcessIo {
+                stdin: None,
+                stdout: Some(Box::new(out.clone())),
+                stderr: None,
+            };
+            (c.attach(&handle, id, io).await.expect("attach"), out)
+        }
+    };
+    let (mut brief, _) = attach("brief").await;
+    assert_eq!(brief.wait().await.expect("status"), 5);
+    let (mut shared, out) = attach("shared").await;
+    shared
+        .control()
+        .signal(garden_api::Signal::Terminate)
         .await
-        .expect("the container survives");
-    assert_eq!(ok.stdout_text(), "adopted\n");
-    assert!(pea_cgroups(&g).is_empty(), "swept: {:?}", pea_cgroups(&g));
+        .expect("signal");
+    assert_eq!(shared.wait().await.expect("status"), 9);
+    assert_eq!(out.text(), "bye\n");
+    let (mut own, _) = attach("own").await;
+    own.control()
+        .signal(garden_api::Signal::Kill)
+        .await
+        .expect("signal");
+    assert_eq!(own.wait().await.expect("status"), 137);
+    eventually_clean(&g, &handle, init).await;
     c.destroy(&handle).await.expect("destroy");
     let left = e2e::leaks_after(&handle, &g, Duration::from_secs(5));
     assert!(left.is_empty(), "{left:#?}");

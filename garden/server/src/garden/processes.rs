@@ -127,13 +127,7 @@ impl Garden {
         drop(child_fds);
         if let Some(plan) = pea {
             // The image stays pinned while the pea runs.
-            let (garden, done) = (self.me.clone(), process.wait());
-            tokio::spawn(async move {
-                let _ = done.await;
-                if let Some(g) = garden.upgrade() {
-                    g.release_image(plan.lower_dirs).await;
-                }
-            });
+            self.release_image_when_done(&process, plan.lower_dirs);
         }
         if let Err(e) = spawned {
             c.processes.lock().expect("processes lock").remove(&id);
@@ -148,6 +142,21 @@ impl Garden {
         }
         crate::telemetry::metrics().process_started(started.elapsed());
         Ok(Reply::Process(session(process, guard, stream_id)))
+    }
+
+    /// Unpin a pea's image layers once its process is done (its rootfs is gone by then).
+    pub(super) fn release_image_when_done(
+        &self,
+        p: &Arc<Process>,
+        layers: Vec<std::path::PathBuf>,
+    ) {
+        let (garden, done) = (self.me.clone(), p.wait());
+        tokio::spawn(async move {
+            let _ = done.await;
+            if let Some(g) = garden.upgrade() {
+                g.release_image(layers).await;
+            }
+        });
     }
 
     /// Resolve (pulling if needed) and pin a pea's image.

@@ -113,8 +113,13 @@ impl Linux {
                 }
             }
         }
+        // Peas of kept containers keep their own cgroups, for adoption.
+        let kept_peas: std::collections::HashSet<String> = keep
+            .iter()
+            .flat_map(|h| runtime::pea_cgroups(&depot.join(h)))
+            .collect();
         for handle in self.runtime.cgroups().children() {
-            if !keep.contains(&handle) {
+            if !keep.contains(&handle) && !kept_peas.contains(&handle) {
                 self.remove_stale_cgroup(&handle);
             }
         }

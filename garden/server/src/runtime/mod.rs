@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup, Resources};
 use crate::init::proto::{FdMount, InitBindMount, InitConfig};
 pub use client::{InitClient, RunningProcess, SpawnError};
-pub use pea::PeaSpec;
+pub use pea::{recorded_cgroups as pea_cgroups, PeaSpec};
 use pidfd::PidFd;
 use rootfs::IdMapping;
 
@@ -225,7 +225,8 @@ impl Runtime {
         lowers: Vec<Lower>,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = &spec.bundle;
-        let (passed, mounts) = Mounts::plan(bundle, lowers, &spec.bind_mounts, spec.ids.is_some())?;
+        let (passed, mounts) =
+            Mounts::plan(bundle, lowers, &spec.bind_mounts, spec.ids.is_some(), None)?;
         let b = &mounts.bundle;
         let config = InitConfig {
             lower_dirs: mounts.lower_dirs,
@@ -240,7 +241,7 @@ impl Runtime {
             // user namespace may not write the host's cgroup files).
             cgroup_procs: Vec::new(),
             socket: b.join("init.sock"),
-            processes_dir: b.join("processes"),
+            processes_dir: mounts.processes,
             privileged: spec.privileged,
             devices_allowlisted: self.cgroups.layout().restricts_devices(),
             pea: None,
@@ -365,10 +366,13 @@ impl Runtime {
                     source,
                 })?;
         let (peas, exits) = pea::Peas::new(self.clone(), bundle, exits);
+        let cgroup = self.cgroups.container(handle);
+        let mut running = running;
+        running.extend(peas.adopt(&cgroup).await);
         Ok((
             Sandbox {
                 init_process,
-                cgroup: self.cgroups.container(handle),
+                cgroup,
                 init: client,
                 exited,
                 start_time: init.start_time,
@@ -524,20 +528,28 @@ struct Mounts {
     lower_dirs: Vec<PathBuf>,
     lower_mounts: Vec<FdMount>,
     bind_mounts: Vec<InitBindMount>,
+    /// Where it records exit codes.
+    processes: PathBuf,
 }
 
 impl Mounts {
     /// garden-init reaches its bundle, upper and work directories (and lower layers it mounts
     /// by path) through descriptors: container root in a user namespace may not be able to
     /// walk the host paths to them. Id-mapped layers and bind mount sources are detached
-    /// mounts it attaches.
+    /// mounts it attaches. `processes`: another directory for exit codes than the bundle's
+    /// (a pea's init records them in its container's).
     fn plan(
         bundle: &Path,
         lowers: Vec<Lower>,
         bind_mounts: &[InitBindMount],
         userns: bool,
+        processes: Option<&Path>,
     ) -> Result<(Passed, Mounts)> {
         let mut dirs = vec![bundle.to_path_buf(), upper_dir(bundle), bundle.join("work")];
+        let processes = processes.map(|p| {
+            dirs.push(p.to_path_buf());
+            Passed::opened_path(dirs.len() - 1)
+        });
         let mut lower_dirs = Vec::new();
         let mut mapped = Vec::new();
         for lower in lowers {
@@ -576,6 +588,7 @@ impl Mounts {
             m.fd = Some(passed.add(tree));
         }
         let mounts = Mounts {
+            processes: processes.unwrap_or_else(|| b.join("processes")),
             bundle: b,
             upper,
             work,

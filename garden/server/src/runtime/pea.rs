@@ -16,8 +16,8 @@ use super::client::{InitClient, SpawnError};
 use super::clone::{self, JoinedNamespaces};
 use super::pidfd::PidFd;
 use super::{
-    io_err, monitor, processes_dir, read_all, rootfs_dir, shield_from_oom, upper_dir, Mounts,
-    Result, Runtime, RuntimeError,
+    io_err, monitor, processes_dir, read_all, rootfs_dir, shield_from_oom, upper_dir, InitIdentity,
+    Mounts, Result, RunningProcess, Runtime, RuntimeError,
 };
 use crate::cgroups::{ContainerCgroup, Resources, Stats};
 use crate::init::proto::{InitBindMount, InitConfig, PeaConfig, SpawnRequest};
@@ -34,12 +34,96 @@ pub struct PeaSpec {
     pub resources: Option<Resources>,
 }
 
+/// Name prefix of the cgroups peas with limits of their own get (beside the containers').
+pub const PEA_CGROUP_PREFIX: &str = "pea-";
+
+/// `<bundle>/peas`: the bundles of a container's peas.
+fn peas_dir(bundle: &Path) -> PathBuf {
+    bundle.join("peas")
+}
+
+/// The own cgroups of a container's peas, as their records name them (the sweep of a
+/// restarted gardend keeps them for adoption).
+pub fn recorded_cgroups(bundle: &Path) -> Vec<String> {
+    std::fs::read_dir(peas_dir(bundle))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| Record::read(&e.path())?.cgroup)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What a restarted gardend needs to take a pea over: `<pea bundle>/pea.record`, plain
+/// lines: `<init pid> <init start time> <mount ns dev> <mount ns inode>`, its own cgroup's
+/// name or `-`, then its image layers.
+struct Record {
+    init: InitIdentity,
+    mnt: MountNs,
+    cgroup: Option<String>,
+    layers: Vec<PathBuf>,
+}
+
+impl Record {
+    fn path(bundle: &Path) -> PathBuf {
+        bundle.join("pea.record")
+    }
+
+    fn write(&self, bundle: &Path) -> Result<()> {
+        let mut text = format!(
+            "{} {} {} {}\n{}\n",
+            self.init.pid,
+            self.init.start_time,
+            self.mnt.0,
+            self.mnt.1,
+            self.cgroup.as_deref().unwrap_or("-")
+        );
+        for l in &self.layers {
+            text.push_str(&l.display().to_string());
+            text.push('\n');
+        }
+        let path = Record::path(bundle);
+        std::fs::write(&path, text).map_err(io_err("write", &path))
+    }
+
+    fn read(bundle: &Path) -> Option<Record> {
+        let text = std::fs::read_to_string(Record::path(bundle)).ok()?;
+        let mut lines = text.lines();
+        let nums: Vec<u64> = lines
+            .next()?
+            .split_whitespace()
+            .map(|n| n.parse().ok())
+            .collect::<Option<_>>()?;
+        let [pid, start_time, dev, ino] = nums.as_slice() else {
+            return None;
+        };
+        let cgroup = match lines.next()? {
+            "-" => None,
+            name if name.starts_with(PEA_CGROUP_PREFIX) && !name.contains('/') => {
+                Some(name.to_string())
+            }
+            _ => return None,
+        };
+        Some(Record {
+            init: InitIdentity {
+                pid: i32::try_from(*pid).ok()?,
+                start_time: *start_time,
+            },
+            mnt: MountNs(*dev, *ino),
+            cgroup,
+            layers: lines.map(PathBuf::from).collect(),
+        })
+    }
+}
+
 /// The network files a pea gets from its container.
 const SHARED_ETC: [&str; 2] = ["/etc/hosts", "/etc/resolv.conf"];
 
 /// A container's peas and the container's exit channel they report into.
 pub(super) struct Peas {
     runtime: Runtime,
+    /// The container's bundle; its peas' are in `peas/<id>`.
+    bundle: PathBuf,
     /// `<bundle>/peas`.
     dir: PathBuf,
     live: Arc<Mutex<HashMap<String, Arc<Pea>>>>,
@@ -78,7 +162,8 @@ impl Peas {
         });
         let peas = Peas {
             runtime,
-            dir: bundle.join("peas"),
+            bundle: bundle.to_path_buf(),
+            dir: peas_dir(bundle),
             live: Arc::default(),
             exits: weak,
         };
@@ -107,6 +192,105 @@ impl Peas {
         for mut g in gone {
             let _ = g.wait_for(|g| *g).await;
         }
+    }
+
+    /// Take over the peas a previous gardend started in this container: each whose init
+    /// still runs is watched again and its process handed back (with its image layers, for
+    /// the core to pin); what is left of the others is removed (their exit codes are in the
+    /// container's `processes/`).
+    pub(super) async fn adopt(&self, container_cgroup: &ContainerCgroup) -> Vec<RunningProcess> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            let bundle = e.path();
+            let id = e.file_name().to_string_lossy().into_owned();
+            let record = Record::read(&bundle);
+            let cgroup = match record.as_ref().and_then(|r| r.cgroup.as_deref()) {
+                Some(name) => self.runtime.cgroups.container(name),
+                None => container_cgroup.clone(),
+            };
+            let own = record.as_ref().is_some_and(|r| r.cgroup.is_some());
+            let init = record.as_ref().and_then(|r| r.init.find());
+            let (Some(record), Some(init)) = (record, init) else {
+                tracing::info!(
+                    process = id,
+                    "a pea of the previous run is gone; removing it"
+                );
+                if let Some(r) = Record::read(&bundle) {
+                    let cg = cgroup.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || kill_in_namespace(&cg, r.mnt)).await;
+                }
+                cleanup(&bundle, own.then_some(cgroup)).await;
+                continue;
+            };
+            let socket = super::socket_path(&bundle);
+            let adopted = InitClient::adopt(&socket).await;
+            let (client, exits, running) = match adopted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(process = id, error = %e, "cannot adopt a pea; killing it");
+                    let _ = init.signal(libc::SIGKILL);
+                    let mnt = record.mnt;
+                    let cg = cgroup.clone();
+                    let _ = tokio::task::spawn_blocking(move || kill_in_namespace(&cg, mnt)).await;
+                    cleanup(&bundle, own.then_some(cgroup)).await;
+                    continue;
+                }
+            };
+            let Ok(watched) = init.try_clone() else {
+                continue;
+            };
+            let (exited_tx, exited) = watch::channel(false);
+            // Not our child any more (its parent was the previous gardend): never reaped here.
+            tokio::spawn(monitor(watched, exited_tx, false));
+            let client = client.with_processes_dir(processes_dir(&self.bundle));
+            self.watch(id, client, bundle, cgroup, own, record.mnt, exits, exited);
+            out.extend(running.into_iter().map(|mut r| {
+                r.layers = record.layers.clone();
+                r
+            }));
+        }
+        out
+    }
+
+    /// Keep `client`'s pea among the live ones until it is gone, then clean up after it.
+    #[allow(clippy::too_many_arguments)]
+    fn watch(
+        &self,
+        id: String,
+        client: InitClient,
+        bundle: PathBuf,
+        cgroup: ContainerCgroup,
+        own: bool,
+        mnt: MountNs,
+        pea_exits: mpsc::UnboundedReceiver<(String, i32)>,
+        exited: watch::Receiver<bool>,
+    ) {
+        let (gone_tx, gone) = watch::channel(false);
+        let pea = Arc::new(Pea {
+            client,
+            cgroup: cgroup.clone(),
+            gone,
+        });
+        self.live.lock().expect("peas lock").insert(id.clone(), pea);
+        let left = Leftovers {
+            bundle,
+            cgroup,
+            own,
+            mnt,
+        };
+        tokio::spawn(watch_pea(
+            id,
+            left,
+            pea_exits,
+            exited,
+            gone_tx,
+            self.live.clone(),
+            self.exits.clone(),
+        ));
     }
 
     /// Build and start the pea `request.id`; its pid in the container.
@@ -147,36 +331,15 @@ impl Peas {
                 return Err(e);
             }
         };
-        let (gone_tx, gone) = watch::channel(false);
-        let pea_cgroup = cgroup.clone();
-        let pea = Arc::new(Pea {
-            client,
-            cgroup,
-            gone,
-        });
-        self.live.lock().expect("peas lock").insert(id.clone(), pea);
         tracing::info!(
             process = id,
             pid,
-            own_cgroup = spec.resources.is_some(),
+            own_cgroup = own.is_some(),
             elapsed_ms = begun.elapsed().as_secs_f64() * 1e3,
             "pea started"
         );
-        let left = Leftovers {
-            bundle,
-            cgroup: pea_cgroup,
-            own: own.is_some(),
-            mnt,
-        };
-        tokio::spawn(watch_pea(
-            id,
-            left,
-            pea_exits,
-            exited,
-            gone_tx,
-            self.live.clone(),
-            self.exits.clone(),
-        ));
+        let is_own = own.is_some();
+        self.watch(id, client, bundle, cgroup, is_own, mnt, pea_exits, exited);
         Ok(pid)
     }
 
@@ -215,7 +378,15 @@ impl Peas {
         }
         let etc_files = container_etc(c.init);
         let lowers = self.runtime.lowers(&spec.lower_dirs, c.ids).await?;
-        let (passed, mounts) = Mounts::plan(bundle, lowers, &spec.bind_mounts, c.ids.is_some())?;
+        // Exit codes go where the container's go, for a restarted gardend to find.
+        let exits_dir = processes_dir(&self.bundle);
+        let (passed, mounts) = Mounts::plan(
+            bundle,
+            lowers,
+            &spec.bind_mounts,
+            c.ids.is_some(),
+            Some(&exits_dir),
+        )?;
         let b = &mounts.bundle;
         let config = InitConfig {
             lower_dirs: mounts.lower_dirs,
@@ -228,7 +399,7 @@ impl Peas {
             bind_mounts: mounts.bind_mounts,
             cgroup_procs: Vec::new(),
             socket: b.join("init.sock"),
-            processes_dir: b.join("processes"),
+            processes_dir: mounts.processes,
             privileged: c.ids.is_none(),
             devices_allowlisted: self.runtime.cgroups.layout().restricts_devices(),
             pea: Some(PeaConfig { etc_files }),
@@ -247,12 +418,12 @@ impl Peas {
         let user = c.ids.map(|_| ns("user")).transpose()?;
         let (net, ipc, uts, pid) = (ns("net")?, ns("ipc")?, ns("uts")?, ns("pid")?);
 
-        let cgroup = match &spec.resources {
-            Some(r) => {
-                let name = format!("pea-{}", uuid::Uuid::new_v4());
-                self.runtime.cgroups.create(&name, r)?
-            }
-            None => c.cgroup.clone(),
+        let cgroup_name = spec
+            .resources
+            .map(|_| format!("{PEA_CGROUP_PREFIX}{}", uuid::Uuid::new_v4()));
+        let cgroup = match (&spec.resources, &cgroup_name) {
+            (Some(r), Some(name)) => self.runtime.cgroups.create(name, r)?,
+            _ => c.cgroup.clone(),
         };
         let own = spec.resources.is_some().then(|| cgroup.clone());
         let undo_cgroup = |e: RuntimeError| {
@@ -324,6 +495,16 @@ impl Peas {
                 }));
             }
             let mnt = MountNs::of(&init).map_err(io_err("stat", Path::new("ns/mnt")))?;
+            let record = Record {
+                init: InitIdentity {
+                    pid,
+                    start_time: init.start_time().unwrap_or(0),
+                },
+                mnt,
+                cgroup: cgroup_name.clone(),
+                layers: spec.lower_dirs.clone(),
+            };
+            record.write(bundle)?;
             let socket = super::socket_path(bundle);
             let (client, exits) =
                 InitClient::connect(&socket)
@@ -332,7 +513,7 @@ impl Peas {
                         path: socket.clone(),
                         source,
                     })?;
-            Ok((client, exits, mnt))
+            Ok((client.with_processes_dir(exits_dir.clone()), exits, mnt))
         };
         match started.await {
             Ok((client, exits, mnt)) => Ok((init, exited, cgroup, client, exits, mnt)),
