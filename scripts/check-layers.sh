@@ -42,11 +42,14 @@ check "http/ reaches above or below itself" \
 check "api/ reaches the core or the kernel directly" \
     grep -rnE 'crate::(garden|kernel|runtime|cgroups|net|quota|process|init)\b' "$srv/api"
 
-# 5. Garden's wire specs and limits stop at the service boundary: garden/convert.rs turns them
-#    into the server's own types, so nothing below the core takes one.
-check "a garden_api spec or limit type below the core" \
+# 5. Garden's wire types stop at the service boundary: garden/convert.rs turns specs, limits,
+#    NetOut rules and stats into the server's own types, so the kernel side names none of them
+#    (process/, above the seam, takes the stream messages api/ decodes).
+check "a garden_api type below the core" \
+    grep -rnE 'garden_api' "$srv/kernel" "$srv/runtime" "$srv/cgroups" "$srv/quota" "$srv/init" "$srv/net"
+check "a garden_api spec or limit type in process/" \
     grep -rnwE 'ContainerSpec|ProcessSpec|Limits|DiskLimits|BandwidthLimits|ResourceLimits|MemoryLimits|CpuLimits|PidLimits' \
-    "$srv/kernel" "$srv/runtime" "$srv/cgroups" "$srv/quota" "$srv/init" "$srv/process" "$srv/net"
+    "$srv/process"
 
 # 6. Calls go downward only: nothing but gardend's own package depends on garden-server.
 check "a crate depends on garden-server" \

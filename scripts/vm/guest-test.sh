@@ -15,6 +15,10 @@ check() {
 # json_num FILE KEY: the first numeric value of "KEY" in gardenctl's pretty JSON.
 json_num() { sed -n "s/.*\"$2\": \([0-9][0-9]*\).*/\1/p" "$1" | head -n 1; }
 gt0() { [ -n "$1" ] && [ "$1" -gt 0 ]; }
+# has_output NAME REGEX OUTPUT: PASS when OUTPUT matches.
+has_output() {
+    if echo "$3" | grep -Eq "$2"; then pass "$1"; else fail "$1 (output: $(echo "$3" | tail -c 300))"; fi
+}
 
 check "cgroup v2 is mounted with the memory, pids and cpu controllers" sh -c \
     'grep -q "^cgroup2 /sys/fs/cgroup " /proc/mounts && grep -qw memory /sys/fs/cgroup/cgroup.controllers \
@@ -81,9 +85,6 @@ check "neighbour has no OOM event" sh -c '! grep -q "Out of memory" /tmp/info-fr
 
 out=$(gardenctl run lim -- sh -c 'for i in $(seq 1 100); do sleep 30 & done; echo spawned' 2>&1)
 # has_output NAME PATTERN OUTPUT: PASS when OUTPUT matches PATTERN, else FAIL showing it.
-has_output() {
-    if echo "$3" | grep -Eq "$2"; then pass "$1"; else fail "$1 (output: $(echo "$3" | tail -c 300))"; fi
-}
 has_output "fork bomb fails with can't fork" "can't fork" "$out"
 check "pids.current stays within 50" [ "$(cat $CG/pids.current)" -le 50 ]
 check "gardend still answers" sh -c "gardenctl ping >/dev/null"
@@ -103,6 +104,23 @@ check "no pid limit reports PidStat.Max = 0" [ "$(json_num /tmp/metrics-free.jso
 
 gardenctl destroy lim free >/dev/null 2>&1
 check "destroy removes the container cgroups" sh -c "[ ! -d $CG ] && [ ! -d /sys/fs/cgroup/garden/free ]"
+
+# Devices: v2 has no devices controller; a BPF device program on each container cgroup holds
+# the same allowlist as v1's, so root (here host root: privileged) keeps CAP_MKNOD, yet a node
+# outside the allowlist cannot be opened.
+check "gardend loads the device program" sh -c '! grep -q "cannot load a cgroup device program" /tmp/gardend.log'
+if gardenctl create --handle dev --privileged >/tmp/create.out 2>&1; then
+    gardenctl run dev -- sh -c 'mknod /tmp/kmsg c 1 11' >/tmp/mknod.out 2>&1
+    rc=$?
+    check "root keeps CAP_MKNOD: mknod of c 1:11 works (exit $rc: $(cat /tmp/mknod.out))" [ $rc = 0 ]
+    out=$(gardenctl run dev -- sh -c 'exec 3< /tmp/kmsg && echo opened' 2>&1)
+    has_output "a node outside the allowlist cannot be opened" "Permission denied|not permitted" "$out"
+    out=$(gardenctl run dev -- sh -c 'echo x > /dev/null && head -c 4 /dev/zero | wc -c' 2>&1)
+    has_output "allowlisted devices work (/dev/null, /dev/zero)" "^ *4" "$out"
+    gardenctl destroy dev >/dev/null 2>&1
+else
+    fail "create a privileged container: $(cat /tmp/create.out)"
+fi
 
 # Disk limits, default backend: a loop-mounted ext4 image per limited container.
 if gardenctl create --handle disk --disk 20M --disk-scope exclusive >/tmp/create.out 2>&1; then

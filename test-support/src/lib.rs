@@ -41,6 +41,17 @@ macro_rules! require_root {
     };
 }
 
+/// Run `script` with `sh -c`; whether it exited 0. For tests of kernel-side modules, which
+/// spawn no programs themselves (`scripts/check-layers.sh`).
+pub fn sh(script: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

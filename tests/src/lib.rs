@@ -15,6 +15,7 @@ pub use test_support::{require_root, root_tests};
 pub mod agent;
 pub mod raw_http;
 pub mod security;
+pub mod soak;
 
 /// The target directory the test binary runs from (`target/debug`).
 pub fn bin_dir() -> PathBuf {

@@ -22,7 +22,7 @@ async fn sh(client: &Client, handle: &str, script: &str) -> (i32, String, String
     e2e::sh_root(client, handle, script, Duration::from_secs(60)).await
 }
 
-/// A process filling the container's tmpfs past the memory limit: the memory is not the
+/// A process filling the container's /dev/shm (a tmpfs; /tmp is on disk) past the memory limit: the memory is not the
 /// process's own, so the OOM killer's choice is by score, and it must never be garden-init.
 #[test]
 fn oom_kills_the_process_never_init() {
@@ -44,7 +44,7 @@ fn oom_kills_the_process_never_init() {
         let (status, _, stderr) = sh(
             &c,
             "oom-init",
-            "dd if=/dev/zero of=/tmp/fill bs=1M count=100 2>/dev/null",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=60 2>/dev/null",
         )
         .await;
         assert_eq!(status, 137, "the filler is OOM-killed; stderr: {stderr}");
@@ -55,7 +55,7 @@ fn oom_kills_the_process_never_init() {
             "events: {events:?}"
         );
         // init survived: the container still runs processes.
-        let (status, out, err) = sh(&c, "oom-init", "rm -f /tmp/fill; echo alive").await;
+        let (status, out, err) = sh(&c, "oom-init", "rm -f /dev/shm/fill; echo alive").await;
         assert_eq!((status, out.as_str()), (0, "alive\n"), "stderr: {err}");
         c.destroy("oom-init").await.unwrap();
     });

@@ -727,3 +727,85 @@ print(mac.hex(':'))
         assert!(!left.contains(&format!("! {ip} ")), "rules left: {left}");
     }
 }
+
+/// Item 9: a container learns nothing of the host's layout from /proc. /proc/self/cgroup
+/// shows `/` (a cgroup namespace rooted at the container's cgroups), and the overlay's
+/// options in mountinfo name descriptors, not the depot, the handle or the properties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proc_shows_no_host_paths() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    let c = g.client();
+    let secret_key = "e2e-secret-key";
+    let secret_value = "e2e-secret-value-4711";
+    let mut specs = Vec::new();
+    for (handle, privileged) in [("e2e-hidden-unpriv", false), ("e2e-hidden-priv", true)] {
+        specs.push(handle);
+        c.create(&garden_api::ContainerSpec {
+            handle: handle.into(),
+            privileged,
+            properties: [(secret_key.to_string(), secret_value.to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+        let host_cgroupns = std::fs::read_link("/proc/self/ns/cgroup").expect("our cgroupns");
+        let (status, out, err) = e2e::sh_root(
+            &c,
+            handle,
+            "cat /proc/self/cgroup; echo ---; cat /proc/1/cgroup; echo ---; \
+             cat /proc/self/mountinfo; echo ---; readlink /proc/self/ns/cgroup",
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(status, 0, "{handle}: {err}");
+        let parts: Vec<&str> = out.split("---\n").collect();
+        assert_eq!(parts.len(), 4, "{out}");
+        for cgroups in &parts[..2] {
+            for line in cgroups.lines() {
+                assert!(
+                    line.ends_with(":/"),
+                    "{handle}: a cgroup path shows the host's hierarchy: {line:?} in\n{cgroups}"
+                );
+            }
+        }
+        assert_ne!(
+            parts[3].trim(),
+            host_cgroupns.to_string_lossy(),
+            "{handle}: a cgroup namespace of its own"
+        );
+        let mountinfo = parts[2];
+        let state = g.tmp.path().to_string_lossy().into_owned();
+        for needle in [
+            handle,
+            secret_key,
+            secret_value,
+            &state,
+            &*g.depot.to_string_lossy(),
+            &g.cgroup_parent,
+        ] {
+            assert!(
+                !mountinfo.contains(needle),
+                "{handle}: mountinfo names {needle:?}:\n{mountinfo}"
+            );
+        }
+        let root = mountinfo
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/"))
+            .expect("a root mount");
+        assert!(
+            root.contains("lowerdir=/proc/self/fd/") && root.contains("upperdir=/proc/self/fd/"),
+            "{handle}: the overlay's layers are named by descriptor: {root}"
+        );
+    }
+    // The host side still sees garden-init in its container's cgroup.
+    for handle in &specs {
+        assert_eq!(
+            e2e::garden_inits_in(&g.cgroup_parent, Some(handle)).len(),
+            1,
+            "{handle}"
+        );
+        c.destroy(handle).await.expect("destroy");
+        e2e::assert_no_leaks(handle, &g);
+    }
+}

@@ -678,7 +678,11 @@ async fn peas_outlive_a_gardend_restart() {
         .expect("create");
     let init = g.init_pid(&handle);
     let peas = [
-        ("shared", None, "trap 'echo bye; exit 9' TERM; while true; do sleep 0.1; done"),
+        (
+            "shared",
+            None,
+            "trap 'echo bye; exit 9' TERM; while true; do sleep 0.1; done",
+        ),
         ("own", Some(ProcessLimits::default()), "sleep 600"),
         ("brief", None, "sleep 1; exit 5"),
     ];
@@ -733,6 +737,10 @@ async fn peas_outlive_a_gardend_restart() {
     c.destroy(&handle).await.expect("destroy");
     let left = e2e::leaks_after(&handle, &g, Duration::from_secs(5));
     assert!(left.is_empty(), "{left:#?}");
-    assert!(all_leaks(&handle, &g).is_empty(), "{:?}", all_leaks(&handle, &g));
+    assert!(
+        all_leaks(&handle, &g).is_empty(),
+        "{:?}",
+        all_leaks(&handle, &g)
+    );
     assert!(e2e::garden_inits_in(&g.cgroup_parent, None).is_empty());
 }

@@ -606,7 +606,15 @@ async fn container_inside_view() {
     assert!(has("tmpfs", "/dev/shm"), "{mounts}");
     assert!(has("devpts", "/dev/pts"), "{mounts}");
     assert!(has("proc", "/proc"), "{mounts}");
-    assert!(has("tmpfs", "/tmp"), "{mounts}");
+    // /tmp is part of the writable layer (so disk limits cover it), world-writable and sticky.
+    assert!(
+        !mounts
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/tmp")),
+        "{mounts}"
+    );
+    let out = f.sh("stat -c %a /tmp").await;
+    assert_eq!(out.stdout_text(), "1777\n", "{out:?}");
     let sys = mounts
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some("/sys"))

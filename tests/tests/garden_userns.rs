@@ -96,11 +96,12 @@ async fn uid_map_default_and_privileged() {
     assert_eq!(words, ["0", "0", "4294967295"], "{out}");
 
     // The kernel file systems were mounted from inside, so the namespace owns them; they
-    // are all there, and what container root makes on them is its own.
+    // are all there, and what container root makes on them is its own (/tmp too, which is
+    // a directory of the writable layer).
     let (status, out) = sh_combined(
         &c,
         "un",
-        "for m in /proc /sys /dev/pts /dev/mqueue /dev/shm /tmp; do \
+        "for m in /proc /sys /dev/pts /dev/mqueue /dev/shm; do \
            grep -q \" $m \" /proc/mounts || echo missing $m; done; \
          touch /dev/shm/x /tmp/x && stat -c '%u' /dev/shm/x /tmp/x /dev/pts/ptmx",
     )

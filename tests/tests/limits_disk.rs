@@ -272,3 +272,130 @@ fn nothing_is_left_after_destroy_or_shutdown() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&*dir.to_string_lossy()), "{mounts}");
 }
+
+/// /tmp is part of the writable layer, so the disk limit covers it (a tmpfs would escape it
+/// and take host memory instead); it stays world-writable and sticky, owned by container
+/// root, in unprivileged and privileged containers alike.
+#[test]
+fn tmp_is_under_the_disk_limit() {
+    e2e::require_root!();
+    let _s = serial();
+    let g = Gardend::start();
+    rt().block_on(async {
+        let c = g.client();
+        c.create(&named(
+            "tmp-cap",
+            disk(100 << 20, 0, DISK_LIMIT_SCOPE_EXCLUSIVE),
+        ))
+        .await
+        .unwrap();
+        let (status, stdout, stderr) =
+            sh(&c, "tmp-cap", "dd if=/dev/zero of=/tmp/big bs=1M count=300").await;
+        assert_ne!(
+            status, 0,
+            "300 MiB into /tmp under a 100 MiB limit must fail"
+        );
+        assert!(
+            stderr.contains("No space left") || stderr.contains("quota exceeded"),
+            "status {status}, stdout {stdout:?}, stderr {stderr:?}"
+        );
+        let m = c.metrics("tmp-cap").await.unwrap().disk_stat;
+        assert!(
+            m.exclusive_bytes_used > 90 << 20 && m.exclusive_bytes_used <= 101 << 20,
+            "/tmp's bytes count against the layer: {m:?}"
+        );
+        let (_, mounts, _) = sh(&c, "tmp-cap", "cat /proc/self/mountinfo").await;
+        assert!(
+            !mounts
+                .lines()
+                .any(|l| l.split_whitespace().nth(4) == Some("/tmp")),
+            "/tmp must not be a mount of its own: {mounts}"
+        );
+
+        let privileged = ContainerSpec {
+            privileged: true,
+            ..named("tmp-priv", ContainerSpec::default())
+        };
+        c.create(&privileged).await.unwrap();
+        for h in ["tmp-cap", "tmp-priv"] {
+            let (status, out, err) = sh(&c, h, "stat -c '%a %u %g' /tmp").await;
+            assert_eq!((status, out.trim()), (0, "1777 0 0"), "{h}: {err}");
+            // An unprivileged user can write there and cannot remove root's files.
+            let spec = garden_api::ProcessSpec {
+                path: "sh".into(),
+                args: vec![
+                    "-c".into(),
+                    "echo mine > /tmp/user-file && cat /tmp/user-file && rm -f /tmp/root-file; \
+                     test -e /tmp/root-file && echo kept"
+                        .into(),
+                ],
+                user: "alice".into(),
+                ..Default::default()
+            };
+            sh(&c, h, "echo root > /tmp/root-file").await;
+            let out = e2e::run_output(&c, h, &spec, None).await.unwrap();
+            assert_eq!(out.stdout_text(), "mine\nkept\n", "{h}: {out:?}");
+        }
+        c.destroy("tmp-cap").await.unwrap();
+        c.destroy("tmp-priv").await.unwrap();
+    });
+    assert_eq!(disk_leaks(&g, "tmp-cap"), Vec::<String>::new());
+    assert_eq!(disk_leaks(&g, "tmp-priv"), Vec::<String>::new());
+}
+
+/// The XFS store asked for with `--disk-store-size`: where it works, Capacity is the store's
+/// size; where it cannot (this host's kernel has no XFS quota support), gardend says so at
+/// start, reports the fallback in /metrics and the fallback's real capacity in Capacity, and
+/// still refuses limits beyond it.
+#[test]
+fn the_disk_backend_in_use_is_reported_truthfully() {
+    e2e::require_root!();
+    let _s = serial();
+    let debug_port = e2e::free_port().to_string();
+    let g = Gardend::start_with(&["--disk-store-size", "1G", "--debug-bind-port", &debug_port]);
+    rt().block_on(async {
+        let (status, metrics) =
+            e2e::agent::http_get(&format!("127.0.0.1:{debug_port}"), "/metrics")
+                .await
+                .expect("scrape");
+        assert_eq!(status, 200);
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("garden_disk_backend{"))
+            .unwrap_or_else(|| panic!("no garden_disk_backend in\n{metrics}"));
+        assert!(
+            line.contains(r#"wanted="xfs""#) && line.ends_with(" 1"),
+            "{line}"
+        );
+        let capacity = g.client().capacity().await.unwrap();
+        let reported: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("garden_disk_capacity_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("garden_disk_capacity_bytes");
+        assert_eq!(capacity.disk_in_bytes, reported);
+        assert_eq!(capacity.schedulable_disk_in_bytes, reported);
+        if line.contains(r#"backend="xfs""#) {
+            assert!(reported <= 1 << 30 && reported > 900 << 20, "{reported}");
+        } else {
+            assert!(line.contains(r#"backend="images""#), "{line}");
+            let log = g.log();
+            assert!(
+                log.contains("XFS quota store unavailable") && log.contains("NOT in effect"),
+                "the fallback is loud: {log}"
+            );
+            let fs = nix::sys::statvfs::statvfs(g.tmp.path()).unwrap();
+            assert_eq!(reported, fs.blocks() * fs.fragment_size());
+        }
+        let err = g
+            .client()
+            .create(&named(
+                "too-big",
+                disk(reported + (1 << 30), 0, DISK_LIMIT_SCOPE_EXCLUSIVE),
+            ))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("exceeds the"), "{err}");
+    });
+    assert_eq!(disk_leaks(&g, "too-big"), Vec::<String>::new());
+}

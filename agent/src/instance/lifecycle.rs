@@ -468,6 +468,9 @@ impl Instances {
             ],
             InstanceState::Stopping,
         ) {
+            if inst.state() == InstanceState::Stopping {
+                let _ = inst.stopped.subscribe().wait_for(|done| *done).await;
+            }
             return;
         }
         inst.cancel.cancel();
@@ -506,6 +509,7 @@ impl Instances {
             }
         }
         self.transition(inst, &[InstanceState::Stopping], InstanceState::Stopped);
+        inst.stopped.send_replace(true);
         self.remove(&rec.warden_handle);
         self.cell.resources.release(&rec.warden_handle);
         self.save_snapshot();

@@ -132,6 +132,9 @@ pub struct Instance {
     pub rec: Mutex<Record>,
     /// Fired by a stop: ends a start in progress (download, health check).
     cancel: CancellationToken,
+    /// Set once a stop has destroyed the container, so a second stop (shutdown after
+    /// `dea.stop`) waits for the first instead of returning while its destroy is in flight.
+    stopped: tokio::sync::watch::Sender<bool>,
     /// CPU usage sample (wall seconds, CPU nanoseconds) for `usage.cpu`.
     cpu_sample: Mutex<Option<(f64, u64, f64)>>,
 }
@@ -141,6 +144,7 @@ impl Instance {
         Arc::new(Instance {
             rec: Mutex::new(rec),
             cancel: CancellationToken::new(),
+            stopped: tokio::sync::watch::Sender::new(false),
             cpu_sample: Mutex::new(None),
         })
     }

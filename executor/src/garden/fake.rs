@@ -72,6 +72,8 @@ struct State {
 pub struct FakeGarden {
     // A std mutex: nothing awaits while it is held.
     state: Arc<Mutex<State>>,
+    /// Woken at every Run, for tests that act once a process has started.
+    started: Arc<tokio::sync::Notify>,
 }
 
 impl FakeGarden {
@@ -88,6 +90,19 @@ impl FakeGarden {
     }
     pub fn runs(&self) -> Vec<ProcessSpec> {
         self.state.lock().unwrap().runs.clone()
+    }
+    /// Wait until `n` processes have been run in all.
+    pub async fn wait_for_runs(&self, n: usize) {
+        loop {
+            let notified = self.started.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a Run between the two is not missed.
+            notified.as_mut().enable();
+            if self.state.lock().unwrap().runs.len() >= n {
+                return;
+            }
+            notified.await;
+        }
     }
     pub fn signals(&self) -> Vec<(String, Signal)> {
         self.state.lock().unwrap().signals.clone()
@@ -218,6 +233,7 @@ impl Garden for FakeGarden {
             st.next += 1;
             st.scripts.get(&spec.path).cloned().unwrap_or_default()
         };
+        self.started.notify_waiters();
         if let Some(e) = script.spawn_error {
             return Err(BackendError::new(e));
         }

@@ -103,8 +103,9 @@ async fn cancel_sends_term_and_returns_cancelled() {
         .script("/bin/sleep", Script::sleep(Duration::from_secs(30)));
     let cancel = CancellationToken::new();
     let c = cancel.clone();
+    let g = f.garden.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        g.wait_for_runs(1).await;
         c.cancel();
     });
     assert_eq!(
@@ -138,8 +139,9 @@ async fn cancel_escalates_to_kill_after_grace() {
 
     let cancel = CancellationToken::new();
     let c = cancel.clone();
+    let g = f.garden.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        g.wait_for_runs(1).await;
         c.cancel();
     });
     assert_eq!(
@@ -163,8 +165,9 @@ async fn cancel_escalates_to_kill_after_grace() {
     );
     let cancel = CancellationToken::new();
     let c = cancel.clone();
+    let g = f.garden.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        g.wait_for_runs(2).await;
         c.cancel();
     });
     assert_eq!(
@@ -205,8 +208,9 @@ async fn try_swallows_errors_but_not_cancellation() {
         .unwrap();
     let cancel = CancellationToken::new();
     let c = cancel.clone();
+    let g = f.garden.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        g.wait_for_runs(2).await;
         c.cancel();
     });
     let serial = format!(

@@ -396,3 +396,117 @@ pub(crate) fn error_from_response(what: &str, status: u16, body: &[u8]) -> Clien
         )),
     }
 }
+
+/// Property tests (proptest) of the response codec: any bytes from a server give a response
+/// or an error, never a panic; a framed body reads back as sent. Bounded by `PROPTEST_CASES`.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use garden_api::chunked::{encode_chunk, LAST_CHUNK};
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// A reader handing out `data` in pieces of the given sizes.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+        turn: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let size = self.sizes[self.turn % self.sizes.len()];
+            self.turn += 1;
+            let end = (self.at + size).min(self.data.len());
+            let n = (end - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn read_response(wire: Vec<u8>, sizes: Vec<usize>) -> Result<(u16, Vec<u8>), ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut reader = Pieces {
+                data: wire,
+                at: 0,
+                sizes,
+                turn: 0,
+            };
+            let (head, leftover) = read_head(&mut reader, "test").await?;
+            let mut body = Body::new(&head, leftover, reader)?;
+            Ok((head.status, body.read_all("test").await?))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn framed_bodies_read_back(
+            status in 200u16..600,
+            parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..300), 0..5),
+            chunked in any::<bool>(),
+            sizes in prop::collection::vec(1usize..700, 1..6),
+        ) {
+            prop_assume!(status != 204 && status != 304);
+            let body = parts.concat();
+            let mut wire = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n").into_bytes();
+            if chunked {
+                wire.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                for p in &parts {
+                    wire.extend_from_slice(&encode_chunk(p));
+                }
+                wire.extend_from_slice(LAST_CHUNK);
+            } else {
+                wire.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                wire.extend_from_slice(&body);
+            }
+            let got = read_response(wire, sizes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(got, (status, body));
+        }
+
+        #[test]
+        fn any_response_bytes_never_panic(
+            noise in prop::collection::vec(any::<u8>(), 0..600),
+            sizes in prop::collection::vec(1usize..100, 1..4),
+        ) {
+            let _ = read_response(noise, sizes);
+        }
+
+        #[test]
+        fn response_heads_with_odd_framing_never_panic(
+            status in "[0-9]{1,4}",
+            te in "\\PC{0,12}",
+            len in "[-+0-9a-f ]{0,22}",
+            rest in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut wire = format!(
+                "HTTP/1.1 {status} X\r\nTransfer-Encoding: {te}\r\nContent-Length: {len}\r\n\r\n"
+            )
+            .into_bytes();
+            wire.extend_from_slice(&rest);
+            let _ = read_response(wire, vec![64]);
+        }
+    }
+}

@@ -5,14 +5,17 @@
 //! only leftovers, which we ignore). Everything takes the cgroup root as a parameter, so the
 //! file-level logic is tested against a temporary directory.
 
+pub mod devices;
 mod v1;
 mod v2;
 
+#[cfg(test)]
+pub use v1::memory_stat as v1_memory_stat;
+
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use garden_api::{ContainerCpuStat, ContainerMemoryStat, ContainerPidStat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -106,11 +109,14 @@ impl Layout {
         matches!(self, Layout::V2(_))
     }
 
-    /// Whether containers get the device allowlist (`v1::DEVICE_ALLOWLIST`). cgroup v2 needs
-    /// a BPF_PROG_TYPE_CGROUP_DEVICE program for it, which gardend does not load yet: there
-    /// containers lose CAP_MKNOD instead, so no device node can be made at all.
+    /// Whether containers get the device allowlist ([`devices::ALLOWLIST`]): v1's devices
+    /// controller, or on v2 a device program this kernel accepts. Without it containers lose
+    /// CAP_MKNOD instead, so no device node can be made at all.
     pub fn restricts_devices(&self) -> bool {
-        matches!(self, Layout::V1(c) if c.iter().any(|(c, _)| c == "devices"))
+        match self {
+            Layout::V1(c) => c.iter().any(|(c, _)| c == "devices"),
+            Layout::V2(_) => devices::bpf_supported(),
+        }
     }
 }
 
@@ -154,11 +160,86 @@ pub struct Resources {
 }
 
 /// What [`ContainerCgroup::stats`] reads.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Stats {
-    pub memory: ContainerMemoryStat,
-    pub cpu: ContainerCpuStat,
-    pub pids: ContainerPidStat,
+    pub memory: MemoryStats,
+    pub cpu: CpuStats,
+    pub pids: PidStats,
+}
+
+/// Memory counters by the names cgroup v1's `memory.stat` gives them (v2's are translated,
+/// and v2-only `anon`, `file` and `swapcached` kept), plus the limit and swap figures v2 keeps
+/// in files of their own. Absent = 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    counters: BTreeMap<&'static str, u64>,
+    /// What Garden's memory limit counts: resident and cached memory, minus what the kernel
+    /// may drop (inactive file pages).
+    pub usage_toward_limit: u64,
+}
+
+/// Every counter name a [`MemoryStats`] holds.
+pub const MEMORY_COUNTERS: [&str; 31] = [
+    "active_anon",
+    "active_file",
+    "anon",
+    "cache",
+    "file",
+    "hierarchical_memory_limit",
+    "hierarchical_memsw_limit",
+    "inactive_anon",
+    "inactive_file",
+    "mapped_file",
+    "pgfault",
+    "pgmajfault",
+    "pgpgin",
+    "pgpgout",
+    "rss",
+    "swap",
+    "swapcached",
+    "total_active_anon",
+    "total_active_file",
+    "total_cache",
+    "total_inactive_anon",
+    "total_inactive_file",
+    "total_mapped_file",
+    "total_pgfault",
+    "total_pgmajfault",
+    "total_pgpgin",
+    "total_pgpgout",
+    "total_rss",
+    "total_swap",
+    "total_unevictable",
+    "unevictable",
+];
+
+impl MemoryStats {
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+
+    /// Set a counter; names outside [`MEMORY_COUNTERS`] are ignored (the kernel reports more
+    /// than Garden shows).
+    fn set(&mut self, name: &str, value: u64) {
+        if let Some(known) = MEMORY_COUNTERS.iter().find(|n| **n == name) {
+            self.counters.insert(known, value);
+        }
+    }
+}
+
+/// CPU time in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    pub usage: u64,
+    pub user: u64,
+    pub system: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PidStats {
+    pub current: u64,
+    /// 0 = no limit.
+    pub max: u64,
 }
 
 impl Cgroups {
@@ -259,7 +340,13 @@ impl Cgroups {
         let quota = cpu_quota(limits.cpu_shares, self.cpu_quota_per_share);
         let applied = match &self.layout {
             Layout::V1(ctrls) => v1::apply(ctrls, &cg.dirs, limits, quota),
-            Layout::V2(_) => v2::apply(&cg.dirs[0], limits, quota),
+            Layout::V2(_) => v2::apply(&cg.dirs[0], limits, quota).and_then(|()| {
+                let dir = &cg.dirs[0];
+                if self.layout.restricts_devices() {
+                    devices::attach(dir).map_err(io("attach the device program to", dir))?;
+                }
+                Ok(())
+            }),
         };
         if let Err(e) = applied {
             let _ = cg.remove();

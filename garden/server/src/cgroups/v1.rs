@@ -2,31 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use garden_api::ContainerMemoryStat;
-
 use super::Resources;
 
-use super::{parse_kv, read, read_u64, write, Result, Stats};
+use super::{parse_kv, read, read_u64, write, MemoryStats, Result, Stats};
 
 /// The controllers gardend uses.
 pub const CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "devices"];
-
-/// The devices a container may open (Guardian's allowlist): null, zero, full, random,
-/// urandom, tty, ptmx, the pty slaves and fuse. Any node may be made (`m`), which is what lets
-/// root keep CAP_MKNOD as in Guardian: a disk or /dev/mem node made inside cannot be opened.
-pub const DEVICE_ALLOWLIST: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:2 rwm",
-    "c 136:* rwm",
-    "c 10:229 rwm",
-];
 
 fn dir_of<'a>(ctrls: &[(String, PathBuf)], dirs: &'a [PathBuf], ctrl: &str) -> Option<&'a Path> {
     let (_, mount) = ctrls.iter().find(|(c, _)| c == ctrl)?;
@@ -54,8 +35,8 @@ pub fn apply(
     }
     if let Some(devices) = dir_of(ctrls, dirs, "devices") {
         write(&devices.join("devices.deny"), "a")?;
-        for rule in DEVICE_ALLOWLIST {
-            write(&devices.join("devices.allow"), rule)?;
+        for rule in super::devices::ALLOWLIST {
+            write(&devices.join("devices.allow"), &rule.v1_line())?;
         }
     }
     if let Some(pids) = dir_of(ctrls, dirs, "pids") {
@@ -113,43 +94,17 @@ pub fn oom_kills(ctrls: &[(String, PathBuf)], dirs: &[PathBuf]) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn memory_stat(text: &str) -> ContainerMemoryStat {
-    let mut m = ContainerMemoryStat::default();
+pub fn memory_stat(text: &str) -> MemoryStats {
+    let mut m = MemoryStats::default();
     for (k, v) in parse_kv(text) {
-        match k {
-            "active_anon" => m.active_anon = v,
-            "active_file" => m.active_file = v,
-            "cache" => m.cache = v,
-            "hierarchical_memory_limit" => m.hierarchical_memory_limit = v,
-            "inactive_anon" => m.inactive_anon = v,
-            "inactive_file" => m.inactive_file = v,
-            "mapped_file" => m.mapped_file = v,
-            "pgfault" => m.pgfault = v,
-            "pgmajfault" => m.pgmajfault = v,
-            "pgpgin" => m.pgpgin = v,
-            "pgpgout" => m.pgpgout = v,
-            "rss" => m.rss = v,
-            "total_active_anon" => m.total_active_anon = v,
-            "total_active_file" => m.total_active_file = v,
-            "total_cache" => m.total_cache = v,
-            "total_inactive_anon" => m.total_inactive_anon = v,
-            "total_inactive_file" => m.total_inactive_file = v,
-            "total_mapped_file" => m.total_mapped_file = v,
-            "total_pgfault" => m.total_pgfault = v,
-            "total_pgmajfault" => m.total_pgmajfault = v,
-            "total_pgpgin" => m.total_pgpgin = v,
-            "total_pgpgout" => m.total_pgpgout = v,
-            "total_rss" => m.total_rss = v,
-            "total_unevictable" => m.total_unevictable = v,
-            "unevictable" => m.unevictable = v,
-            "swap" => m.swap = v,
-            "hierarchical_memsw_limit" => m.hierarchical_memsw_limit = v,
-            "total_swap" => m.total_swap = v,
-            _ => {}
+        // v1 has no `anon`, `file` or `swapcached`: v2 names that happen to match are not its.
+        if !matches!(k, "anon" | "file" | "swapcached") {
+            m.set(k, v);
         }
     }
-    m.total_usage_toward_limit =
-        (m.total_rss + m.total_cache + m.total_swap).saturating_sub(m.total_inactive_file);
+    let g = |n| m.get(n);
+    m.usage_toward_limit = (g("total_rss") + g("total_cache") + g("total_swap"))
+        .saturating_sub(g("total_inactive_file"));
     m
 }
 
@@ -193,7 +148,8 @@ mod tests {
         let m = memory_stat(
             "total_rss 100\ntotal_cache 50\ntotal_swap 0\ntotal_inactive_file 30\nrss 7\n",
         );
-        assert_eq!(m.total_usage_toward_limit, 120);
-        assert_eq!(m.rss, 7);
+        assert_eq!(m.usage_toward_limit, 120);
+        assert_eq!(m.get("rss"), 7);
+        assert_eq!(m.get("anon"), 0);
     }
 }

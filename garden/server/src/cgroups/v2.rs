@@ -3,11 +3,9 @@
 use std::fs;
 use std::path::Path;
 
-use garden_api::ContainerMemoryStat;
-
 use super::Resources;
 
-use super::{io, parse_kv, read, read_u64, shares_to_weight, write, Result, Stats};
+use super::{io, parse_kv, read, read_u64, shares_to_weight, write, MemoryStats, Result, Stats};
 
 const CONTROLLERS: &[&str] = &["memory", "pids", "cpu"];
 
@@ -70,12 +68,13 @@ pub fn stats(dir: &Path) -> Stats {
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
     if let Some(limit) = number("memory.max") {
-        s.memory.hierarchical_memory_limit = limit;
-        s.memory.hierarchical_memsw_limit = limit + number("memory.swap.max").unwrap_or(0);
+        s.memory.set("hierarchical_memory_limit", limit);
+        let memsw = limit + number("memory.swap.max").unwrap_or(0);
+        s.memory.set("hierarchical_memsw_limit", memsw);
     }
     if let Some(swap) = number("memory.swap.current") {
-        s.memory.swap = swap;
-        s.memory.total_swap = swap;
+        s.memory.set("swap", swap);
+        s.memory.set("total_swap", swap);
     }
     if let Ok(text) = read(&dir.join("cpu.stat")) {
         for (k, v) in parse_kv(&text) {
@@ -99,38 +98,36 @@ pub fn oom_kills(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn memory_stat(text: &str) -> ContainerMemoryStat {
-    let mut m = ContainerMemoryStat::default();
+pub fn memory_stat(text: &str) -> MemoryStats {
+    let mut m = MemoryStats::default();
     for (k, v) in parse_kv(text) {
         match k {
-            "anon" => m.anon = v,
-            "file" => m.file = v,
-            "swapcached" => m.swapcached = v,
-            "active_anon" => m.active_anon = v,
-            "active_file" => m.active_file = v,
-            "inactive_anon" => m.inactive_anon = v,
-            "inactive_file" => m.inactive_file = v,
-            "file_mapped" => m.mapped_file = v,
-            "pgfault" => m.pgfault = v,
-            "pgmajfault" => m.pgmajfault = v,
-            "unevictable" => m.unevictable = v,
+            "anon" | "file" | "swapcached" | "active_anon" | "active_file" | "inactive_anon"
+            | "inactive_file" | "pgfault" | "pgmajfault" | "unevictable" => m.set(k, v),
+            "file_mapped" => m.set("mapped_file", v),
             _ => {}
         }
     }
     // Mirror the v1 names too, so clients reading total_* see the same figures.
-    m.rss = m.anon;
-    m.cache = m.file;
-    m.total_rss = m.anon;
-    m.total_cache = m.file;
-    m.total_active_anon = m.active_anon;
-    m.total_active_file = m.active_file;
-    m.total_inactive_anon = m.inactive_anon;
-    m.total_inactive_file = m.inactive_file;
-    m.total_mapped_file = m.mapped_file;
-    m.total_pgfault = m.pgfault;
-    m.total_pgmajfault = m.pgmajfault;
-    m.total_unevictable = m.unevictable;
-    m.total_usage_toward_limit = (m.file + m.anon + m.swapcached).saturating_sub(m.inactive_file);
+    for (v1, v2) in [
+        ("rss", "anon"),
+        ("cache", "file"),
+        ("total_rss", "anon"),
+        ("total_cache", "file"),
+        ("total_active_anon", "active_anon"),
+        ("total_active_file", "active_file"),
+        ("total_inactive_anon", "inactive_anon"),
+        ("total_inactive_file", "inactive_file"),
+        ("total_mapped_file", "mapped_file"),
+        ("total_pgfault", "pgfault"),
+        ("total_pgmajfault", "pgmajfault"),
+        ("total_unevictable", "unevictable"),
+    ] {
+        m.set(v1, m.get(v2));
+    }
+    let g = |n| m.get(n);
+    m.usage_toward_limit =
+        (g("file") + g("anon") + g("swapcached")).saturating_sub(g("inactive_file"));
     m
 }
 
@@ -162,7 +159,12 @@ mod tests {
     #[test]
     fn usage_toward_limit() {
         let m = memory_stat("anon 100\nfile 50\nswapcached 0\ninactive_file 30\n");
-        assert_eq!(m.total_usage_toward_limit, 120);
+        assert_eq!(m.usage_toward_limit, 120);
+        assert_eq!(
+            (m.get("rss"), m.get("total_cache")),
+            (100, 50),
+            "v1 names mirrored"
+        );
     }
 
     #[test]
@@ -181,9 +183,9 @@ mod tests {
         w("pids.current", "3\n");
         w("pids.max", "max\n");
         let s = stats(d);
-        assert_eq!(s.memory.hierarchical_memory_limit, 64 << 20);
-        assert_eq!(s.memory.hierarchical_memsw_limit, 64 << 20);
-        assert_eq!(s.memory.total_usage_toward_limit, 8192);
+        assert_eq!(s.memory.get("hierarchical_memory_limit"), 64 << 20);
+        assert_eq!(s.memory.get("hierarchical_memsw_limit"), 64 << 20);
+        assert_eq!(s.memory.usage_toward_limit, 8192);
         assert_eq!(
             (s.cpu.usage, s.cpu.user, s.cpu.system),
             (1_500_000, 1_000_000, 500_000)
@@ -197,6 +199,6 @@ mod tests {
         w("memory.max", "max\n");
         let s = stats(d);
         assert_eq!(s.pids.max, 50);
-        assert_eq!(s.memory.hierarchical_memory_limit, 0, "no limit");
+        assert_eq!(s.memory.get("hierarchical_memory_limit"), 0, "no limit");
     }
 }

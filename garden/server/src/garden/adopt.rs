@@ -178,7 +178,7 @@ impl Garden {
             .expect("containers lock")
             .insert(handle.clone(), container.clone());
         // NetIn mappings as the firewall holds them.
-        let props = self.kernel.network_properties(&handle);
+        let props = self.network_properties(&handle);
         self.set_properties(&container, |p| p.extend(props));
         Ok(count)
     }

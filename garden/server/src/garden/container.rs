@@ -94,7 +94,10 @@ pub(super) fn info(c: &Container, kernel: &dyn Kernel) -> ContainerInfo {
             .as_ref()
             .map(|n| n.external_ip.clone())
             .unwrap_or_default(),
-        mapped_ports: Some(net.map(|n| n.mapped_ports).unwrap_or_default()),
+        mapped_ports: Some(
+            net.map(|n| super::convert::port_mappings(&n.mapped_ports))
+                .unwrap_or_default(),
+        ),
         ..Default::default()
     }
 }

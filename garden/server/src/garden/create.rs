@@ -36,12 +36,9 @@ impl Garden {
                 "Cannot provide both Image.URI and RootFSPath",
             ));
         }
+        convert::egress_rules(&spec.netout_rules).map_err(GardenError::bad_request)?;
         self.kernel
-            .validate_network(
-                &handle,
-                &spec.netout_rules,
-                convert::bandwidth(&spec.limits.bandwidth_limits),
-            )
+            .validate_network(convert::bandwidth(&spec.limits.bandwidth_limits))
             .map_err(kernel_error)?;
         for b in &spec.bind_mounts {
             if !Path::new(&b.src_path).is_absolute() || !Path::new(&b.dst_path).is_absolute() {
@@ -238,12 +235,13 @@ impl Garden {
     /// Links, firewall, /etc files, create-time NetIn and the network properties.
     async fn net_setup(&self, handle: &str) -> Result<()> {
         let c = self.lookup(handle)?;
+        let netout = convert::egress_rules(&c.spec.netout_rules).map_err(generic)?;
         self.kernel
             .attach_network(
                 handle,
                 hostname(handle),
                 c.sandbox.as_ref(),
-                &c.spec.netout_rules,
+                &netout,
                 convert::bandwidth(&c.spec.limits.bandwidth_limits),
             )
             .await
@@ -254,9 +252,21 @@ impl Garden {
                 .await
                 .map_err(kernel_error)?;
         }
-        let props = self.kernel.network_properties(handle);
+        let props = self.network_properties(handle);
         self.set_properties(&c, |p| p.extend(props));
         Ok(())
+    }
+
+    /// The `garden.network.*` and `kawasaki.*` properties of a container, with its NetIn
+    /// mappings in Guardian's JSON.
+    pub(super) fn network_properties(&self, handle: &str) -> BTreeMap<String, String> {
+        let mut props = self.kernel.network_properties(handle);
+        if let Some(net) = self.kernel.network_info(handle) {
+            let mapped = serde_json::to_string(&convert::port_mappings(&net.mapped_ports))
+                .expect("mappings serialise");
+            props.insert("garden.network.mapped-ports".into(), mapped);
+        }
+        props
     }
 
     pub(super) async fn net_in(
@@ -271,7 +281,7 @@ impl Garden {
             .net_in(&c.handle, host_port, container_port)
             .await
             .map_err(kernel_error)?;
-        let props = self.kernel.network_properties(&c.handle);
+        let props = self.network_properties(&c.handle);
         self.set_properties(c, |p| {
             if let Some(v) = props.get("garden.network.mapped-ports") {
                 p.insert("garden.network.mapped-ports".into(), v.clone());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use garden_api::{BulkMetrics, Capacity, ContainerDiskStat, ContainerMetricsEntry, Metrics};
 
 use super::container::Container;
-use super::{flat_error, Garden};
+use super::{convert, flat_error, Garden};
 use crate::kernel::Usage;
 
 impl Garden {
@@ -58,9 +58,9 @@ impl Garden {
             .iter()
             .find_map(|c| c.sandbox.pea_stats(process_id))?;
         Some(Metrics {
-            memory_stat: stats.memory,
-            cpu_stat: stats.cpu,
-            pid_stat: stats.pids,
+            memory_stat: convert::memory_stat(&stats.memory),
+            cpu_stat: convert::cpu_stat(stats.cpu),
+            pid_stat: convert::pid_stat(stats.pids),
             ..Default::default()
         })
     }
@@ -79,16 +79,19 @@ impl Garden {
         let image = self.image_size(&c.lower_dirs).await;
         let (img_bytes, img_inodes) = (image.bytes, image.inodes);
         Metrics {
-            memory_stat: stats.memory,
-            cpu_stat: stats.cpu,
+            memory_stat: convert::memory_stat(&stats.memory),
+            cpu_stat: convert::cpu_stat(stats.cpu),
             disk_stat: ContainerDiskStat {
                 total_bytes_used: ex_bytes + img_bytes,
                 total_inodes_used: ex_inodes + img_inodes,
                 exclusive_bytes_used: ex_bytes,
                 exclusive_inodes_used: ex_inodes,
             },
-            network_stat: self.kernel.network_stats(&c.handle),
-            pid_stat: stats.pids,
+            network_stat: self
+                .kernel
+                .network_stats(&c.handle)
+                .map(convert::network_stat),
+            pid_stat: convert::pid_stat(stats.pids),
             age: c.created.elapsed().as_nanos() as u64,
             cpu_entitlement: cpu_entitlement(
                 c.spec.limits.cpu_limits.shares(),

@@ -314,8 +314,9 @@ impl Garden {
             Request::NetOut { handle, rule } => {
                 let c = self.lookup(&handle)?;
                 let _g = c.activity.guard();
+                let egress = convert::egress_rules(std::slice::from_ref(&rule)).map_err(generic)?;
                 self.kernel
-                    .net_out(&handle, std::slice::from_ref(&rule))
+                    .net_out(&handle, &egress)
                     .await
                     .map_err(generic)?;
                 c.net_out.lock().expect("net_out lock").push(rule);
@@ -325,8 +326,9 @@ impl Garden {
             Request::BulkNetOut { handle, rules } => {
                 let c = self.lookup(&handle)?;
                 let _g = c.activity.guard();
+                let egress = convert::egress_rules(&rules).map_err(generic)?;
                 self.kernel
-                    .net_out(&handle, &rules)
+                    .net_out(&handle, &egress)
                     .await
                     .map_err(generic)?;
                 c.net_out.lock().expect("net_out lock").extend(rules);

@@ -493,3 +493,122 @@ mod tests {
         ));
     }
 }
+
+/// Property tests (proptest) of the request codec: any bytes give a head, a body or an
+/// error, never a panic or an unbounded buffer; a well-formed request reads back as sent.
+/// Bounded for CI by `PROPTEST_CASES` (default below).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use garden_api::chunked::{encode_chunk, LAST_CHUNK};
+    use proptest::prelude::*;
+
+    fn config() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Read one request (head and whole body, at most 1 MiB) from `wire`.
+    fn read_request(wire: Vec<u8>) -> Result<Option<(RequestHead, Vec<u8>)>, HttpError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut conn = Conn::new(std::io::Cursor::new(wire));
+            let Some(head) = conn.read_head().await? else {
+                return Ok(None);
+            };
+            let kind = head.body_kind()?;
+            let body = conn.read_body_to_end(kind, 1 << 20).await?;
+            Ok(Some((head, body)))
+        })
+    }
+
+    fn header() -> impl Strategy<Value = (String, String)> {
+        ("[A-Za-z][A-Za-z0-9-]{0,15}", "[!-~]([ -~]{0,30}[!-~])?").prop_filter(
+            "framing headers are generated apart",
+            |(n, _)| {
+                !n.eq_ignore_ascii_case("content-length")
+                    && !n.eq_ignore_ascii_case("transfer-encoding")
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn requests_read_back_as_sent(
+            method in "[A-Z]{1,7}",
+            target in "/[A-Za-z0-9/_.%=&?-]{0,60}",
+            headers in prop::collection::vec(header(), 0..8),
+            parts in prop::collection::vec(prop::collection::vec(any::<u8>(), 1..200), 0..4),
+            chunked in any::<bool>(),
+        ) {
+            let body = parts.concat();
+            let mut wire = format!("{method} {target} HTTP/1.1\r\n").into_bytes();
+            for (n, v) in &headers {
+                wire.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+            }
+            if chunked {
+                wire.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                for p in &parts {
+                    wire.extend_from_slice(&encode_chunk(p));
+                }
+                wire.extend_from_slice(LAST_CHUNK);
+            } else {
+                wire.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+                wire.extend_from_slice(&body);
+            }
+            let (head, got) = read_request(wire)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?
+                .expect("a request");
+            prop_assert_eq!(&head.method, &method);
+            prop_assert_eq!(&head.target, &target);
+            for (n, v) in &headers {
+                prop_assert!(
+                    head.headers.iter().any(|(hn, hv)| hn == n && hv == v.as_bytes()),
+                    "header {}: {} lost", n, v
+                );
+            }
+            prop_assert_eq!(got, body);
+        }
+
+        #[test]
+        fn any_bytes_never_panic(noise in prop::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_head(&noise);
+            let _ = read_request(noise);
+        }
+
+        #[test]
+        fn odd_framing_never_panics(
+            te in "\\PC{0,16}",
+            len in "[-+0-9a-fx, ]{0,24}",
+            rest in prop::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut wire = format!(
+                "POST /containers HTTP/1.1\r\nTransfer-Encoding: {te}\r\nContent-Length: {len}\r\n\r\n"
+            )
+            .into_bytes();
+            wire.extend_from_slice(&rest);
+            let _ = read_request(wire);
+        }
+
+        #[test]
+        fn odd_chunk_sizes_never_panic(size in "[0-9a-fA-F;= x-]{0,20}", rest in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut wire = b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            wire.extend_from_slice(size.as_bytes());
+            wire.extend_from_slice(b"\r\n");
+            wire.extend_from_slice(&rest);
+            let _ = read_request(wire);
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! Building the container's world, in order: cgroups, private mounts, the overlay root, bind
-//! mounts, /proc, /sys, /dev, /dev/shm, /tmp, hostname, the control socket, pivot_root,
+//! mounts, /proc, /sys, /dev, /dev/shm, /tmp (in the writable layer), hostname, the control socket, pivot_root,
 //! loopback. Each step's error names the step and the path.
 
 use std::fs;
@@ -44,6 +44,13 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
             format!("join cgroup {}", procs.display())
         })?;
     }
+    // Rooted at the cgroups just joined: /proc/self/cgroup shows `/` instead of the host's
+    // hierarchy (gardend, in the host's namespace, still reads the full paths). Container
+    // processes may not make namespaces of their own (seccomp).
+    ctx(
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+        || "unshare the cgroup namespace".into(),
+    )?;
     ctx(
         mount(
             None::<&str>,
@@ -83,13 +90,7 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
     }
     make_dev(root, c.privileged)?;
     super::userns::mount_mqueue(root)?;
-    mount_at(
-        root,
-        "tmp",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
+    prepare_tmp(root)?;
     match &c.pea {
         // The uts namespace and its name are the container's; so are the network's files.
         Some(pea) => copy_etc(root, &pea.etc_files)?,
@@ -257,6 +258,47 @@ fn mount_at(
     ctx(
         mount(Some(fstype), &target, Some(fstype), flags, data),
         || format!("mount {fstype} on /{dir}"),
+    )
+}
+
+/// /tmp stays in the writable layer, as Guardian keeps it, so the container's disk limit
+/// covers it (a tmpfs would escape the limit and take host memory instead): a directory,
+/// world-writable and sticky, owned by container root. Reached from the root's descriptor
+/// without following links, since the image's `/tmp` could be a symlink to anywhere on the
+/// host's side; an image whose /tmp is not a directory keeps it as it is.
+fn prepare_tmp(root: &Path) -> Result<()> {
+    let dir = ctx(
+        open(
+            root,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ),
+        || format!("open {}", root.display()),
+    )?;
+    match nix::sys::stat::mkdirat(&dir, "tmp", Mode::from_bits_truncate(0o1777)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(format!("create /tmp: {e}")),
+    }
+    let tmp = match nix::fcntl::openat(
+        &dir,
+        "tmp",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => return Ok(()),
+        Err(e) => return Err(format!("open /tmp: {e}")),
+    };
+    let root_id = (
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    );
+    ctx(nix::unistd::fchown(&tmp, root_id.0, root_id.1), || {
+        "chown /tmp to container root".into()
+    })?;
+    ctx(
+        nix::sys::stat::fchmod(&tmp, Mode::from_bits_truncate(0o1777)),
+        || "chmod /tmp 1777".into(),
     )
 }
 

@@ -10,13 +10,12 @@ use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use garden_api::{ContainerNetworkStat, NetOutRule};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    Adopted, Bandwidth, BoxFuture, DiskLimit, Exits, HostCapacity, InitIdentity, Kernel,
-    KernelError, NetInfo, PeaSpec, Resources, Result, Sandbox, SandboxSpec, Signal, SpawnError,
-    Stats, Usage,
+    Adopted, Bandwidth, BoxFuture, DiskLimit, EgressRule, Exits, HostCapacity, InitIdentity,
+    Kernel, KernelError, NetInfo, PeaSpec, Resources, Result, Sandbox, SandboxSpec, Signal,
+    SpawnError, Stats, Traffic, Usage,
 };
 use crate::init::proto::SpawnRequest;
 
@@ -141,7 +140,7 @@ impl Kernel for Fake {
         256
     }
 
-    fn validate_network(&self, _: &str, _: &[NetOutRule], _: Bandwidth) -> Result<()> {
+    fn validate_network(&self, _: Bandwidth) -> Result<()> {
         Ok(())
     }
 
@@ -154,7 +153,7 @@ impl Kernel for Fake {
         handle: &'a str,
         _hostname: &'a str,
         _sandbox: &'a dyn Sandbox,
-        _netout: &'a [NetOutRule],
+        _netout: &'a [EgressRule],
         _bandwidth: Bandwidth,
     ) -> BoxFuture<'a, Result<()>> {
         ready(self.record(
@@ -179,7 +178,7 @@ impl Kernel for Fake {
         ready(Ok((host, container)))
     }
 
-    fn net_out<'a>(&'a self, _: &'a str, _: &'a [NetOutRule]) -> BoxFuture<'a, Result<()>> {
+    fn net_out<'a>(&'a self, _: &'a str, _: &'a [EgressRule]) -> BoxFuture<'a, Result<()>> {
         ready(Ok(()))
     }
 
@@ -191,7 +190,7 @@ impl Kernel for Fake {
         BTreeMap::from([("garden.network.container-ip".into(), "10.0.0.2".into())])
     }
 
-    fn network_stats(&self, _: &str) -> Option<ContainerNetworkStat> {
+    fn network_stats(&self, _: &str) -> Option<Traffic> {
         None
     }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use garden_api::{ContainerNetworkStat, NetOutRule};
 
 use super::{
-    Adopted, Bandwidth, BoxFuture, DiskLimit, Exits, HostCapacity, InitIdentity, Kernel,
-    KernelError, NetInfo, PeaSpec, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats, Usage,
+    Adopted, Bandwidth, BoxFuture, DiskLimit, EgressRule, Exits, HostCapacity, InitIdentity,
+    Kernel, KernelError, NetInfo, PeaSpec, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats,
+    Traffic, Usage,
 };
 use crate::cgroups::{Cgroups, Layout};
 use crate::config::Config;
@@ -236,9 +236,14 @@ impl Kernel for Linux {
                     .and_then(|kb| kb.parse::<u64>().ok())
             })
             .unwrap_or(0);
-        let disk = nix::sys::statvfs::statvfs(depot)
-            .map(|s| s.blocks() * s.fragment_size())
-            .unwrap_or(0);
+        // Containers' writable layers live where the disk backend keeps them (the XFS store
+        // is a filesystem of its own); without a backend, in the depot.
+        let disk = match self.disk.backend() {
+            "off" => nix::sys::statvfs::statvfs(depot)
+                .map(|s| s.blocks() * s.fragment_size())
+                .unwrap_or(0),
+            _ => self.disk.capacity(),
+        };
         HostCapacity {
             memory_bytes: memory_kb * 1024,
             disk_bytes: disk,
@@ -249,13 +254,8 @@ impl Kernel for Linux {
         self.network.max_containers()
     }
 
-    fn validate_network(
-        &self,
-        handle: &str,
-        netout: &[NetOutRule],
-        bandwidth: Bandwidth,
-    ) -> Result<()> {
-        Ok(self.network.validate(handle, netout, bandwidth)?)
+    fn validate_network(&self, bandwidth: Bandwidth) -> Result<()> {
+        Ok(self.network.validate(bandwidth)?)
     }
 
     fn allocate_network(&self, handle: &str, network: &str) -> Result<()> {
@@ -267,7 +267,7 @@ impl Kernel for Linux {
         handle: &'a str,
         hostname: &'a str,
         sandbox: &'a dyn Sandbox,
-        netout: &'a [NetOutRule],
+        netout: &'a [EgressRule],
         bandwidth: Bandwidth,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
@@ -314,7 +314,7 @@ impl Kernel for Linux {
     fn net_out<'a>(
         &'a self,
         handle: &'a str,
-        rules: &'a [NetOutRule],
+        rules: &'a [EgressRule],
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move { Ok(self.network.net_out(handle, rules).await?) })
     }
@@ -327,7 +327,7 @@ impl Kernel for Linux {
         self.network.properties(handle)
     }
 
-    fn network_stats(&self, handle: &str) -> Option<ContainerNetworkStat> {
+    fn network_stats(&self, handle: &str) -> Option<Traffic> {
         self.network.stats(handle)
     }
 

@@ -19,12 +19,11 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use garden_api::{ContainerNetworkStat, NetOutRule};
 use tokio::sync::mpsc;
 
 pub use crate::cgroups::{Resources, Stats};
 use crate::init::proto::SpawnRequest;
-pub use crate::net::{Bandwidth, NetInfo};
+pub use crate::net::{Bandwidth, EgressRule, NetInfo, Traffic};
 pub use crate::quota::{DiskLimit, Usage};
 pub use crate::runtime::{InitIdentity, PeaSpec, RunningProcess, SandboxSpec, SpawnError};
 
@@ -91,12 +90,7 @@ pub trait Kernel: Send + Sync + 'static {
     /// How many containers the address pool can hold.
     fn max_containers(&self) -> u64;
     /// Check a create's network settings before anything is made.
-    fn validate_network(
-        &self,
-        handle: &str,
-        netout: &[NetOutRule],
-        bandwidth: Bandwidth,
-    ) -> Result<()>;
+    fn validate_network(&self, bandwidth: Bandwidth) -> Result<()>;
     /// Reserve an address (`network`: a subnet or address from the spec, or empty for the pool).
     fn allocate_network(&self, handle: &str, network: &str) -> Result<()>;
     /// Links, firewall, bandwidth and /etc files for an allocated container's sandbox.
@@ -105,7 +99,7 @@ pub trait Kernel: Send + Sync + 'static {
         handle: &'a str,
         hostname: &'a str,
         sandbox: &'a dyn Sandbox,
-        netout: &'a [NetOutRule],
+        netout: &'a [EgressRule],
         bandwidth: Bandwidth,
     ) -> BoxFuture<'a, Result<()>>;
     /// Undo whatever allocate and attach did.
@@ -116,12 +110,12 @@ pub trait Kernel: Send + Sync + 'static {
         host_port: u32,
         container_port: u32,
     ) -> BoxFuture<'a, Result<(u32, u32)>>;
-    fn net_out<'a>(&'a self, handle: &'a str, rules: &'a [NetOutRule])
+    fn net_out<'a>(&'a self, handle: &'a str, rules: &'a [EgressRule])
         -> BoxFuture<'a, Result<()>>;
     fn network_info(&self, handle: &str) -> Option<NetInfo>;
     /// The `garden.network.*` properties of a container.
     fn network_properties(&self, handle: &str) -> BTreeMap<String, String>;
-    fn network_stats(&self, handle: &str) -> Option<ContainerNetworkStat>;
+    fn network_stats(&self, handle: &str) -> Option<Traffic>;
 
     /// Put a container's writable layer under its disk limit (`image`: what the image uses).
     fn attach_disk<'a>(

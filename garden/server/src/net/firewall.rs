@@ -24,8 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use garden_api::{NetOutRule, PROTOCOL_ALL, PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
-
+use super::egress::{EgressRule, IcmpMatch, PortMap, Protocol};
 use super::pool::Cidr;
 use super::{cmd, NetError};
 
@@ -513,102 +512,72 @@ fn prepend(chain: &str, expanded: &[String]) -> String {
     s
 }
 
-/// Check NetOut rules and turn each into its iptables rule specs (one group per NetOut rule,
-/// one line per port range × network range, LOG lines before ACCEPT lines).
-pub fn expand(handle: &str, rules: &[NetOutRule]) -> Result<Vec<String>, NetError> {
+/// Turn NetOut rules into their iptables rule specs (one group per NetOut rule, one line per
+/// port range × network range, LOG lines before ACCEPT lines).
+pub fn expand(handle: &str, rules: &[EgressRule]) -> Vec<String> {
     rules.iter().map(|r| expand_one(handle, r)).collect()
 }
 
-fn expand_one(handle: &str, r: &NetOutRule) -> Result<String, NetError> {
-    let proto = match r.protocol {
-        PROTOCOL_ALL => "all",
-        PROTOCOL_TCP => "tcp",
-        PROTOCOL_UDP => "udp",
-        PROTOCOL_ICMP => "icmp",
-        n => return Err(NetError::Invalid(format!("invalid protocol: {n}"))),
-    };
-    if !r.ports.is_empty() && (r.protocol == PROTOCOL_ALL || r.protocol == PROTOCOL_ICMP) {
-        return Err(NetError::Invalid(format!(
-            "Ports cannot be specified for Protocol {}",
-            proto.to_uppercase()
-        )));
-    }
-    if r.icmps.is_some() && r.protocol != PROTOCOL_ICMP {
-        return Err(NetError::Invalid(format!(
-            "ICMP control cannot be specified for Protocol {}",
-            proto.to_uppercase()
-        )));
-    }
-    let mut networks = Vec::new();
-    for n in &r.networks {
-        let ip = |s: &str, default: &str| -> Result<Ipv4Addr, NetError> {
-            let s = if s.is_empty() { default } else { s };
-            s.parse()
-                .map_err(|_| NetError::Invalid(format!("invalid IP address in NetOut rule: {s:?}")))
-        };
-        let (start, end) = (
-            ip(&n.start, "0.0.0.0")?,
-            ip(
-                if n.end.is_empty() { &n.start } else { &n.end },
-                "255.255.255.255",
-            )?,
-        );
-        if u32::from(start) > u32::from(end) {
-            return Err(NetError::Invalid(format!(
-                "invalid IP range in NetOut rule: {start}-{end}"
-            )));
+fn expand_one(handle: &str, r: &EgressRule) -> String {
+    let (proto, icmp) = match r.protocol {
+        Protocol::All => ("all", String::new()),
+        Protocol::Tcp => ("tcp", String::new()),
+        Protocol::Udp => ("udp", String::new()),
+        Protocol::Icmp(None) => ("icmp", String::new()),
+        Protocol::Icmp(Some(IcmpMatch { kind, code: None })) => {
+            ("icmp", format!(" --icmp-type {kind}"))
         }
-        networks.push(if start == end {
-            format!(" -d {start}/32")
-        } else {
-            format!(" -m iprange --dst-range {start}-{end}")
-        });
-    }
+        Protocol::Icmp(Some(IcmpMatch {
+            kind,
+            code: Some(code),
+        })) => ("icmp", format!(" --icmp-type {kind}/{code}")),
+    };
+    let mut networks: Vec<String> = r
+        .networks
+        .iter()
+        .map(|&(start, end)| {
+            if start == end {
+                format!(" -d {start}/32")
+            } else {
+                format!(" -m iprange --dst-range {start}-{end}")
+            }
+        })
+        .collect();
     if networks.is_empty() {
         networks.push(String::new());
     }
-    let mut ports = Vec::new();
-    for p in &r.ports {
-        let end = if p.end == 0 { p.start } else { p.end };
-        if p.start > end {
-            return Err(NetError::Invalid(format!(
-                "invalid port range in NetOut rule: {}-{end}",
-                p.start
-            )));
-        }
-        ports.push(if p.start == end {
-            format!(" --dport {end}")
-        } else {
-            format!(" --dport {}:{end}", p.start)
-        });
-    }
+    let mut ports: Vec<String> = r
+        .ports
+        .iter()
+        .map(|&(start, end)| {
+            if start == end {
+                format!(" --dport {end}")
+            } else {
+                format!(" --dport {start}:{end}")
+            }
+        })
+        .collect();
     if ports.is_empty() {
         ports.push(String::new());
     }
-    let icmp = match r.icmps {
-        Some(i) => match i.code {
-            Some(code) => format!(" --icmp-type {}/{code}", i.icmp_type),
-            None => format!(" --icmp-type {}", i.icmp_type),
-        },
-        None => String::new(),
-    };
     // Log prefixes are at most 29 characters.
     let log_prefix: String = handle
         .chars()
         .filter(|c| c.is_ascii_graphic() && *c != '"')
         .take(27)
         .collect();
+    let logged = r.log && matches!(r.protocol, Protocol::Tcp | Protocol::All);
     let mut out = String::new();
     for net in &networks {
         for port in &ports {
             let spec = format!("-p {proto}{net}{port}{icmp}");
-            if r.log && (r.protocol == PROTOCOL_TCP || r.protocol == PROTOCOL_ALL) {
+            if logged {
                 out += &format!("{spec} -m conntrack --ctstate NEW,UNTRACKED,INVALID -j LOG --log-prefix \"{log_prefix} \"\n");
             }
             out += &format!("{spec} -j ACCEPT\n");
         }
     }
-    Ok(out)
+    out
 }
 
 /// One block per table holding the blocks of every script in order (one transaction per
@@ -637,8 +606,8 @@ const GLOBAL_CHAINS: [&str; 6] = ["fwd", "default", "input", "pre", "out", "post
 
 /// The NetIn mappings a container's nat chain holds in `saved` (`iptables-save` output): the
 /// firewall, not a file, is what forwards, so it is what a restart believes.
-pub fn netin_mappings(saved: &str, chain: &str) -> Vec<garden_api::PortMapping> {
-    let mut found: Vec<garden_api::PortMapping> = Vec::new();
+pub fn netin_mappings(saved: &str, chain: &str) -> Vec<PortMap> {
+    let mut found: Vec<PortMap> = Vec::new();
     let mut table = "";
     let head = format!("-A {chain} ");
     for line in saved.lines() {
@@ -663,7 +632,7 @@ pub fn netin_mappings(saved: &str, chain: &str) -> Vec<garden_api::PortMapping> 
             .and_then(|(_, p)| p.parse::<u32>().ok());
         if let (Some(host_port), Some(container_port)) = (host, container) {
             if !found.iter().any(|m| m.host_port == host_port) {
-                found.push(garden_api::PortMapping {
+                found.push(PortMap {
                     host_port,
                     container_port,
                 });
@@ -794,7 +763,6 @@ fn cleanup_script(saved: &str, prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use garden_api::{IcmpControl, IpRange, PortRange};
 
     #[test]
     fn scripts_split_into_table_blocks() {
@@ -878,32 +846,16 @@ mod tests {
 
     #[test]
     fn expands_ports_times_networks() {
-        let r = NetOutRule {
-            protocol: PROTOCOL_TCP,
+        let r = EgressRule {
+            protocol: Protocol::Tcp,
             networks: vec![
-                IpRange {
-                    start: "10.0.0.1".into(),
-                    end: "10.0.0.9".into(),
-                },
-                IpRange {
-                    start: "8.8.8.8".into(),
-                    end: String::new(),
-                },
+                ("10.0.0.1".parse().unwrap(), "10.0.0.9".parse().unwrap()),
+                ("8.8.8.8".parse().unwrap(), "8.8.8.8".parse().unwrap()),
             ],
-            ports: vec![
-                PortRange {
-                    start: 80,
-                    end: 443,
-                },
-                PortRange { start: 22, end: 0 },
-            ],
-            icmps: None,
+            ports: vec![(80, 443), (22, 22)],
             log: false,
         };
-        let lines: Vec<String> = expand("h", &[r]).unwrap()[0]
-            .lines()
-            .map(String::from)
-            .collect();
+        let lines: Vec<String> = expand("h", &[r])[0].lines().map(String::from).collect();
         assert_eq!(
             lines,
             [
@@ -916,50 +868,36 @@ mod tests {
     }
 
     #[test]
-    fn icmp_log_and_errors() {
-        let icmp = NetOutRule {
-            protocol: PROTOCOL_ICMP,
-            icmps: Some(IcmpControl {
-                icmp_type: 8,
-                code: Some(0),
-            }),
-            ..Default::default()
+    fn icmp_and_log() {
+        let icmp = |code| EgressRule {
+            protocol: Protocol::Icmp(Some(IcmpMatch { kind: 8, code })),
+            ..EgressRule::allow_all()
         };
         assert_eq!(
-            expand("h", &[icmp]).unwrap()[0],
+            expand("h", &[icmp(Some(0))])[0],
             "-p icmp --icmp-type 8/0 -j ACCEPT\n"
         );
-        let logged = NetOutRule {
+        assert_eq!(
+            expand("h", &[icmp(None)])[0],
+            "-p icmp --icmp-type 8 -j ACCEPT\n"
+        );
+        let logged = EgressRule {
             log: true,
-            ..Default::default()
+            ..EgressRule::allow_all()
         };
-        let g = &expand("my-handle", &[logged]).unwrap()[0];
+        let g = &expand("my-handle", &[logged])[0];
         assert!(g.starts_with("-p all -m conntrack --ctstate NEW,UNTRACKED,INVALID -j LOG --log-prefix \"my-handle \"\n"));
         assert!(g.ends_with("-p all -j ACCEPT\n"));
-        let ports_all = NetOutRule {
-            ports: vec![PortRange { start: 1, end: 2 }],
-            ..Default::default()
+        let udp_logged = EgressRule {
+            protocol: Protocol::Udp,
+            log: true,
+            ..EgressRule::allow_all()
         };
         assert_eq!(
-            expand("h", &[ports_all]).unwrap_err().to_string(),
-            "Ports cannot be specified for Protocol ALL"
+            expand("h", &[udp_logged])[0],
+            "-p udp -j ACCEPT\n",
+            "only TCP and all are logged"
         );
-        let v6 = NetOutRule {
-            protocol: 4,
-            ..Default::default()
-        };
-        assert_eq!(
-            expand("h", &[v6]).unwrap_err().to_string(),
-            "invalid protocol: 4"
-        );
-        let bad_ip = NetOutRule {
-            networks: vec![IpRange {
-                start: "x".into(),
-                end: String::new(),
-            }],
-            ..Default::default()
-        };
-        assert!(expand("h", &[bad_ip]).is_err());
     }
 
     #[test]

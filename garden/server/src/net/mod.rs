@@ -26,6 +26,7 @@
 mod antispoof;
 mod bridge;
 mod cmd;
+pub mod egress;
 pub mod firewall;
 mod host_nets;
 mod host_ports;
@@ -38,8 +39,7 @@ use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use garden_api::{ContainerNetworkStat, NetOutRule, PortMapping};
-
+pub use egress::{EgressRule, IcmpMatch, PortMap, Protocol, Traffic};
 use firewall::{ContainerRules, Firewall};
 pub use pool::Cidr;
 use pool::{IpPool, Lease, PortPool};
@@ -144,7 +144,7 @@ struct Attached {
     lease: Lease,
     rules: ContainerRules,
     host_if: String,
-    mapped: Mutex<Vec<PortMapping>>,
+    mapped: Mutex<Vec<PortMap>>,
     progress: Mutex<Progress>,
     /// Serialises NetIn/NetOut/teardown of this container.
     op: tokio::sync::Mutex<()>,
@@ -157,7 +157,7 @@ pub struct NetInfo {
     /// The container's subnet (`a.b.c.d/n`), for the depot record.
     pub subnet: String,
     pub external_ip: String,
-    pub mapped_ports: Vec<PortMapping>,
+    pub mapped_ports: Vec<PortMap>,
 }
 
 pub struct Network {
@@ -369,13 +369,7 @@ impl Network {
     }
 
     /// Check a create spec's network inputs before anything is built.
-    pub fn validate(
-        &self,
-        handle: &str,
-        rules: &[NetOutRule],
-        bandwidth: Bandwidth,
-    ) -> Result<(), NetError> {
-        firewall::expand(handle, rules)?;
+    pub fn validate(&self, bandwidth: Bandwidth) -> Result<(), NetError> {
         if bandwidth.rate > 0 && bandwidth.burst == 0 {
             return Err(NetError::Invalid(
                 "bandwidth limit: burst must be > 0 when rate is set".into(),
@@ -426,13 +420,13 @@ impl Network {
         hostname: &str,
         netns: BorrowedFd<'_>,
         root: hosts::ContainerRoot<'_>,
-        netout: &[NetOutRule],
+        netout: &[EgressRule],
         bandwidth: Bandwidth,
     ) -> Result<(), NetError> {
         let started = std::time::Instant::now();
         let a = self.get(handle)?;
         let _op = a.op.lock().await;
-        let expanded = firewall::expand(handle, netout)?;
+        let expanded = firewall::expand(handle, netout);
         // Links and firewall rules do not depend on each other: set both up at once.
         let links = async {
             if routed(&a.lease.subnet) {
@@ -558,7 +552,7 @@ impl Network {
             return Err(e);
         }
         a.progress.lock().expect("progress lock").nat_chain = true;
-        a.mapped.lock().expect("mapped lock").push(PortMapping {
+        a.mapped.lock().expect("mapped lock").push(PortMap {
             host_port,
             container_port,
         });
@@ -566,9 +560,9 @@ impl Network {
     }
 
     /// Prepend NetOut rules (all or none).
-    pub async fn net_out(&self, handle: &str, rules: &[NetOutRule]) -> Result<(), NetError> {
+    pub async fn net_out(&self, handle: &str, rules: &[EgressRule]) -> Result<(), NetError> {
         let a = self.get(handle)?;
-        let expanded = firewall::expand(handle, rules)?;
+        let expanded = firewall::expand(handle, rules);
         let _op = a.op.lock().await;
         self.firewall.add_netout(&a.rules.chain, &expanded).await
     }
@@ -589,8 +583,6 @@ impl Network {
     pub fn properties(&self, handle: &str) -> BTreeMap<String, String> {
         let mut p = BTreeMap::new();
         let Ok(a) = self.get(handle) else { return p };
-        let mapped = serde_json::to_string(&*a.mapped.lock().expect("mapped lock"))
-            .expect("mappings serialise");
         let mut dns = self.cfg.dns_servers.clone();
         dns.extend(self.cfg.additional_dns_servers.iter().copied());
         let join = |v: Vec<String>| v.join(",");
@@ -601,7 +593,6 @@ impl Network {
             ),
             ("garden.network.host-ip", a.lease.host_ip().to_string()),
             ("garden.network.external-ip", self.external_ip.to_string()),
-            ("garden.network.mapped-ports", mapped),
             ("kawasaki.host-interface", a.host_if.clone()),
             (
                 "kawasaki.container-interface",
@@ -636,10 +627,10 @@ impl Network {
     }
 
     /// Bytes received and sent by the container (the host end's counters, mirrored).
-    pub fn stats(&self, handle: &str) -> Option<ContainerNetworkStat> {
+    pub fn stats(&self, handle: &str) -> Option<Traffic> {
         let a = self.get(handle).ok()?;
         let (host_rx, host_tx) = bridge::counters(&a.host_if)?;
-        Some(ContainerNetworkStat {
+        Some(Traffic {
             rx_bytes: host_tx,
             tx_bytes: host_rx,
         })

@@ -113,6 +113,13 @@ impl Disk {
     /// left behind are removed, except those of the containers in `keep` (taken over by a
     /// restart), which are registered as they are.
     pub fn open(state_dir: &Path, store_size: u64, keep: &[String]) -> Disk {
+        let disk = Disk::choose(state_dir, store_size, keep);
+        let wanted = if store_size > 0 { "xfs" } else { "images" };
+        crate::telemetry::metrics().disk_backend(disk.backend(), wanted, disk.capacity());
+        disk
+    }
+
+    fn choose(state_dir: &Path, store_size: u64, keep: &[String]) -> Disk {
         let mut reasons = Vec::new();
         if store_size > 0 {
             match xfs::Store::open(&state_dir.join("quota"), store_size, keep) {
@@ -123,7 +130,7 @@ impl Disk {
                     };
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "XFS quota store unavailable; trying per-container images");
+                    tracing::warn!(error = %e, store_size, "XFS quota store unavailable (--disk-store-size is NOT in effect): falling back to a loop-mounted ext4 image per limited container; Capacity and the garden_disk_backend metric report the fallback");
                     reasons.push(format!("XFS quota store: {e}"));
                 }
             }
@@ -145,7 +152,8 @@ impl Disk {
     }
 
     /// Bytes the backend's filesystem holds in all (the XFS store's size, or the filesystem
-    /// the per-container images live on): a limit beyond it could never be honoured.
+    /// the per-container images live on): a limit beyond it could never be honoured, and
+    /// Capacity reports it as the disk containers can have.
     pub fn capacity(&self) -> u64 {
         let dir = match &*self.state {
             DiskState::Off(_) => return 0,

@@ -37,7 +37,9 @@ impl Store {
             if !image.exists() {
                 make_image(&image, size)?;
             }
-            sys::mount_loop(&image, &mount, "xfs", "prjquota")?;
+            if let Err(e) = sys::mount_loop(&image, &mount, "xfs", "prjquota") {
+                return Err(diagnose_mount(&image, &mount, e));
+            }
         }
         let store = Store {
             image,
@@ -162,6 +164,23 @@ impl Store {
         self.projects.lock().expect("projects lock").remove(handle);
         Ok(())
     }
+}
+
+/// Why mounting the store with `prjquota` failed. A kernel built without
+/// `CONFIG_XFS_QUOTA` refuses the option with EINVAL ("quota support not available in this
+/// kernel" in the kernel log) though it mounts XFS itself: try without quotas to tell that
+/// apart from a broken image or a missing XFS driver.
+fn diagnose_mount(image: &Path, mount: &Path, err: QuotaError) -> QuotaError {
+    if sys::mount_loop(image, mount, "xfs", "").is_err() {
+        return err;
+    }
+    // Unmounting also detaches the loop device.
+    let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
+    QuotaError::Setup(format!(
+        "this kernel's XFS has no quota support (CONFIG_XFS_QUOTA is not set): {} mounts \
+         without quotas but not with prjquota ({err})",
+        image.display()
+    ))
 }
 
 /// A sparse file of `size` bytes formatted as XFS (mkfs.xfs from xfsprogs).

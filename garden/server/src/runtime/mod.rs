@@ -225,8 +225,7 @@ impl Runtime {
         lowers: Vec<Lower>,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = &spec.bundle;
-        let (passed, mounts) =
-            Mounts::plan(bundle, lowers, &spec.bind_mounts, spec.ids.is_some(), None)?;
+        let (passed, mounts) = Mounts::plan(bundle, lowers, &spec.bind_mounts, None)?;
         let b = &mounts.bundle;
         let config = InitConfig {
             lower_dirs: mounts.lower_dirs,
@@ -533,16 +532,16 @@ struct Mounts {
 }
 
 impl Mounts {
-    /// garden-init reaches its bundle, upper and work directories (and lower layers it mounts
-    /// by path) through descriptors: container root in a user namespace may not be able to
-    /// walk the host paths to them. Id-mapped layers and bind mount sources are detached
-    /// mounts it attaches. `processes`: another directory for exit codes than the bundle's
+    /// garden-init reaches its bundle, upper and work directories and lower layers through
+    /// descriptors: container root in a user namespace may not be able to walk the host paths
+    /// to them, and the overlay's options (in the container's mountinfo) name `/proc/self/fd/N`
+    /// instead of the depot. Id-mapped layers and bind mount sources are detached mounts it
+    /// attaches. `processes`: another directory for exit codes than the bundle's
     /// (a pea's init records them in its container's).
     fn plan(
         bundle: &Path,
         lowers: Vec<Lower>,
         bind_mounts: &[InitBindMount],
-        userns: bool,
         processes: Option<&Path>,
     ) -> Result<(Passed, Mounts)> {
         let mut dirs = vec![bundle.to_path_buf(), upper_dir(bundle), bundle.join("work")];
@@ -554,11 +553,12 @@ impl Mounts {
         let mut mapped = Vec::new();
         for lower in lowers {
             match lower {
-                Lower::Dir(d) if userns => {
+                // By descriptor in privileged containers too: overlay's options, which the
+                // container reads in /proc/self/mountinfo, then name no host path.
+                Lower::Dir(d) => {
                     lower_dirs.push(Passed::opened_path(dirs.len()));
                     dirs.push(d);
                 }
-                Lower::Dir(d) => lower_dirs.push(d),
                 Lower::Mapped(fd) => {
                     lower_dirs.push(PathBuf::new()); // set below, once numbers are known
                     mapped.push((lower_dirs.len() - 1, fd));

@@ -380,13 +380,7 @@ impl Peas {
         let lowers = self.runtime.lowers(&spec.lower_dirs, c.ids).await?;
         // Exit codes go where the container's go, for a restarted gardend to find.
         let exits_dir = processes_dir(&self.bundle);
-        let (passed, mounts) = Mounts::plan(
-            bundle,
-            lowers,
-            &spec.bind_mounts,
-            c.ids.is_some(),
-            Some(&exits_dir),
-        )?;
+        let (passed, mounts) = Mounts::plan(bundle, lowers, &spec.bind_mounts, Some(&exits_dir))?;
         let b = &mounts.bundle;
         let config = InitConfig {
             lower_dirs: mounts.lower_dirs,

@@ -48,6 +48,8 @@ pub struct Metrics {
     pool_addresses_in_use: Gauge,
     pool_ports: Gauge,
     pool_ports_in_use: Gauge,
+    disk_backend: Family<Labels, Gauge>,
+    disk_capacity: Gauge,
     resident_memory: Gauge,
     virtual_memory: Gauge,
     open_fds: Gauge,
@@ -93,6 +95,8 @@ impl Metrics {
             pool_addresses_in_use: Gauge::default(),
             pool_ports: Gauge::default(),
             pool_ports_in_use: Gauge::default(),
+            disk_backend: Family::default(),
+            disk_capacity: Gauge::default(),
             resident_memory: Gauge::default(),
             virtual_memory: Gauge::default(),
             open_fds: Gauge::default(),
@@ -173,6 +177,18 @@ impl Metrics {
             "port_pool_ports_in_use",
             "Host ports mapped by NetIn",
             m.pool_ports_in_use.clone(),
+        );
+        r.register(
+            "disk_backend",
+            "1 for the disk limit backend in use (xfs, images or off), labelled with the one \
+             configured: backend!=wanted means gardend fell back",
+            m.disk_backend.clone(),
+        );
+        r.register(
+            "disk_capacity_bytes",
+            "Bytes the disk backend's filesystem holds (the XFS store's size, or the filesystem \
+             of the per-container images); 0 when disk limits are off",
+            m.disk_capacity.clone(),
         );
         // The standard process metrics (no `garden_` prefix), as every exporter names them.
         let r = &mut m.registry;
@@ -256,6 +272,20 @@ impl Metrics {
         self.pool_ports_in_use.set(in_use as i64);
     }
 
+    /// The disk limit backend chosen at start (`wanted` is the configured one) and its
+    /// capacity in bytes.
+    pub fn disk_backend(&self, backend: &str, wanted: &str, capacity: u64) {
+        self.disk_backend.clear();
+        self.disk_backend
+            .get_or_create(&vec![
+                ("backend", backend.to_string()),
+                ("wanted", wanted.to_string()),
+            ])
+            .set(1);
+        self.disk_capacity
+            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+    }
+
     /// The exposition text: `census` and this process's own figures as of now.
     pub fn render(&self, census: Census) -> String {
         let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
@@ -297,6 +327,7 @@ mod tests {
         m.error("ContainerNotFoundError");
         m.firewall_transaction(true, Duration::from_millis(20));
         m.address_pool(256, 3);
+        m.disk_backend("images", "xfs", 4 << 30);
         let text = m.render(Census {
             containers: 2,
             processes: 5,
@@ -325,6 +356,18 @@ mod tests {
         assert_eq!(value(&text, "garden_processes"), Some(5.0));
         assert_eq!(value(&text, "garden_oom_killed_containers"), Some(1.0));
         assert_eq!(value(&text, "garden_network_pool_subnets"), Some(256.0));
+        assert_eq!(
+            value(
+                &text,
+                r#"garden_disk_backend{backend="images",wanted="xfs"}"#
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "garden_disk_capacity_bytes"),
+            Some((4u64 << 30) as f64)
+        );
         assert!(value(&text, "process_resident_memory_bytes").unwrap() > 0.0);
         assert!(value(&text, "process_open_fds").unwrap() >= 3.0);
         assert!(text.ends_with("# EOF\n"), "{text}");
