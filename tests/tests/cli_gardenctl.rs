@@ -725,3 +725,124 @@ fn closed_stdout_ends_quietly() {
     ctl(&g, &["destroy", "cli-pipe"]).ok();
     assert_eq!(e2e::leaks("cli-pipe", &g), Vec::<String>::new());
 }
+
+/// An OCI layout (umoci) tagged `app` whose one layer is the busybox rootfs.
+fn busybox_layout(dir: &Path) -> std::path::PathBuf {
+    let busybox = rootfs::ensure_busybox_rootfs(&dir.join("busybox")).expect("busybox rootfs");
+    let layout = dir.join("layout");
+    let img = format!("{}:app", layout.display());
+    let bundle = dir.join("bundle");
+    let umoci = |args: &[&str]| {
+        let out = Command::new("umoci").args(args).output().expect("umoci");
+        assert!(out.status.success(), "umoci {args:?}: {out:?}");
+    };
+    umoci(&["init", "--layout", &layout.display().to_string()]);
+    umoci(&["new", "--image", &img]);
+    umoci(&["unpack", "--image", &img, &bundle.display().to_string()]);
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", busybox.display()))
+        .arg(bundle.join("rootfs"))
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    umoci(&["repack", "--image", &img, &bundle.display().to_string()]);
+    layout
+}
+
+/// `create --image` tells people what it is doing while gardend pulls: without a terminal,
+/// plain lines on stderr (a spinner on one), the handle alone on stdout; gardend logs the
+/// pull layer by layer. `--json` keeps stderr quiet.
+#[test]
+fn create_from_an_image_reports_progress() {
+    e2e::require_root!();
+    let _serial = serial();
+    let work = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(work.path());
+    let uri = format!("oci://{}#app", layout.display());
+    let g = Gardend::start();
+    let out = ctl(&g, &["create", "--handle", "pulled", "--image", &uri]).ok();
+    assert_eq!(out.text(), "pulled\n");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&format!("creating from {uri}").as_str()),
+        "{lines:?}"
+    );
+    let last = lines.last().expect("a summary");
+    assert!(
+        last.starts_with(&format!("created pulled from {uri} in ")),
+        "{lines:?}"
+    );
+    assert!(
+        !out.stderr.contains('\r') && !out.stderr.contains('\u{1b}'),
+        "no terminal codes: {:?}",
+        out.stderr
+    );
+    let log = g.log();
+    for needle in ["pulling layer", "layer unpacked", "image ready"] {
+        assert!(log.contains(needle), "gardend logs {needle:?}");
+    }
+
+    let json = ctl(
+        &g,
+        &["--json", "create", "--handle", "quiet", "--image", &uri],
+    )
+    .ok();
+    assert!(json.text().contains("\"quiet\""), "{}", json.text());
+    assert_eq!(json.stderr, "", "--json: nothing on stderr");
+    // A failed create: the start line, then only the error.
+    let bad = ctl(
+        &g,
+        &[
+            "create",
+            "--handle",
+            "bad",
+            "--image",
+            "oci:///no/such/layout",
+        ],
+    );
+    assert_eq!(bad.code(), Some(1));
+    assert!(
+        bad.stderr
+            .starts_with("creating from oci:///no/such/layout\n"),
+        "{}",
+        bad.stderr
+    );
+    assert!(!bad.stderr.contains("created"), "{}", bad.stderr);
+    for h in ["pulled", "quiet"] {
+        ctl(&g, &["destroy", h]).ok();
+    }
+}
+
+/// On a terminal, `create --image` shows a spinner while it waits and a summary after it.
+#[test]
+fn create_from_an_image_spins_on_a_terminal() {
+    e2e::require_root!();
+    let _serial = serial();
+    let work = tempfile::tempdir().unwrap();
+    let layout = busybox_layout(work.path());
+    let uri = format!("oci://{}#app", layout.display());
+    let g = Gardend::start();
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    let child = gardenctl(&g)
+        .args(["create", "--handle", "spun", "--image", &uri])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(pty.slave.try_clone().unwrap())
+        .spawn()
+        .expect("spawn gardenctl");
+    drop(pty.slave);
+    let rx = pty_reader(pty.master);
+    let mut seen = Vec::new();
+    expect_output(&rx, &mut seen, "created spun in ", &g);
+    let out = child.wait_with_output().expect("gardenctl");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "spun\n");
+    let terminal = String::from_utf8_lossy(&seen);
+    assert!(
+        terminal.contains(&format!("creating from {uri}")),
+        "{terminal:?}"
+    );
+    ctl(&g, &["destroy", "spun"]).ok();
+}

@@ -50,7 +50,10 @@ pub async fn dispatch(client: Client, command: Command, json: bool) -> Result<i3
             }
         }
         Command::Create(args) => {
-            let handle = client.create(&container_spec(args)).await?;
+            let progress = crate::progress::CreateProgress::start(args.image.as_deref(), json);
+            let created = client.create(&container_spec(args)).await;
+            progress.finish(created.as_ref().ok().map(String::as_str));
+            let handle = created?;
             if json {
                 print_json(&serde_json::json!({ "handle": handle }))?;
             } else {

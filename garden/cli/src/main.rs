@@ -25,6 +25,7 @@ mod errors;
 mod format;
 mod io;
 mod parse;
+mod progress;
 mod run;
 mod stream;
 mod term;

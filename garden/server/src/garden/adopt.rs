@@ -128,6 +128,11 @@ impl Garden {
                 // Exited while no gardend ran: its last output is drained for the first Attach.
                 p.on_exit(status);
             }
+            if !r.layers.is_empty() {
+                // A pea's image is in use again until it is done.
+                self.images.pin(&r.layers);
+                self.release_image_when_done(&p, r.layers);
+            }
             processes.insert(r.id, p);
         }
         for (id, status) in depot::exit_codes(&bundle) {

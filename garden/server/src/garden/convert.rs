@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use garden_api::{
     BandwidthLimits, BindMount, ContainerCpuStat, ContainerMemoryStat, ContainerNetworkStat,
-    ContainerPidStat, DiskLimits, Limits, NetOutRule, PortMapping, ResourceLimits,
+    ContainerPidStat, DiskLimits, Limits, NetOutRule, PortMapping, ProcessLimits, ResourceLimits,
     BIND_MOUNT_MODE_RO, DISK_LIMIT_SCOPE_TOTAL, PROTOCOL_ALL, PROTOCOL_ICMP, PROTOCOL_TCP,
     PROTOCOL_UDP,
 };
@@ -20,6 +20,15 @@ pub(super) fn resources(l: &Limits) -> Resources {
     Resources {
         memory_bytes: l.memory_limits.limit_in_bytes,
         pids_max: l.pid_limits.max,
+        cpu_shares: l.cpu_limits.shares(),
+    }
+}
+
+/// A pea's own limits (`ProcessSpec.limits`); zero = unlimited.
+pub(super) fn process_resources(l: &ProcessLimits) -> Resources {
+    Resources {
+        memory_bytes: l.memory_limits.limit_in_bytes,
+        pids_max: 0,
         cpu_shares: l.cpu_limits.shares(),
     }
 }

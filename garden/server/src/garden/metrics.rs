@@ -31,14 +31,38 @@ impl Garden {
                     metrics: self.metrics(&c).await,
                     err: None,
                 },
-                Err(e) => ContainerMetricsEntry {
-                    metrics: Metrics::default(),
-                    err: Some(flat_error(&e)),
+                Err(e) => match self.pea_metrics(h) {
+                    Some(metrics) => ContainerMetricsEntry { metrics, err: None },
+                    None => ContainerMetricsEntry {
+                        metrics: Metrics::default(),
+                        err: Some(flat_error(&e)),
+                    },
                 },
             };
             out.insert(h.clone(), entry);
         }
         out
+    }
+
+    /// Guardian answers BulkMetrics for a pea's process id too (a pea is a container of its
+    /// own there): the statistics of its cgroup.
+    fn pea_metrics(&self, process_id: &str) -> Option<Metrics> {
+        let containers: Vec<Arc<Container>> = self
+            .containers
+            .read()
+            .expect("containers lock")
+            .values()
+            .cloned()
+            .collect();
+        let stats = containers
+            .iter()
+            .find_map(|c| c.sandbox.pea_stats(process_id))?;
+        Some(Metrics {
+            memory_stat: convert::memory_stat(&stats.memory),
+            cpu_stat: convert::cpu_stat(stats.cpu),
+            pid_stat: convert::pid_stat(stats.pids),
+            ..Default::default()
+        })
     }
 
     pub(super) async fn metrics(&self, c: &Arc<Container>) -> Metrics {

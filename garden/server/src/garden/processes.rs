@@ -1,5 +1,6 @@
 //! Processes: Run, Attach, and the stdout/stderr requests that claim a session's streams.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use super::container::validate_name;
 use super::grace::ActiveGuard;
 use super::{convert, generic, Garden, Result};
 use crate::init::proto::SpawnRequest;
-use crate::kernel::SpawnError;
+use crate::kernel::{PeaSpec, SpawnError};
 use crate::process::{Output, Process};
 use crate::service::{ActivityGuard, OutputStream, ProcessSession, Reply};
 
@@ -20,11 +21,6 @@ impl Garden {
         let c = self.lookup(handle)?;
         let guard = c.activity.guard();
         crate::service::bind_mounts_need_image(&spec.bind_mounts, &spec.image.uri)?;
-        if !spec.image.uri.is_empty() {
-            return Err(GardenError::generic(
-                "processes with their own image (peas) are not supported yet",
-            ));
-        }
         if !c.state.lock().expect("state lock").can_run() {
             return Err(GardenError::generic("container is being destroyed"));
         }
@@ -34,46 +30,82 @@ impl Garden {
             spec.id.clone()
         };
         validate_name("process id", &id)?;
-        let (process, child_fds) = {
+        if c.processes
+            .lock()
+            .expect("processes lock")
+            .contains_key(&id)
+        {
+            return Err(GardenError::generic(format!(
+                "process ID '{id}' already in use"
+            )));
+        }
+        // A pea's image is resolved (and pinned) before anything else is made, so a bad
+        // reference leaves nothing behind.
+        let pea = match spec.image.uri.is_empty() {
+            true => None,
+            false => Some(self.pea_image(&spec).await?),
+        };
+        let made = {
             let mut processes = c.processes.lock().expect("processes lock");
             if processes.contains_key(&id) {
-                return Err(GardenError::generic(format!(
+                Err(GardenError::generic(format!(
                     "process ID '{id}' already in use"
-                )));
+                )))
+            } else {
+                let tty = spec.tty.map(|t| {
+                    t.window_size.unwrap_or(WindowSize {
+                        columns: 80,
+                        rows: 24,
+                    })
+                });
+                Process::new(&id, tty, c.sandbox.clone())
+                    .map_err(|e| generic(format!("create stdio: {e}")))
+                    .inspect(|(p, _)| {
+                        processes.insert(id.clone(), p.clone());
+                    })
             }
-            let tty = spec.tty.map(|t| {
-                t.window_size.unwrap_or(WindowSize {
-                    columns: 80,
-                    rows: 24,
-                })
-            });
-            let (p, fds) = Process::new(&id, tty, c.sandbox.clone())
-                .map_err(|e| generic(format!("create stdio: {e}")))?;
-            processes.insert(id.clone(), p.clone());
-            (p, fds)
         };
-        let mut env = c.image_env.clone();
-        env.extend(c.spec.env.iter().cloned());
-        env.extend(spec.env.iter().cloned());
-        let request = SpawnRequest {
+        let (process, child_fds) = match made {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(plan) = pea {
+                    self.release_image(plan.lower_dirs).await;
+                }
+                return Err(e);
+            }
+        };
+        let mut request = SpawnRequest {
             id: id.clone(),
             path: spec.path.clone(),
             args: spec.args.clone(),
-            env,
-            dir: if spec.dir.is_empty() {
-                c.image_dir.clone()
-            } else {
-                spec.dir.clone()
-            },
-            user: if spec.user.is_empty() {
-                c.image_user.clone()
-            } else {
-                spec.user.clone()
-            },
+            env: Vec::new(),
+            dir: spec.dir.clone(),
+            user: spec.user.clone(),
             rlimits: convert::rlimits(&spec.rlimits),
             tty: spec.tty.is_some(),
             privileged: c.spec.privileged,
         };
+        match &pea {
+            // A pea is root of the container in `/` unless told otherwise, with its own
+            // image's env; users are resolved against its own /etc/passwd.
+            Some(plan) => {
+                request.env = plan.env.clone();
+                if request.dir.is_empty() {
+                    request.dir = "/".into();
+                }
+            }
+            None => {
+                request.env = c.image_env.clone();
+                request.env.extend(c.spec.env.iter().cloned());
+                if request.dir.is_empty() {
+                    request.dir = c.image_dir.clone();
+                }
+                if request.user.is_empty() {
+                    request.user = c.image_user.clone();
+                }
+            }
+        }
+        request.env.extend(spec.env.iter().cloned());
         // Subscribe before the process starts, so its very first bytes reach this Run's streams.
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed).to_string();
         process.open_session(&stream_id);
@@ -81,8 +113,22 @@ impl Garden {
             .iter()
             .map(std::os::fd::AsRawFd::as_raw_fd)
             .collect();
-        let spawned = c.sandbox.spawn(request, &raw).await;
+        let spawned = match &pea {
+            Some(plan) => {
+                let pea_spec = PeaSpec {
+                    lower_dirs: plan.lower_dirs.clone(),
+                    bind_mounts: convert::bind_mounts(&spec.bind_mounts),
+                    resources: spec.limits.as_ref().map(convert::process_resources),
+                };
+                c.sandbox.spawn_pea(pea_spec, request, &raw).await
+            }
+            None => c.sandbox.spawn(request, &raw).await,
+        };
         drop(child_fds);
+        if let Some(plan) = pea {
+            // The image stays pinned while the pea runs.
+            self.release_image_when_done(&process, plan.lower_dirs);
+        }
         if let Err(e) = spawned {
             c.processes.lock().expect("processes lock").remove(&id);
             process.on_exit(-1);
@@ -96,6 +142,50 @@ impl Garden {
         }
         crate::telemetry::metrics().process_started(started.elapsed());
         Ok(Reply::Process(session(process, guard, stream_id)))
+    }
+
+    /// Unpin a pea's image layers once its process is done (its rootfs is gone by then).
+    pub(super) fn release_image_when_done(
+        &self,
+        p: &Arc<Process>,
+        layers: Vec<std::path::PathBuf>,
+    ) {
+        let (garden, done) = (self.me.clone(), p.wait());
+        tokio::spawn(async move {
+            let _ = done.await;
+            if let Some(g) = garden.upgrade() {
+                g.release_image(layers).await;
+            }
+        });
+    }
+
+    /// Resolve (pulling if needed) and pin a pea's image.
+    async fn pea_image(&self, spec: &ProcessSpec) -> Result<rootfs::RootfsPlan> {
+        for b in &spec.bind_mounts {
+            if !Path::new(&b.src_path).is_absolute() || !Path::new(&b.dst_path).is_absolute() {
+                return Err(GardenError::bad_request(format!(
+                    "bind mount paths must be absolute: {} -> {}",
+                    b.src_path, b.dst_path
+                )));
+            }
+        }
+        if let Some(l) = &spec.limits {
+            super::validate::limits(&garden_api::Limits {
+                cpu_limits: l.cpu_limits,
+                memory_limits: l.memory_limits,
+                ..Default::default()
+            })?;
+        }
+        let store = self.images.clone();
+        let uri = spec.image.uri.clone();
+        let creds = rootfs::Credentials {
+            username: spec.image.username.clone(),
+            password: spec.image.password.clone(),
+        };
+        tokio::task::spawn_blocking(move || store.resolve(&uri, &creds, Path::new("/")))
+            .await
+            .map_err(generic)?
+            .map_err(|e| GardenError::generic(format!("pea image: {e}")))
     }
 
     pub(super) fn attach(&self, handle: &str, process_id: &str) -> Result<Reply> {

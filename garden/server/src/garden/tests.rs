@@ -450,3 +450,113 @@ async fn a_restart_adopts_properties_exit_codes_and_starts_the_grace_timer_afres
     assert!(t.list().await.is_empty());
     assert!(t.fake.calls().contains(&Call::Kill("kept".into())));
 }
+
+/// Run `spec` in `handle`; the session or the error.
+async fn run_spec(t: &Setup, handle: &str, spec: ProcessSpec) -> Result<Reply, GardenError> {
+    t.garden
+        .handle(Request::Run {
+            handle: handle.into(),
+            spec: Box::new(spec),
+        })
+        .await
+}
+
+fn pea_spec(t: &Setup, id: &str, limits: Option<garden_api::ProcessLimits>) -> ProcessSpec {
+    let image = t.tmp.path().join("pea-image");
+    std::fs::create_dir_all(&image).unwrap();
+    ProcessSpec {
+        id: id.into(),
+        path: "echo".into(),
+        args: vec!["hi".into()],
+        env: vec!["FROM_SPEC=1".into()],
+        image: garden_api::ImageRef {
+            uri: image.display().to_string(),
+            ..Default::default()
+        },
+        limits,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_pea_is_root_in_slash_with_its_own_image_env_and_limits_if_given() {
+    let t = setup();
+    json::<serde_json::Value>(t.create("c1", 0).await);
+    let own = garden_api::ProcessLimits {
+        memory_limits: garden_api::MemoryLimits {
+            limit_in_bytes: 64 << 20,
+        },
+        ..Default::default()
+    };
+    for (id, limits) in [
+        ("shared", None),
+        ("own", Some(own)),
+        ("empty", Some(Default::default())),
+    ] {
+        let from = t.fake.calls().len();
+        let Reply::Process(s) = run_spec(&t, "c1", pea_spec(&t, id, limits))
+            .await
+            .expect("run")
+        else {
+            panic!("expected a session")
+        };
+        assert_eq!(t.output("c1", &s, true).await, b"hi\n");
+        assert_eq!(s.exit.await.expect("exit"), Ok(0));
+        let calls = t.calls_since(from);
+        let [Call::SpawnPea {
+            handle,
+            request,
+            resources,
+            layers,
+        }] = calls.as_slice()
+        else {
+            panic!("expected one pea spawn, got {calls:?}")
+        };
+        assert_eq!(handle, "c1");
+        assert_eq!(request.id, id);
+        assert_eq!((request.dir.as_str(), request.user.as_str()), ("/", ""));
+        // Not the container image's env: the pea's own image has none here.
+        assert_eq!(request.env, ["FROM_SPEC=1"]);
+        assert_eq!(*layers, 1);
+        let want = limits.map(|l| crate::kernel::Resources {
+            memory_bytes: l.memory_limits.limit_in_bytes,
+            ..Default::default()
+        });
+        assert_eq!(*resources, want, "{id}");
+    }
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::Destroy {
+                handle: "c1".into(),
+            })
+            .await,
+    );
+}
+
+#[tokio::test]
+async fn a_bad_pea_image_or_limit_fails_before_anything_is_made() {
+    let t = setup();
+    json::<serde_json::Value>(t.create("c1", 0).await);
+    let from = t.fake.calls().len();
+    let mut bad = pea_spec(&t, "p1", None);
+    bad.image.uri = t.tmp.path().join("no-such-image").display().to_string();
+    let e = run_spec(&t, "c1", bad).await.expect_err("bad image");
+    assert!(e.to_string().contains("pea image"), "{e}");
+    let tiny = garden_api::ProcessLimits {
+        memory_limits: garden_api::MemoryLimits { limit_in_bytes: 1 },
+        ..Default::default()
+    };
+    let e = run_spec(&t, "c1", pea_spec(&t, "p1", Some(tiny)))
+        .await
+        .expect_err("tiny memory limit");
+    assert!(matches!(e, GardenError::BadRequest { .. }), "{e:?}");
+    assert_eq!(t.calls_since(from), [], "no spawn");
+    // The id was never taken.
+    let Reply::Process(s) = run_spec(&t, "c1", pea_spec(&t, "p1", None))
+        .await
+        .expect("run")
+    else {
+        panic!("expected a session")
+    };
+    assert_eq!(s.exit.await.expect("exit"), Ok(0));
+}

@@ -6,6 +6,9 @@
 //! on a unix socket in the bundle directory. As the parent of every process it starts, it
 //! reaps them (and any orphan) at once and records exit codes in the bundle, so processes
 //! depend on neither gardend's liveness nor its sockets.
+//!
+//! A pea's garden-init (`InitConfig::pea`) joins a container's namespaces instead, builds the
+//! pea's root in a mount namespace of its own, serves its one process and leaves with it.
 
 mod caps;
 pub mod proto;

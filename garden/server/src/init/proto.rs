@@ -49,6 +49,18 @@ pub struct InitConfig {
     /// Guardian; without it (cgroup v2 for now) nobody may make device nodes.
     #[serde(default)]
     pub devices_allowlisted: bool,
+    /// Set for a pea's init: it joined a container's namespaces (all but mount) instead of
+    /// making its own, so it neither names the host nor brings up `lo`.
+    #[serde(default)]
+    pub pea: Option<PeaConfig>,
+}
+
+/// What a pea's init does differently from a container's.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeaConfig {
+    /// Files copied from the container (`/etc/hosts`, `/etc/resolv.conf`): path inside the
+    /// pea and content.
+    pub etc_files: Vec<(PathBuf, String)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -23,6 +23,8 @@ pub struct Prepared {
     pub processes_dir: OwnedFd,
     /// The capabilities of the container's processes.
     pub caps: super::caps::Container,
+    /// This init serves one pea: it leaves once its process is gone.
+    pub pea: bool,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -89,10 +91,16 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
     make_dev(root, c.privileged)?;
     super::userns::mount_mqueue(root)?;
     prepare_tmp(root)?;
-    write_etc(root, &c.hostname)?;
-    ctx(sethostname(&c.hostname), || {
-        format!("set hostname {}", c.hostname)
-    })?;
+    match &c.pea {
+        // The uts namespace and its name are the container's; so are the network's files.
+        Some(pea) => copy_etc(root, &pea.etc_files)?,
+        None => {
+            write_etc(root, &c.hostname)?;
+            ctx(sethostname(&c.hostname), || {
+                format!("set hostname {}", c.hostname)
+            })?;
+        }
+    }
 
     let listener = ctx(
         socket(
@@ -136,7 +144,9 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         "detach old root".into()
     })?;
     ctx(chdir("/"), || "chdir /".into())?;
-    loopback_up()?;
+    if c.pea.is_none() {
+        loopback_up()?;
+    }
     Ok(Prepared {
         listener,
         processes_dir,
@@ -144,6 +154,7 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
             privileged: c.privileged,
             mknod: c.devices_allowlisted,
         },
+        pea: c.pea.is_some(),
     })
 }
 
@@ -481,6 +492,28 @@ fn write_etc(root: &Path, hostname: &str) -> Result<()> {
     ctx(fs::write(&path, hosts), || "write /etc/hosts".into())
 }
 
+/// A pea's copies of the container's network files, replacing whatever its image has there
+/// (a symlink is replaced, never followed).
+fn copy_etc(root: &Path, files: &[(PathBuf, String)]) -> Result<()> {
+    for (path, content) in files {
+        let target = inside(root, path)?;
+        let Some(dir) = target.parent() else { continue };
+        if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+            continue; // an image with a strange /etc: leave it alone
+        }
+        ctx(fs::create_dir_all(dir), || {
+            format!("create {}", dir.display())
+        })?;
+        if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
+            let _ = fs::remove_file(&target);
+        }
+        ctx(fs::write(&target, content), || {
+            format!("write {}", path.display())
+        })?;
+    }
+    Ok(())
+}
+
 /// A new network namespace starts with `lo` down.
 fn loopback_up() -> Result<()> {
     let sock = ctx(
@@ -508,4 +541,56 @@ fn loopback_up() -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn etc_files() -> Vec<(PathBuf, String)> {
+        vec![
+            (PathBuf::from("/etc/hosts"), "127.0.0.1 localhost\n".into()),
+            (
+                PathBuf::from("/etc/resolv.conf"),
+                "nameserver 10.0.0.1\n".into(),
+            ),
+        ]
+    }
+
+    /// A pea image whose /etc/hosts links to a host file: the copy replaces the link and
+    /// never writes through it.
+    #[test]
+    fn a_pea_s_etc_files_replace_links_and_never_follow_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, host) = (tmp.path().join("root"), tmp.path().join("host-file"));
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(&host, "host secret\n").unwrap();
+        symlink(&host, root.join("etc/hosts")).unwrap();
+        copy_etc(&root, &etc_files()).unwrap();
+        assert_eq!(fs::read_to_string(&host).unwrap(), "host secret\n");
+        let hosts = root.join("etc/hosts");
+        assert!(fs::symlink_metadata(&hosts).unwrap().is_file());
+        assert_eq!(fs::read_to_string(hosts).unwrap(), "127.0.0.1 localhost\n");
+        assert_eq!(
+            fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
+            "nameserver 10.0.0.1\n"
+        );
+    }
+
+    /// An image whose /etc is a link (to anywhere) is left alone; one without /etc gets one.
+    #[test]
+    fn a_pea_image_with_a_linked_etc_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+        fs::create_dir_all(&root).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, root.join("etc")).unwrap();
+        copy_etc(&root, &etc_files()).unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+
+        let bare = tmp.path().join("bare");
+        fs::create_dir_all(&bare).unwrap();
+        copy_etc(&bare, &etc_files()).unwrap();
+        assert!(bare.join("etc/hosts").is_file());
+    }
 }

@@ -39,15 +39,32 @@ struct Supervisor {
     /// (their unread output), for the next gardend's `Adopt`. At most FINISHED_KEPT.
     finished: Vec<(String, i32, bool, Vec<OwnedFd>)>,
     by_id: HashMap<String, i32>,
+    /// A pea's init: it leaves once its one process is gone.
+    pea: bool,
 }
 
 pub fn run(prepared: Prepared) -> ! {
     // Container processes must start with a clean mask: each child undoes this after fork.
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).expect("block SIGCHLD");
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .expect("signalfd");
+    if prepared.pea {
+        pea_init();
+        // Not pid 1, so not immune: Stop's SIGTERM to every process must reach the pea's
+        // process, not the init that reports its exit.
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+        ] {
+            mask.add(s);
+        }
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).expect("block signals");
     let mut s = Supervisor {
         listener: prepared.listener,
         processes_dir: prepared.processes_dir,
@@ -57,6 +74,7 @@ pub fn run(prepared: Prepared) -> ! {
         ttys: Default::default(),
         finished: Vec::new(),
         by_id: HashMap::new(),
+        pea: prepared.pea,
     };
     loop {
         let (sig_ready, accept_ready, client_ready) = {
@@ -251,6 +269,9 @@ impl Supervisor {
                 let msg = FromInit::Exited { id, status: code };
                 for c in &self.clients {
                     let _ = proto::send(c.as_fd(), &msg, &[]);
+                }
+                if self.pea && self.running.is_empty() {
+                    pea_done();
                 }
             }
         }
@@ -453,6 +474,33 @@ fn process_oom_score_adj() -> &'static str {
     } else {
         "1000"
     }
+}
+
+/// A pea's init adopts every orphan of its process (so none escapes to the container's init
+/// and keeps the pea's mount namespace alive).
+fn pea_init() {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// The pea's process is gone: kill what it left behind, reap it, and leave, taking the pea's
+/// mount namespace (its root filesystem) with us.
+fn pea_done() -> ! {
+    loop {
+        let children = std::fs::read_to_string("/proc/thread-self/children").unwrap_or_default();
+        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        match waitpid(Pid::from_raw(-1), None) {
+            Err(Errno::ECHILD) => break,
+            Err(Errno::EINTR) | Ok(_) => continue,
+            Err(e) => {
+                eprintln!("garden-init: waitpid: {e}");
+                break;
+            }
+        }
+    }
+    std::process::exit(0)
 }
 
 /// How many finished processes' stdio garden-init keeps while no gardend is connected.

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     Adopted, Bandwidth, BoxFuture, DiskLimit, EgressRule, Exits, HostCapacity, InitIdentity,
-    Kernel, KernelError, NetInfo, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats, Traffic,
-    Usage,
+    Kernel, KernelError, NetInfo, PeaSpec, Resources, Result, Sandbox, SandboxSpec, Signal,
+    SpawnError, Stats, Traffic, Usage,
 };
 use crate::init::proto::SpawnRequest;
 
@@ -30,10 +30,27 @@ pub enum Call {
     AttachDisk(String),
     ReleaseDisk(String),
     Spawn(String, String),
+    /// A pea: container, what garden-init was asked to start, and whether it gets a cgroup of
+    /// its own (with these limits).
+    SpawnPea {
+        handle: String,
+        request: PeaRequest,
+        resources: Option<Resources>,
+        layers: usize,
+    },
     Signal(String, String, Signal),
     SignalAll(String, Signal),
     Kill(String),
     RemoveCgroup(String),
+}
+
+/// The parts of a pea's spawn request the core decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeaRequest {
+    pub id: String,
+    pub dir: String,
+    pub user: String,
+    pub env: Vec<String>,
 }
 
 /// Call kinds that [`Fake::fail_next`] can make fail.
@@ -231,6 +248,51 @@ struct FakeSandbox {
 }
 
 impl FakeSandbox {
+    /// Run a "process" (see the module's doc) on the stdio the core handed over.
+    fn start<'a>(
+        &'a self,
+        request: SpawnRequest,
+        fds: &'a [RawFd],
+    ) -> BoxFuture<'a, std::result::Result<i32, SpawnError>> {
+        if self.has_exited() {
+            return ready(Err(SpawnError::InitGone));
+        }
+        // Our own copies of the child's ends: [stdin, stdout, stderr] (the rest are the
+        // reading ends garden-init would hold; not needed here).
+        let owned: std::io::Result<Vec<OwnedFd>> = fds
+            .iter()
+            .take(3)
+            // SAFETY: the caller keeps these fds open for the duration of the call.
+            .map(|fd| unsafe { BorrowedFd::borrow_raw(*fd) }.try_clone_to_owned())
+            .collect();
+        let owned = match owned {
+            Ok(o) => o,
+            Err(e) => return ready(Err(SpawnError::Failed(e.to_string()))),
+        };
+        let id = request.id.clone();
+        match request.path.as_str() {
+            "echo" => {
+                let line = format!("{}\n", request.args.join(" "));
+                let _ = nix::unistd::write(&owned[1], line.as_bytes());
+                drop(owned);
+                let _ = self.exits.send((id, 0));
+            }
+            "exit" => {
+                drop(owned);
+                let status = request
+                    .args
+                    .first()
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or(0);
+                let _ = self.exits.send((id, status));
+            }
+            _ => {
+                self.running.lock().expect("running lock").insert(id, owned);
+            }
+        }
+        ready(Ok(100))
+    }
+
     fn record(&self, call: Call) {
         self.calls.lock().expect("calls lock").push(call);
     }
@@ -290,43 +352,27 @@ impl Sandbox for FakeSandbox {
         fds: &'a [RawFd],
     ) -> BoxFuture<'a, std::result::Result<i32, SpawnError>> {
         self.record(Call::Spawn(self.handle.clone(), request.id.clone()));
-        if self.has_exited() {
-            return ready(Err(SpawnError::InitGone));
-        }
-        // Our own copies of the child's ends: [stdin, stdout, stderr] (the rest are the
-        // reading ends garden-init would hold; not needed here).
-        let owned: std::io::Result<Vec<OwnedFd>> = fds
-            .iter()
-            .take(3)
-            // SAFETY: the caller keeps these fds open for the duration of the call.
-            .map(|fd| unsafe { BorrowedFd::borrow_raw(*fd) }.try_clone_to_owned())
-            .collect();
-        let owned = match owned {
-            Ok(o) => o,
-            Err(e) => return ready(Err(SpawnError::Failed(e.to_string()))),
-        };
-        let id = request.id.clone();
-        match request.path.as_str() {
-            "echo" => {
-                let line = format!("{}\n", request.args.join(" "));
-                let _ = nix::unistd::write(&owned[1], line.as_bytes());
-                drop(owned);
-                let _ = self.exits.send((id, 0));
-            }
-            "exit" => {
-                drop(owned);
-                let status = request
-                    .args
-                    .first()
-                    .and_then(|a| a.parse().ok())
-                    .unwrap_or(0);
-                let _ = self.exits.send((id, status));
-            }
-            _ => {
-                self.running.lock().expect("running lock").insert(id, owned);
-            }
-        }
-        ready(Ok(100))
+        self.start(request, fds)
+    }
+
+    fn spawn_pea<'a>(
+        &'a self,
+        pea: PeaSpec,
+        request: SpawnRequest,
+        fds: &'a [RawFd],
+    ) -> BoxFuture<'a, std::result::Result<i32, SpawnError>> {
+        self.record(Call::SpawnPea {
+            handle: self.handle.clone(),
+            request: PeaRequest {
+                id: request.id.clone(),
+                dir: request.dir.clone(),
+                user: request.user.clone(),
+                env: request.env.clone(),
+            },
+            resources: pea.resources,
+            layers: pea.lower_dirs.len(),
+        });
+        self.start(request, fds)
     }
 
     fn signal<'a>(

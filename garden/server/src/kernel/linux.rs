@@ -12,8 +12,8 @@ use anyhow::Context;
 
 use super::{
     Adopted, Bandwidth, BoxFuture, DiskLimit, EgressRule, Exits, HostCapacity, InitIdentity,
-    Kernel, KernelError, NetInfo, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats, Traffic,
-    Usage,
+    Kernel, KernelError, NetInfo, PeaSpec, Result, Sandbox, SandboxSpec, Signal, SpawnError, Stats,
+    Traffic, Usage,
 };
 use crate::cgroups::{Cgroups, Layout};
 use crate::config::Config;
@@ -113,8 +113,13 @@ impl Linux {
                 }
             }
         }
+        // Peas of kept containers keep their own cgroups, for adoption.
+        let kept_peas: std::collections::HashSet<String> = keep
+            .iter()
+            .flat_map(|h| runtime::pea_cgroups(&depot.join(h)))
+            .collect();
         for handle in self.runtime.cgroups().children() {
-            if !keep.contains(&handle) {
+            if !keep.contains(&handle) && !kept_peas.contains(&handle) {
                 self.remove_stale_cgroup(&handle);
             }
         }
@@ -409,7 +414,7 @@ impl Sandbox for runtime::Sandbox {
     }
 
     fn close_stdin<'a>(&'a self, process_id: &'a str) -> BoxFuture<'a, std::io::Result<()>> {
-        Box::pin(self.init.close_stdin(process_id))
+        Box::pin(runtime::Sandbox::close_stdin(self, process_id))
     }
 
     fn kill(&self) -> BoxFuture<'_, ()> {
@@ -444,12 +449,29 @@ impl Sandbox for runtime::Sandbox {
         Box::pin(self.init.spawn(request, fds))
     }
 
+    fn spawn_pea<'a>(
+        &'a self,
+        pea: PeaSpec,
+        request: SpawnRequest,
+        fds: &'a [RawFd],
+    ) -> BoxFuture<'a, std::result::Result<i32, SpawnError>> {
+        Box::pin(runtime::Sandbox::spawn_pea(self, pea, request, fds))
+    }
+
+    fn pea_stats(&self, process_id: &str) -> Option<Stats> {
+        runtime::Sandbox::pea_stats(self, process_id)
+    }
+
     fn signal<'a>(
         &'a self,
         process_id: &'a str,
         signal: Signal,
     ) -> BoxFuture<'a, std::io::Result<()>> {
-        Box::pin(self.init.signal(process_id, signal_number(signal)))
+        Box::pin(runtime::Sandbox::signal(
+            self,
+            process_id,
+            signal_number(signal),
+        ))
     }
 
     fn signal_all(&self, signal: Signal) -> BoxFuture<'_, std::io::Result<()>> {
@@ -465,7 +487,6 @@ impl Sandbox for runtime::Sandbox {
     }
 
     fn remove_cgroup(&self) -> BoxFuture<'_, Result<()>> {
-        let cgroup = self.cgroup.clone();
-        Box::pin(blocking(move || Ok(cgroup.remove()?)))
+        Box::pin(async move { Ok(runtime::Sandbox::remove_cgroup(self).await?) })
     }
 }

@@ -25,7 +25,7 @@ pub use crate::cgroups::{Resources, Stats};
 use crate::init::proto::SpawnRequest;
 pub use crate::net::{Bandwidth, EgressRule, NetInfo, Traffic};
 pub use crate::quota::{DiskLimit, Usage};
-pub use crate::runtime::{InitIdentity, RunningProcess, SandboxSpec, SpawnError};
+pub use crate::runtime::{InitIdentity, PeaSpec, RunningProcess, SandboxSpec, SpawnError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -192,6 +192,26 @@ pub trait Sandbox: Send + Sync + 'static {
         request: SpawnRequest,
         fds: &'a [RawFd],
     ) -> BoxFuture<'a, std::result::Result<i32, SpawnError>>;
+    /// Start a pea: a process in a new mount namespace whose root is `pea`'s image, sharing
+    /// the container's other namespaces (and its cgroup unless `pea.resources` is set). Its
+    /// signals, stdin and exit go by process id like any process's; its root filesystem (and
+    /// its own cgroup) are removed when it exits or the container is killed.
+    fn spawn_pea<'a>(
+        &'a self,
+        pea: PeaSpec,
+        request: SpawnRequest,
+        fds: &'a [RawFd],
+    ) -> BoxFuture<'a, std::result::Result<i32, SpawnError>> {
+        let _ = (pea, request, fds);
+        Box::pin(std::future::ready(Err(SpawnError::Failed(
+            "this sandbox cannot run peas".into(),
+        ))))
+    }
+    /// The cgroup statistics of a running pea (BulkMetrics takes pea ids as handles).
+    fn pea_stats(&self, process_id: &str) -> Option<Stats> {
+        let _ = process_id;
+        None
+    }
     fn signal<'a>(
         &'a self,
         process_id: &'a str,
@@ -207,6 +227,6 @@ pub trait Sandbox: Send + Sync + 'static {
     fn signal_all(&self, signal: Signal) -> BoxFuture<'_, std::io::Result<()>>;
     fn stats(&self) -> Stats;
     fn oom_kills(&self) -> u64;
-    /// Remove the cgroup (after [`Sandbox::kill`]).
+    /// Remove the cgroup (after [`Sandbox::kill`]), once its peas are cleaned up.
     fn remove_cgroup(&self) -> BoxFuture<'_, Result<()>>;
 }

@@ -114,6 +114,12 @@ impl InitClient {
         Ok((client, exits, running))
     }
 
+    /// Hand spawn requests too large for a packet over in `dir` (where that init reads them).
+    pub fn with_processes_dir(mut self, dir: std::path::PathBuf) -> InitClient {
+        self.processes_dir = dir;
+        self
+    }
+
     /// The process's stdin is closed on gardend's side: garden-init drops its copy too.
     pub async fn close_stdin(&self, id: &str) -> std::io::Result<()> {
         self.send(&ToInit::CloseStdin { id: id.to_string() }, &[])
@@ -186,6 +192,8 @@ pub struct RunningProcess {
     pub fds: Vec<OwnedFd>,
     /// It exited while no gardend was connected, with this status (its output may be left).
     pub exited: Option<i32>,
+    /// A pea's image layers (pinned while it runs); empty for other processes.
+    pub layers: Vec<std::path::PathBuf>,
 }
 
 /// Read garden-init's answer to `Adopt` up to `Adopted`; exits reported meanwhile are passed on.
@@ -211,6 +219,7 @@ async fn adopt_answer(
                     tty,
                     fds,
                     exited: None,
+                    layers: Vec::new(),
                 })
             }
             Received::Message(FromInit::Finished { id, status, tty }, fds) => {
@@ -219,6 +228,7 @@ async fn adopt_answer(
                     tty,
                     fds,
                     exited: Some(status),
+                    layers: Vec::new(),
                 })
             }
             Received::Message(FromInit::Exited { id, status }, _) => {

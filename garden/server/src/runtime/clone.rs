@@ -140,3 +140,206 @@ pub fn spawn_init(
     let pid = unsafe { clone(child, &mut stack, flags, Some(Signal::SIGCHLD as i32)) }?;
     Ok(pid.as_raw())
 }
+
+/// The container namespaces a pea's init joins: everything but mount.
+pub struct JoinedNamespaces<'a> {
+    /// `None` for a privileged container, which shares the host's.
+    pub user: Option<&'a OwnedFd>,
+    pub net: &'a OwnedFd,
+    pub ipc: &'a OwnedFd,
+    pub uts: &'a OwnedFd,
+    pub pid: &'a OwnedFd,
+}
+
+/// Start a pea's garden-init: a child joins the container's user, network, ipc, uts and pid
+/// namespaces, unshares a mount namespace (owned by the container's user namespace, so the
+/// pea's init may mount its root) and forks the init with CLONE_PARENT, so that it is
+/// gardend's child (held by pidfd and reaped like a container's init) inside the container's
+/// pid namespace; the joining child exits at once. The init waits on `fds.go` as
+/// [`spawn_init`]'s does. Returns (the joining child's pid, the init's host pid).
+pub fn spawn_pea_init(
+    init_bin: &Path,
+    bundle: &Path,
+    fds: &InitFds<'_>,
+    ns: &JoinedNamespaces<'_>,
+) -> nix::Result<(i32, i32)> {
+    let bin =
+        CString::new(init_bin.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let argv0 = CString::new("garden-init").expect("static string");
+    let arg1 =
+        CString::new(bundle.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
+    let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    let path_env = CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string");
+    let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
+    let ready_fd = fds.ready.as_raw_fd();
+    let log_fd = fds.log.as_raw_fd();
+    let go_fd = fds.go.as_raw_fd();
+    let passed_fds: Vec<i32> = fds.passed.iter().map(|f| f.as_raw_fd()).collect();
+    let opened = fds.opened;
+    let userns = ns.user.map(|f| f.as_raw_fd());
+    let joined: [(i32, i32); 4] = [
+        (ns.net.as_raw_fd(), libc::CLONE_NEWNET),
+        (ns.ipc.as_raw_fd(), libc::CLONE_NEWIPC),
+        (ns.uts.as_raw_fd(), libc::CLONE_NEWUTS),
+        (ns.pid.as_raw_fd(), libc::CLONE_NEWPID),
+    ];
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let report_fd = report_w.as_raw_fd();
+    let mut high = vec![-1i32; passed_fds.len()];
+    let mut high_ns = [-1i32; 5];
+    let mut stack = vec![0u8; 256 * 1024];
+    let child = Box::new(|| -> isize {
+        // SAFETY: as in spawn_init, only async-signal-safe calls on values prepared before
+        // clone; the raw clone below behaves like fork (no shared memory).
+        unsafe {
+            // From the moment it is in the container's namespaces until garden-init takes
+            // over (which does the same), this copy of gardend is out of the container's
+            // reach: no ptrace, no /proc/<pid>/mem, no open files through /proc.
+            if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 {
+                libc::_exit(126);
+            }
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            let ready = libc::fcntl(ready_fd, libc::F_DUPFD, 100);
+            let log = libc::fcntl(log_fd, libc::F_DUPFD, 100);
+            let go = libc::fcntl(go_fd, libc::F_DUPFD, 100);
+            let report = libc::fcntl(report_fd, libc::F_DUPFD, 100);
+            if null < 0 || ready < 0 || log < 0 || go < 0 || report < 0 {
+                libc::_exit(126);
+            }
+            for (h, fd) in high.iter_mut().zip(&passed_fds) {
+                *h = libc::fcntl(*fd, libc::F_DUPFD, 100);
+                if *h < 0 {
+                    libc::_exit(126);
+                }
+            }
+            let all_ns = [
+                userns.unwrap_or(-1),
+                joined[0].0,
+                joined[1].0,
+                joined[2].0,
+                joined[3].0,
+            ];
+            for (h, fd) in high_ns.iter_mut().zip(all_ns) {
+                if fd >= 0 {
+                    *h = libc::fcntl(fd, libc::F_DUPFD, 100);
+                    if *h < 0 {
+                        libc::_exit(126);
+                    }
+                }
+            }
+            if libc::dup2(null, 0) < 0
+                || libc::dup2(log, 1) < 0
+                || libc::dup2(log, 2) < 0
+                || libc::dup2(ready, 3) < 0
+            {
+                libc::_exit(126);
+            }
+            let first_passed = 4 + opened.len() as i32;
+            for (i, h) in high.iter().enumerate() {
+                if libc::dup2(*h, first_passed + i as i32) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            let go_at = first_passed + high.len() as i32;
+            if libc::dup2(go, go_at) < 0 {
+                libc::_exit(126);
+            }
+            // The namespaces and the report pipe right after the go pipe; the rest closed.
+            let report_at = go_at + 1;
+            if libc::dup2(report, report_at) < 0 {
+                libc::_exit(126);
+            }
+            let mut ns_at = [-1i32; 5];
+            for (i, h) in high_ns.iter().enumerate() {
+                if *h >= 0 {
+                    ns_at[i] = report_at + 1 + i as i32;
+                    if libc::dup2(*h, ns_at[i]) < 0 {
+                        libc::_exit(126);
+                    }
+                }
+            }
+            libc::syscall(libc::SYS_close_range, report_at as u32 + 6, u32::MAX, 0u32);
+            // The user namespace first: it grants the rights to join the others.
+            if ns_at[0] >= 0 && libc::setns(ns_at[0], libc::CLONE_NEWUSER) < 0 {
+                libc::_exit(122);
+            }
+            for (i, (_, kind)) in joined.iter().enumerate() {
+                if libc::setns(ns_at[i + 1], *kind) < 0 {
+                    libc::_exit(122);
+                }
+            }
+            if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                libc::_exit(122);
+            }
+            let pid = libc::syscall(
+                libc::SYS_clone,
+                libc::CLONE_PARENT as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            );
+            if pid < 0 {
+                libc::_exit(121);
+            }
+            if pid > 0 {
+                let pid = pid as i32;
+                let bytes = pid.to_ne_bytes();
+                libc::write(report_at, bytes.as_ptr() as *const libc::c_void, 4);
+                libc::_exit(0);
+            }
+            // The pea's init, in the container's pid namespace.
+            libc::syscall(libc::SYS_close_range, report_at as u32, u32::MAX, 0u32);
+            let go = go_at;
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(go, &mut byte as *mut u8 as *mut libc::c_void, 1);
+                if n == 1 {
+                    break;
+                }
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(125);
+            }
+            for (i, path) in opened.iter().enumerate() {
+                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+                if fd < 0 || (fd != 4 + i as i32 && libc::dup2(fd, 4 + i as i32) < 0) {
+                    libc::_exit(123);
+                }
+            }
+            libc::close(go);
+            if userns.is_some()
+                && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                    || libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) < 0
+                    || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) < 0)
+            {
+                libc::_exit(124);
+            }
+            libc::execve(bin.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127)
+        }
+    });
+    // SAFETY: the callback only performs async-signal-safe calls (see above).
+    let joiner = unsafe {
+        clone(
+            child,
+            &mut stack,
+            CloneFlags::empty(),
+            Some(Signal::SIGCHLD as i32),
+        )
+    }?;
+    drop(report_w);
+    let mut buf = [0u8; 4];
+    let read = nix::unistd::read(&report_r, &mut buf);
+    // The joiner leaves at once either way.
+    let status = nix::sys::wait::waitpid(joiner, None);
+    match (read, status) {
+        (Ok(4), _) => Ok((joiner.as_raw(), i32::from_ne_bytes(buf))),
+        (_, Ok(nix::sys::wait::WaitStatus::Exited(_, code))) => {
+            tracing::warn!(code, "the pea's namespace joiner failed");
+            Err(nix::errno::Errno::EINVAL)
+        }
+        _ => Err(nix::errno::Errno::EINVAL),
+    }
+}

@@ -3,6 +3,7 @@
 
 mod client;
 mod clone;
+mod pea;
 pub mod pidfd;
 pub mod userns;
 
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup, Resources};
 use crate::init::proto::{FdMount, InitBindMount, InitConfig};
 pub use client::{InitClient, RunningProcess, SpawnError};
+pub use pea::{recorded_cgroups as pea_cgroups, PeaSpec};
 use pidfd::PidFd;
 use rootfs::IdMapping;
 
@@ -75,11 +77,13 @@ pub struct SandboxSpec {
     pub ids: Option<IdMapping>,
 }
 
-/// Creates sandboxes: owns the cgroup parents and knows where garden-init lives.
+/// Creates sandboxes: owns the cgroup parents and knows where garden-init lives. Cheap to
+/// clone: each sandbox keeps one, to start its peas.
+#[derive(Clone)]
 pub struct Runtime {
     cgroups: Cgroups,
     init_bin: PathBuf,
-    templates: userns::Templates,
+    templates: Arc<userns::Templates>,
     /// Where chown'd copies of lower layers go when a filesystem cannot be id-mapped.
     mapped_layers: PathBuf,
 }
@@ -97,6 +101,8 @@ pub struct Sandbox {
     exited: watch::Receiver<bool>,
     /// When garden-init started (see [`PidFd::start_time`]), recorded against pid reuse.
     start_time: u64,
+    /// Its peas (processes with their own root filesystem), by process id.
+    peas: pea::Peas,
 }
 
 /// Which garden-init a record names: its host pid and start time.
@@ -137,7 +143,7 @@ impl Runtime {
         Runtime {
             cgroups,
             init_bin,
-            templates: userns::Templates::default(),
+            templates: Arc::default(),
             mapped_layers: state_dir.join("mapped-layers"),
         }
     }
@@ -174,7 +180,7 @@ impl Runtime {
                 std::os::unix::fs::chown(&d, Some(uid), Some(gid)).map_err(io_err("chown", &d))?;
             }
         }
-        let lowers = self.lowers(spec).await?;
+        let lowers = self.lowers(&spec.lower_dirs, spec.ids.as_ref()).await?;
         let cgroup = self.cgroups.create(&spec.handle, &spec.resources)?;
         match self.start(spec, &cgroup, lowers).await {
             Ok(r) => Ok(r),
@@ -188,12 +194,12 @@ impl Runtime {
     /// The overlay's lower layers for this container: as they are without a user namespace;
     /// else an id-mapped clone of each (attached by garden-init inside the container), or,
     /// where the filesystem cannot be id-mapped, a chown'd copy cached per layer and mapping.
-    async fn lowers(&self, spec: &SandboxSpec) -> Result<Vec<Lower>> {
-        let Some(ids) = &spec.ids else {
-            return Ok(spec.lower_dirs.iter().cloned().map(Lower::Dir).collect());
+    async fn lowers(&self, lower_dirs: &[PathBuf], ids: Option<&IdMapping>) -> Result<Vec<Lower>> {
+        let Some(ids) = ids else {
+            return Ok(lower_dirs.iter().cloned().map(Lower::Dir).collect());
         };
         let mut out = Vec::new();
-        for dir in &spec.lower_dirs {
+        for dir in lower_dirs {
             match self.templates.idmapped_tree(dir, ids) {
                 Ok(fd) => out.push(Lower::Mapped(fd)),
                 Err(e) => {
@@ -219,65 +225,25 @@ impl Runtime {
         lowers: Vec<Lower>,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = &spec.bundle;
-        // garden-init reaches its bundle, upper and work directories and lower layers
-        // through descriptors: container root in a user namespace may not be able to walk the
-        // host paths to them, and the overlay's options (in the container's mountinfo) name
-        // `/proc/self/fd/N` instead of the depot.
-        let mut dirs = vec![bundle.to_path_buf(), upper_dir(bundle), bundle.join("work")];
-        let mut lower_dirs = Vec::new();
-        let mut mapped = Vec::new();
-        for lower in lowers {
-            match lower {
-                // By descriptor in privileged containers too: overlay's options, which the
-                // container reads in /proc/self/mountinfo, then name no host path.
-                Lower::Dir(d) => {
-                    lower_dirs.push(Passed::opened_path(dirs.len()));
-                    dirs.push(d);
-                }
-                Lower::Mapped(fd) => {
-                    lower_dirs.push(PathBuf::new()); // set below, once numbers are known
-                    mapped.push((lower_dirs.len() - 1, fd));
-                }
-            }
-        }
-        let mut passed = Passed::new(&dirs)?;
-        let [b, upper, work] = [0, 1, 2].map(Passed::opened_path);
-        let mut lower_mounts = Vec::new();
-        for (i, fd) in mapped {
-            let name = format!("lower/{}", lower_mounts.len());
-            let host = bundle.join(&name);
-            std::fs::create_dir_all(&host).map_err(io_err("create", &host))?;
-            let target = b.join(&name);
-            lower_dirs[i] = target.clone();
-            lower_mounts.push(FdMount {
-                fd: passed.add(fd),
-                target,
-            });
-        }
-        let mut bind_mounts = spec.bind_mounts.clone();
-        for m in &mut bind_mounts {
-            let meta = std::fs::metadata(&m.src).map_err(io_err("bind mount source", &m.src))?;
-            let tree = userns::detached_clone(&m.src, m.read_only)
-                .map_err(io_err("bind mount source", &m.src))?;
-            m.src_is_dir = meta.is_dir();
-            m.fd = Some(passed.add(tree));
-        }
+        let (passed, mounts) = Mounts::plan(bundle, lowers, &spec.bind_mounts, None)?;
+        let b = &mounts.bundle;
         let config = InitConfig {
-            lower_dirs,
-            lower_mounts,
+            lower_dirs: mounts.lower_dirs,
+            lower_mounts: mounts.lower_mounts,
             user_namespace: spec.ids.is_some(),
-            upper_dir: upper,
-            work_dir: work,
+            upper_dir: mounts.upper,
+            work_dir: mounts.work,
             rootfs: b.join("rootfs"),
             hostname: spec.hostname.clone(),
-            bind_mounts,
+            bind_mounts: mounts.bind_mounts,
             // gardend puts garden-init in its cgroups before it execs (container root in a
             // user namespace may not write the host's cgroup files).
             cgroup_procs: Vec::new(),
             socket: b.join("init.sock"),
-            processes_dir: b.join("processes"),
+            processes_dir: mounts.processes,
             privileged: spec.privileged,
             devices_allowlisted: self.cgroups.layout().restricts_devices(),
+            pea: None,
         };
         let init_json = bundle.join("init.json");
         std::fs::write(
@@ -305,7 +271,7 @@ impl Runtime {
             passed: &passed.fds,
             go: &go_r,
         };
-        let pid = clone::spawn_init(&self.init_bin, &b, &fds, spec.ids.is_some())
+        let pid = clone::spawn_init(&self.init_bin, b, &fds, spec.ids.is_some())
             .map_err(RuntimeError::Clone)?;
         drop((ready_w, log, go_r, passed));
         // Our unreaped child: the pid is still its own here.
@@ -351,6 +317,7 @@ impl Runtime {
                 source,
             })
         })?;
+        let (peas, exits) = pea::Peas::new(self.clone(), bundle, exits);
         Ok((
             Sandbox {
                 init_process,
@@ -359,6 +326,7 @@ impl Runtime {
                 ids: spec.ids.clone(),
                 exited,
                 start_time,
+                peas,
             },
             exits,
         ))
@@ -396,14 +364,19 @@ impl Runtime {
                     path: socket.clone(),
                     source,
                 })?;
+        let (peas, exits) = pea::Peas::new(self.clone(), bundle, exits);
+        let cgroup = self.cgroups.container(handle);
+        let mut running = running;
+        running.extend(peas.adopt(&cgroup).await);
         Ok((
             Sandbox {
                 init_process,
-                cgroup: self.cgroups.container(handle),
+                cgroup,
                 init: client,
                 exited,
                 start_time: init.start_time,
                 ids,
+                peas,
             },
             exits,
             running,
@@ -454,6 +427,55 @@ impl Sandbox {
             .collect()
     }
 
+    /// Start a pea: `request` in a root filesystem of its own (see `pea`).
+    pub async fn spawn_pea(
+        &self,
+        spec: PeaSpec,
+        request: crate::init::proto::SpawnRequest,
+        fds: &[std::os::fd::RawFd],
+    ) -> std::result::Result<i32, SpawnError> {
+        if self.has_exited() {
+            return Err(SpawnError::InitGone);
+        }
+        let container = pea::Container {
+            init: &self.init_process,
+            cgroup: &self.cgroup,
+            ids: self.ids.as_ref(),
+        };
+        self.peas.spawn(container, spec, request, fds).await
+    }
+
+    /// Signal process `id`, through the init that started it.
+    pub async fn signal(&self, id: &str, signal: i32) -> std::io::Result<()> {
+        match self.peas.get(id) {
+            Some(pea) => pea.client.signal(id, signal).await,
+            None => self.init.signal(id, signal).await,
+        }
+    }
+
+    /// gardend closed a process's stdin (see `ToInit::CloseStdin`).
+    pub async fn close_stdin(&self, id: &str) -> std::io::Result<()> {
+        match self.peas.get(id) {
+            Some(pea) => pea.client.close_stdin(id).await,
+            None => self.init.close_stdin(id).await,
+        }
+    }
+
+    /// The cgroup statistics of pea `id` (its own cgroup's, or the container's).
+    pub fn pea_stats(&self, id: &str) -> Option<crate::cgroups::Stats> {
+        self.peas.stats(id)
+    }
+
+    /// Once the container is killed: wait for its peas' cleanup, then remove its cgroup.
+    pub async fn remove_cgroup(&self) -> Result<()> {
+        self.peas.wait_all().await;
+        let cgroup = self.cgroup.clone();
+        tokio::task::spawn_blocking(move || cgroup.remove())
+            .await
+            .map_err(|e| RuntimeError::Setup(e.to_string()))??;
+        Ok(())
+    }
+
     /// An fd of the container's root directory, for path resolution inside it.
     pub fn open_root(&self) -> std::io::Result<OwnedFd> {
         self.init_process.open_in_proc(
@@ -494,6 +516,88 @@ enum Lower {
     Dir(PathBuf),
     /// A detached id-mapped mount it attaches first.
     Mapped(OwnedFd),
+}
+
+/// Where garden-init finds its bundle, layers and bind mounts, as it names them.
+struct Mounts {
+    /// The bundle (its descriptor path).
+    bundle: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    lower_dirs: Vec<PathBuf>,
+    lower_mounts: Vec<FdMount>,
+    bind_mounts: Vec<InitBindMount>,
+    /// Where it records exit codes.
+    processes: PathBuf,
+}
+
+impl Mounts {
+    /// garden-init reaches its bundle, upper and work directories and lower layers through
+    /// descriptors: container root in a user namespace may not be able to walk the host paths
+    /// to them, and the overlay's options (in the container's mountinfo) name `/proc/self/fd/N`
+    /// instead of the depot. Id-mapped layers and bind mount sources are detached mounts it
+    /// attaches. `processes`: another directory for exit codes than the bundle's
+    /// (a pea's init records them in its container's).
+    fn plan(
+        bundle: &Path,
+        lowers: Vec<Lower>,
+        bind_mounts: &[InitBindMount],
+        processes: Option<&Path>,
+    ) -> Result<(Passed, Mounts)> {
+        let mut dirs = vec![bundle.to_path_buf(), upper_dir(bundle), bundle.join("work")];
+        let processes = processes.map(|p| {
+            dirs.push(p.to_path_buf());
+            Passed::opened_path(dirs.len() - 1)
+        });
+        let mut lower_dirs = Vec::new();
+        let mut mapped = Vec::new();
+        for lower in lowers {
+            match lower {
+                // By descriptor in privileged containers too: overlay's options, which the
+                // container reads in /proc/self/mountinfo, then name no host path.
+                Lower::Dir(d) => {
+                    lower_dirs.push(Passed::opened_path(dirs.len()));
+                    dirs.push(d);
+                }
+                Lower::Mapped(fd) => {
+                    lower_dirs.push(PathBuf::new()); // set below, once numbers are known
+                    mapped.push((lower_dirs.len() - 1, fd));
+                }
+            }
+        }
+        let mut passed = Passed::new(&dirs)?;
+        let [b, upper, work] = [0, 1, 2].map(Passed::opened_path);
+        let mut lower_mounts = Vec::new();
+        for (i, fd) in mapped {
+            let name = format!("lower/{}", lower_mounts.len());
+            let host = bundle.join(&name);
+            std::fs::create_dir_all(&host).map_err(io_err("create", &host))?;
+            let target = b.join(&name);
+            lower_dirs[i] = target.clone();
+            lower_mounts.push(FdMount {
+                fd: passed.add(fd),
+                target,
+            });
+        }
+        let mut bind_mounts = bind_mounts.to_vec();
+        for m in &mut bind_mounts {
+            let meta = std::fs::metadata(&m.src).map_err(io_err("bind mount source", &m.src))?;
+            let tree = userns::detached_clone(&m.src, m.read_only)
+                .map_err(io_err("bind mount source", &m.src))?;
+            m.src_is_dir = meta.is_dir();
+            m.fd = Some(passed.add(tree));
+        }
+        let mounts = Mounts {
+            processes: processes.unwrap_or_else(|| b.join("processes")),
+            bundle: b,
+            upper,
+            work,
+            lower_dirs,
+            lower_mounts,
+            bind_mounts,
+        };
+        Ok((passed, mounts))
+    }
 }
 
 /// Descriptors garden-init starts with: the directories it opens itself (fds 4, 5, ...), then
