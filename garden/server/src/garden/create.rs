@@ -40,14 +40,7 @@ impl Garden {
         self.kernel
             .validate_network(convert::bandwidth(&spec.limits.bandwidth_limits))
             .map_err(kernel_error)?;
-        for b in &spec.bind_mounts {
-            if !Path::new(&b.src_path).is_absolute() || !Path::new(&b.dst_path).is_absolute() {
-                return Err(GardenError::bad_request(format!(
-                    "bind mount paths must be absolute: {} -> {}",
-                    b.src_path, b.dst_path
-                )));
-            }
-        }
+        validate::bind_mounts(&spec.bind_mounts)?;
         {
             let containers = self.containers.read().expect("containers lock");
             let mut reserved = self.reserved.lock().expect("reserved lock");
@@ -77,15 +70,13 @@ impl Garden {
             self.images.pin(&self.default_rootfs.lower_dirs);
             self.default_rootfs.clone()
         } else {
-            let store = self.images.clone();
-            let creds = rootfs::Credentials {
-                username: spec.image.username.clone(),
-                password: spec.image.password.clone(),
+            let image = garden_api::ImageRef {
+                uri,
+                ..spec.image.clone()
             };
-            tokio::task::spawn_blocking(move || store.resolve(&uri, &creds, Path::new("/")))
+            self.resolve_image(&image)
                 .await
-                .map_err(generic)?
-                .map_err(generic)?
+                .map_err(GardenError::generic)?
         };
         let lower_dirs = plan.lower_dirs.clone();
         // Once the container is registered, its destroy releases the image.
@@ -255,6 +246,24 @@ impl Garden {
         let props = self.network_properties(handle);
         self.set_properties(&c, |p| p.extend(props));
         Ok(())
+    }
+
+    /// Resolve an image through the layer store: pulling and unpacking if needed, which
+    /// blocks, so it runs off the async workers.
+    pub(super) async fn resolve_image(
+        &self,
+        image: &garden_api::ImageRef,
+    ) -> std::result::Result<rootfs::RootfsPlan, String> {
+        let store = self.images.clone();
+        let uri = image.uri.clone();
+        let creds = rootfs::Credentials {
+            username: image.username.clone(),
+            password: image.password.clone(),
+        };
+        tokio::task::spawn_blocking(move || store.resolve(&uri, &creds, Path::new("/")))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     /// The `garden.network.*` and `kawasaki.*` properties of a container, with its NetIn

@@ -1,6 +1,5 @@
 //! Processes: Run, Attach, and the stdout/stderr requests that claim a session's streams.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -161,14 +160,7 @@ impl Garden {
 
     /// Resolve (pulling if needed) and pin a pea's image.
     async fn pea_image(&self, spec: &ProcessSpec) -> Result<rootfs::RootfsPlan> {
-        for b in &spec.bind_mounts {
-            if !Path::new(&b.src_path).is_absolute() || !Path::new(&b.dst_path).is_absolute() {
-                return Err(GardenError::bad_request(format!(
-                    "bind mount paths must be absolute: {} -> {}",
-                    b.src_path, b.dst_path
-                )));
-            }
-        }
+        super::validate::bind_mounts(&spec.bind_mounts)?;
         if let Some(l) = &spec.limits {
             super::validate::limits(&garden_api::Limits {
                 cpu_limits: l.cpu_limits,
@@ -176,15 +168,8 @@ impl Garden {
                 ..Default::default()
             })?;
         }
-        let store = self.images.clone();
-        let uri = spec.image.uri.clone();
-        let creds = rootfs::Credentials {
-            username: spec.image.username.clone(),
-            password: spec.image.password.clone(),
-        };
-        tokio::task::spawn_blocking(move || store.resolve(&uri, &creds, Path::new("/")))
+        self.resolve_image(&spec.image)
             .await
-            .map_err(generic)?
             .map_err(|e| GardenError::generic(format!("pea image: {e}")))
     }
 

@@ -2,7 +2,9 @@
 //! (or one that would leave garden-init unable to start) is a clear 400 instead of a 500 from
 //! deep inside setup.
 
-use garden_api::{GardenError, Limits, DISK_LIMIT_SCOPE_EXCLUSIVE};
+use std::path::Path;
+
+use garden_api::{BindMount, GardenError, Limits, DISK_LIMIT_SCOPE_EXCLUSIVE};
 
 use super::Result;
 
@@ -17,6 +19,19 @@ const MAX_BYTES: u64 = i64::MAX as u64;
 
 fn bad(message: String) -> GardenError {
     GardenError::bad_request(message)
+}
+
+/// Bind mounts (a container's or a pea's) name absolute paths on both sides.
+pub(super) fn bind_mounts(mounts: &[BindMount]) -> Result<()> {
+    for b in mounts {
+        if !Path::new(&b.src_path).is_absolute() || !Path::new(&b.dst_path).is_absolute() {
+            return Err(bad(format!(
+                "bind mount paths must be absolute: {} -> {}",
+                b.src_path, b.dst_path
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Every create-time limit; zero always means "no limit".

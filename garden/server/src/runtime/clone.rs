@@ -25,6 +25,109 @@ pub struct InitFds<'a> {
     pub go: &'a OwnedFd,
 }
 
+/// garden-init's program, arguments and environment, made before clone (the child may not
+/// allocate).
+struct InitExec {
+    bin: CString,
+    argv0: CString,
+    bundle: CString,
+    path_env: CString,
+}
+
+impl InitExec {
+    fn new(init_bin: &Path, bundle: &Path) -> nix::Result<InitExec> {
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)
+        };
+        Ok(InitExec {
+            bin: c(init_bin)?,
+            argv0: CString::new("garden-init").expect("static string"),
+            bundle: c(bundle)?,
+            path_env: CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string"),
+        })
+    }
+}
+
+/// In the child: 0 = `null`, 1 and 2 = `log`, 3 = `ready`, the `high` duplicates of the
+/// passed descriptors from `first_passed` on, and `go` right after them. Returns where `go`
+/// now is; `_exit(126)` if a dup2 fails.
+///
+/// # Safety
+/// Only dup2 and _exit: async-signal-safe, for a child of clone in a threaded process.
+unsafe fn place_fds(
+    null: i32,
+    log: i32,
+    ready: i32,
+    first_passed: i32,
+    high: &[i32],
+    go: i32,
+) -> i32 {
+    // SAFETY: see the function's contract; every call is async-signal-safe.
+    unsafe {
+        if libc::dup2(null, 0) < 0
+            || libc::dup2(log, 1) < 0
+            || libc::dup2(log, 2) < 0
+            || libc::dup2(ready, 3) < 0
+        {
+            libc::_exit(126);
+        }
+        for (i, h) in high.iter().enumerate() {
+            if libc::dup2(*h, first_passed + i as i32) < 0 {
+                libc::_exit(126);
+            }
+        }
+        let go_at = first_passed + high.len() as i32;
+        if libc::dup2(go, go_at) < 0 {
+            libc::_exit(126);
+        }
+        go_at
+    }
+}
+
+/// In the child: wait for gardend's byte on `go` (EOF: it gave up, exit 125), open the
+/// directories garden-init reaches as /proc/self/fd/4.. while still host root (which owns
+/// the host paths), become container root in a user namespace (until now this process was
+/// host root, which the namespace does not map), and exec garden-init.
+///
+/// # Safety
+/// Only read, open, dup2, close, raw set*id syscalls (glibc's wrappers would try to signal
+/// threads that do not exist here), execve and _exit: async-signal-safe.
+unsafe fn wait_then_exec(go: i32, opened: &[CString], userns: bool, exec: &InitExec) -> ! {
+    // SAFETY: see the function's contract; every call is async-signal-safe.
+    unsafe {
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(go, &mut byte as *mut u8 as *mut libc::c_void, 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(125);
+        }
+        for (i, path) in opened.iter().enumerate() {
+            let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
+            if fd < 0 || (fd != 4 + i as i32 && libc::dup2(fd, 4 + i as i32) < 0) {
+                libc::_exit(123);
+            }
+        }
+        libc::close(go);
+        if userns
+            && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) < 0
+                || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) < 0)
+        {
+            libc::_exit(124);
+        }
+        let argv: [*const libc::c_char; 3] =
+            [exec.argv0.as_ptr(), exec.bundle.as_ptr(), std::ptr::null()];
+        let envp: [*const libc::c_char; 2] = [exec.path_env.as_ptr(), std::ptr::null()];
+        libc::execve(exec.bin.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::_exit(127)
+    }
+}
+
 /// Clone garden-init into new mount, pid, uts, ipc and net namespaces, and a new user
 /// namespace when `userns`. It waits for a byte on `fds.go` (EOF = abort) before it becomes
 /// container root (in a user namespace) and execs. Returns its host pid.
@@ -36,14 +139,7 @@ pub fn spawn_init(
 ) -> nix::Result<i32> {
     // Everything the child touches is prepared here: after clone in a multi-threaded process
     // the child may only make async-signal-safe calls (no allocation).
-    let bin =
-        CString::new(init_bin.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
-    let argv0 = CString::new("garden-init").expect("static string");
-    let arg1 =
-        CString::new(bundle.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
-    let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
-    let path_env = CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string");
-    let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
+    let exec = InitExec::new(init_bin, bundle)?;
     let ready_fd = fds.ready.as_raw_fd();
     let log_fd = fds.log.as_raw_fd();
     let go_fd = fds.go.as_raw_fd();
@@ -81,59 +177,11 @@ pub fn spawn_init(
                     libc::_exit(126);
                 }
             }
-            if libc::dup2(null, 0) < 0
-                || libc::dup2(log, 1) < 0
-                || libc::dup2(log, 2) < 0
-                || libc::dup2(ready, 3) < 0
-            {
-                libc::_exit(126);
-            }
-            let first_passed = 4 + opened.len() as i32;
-            for (i, h) in high.iter().enumerate() {
-                if libc::dup2(*h, first_passed + i as i32) < 0 {
-                    libc::_exit(126);
-                }
-            }
             // The go pipe goes right after them; everything else (gardend's copy of the go
             // pipe's write end included, so that its close reads as EOF here) is closed.
-            let go_at = first_passed + high.len() as i32;
-            if libc::dup2(go, go_at) < 0 {
-                libc::_exit(126);
-            }
+            let go_at = place_fds(null, log, ready, 4 + opened.len() as i32, &high, go);
             libc::syscall(libc::SYS_close_range, go_at as u32 + 1, u32::MAX, 0u32);
-            let go = go_at;
-            let mut byte = 0u8;
-            loop {
-                let n = libc::read(go, &mut byte as *mut u8 as *mut libc::c_void, 1);
-                if n == 1 {
-                    break;
-                }
-                if n < 0 && *libc::__errno_location() == libc::EINTR {
-                    continue;
-                }
-                libc::_exit(125); // gardend gave up on us
-            }
-            // In the new mount namespace and still host root (which owns the host paths),
-            // open the directories garden-init reaches as /proc/self/fd/N.
-            for (i, path) in opened.iter().enumerate() {
-                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
-                if fd < 0 || (fd != 4 + i as i32 && libc::dup2(fd, 4 + i as i32) < 0) {
-                    libc::_exit(123);
-                }
-            }
-            libc::close(go);
-            if userns {
-                // Become container root: until now this process was host root, which the
-                // namespace does not map.
-                if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
-                    || libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) < 0
-                    || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) < 0
-                {
-                    libc::_exit(124);
-                }
-            }
-            libc::execve(bin.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(127)
+            wait_then_exec(go_at, opened, userns, &exec)
         }
     });
     // SAFETY: the callback only performs async-signal-safe calls (see above).
@@ -163,14 +211,7 @@ pub fn spawn_pea_init(
     fds: &InitFds<'_>,
     ns: &JoinedNamespaces<'_>,
 ) -> nix::Result<(i32, i32)> {
-    let bin =
-        CString::new(init_bin.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
-    let argv0 = CString::new("garden-init").expect("static string");
-    let arg1 =
-        CString::new(bundle.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)?;
-    let argv: [*const libc::c_char; 3] = [argv0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
-    let path_env = CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string");
-    let envp: [*const libc::c_char; 2] = [path_env.as_ptr(), std::ptr::null()];
+    let exec = InitExec::new(init_bin, bundle)?;
     let ready_fd = fds.ready.as_raw_fd();
     let log_fd = fds.log.as_raw_fd();
     let go_fd = fds.go.as_raw_fd();
@@ -227,23 +268,7 @@ pub fn spawn_pea_init(
                     }
                 }
             }
-            if libc::dup2(null, 0) < 0
-                || libc::dup2(log, 1) < 0
-                || libc::dup2(log, 2) < 0
-                || libc::dup2(ready, 3) < 0
-            {
-                libc::_exit(126);
-            }
-            let first_passed = 4 + opened.len() as i32;
-            for (i, h) in high.iter().enumerate() {
-                if libc::dup2(*h, first_passed + i as i32) < 0 {
-                    libc::_exit(126);
-                }
-            }
-            let go_at = first_passed + high.len() as i32;
-            if libc::dup2(go, go_at) < 0 {
-                libc::_exit(126);
-            }
+            let go_at = place_fds(null, log, ready, 4 + opened.len() as i32, &high, go);
             // The namespaces and the report pipe right after the go pipe; the rest closed.
             let report_at = go_at + 1;
             if libc::dup2(report, report_at) < 0 {
@@ -290,34 +315,7 @@ pub fn spawn_pea_init(
             }
             // The pea's init, in the container's pid namespace.
             libc::syscall(libc::SYS_close_range, report_at as u32, u32::MAX, 0u32);
-            let go = go_at;
-            let mut byte = 0u8;
-            loop {
-                let n = libc::read(go, &mut byte as *mut u8 as *mut libc::c_void, 1);
-                if n == 1 {
-                    break;
-                }
-                if n < 0 && *libc::__errno_location() == libc::EINTR {
-                    continue;
-                }
-                libc::_exit(125);
-            }
-            for (i, path) in opened.iter().enumerate() {
-                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_DIRECTORY);
-                if fd < 0 || (fd != 4 + i as i32 && libc::dup2(fd, 4 + i as i32) < 0) {
-                    libc::_exit(123);
-                }
-            }
-            libc::close(go);
-            if userns.is_some()
-                && (libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
-                    || libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) < 0
-                    || libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) < 0)
-            {
-                libc::_exit(124);
-            }
-            libc::execve(bin.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(127)
+            wait_then_exec(go_at, opened, userns.is_some(), &exec)
         }
     });
     // SAFETY: the callback only performs async-signal-safe calls (see above).

@@ -159,27 +159,7 @@ impl Runtime {
         spec: &SandboxSpec,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = &spec.bundle;
-        for d in [
-            upper_dir(bundle),
-            bundle.join("work"),
-            rootfs_dir(bundle),
-            processes_dir(bundle),
-        ] {
-            std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
-        }
-        if let Some(ids) = &spec.ids {
-            // Container root (garden-init in its namespace) binds its socket in the bundle,
-            // records exits and builds the overlay: those directories are its own.
-            let (uid, gid) = ids.root();
-            for d in [
-                bundle.to_path_buf(),
-                upper_dir(bundle),
-                bundle.join("work"),
-                processes_dir(bundle),
-            ] {
-                std::os::unix::fs::chown(&d, Some(uid), Some(gid)).map_err(io_err("chown", &d))?;
-            }
-        }
+        prepare_bundle(bundle, spec.ids.as_ref())?;
         let lowers = self.lowers(&spec.lower_dirs, spec.ids.as_ref()).await?;
         let cgroup = self.cgroups.create(&spec.handle, &spec.resources)?;
         match self.start(spec, &cgroup, lowers).await {
@@ -732,3 +712,30 @@ pub fn find_init_bin(explicit: Option<&Path>) -> std::io::Result<PathBuf> {
 
 /// Shared handle to a sandbox.
 pub type SandboxRef = Arc<Sandbox>;
+
+/// The directories of a bundle (a container's or a pea's): the overlay's upper and work
+/// directories, the root mount point and the process records. With a user namespace,
+/// container root (garden-init in its namespace) binds its socket in the bundle, records
+/// exits and builds the overlay: those directories are its own.
+pub(crate) fn prepare_bundle(bundle: &Path, ids: Option<&IdMapping>) -> Result<()> {
+    for d in [
+        upper_dir(bundle),
+        bundle.join("work"),
+        rootfs_dir(bundle),
+        processes_dir(bundle),
+    ] {
+        std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
+    }
+    if let Some(ids) = ids {
+        let (uid, gid) = ids.root();
+        for d in [
+            bundle.to_path_buf(),
+            upper_dir(bundle),
+            bundle.join("work"),
+            processes_dir(bundle),
+        ] {
+            std::os::unix::fs::chown(&d, Some(uid), Some(gid)).map_err(io_err("chown", &d))?;
+        }
+    }
+    Ok(())
+}

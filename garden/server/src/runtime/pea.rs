@@ -16,8 +16,8 @@ use super::client::{InitClient, SpawnError};
 use super::clone::{self, JoinedNamespaces};
 use super::pidfd::PidFd;
 use super::{
-    io_err, monitor, processes_dir, read_all, rootfs_dir, shield_from_oom, upper_dir, InitIdentity,
-    Mounts, Result, RunningProcess, Runtime, RuntimeError,
+    io_err, monitor, processes_dir, read_all, shield_from_oom, InitIdentity, Mounts, Result,
+    RunningProcess, Runtime, RuntimeError,
 };
 use crate::cgroups::{ContainerCgroup, Resources, Stats};
 use crate::init::proto::{InitBindMount, InitConfig, PeaConfig, SpawnRequest};
@@ -357,25 +357,7 @@ impl Peas {
         mpsc::UnboundedReceiver<(String, i32)>,
         MountNs,
     )> {
-        for d in [
-            upper_dir(bundle),
-            bundle.join("work"),
-            rootfs_dir(bundle),
-            processes_dir(bundle),
-        ] {
-            std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
-        }
-        if let Some(ids) = c.ids {
-            let (uid, gid) = ids.root();
-            for d in [
-                bundle.to_path_buf(),
-                upper_dir(bundle),
-                bundle.join("work"),
-                processes_dir(bundle),
-            ] {
-                std::os::unix::fs::chown(&d, Some(uid), Some(gid)).map_err(io_err("chown", &d))?;
-            }
-        }
+        super::prepare_bundle(bundle, c.ids)?;
         let etc_files = container_etc(c.init);
         let lowers = self.runtime.lowers(&spec.lower_dirs, c.ids).await?;
         // Exit codes go where the container's go, for a restarted gardend to find.
