@@ -260,6 +260,28 @@ impl Firewall {
         kept: &[&ContainerRules],
         global: String,
     ) -> Result<String, NetError> {
+        // iptables-nft rebuilds a transaction when another process changed the ruleset since
+        // it read it, and 1.8.9 can get that rebuild wrong for a chain deleted and made again
+        // in one transaction (ENOENT, seen with several gardends starting at once). Start again
+        // from a fresh iptables-save a few times before giving up.
+        let mut attempt = 1;
+        loop {
+            match self.take_over_once(kept, &global).await {
+                Err(NetError::Command { command, message }) if attempt < 3 => {
+                    tracing::warn!(attempt, %command, %message, "taking over the firewall failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn take_over_once(
+        &self,
+        kept: &[&ContainerRules],
+        global: &str,
+    ) -> Result<String, NetError> {
         let saved = {
             let _g = self.queue.lock.lock().await;
             cmd::run(&self.save, &[], None).await?
@@ -285,7 +307,18 @@ impl Firewall {
             .map(|c| (*c, has_nat_chain(&saved, &c.chain)))
             .collect();
         let relink = self.relink_script(&links);
-        self.apply(merge_tables(&[cleanup, global, relink])).await?;
+        if keep.is_empty() {
+            // Nothing's traffic to keep flowing: remove, then build anew, as two transactions
+            // (no chain is deleted and made again in one).
+            if !cleanup.is_empty() {
+                self.apply(cleanup).await?;
+            }
+            self.apply(merge_tables(&[global.to_string(), relink]))
+                .await?;
+        } else {
+            self.apply(merge_tables(&[cleanup, global.to_string(), relink]))
+                .await?;
+        }
         Ok(saved)
     }
 
