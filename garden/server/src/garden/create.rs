@@ -51,18 +51,26 @@ impl Garden {
                 )));
             }
         }
-        {
-            let containers = self.containers.read().expect("containers lock");
-            let mut reserved = self.reserved.lock().expect("reserved lock");
-            if containers.contains_key(&handle) || reserved.contains(&handle) {
-                return Err(GardenError::generic(format!(
-                    "Handle '{handle}' already in use"
-                )));
+        loop {
+            {
+                let containers = self.containers.read().expect("containers lock");
+                let mut reserved = self.reserved.lock().expect("reserved lock");
+                if containers.contains_key(&handle) || reserved.contains(&handle) {
+                    return Err(GardenError::generic(format!(
+                        "Handle '{handle}' already in use"
+                    )));
+                }
+                // A destroyed container's handle is free once its resources are.
+                if !self.reclaiming.contains(&handle) {
+                    let held = containers.len() + reserved.len() + self.reclaiming.len();
+                    if held as u64 >= self.max_containers() {
+                        return Err(GardenError::generic("max containers reached"));
+                    }
+                    reserved.insert(handle.clone());
+                    break;
+                }
             }
-            if (containers.len() + reserved.len()) as u64 >= self.max_containers() {
-                return Err(GardenError::generic("max containers reached"));
-            }
-            reserved.insert(handle.clone());
+            self.reclaiming.wait_for(&handle).await;
         }
         let result = self.create_reserved(&handle, spec).await;
         self.reserved.lock().expect("reserved lock").remove(&handle);
