@@ -206,6 +206,8 @@ impl Garden {
             if let Err(d) = self.destroy(handle).await {
                 tracing::warn!(handle, error = %d, "clean up after failed network setup");
             }
+            // A failed Create answers with nothing of it left behind.
+            self.reclaiming.wait_for(handle).await;
             return Err(e);
         }
         // Only now is the container complete: a bundle without a record is a create that a
