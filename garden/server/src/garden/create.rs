@@ -51,7 +51,12 @@ impl Garden {
                 )));
             }
         }
+        // A destroyed container's handle, and its place under max-containers, are free once
+        // its resources are: wait for that rather than fail.
         loop {
+            let next_end = self.reclaiming.next_end();
+            tokio::pin!(next_end);
+            next_end.as_mut().enable();
             {
                 let containers = self.containers.read().expect("containers lock");
                 let mut reserved = self.reserved.lock().expect("reserved lock");
@@ -60,17 +65,18 @@ impl Garden {
                         "Handle '{handle}' already in use"
                     )));
                 }
-                // A destroyed container's handle is free once its resources are.
-                if !self.reclaiming.contains(&handle) {
-                    let held = containers.len() + reserved.len() + self.reclaiming.len();
-                    if held as u64 >= self.max_containers() {
-                        return Err(GardenError::generic("max containers reached"));
-                    }
+                let reclaiming = self.reclaiming.len();
+                let held = (containers.len() + reserved.len() + reclaiming) as u64;
+                let full = held >= self.max_containers();
+                if full && reclaiming == 0 {
+                    return Err(GardenError::generic("max containers reached"));
+                }
+                if !full && !self.reclaiming.contains(&handle) {
                     reserved.insert(handle.clone());
                     break;
                 }
             }
-            self.reclaiming.wait_for(&handle).await;
+            next_end.await;
         }
         let result = self.create_reserved(&handle, spec).await;
         self.reserved.lock().expect("reserved lock").remove(&handle);

@@ -25,6 +25,8 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(super) struct Reclaiming {
     pending: std::sync::Mutex<std::collections::HashMap<String, watch::Receiver<bool>>>,
+    /// Woken whenever a reclamation ends (room for a Create waiting on max-containers).
+    ended: tokio::sync::Notify,
 }
 
 impl Reclaiming {
@@ -50,6 +52,11 @@ impl Reclaiming {
         if let Some(mut rx) = rx {
             let _ = rx.wait_for(|done| *done).await;
         }
+    }
+
+    /// A future resolving when the next reclamation ends; `enable` it before checking.
+    pub(super) fn next_end(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ended.notified()
     }
 
     /// Wait until every reclamation under way (and any begun meanwhile) is done.
