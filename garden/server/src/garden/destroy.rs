@@ -90,6 +90,7 @@ impl Reclaiming {
     fn end(&self, handle: &str, done: watch::Sender<bool>) {
         self.pending.lock().expect("reclaiming lock").remove(handle);
         let _ = done.send(true);
+        self.ended.notify_waiters();
     }
 }
 

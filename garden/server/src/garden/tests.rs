@@ -19,16 +19,17 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(Config::default())
+}
+
+fn setup_with(base: Config) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let depot = tmp.path().join("depot");
     let image = tmp.path().join("rootfs");
     std::fs::create_dir_all(&depot).unwrap();
     std::fs::create_dir_all(&image).unwrap();
     let fake = Fake::new();
-    let config = Config {
-        depot,
-        ..Config::default()
-    };
+    let config = Config { depot, ..base };
     let plan = rootfs::RootfsPlan {
         lower_dirs: vec![image],
         env: vec!["FROM_IMAGE=1".into()],
@@ -216,6 +217,37 @@ async fn a_failed_reclamation_step_is_retried_and_holds_the_handle_until_done() 
         !bundle.join("destroying").exists(),
         "the new container is not marked"
     );
+}
+
+#[tokio::test]
+async fn a_create_waits_for_room_held_only_by_a_reclamation() {
+    let t = setup_with(Config {
+        max_containers: 1,
+        ..Config::default()
+    });
+    json::<serde_json::Value>(t.create("m1", 0).await);
+    let e = t.create("m2", 0).await.unwrap_err();
+    assert!(e.to_string().contains("max containers reached"), "{e}");
+    t.fake.fail_next(Kind::ReleaseNetwork, 1);
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::Destroy {
+                handle: "m1".into(),
+            })
+            .await,
+    );
+    json::<serde_json::Value>(t.create("m2", 0).await);
+    let calls = t.fake.calls();
+    let released = calls
+        .iter()
+        .rposition(|c| *c == call(Call::ReleaseDisk, "m1"))
+        .expect("m1 reclaimed");
+    let attached = calls
+        .iter()
+        .position(|c| *c == call(Call::AttachDisk, "m2"))
+        .expect("m2 created");
+    assert!(released < attached, "{calls:?}");
+    assert_eq!(t.list().await, ["m2"]);
 }
 
 #[tokio::test]
