@@ -43,6 +43,9 @@ pub struct ContainerRules {
     pub subnet: Cidr,
 }
 
+/// Attempts at taking over a previous run's firewall (see [`Firewall::take_over`]).
+const TAKE_OVER_ATTEMPTS: usize = 5;
+
 pub struct Firewall {
     restore: PathBuf,
     save: PathBuf,
@@ -257,6 +260,28 @@ impl Firewall {
     /// (`global`, from [`Firewall::global_script`]) and the kept containers' jumps into theirs,
     /// so their traffic is never cut. Returns the `iptables-save` output it started from.
     pub async fn take_over(
+        &self,
+        kept: &[&ContainerRules],
+        global: String,
+    ) -> Result<String, NetError> {
+        // A killed predecessor's last `iptables-restore` (a destroy being reclaimed) may still
+        // commit between our snapshot and our transaction, which then names a chain or rule
+        // that is gone: start again from a fresh snapshot.
+        let mut pause = std::time::Duration::from_millis(50);
+        for _ in 0..TAKE_OVER_ATTEMPTS - 1 {
+            match self.take_over_once(kept, global.clone()).await {
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking over the firewall failed; retrying from a fresh snapshot");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                ok => return ok,
+            }
+        }
+        self.take_over_once(kept, global).await
+    }
+
+    async fn take_over_once(
         &self,
         kept: &[&ContainerRules],
         global: String,
