@@ -1,10 +1,11 @@
 #!/bin/sh
 # Install what the benchmark harness (crate `bench`) needs from Debian: the peer runtimes
-# crun and runc, and busybox-static for the rootfs. Idempotent: installed packages are skipped,
+# crun and runc, the same-work peers (containernetworking-plugins for crun+cni; podman with
+# netavark), and busybox-static for the rootfs. Idempotent: installed packages are skipped,
 # and `apt-get update` runs only when a package is unknown to the local index.
 set -eu
 
-PACKAGES="crun runc busybox-static"
+PACKAGES="crun runc busybox-static containernetworking-plugins podman netavark"
 
 missing=""
 for p in $PACKAGES; do

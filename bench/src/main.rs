@@ -6,10 +6,12 @@
 
 mod agent;
 mod bundle;
+mod cni;
 mod gardend;
 mod images;
 mod netclean;
 mod peers;
+mod podman;
 mod report;
 mod scenarios;
 mod stats;
@@ -52,7 +54,7 @@ struct Cli {
     /// Small counts, under 2 minutes (the default).
     #[arg(long, conflicts_with = "full")]
     quick: bool,
-    /// Full counts (1 GiB stdout, 1,000 containers ...), under 15 minutes.
+    /// Full counts (1 GiB stdout, 5,000 idle containers ...), under 20 minutes.
     #[arg(long)]
     full: bool,
     /// Also write the figures as JSON to FILE.
@@ -91,6 +93,12 @@ struct Cli {
     /// Repetitions of each stream (the median is reported).
     #[arg(long)]
     stream_reps: Option<usize>,
+    /// Subnet of the crun+cni peer's bridge (default 10.222.<pid % 256>.0/24).
+    #[arg(long, value_name = "CIDR")]
+    cni_subnet: Option<String>,
+    /// Subnet of the podman peer's network (default 10.223.<pid % 256>.0/24).
+    #[arg(long, value_name = "CIDR")]
+    podman_subnet: Option<String>,
     /// Idle containers in the density scenario.
     #[arg(long)]
     density: Option<usize>,
@@ -116,8 +124,8 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     gardend_log: Option<PathBuf>,
     /// gardend's --network-pool: a pool of its own (not the default other gardends on the host
-    /// may use), large enough for --density containers (one /30 each).
-    #[arg(long, value_name = "CIDR", default_value = "10.221.0.0/18")]
+    /// may use), large enough for --density containers (one /30 each: a /17 holds 8,192).
+    #[arg(long, value_name = "CIDR", default_value = "10.221.0.0/17")]
     gardend_network_pool: String,
     /// Extra argument for gardend (repeatable), e.g. --gardend-arg=--max-containers=2000.
     #[arg(long = "gardend-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -144,7 +152,7 @@ impl Cli {
                 stdout_mib: 1024,
                 stream_mib: 256,
                 stream_reps: 3,
-                density: 1000,
+                density: 5000,
                 density_parallelism: 16,
             }
         } else {
@@ -301,6 +309,26 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             }
         }
     }
+    // Chains the CNI plugins and netavark share between their containers and leave behind:
+    // those already on the host stay, the ones the bench makes are removed at the end.
+    let chain_prefixes = ["CNI-", podman::CHAIN_PREFIX];
+    let chains_before: Vec<Vec<String>> = chain_prefixes
+        .iter()
+        .map(|p| netclean::chains_with_prefix(p).unwrap_or_default())
+        .collect();
+    let lifecycle_only = if cli.no_peers || !cli.wants(Scenario::Lifecycle) {
+        vec![]
+    } else {
+        networked_peers(
+            cli,
+            &peer_targets,
+            bundles.as_ref(),
+            scratch.path(),
+            &rootfs,
+            &mut report,
+        )
+        .await
+    };
     if hybrid {
         report.notes.push(
             "crun 1.8 refuses this hybrid cgroup layout, so each crun invocation runs in a private mount \
@@ -376,9 +404,9 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
     ));
     if !cli.peers_only {
         report.notes.push(format!(
-            "not the same work: gardend gives each container Garden networking (a /30 from {}, \
-             routed veth pair, iptables chains), the peers' bundles an unconfigured network \
-             namespace (loopback only)",
+            "gardend gives each container Garden networking (a /30 from {}, routed veth pair, \
+             iptables chains); bare crun and runc get an unconfigured network namespace (loopback \
+             only); crun+cni and podman do the same network work as gardend (veth, address, NAT)",
             cli.gardend_network_pool
         ));
     }
@@ -392,6 +420,7 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         busybox,
         counts.clone(),
     );
+    env.lifecycle_only = lifecycle_only;
     if let Some(g) = &server {
         env = env.with_gardend_process(g.pid, g.cgroup_parent.clone());
     }
@@ -508,9 +537,16 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             }
         }
     }
-    for (_, t) in &env.targets {
-        if let Ok(Target::Peer(p)) = t {
-            p.cleanup().await;
+    for (_, t) in env.targets.iter().chain(&env.lifecycle_only) {
+        if let Ok(t) = t {
+            t.cleanup().await;
+        }
+    }
+    for (prefix, before) in chain_prefixes.iter().zip(&chains_before) {
+        if let Err(e) = netclean::remove_chains(prefix, before) {
+            report.notes.push(format!(
+                "could not remove the {prefix}* iptables chains: {e:#}"
+            ));
         }
     }
     result?;
@@ -586,6 +622,113 @@ async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -
         rss_checkpoint(env, report, "streaming");
     }
     Ok(())
+}
+
+/// The peers doing gardend's network work, for the lifecycle: crun with CNI (bridge,
+/// host-local, portmap) and podman with its bridge network. Each is checked with one run.
+async fn networked_peers(
+    cli: &Cli,
+    peer_targets: &[(String, Result<Target, String>)],
+    bundles: Option<&Bundles>,
+    scratch: &std::path::Path,
+    rootfs: &std::path::Path,
+    report: &mut Report,
+) -> Vec<(String, Result<Target, String>)> {
+    let octet = std::process::id() % 256;
+    let tag = netclean::instance_tag(&format!("bench-{}", std::process::id()));
+    let mut out = vec![];
+
+    let crun = peer_targets.iter().find_map(|(_, t)| match t {
+        Ok(Target::Peer(p)) if p.kind == Kind::Crun => Some(p.clone()),
+        _ => None,
+    });
+    let cni = match (crun, bundles) {
+        (Some(crun), Some(b)) => {
+            let mut crun = (*crun).clone();
+            crun.state = scratch.join("crun-cni-state");
+            let subnet = cli
+                .cni_subnet
+                .clone()
+                .unwrap_or_else(|| format!("10.222.{octet}.0/24"));
+            std::fs::create_dir_all(&crun.state)
+                .context("create crun+cni state dir")
+                .and_then(|_| {
+                    cni::CniPeer::new(
+                        crun,
+                        &b.true_,
+                        &scratch.join("cni"),
+                        &format!("bcni{tag}"),
+                        &subnet,
+                    )
+                })
+                .map_err(|e| format!("{e:#}"))
+        }
+        _ => Err("needs crun and its bundle".to_string()),
+    };
+    let cni = match cni {
+        Ok(p) => {
+            let p = Arc::new(p);
+            let check = p
+                .lifecycle(&format!("bench-{}-check-cni", std::process::id()))
+                .await;
+            match check {
+                Ok(_) => Ok(Target::CrunCni(p)),
+                Err(e) => {
+                    Target::CrunCni(p).cleanup().await;
+                    Err(format!("cannot run: {e:#}"))
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &cni {
+        progress(&format!("crun+cni: unavailable: {e}"));
+    }
+    out.push(("crun+cni".to_string(), cni));
+
+    let subnet = cli
+        .podman_subnet
+        .clone()
+        .unwrap_or_else(|| format!("10.223.{octet}.0/24"));
+    let podman = match podman::Podman::detect(
+        &scratch.join("podman"),
+        rootfs,
+        &format!("bpm{tag}"),
+        &subnet,
+    ) {
+        Ok(p) => {
+            report
+                .environment
+                .push(("podman".into(), p.version.clone()));
+            let p = Arc::new(p);
+            // The first run also initialises podman's storage: unrecorded, like a warm-up.
+            match p
+                .lifecycle(&format!("bench-{}-check-podman", std::process::id()))
+                .await
+            {
+                Ok(_) => Ok(Target::Podman(p)),
+                Err(e) => {
+                    Target::Podman(p).cleanup().await;
+                    Err(format!("cannot run: {e:#}"))
+                }
+            }
+        }
+        Err(e) => Err(format!("{e:#}")),
+    };
+    if let Err(e) = &podman {
+        progress(&format!("podman: unavailable: {e}"));
+        report.notes.push(format!("podman not measured: {e}"));
+    }
+    out.push(("podman".to_string(), podman));
+    report.notes.push(
+        "crun+cni: a network namespace pinned at a path, CNI ADD of Debian's bridge (host-local \
+         IPAM, gateway, ipMasq) and portmap plugins executed as libcni does, `crun run` of a bundle \
+         joining it, CNI DEL and the namespace removed; podman: `podman run --rm --network bridge \
+         --rootfs DIR /bin/true` (netavark, cgroupfs, private storage and containers.conf, in \
+         crun's private mount namespace); both in the lifecycle only"
+            .into(),
+    );
+    out
 }
 
 /// `containers` containers with a sleeping process each, then `restarts` rounds of kill -9 and
@@ -703,7 +846,7 @@ mod tests {
     #[test]
     fn full_mode_uses_the_issue_sizes() {
         let c = Cli::parse_from(["bench", "--full"]).counts().unwrap();
-        assert_eq!((c.stdout_mib, c.stream_mib, c.density), (1024, 256, 1000));
+        assert_eq!((c.stdout_mib, c.stream_mib, c.density), (1024, 256, 5000));
         assert_eq!(c.concurrency, vec![10, 50, 100]);
     }
 

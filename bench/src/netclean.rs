@@ -26,7 +26,15 @@ pub fn instance_tag(instance: &str) -> String {
 /// An `iptables-restore --noflush` script removing every chain whose name starts with `prefix`
 /// and every rule elsewhere that jumps or goes to one, from `iptables-save` output. `None` when
 /// there is nothing to remove.
+#[cfg(test)]
 pub fn removal_script(save: &str, prefix: &str) -> Option<String> {
+    removal_script_keeping(save, prefix, &[])
+}
+
+/// As `removal_script`, but chains named in `keep` (and the rules jumping to them) stay: the
+/// shared chains a CNI plugin or netavark found already there when the bench started.
+pub fn removal_script_keeping(save: &str, prefix: &str, keep: &[String]) -> Option<String> {
+    let ours = |chain: &str| chain.starts_with(prefix) && !keep.iter().any(|k| k == chain);
     let mut script = String::new();
     let mut table: Option<&str> = None;
     let mut own: Vec<&str> = vec![];
@@ -38,7 +46,7 @@ pub fn removal_script(save: &str, prefix: &str) -> Option<String> {
             deletes.clear();
         } else if let Some(decl) = line.strip_prefix(':') {
             let chain = decl.split_whitespace().next().unwrap_or("");
-            if chain.starts_with(prefix) {
+            if ours(chain) {
                 own.push(chain);
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
@@ -47,12 +55,12 @@ pub fn removal_script(save: &str, prefix: &str) -> Option<String> {
             let mut targets_own = false;
             let mut prev = "";
             for w in words {
-                if (prev == "-j" || prev == "-g") && w.starts_with(prefix) {
+                if (prev == "-j" || prev == "-g") && ours(w) {
                     targets_own = true;
                 }
                 prev = w;
             }
-            if targets_own && !chain.starts_with(prefix) {
+            if targets_own && !ours(chain) {
                 deletes.push(format!("-D {rule}"));
             }
         } else if line == "COMMIT" {
@@ -81,14 +89,42 @@ pub fn removal_script(save: &str, prefix: &str) -> Option<String> {
 /// Remove the chains of gardend instance `instance` (see the module doc). Returns how many
 /// chains were removed; `Ok(0)` when iptables is not installed or nothing is left.
 pub fn remove_instance_chains(instance: &str) -> Result<usize> {
-    let prefix = format!("gd-{}-", instance_tag(instance));
-    let save = match Command::new("iptables-save").stderr(Stdio::null()).output() {
-        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+    remove_chains(&format!("gd-{}-", instance_tag(instance)), &[])
+}
+
+/// `iptables-save`'s output; `None` when iptables is not installed.
+fn iptables_save() -> Result<Option<String>> {
+    match Command::new("iptables-save").stderr(Stdio::null()).output() {
+        Ok(out) if out.status.success() => {
+            Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
+        }
         Ok(out) => bail!("iptables-save failed: {}", out.status),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).context("run iptables-save"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).context("run iptables-save"),
+    }
+}
+
+/// The chains (any table) whose name starts with `prefix`, now.
+pub fn chains_with_prefix(prefix: &str) -> Result<Vec<String>> {
+    let Some(save) = iptables_save()? else {
+        return Ok(vec![]);
     };
-    let Some(script) = removal_script(&save, &prefix) else {
+    Ok(save
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|d| d.split_whitespace().next())
+        .filter(|c| c.starts_with(prefix))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Remove the chains starting with `prefix` except those in `keep`, and the rules jumping to
+/// them. Returns how many chains were removed.
+pub fn remove_chains(prefix: &str, keep: &[String]) -> Result<usize> {
+    let Some(save) = iptables_save()? else {
+        return Ok(0);
+    };
+    let Some(script) = removal_script_keeping(&save, prefix, keep) else {
         return Ok(0);
     };
     let chains = script.lines().filter(|l| l.starts_with("-X ")).count();
@@ -115,6 +151,24 @@ pub fn remove_instance_chains(instance: &str) -> Result<usize> {
         );
     }
     Ok(chains)
+}
+
+/// Delete network interface `name` if it exists (a bridge a CNI plugin left behind).
+pub fn delete_link(name: &str) -> Result<()> {
+    if !std::path::Path::new("/sys/class/net").join(name).exists() {
+        return Ok(());
+    }
+    let out = Command::new("ip")
+        .args(["link", "del", name])
+        .output()
+        .context("run ip link del")?;
+    if !out.status.success() {
+        bail!(
+            "ip link del {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -175,6 +229,25 @@ COMMIT
         assert!(script.contains(
             "*nat\n-D OUTPUT -j gd-bbbbb-out\n-F gd-bbbbb-out\n-X gd-bbbbb-out\nCOMMIT\n"
         ));
+    }
+
+    #[test]
+    fn chains_found_at_start_are_kept() {
+        let save = "*nat\n:POSTROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-MASQ - [0:0]\n\
+                    :CNI-abc - [0:0]\n-A POSTROUTING -j CNI-HOSTPORT-MASQ\n\
+                    -A POSTROUTING -s 10.0.0.2/32 -j CNI-abc\nCOMMIT\n";
+        let keep = vec!["CNI-HOSTPORT-MASQ".to_string()];
+        let script = removal_script_keeping(save, "CNI-", &keep).unwrap();
+        assert_eq!(
+            script,
+            "*nat\n-D POSTROUTING -s 10.0.0.2/32 -j CNI-abc\n-F CNI-abc\n-X CNI-abc\nCOMMIT\n"
+        );
+        assert!(removal_script_keeping(
+            save,
+            "CNI-",
+            &["CNI-HOSTPORT-MASQ".into(), "CNI-abc".into()]
+        )
+        .is_none());
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn mountinfo_has(line: &str, mount_point: &str, fstype: &str) -> bool {
 }
 
 /// Runs in the forked child before exec: a private mount namespace without the unified mount.
-fn detach_unified() -> std::io::Result<()> {
+pub fn detach_unified() -> std::io::Result<()> {
     // SAFETY: unshare(2), mount(2) and umount2(2) are plain syscalls on constant, NUL-terminated
     // strings; they allocate nothing, as required between fork and exec.
     unsafe {

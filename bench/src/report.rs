@@ -1,6 +1,7 @@
 //! The figures of one bench run, rendered as a markdown table (stdout) and as JSON (`--json`).
 //!
-//! The JSON always carries every key scripts depend on (`lifecycle.{gardend,crun,runc}.p50_ms`,
+//! The JSON always carries every key scripts depend on (`lifecycle.{gardend,crun,runc,
+//! "crun+cni",podman}.p50_ms`,
 //! `concurrent_create.{10,50,100}.wall_ms`, `stdout.mb_per_s`, `stream_in.mb_per_s`,
 //! `stream_out.mb_per_s`, `density.{containers,gardend_rss_mb}`); a figure that was not
 //! measured is `null`, with an `error` string saying why.
@@ -13,6 +14,9 @@ use crate::stats::Summary;
 
 /// The runtimes compared, in table order. gardend first: ratios are gardend / peer.
 pub const RUNTIMES: [&str; 3] = ["gardend", "crun", "runc"];
+
+/// The lifecycle also compares peers doing gardend's network work (veth, address, NAT).
+pub const LIFECYCLE_RUNTIMES: [&str; 5] = ["gardend", "crun", "runc", "crun+cni", "podman"];
 
 /// A measured value, or why there is none ("crun not installed", the error met, ...).
 pub type Outcome<T> = Result<T, String>;
@@ -106,8 +110,8 @@ pub struct Report {
     /// Free-form facts about the machine and the tools (kernel, cores, versions).
     pub environment: Vec<(String, String)>,
     pub lifecycle: Option<Vec<Row<Summary>>>,
-    /// gardend's lifecycle split into its API calls (create, run+wait, destroy).
-    pub lifecycle_phases: Vec<(String, Summary)>,
+    /// Lifecycles split into phases, per runtime (gardend: create, run+wait, destroy).
+    pub lifecycle_phases: crate::scenarios::Phases,
     pub create: Option<Vec<Row<Summary>>>,
     pub destroy: Option<Vec<Row<Summary>>>,
     pub run: Option<Vec<Row<Summary>>>,
@@ -152,8 +156,12 @@ fn summary_json(outcome: Option<&Outcome<Summary>>) -> Value {
 }
 
 fn latency_json(rows: Option<&Vec<Row<Summary>>>) -> Value {
+    latency_json_of(rows, &RUNTIMES)
+}
+
+fn latency_json_of(rows: Option<&Vec<Row<Summary>>>, runtimes: &[&str]) -> Value {
     let mut m = Map::new();
-    for rt in RUNTIMES {
+    for &rt in runtimes {
         let outcome = match rows {
             Some(rows) => find(rows, rt),
             None => None,
@@ -233,14 +241,13 @@ pub fn to_json(r: &Report) -> Value {
         .collect();
     root.insert("environment".into(), Value::Object(env));
 
-    let mut lifecycle = latency_json(r.lifecycle.as_ref());
-    if !r.lifecycle_phases.is_empty() {
-        let phases: Map<String, Value> = r
-            .lifecycle_phases
+    let mut lifecycle = latency_json_of(r.lifecycle.as_ref(), &LIFECYCLE_RUNTIMES);
+    for (runtime, split) in &r.lifecycle_phases {
+        let phases: Map<String, Value> = split
             .iter()
             .map(|(k, s)| (k.clone(), summary_json(Some(&Ok(*s)))))
             .collect();
-        lifecycle["gardend"]["phases"] = Value::Object(phases);
+        lifecycle[runtime.as_str()]["phases"] = Value::Object(phases);
     }
     root.insert("lifecycle".into(), lifecycle);
     root.insert("create".into(), latency_json(r.create.as_ref()));
@@ -456,16 +463,20 @@ pub fn to_markdown(r: &Report) -> String {
             latency_section(&mut out, title, rows);
         }
         if !r.lifecycle_phases.is_empty() {
-            let phases: Vec<String> = r
-                .lifecycle_phases
-                .iter()
-                .map(|(k, s)| format!("{k} {}", fmt_ms(s.p50)))
-                .collect();
-            let _ = writeln!(
-                out,
-                "\ngardend lifecycle by phase (p50 ms): {}",
-                phases.join(", ")
-            );
+            out.push_str("\n| lifecycle phase | runtime | n | p50 ms | p90 ms | p99 ms |\n");
+            out.push_str("|---|---|---:|---:|---:|---:|\n");
+            for (runtime, split) in &r.lifecycle_phases {
+                for (k, s) in split {
+                    let _ = writeln!(
+                        out,
+                        "| {k} | {runtime} | {} | {} | {} | {} |",
+                        s.count,
+                        fmt_ms(s.p50),
+                        fmt_ms(s.p90),
+                        fmt_ms(s.p99)
+                    );
+                }
+            }
         }
         out.push('\n');
     }
@@ -697,7 +708,7 @@ mod tests {
                 Row::new("crun", Ok(summary(10.0))),
                 Row::new("runc", Err("runc not installed".into())),
             ]),
-            lifecycle_phases: vec![("create".into(), summary(5.0))],
+            lifecycle_phases: vec![("gardend".into(), vec![("create".into(), summary(5.0))])],
             concurrent: Some(vec![ConcurrentLevel {
                 n: 10,
                 rows: vec![
@@ -799,7 +810,7 @@ mod tests {
     #[test]
     fn json_of_an_empty_report_still_has_every_required_key() {
         let v = to_json(&Report::default());
-        for rt in RUNTIMES {
+        for rt in LIFECYCLE_RUNTIMES {
             assert!(v["lifecycle"][rt].get("p50_ms").is_some(), "{rt}");
         }
         for n in ["10", "50", "100"] {
@@ -840,10 +851,7 @@ mod tests {
             md.contains("| 100 | 10.0 -> 20.0 | 102.4 | 100, 50.0 | 1234 | 3.25 | 999.0 |"),
             "{md}"
         );
-        assert!(
-            md.contains("gardend lifecycle by phase (p50 ms): create 5.00"),
-            "{md}"
-        );
+        assert!(md.contains("| create | gardend | 3 | 5.00 |"), "{md}");
     }
 
     #[test]

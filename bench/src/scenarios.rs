@@ -16,8 +16,10 @@ use garden_client::{Client, ProcessIo};
 use tokio::io::AsyncWrite;
 use tokio::task::JoinSet;
 
+use crate::cni::CniPeer;
 use crate::gardend;
 use crate::peers::{self, Peer};
+use crate::podman::Podman;
 use crate::report::{Concurrent, ConcurrentLevel, Density, Outcome, Row, Streaming, Throughput};
 use crate::stats::{self, ms, Summary};
 
@@ -43,6 +45,25 @@ pub struct Counts {
 pub enum Target {
     Gardend(Client),
     Peer(Arc<Peer>),
+    /// crun with a CNI bridge network (lifecycle only).
+    CrunCni(Arc<CniPeer>),
+    /// podman with its bridge network (lifecycle only).
+    Podman(Arc<Podman>),
+}
+
+impl Target {
+    /// Remove what a peer may have left (containers, bridges).
+    pub async fn cleanup(&self) {
+        match self {
+            Target::Gardend(_) => {}
+            Target::Peer(p) => p.cleanup().await,
+            Target::CrunCni(p) => {
+                p.crun.cleanup().await;
+                p.cleanup();
+            }
+            Target::Podman(p) => p.cleanup().await,
+        }
+    }
 }
 
 /// The bundles the peers run; all share one rootfs.
@@ -60,6 +81,8 @@ pub struct Bundles {
 pub struct Env {
     /// gardend, crun, runc in that order; `Err` = unavailable, with the reason.
     pub targets: Vec<(String, Result<Target, String>)>,
+    /// crun+cni and podman: measured in the lifecycle scenario only.
+    pub lifecycle_only: Vec<(String, Result<Target, String>)>,
     pub bundles: Option<Bundles>,
     pub scratch: PathBuf,
     pub busybox: PathBuf,
@@ -84,6 +107,10 @@ pub fn dd_args(mib: u64) -> Vec<String> {
         format!("count={mib}"),
     ]
 }
+
+/// Per runtime, its lifecycle split into phases (gardend: API calls; crun+cni: network
+/// setup, run, network teardown).
+pub type Phases = Vec<(String, Vec<(String, Summary)>)>;
 
 /// Outcome of one target's rounds: samples per measured quantity, or the first error.
 type Samples = Result<Vec<Vec<Duration>>, String>;
@@ -111,6 +138,7 @@ impl Env {
     ) -> Env {
         Env {
             targets,
+            lifecycle_only: vec![],
             bundles,
             scratch,
             busybox,
@@ -135,14 +163,26 @@ impl Env {
     }
 
     /// Scenario 1: the whole lifecycle. Also returns gardend's lifecycle split by phase.
-    pub async fn lifecycle(&self) -> (Vec<Row<Summary>>, Vec<(String, Summary)>) {
+    pub async fn lifecycle(&self) -> (Vec<Row<Summary>>, Phases) {
         let results = self.interleave(Op::Lifecycle, self.counts.lifecycle).await;
         let mut phases = vec![];
-        if let Some((_, Ok(s))) = results.iter().find(|(n, _)| n == "gardend") {
-            for (i, name) in ["create", "run+wait", "destroy"].iter().enumerate() {
-                if let Some(summary) = s.get(i + 1).and_then(|d| Summary::from_durations(d)) {
-                    phases.push((name.to_string(), summary));
-                }
+        for (runtime, names) in [
+            ("gardend", ["create", "run+wait", "destroy"]),
+            ("crun+cni", ["netns+CNI ADD", "crun run", "CNI DEL+netns"]),
+        ] {
+            let Some((_, Ok(s))) = results.iter().find(|(n, _)| n == runtime) else {
+                continue;
+            };
+            let split: Vec<(String, Summary)> = names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    let summary = Summary::from_durations(s.get(i + 1)?)?;
+                    Some((name.to_string(), summary))
+                })
+                .collect();
+            if !split.is_empty() {
+                phases.push((runtime.to_string(), split));
             }
         }
         (rows_of(&results, 0), phases)
@@ -162,8 +202,12 @@ impl Env {
 
     /// Run `op` `rounds` times (after the warm-up) on every available target, interleaved.
     async fn interleave(&self, op: Op, rounds: usize) -> Vec<(String, Samples)> {
-        let mut state: Vec<(String, Samples)> = self
-            .targets
+        // The peers doing gardend's network work take part in the lifecycle only.
+        let targets: Vec<&(String, Result<Target, String>)> = match op {
+            Op::Lifecycle => self.targets.iter().chain(&self.lifecycle_only).collect(),
+            _ => self.targets.iter().collect(),
+        };
+        let mut state: Vec<(String, Samples)> = targets
             .iter()
             .map(|(name, t)| {
                 (
@@ -173,9 +217,9 @@ impl Env {
             })
             .collect();
         // Containers prepared for Op::Run, one per target.
-        let mut prepared: Vec<Option<String>> = vec![None; self.targets.len()];
+        let mut prepared: Vec<Option<String>> = vec![None; targets.len()];
         if let Op::Run = op {
-            for (i, (name, target)) in self.targets.iter().enumerate() {
+            for (i, (name, target)) in targets.iter().enumerate() {
                 let Ok(target) = target else { continue };
                 match self.prepare_running(target).await {
                     Ok(id) => prepared[i] = Some(id),
@@ -185,12 +229,12 @@ impl Env {
                 }
             }
         }
-        let n = self.targets.len();
+        let n = targets.len();
         let warmup = self.counts.warmup;
         for round in 0..warmup + rounds {
             for k in 0..n {
                 let i = (round + k) % n;
-                let Ok(target) = &self.targets[i].1 else {
+                let Ok(target) = &targets[i].1 else {
                     continue;
                 };
                 if state[i].1.is_err() {
@@ -209,7 +253,7 @@ impl Env {
                         }
                     }
                     (Err(e), slot) => {
-                        tracing::warn!("{} {op:?} round {round}: {e:#}", self.targets[i].0);
+                        tracing::warn!("{} {op:?} round {round}: {e:#}", targets[i].0);
                         *slot = Err(format!("round {round}: {e:#}"));
                     }
                     (Ok(_), Err(_)) => {}
@@ -217,9 +261,9 @@ impl Env {
             }
         }
         for (i, id) in prepared.into_iter().enumerate() {
-            if let (Some(id), Ok(target)) = (id, &self.targets[i].1) {
+            if let (Some(id), Ok(target)) = (id, &targets[i].1) {
                 if let Err(e) = teardown(target, &id).await {
-                    tracing::warn!("{}: teardown of {id}: {e:#}", self.targets[i].0);
+                    tracing::warn!("{}: teardown of {id}: {e:#}", targets[i].0);
                 }
             }
         }
@@ -235,6 +279,7 @@ impl Env {
                 p.run_detached(&self.bundles()?.sleep, &id).await?;
                 Ok(id)
             }
+            Target::CrunCni(_) | Target::Podman(_) => bail!("lifecycle only"),
         }
     }
 
@@ -245,6 +290,9 @@ impl Env {
                 let id = self.peer_id();
                 Ok(vec![p.run(&self.bundles()?.true_, &id).await?])
             }
+            (Target::CrunCni(p), Op::Lifecycle) => p.lifecycle(&self.peer_id()).await,
+            (Target::Podman(p), Op::Lifecycle) => p.lifecycle(&self.peer_id()).await,
+            (Target::CrunCni(_) | Target::Podman(_), _) => bail!("lifecycle only"),
             (Target::Gardend(c), Op::CreateDestroy) => {
                 let start = Instant::now();
                 let h = c
@@ -371,6 +419,7 @@ impl Env {
                     None => Ok((created, destroyed)),
                 }
             }
+            Target::CrunCni(_) | Target::Podman(_) => bail!("lifecycle only"),
             Target::Peer(p) => {
                 let bundle = self.bundles()?.true_.clone();
                 let ids: Vec<String> = (0..n).map(|_| self.peer_id()).collect();
@@ -419,6 +468,7 @@ impl Env {
                     Err(e) => Err(format!("create: {e}")),
                 },
                 Ok(Target::Peer(_)) => self.bundles().map(|_| vec![]).map_err(|e| format!("{e:#}")),
+                Ok(Target::CrunCni(_) | Target::Podman(_)) => Err("lifecycle only".into()),
                 Err(e) => Err(e.clone()),
             };
             stdout.push((name.clone(), entry));
@@ -440,7 +490,7 @@ impl Env {
                         Ok(b) => p.run_reading_stdout(&b.dd, &self.peer_id()).await,
                         Err(e) => Err(e),
                     },
-                    Some(Err(_)) => continue,
+                    Some(Err(_) | Ok(Target::CrunCni(_) | Target::Podman(_))) => continue,
                     None => {
                         let args = dd_args(mib);
                         let mut all = vec!["dd"];
@@ -569,7 +619,7 @@ impl Env {
         };
         let client = match gardend {
             Ok(Target::Gardend(c)) => c.clone(),
-            Ok(Target::Peer(_)) => return Err("gardend entry is not gardend".into()),
+            Ok(_) => return Err("gardend entry is not gardend".into()),
             Err(e) => return Err(e.clone()),
         };
         density(
@@ -641,6 +691,7 @@ async fn teardown(target: &Target, id: &str) -> Result<()> {
     match target {
         Target::Gardend(c) => Ok(c.destroy(id).await?),
         Target::Peer(p) => p.delete(id).await.map(|_| ()),
+        Target::CrunCni(_) | Target::Podman(_) => bail!("lifecycle only"),
     }
 }
 

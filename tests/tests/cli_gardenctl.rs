@@ -235,7 +235,7 @@ fn create_list_info_destroy() {
 
     ctl(&g, &["destroy", "cli-basic", &other]).ok();
     assert_eq!(ctl(&g, &["list", "-q"]).ok().text(), "");
-    assert_eq!(e2e::leaks("cli-basic", &g), Vec::<String>::new());
+    e2e::assert_no_leaks("cli-basic", &g);
 }
 
 #[test]
@@ -723,7 +723,7 @@ fn closed_stdout_ends_quietly() {
         }
     }
     ctl(&g, &["destroy", "cli-pipe"]).ok();
-    assert_eq!(e2e::leaks("cli-pipe", &g), Vec::<String>::new());
+    e2e::assert_no_leaks("cli-pipe", &g);
 }
 
 /// An OCI layout (umoci) tagged `app` whose one layer is the busybox rootfs.

@@ -108,7 +108,7 @@ fn memory_limit_oom_kills_and_records_event() {
         c.destroy("neighbour").await.unwrap();
     });
     for h in ["oom", "neighbour"] {
-        assert_eq!(e2e::leaks(h, &g), Vec::<String>::new());
+        e2e::assert_no_leaks(h, &g);
     }
 }
 
@@ -159,7 +159,7 @@ fn pid_limit_contains_a_fork_bomb() {
         c.destroy("bomb").await.unwrap();
         c.destroy("free").await.unwrap();
     });
-    assert_eq!(e2e::leaks("bomb", &g), Vec::<String>::new());
+    e2e::assert_no_leaks("bomb", &g);
 }
 
 #[test]
@@ -307,5 +307,5 @@ fn metrics_after_work_and_bulk_endpoints() {
         assert!(cap.memory_in_bytes > 0 && cap.disk_in_bytes > 0 && cap.max_containers > 0, "{cap:?}");
         c.destroy("busy").await.unwrap();
     });
-    assert_eq!(e2e::leaks("busy", &g), Vec::<String>::new());
+    e2e::assert_no_leaks("busy", &g);
 }

@@ -181,6 +181,8 @@ async fn netin_reaches_a_server_in_the_container() {
     let (chains, link_prefix) = names(&c, "net-in").await;
     let before = rules(&chains).len();
     c.destroy("net-in").await.expect("destroy");
+    // Destroy answers before the network is reclaimed; wait for the reclamation.
+    e2e::assert_no_leaks("net-in", &g);
     assert!(links(&link_prefix).is_empty(), "{:#?}", links(&link_prefix));
     assert!(
         rules(&chains).len() < before && !rules(&chains).iter().any(|l| l.contains("10.231.1.2")),
@@ -232,6 +234,8 @@ async fn neighbours_on_a_static_subnet_reach_each_other() {
 
     // Destroying a neighbour keeps the subnet working, and its IP is handed out again.
     c.destroy("nb-a").await.expect("destroy a");
+    // The address is handed out again once the destroyed container's network is reclaimed.
+    e2e::assert_no_leaks("nb-a", &g);
     c.create(&shared("nb-c")).await.expect("create c");
     assert_eq!(
         c.info("nb-c").await.expect("info").container_ip,
@@ -525,6 +529,7 @@ async fn nothing_leaks_after_100_create_destroy_cycles() {
     c.create(&spec("probe")).await.expect("create");
     let (chains, link_prefix) = names(&c, "probe").await;
     c.destroy("probe").await.expect("destroy");
+    e2e::assert_no_leaks("probe", &g);
     let baseline = rules(&chains);
     assert!(links(&link_prefix).is_empty());
     let workers = (0..4).map(|w| {
@@ -554,6 +559,11 @@ async fn nothing_leaks_after_100_create_destroy_cycles() {
     });
     for r in futures_join(workers).await {
         r.expect("cycle");
+    }
+    for w in 0..4 {
+        for i in 0..25 {
+            e2e::assert_no_leaks(&format!("cycle-{w}-{i}"), &g);
+        }
     }
     assert!(links(&link_prefix).is_empty(), "{:#?}", links(&link_prefix));
     assert_eq!(rules(&chains), baseline, "only the shared chains remain");

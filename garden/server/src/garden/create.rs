@@ -41,18 +41,32 @@ impl Garden {
             .validate_network(convert::bandwidth(&spec.limits.bandwidth_limits))
             .map_err(kernel_error)?;
         validate::bind_mounts(&spec.bind_mounts)?;
-        {
-            let containers = self.containers.read().expect("containers lock");
-            let mut reserved = self.reserved.lock().expect("reserved lock");
-            if containers.contains_key(&handle) || reserved.contains(&handle) {
-                return Err(GardenError::generic(format!(
-                    "Handle '{handle}' already in use"
-                )));
+        // A destroyed container's handle, and its place under max-containers, are free once
+        // its resources are: wait for that rather than fail.
+        loop {
+            let next_end = self.reclaiming.next_end();
+            tokio::pin!(next_end);
+            next_end.as_mut().enable();
+            {
+                let containers = self.containers.read().expect("containers lock");
+                let mut reserved = self.reserved.lock().expect("reserved lock");
+                if containers.contains_key(&handle) || reserved.contains(&handle) {
+                    return Err(GardenError::generic(format!(
+                        "Handle '{handle}' already in use"
+                    )));
+                }
+                let reclaiming = self.reclaiming.len();
+                let held = (containers.len() + reserved.len() + reclaiming) as u64;
+                let full = held >= self.max_containers();
+                if full && reclaiming == 0 {
+                    return Err(GardenError::generic("max containers reached"));
+                }
+                if !full && !self.reclaiming.contains(&handle) {
+                    reserved.insert(handle.clone());
+                    break;
+                }
             }
-            if (containers.len() + reserved.len()) as u64 >= self.max_containers() {
-                return Err(GardenError::generic("max containers reached"));
-            }
-            reserved.insert(handle.clone());
+            next_end.await;
         }
         let result = self.create_reserved(&handle, spec).await;
         self.reserved.lock().expect("reserved lock").remove(&handle);
@@ -186,6 +200,8 @@ impl Garden {
             if let Err(d) = self.destroy(handle).await {
                 tracing::warn!(handle, error = %d, "clean up after failed network setup");
             }
+            // A failed Create answers with nothing of it left behind.
+            self.reclaiming.wait_for(handle).await;
             return Err(e);
         }
         // Only now is the container complete: a bundle without a record is a create that a

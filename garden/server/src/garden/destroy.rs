@@ -1,24 +1,109 @@
-//! Destroy: kill every process, then release the network, the cgroup, the disk quota and the
-//! bundle, in that order. A failing step puts the container back so Destroy can be retried.
+//! Destroy: kill every process and take the handle out of List, then answer; the network, the
+//! cgroup, the disk quota and the bundle are reclaimed in the background, in that order.
+//!
+//! The background half is strictly accounted: until it is done the handle stays reserved (a
+//! Create of the same handle waits for it, and it counts against max-containers), the address
+//! stays leased (the network releases it last), a failing step is logged and retried, and
+//! shutdown waits for all of it. The `destroying` mark in the bundle makes a restarted gardend
+//! finish what a crash interrupted.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use garden_api::GardenError;
+use tokio::sync::watch;
 
-use super::container::State;
+use super::container::{Container, State};
 use super::depot::{mark_destroying, remove_dir_all_blocking};
 use super::{Garden, Result};
+
+/// First pause before a failed reclamation is retried; doubled up to `RETRY_MAX`.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Handles whose resources are still being reclaimed, each with a flag set when it is done.
+#[derive(Default)]
+pub(super) struct Reclaiming {
+    pending: std::sync::Mutex<std::collections::HashMap<String, watch::Receiver<bool>>>,
+    /// Woken whenever a reclamation ends (room for a Create waiting on max-containers).
+    ended: tokio::sync::Notify,
+}
+
+impl Reclaiming {
+    pub(super) fn contains(&self, handle: &str) -> bool {
+        self.pending
+            .lock()
+            .expect("reclaiming lock")
+            .contains_key(handle)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.pending.lock().expect("reclaiming lock").len()
+    }
+
+    /// Wait until `handle`'s reclamation (if any) is done.
+    pub(super) async fn wait_for(&self, handle: &str) {
+        let rx = self
+            .pending
+            .lock()
+            .expect("reclaiming lock")
+            .get(handle)
+            .cloned();
+        if let Some(mut rx) = rx {
+            let _ = rx.wait_for(|done| *done).await;
+        }
+    }
+
+    /// A future resolving when the next reclamation ends; `enable` it before checking.
+    pub(super) fn next_end(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ended.notified()
+    }
+
+    /// Wait until every reclamation under way (and any begun meanwhile) is done.
+    pub(super) async fn wait_all(&self) {
+        loop {
+            let rxs: Vec<_> = self
+                .pending
+                .lock()
+                .expect("reclaiming lock")
+                .values()
+                .cloned()
+                .collect();
+            if rxs.is_empty() {
+                return;
+            }
+            for mut rx in rxs {
+                let _ = rx.wait_for(|done| *done).await;
+            }
+        }
+    }
+
+    fn begin(&self, handle: &str) -> watch::Sender<bool> {
+        let (tx, rx) = watch::channel(false);
+        self.pending
+            .lock()
+            .expect("reclaiming lock")
+            .insert(handle.to_string(), rx);
+        tx
+    }
+
+    fn end(&self, handle: &str, done: watch::Sender<bool>) {
+        self.pending.lock().expect("reclaiming lock").remove(handle);
+        let _ = done.send(true);
+        self.ended.notify_waiters();
+    }
+}
 
 impl Garden {
     pub(super) async fn destroy(&self, handle: &str) -> Result<()> {
         let c = self.lookup(handle)?;
-        let previous = {
+        {
             let mut state = c.state.lock().expect("state lock");
             if *state == State::Destroying {
                 return Err(GardenError::generic("container already being destroyed"));
             }
-            std::mem::replace(&mut *state, State::Destroying)
-        };
+            *state = State::Destroying;
+        }
         c.activity.cancel();
         // From here a restart finishes the destroy instead of adopting the container.
         let bundle = c.bundle.clone();
@@ -32,49 +117,74 @@ impl Garden {
             ms = t.elapsed().as_secs_f64() * 1e3,
             "processes gone"
         );
-        if let Err(e) = self.kernel.release_network(handle).await {
-            *c.state.lock().expect("state lock") = previous;
-            mark_destroying(&c.bundle, false);
-            return Err(GardenError::generic(format!("destroy {handle}: {e}")));
+        for p in c.processes.lock().expect("processes lock").values() {
+            p.on_exit(137);
         }
+        // Out of List and reserved for the reclamation in one step: a Create of this handle
+        // either sees the container or waits for the reclamation.
+        let done = {
+            let mut containers = self.containers.write().expect("containers lock");
+            containers.remove(handle);
+            self.reclaiming.begin(handle)
+        };
+        let Some(me) = self.me.upgrade() else {
+            // Shutting down: reclaim in line.
+            self.reclaim(&c, t).await;
+            self.reclaiming.end(handle, done);
+            return Ok(());
+        };
+        let handle = handle.to_string();
+        tokio::spawn(async move {
+            me.reclaim(&c, t).await;
+            me.reclaiming.end(&handle, done);
+        });
+        Ok(())
+    }
+
+    /// Free a destroyed container's network, cgroup, disk and bundle, retrying a failed step
+    /// until it succeeds (each step is idempotent), then unpin its image.
+    async fn reclaim(&self, c: &Arc<Container>, started: Instant) {
+        let handle = c.handle.as_str();
+        let mut pause = RETRY_FIRST;
+        let mut attempt = 1u32;
+        while let Err(e) = self.reclaim_once(c, started).await {
+            tracing::warn!(handle, attempt, error = %e, retry_in_ms = pause.as_millis() as u64, "reclaiming a destroyed container failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(RETRY_MAX);
+            attempt += 1;
+        }
+        self.release_image(c.lower_dirs.clone()).await;
+        tracing::info!(
+            handle,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "destroyed"
+        );
+    }
+
+    async fn reclaim_once(&self, c: &Container, t: Instant) -> std::result::Result<(), String> {
+        let handle = c.handle.as_str();
+        self.kernel
+            .release_network(handle)
+            .await
+            .map_err(|e| format!("release network: {e}"))?;
         tracing::debug!(
             handle,
             ms = t.elapsed().as_secs_f64() * 1e3,
             "network released"
         );
-        for p in c.processes.lock().expect("processes lock").values() {
-            p.on_exit(137);
-        }
-        let removed = c.sandbox.remove_cgroup().await.map_err(|e| e.to_string());
+        c.sandbox
+            .remove_cgroup()
+            .await
+            .map_err(|e| format!("remove cgroup: {e}"))?;
         tracing::debug!(
             handle,
             ms = t.elapsed().as_secs_f64() * 1e3,
             "cgroups removed"
         );
-        let removed = match removed {
-            Ok(()) => self
-                .kernel
-                .release_disk(handle)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
-        let removed = match removed {
-            Ok(()) => remove_dir_all_blocking(c.bundle.clone()).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = removed {
-            // Keep the container so Destroy can be retried.
-            *c.state.lock().expect("state lock") = previous;
-            mark_destroying(&c.bundle, false);
-            return Err(GardenError::generic(format!("destroy {handle}: {e}")));
-        }
-        self.containers
-            .write()
-            .expect("containers lock")
-            .remove(handle);
-        self.release_image(c.lower_dirs.clone()).await;
-        tracing::info!(handle, "destroyed");
-        Ok(())
+        self.kernel
+            .release_disk(handle)
+            .await
+            .map_err(|e| format!("release disk: {e}"))?;
+        remove_dir_all_blocking(c.bundle.clone()).await
     }
 }

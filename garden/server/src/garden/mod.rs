@@ -40,6 +40,9 @@ use container::{info, Container};
 
 type Result<T> = std::result::Result<T, GardenError>;
 
+/// How long shutdown waits for reclamations under way (a failing one is retried meanwhile).
+const SHUTDOWN_RECLAIM: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn generic(e: impl std::fmt::Display) -> GardenError {
     GardenError::generic(e.to_string())
 }
@@ -70,6 +73,8 @@ pub struct Garden {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     /// Handles whose Create is under way.
     reserved: Mutex<HashSet<String>>,
+    /// Destroyed containers whose resources are still being freed.
+    reclaiming: destroy::Reclaiming,
     next_stream: AtomicU64,
     image_sizes: Mutex<HashMap<PathBuf, (u64, u64)>>,
     /// The depot and instance locks (see `owner`), held while this gardend runs.
@@ -207,6 +212,7 @@ impl Garden {
             images,
             containers: RwLock::default(),
             reserved: Mutex::default(),
+            reclaiming: destroy::Reclaiming::default(),
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
             ownership: std::sync::OnceLock::new(),
@@ -214,8 +220,27 @@ impl Garden {
         })
     }
 
-    /// Containers keep running without gardend; nothing to stop here.
+    /// Wait until every destroyed container's resources are free (tests, shutdown).
+    pub async fn settled(&self) {
+        self.reclaiming.wait_all().await;
+    }
+
+    /// Containers keep running without gardend; reclamations of destroyed ones finish first.
     pub async fn shutdown(&self) {
+        let pending = self.reclaiming.len();
+        if pending > 0 {
+            tracing::info!(pending, "waiting for destroyed containers to be reclaimed");
+            if tokio::time::timeout(SHUTDOWN_RECLAIM, self.reclaiming.wait_all())
+                .await
+                .is_err()
+            {
+                // Their bundles carry the destroying mark: the next gardend finishes them.
+                tracing::error!(
+                    pending = self.reclaiming.len(),
+                    "destroyed containers still not reclaimed; leaving them to the next start"
+                );
+            }
+        }
         let left = self.containers.read().expect("containers lock").len();
         tracing::info!(containers = left, "shutting down");
         self.kernel.shutdown(left == 0).await;

@@ -19,16 +19,17 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(Config::default())
+}
+
+fn setup_with(base: Config) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let depot = tmp.path().join("depot");
     let image = tmp.path().join("rootfs");
     std::fs::create_dir_all(&depot).unwrap();
     std::fs::create_dir_all(&image).unwrap();
     let fake = Fake::new();
-    let config = Config {
-        depot,
-        ..Config::default()
-    };
+    let config = Config { depot, ..base };
     let plan = rootfs::RootfsPlan {
         lower_dirs: vec![image],
         env: vec!["FROM_IMAGE=1".into()],
@@ -160,6 +161,10 @@ async fn create_run_destroy_in_order_and_nothing_left() {
             })
             .await,
     );
+    // Destroy answers once the processes are gone and the handle is out of List; the rest is
+    // reclaimed in the background.
+    assert!(t.list().await.is_empty());
+    t.garden.settled().await;
     assert_eq!(
         t.calls_since(before),
         [
@@ -185,25 +190,64 @@ async fn create_run_destroy_in_order_and_nothing_left() {
 }
 
 #[tokio::test]
-async fn a_failed_destroy_step_keeps_the_container_for_a_retry() {
+async fn a_failed_reclamation_step_is_retried_and_holds_the_handle_until_done() {
     let t = setup();
     json::<serde_json::Value>(t.create("c2", 0).await);
-    t.fake.fail_next(Kind::ReleaseNetwork, 1);
-    let destroy = || {
-        t.garden.handle(Request::Destroy {
-            handle: "c2".into(),
-        })
-    };
-    let e = destroy().await.unwrap_err();
-    assert!(e.to_string().contains("destroy c2"), "{e}");
-    assert_eq!(t.list().await, ["c2"], "still there to retry");
+    t.fake.fail_next(Kind::ReleaseNetwork, 2);
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::Destroy {
+                handle: "c2".into(),
+            })
+            .await,
+    );
+    assert!(t.list().await.is_empty(), "gone from List at once");
+    // The same handle waits for the (retried) reclamation, then gets a fresh container.
+    json::<serde_json::Value>(t.create("c2", 0).await);
+    let releases = t
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| **c == call(Call::ReleaseNetwork, "c2"))
+        .count();
+    assert_eq!(releases, 3, "two failures, then the release that succeeded");
+    assert_eq!(t.list().await, ["c2"]);
     let bundle = t.tmp.path().join("depot/c2");
     assert!(
         !bundle.join("destroying").exists(),
-        "a restart would not adopt it"
+        "the new container is not marked"
     );
-    json::<serde_json::Value>(destroy().await);
-    assert!(t.list().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_create_waits_for_room_held_only_by_a_reclamation() {
+    let t = setup_with(Config {
+        max_containers: 1,
+        ..Config::default()
+    });
+    json::<serde_json::Value>(t.create("m1", 0).await);
+    let e = t.create("m2", 0).await.unwrap_err();
+    assert!(e.to_string().contains("max containers reached"), "{e}");
+    t.fake.fail_next(Kind::ReleaseNetwork, 1);
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::Destroy {
+                handle: "m1".into(),
+            })
+            .await,
+    );
+    json::<serde_json::Value>(t.create("m2", 0).await);
+    let calls = t.fake.calls();
+    let released = calls
+        .iter()
+        .rposition(|c| *c == call(Call::ReleaseDisk, "m1"))
+        .expect("m1 reclaimed");
+    let attached = calls
+        .iter()
+        .position(|c| *c == call(Call::AttachDisk, "m2"))
+        .expect("m2 created");
+    assert!(released < attached, "{calls:?}");
+    assert_eq!(t.list().await, ["m2"]);
 }
 
 #[tokio::test]

@@ -42,6 +42,9 @@ pub struct ContainerRules {
     pub subnet: Cidr,
 }
 
+/// Attempts at taking over a previous run's firewall (see [`Firewall::take_over`]).
+const TAKE_OVER_ATTEMPTS: usize = 5;
+
 pub struct Firewall {
     restore: PathBuf,
     save: PathBuf,
@@ -260,27 +263,27 @@ impl Firewall {
         kept: &[&ContainerRules],
         global: String,
     ) -> Result<String, NetError> {
-        // iptables-nft rebuilds a transaction when another process changed the ruleset since
-        // it read it, and 1.8.9 can get that rebuild wrong for a chain deleted and made again
-        // in one transaction (ENOENT, seen with several gardends starting at once). Start again
-        // from a fresh iptables-save a few times before giving up.
-        let mut attempt = 1;
-        loop {
-            match self.take_over_once(kept, &global).await {
-                Err(NetError::Command { command, message }) if attempt < 3 => {
-                    tracing::warn!(attempt, %command, %message, "taking over the firewall failed; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+        // A killed predecessor's last `iptables-restore` (a destroy being reclaimed) may still
+        // commit between our snapshot and our transaction, which then names a chain or rule
+        // that is gone: start again from a fresh snapshot.
+        let mut pause = std::time::Duration::from_millis(50);
+        for _ in 0..TAKE_OVER_ATTEMPTS - 1 {
+            match self.take_over_once(kept, global.clone()).await {
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking over the firewall failed; retrying from a fresh snapshot");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
                 }
-                result => return result,
+                ok => return ok,
             }
         }
+        self.take_over_once(kept, global).await
     }
 
     async fn take_over_once(
         &self,
         kept: &[&ContainerRules],
-        global: &str,
+        global: String,
     ) -> Result<String, NetError> {
         let saved = {
             let _g = self.queue.lock.lock().await;
@@ -313,11 +316,9 @@ impl Firewall {
             if !cleanup.is_empty() {
                 self.apply(cleanup).await?;
             }
-            self.apply(merge_tables(&[global.to_string(), relink]))
-                .await?;
+            self.apply(merge_tables(&[global, relink])).await?;
         } else {
-            self.apply(merge_tables(&[cleanup, global.to_string(), relink]))
-                .await?;
+            self.apply(merge_tables(&[cleanup, global, relink])).await?;
         }
         Ok(saved)
     }
