@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use e2e::{all_leaks, garden_err, run_output, sh, Capture, Gardend};
+use e2e::{garden_err, run_output, sh, Capture, Gardend};
 use garden_api::{
     ContainerSpec, GardenError, ImageRef, Limits, MemoryLimits, ProcessLimits, ProcessSpec,
 };
@@ -319,7 +319,8 @@ async fn peas_in_privileged_containers() {
     assert_eq!(out.stdout_text(), "from the pea image\n0\n");
     eventually_clean(&g, &handle, init).await;
     c.destroy(&handle).await.expect("destroy");
-    assert!(all_leaks(&handle, &g).is_empty());
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,7 +442,8 @@ async fn attach_metrics_and_limits_of_peas() {
     eventually_clean(&g, &handle, init).await;
 
     c.destroy(&handle).await.expect("destroy");
-    assert!(all_leaks(&handle, &g).is_empty());
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
     assert!(pea_cgroups(&g).is_empty());
 }
 
@@ -484,13 +486,8 @@ async fn destroy_kills_running_peas_and_leaves_nothing() {
             .expect("status");
         assert_eq!(status, 137);
     }
-    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(5));
-    assert!(left.is_empty(), "{left:#?}");
-    assert!(
-        all_leaks(&handle, &g).is_empty(),
-        "{:?}",
-        all_leaks(&handle, &g)
-    );
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
     assert!(pea_cgroups(&g).is_empty(), "{:?}", pea_cgroups(&g));
     assert!(e2e::garden_inits_in(&g.cgroup_parent, None).is_empty());
 }
@@ -546,11 +543,8 @@ async fn a_container_killing_its_peas_inits_leaves_nothing_behind() {
     let ps = output(&c, &handle, &sh("ps -o comm | grep -c sleep")).await;
     assert_eq!(ps.stdout_text(), "0\n", "{ps:?}");
     c.destroy(&handle).await.expect("destroy");
-    assert!(
-        all_leaks(&handle, &g).is_empty(),
-        "{:?}",
-        all_leaks(&handle, &g)
-    );
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// An OCI layout (umoci) tagged `pea`: the busybox rootfs without /etc/passwd or /etc/group,
@@ -653,11 +647,8 @@ async fn a_pea_from_the_layer_store_with_bind_mounts_and_no_passwd() {
     assert_eq!(g.log().matches("pulling layer").count(), 1, "one unpack");
     eventually_clean(&g, &handle, init).await;
     c.destroy(&handle).await.expect("destroy");
-    assert!(
-        all_leaks(&handle, &g).is_empty(),
-        "{:?}",
-        all_leaks(&handle, &g)
-    );
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A restarted gardend takes running peas over like any process (attach, signal, metrics by
@@ -735,12 +726,7 @@ async fn peas_outlive_a_gardend_restart() {
     assert_eq!(own.wait().await.expect("status"), 137);
     eventually_clean(&g, &handle, init).await;
     c.destroy(&handle).await.expect("destroy");
-    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(5));
-    assert!(left.is_empty(), "{left:#?}");
-    assert!(
-        all_leaks(&handle, &g).is_empty(),
-        "{:?}",
-        all_leaks(&handle, &g)
-    );
+    let left = e2e::leaks_after(&handle, &g, Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
     assert!(e2e::garden_inits_in(&g.cgroup_parent, None).is_empty());
 }
