@@ -368,6 +368,14 @@ async fn shell(g: &Gardend, handle: &str, script: &str) -> String {
     out.stdout_text()
 }
 
+/// Wait (at most 10 s) for `done`: a destroy answers before its reclamation has finished.
+fn settle(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn store_dir(g: &Gardend, sub: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(g.tmp.path().join("images").join(sub))
         .map(|d| {
@@ -684,10 +692,13 @@ async fn unused_layers_are_collected_above_the_threshold() {
     // Both share the busybox layer: 1 + 2 distinct top layers.
     assert_eq!(store_dir(&g, "layers").len(), 3);
     c.destroy("gc-two").await.unwrap();
+    // The image is released when the destroy's background reclamation ends.
+    settle(|| store_dir(&g, "layers").len() == 2);
     assert_eq!(store_dir(&g, "layers").len(), 2, "two's own layer went");
     assert_eq!(store_dir(&g, "l").len(), 2);
     assert_eq!(shell(&g, "gc-one", "cat /id").await, "one");
     c.destroy("gc-one").await.unwrap();
+    settle(|| store_dir(&g, "layers").is_empty());
     assert!(store_dir(&g, "layers").is_empty());
     assert!(store_dir(&g, "l").is_empty());
     assert!(g.log().contains("collected unused layers"));

@@ -173,6 +173,11 @@ async fn lifecycle_against_the_kernel() {
     })
     .await
     .expect("destroy");
+    // Destroy answers once the processes are gone; the bundle goes in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tmp.path().join("depot/core-1").exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(!tmp.path().join("depot/core-1").exists());
     let err = g
         .handle(Request::Info {
