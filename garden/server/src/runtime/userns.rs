@@ -138,12 +138,19 @@ fn template_userns(ids: &IdMapping) -> std::io::Result<OwnedFd> {
     let mut stack = vec![0u8; 64 * 1024];
     let (go, ours) = (go_r.as_raw_fd(), go_w.as_raw_fd());
     let child = Box::new(move || -> isize {
-        // SAFETY: close, read and _exit only (async-signal-safe), on descriptors opened before
-        // clone. Our copy of the write end goes first, or the read would never see EOF.
+        // SAFETY: dup2, close_range, read and _exit only (async-signal-safe), on descriptors
+        // opened before clone. Every descriptor but the read end goes first: our copy of the
+        // write end, or the read would never see EOF, and the write ends of other such
+        // children's pipes that this clone inherited from gardend's other threads, or two
+        // children made at once would each keep the other waiting for ever.
         unsafe {
-            libc::close(ours);
+            let _ = ours;
+            if libc::dup2(go, 0) < 0 {
+                libc::_exit(1);
+            }
+            libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32);
             let mut b = 0u8;
-            libc::read(go, &mut b as *mut u8 as *mut libc::c_void, 1);
+            libc::read(0, &mut b as *mut u8 as *mut libc::c_void, 1);
             libc::_exit(0)
         }
     });
