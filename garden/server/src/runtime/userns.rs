@@ -136,7 +136,7 @@ pub fn detached_clone(src: &Path, read_only: bool) -> std::io::Result<OwnedFd> {
 fn template_userns(ids: &IdMapping) -> std::io::Result<OwnedFd> {
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let mut stack = vec![0u8; 64 * 1024];
-    let (go, ours) = (go_r.as_raw_fd(), go_w.as_raw_fd());
+    let go = go_r.as_raw_fd();
     let child = Box::new(move || -> isize {
         // SAFETY: dup2, close_range, read and _exit only (async-signal-safe), on descriptors
         // opened before clone. Every descriptor but the read end goes first: our copy of the
@@ -144,7 +144,6 @@ fn template_userns(ids: &IdMapping) -> std::io::Result<OwnedFd> {
         // children's pipes that this clone inherited from gardend's other threads, or two
         // children made at once would each keep the other waiting for ever.
         unsafe {
-            let _ = ours;
             if libc::dup2(go, 0) < 0 {
                 libc::_exit(1);
             }
