@@ -28,6 +28,8 @@ pub struct Gardend {
     child: Option<Child>,
     pub pid: u32,
     pub port: u16,
+    /// Its debug listener (`/metrics`), for [`Gardend::idle`].
+    pub debug_port: u16,
     pub log: PathBuf,
     pub cgroup_parent: String,
     /// The binary and its arguments, for [`Gardend::kill_and_restart`].
@@ -52,6 +54,7 @@ impl Gardend {
         let depot = dir.join("depot");
         std::fs::create_dir_all(&depot).with_context(|| format!("create {}", depot.display()))?;
         let port = free_port()?;
+        let debug_port = free_port()?;
         let cgroup_parent = format!("bench-{}", std::process::id());
         let log = dir.join("gardend.log");
         std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
@@ -66,6 +69,7 @@ impl Gardend {
             args.push(a.into());
         }
         args.push(depot.into_os_string());
+        args.push(format!("--debug-bind-port={debug_port}").into());
         for a in ["--cgroup-parent", &cgroup_parent, "--log-level", log_level] {
             args.push(a.into());
         }
@@ -77,6 +81,7 @@ impl Gardend {
             child: None,
             pid: 0,
             port,
+            debug_port,
             log,
             cgroup_parent,
             bin: bin.to_path_buf(),
@@ -138,6 +143,14 @@ impl Gardend {
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
+        }
+    }
+
+    /// A handle for [`Idle::wait`].
+    pub fn idle(&self, warm: usize) -> Idle {
+        Idle {
+            debug_port: self.debug_port,
+            warm,
         }
     }
 
@@ -280,5 +293,48 @@ mod tests {
     #[test]
     fn our_own_status_has_a_vm_rss() {
         assert!(rss_kib(std::process::id()).unwrap() > 0);
+    }
+}
+
+/// Waits until gardend does nothing in the background: its warm containers all made and no
+/// destroyed container still being reclaimed. Every measured round starts from there, so no
+/// runtime's round pays for gardend's background work (nor gardend's round for a refill).
+#[derive(Debug, Clone, Copy)]
+pub struct Idle {
+    debug_port: u16,
+    /// `--warm-containers`.
+    warm: usize,
+}
+
+impl Idle {
+    /// Poll `/metrics` (every 2 ms, 10 s at most) until gardend is idle; whether it got there.
+    pub async fn wait(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(text) = self.metrics().await {
+                let value = |name: &str| {
+                    text.lines()
+                        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                };
+                let warm = value("garden_warm_containers").unwrap_or(0.0) as usize;
+                let reclaiming = value("garden_reclaiming_containers").unwrap_or(0.0);
+                if warm >= self.warm && reclaiming == 0.0 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        false
+    }
+
+    async fn metrics(&self) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.debug_port)).await?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok(text)
     }
 }

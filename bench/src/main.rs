@@ -127,6 +127,11 @@ struct Cli {
     /// may use), large enough for --density containers (one /30 each: a /17 holds 8,192).
     #[arg(long, value_name = "CIDR", default_value = "10.221.0.0/17")]
     gardend_network_pool: String,
+    /// gardend's --warm-containers: containers it keeps made ahead of demand (0 = none). Every
+    /// measured round of every runtime starts once gardend is idle (pool full, no destroyed
+    /// container still being reclaimed), so no runtime pays for gardend's background work.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    warm_containers: usize,
     /// Extra argument for gardend (repeatable), e.g. --gardend-arg=--max-containers=2000.
     #[arg(long = "gardend-arg", value_name = "ARG", allow_hyphen_values = true)]
     gardend_args: Vec<String>,
@@ -364,6 +369,7 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         let mut gardend_args = vec![
             "--network-pool".to_string(),
             cli.gardend_network_pool.clone(),
+            format!("--warm-containers={}", cli.warm_containers),
         ];
         if let Some(Ok(f)) = &image_fixture {
             // Cold pulls: every destroy removes the layers no container uses.
@@ -398,9 +404,11 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
         }
     };
     report.notes.push(format!(
-        "gardend runs with --log-level {} and is driven over TCP loopback by garden-client \
-         (one connection per request, as Garden clients do)",
-        cli.gardend_log_level
+        "gardend runs with --log-level {} and --warm-containers {} and is driven over TCP \
+         loopback by garden-client (one connection per request, as Garden clients do); every \
+         measured round of every runtime starts once gardend is idle (warm containers all made, \
+         no destroyed container still being reclaimed)",
+        cli.gardend_log_level, cli.warm_containers
     ));
     if !cli.peers_only {
         report.notes.push(format!(
@@ -422,7 +430,9 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
     );
     env.lifecycle_only = lifecycle_only;
     if let Some(g) = &server {
-        env = env.with_gardend_process(g.pid, g.cgroup_parent.clone());
+        env = env
+            .with_gardend_process(g.pid, g.cgroup_parent.clone())
+            .with_gardend_idle(g.idle(cli.warm_containers));
     }
 
     // On Ctrl-C, drop the scenario in flight (its children are killed on drop) and clean up.

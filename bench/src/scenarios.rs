@@ -90,6 +90,8 @@ pub struct Env {
     next_id: AtomicU64,
     /// gardend's pid and cgroup parent, for the density scenario's memory figures.
     gardend_proc: Option<(u32, String)>,
+    /// Waits for gardend's background work before each measured round.
+    gardend_idle: Option<crate::gardend::Idle>,
 }
 
 fn true_spec() -> ProcessSpec {
@@ -145,6 +147,7 @@ impl Env {
             counts,
             next_id: AtomicU64::new(0),
             gardend_proc: None,
+            gardend_idle: None,
         }
     }
 
@@ -240,6 +243,7 @@ impl Env {
                 if state[i].1.is_err() {
                     continue;
                 }
+                self.quiesce().await;
                 let sample = self.once(target, op, prepared[i].as_deref()).await;
                 match (sample, &mut state[i].1) {
                     (Ok(durations), Ok(acc)) => {
@@ -350,6 +354,7 @@ impl Env {
                         continue;
                     };
                     let Ok(acc) = &mut rows[i].1 else { continue };
+                    self.quiesce().await;
                     match self.concurrent_round(target, n).await {
                         Ok((c, d)) => acc.push((ms(c), ms(d))),
                         Err(e) => {
@@ -622,6 +627,7 @@ impl Env {
             Ok(_) => return Err("gardend entry is not gardend".into()),
             Err(e) => return Err(e.clone()),
         };
+        self.quiesce().await;
         density(
             &client,
             self.counts.density,
@@ -634,6 +640,21 @@ impl Env {
 }
 
 impl Env {
+    /// Start every measured round with gardend idle (see [`crate::gardend::Idle`]).
+    pub fn with_gardend_idle(mut self, idle: crate::gardend::Idle) -> Env {
+        self.gardend_idle = Some(idle);
+        self
+    }
+
+    /// Wait until gardend's background work is done (a no-op without gardend).
+    async fn quiesce(&self) {
+        if let Some(idle) = &self.gardend_idle {
+            if !idle.wait().await {
+                tracing::warn!("gardend still busy in the background after 10 s; measuring anyway");
+            }
+        }
+    }
+
     /// Tell the density scenario which process is gardend and which cgroup parent it owns.
     pub fn with_gardend_process(mut self, pid: u32, cgroup_parent: String) -> Env {
         self.gardend_proc = Some((pid, cgroup_parent));

@@ -679,6 +679,20 @@ pub async fn run_action(
         .expect("completed")
 }
 
+/// Poll `cond` every 20 ms until it holds or `timeout` passes; whether it held.
+pub fn eventually_blocking(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Poll an async condition every 20 ms until it holds or `timeout` passes.
 pub async fn eventually<F, Fut>(timeout: Duration, mut cond: F) -> bool
 where

@@ -337,26 +337,41 @@ impl Cgroups {
         for d in &cg.dirs {
             fs::create_dir_all(d).map_err(io("create", d))?;
         }
-        let quota = cpu_quota(limits.cpu_shares, self.cpu_quota_per_share);
-        let applied = match &self.layout {
-            Layout::V1(ctrls) => v1::apply(ctrls, &cg.dirs, limits, quota),
-            Layout::V2(_) => v2::apply(&cg.dirs[0], limits, quota).and_then(|()| {
+        let restricted = match &self.layout {
+            Layout::V1(ctrls) => v1::restrict_devices(ctrls, &cg.dirs),
+            Layout::V2(_) if self.layout.restricts_devices() => {
                 let dir = &cg.dirs[0];
-                if self.layout.restricts_devices() {
-                    devices::attach(dir).map_err(io("attach the device program to", dir))?;
-                }
-                Ok(())
-            }),
+                devices::attach(dir).map_err(io("attach the device program to", dir))
+            }
+            Layout::V2(_) => Ok(()),
         };
-        if let Err(e) = applied {
+        if let Err(e) = restricted.and_then(|()| self.apply(&cg, limits)) {
             let _ = cg.remove();
             return Err(e);
         }
         Ok(cg)
     }
+
+    /// Set `limits` (zero = leave as it is) on a container's cgroup, new or running.
+    pub fn apply(&self, cg: &ContainerCgroup, limits: &Resources) -> Result<()> {
+        let quota = cpu_quota(limits.cpu_shares, self.cpu_quota_per_share);
+        match &self.layout {
+            Layout::V1(ctrls) => v1::apply(ctrls, &cg.dirs, limits, quota),
+            Layout::V2(_) => v2::apply(&cg.dirs[0], limits, quota),
+        }
+    }
 }
 
 impl ContainerCgroup {
+    /// Its name under gardend's parent.
+    pub fn name(&self) -> String {
+        self.dirs
+            .first()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// The `cgroup.procs` files a task writes itself into to join the container.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()

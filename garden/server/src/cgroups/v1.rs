@@ -33,12 +33,6 @@ pub fn apply(
             }
         }
     }
-    if let Some(devices) = dir_of(ctrls, dirs, "devices") {
-        write(&devices.join("devices.deny"), "a")?;
-        for rule in super::devices::ALLOWLIST {
-            write(&devices.join("devices.allow"), &rule.v1_line())?;
-        }
-    }
     if let Some(pids) = dir_of(ctrls, dirs, "pids") {
         if limits.pids_max > 0 {
             write(&pids.join("pids.max"), &limits.pids_max.to_string())?;
@@ -55,6 +49,17 @@ pub fn apply(
                 &super::CPU_PERIOD_US.to_string(),
             )?;
             write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The device allowlist, on a new cgroup (before any task is in it: the deny-all comes first).
+pub fn restrict_devices(ctrls: &[(String, PathBuf)], dirs: &[PathBuf]) -> Result<()> {
+    if let Some(devices) = dir_of(ctrls, dirs, "devices") {
+        write(&devices.join("devices.deny"), "a")?;
+        for rule in super::devices::ALLOWLIST {
+            write(&devices.join("devices.allow"), &rule.v1_line())?;
         }
     }
     Ok(())

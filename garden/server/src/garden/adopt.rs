@@ -91,6 +91,7 @@ impl Garden {
 
     async fn adopt_one(&self, record: Record, mutable: Mutable) {
         let handle = record.handle.clone();
+        let cgroup = record.cgroup().to_string();
         let t = Instant::now();
         match self.adopt(record, mutable).await {
             Ok(processes) => tracing::info!(
@@ -102,7 +103,7 @@ impl Garden {
             Err(e) => {
                 tracing::warn!(handle, error = %e, "could not adopt; removing the container");
                 let bundle = self.config.depot.join(&handle);
-                self.kernel.discard(&handle).await;
+                self.kernel.discard(&handle, &cgroup).await;
                 let _ = depot::remove_dir_all_blocking(bundle).await;
             }
         }
@@ -117,7 +118,13 @@ impl Garden {
         let ids = (!record.spec.privileged).then(|| self.ids.clone());
         let (sandbox, exits, running) = self
             .kernel
-            .adopt_sandbox(&handle, &bundle, record.init(), ids.clone())
+            .adopt_sandbox(
+                &handle,
+                record.cgroup(),
+                &bundle,
+                record.init(),
+                ids.clone(),
+            )
             .await
             .map_err(|e| e.to_string())?;
         let mut processes = HashMap::new();

@@ -10,6 +10,8 @@ impl Garden {
         let containers = self.containers.read().expect("containers lock");
         let mut census = Census {
             containers: containers.len() as u64,
+            warm_containers: self.warm.len() as u64,
+            reclaiming_containers: self.reclaiming.len() as u64,
             ..Census::default()
         };
         for c in containers.values() {

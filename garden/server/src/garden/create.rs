@@ -11,6 +11,7 @@ use garden_api::{ContainerSpec, GardenError};
 use super::container::{validate_name, Container, State};
 use super::depot::{self, remove_dir_all_blocking};
 use super::grace::{grace_timer, Activity};
+use super::warm::Warm;
 use super::{convert, generic, kernel_error, validate, Garden, Result};
 use crate::kernel::SandboxSpec;
 
@@ -75,6 +76,11 @@ impl Garden {
 
     async fn create_reserved(&self, handle: &str, spec: ContainerSpec) -> Result<()> {
         let started = Instant::now();
+        if self.warm_fits(&spec) {
+            if let Some(w) = self.take_warm() {
+                return self.create_from_warm(handle, spec, w, started).await;
+            }
+        }
         let uri = if spec.image.uri.is_empty() {
             spec.rootfs.clone()
         } else {
@@ -151,7 +157,7 @@ impl Garden {
             privileged: spec.privileged,
             ids: ids.clone(),
         };
-        let created = match self.kernel.allocate_network(handle, &spec.network) {
+        let created = match self.allocate_network(handle, &spec.network).await {
             Ok(()) => self.kernel.create_sandbox(sandbox_spec).await,
             Err(e) => Err(e),
         };
@@ -164,6 +170,86 @@ impl Garden {
                 return Err(kernel_error(e));
             }
         };
+        let made = Made {
+            bundle,
+            plan,
+            ids,
+            sandbox,
+            exits,
+        };
+        self.register(handle, spec, made);
+        *registered = true;
+        self.finish(handle, started, false).await
+    }
+
+    /// An address for `handle`; when the pool is full, warm containers give theirs back
+    /// first.
+    async fn allocate_network(
+        &self,
+        handle: &str,
+        network: &str,
+    ) -> std::result::Result<(), crate::kernel::KernelError> {
+        match self.kernel.allocate_network(handle, network) {
+            Err(_) if self.evict_warm().await > 0 => self.kernel.allocate_network(handle, network),
+            r => r,
+        }
+    }
+
+    /// Create by claiming a warm container: its bundle takes the handle's name, its network
+    /// and host name become the handle's, then limits and network rules are applied as on any
+    /// running container.
+    async fn create_from_warm(
+        &self,
+        handle: &str,
+        spec: ContainerSpec,
+        w: Warm,
+        started: Instant,
+    ) -> Result<()> {
+        let bundle = self.config.depot.join(handle);
+        if bundle.exists() {
+            self.warm.put_back(w);
+            return Err(GardenError::generic(format!(
+                "Handle '{handle}' already in use"
+            )));
+        }
+        if let Err(e) = std::fs::rename(&w.bundle, &bundle) {
+            self.discard_warm(w, None).await;
+            return Err(generic(format!("claim a warm container: {e}")));
+        }
+        w.sandbox.moved(&bundle);
+        let claimed = async {
+            self.kernel
+                .claim_warm(&w.name, handle, hostname(handle), w.sandbox.as_ref())
+                .await
+                .map_err(kernel_error)?;
+            let resources = convert::resources(&spec.limits);
+            if resources != Default::default() {
+                w.sandbox
+                    .apply_resources(&resources)
+                    .map_err(kernel_error)?;
+            }
+            Ok::<(), GardenError>(())
+        }
+        .await;
+        let w = Warm { bundle, ..w };
+        if let Err(e) = claimed {
+            self.discard_warm(w, Some(handle)).await;
+            return Err(e);
+        }
+        tracing::debug!(handle, warm = w.name, "claimed a warm container");
+        let made = Made {
+            bundle: w.bundle,
+            plan: self.default_rootfs.clone(),
+            ids: Some(self.ids.clone()),
+            sandbox: w.sandbox,
+            exits: w.exits,
+        };
+        self.register(handle, spec, made);
+        self.finish(handle, started, true).await
+    }
+
+    /// Make the container known: its state, properties, exit routing and grace timer.
+    fn register(&self, handle: &str, spec: ContainerSpec, made: Made) {
         let grace_ns = match spec.grace_time {
             0 => self.config.default_grace_time.as_nanos() as u64,
             g => g,
@@ -171,6 +257,13 @@ impl Garden {
         let mut properties = spec.properties.clone();
         properties.insert("garden.state".into(), "created".into());
         let activity = Activity::new(grace_ns);
+        let Made {
+            bundle,
+            plan,
+            ids,
+            sandbox,
+            exits,
+        } = made;
         let container = Arc::new(Container {
             handle: handle.to_string(),
             bundle,
@@ -188,15 +281,21 @@ impl Garden {
             activity: activity.clone(),
             net_out: Mutex::default(),
         });
-        self.set_properties(&container, |p| *p = properties);
+        // Persisted with the network's properties (`net_setup`): until the record is written,
+        // a restart discards the container anyway.
+        *container.properties.lock().expect("properties lock") = properties;
         route_exits(&container, exits);
         tokio::spawn(grace_timer(self.me.clone(), handle.to_string(), activity));
         self.containers
             .write()
             .expect("containers lock")
             .insert(handle.to_string(), container);
-        *registered = true;
-        if let Err(e) = self.net_setup(handle).await {
+    }
+
+    /// A registered container's network (`warm`: already attached), then its record; on
+    /// failure it is destroyed and nothing of it is left when this returns.
+    async fn finish(&self, handle: &str, started: Instant, warm: bool) -> Result<()> {
+        if let Err(e) = self.net_setup(handle, warm).await {
             if let Err(d) = self.destroy(handle).await {
                 tracing::warn!(handle, error = %d, "clean up after failed network setup");
             }
@@ -209,6 +308,7 @@ impl Garden {
         self.write_record(handle)?;
         tracing::info!(
             handle,
+            warm,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "created"
         );
@@ -234,25 +334,37 @@ impl Garden {
             image_dir: c.image_dir.clone(),
             subnet: net.as_ref().map(|n| n.subnet.clone()).unwrap_or_default(),
             container_ip: net.map(|n| n.container_ip).unwrap_or_default(),
+            cgroup: match c.sandbox.cgroup_name() {
+                name if name == handle => String::new(),
+                name => name,
+            },
         };
         depot::write_record(&c.bundle, &record);
         Ok(())
     }
 
-    /// Links, firewall, /etc files, create-time NetIn and the network properties.
-    async fn net_setup(&self, handle: &str) -> Result<()> {
+    /// Links, firewall, /etc files (`attached`: done, a warm container's), create-time NetOut
+    /// and NetIn, and the network properties.
+    async fn net_setup(&self, handle: &str, attached: bool) -> Result<()> {
         let c = self.lookup(handle)?;
         let netout = convert::egress_rules(&c.spec.netout_rules).map_err(generic)?;
-        self.kernel
-            .attach_network(
-                handle,
-                hostname(handle),
-                c.sandbox.as_ref(),
-                &netout,
-                convert::bandwidth(&c.spec.limits.bandwidth_limits),
-            )
-            .await
-            .map_err(|e| generic(format!("network setup: {e}")))?;
+        if !attached {
+            self.kernel
+                .attach_network(
+                    handle,
+                    hostname(handle),
+                    c.sandbox.as_ref(),
+                    &netout,
+                    convert::bandwidth(&c.spec.limits.bandwidth_limits),
+                )
+                .await
+                .map_err(|e| generic(format!("network setup: {e}")))?;
+        } else if !netout.is_empty() {
+            self.kernel
+                .net_out(handle, &netout)
+                .await
+                .map_err(|e| generic(format!("network setup: {e}")))?;
+        }
         for m in &c.spec.netin {
             self.kernel
                 .net_in(handle, m.host_port, m.container_port)
@@ -314,6 +426,15 @@ impl Garden {
         });
         Ok(ports)
     }
+}
+
+/// What a create made (or claimed) before the container is registered.
+struct Made {
+    bundle: std::path::PathBuf,
+    plan: rootfs::RootfsPlan,
+    ids: Option<rootfs::IdMapping>,
+    sandbox: Arc<dyn crate::kernel::Sandbox>,
+    exits: crate::kernel::Exits,
 }
 
 /// Route garden-init's exit events to the processes they belong to.

@@ -41,6 +41,10 @@ pub(super) struct Record {
     /// `a.b.c.d/n` and `a.b.c.d`; empty if the container has no network.
     pub subnet: String,
     pub container_ip: String,
+    /// The name of its cgroup: the warm name a container made ahead of demand had (cgroup v2
+    /// cannot rename one); empty = the handle.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cgroup: String,
 }
 
 impl Record {
@@ -48,6 +52,15 @@ impl Record {
         InitIdentity {
             pid: self.init_pid,
             start_time: self.init_start_time,
+        }
+    }
+
+    /// The name of its cgroup under gardend's parent.
+    pub fn cgroup(&self) -> &str {
+        if self.cgroup.is_empty() {
+            &self.handle
+        } else {
+            &self.cgroup
         }
     }
 }
@@ -69,18 +82,19 @@ pub(super) fn now_unix_ns() -> u128 {
         .unwrap_or(0)
 }
 
-/// Write `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
-/// directory.
+/// Write `bytes` to `path` atomically: a temporary file beside it, renamed over it. A gardend
+/// that dies at any point (even by SIGKILL) leaves the old file or the new one, never a part.
+/// No fsync: these records only matter while the containers' processes live, and a host crash
+/// ends those too (the next start finds the garden-inits gone and sweeps whatever it reads).
+/// Two fsyncs per file cost about 0.9 ms here, and a create writes two files, a destroy one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, path)
 }
 
 pub(super) fn write_record(bundle: &Path, record: &Record) {
@@ -191,6 +205,7 @@ mod tests {
             image_dir: "/home/vcap".into(),
             subnet: "10.0.0.0/30".into(),
             container_ip: "10.0.0.2".into(),
+            cgroup: String::new(),
         }
     }
 

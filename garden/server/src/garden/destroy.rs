@@ -131,12 +131,14 @@ impl Garden {
             // Shutting down: reclaim in line.
             self.reclaim(&c, t).await;
             self.reclaiming.end(handle, done);
+            self.warm.poke();
             return Ok(());
         };
         let handle = handle.to_string();
         tokio::spawn(async move {
             me.reclaim(&c, t).await;
             me.reclaiming.end(&handle, done);
+            me.warm.poke();
         });
         Ok(())
     }

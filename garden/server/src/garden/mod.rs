@@ -23,6 +23,7 @@ mod stop;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod warm;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use garden_api::*;
 
 use crate::config::Config;
-use crate::kernel::linux::{Linux, Survivor};
+use crate::kernel::linux::{Kept, Linux, Survivor};
 use crate::kernel::Kernel;
 use crate::process::Output;
 use crate::service::{Reply, Request, Service};
@@ -81,6 +82,8 @@ pub struct Garden {
     ownership: std::sync::OnceLock<owner::Ownership>,
     /// The user namespace mapping of unprivileged containers.
     ids: rootfs::IdMapping,
+    /// Containers made ahead of demand (`--warm-containers`).
+    warm: Arc<warm::Pool>,
 }
 
 /// The depot and everything gardend keeps in the state directory are root's alone (0700):
@@ -164,7 +167,14 @@ impl Garden {
         let (survivors, lost): (Vec<_>, Vec<_>) = survivors
             .into_iter()
             .partition(|(record, _)| linux.has_network(&record.handle));
-        let keep: HashSet<String> = survivors.iter().map(|(r, _)| r.handle.clone()).collect();
+        let keep = Kept {
+            bundles: survivors.iter().map(|(r, _)| r.handle.clone()).collect(),
+            cgroups: survivors
+                .iter()
+                .map(|(r, _)| r.cgroup().to_string())
+                .collect(),
+            inits: survivors.iter().map(|(r, _)| r.init_pid).collect(),
+        };
         let linux = Arc::new(linux);
         for (record, _) in &lost {
             tracing::warn!(
@@ -180,6 +190,7 @@ impl Garden {
         let garden = Garden::with_store(config, linux, default_rootfs, images);
         let _ = garden.ownership.set(ownership);
         garden.adopt_all(survivors).await;
+        garden.start_warming();
         Ok(garden)
     }
 
@@ -191,7 +202,9 @@ impl Garden {
         default_rootfs: rootfs::RootfsPlan,
     ) -> Arc<Garden> {
         let images = Arc::new(open_store(&config).expect("open the image layer store"));
-        Garden::with_store(config, kernel, default_rootfs, images)
+        let garden = Garden::with_store(config, kernel, default_rootfs, images);
+        garden.start_warming();
+        garden
     }
 
     fn with_store(
@@ -217,6 +230,7 @@ impl Garden {
             image_sizes: Mutex::default(),
             ownership: std::sync::OnceLock::new(),
             ids,
+            warm: Arc::default(),
         })
     }
 
@@ -241,6 +255,7 @@ impl Garden {
                 );
             }
         }
+        self.close_warm().await;
         let left = self.containers.read().expect("containers lock").len();
         tracing::info!(containers = left, "shutting down");
         self.kernel.shutdown(left == 0).await;

@@ -604,3 +604,184 @@ async fn a_bad_pea_image_or_limit_fails_before_anything_is_made() {
     };
     assert_eq!(s.exit.await.expect("exit"), Ok(0));
 }
+
+/// Waits until `n` warm containers are ready (the filler runs in the background).
+async fn warm_ready(t: &Setup, n: usize) {
+    for _ in 0..500 {
+        if t.garden.warm.len() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("{} warm containers, wanted {n}", t.garden.warm.len());
+}
+
+fn warm_setup(n: usize) -> Setup {
+    setup_with(Config {
+        warm_containers: n,
+        ..Config::default()
+    })
+}
+
+/// The warm names the fake made sandboxes under.
+fn warm_names(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::CreateSandbox(h) if h.starts_with(super::warm::PREFIX) => Some(h.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_default_create_claims_a_warm_container_and_another_is_made() {
+    let t = warm_setup(2);
+    warm_ready(&t, 2).await;
+    let made = warm_names(&t.fake.calls());
+    assert_eq!(made.len(), 2);
+    json::<serde_json::Value>(t.create("w1", 0).await);
+    let calls = t.fake.calls();
+    assert!(
+        calls.contains(&Call::ClaimWarm {
+            warm: made[0].clone(),
+            handle: "w1".into(),
+            hostname: "w1".into(),
+        }),
+        "{calls:?}"
+    );
+    assert!(!calls.contains(&Call::CreateSandbox("w1".into())));
+    assert_eq!(t.list().await, ["w1"]);
+    // Its bundle took the handle's name, and the record names the cgroup it was made with.
+    let bundle = t.tmp.path().join("depot/w1");
+    assert!(!t.tmp.path().join("depot").join(&made[0]).exists());
+    let (record, _) = super::depot::read(&bundle).expect("record");
+    assert_eq!(record.cgroup(), made[0]);
+    // The pool is topped up, with a fresh one: none is handed out twice.
+    warm_ready(&t, 2).await;
+    let made = warm_names(&t.fake.calls());
+    assert_eq!(made.len(), 3);
+    json::<serde_json::Value>(t.create("w2", 0).await);
+    assert!(t.fake.calls().contains(&Call::ClaimWarm {
+        warm: made[1].clone(),
+        handle: "w2".into(),
+        hostname: "w2".into(),
+    }));
+    // Destroy reclaims it by its handle (network, disk) and its own cgroup.
+    json::<serde_json::Value>(
+        t.garden
+            .handle(Request::Destroy {
+                handle: "w1".into(),
+            })
+            .await,
+    );
+    t.garden.settled().await;
+    let calls = t.fake.calls();
+    assert!(calls.contains(&Call::ReleaseNetwork("w1".into())));
+    assert!(calls.contains(&Call::RemoveCgroup(made[0].clone())));
+    assert!(!bundle.exists());
+}
+
+#[tokio::test]
+async fn creates_a_warm_container_cannot_serve_are_made_as_before() {
+    let t = warm_setup(1);
+    warm_ready(&t, 1).await;
+    for (handle, spec) in [
+        (
+            "priv",
+            ContainerSpec {
+                privileged: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "net",
+            ContainerSpec {
+                network: "10.9.0.0/30".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "img",
+            ContainerSpec {
+                image: garden_api::ImageRef {
+                    uri: t.tmp.path().join("rootfs").display().to_string(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        ),
+    ] {
+        let spec = ContainerSpec {
+            handle: handle.into(),
+            ..spec
+        };
+        json::<serde_json::Value>(t.garden.handle(Request::Create(Box::new(spec))).await);
+        assert!(
+            t.fake.calls().contains(&Call::CreateSandbox(handle.into())),
+            "{handle} made afresh"
+        );
+    }
+    assert_eq!(t.garden.warm.len(), 1, "the warm one is still there");
+}
+
+#[tokio::test]
+async fn limits_are_applied_to_a_claimed_warm_container() {
+    let t = warm_setup(1);
+    warm_ready(&t, 1).await;
+    let warm = warm_names(&t.fake.calls()).remove(0);
+    let spec = ContainerSpec {
+        handle: "lim".into(),
+        limits: garden_api::Limits {
+            memory_limits: garden_api::MemoryLimits {
+                limit_in_bytes: 64 << 20,
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    json::<serde_json::Value>(t.garden.handle(Request::Create(Box::new(spec))).await);
+    let applied = t
+        .fake
+        .calls()
+        .into_iter()
+        .find_map(|c| match c {
+            Call::ApplyResources(name, r) if name == warm => Some(r),
+            _ => None,
+        })
+        .expect("limits applied");
+    assert_eq!(applied.memory_bytes, 64 << 20);
+}
+
+#[tokio::test]
+async fn a_full_address_pool_evicts_warm_containers() {
+    let t = warm_setup(1);
+    warm_ready(&t, 1).await;
+    let warm = warm_names(&t.fake.calls()).remove(0);
+    t.fake.fail_next(Kind::AllocateNetwork, 1);
+    let spec = ContainerSpec {
+        handle: "p".into(),
+        privileged: true,
+        ..Default::default()
+    };
+    json::<serde_json::Value>(t.garden.handle(Request::Create(Box::new(spec))).await);
+    let calls = t.fake.calls();
+    assert!(calls.contains(&Call::Kill(warm.clone())), "{calls:?}");
+    assert!(calls.contains(&Call::ReleaseNetwork(warm.clone())));
+    assert!(calls.contains(&Call::CreateSandbox("p".into())));
+}
+
+#[tokio::test]
+async fn shutdown_removes_the_warm_containers() {
+    let t = warm_setup(2);
+    warm_ready(&t, 2).await;
+    t.garden.shutdown().await;
+    assert_eq!(t.garden.warm.len(), 0);
+    let calls = t.fake.calls();
+    for w in warm_names(&calls) {
+        assert!(calls.contains(&Call::Kill(w.clone())), "{w}: {calls:?}");
+        assert!(calls.contains(&Call::ReleaseNetwork(w.clone())));
+        assert!(calls.contains(&Call::RemoveCgroup(w.clone())));
+        assert!(!t.tmp.path().join("depot").join(&w).exists());
+    }
+}

@@ -42,6 +42,14 @@ pub enum Call {
     SignalAll(String, Signal),
     Kill(String),
     RemoveCgroup(String),
+    /// A warm container (by its warm name) went to a handle.
+    ClaimWarm {
+        warm: String,
+        handle: String,
+        hostname: String,
+    },
+    /// Limits set on a running sandbox (by the name it was made under).
+    ApplyResources(String, Resources),
 }
 
 /// The parts of a pea's spawn request the core decides.
@@ -57,6 +65,7 @@ pub struct PeaRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     CreateSandbox,
+    AllocateNetwork,
     AttachNetwork,
     ReleaseNetwork,
     AttachDisk,
@@ -145,7 +154,10 @@ impl Kernel for Fake {
     }
 
     fn allocate_network(&self, handle: &str, _network: &str) -> Result<()> {
-        self.record(Call::AllocateNetwork(handle.into()), None)
+        self.record(
+            Call::AllocateNetwork(handle.into()),
+            Some(Kind::AllocateNetwork),
+        )
     }
 
     fn attach_network<'a>(
@@ -216,10 +228,30 @@ impl Kernel for Fake {
         ready(())
     }
 
+    fn disk_layer_needed(&self, limit: &DiskLimit) -> bool {
+        limit.limits_anything()
+    }
+
+    fn claim_warm<'a>(
+        &'a self,
+        warm: &'a str,
+        handle: &'a str,
+        hostname: &'a str,
+        _sandbox: &'a dyn Sandbox,
+    ) -> BoxFuture<'a, Result<()>> {
+        let call = Call::ClaimWarm {
+            warm: warm.into(),
+            handle: handle.into(),
+            hostname: hostname.into(),
+        };
+        ready(self.record(call, None))
+    }
+
     /// A sandbox like a new one, with no live process (they all exited while "down").
     fn adopt_sandbox<'a>(
         &'a self,
         handle: &'a str,
+        _cgroup: &'a str,
         _bundle: &'a Path,
         _init: InitIdentity,
         _ids: Option<rootfs::IdMapping>,
@@ -314,6 +346,15 @@ impl FakeSandbox {
 impl Sandbox for FakeSandbox {
     fn init_pid(&self) -> i32 {
         1
+    }
+
+    fn cgroup_name(&self) -> String {
+        self.handle.clone()
+    }
+
+    fn apply_resources(&self, resources: &Resources) -> Result<()> {
+        self.record(Call::ApplyResources(self.handle.clone(), *resources));
+        Ok(())
     }
 
     fn has_exited(&self) -> bool {

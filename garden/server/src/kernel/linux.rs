@@ -39,6 +39,17 @@ pub struct Survivor {
     pub container_ip: String,
 }
 
+/// What a restart adopts, which [`Linux::sweep`] leaves alone.
+#[derive(Debug, Default)]
+pub struct Kept {
+    /// Bundle directories (handles) in the depot.
+    pub bundles: std::collections::HashSet<String>,
+    /// Container cgroups by name (the handle, or the warm name it was made under).
+    pub cgroups: std::collections::HashSet<String>,
+    /// garden-init host pids.
+    pub inits: std::collections::HashSet<i32>,
+}
+
 impl Linux {
     /// Probe cgroups, find garden-init, set up the disk quota backend and networking, keeping
     /// what belongs to `survivors`. Call [`Linux::sweep`] for the rest a previous run left
@@ -101,9 +112,10 @@ impl Linux {
     /// Remove what a previous run left and this one does not adopt (`keep`): garden-init
     /// processes of bundles in `depot`, container cgroups under the parent (their processes
     /// killed first) and depot directories. Each removal is logged.
-    pub fn sweep(&self, depot: &Path, keep: &std::collections::HashSet<String>) {
+    pub fn sweep(&self, depot: &Path, keep: &Kept) {
         for (pid, handle) in garden_inits(depot) {
-            if keep.contains(&handle) {
+            // A claimed warm container's garden-init names the bundle it was made in.
+            if keep.bundles.contains(&handle) || keep.inits.contains(&pid) {
                 continue;
             }
             if let Ok(p) = PidFd::open(pid) {
@@ -115,12 +127,13 @@ impl Linux {
         }
         // Peas of kept containers keep their own cgroups, for adoption.
         let kept_peas: std::collections::HashSet<String> = keep
+            .bundles
             .iter()
             .flat_map(|h| runtime::pea_cgroups(&depot.join(h)))
             .collect();
-        for handle in self.runtime.cgroups().children() {
-            if !keep.contains(&handle) && !kept_peas.contains(&handle) {
-                self.remove_stale_cgroup(&handle);
+        for name in self.runtime.cgroups().children() {
+            if !keep.cgroups.contains(&name) && !kept_peas.contains(&name) {
+                self.remove_stale_cgroup(&name);
             }
         }
         let Ok(entries) = std::fs::read_dir(depot) else {
@@ -128,7 +141,7 @@ impl Linux {
         };
         for e in entries.flatten() {
             let handle = e.file_name().to_string_lossy().into_owned();
-            if keep.contains(&handle) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            if keep.bundles.contains(&handle) || !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             match std::fs::remove_dir_all(e.path()) {
@@ -353,24 +366,56 @@ impl Kernel for Linux {
         self.disk.usage(handle)
     }
 
+    fn disk_layer_needed(&self, limit: &DiskLimit) -> bool {
+        self.disk.layer_needed(limit)
+    }
+
+    fn claim_warm<'a>(
+        &'a self,
+        warm: &'a str,
+        handle: &'a str,
+        hostname: &'a str,
+        sandbox: &'a dyn Sandbox,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let root = sandbox
+                .open_root()
+                .map_err(|e| KernelError::Other(format!("open container root: {e}")))?;
+            sandbox
+                .set_hostname(hostname)
+                .map_err(|e| KernelError::Other(format!("set the hostname: {e}")))?;
+            self.network.rename(warm, handle)?;
+            self.network.write_hosts(
+                handle,
+                hostname,
+                crate::net::hosts::ContainerRoot {
+                    fd: root.as_fd(),
+                    owner: sandbox.root_owner(),
+                },
+            )?;
+            Ok(())
+        })
+    }
+
     fn adopt_sandbox<'a>(
         &'a self,
-        handle: &'a str,
+        _handle: &'a str,
+        cgroup: &'a str,
         bundle: &'a Path,
         init: InitIdentity,
         ids: Option<rootfs::IdMapping>,
     ) -> BoxFuture<'a, Result<Adopted>> {
         Box::pin(async move {
-            let (sandbox, exits, running) = self.runtime.adopt(handle, bundle, init, ids).await?;
+            let (sandbox, exits, running) = self.runtime.adopt(cgroup, bundle, init, ids).await?;
             let sandbox: Arc<dyn Sandbox> = Arc::new(sandbox);
             Ok((sandbox, exits, running))
         })
     }
 
-    fn discard<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()> {
+    fn discard<'a>(&'a self, handle: &'a str, cgroup: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let cgroups = self.runtime.cgroups().clone();
-            let h = handle.to_string();
+            let h = cgroup.to_string();
             let _ = tokio::task::spawn_blocking(move || remove_stale_cgroup(&cgroups, &h)).await;
             if let Err(e) = self.network.release(handle).await {
                 tracing::warn!(handle, error = %e, "release network");
@@ -437,6 +482,10 @@ impl Sandbox for runtime::Sandbox {
         runtime::Sandbox::open_netns(self)
     }
 
+    fn set_hostname(&self, name: &str) -> std::io::Result<()> {
+        runtime::Sandbox::set_hostname(self, name)
+    }
+
     fn open_ptmx(&self) -> std::io::Result<OwnedFd> {
         runtime::Sandbox::open_ptmx(self)
     }
@@ -488,5 +537,17 @@ impl Sandbox for runtime::Sandbox {
 
     fn remove_cgroup(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move { Ok(runtime::Sandbox::remove_cgroup(self).await?) })
+    }
+
+    fn cgroup_name(&self) -> String {
+        self.cgroup.name()
+    }
+
+    fn apply_resources(&self, resources: &super::Resources) -> Result<()> {
+        Ok(runtime::Sandbox::apply_resources(self, resources)?)
+    }
+
+    fn moved(&self, bundle: &Path) {
+        runtime::Sandbox::moved(self, bundle)
     }
 }

@@ -128,30 +128,55 @@ pub trait Kernel: Send + Sync + 'static {
     fn release_disk<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, Result<()>>;
     /// What the writable layer uses, when the quota backend can tell.
     fn disk_usage(&self, handle: &str) -> Option<Usage>;
+    /// Whether a container with `limit` needs a disk layer of its own ([`Kernel::attach_disk`]
+    /// does something): a warm container (made ahead of demand) has none, so it cannot serve
+    /// such a create.
+    fn disk_layer_needed(&self, limit: &DiskLimit) -> bool {
+        let _ = limit;
+        true
+    }
+
+    /// Hand a warm container, made under the name `warm` (its network, disk layer and
+    /// sandbox), to `handle`: its network and disk are known by `handle` from now on, and its
+    /// host name (UTS name and /etc/hosts) becomes `hostname`.
+    fn claim_warm<'a>(
+        &'a self,
+        warm: &'a str,
+        handle: &'a str,
+        hostname: &'a str,
+        sandbox: &'a dyn Sandbox,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = (warm, handle, hostname, sandbox);
+        Box::pin(std::future::ready(Err(KernelError::Other(
+            "this kernel keeps no warm containers".into(),
+        ))))
+    }
 
     /// gardend stops; `empty`: no container is left, so shared host state may go too.
     fn shutdown(&self, empty: bool) -> BoxFuture<'_, ()>;
 
     /// Take over the sandbox of a container a previous gardend made, whose garden-init is
     /// `init`: with its exit events and its live processes' stdio (see `ToInit::Adopt`). `ids`:
-    /// its user namespace's mapping (`None` when privileged), as create gave it.
+    /// its user namespace's mapping (`None` when privileged), as create gave it; `cgroup`: the
+    /// name of its cgroup (the handle, or the warm name it was made under).
     fn adopt_sandbox<'a>(
         &'a self,
         handle: &'a str,
+        cgroup: &'a str,
         bundle: &'a Path,
         init: InitIdentity,
         ids: Option<rootfs::IdMapping>,
     ) -> BoxFuture<'a, Result<Adopted>> {
-        let _ = (handle, bundle, init, ids);
+        let _ = (handle, cgroup, bundle, init, ids);
         Box::pin(std::future::ready(Err(KernelError::Other(
             "this kernel cannot adopt containers".into(),
         ))))
     }
 
     /// Remove whatever is left of a container that could not be adopted: its processes,
-    /// cgroup, network and disk layer.
-    fn discard<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, ()> {
-        let _ = handle;
+    /// cgroup (named `cgroup`), network and disk layer.
+    fn discard<'a>(&'a self, handle: &'a str, cgroup: &'a str) -> BoxFuture<'a, ()> {
+        let _ = (handle, cgroup);
         Box::pin(std::future::ready(()))
     }
 }
@@ -184,6 +209,11 @@ pub trait Sandbox: Send + Sync + 'static {
     }
     /// An fd of the container's network namespace.
     fn open_netns(&self) -> std::io::Result<OwnedFd>;
+    /// Name the container's host (its UTS namespace's hostname).
+    fn set_hostname(&self, name: &str) -> std::io::Result<()> {
+        let _ = name;
+        Ok(())
+    }
     /// The container's own `/dev/pts/ptmx`, for a process with a tty.
     fn open_ptmx(&self) -> std::io::Result<OwnedFd>;
     /// Start a process with the given stdio fds; its pid inside the container.
@@ -229,4 +259,17 @@ pub trait Sandbox: Send + Sync + 'static {
     fn oom_kills(&self) -> u64;
     /// Remove the cgroup (after [`Sandbox::kill`]), once its peas are cleaned up.
     fn remove_cgroup(&self) -> BoxFuture<'_, Result<()>>;
+    /// The name of its cgroup under gardend's parent (recorded, for a restart to find it).
+    fn cgroup_name(&self) -> String;
+    /// Set cgroup limits on the running sandbox (a warm container claimed by a create with
+    /// limits).
+    fn apply_resources(&self, resources: &Resources) -> Result<()> {
+        let _ = resources;
+        Ok(())
+    }
+    /// Its bundle directory was renamed to `bundle` (a warm container claimed under its
+    /// handle): where its peas go from now on.
+    fn moved(&self, bundle: &Path) {
+        let _ = bundle;
+    }
 }

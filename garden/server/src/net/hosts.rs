@@ -69,6 +69,7 @@ pub fn host_resolv_conf() -> String {
 }
 
 /// A container's root directory and container root's host ids, for its /etc files.
+#[derive(Clone, Copy)]
 pub struct ContainerRoot<'a> {
     pub fd: BorrowedFd<'a>,
     pub owner: (u32, u32),

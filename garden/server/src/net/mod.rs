@@ -467,16 +467,7 @@ impl Network {
         if bandwidth.rate > 0 {
             bridge::limit_bandwidth(&a.host_if, netns, bandwidth.rate, bandwidth.burst).await?;
         }
-        hosts::write_etc(
-            root.fd,
-            "hosts",
-            &hosts::hosts(
-                a.lease.container_ip,
-                hostname,
-                &self.cfg.additional_host_entries,
-            ),
-            root.owner,
-        )?;
+        self.write_hosts(handle, hostname, root)?;
         let resolv = hosts::resolv_conf(
             &self.cfg.dns_servers,
             &self.cfg.additional_dns_servers,
@@ -488,6 +479,39 @@ impl Network {
             ms = started.elapsed().as_secs_f64() * 1e3,
             "network set up"
         );
+        Ok(())
+    }
+
+    /// The container's `/etc/hosts`: localhost, its address under `hostname`, and the
+    /// configured extra entries.
+    pub fn write_hosts(
+        &self,
+        handle: &str,
+        hostname: &str,
+        root: hosts::ContainerRoot<'_>,
+    ) -> Result<(), NetError> {
+        let a = self.get(handle)?;
+        let text = hosts::hosts(
+            a.lease.container_ip,
+            hostname,
+            &self.cfg.additional_host_entries,
+        );
+        hosts::write_etc(root.fd, "hosts", &text, root.owner)
+    }
+
+    /// The network set up under `old` is `new`'s from now on (a warm container claimed by a
+    /// create): links and chains are named after the address, so only the record moves.
+    pub fn rename(&self, old: &str, new: &str) -> Result<(), NetError> {
+        let mut containers = self.containers.lock().expect("containers lock");
+        if containers.contains_key(new) {
+            return Err(NetError::Invalid(format!(
+                "network of {new} already exists"
+            )));
+        }
+        let a = containers
+            .remove(old)
+            .ok_or_else(|| NetError::Unknown(old.into()))?;
+        containers.insert(new.to_string(), a);
         Ok(())
     }
 

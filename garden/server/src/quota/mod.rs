@@ -96,7 +96,14 @@ pub struct DiskLimit {
 }
 
 fn has_limits(l: &DiskLimit) -> bool {
-    l.byte_hard > 0 || l.inode_hard > 0 || l.byte_soft > 0 || l.inode_soft > 0
+    l.limits_anything()
+}
+
+impl DiskLimit {
+    /// Whether any byte or inode limit is set.
+    pub fn limits_anything(&self) -> bool {
+        self.byte_hard > 0 || self.inode_hard > 0 || self.byte_soft > 0 || self.inode_soft > 0
+    }
 }
 
 impl Disk {
@@ -202,6 +209,15 @@ impl Disk {
                 images.attach(handle, bundle, quota_for(limits, image)?)
             }
             DiskState::Images(_) => Ok(()),
+        }
+    }
+
+    /// Whether [`Disk::attach`] with `limits` does anything (else a container needs no layer
+    /// of its own, and a warm container, made without one, may serve it).
+    pub fn layer_needed(&self, limits: &DiskLimit) -> bool {
+        match &*self.state {
+            DiskState::Xfs(_) => true,
+            DiskState::Off(_) | DiskState::Images(_) => has_limits(limits),
         }
     }
 

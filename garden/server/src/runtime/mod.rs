@@ -94,6 +94,8 @@ pub struct Sandbox {
     /// pid (gardend reaps it the moment it exits).
     init_process: PidFd,
     pub cgroup: ContainerCgroup,
+    /// gardend's cgroups, for limits set on the running sandbox.
+    cgroups: Cgroups,
     pub init: InitClient,
     /// Its user namespace's mapping; `None` without one.
     pub ids: Option<IdMapping>,
@@ -251,6 +253,7 @@ impl Runtime {
             passed: &passed.fds,
             go: &go_r,
         };
+        let t0 = std::time::Instant::now();
         let pid = clone::spawn_init(&self.init_bin, b, &fds, spec.ids.is_some())
             .map_err(RuntimeError::Clone)?;
         drop((ready_w, log, go_r, passed));
@@ -276,6 +279,7 @@ impl Runtime {
             return Err(abort(RuntimeError::Clone(e)));
         }
         drop(go_w);
+        let joined = t0.elapsed();
         let timeout = Duration::from_secs(20);
         let msg = match tokio::time::timeout(timeout, read_all(ready_r)).await {
             Ok(Ok(m)) => m,
@@ -290,6 +294,12 @@ impl Runtime {
             };
             return Err(abort(RuntimeError::Setup(msg)));
         }
+        tracing::debug!(
+            handle = spec.handle,
+            joined_ms = joined.as_secs_f64() * 1e3,
+            ready_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "garden-init started (joined: in its cgroups, id maps written)"
+        );
         let socket = socket_path(bundle);
         let (init, exits) = InitClient::connect(&socket).await.map_err(|source| {
             abort(RuntimeError::Connect {
@@ -302,6 +312,7 @@ impl Runtime {
             Sandbox {
                 init_process,
                 cgroup: cgroup.clone(),
+                cgroups: self.cgroups.clone(),
                 init,
                 ids: spec.ids.clone(),
                 exited,
@@ -316,7 +327,7 @@ impl Runtime {
     /// reuse), its cgroup, its socket and its live processes' stdio.
     pub async fn adopt(
         &self,
-        handle: &str,
+        cgroup: &str,
         bundle: &Path,
         init: InitIdentity,
         ids: Option<IdMapping>,
@@ -345,13 +356,14 @@ impl Runtime {
                     source,
                 })?;
         let (peas, exits) = pea::Peas::new(self.clone(), bundle, exits);
-        let cgroup = self.cgroups.container(handle);
+        let cgroup = self.cgroups.container(cgroup);
         let mut running = running;
         running.extend(peas.adopt(&cgroup).await);
         Ok((
             Sandbox {
                 init_process,
                 cgroup,
+                cgroups: self.cgroups.clone(),
                 init: client,
                 exited,
                 start_time: init.start_time,
@@ -395,6 +407,32 @@ impl Sandbox {
             pid: self.init_pid(),
             start_time: self.start_time,
         }
+    }
+
+    /// Set cgroup limits while it runs (zero = leave as it is).
+    pub fn apply_resources(&self, resources: &Resources) -> Result<()> {
+        Ok(self.cgroups.apply(&self.cgroup, resources)?)
+    }
+
+    /// Its bundle directory is now `bundle` (a warm container claimed under its handle).
+    pub fn moved(&self, bundle: &Path) {
+        self.peas.moved(bundle);
+    }
+
+    /// Name the container's host `name` (its UTS namespace's hostname). A thread of our own
+    /// joins the namespace, sets the name and ends, so no other work runs in it.
+    pub fn set_hostname(&self, name: &str) -> std::io::Result<()> {
+        let uts = self
+            .init_process
+            .open_in_proc("ns/uts", nix::fcntl::OFlag::O_RDONLY)?;
+        let name = name.to_string();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            nix::sched::setns(&uts, nix::sched::CloneFlags::CLONE_NEWUTS)?;
+            nix::unistd::sethostname(&name)?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("hostname thread panicked"))?
     }
 
     /// Host pids in the container other than init.

@@ -122,10 +122,9 @@ const SHARED_ETC: [&str; 2] = ["/etc/hosts", "/etc/resolv.conf"];
 /// A container's peas and the container's exit channel they report into.
 pub(super) struct Peas {
     runtime: Runtime,
-    /// The container's bundle; its peas' are in `peas/<id>`.
-    bundle: PathBuf,
-    /// `<bundle>/peas`.
-    dir: PathBuf,
+    /// The container's bundle (it moves when a warm container is claimed); its peas' are in
+    /// `peas/<id>`.
+    bundle: Mutex<PathBuf>,
     live: Arc<Mutex<HashMap<String, Arc<Pea>>>>,
     /// Only a weak sender: the channel still closes when the container's init is gone.
     exits: mpsc::WeakUnboundedSender<(String, i32)>,
@@ -162,12 +161,20 @@ impl Peas {
         });
         let peas = Peas {
             runtime,
-            bundle: bundle.to_path_buf(),
-            dir: peas_dir(bundle),
+            bundle: Mutex::new(bundle.to_path_buf()),
             live: Arc::default(),
             exits: weak,
         };
         (peas, rx)
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.bundle.lock().expect("bundle lock").clone()
+    }
+
+    /// The container's bundle is now at `bundle`.
+    pub(super) fn moved(&self, bundle: &Path) {
+        *self.bundle.lock().expect("bundle lock") = bundle.to_path_buf();
     }
 
     /// The running pea `id`, if it is one.
@@ -200,7 +207,7 @@ impl Peas {
     /// container's `processes/`).
     pub(super) async fn adopt(&self, container_cgroup: &ContainerCgroup) -> Vec<RunningProcess> {
         let mut out = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+        let Ok(entries) = std::fs::read_dir(peas_dir(&self.bundle())) else {
             return out;
         };
         for e in entries.flatten() {
@@ -246,7 +253,7 @@ impl Peas {
             let (exited_tx, exited) = watch::channel(false);
             // Not our child any more (its parent was the previous gardend): never reaped here.
             tokio::spawn(monitor(watched, exited_tx, false));
-            let client = client.with_processes_dir(processes_dir(&self.bundle));
+            let client = client.with_processes_dir(processes_dir(&self.bundle()));
             self.watch(id, client, bundle, cgroup, own, record.mnt, exits, exited);
             out.extend(running.into_iter().map(|mut r| {
                 r.layers = record.layers.clone();
@@ -303,7 +310,7 @@ impl Peas {
     ) -> std::result::Result<i32, SpawnError> {
         let id = request.id.clone();
         let begun = std::time::Instant::now();
-        let bundle = self.dir.join(&id);
+        let bundle = peas_dir(&self.bundle()).join(&id);
         if self.get(&id).is_some() || bundle.exists() {
             return Err(SpawnError::Failed(format!(
                 "process ID '{id}' already in use"
@@ -361,7 +368,7 @@ impl Peas {
         let etc_files = container_etc(c.init);
         let lowers = self.runtime.lowers(&spec.lower_dirs, c.ids).await?;
         // Exit codes go where the container's go, for a restarted gardend to find.
-        let exits_dir = processes_dir(&self.bundle);
+        let exits_dir = processes_dir(&self.bundle());
         let (passed, mounts) = Mounts::plan(bundle, lowers, &spec.bind_mounts, Some(&exits_dir))?;
         let b = &mounts.bundle;
         let config = InitConfig {

@@ -44,6 +44,8 @@ pub struct Metrics {
     containers: Gauge,
     processes: Gauge,
     oom_killed_containers: Gauge,
+    warm_containers: Gauge,
+    reclaiming_containers: Gauge,
     pool_subnets: Gauge,
     pool_addresses_in_use: Gauge,
     pool_ports: Gauge,
@@ -74,6 +76,10 @@ pub struct Census {
     pub processes: u64,
     /// Containers in which the kernel's OOM killer has killed something.
     pub oom_killed_containers: u64,
+    /// Containers made ahead of demand, ready for a Create.
+    pub warm_containers: u64,
+    /// Destroyed containers whose resources are still being reclaimed in the background.
+    pub reclaiming_containers: u64,
 }
 
 impl Metrics {
@@ -91,6 +97,8 @@ impl Metrics {
             containers: Gauge::default(),
             processes: Gauge::default(),
             oom_killed_containers: Gauge::default(),
+            warm_containers: Gauge::default(),
+            reclaiming_containers: Gauge::default(),
             pool_subnets: Gauge::default(),
             pool_addresses_in_use: Gauge::default(),
             pool_ports: Gauge::default(),
@@ -157,6 +165,16 @@ impl Metrics {
             "oom_killed_containers",
             "Containers in which the OOM killer has killed a process (Out of memory events)",
             m.oom_killed_containers.clone(),
+        );
+        r.register(
+            "warm_containers",
+            "Containers made ahead of demand, ready for a Create (--warm-containers)",
+            m.warm_containers.clone(),
+        );
+        r.register(
+            "reclaiming_containers",
+            "Destroyed containers whose network, cgroup, disk and bundle are still being freed",
+            m.reclaiming_containers.clone(),
         );
         r.register(
             "network_pool_subnets",
@@ -293,6 +311,9 @@ impl Metrics {
         self.processes.set(census.processes as i64);
         self.oom_killed_containers
             .set(census.oom_killed_containers as i64);
+        self.warm_containers.set(census.warm_containers as i64);
+        self.reclaiming_containers
+            .set(census.reclaiming_containers as i64);
         if let Some(p) = ProcessStats::read() {
             self.resident_memory.set(p.resident_bytes as i64);
             self.virtual_memory.set(p.virtual_bytes as i64);
@@ -332,6 +353,8 @@ mod tests {
             containers: 2,
             processes: 5,
             oom_killed_containers: 1,
+            warm_containers: 3,
+            reclaiming_containers: 4,
         });
         assert_eq!(
             value(
@@ -355,6 +378,8 @@ mod tests {
         assert_eq!(value(&text, "garden_containers"), Some(2.0));
         assert_eq!(value(&text, "garden_processes"), Some(5.0));
         assert_eq!(value(&text, "garden_oom_killed_containers"), Some(1.0));
+        assert_eq!(value(&text, "garden_warm_containers"), Some(3.0));
+        assert_eq!(value(&text, "garden_reclaiming_containers"), Some(4.0));
         assert_eq!(value(&text, "garden_network_pool_subnets"), Some(256.0));
         assert_eq!(
             value(
