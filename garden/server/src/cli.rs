@@ -291,6 +291,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_loads() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/config/gardend.ini"
+        );
+        let c = config(&["--config", path]);
+        assert_eq!((c.bind_port, c.warm_containers), (7777, 4));
+    }
+
+    #[test]
     fn config_file_errors_name_the_line() {
         let path = Path::new("/etc/gardend.ini");
         let err = config_file_flags("[server]\nbind_port = 99999\n", path).unwrap_err();

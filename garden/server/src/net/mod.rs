@@ -31,6 +31,7 @@ pub mod firewall;
 mod host_nets;
 mod host_ports;
 pub mod hosts;
+mod netlink;
 pub mod pool;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
