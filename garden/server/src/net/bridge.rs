@@ -342,9 +342,20 @@ pub async fn delete(name: &str) -> Result<(), NetError> {
     if !exists(name) {
         return Ok(());
     }
-    match cmd::run(ip_bin(), &["link", "del", name], None).await {
+    let n = name.to_string();
+    let deleted = tokio::task::spawn_blocking(move || {
+        super::netlink::Rtnl::open().and_then(|mut nl| nl.delete_link(&n))
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r);
+    match deleted {
         Err(_) if !exists(name) => Ok(()),
-        r => r.map(|_| ()),
+        Err(source) => Err(NetError::Io {
+            path: format!("delete link {name}"),
+            source,
+        }),
+        Ok(()) => Ok(()),
     }
 }
 

@@ -234,6 +234,14 @@ impl Rtnl {
         self.request(m)
     }
 
+    /// Delete the link `name` (with its veth peer or bridge ports' membership).
+    pub fn delete_link(&mut self, name: &str) -> io::Result<()> {
+        let mut m = Msg::new(libc::RTM_DELLINK, 0);
+        m.ifinfo(0, 0, 0);
+        m.attr_str(libc::IFLA_IFNAME, name);
+        self.request(m)
+    }
+
     /// Bring the link `index` up.
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let mut m = Msg::new(libc::RTM_NEWLINK, 0);
@@ -308,6 +316,12 @@ mod tests {
         assert!(shown.contains("10.218.0.1/30 brd 10.218.0.3"), "{shown}");
         let again = nl.add_veth(&name, "eth0", 1400, netns.as_fd()).unwrap_err();
         assert_eq!(again.raw_os_error(), Some(libc::EEXIST));
+        let other = format!("{name}x");
+        nl.add_veth(&other, "eth1", 1400, netns.as_fd()).unwrap();
+        nl.delete_link(&other).unwrap();
+        assert!(index(&other).is_err(), "deleted");
+        let gone = nl.delete_link(&other).unwrap_err();
+        assert_eq!(gone.raw_os_error(), Some(libc::ENODEV));
         // The pair goes with the namespace.
         drop(netns);
         for _ in 0..200 {
