@@ -178,11 +178,38 @@ stop_gardend
 check "shutdown unmounts the store and frees its loop device" sh -c \
     'sleep 1; ! grep -q /var/lib/garden/quota/mnt /proc/mounts && ! cat /sys/block/loop*/loop/backing_file 2>/dev/null | grep -q store.xfs'
 
+# Warm containers on cgroup v2: the claimed one keeps its warm cgroup (v2 cannot rename one),
+# which gets the create's limits and still carries the device program.
+if start_gardend /tmp/gardend-warm.log --warm-containers 1; then
+    pass "gardend restarts with --warm-containers 1"
+    settled "a warm container is made" sh -c \
+        'w=$(ls /var/lib/garden/depot | grep "^warm-" | head -n 1); [ -n "$w" ] &&
+         [ -s /sys/fs/cgroup/garden/$w/cgroup.procs ] && sleep 0.5'
+    if gardenctl create --handle wl --memory 64M >/tmp/create.out 2>&1; then
+        wcg=$(sed -n 's/.*"cgroup": *"\(warm-[^"]*\)".*/\1/p' /var/lib/garden/depot/wl/container.json)
+        check "the create claimed it (record names cgroup ${wcg:-none})" [ -n "$wcg" ]
+        check "its cgroup got the create's memory.max" \
+            [ "$(cat /sys/fs/cgroup/garden/$wcg/memory.max 2>/dev/null)" = 67108864 ]
+        out=$(gardenctl run wl -- sh -c 'hostname; echo x > /dev/null && head -c 4 /dev/zero | wc -c' 2>&1)
+        has_output "its hostname is the handle" "^wl$" "$out"
+        has_output "allowlisted devices work in it" "^ *4" "$out"
+        gardenctl destroy wl >/dev/null 2>&1
+        settled "destroy removes its cgroup" sh -c "[ ! -d /sys/fs/cgroup/garden/$wcg ]"
+    else
+        fail "create claiming a warm container: $(cat /tmp/create.out)"
+    fi
+    stop_gardend
+    check "shutdown removes the warm containers" sh -c \
+        '! ls /var/lib/garden/depot | grep -q "^warm-" && ! ls /sys/fs/cgroup/garden 2>/dev/null | grep -q "^warm-"'
+else
+    fail "gardend restarts with --warm-containers 1"
+fi
+
 if [ $fails = 0 ]; then
     echo "VM-RESULT: PASS"
 else
     echo "--- gardend logs (tail) ---"
-    tail -n 20 /tmp/gardend.log /tmp/gardend-xfs.log 2>/dev/null
+    tail -n 20 /tmp/gardend.log /tmp/gardend-xfs.log /tmp/gardend-warm.log 2>/dev/null
     echo "VM-RESULT: FAIL ($fails failed)"
 fi
 [ $fails = 0 ]

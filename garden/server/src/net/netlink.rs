@@ -35,7 +35,7 @@ impl Msg {
     }
 
     fn align(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -274,7 +274,7 @@ mod tests {
         m.attr_str(IFLA_INFO_KIND, "veth");
         m.end();
         let b = m.finish(7);
-        assert_eq!(b.len() % 4, 0);
+        assert!(b.len().is_multiple_of(4));
         assert_eq!(
             u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize,
             b.len()
