@@ -190,7 +190,9 @@ impl Garden {
         network: &str,
     ) -> std::result::Result<(), crate::kernel::KernelError> {
         match self.kernel.allocate_network(handle, network) {
-            Err(_) if self.evict_warm().await > 0 => self.kernel.allocate_network(handle, network),
+            Err(_) if self.evict_warm("the address pool is full").await > 0 => {
+                self.kernel.allocate_network(handle, network)
+            }
             r => r,
         }
     }

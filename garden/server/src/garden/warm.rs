@@ -231,18 +231,16 @@ impl Garden {
         self.warm.poke();
     }
 
-    /// Remove every ready warm container (their addresses are wanted, or gardend stops).
-    pub(super) async fn evict_warm(&self) -> usize {
+    /// Remove every ready warm container (`why`: their addresses are wanted, or gardend
+    /// stops).
+    pub(super) async fn evict_warm(&self, why: &str) -> usize {
         let all = self.warm.drain();
         let n = all.len();
         for w in all {
             self.discard_warm(w, None).await;
         }
         if n > 0 {
-            tracing::info!(
-                evicted = n,
-                "removed warm containers to free their addresses"
-            );
+            tracing::info!(removed = n, why, "removed warm containers");
         }
         n
     }
@@ -255,7 +253,7 @@ impl Garden {
         if let Some(task) = filler {
             let _ = task.await;
         }
-        self.evict_warm().await;
+        self.evict_warm("gardend stops").await;
     }
 }
 
