@@ -32,6 +32,7 @@ mod host_nets;
 mod host_ports;
 pub mod hosts;
 pub mod pool;
+pub mod spawner;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
