@@ -199,6 +199,28 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 /// Processes in every cgroup under `parent` (any hierarchy that has it: memory first) and
 /// the sum of their proportional set sizes in KiB: the container side of density (each
 /// container's init and whatever runs in it), shared pages counted once.
+/// Wait until no cgroup is left under `parent` in any hierarchy (gardend reclaims destroyed
+/// containers in the background); false if some are still there after `patience`.
+pub async fn wait_cgroups_gone(parent: &str, patience: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + patience;
+    let left = || {
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|h| h.path().join(parent))
+            .filter_map(|p| std::fs::read_dir(p).ok())
+            .any(|entries| entries.flatten().any(|e| e.path().is_dir()))
+    };
+    while left() {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
+
 pub fn cgroup_pss(parent: &str) -> (usize, u64) {
     let Some(root) = [
         "/sys/fs/cgroup/memory",

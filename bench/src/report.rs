@@ -88,9 +88,17 @@ pub struct Density {
     pub container_procs: usize,
     pub container_pss_kib: u64,
     pub create_all_ms: f64,
+    /// Median of a few Lists with every container up.
     pub list_ms: f64,
     pub listed: usize,
     pub destroy_all_ms: f64,
+    /// Creates per second over the last tenth of the creates (the rate near the full count).
+    pub create_rate_top: f64,
+    /// Destroys per second over the first tenth of the destroys (with nearly all containers up).
+    pub destroy_rate_top: f64,
+    /// From the first Destroy until the containers' cgroups are gone (the reclamation that
+    /// finishes in the background after each Destroy answered); `None` if it did not settle.
+    pub reclaimed_ms: Option<f64>,
 }
 
 impl Density {
@@ -315,6 +323,9 @@ pub fn to_json(r: &Report) -> Value {
             "list_ms": num(d.list_ms),
             "listed": d.listed,
             "destroy_all_ms": num(d.destroy_all_ms),
+            "create_per_s_top": num(d.create_rate_top),
+            "destroy_per_s_top": num(d.destroy_rate_top),
+            "reclaimed_ms": d.reclaimed_ms.map(num),
         }),
         Some(Err(e)) => json!({"containers": null, "gardend_rss_mb": null, "error": e}),
         None => json!({"containers": null, "gardend_rss_mb": null, "error": NOT_RUN}),
@@ -571,11 +582,12 @@ pub fn to_markdown(r: &Report) -> String {
 
     match &r.density {
         Some(Ok(d)) => {
-            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | container processes, PSS MiB | create all ms | list ms | destroy all ms |\n");
-            out.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
-            let _ = writeln!(
+            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | container processes, PSS MiB | create all ms | list ms | destroy all ms | creates/s, last 10% | destroys/s, first 10% | reclaimed ms |\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            let _ =
+                writeln!(
                 out,
-                "| {} | {:.1} -> {:.1} | {:.1} | {}, {:.1} | {} | {} | {} |\n",
+                "| {} | {:.1} -> {:.1} | {:.1} | {}, {:.1} | {} | {} | {} | {:.0} | {:.0} | {} |\n",
                 d.containers,
                 d.baseline_rss_kib as f64 / 1024.0,
                 d.rss_kib as f64 / 1024.0,
@@ -584,7 +596,10 @@ pub fn to_markdown(r: &Report) -> String {
                 d.container_pss_kib as f64 / 1024.0,
                 fmt_ms(d.create_all_ms),
                 fmt_ms(d.list_ms),
-                fmt_ms(d.destroy_all_ms)
+                fmt_ms(d.destroy_all_ms),
+                d.create_rate_top,
+                d.destroy_rate_top,
+                d.reclaimed_ms.map(fmt_ms).unwrap_or_else(|| "did not settle".into())
             );
         }
         Some(Err(e)) => {
@@ -766,6 +781,9 @@ mod tests {
                 list_ms: 3.25,
                 listed: 100,
                 destroy_all_ms: 999.0,
+                create_rate_top: 80.0,
+                destroy_rate_top: 150.0,
+                reclaimed_ms: Some(1500.0),
             })),
             gardend_rss: vec![("start".into(), 8 * 1024), ("lifecycle".into(), 9 * 1024)],
             ..Report::default()

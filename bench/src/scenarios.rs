@@ -867,7 +867,8 @@ async fn density(
         set.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let h = c.create(&ContainerSpec::default()).await?;
-                handles.lock().unwrap_or_else(|p| p.into_inner()).push(h);
+                let mut handles = handles.lock().unwrap_or_else(|p| p.into_inner());
+                handles.push((h, Instant::now()));
             }
             Ok::<_, garden_client::ClientError>(())
         });
@@ -881,24 +882,34 @@ async fn density(
         }
     }
     let create_all = start.elapsed();
-    let handles: Vec<String> =
+    let created: Vec<(String, Instant)> =
         std::mem::take(&mut *handles.lock().unwrap_or_else(|p| p.into_inner()));
+    let create_rate_top = top_rate(created.iter().map(|(_, t)| *t).collect(), start);
+    let handles: Vec<String> = created.into_iter().map(|(h, _)| h).collect();
     let after = rss();
     let (init_procs, init_pss_kib) = gardend::cgroup_pss(cgroup_parent);
-    let start = Instant::now();
-    let listed = c.list(&[]).await;
-    let list_time = start.elapsed();
+    let mut list_times = Vec::new();
+    let mut listed = Err(anyhow::anyhow!("not listed"));
+    for _ in 0..5 {
+        let start = Instant::now();
+        listed = c.list(&[]).await.map_err(anyhow::Error::from);
+        list_times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    let list_ms = stats::median(&list_times).unwrap_or(f64::NAN);
+    let destroyed = Arc::new(Mutex::new(Vec::with_capacity(n)));
 
     let queue = Arc::new(Mutex::new(handles.clone()));
     let start = Instant::now();
     for _ in 0..parallelism {
-        let (c, queue) = (c.clone(), queue.clone());
+        let (c, queue, destroyed) = (c.clone(), queue.clone(), destroyed.clone());
         set.spawn(async move {
             loop {
                 let Some(h) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
                     return Ok(());
                 };
                 c.destroy(&h).await?;
+                let mut destroyed = destroyed.lock().unwrap_or_else(|p| p.into_inner());
+                destroyed.push(Instant::now());
             }
         });
     }
@@ -911,6 +922,13 @@ async fn density(
         }
     }
     let destroy_all = start.elapsed();
+    let destroy_rate_top = bottom_rate(
+        std::mem::take(&mut *destroyed.lock().unwrap_or_else(|p| p.into_inner())),
+        start,
+    );
+    let reclaimed_ms = gardend::wait_cgroups_gone(cgroup_parent, Duration::from_secs(300))
+        .await
+        .then(|| ms(start.elapsed()));
     if let Some(e) = create_err.or(destroy_err) {
         bail!("{e} ({} of {n} containers created)", handles.len());
     }
@@ -926,10 +944,40 @@ async fn density(
         container_procs: init_procs,
         container_pss_kib: init_pss_kib,
         create_all_ms: ms(create_all),
-        list_ms: ms(list_time),
+        list_ms,
         listed: listed.len(),
         destroy_all_ms: ms(destroy_all),
+        create_rate_top,
+        destroy_rate_top,
+        reclaimed_ms,
     })
+}
+
+/// Completions per second over the last tenth of `done` (completion times of work that began
+/// at `start`): the rate at the top of a ramp.
+fn top_rate(mut done: Vec<Instant>, start: Instant) -> f64 {
+    done.sort();
+    let k = (done.len() / 10).max(1);
+    if done.len() <= k {
+        return rate(done.len(), done.last().map(|t| *t - start));
+    }
+    let from = done[done.len() - 1 - k];
+    rate(k, done.last().map(|t| *t - from))
+}
+
+/// Completions per second over the first tenth of `done` (completion times of work that began
+/// at `start`).
+fn bottom_rate(mut done: Vec<Instant>, start: Instant) -> f64 {
+    done.sort();
+    let k = (done.len() / 10).max(1).min(done.len());
+    rate(k, done.get(k.saturating_sub(1)).map(|t| *t - start))
+}
+
+fn rate(count: usize, over: Option<Duration>) -> f64 {
+    match over {
+        Some(d) if d > Duration::ZERO => count as f64 / d.as_secs_f64(),
+        _ => f64::NAN,
+    }
 }
 
 #[cfg(test)]

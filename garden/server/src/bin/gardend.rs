@@ -11,8 +11,22 @@ use garden_server::telemetry::debug_server;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // While gardend is single-threaded: the program spawner is forked from it (see
+    // `net::spawner`); without one, programs are started directly, only more slowly.
+    let spawner = garden_server::net::spawner::start();
+    let nofile = garden_server::kernel::raise_nofile_limit();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(spawner, nofile))
+}
+
+async fn run(
+    spawner: std::io::Result<()>,
+    nofile: std::io::Result<(u64, u64)>,
+) -> anyhow::Result<()> {
     let loaded = match Cli::load(std::env::args_os()) {
         Ok(loaded) => loaded,
         Err(CliError::Flags(e)) => e.exit(),
@@ -24,6 +38,15 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     tracing::debug!(?config, "configuration");
+    if let Err(e) = spawner {
+        tracing::warn!(error = %e, "cannot fork the program spawner; starting programs directly");
+    }
+    match nofile {
+        // Each container holds descriptors (its init's pidfd and socket): the limit bounds
+        // how many containers this gardend can hold.
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
 
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =

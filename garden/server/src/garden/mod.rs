@@ -448,12 +448,7 @@ impl Garden {
         let containers = self.containers.read().expect("containers lock");
         let mut handles: Vec<String> = containers
             .values()
-            .filter(|c| {
-                let props = c.properties();
-                filter
-                    .iter()
-                    .all(|(k, v)| props.get(k).map(String::as_str).unwrap_or("") == v)
-            })
+            .filter(|c| filter.iter().all(|(k, v)| c.property_is(k, v)))
             .map(|c| c.handle.clone())
             .collect();
         handles.sort();

@@ -273,3 +273,12 @@ pub trait Sandbox: Send + Sync + 'static {
         let _ = bundle;
     }
 }
+
+/// Raise the soft open-file limit to the hard one (no privilege needed): gardend holds two
+/// descriptors per container, so the soft limit, often 1024, would cap the container count
+/// long before memory does. The limits after the change, (soft, hard).
+pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok((hard, hard))
+}

@@ -33,6 +33,7 @@ mod host_ports;
 pub mod hosts;
 mod netlink;
 pub mod pool;
+pub mod spawner;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;

@@ -8,7 +8,7 @@ pub mod pidfd;
 pub mod userns;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,8 +91,9 @@ pub struct Runtime {
 /// A running container at the kernel level: garden-init (pid 1) and its cgroup.
 pub struct Sandbox {
     /// garden-init, by pidfd: signals and /proc lookups can never reach a later owner of its
-    /// pid (gardend reaps it the moment it exits).
-    init_process: PidFd,
+    /// pid (gardend reaps it the moment it exits). Shared with its [`monitor`], so a
+    /// container costs gardend one pidfd, not one per user (descriptors bound density).
+    init_process: Arc<PidFd>,
     pub cgroup: ContainerCgroup,
     /// gardend's cgroups, for limits set on the running sandbox.
     cgroups: Cgroups,
@@ -258,12 +259,11 @@ impl Runtime {
             .map_err(RuntimeError::Clone)?;
         drop((ready_w, log, go_r, passed));
         // Our unreaped child: the pid is still its own here.
-        let init_process = PidFd::open(pid).map_err(RuntimeError::Watch)?;
+        let init_process = Arc::new(PidFd::open(pid).map_err(RuntimeError::Watch)?);
         // Before init reports ready, so before any container process exists.
         shield_from_oom(&init_process);
-        let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
         let (exited_tx, exited) = watch::channel(false);
-        tokio::spawn(monitor(watched, exited_tx, true));
+        tokio::spawn(monitor(init_process.clone(), exited_tx, true));
         let start_time = init_process.start_time().unwrap_or(0);
 
         let abort = |e: RuntimeError| {
@@ -342,11 +342,10 @@ impl Runtime {
                 init.pid
             )))
         };
-        let init_process = init.find().ok_or_else(gone)?;
-        let watched = init_process.try_clone().map_err(RuntimeError::Watch)?;
+        let init_process = Arc::new(init.find().ok_or_else(gone)?);
         let (exited_tx, exited) = watch::channel(false);
         // Not our child (its parent was the previous gardend): watch it, never reap it.
-        tokio::spawn(monitor(watched, exited_tx, false));
+        tokio::spawn(monitor(init_process.clone(), exited_tx, false));
         let socket = socket_path(bundle);
         let (client, exits, running) =
             InitClient::adopt(&socket)
@@ -690,15 +689,26 @@ fn shield_from_oom(init: &PidFd) {
     }
 }
 
+/// A shared pidfd as the reactor polls it: the `Arc` keeps the descriptor open for as long as
+/// it is registered, without a duplicate descriptor of its own.
+struct Polled(Arc<PidFd>);
+
+impl AsRawFd for Polled {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
 /// Reap garden-init (when `reap`: it is our child) as soon as its pidfd says it exited.
-async fn monitor(init: PidFd, exited: watch::Sender<bool>, reap: bool) {
+async fn monitor(init: Arc<PidFd>, exited: watch::Sender<bool>, reap: bool) {
     let pid = init.pid();
-    let polled = init.try_clone().map(PidFd::into_fd);
-    let registered = polled.and_then(|fd| {
-        // SAFETY: the pidfd is owned by the AsyncFd and stays open until it is dropped.
-        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)
-    });
+    let polled = Polled(init.clone());
+    // SAFETY: `Polled` holds the `Arc`, so the pidfd stays open, and is the same descriptor,
+    // for as long as the AsyncFd (which owns it) exists; nothing ever closes a PidFd's fd
+    // but its drop.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(polled, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1);
     match registered {
         Ok(fd) => {
             let _ = fd.readable().await;

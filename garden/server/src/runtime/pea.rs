@@ -252,7 +252,7 @@ impl Peas {
             };
             let (exited_tx, exited) = watch::channel(false);
             // Not our child any more (its parent was the previous gardend): never reaped here.
-            tokio::spawn(monitor(watched, exited_tx, false));
+            tokio::spawn(monitor(Arc::new(watched), exited_tx, false));
             let client = client.with_processes_dir(processes_dir(&self.bundle()));
             self.watch(id, client, bundle, cgroup, own, record.mnt, exits, exited);
             out.extend(running.into_iter().map(|mut r| {
@@ -458,7 +458,7 @@ impl Peas {
             .map_err(RuntimeError::Watch)
             .map_err(undo_cgroup)?;
         let (exited_tx, exited) = watch::channel(false);
-        tokio::spawn(monitor(watched, exited_tx, true));
+        tokio::spawn(monitor(Arc::new(watched), exited_tx, true));
         let started = async {
             for procs in cgroup.procs_files() {
                 std::fs::write(&procs, pid.to_string()).map_err(io_err("join cgroup", &procs))?;
