@@ -158,6 +158,8 @@ pub async fn create_routed(
                 subnet_.broadcast(),
             )
             .map_err(|e| ("add the gateway address", e))?;
+            nl.no_ipv6_link_local(index)
+                .map_err(|e| ("turn off IPv6 link-local on the host end", e))?;
             nl.set_up(index).map_err(|e| ("set the host end up", e))
         })
         .await

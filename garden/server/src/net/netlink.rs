@@ -242,6 +242,24 @@ impl Rtnl {
         self.request(m)
     }
 
+    /// No IPv6 link-local address on the link `index` (set before it comes up). The host end
+    /// of a container's veth needs none, and each one's address, duplicate-address probes and
+    /// `fe80::/64` route made every later one slower: about 8% of the kernel's samples in
+    /// `perf` at a few thousand containers.
+    pub fn no_ipv6_link_local(&mut self, index: u32) -> io::Result<()> {
+        const IFLA_AF_SPEC: u16 = 26;
+        const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+        const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
+        let mut m = Msg::new(libc::RTM_NEWLINK, 0);
+        m.ifinfo(index as i32, 0, 0);
+        m.begin(IFLA_AF_SPEC);
+        m.begin(libc::AF_INET6 as u16);
+        m.attr(IFLA_INET6_ADDR_GEN_MODE, &[IN6_ADDR_GEN_MODE_NONE]);
+        m.end();
+        m.end();
+        self.request(m)
+    }
+
     /// Bring the link `index` up.
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let mut m = Msg::new(libc::RTM_NEWLINK, 0);
@@ -307,7 +325,11 @@ mod tests {
             Ipv4Addr::new(10, 218, 0, 3),
         )
         .unwrap();
+        nl.no_ipv6_link_local(i).unwrap();
         nl.set_up(i).unwrap();
+        let mode = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{name}/addr_gen_mode"))
+            .unwrap();
+        assert_eq!(mode.trim(), "1");
         let shown = std::process::Command::new("ip")
             .args(["-o", "addr", "show", "dev", &name])
             .output()
