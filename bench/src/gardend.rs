@@ -196,11 +196,9 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
     parse_vm_rss(&status).with_context(|| format!("no VmRSS in {path}"))
 }
 
-/// Processes in every cgroup under `parent` (any hierarchy that has it: memory first) and
-/// the sum of their proportional set sizes in KiB: the container side of density (each
-/// container's init and whatever runs in it), shared pages counted once.
-/// Wait until no cgroup is left under `parent` in any hierarchy (gardend reclaims destroyed
-/// containers in the background); false if some are still there after `patience`.
+/// Wait until no container cgroup but warm ones is left under `parent` in any hierarchy
+/// (gardend reclaims destroyed containers in the background); false if some are still there
+/// after `patience`.
 pub async fn wait_cgroups_gone(parent: &str, patience: std::time::Duration) -> bool {
     let deadline = std::time::Instant::now() + patience;
     let left = || {
@@ -210,7 +208,12 @@ pub async fn wait_cgroups_gone(parent: &str, patience: std::time::Duration) -> b
             .flatten()
             .map(|h| h.path().join(parent))
             .filter_map(|p| std::fs::read_dir(p).ok())
-            .any(|entries| entries.flatten().any(|e| e.path().is_dir()))
+            // gardend's warm containers (made ahead of demand) are not the destroyed ones.
+            .any(|entries| {
+                entries.flatten().any(|e| {
+                    e.path().is_dir() && !e.file_name().to_string_lossy().starts_with("warm-")
+                })
+            })
     };
     while left() {
         if std::time::Instant::now() >= deadline {
@@ -221,6 +224,9 @@ pub async fn wait_cgroups_gone(parent: &str, patience: std::time::Duration) -> b
     true
 }
 
+/// Processes in every cgroup under `parent` (any hierarchy that has it: memory first) and
+/// the sum of their proportional set sizes in KiB: the container side of density (each
+/// container's init and whatever runs in it), shared pages counted once.
 pub fn cgroup_pss(parent: &str) -> (usize, u64) {
     let Some(root) = [
         "/sys/fs/cgroup/memory",

@@ -103,7 +103,7 @@ fn pea_bundles(g: &Gardend, handle: &str) -> Vec<String> {
 }
 
 async fn eventually_clean(g: &Gardend, handle: &str, init: i32) {
-    let clean = e2e::eventually(Duration::from_secs(5), || async {
+    let clean = e2e::eventually(Duration::from_secs(15), || async {
         no_pea_mounts(init).is_ok()
             && pea_bundles(g, handle).is_empty()
             && pea_cgroups(g).is_empty()
