@@ -77,7 +77,7 @@ impl Garden {
     async fn create_reserved(&self, handle: &str, spec: ContainerSpec) -> Result<()> {
         let started = Instant::now();
         if self.warm_fits(&spec) {
-            if let Some(w) = self.take_warm() {
+            if let Some(w) = self.take_warm().await {
                 return self.create_from_warm(handle, spec, w, started).await;
             }
         }

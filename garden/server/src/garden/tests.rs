@@ -785,3 +785,23 @@ async fn shutdown_removes_the_warm_containers() {
         assert!(!t.tmp.path().join("depot").join(&w).exists());
     }
 }
+
+#[tokio::test]
+async fn a_warm_container_whose_init_died_is_removed_not_handed_out() {
+    let t = warm_setup(2);
+    warm_ready(&t, 2).await;
+    let made = warm_names(&t.fake.calls());
+    t.garden.warm.kill_oldest().await;
+    json::<serde_json::Value>(t.create("live", 0).await);
+    let calls = t.fake.calls();
+    assert!(
+        calls.contains(&Call::ClaimWarm {
+            warm: made[1].clone(),
+            handle: "live".into(),
+            hostname: "live".into(),
+        }),
+        "the live one is claimed: {calls:?}"
+    );
+    assert!(calls.contains(&Call::ReleaseNetwork(made[0].clone())));
+    assert!(calls.contains(&Call::RemoveCgroup(made[0].clone())));
+}

@@ -64,12 +64,36 @@ impl Pool {
         self.len() + self.making.load(Ordering::SeqCst)
     }
 
-    fn take(&self) -> Option<Warm> {
-        let w = self.ready.lock().expect("warm lock").pop_front();
-        if w.is_some() {
+    /// The oldest ready one whose garden-init still runs; dead ones (killed by hand, say) are
+    /// handed back for removal.
+    fn take(&self) -> (Option<Warm>, Vec<Warm>) {
+        let mut dead = Vec::new();
+        let mut ready = self.ready.lock().expect("warm lock");
+        let live = loop {
+            match ready.pop_front() {
+                Some(w) if w.sandbox.has_exited() => dead.push(w),
+                other => break other,
+            }
+        };
+        drop(ready);
+        if live.is_some() || !dead.is_empty() {
             self.wake.notify_one();
         }
-        w
+        (live, dead)
+    }
+
+    /// Kill the garden-init of the oldest ready one (tests: a warm container that died).
+    #[cfg(test)]
+    pub(super) async fn kill_oldest(&self) {
+        let sandbox = self
+            .ready
+            .lock()
+            .expect("warm lock")
+            .front()
+            .map(|w| w.sandbox.clone());
+        if let Some(s) = sandbox {
+            s.kill().await;
+        }
     }
 
     /// Back to the front: a create could not use it after all.
@@ -105,9 +129,18 @@ impl Garden {
                 .disk_layer_needed(&convert::disk_limit(&spec.limits.disk_limits))
     }
 
-    /// A ready warm container, if there is one (the filler makes another).
-    pub(super) fn take_warm(&self) -> Option<Warm> {
-        self.warm.take()
+    /// A ready warm container whose garden-init runs, if there is one (the filler makes
+    /// another).
+    pub(super) async fn take_warm(&self) -> Option<Warm> {
+        let (live, dead) = self.warm.take();
+        for w in dead {
+            tracing::warn!(
+                warm = w.name,
+                "a warm container's garden-init died; removing it"
+            );
+            self.discard_warm(w, None).await;
+        }
+        live
     }
 
     /// Start the filler, if warm containers are wanted.
