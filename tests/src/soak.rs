@@ -240,8 +240,8 @@ pub async fn run(g: &Gardend, duration: Duration, workers: usize, seed: u64) -> 
     }
     let depot = g.depot.to_string_lossy().into_owned();
     for (pid, cmd) in crate::processes_mentioning(&depot) {
-        if pid as u32 == g.pid() {
-            continue; // gardend itself names its depot
+        if pid as u32 == g.pid() || is_spawner_of(pid, g.pid()) {
+            continue; // gardend itself names its depot, and so does its program spawner
         }
         leaks.push(format!("process {pid} under the depot: {cmd}"));
     }
@@ -445,4 +445,17 @@ fn matching(cmd: &[&str], needle: &str) -> BTreeSet<String> {
 
 fn new_lines(before: &BTreeSet<String>, after: BTreeSet<String>) -> Vec<String> {
     after.difference(before).cloned().collect()
+}
+
+/// Whether `pid` is gardend's program spawner: its child named `gardend-spawner`, a fork that
+/// keeps gardend's command line and dies with it.
+fn is_spawner_of(pid: i32, gardend: u32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The parent pid is the second field after the parenthesised command name.
+    let ppid = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    comm.trim() == "gardend-spawner" && ppid == Some(gardend)
 }

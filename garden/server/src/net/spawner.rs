@@ -50,6 +50,8 @@ pub fn start() -> std::io::Result<()> {
             // SAFETY: plain syscalls on our own process and descriptors.
             unsafe {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // Named apart from gardend in ps and /proc (its command line is gardend's).
+                libc::prctl(libc::PR_SET_NAME, c"gardend-spawner".as_ptr());
                 if libc::getppid() != parent {
                     libc::_exit(0);
                 }
