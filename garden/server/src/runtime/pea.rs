@@ -591,20 +591,40 @@ fn kill_in_namespace(cgroup: &ContainerCgroup, mnt: MountNs) {
 
 /// Remove a pea's cgroup (if its own) and its bundle: its writable layer.
 async fn cleanup(bundle: &Path, cgroup: Option<ContainerCgroup>) {
+    if let Some(cg) = cgroup {
+        remove_patiently(cg).await;
+    }
     let bundle = bundle.to_path_buf();
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Some(cg) = cgroup {
-            if let Err(e) = cg.remove() {
-                tracing::warn!(error = %e, "remove a pea's cgroup");
-            }
-        }
-        match std::fs::remove_dir_all(&bundle) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %bundle.display(), error = %e, "remove a pea's bundle"),
-        }
+    let _ = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&bundle) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %bundle.display(), error = %e, "remove a pea's bundle"),
     })
     .await;
+}
+
+/// Remove a pea's own cgroup once its tasks are dead. On a loaded host the kernel can count
+/// exiting tasks for longer than [`ContainerCgroup::remove`]'s second of retries (seen with
+/// thousands of containers being torn down at once: the cgroup stayed behind for good), so a
+/// failed removal is tried again, after 0.1 s doubling to 5 s, for a minute.
+async fn remove_patiently(cg: ContainerCgroup) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let attempt = cg.clone();
+        match tokio::task::spawn_blocking(move || attempt.remove()).await {
+            Ok(Ok(())) | Err(_) => return,
+            Ok(Err(e)) if std::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %e, "remove a pea's cgroup: giving up");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "remove a pea's cgroup");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 /// The container's `/etc/hosts` and `/etc/resolv.conf` (those it has), resolved inside its
