@@ -124,19 +124,31 @@ impl Garden {
         started: Instant,
         registered: &mut bool,
     ) -> Result<()> {
-        let bundle = self.config.depot.join(handle);
-        if bundle.exists() {
-            return Err(GardenError::generic(format!(
-                "Handle '{handle}' already in use"
-            )));
-        }
+        let made = self.make_sandbox(handle, &spec, plan, true).await?;
+        self.register(handle, spec, made);
+        *registered = true;
+        self.finish(handle, started, false).await
+    }
+
+    /// Bundle, disk layer, address and sandbox of a new container named `name` (a handle, or
+    /// a warm container's name), undoing what was done when a step fails. `evict_warm`: a
+    /// full address pool takes back the warm containers' addresses first (never when making a
+    /// warm container).
+    pub(super) async fn make_sandbox(
+        &self,
+        name: &str,
+        spec: &ContainerSpec,
+        plan: rootfs::RootfsPlan,
+        evict_warm: bool,
+    ) -> Result<Made> {
+        let bundle = self.new_bundle(name)?;
         std::fs::create_dir_all(&bundle)
             .map_err(|e| generic(format!("create {}: {e}", bundle.display())))?;
         let image = self.image_size(&plan.lower_dirs).await;
         let attached = self
             .kernel
             .attach_disk(
-                handle,
+                name,
                 &bundle,
                 convert::disk_limit(&spec.limits.disk_limits),
                 image,
@@ -148,38 +160,50 @@ impl Garden {
         }
         let ids = (!spec.privileged).then(|| self.ids.clone());
         let sandbox_spec = SandboxSpec {
-            handle: handle.to_string(),
+            handle: name.to_string(),
             bundle: bundle.clone(),
             lower_dirs: plan.lower_dirs.clone(),
-            hostname: hostname(handle).to_string(),
+            hostname: hostname(name).to_string(),
             bind_mounts: convert::bind_mounts(&spec.bind_mounts),
             resources: convert::resources(&spec.limits),
             privileged: spec.privileged,
             ids: ids.clone(),
         };
-        let created = match self.allocate_network(handle, &spec.network).await {
+        let allocated = if evict_warm {
+            self.allocate_network(name, &spec.network).await
+        } else {
+            self.kernel.allocate_network(name, &spec.network)
+        };
+        let created = match allocated {
             Ok(()) => self.kernel.create_sandbox(sandbox_spec).await,
             Err(e) => Err(e),
         };
-        let (sandbox, exits) = match created {
-            Ok(s) => s,
+        match created {
+            Ok((sandbox, exits)) => Ok(Made {
+                bundle,
+                plan,
+                ids,
+                sandbox,
+                exits,
+            }),
             Err(e) => {
-                let _ = self.kernel.release_disk(handle).await;
+                let _ = self.kernel.release_disk(name).await;
                 let _ = remove_dir_all_blocking(bundle.clone()).await;
-                let _ = self.kernel.release_network(handle).await;
-                return Err(kernel_error(e));
+                let _ = self.kernel.release_network(name).await;
+                Err(kernel_error(e))
             }
-        };
-        let made = Made {
-            bundle,
-            plan,
-            ids,
-            sandbox,
-            exits,
-        };
-        self.register(handle, spec, made);
-        *registered = true;
-        self.finish(handle, started, false).await
+        }
+    }
+
+    /// Where the bundle of `handle` goes; taken means the handle is in use.
+    fn new_bundle(&self, handle: &str) -> Result<std::path::PathBuf> {
+        let bundle = self.config.depot.join(handle);
+        if bundle.exists() {
+            return Err(GardenError::generic(format!(
+                "Handle '{handle}' already in use"
+            )));
+        }
+        Ok(bundle)
     }
 
     /// An address for `handle`; when the pool is full, warm containers give theirs back
@@ -207,13 +231,13 @@ impl Garden {
         w: Warm,
         started: Instant,
     ) -> Result<()> {
-        let bundle = self.config.depot.join(handle);
-        if bundle.exists() {
-            self.warm.put_back(w);
-            return Err(GardenError::generic(format!(
-                "Handle '{handle}' already in use"
-            )));
-        }
+        let bundle = match self.new_bundle(handle) {
+            Ok(b) => b,
+            Err(e) => {
+                self.warm.put_back(w);
+                return Err(e);
+            }
+        };
         if let Err(e) = std::fs::rename(&w.bundle, &bundle) {
             self.discard_warm(w, None).await;
             return Err(generic(format!("claim a warm container: {e}")));
@@ -431,12 +455,12 @@ impl Garden {
 }
 
 /// What a create made (or claimed) before the container is registered.
-struct Made {
-    bundle: std::path::PathBuf,
-    plan: rootfs::RootfsPlan,
-    ids: Option<rootfs::IdMapping>,
-    sandbox: Arc<dyn crate::kernel::Sandbox>,
-    exits: crate::kernel::Exits,
+pub(super) struct Made {
+    pub bundle: std::path::PathBuf,
+    pub plan: rootfs::RootfsPlan,
+    pub ids: Option<rootfs::IdMapping>,
+    pub sandbox: Arc<dyn crate::kernel::Sandbox>,
+    pub exits: crate::kernel::Exits,
 }
 
 /// Route garden-init's exit events to the processes they belong to.

@@ -23,7 +23,7 @@ use garden_api::ContainerSpec;
 
 use super::depot::remove_dir_all_blocking;
 use super::{convert, Garden};
-use crate::kernel::{Bandwidth, DiskLimit, Exits, Sandbox, SandboxSpec};
+use crate::kernel::{Bandwidth, Exits, Sandbox};
 
 /// The name prefix of warm containers (then a UUID).
 pub(super) const PREFIX: &str = "warm-";
@@ -173,63 +173,29 @@ impl Garden {
     /// Make one warm container (everything a default Create makes, under a warm name).
     async fn make_warm(&self) -> Result<Warm, String> {
         let name = format!("{PREFIX}{}", uuid::Uuid::new_v4());
-        let bundle = self.config.depot.join(&name);
         let plan = self.default_rootfs.clone();
         self.images.pin(&plan.lower_dirs);
-        let made = self.build_warm(&name, &bundle, &plan).await;
+        let made = self.build_warm(&name, plan).await;
         if made.is_err() {
-            self.release_image(plan.lower_dirs.clone()).await;
+            self.release_image(self.default_rootfs.lower_dirs.clone())
+                .await;
         }
         made
     }
 
-    async fn build_warm(
-        &self,
-        name: &str,
-        bundle: &std::path::Path,
-        plan: &rootfs::RootfsPlan,
-    ) -> Result<Warm, String> {
-        std::fs::create_dir_all(bundle).map_err(|e| format!("create {}: {e}", bundle.display()))?;
-        let undo_bundle = || remove_dir_all_blocking(bundle.to_path_buf());
-        let image = self.image_size(&plan.lower_dirs).await;
-        if let Err(e) = self
-            .kernel
-            .attach_disk(name, bundle, DiskLimit::default(), image)
+    async fn build_warm(&self, name: &str, plan: rootfs::RootfsPlan) -> Result<Warm, String> {
+        let made = self
+            .make_sandbox(name, &ContainerSpec::default(), plan, false)
             .await
-        {
-            let _ = undo_bundle().await;
-            return Err(format!("disk: {e}"));
-        }
-        let spec = SandboxSpec {
-            handle: name.to_string(),
-            bundle: bundle.to_path_buf(),
-            lower_dirs: plan.lower_dirs.clone(),
-            hostname: name.to_string(),
-            bind_mounts: Vec::new(),
-            resources: Default::default(),
-            privileged: false,
-            ids: Some(self.ids.clone()),
-        };
-        let created = match self.kernel.allocate_network(name, "") {
-            Ok(()) => self.kernel.create_sandbox(spec).await,
-            Err(e) => Err(e),
-        };
-        let (sandbox, exits) = match created {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.kernel.release_network(name).await;
-                let _ = self.kernel.release_disk(name).await;
-                let _ = undo_bundle().await;
-                return Err(format!("sandbox: {e}"));
-            }
-        };
+            .map_err(|e| e.to_string())?;
+        let (bundle, sandbox, exits) = (made.bundle, made.sandbox, made.exits);
         let attached = self
             .kernel
             .attach_network(name, name, sandbox.as_ref(), &[], Bandwidth::default())
             .await;
         let warm = Warm {
             name: name.to_string(),
-            bundle: bundle.to_path_buf(),
+            bundle,
             sandbox,
             exits,
         };
