@@ -546,8 +546,9 @@ async fn containers_cannot_forge_source_addresses_or_route() {
         ips.push(c.info(h).await.expect("info").container_ip);
     }
     let (a, b) = (g.init_pid(hs[0]), g.init_pid(hs[1]));
+    // The container's interface does not route what arrives on it.
     let forward = in_netns(a)
-        .args(["cat", "/proc/sys/net/ipv4/ip_forward"])
+        .args(["cat", "/proc/sys/net/ipv4/conf/eth0/forwarding"])
         .output()
         .expect("nsenter");
     assert_eq!(

@@ -67,23 +67,38 @@ async fn strict_source_check(dev: &str) -> Result<(), NetError> {
     write_host_conf(dev, "rp_filter", "1")
 }
 
-/// Write the host's `net.ipv4.conf.<dev>.<key>`, relative to a descriptor of the host's
-/// `/proc/sys/net/ipv4/conf` kept open: every network namespace that looked up
+/// The address family whose per-interface settings [`write_host_conf`] writes.
+#[derive(Clone, Copy)]
+enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+/// Write the host's `net.<family>.conf.<dev>.<key>`, relative to a descriptor of the host's
+/// `/proc/sys/net/<family>/conf` kept open: every network namespace that looked up
 /// `/proc/sys/net` leaves a dentry of that name in one hash chain, so a lookup by path walks
 /// one entry per container (the largest kernel cost in `perf` at 5,000 containers).
 fn write_host_conf(dev: &str, key: &str, value: &str) -> Result<(), NetError> {
-    use std::io::Write;
-    static CONF: std::sync::OnceLock<std::io::Result<OwnedFd>> = std::sync::OnceLock::new();
-    let path = format!("/proc/sys/net/ipv4/conf/{dev}/{key}");
-    let err = |source| NetError::Io {
-        path: path.clone(),
+    write_conf(Family::Ipv4, dev, key, value).map_err(|source| NetError::Io {
+        path: format!("/proc/sys/net/ipv4/conf/{dev}/{key}"),
         source,
+    })
+}
+
+fn write_conf(family: Family, dev: &str, key: &str, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    type Dir = std::sync::OnceLock<std::io::Result<OwnedFd>>;
+    static IPV4: Dir = std::sync::OnceLock::new();
+    static IPV6: Dir = std::sync::OnceLock::new();
+    let (dir, name) = match family {
+        Family::Ipv4 => (&IPV4, "ipv4"),
+        Family::Ipv6 => (&IPV6, "ipv6"),
     };
     // Opened by a runtime thread, which lives in the host's network namespace (only the
     // short-lived `netns-config` threads enter containers').
-    let conf = CONF.get_or_init(|| {
+    let conf = dir.get_or_init(|| {
         nix::fcntl::open(
-            "/proc/sys/net/ipv4/conf",
+            format!("/proc/sys/net/{name}/conf").as_str(),
             nix::fcntl::OFlag::O_PATH
                 | nix::fcntl::OFlag::O_DIRECTORY
                 | nix::fcntl::OFlag::O_CLOEXEC,
@@ -93,17 +108,33 @@ fn write_host_conf(dev: &str, key: &str, value: &str) -> Result<(), NetError> {
     });
     let conf = conf
         .as_ref()
-        .map_err(|e| err(std::io::Error::new(e.kind(), e.to_string())))?;
+        .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
     let fd = nix::fcntl::openat(
         conf,
         format!("{dev}/{key}").as_str(),
         nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| err(e.into()))?;
-    std::fs::File::from(fd)
-        .write_all(value.as_bytes())
-        .map_err(err)
+    )?;
+    std::fs::File::from(fd).write_all(value.as_bytes())
+}
+
+/// No IPv6 at all on the host end of a container's veth (set before it comes up): gardend's
+/// networking is IPv4, and with IPv6 on, each host end got multicast routes, MLD reports and
+/// the container's neighbour probes, all handled in the host's one IPv6 table where every
+/// lookup walked an entry per container (`__find_rr_leaf`, `fib6_add_rt2node`,
+/// `fib6_ifdown`: about 10% of the samples in `perf` at 3,000 containers, even with no
+/// link-local address). Packets the container sends over IPv6 are dropped on arrival.
+fn no_ipv6(dev: &str) -> std::io::Result<()> {
+    match write_conf(Family::Ipv6, dev, "disable_ipv6", "1") {
+        // A kernel without IPv6 (`ipv6.disable=1`) has no /proc/sys/net/ipv6: nothing to do.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// Bridge (when `new_bridge`) and veth pair in one `ip` run; the container end goes straight
@@ -158,8 +189,7 @@ pub async fn create_routed(
                 subnet_.broadcast(),
             )
             .map_err(|e| ("add the gateway address", e))?;
-            nl.no_ipv6_link_local(index)
-                .map_err(|e| ("turn off IPv6 link-local on the host end", e))?;
+            no_ipv6(&host).map_err(|e| ("turn off IPv6 on the host end", e))?;
             nl.set_up(index).map_err(|e| ("set the host end up", e))
         })
         .await
@@ -326,10 +356,14 @@ mod inside {
         check("add default route", unsafe {
             libc::ioctl(fd, libc::SIOCADDRT, &mut route)
         })?;
-        // A new namespace inherits the host's ip_forward=1; a container is an end host and
-        // must not route (e.g. a neighbour's traffic it lured with forged ARP replies). This
-        // thread's namespace decides which /proc/sys/net it opens.
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").map_err(|e| ("disable forwarding", e))
+        // A new namespace's interfaces inherit the host's forwarding=1; a container is an end
+        // host and must not route (e.g. a neighbour's traffic it lured with forged ARP
+        // replies). Its one interface decides: a socket made on this thread lives in the
+        // container's namespace.
+        let index = super::super::netlink::index(CONTAINER_IF).map_err(|e| ("find eth0", e))?;
+        super::super::netlink::Rtnl::open()
+            .and_then(|mut nl| nl.no_ipv4_forwarding(index))
+            .map_err(|e| ("disable forwarding", e))
     }
 }
 
