@@ -721,6 +721,7 @@ fn restart_soak_under_load_loses_and_leaks_nothing() {
 
 /// What changed while no gardend ran is not adopted blindly: a container whose garden-init died
 /// and one whose firewall chain was removed by hand are removed completely, with a log line.
+/// ("fine" has no chain of its own: without NetOut rules it needs none.)
 #[test]
 fn containers_broken_while_gardend_was_down_are_removed() {
     e2e::require_root!();
@@ -731,6 +732,19 @@ fn containers_broken_while_gardend_was_down_are_removed() {
         for h in ["dead", "unchained", "fine"] {
             c.create(&container_spec(h)).await.expect("create");
         }
+        // Its first NetOut rule makes its chain.
+        c.net_out(
+            "unchained",
+            &NetOutRule {
+                networks: vec![garden_api::IpRange {
+                    start: "10.8.8.9".into(),
+                    end: "10.8.8.9".into(),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
         let p = c.properties("unchained").await.unwrap();
         (
             p["kawasaki.iptable-prefix"].clone(),

@@ -27,4 +27,5 @@ pub mod quota;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod spawner;
 pub mod telemetry;

@@ -12,10 +12,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    // While gardend is single-threaded: the program spawner is forked from it (see
-    // `net::spawner`); without one, programs are started directly, only more slowly.
-    let spawner = garden_server::net::spawner::start();
+    // While gardend is single-threaded: the spawner is forked from it (see `spawner`), after
+    // the open file limit is raised (garden-init inherits the spawner's); without one,
+    // programs and garden-init are started directly, only more slowly.
     let nofile = garden_server::kernel::raise_nofile_limit();
+    let spawner = garden_server::spawner::start();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

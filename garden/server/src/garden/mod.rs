@@ -156,10 +156,11 @@ impl Garden {
         let survivors = adopt::survivors(&config.depot, Linux::init_alive);
         let kept: Vec<Survivor> = survivors
             .iter()
-            .map(|(record, _)| Survivor {
+            .map(|(record, mutable)| Survivor {
                 handle: record.handle.clone(),
                 subnet: record.subnet.clone(),
                 container_ip: record.container_ip.clone(),
+                had_netout: !record.spec.netout_rules.is_empty() || !mutable.net_out.is_empty(),
             })
             .collect();
         let linux = Linux::open(&config, &state_dir, &kept).await?;

@@ -37,6 +37,8 @@ pub struct Survivor {
     /// `a.b.c.d/n` and `a.b.c.d`, from the depot record.
     pub subnet: String,
     pub container_ip: String,
+    /// It was given NetOut rules (at create or later).
+    pub had_netout: bool,
 }
 
 /// What a restart adopts, which [`Linux::sweep`] leaves alone.
@@ -86,6 +88,7 @@ impl Linux {
                     handle: s.handle.clone(),
                     subnet,
                     container_ip,
+                    had_netout: s.had_netout,
                 })
             })
             .collect();

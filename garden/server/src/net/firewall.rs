@@ -5,7 +5,9 @@
 //! - filter `FORWARD -> gd-T-fwd`: per container `-i <gateway if> -s <ip> -g gd-T-<id>`; the
 //!   container chain accepts its own subnet, then NetOut rules (each new one prepended), then
 //!   goes to `gd-T-default` (established traffic, DNS servers, REJECT per `--deny-network`).
-//!   Traffic towards containers is accepted at the end of `gd-T-fwd`.
+//!   A routed container from the pool gets its chain with its first NetOut rule; until then
+//!   `-i g<tag>+ -g gd-T-default` below the per-container jumps covers it. Traffic towards
+//!   containers is accepted at the end of `gd-T-fwd`.
 //! - filter `INPUT -> gd-T-input`: containers reaching the host, rejected unless host access
 //!   is allowed.
 //! - nat `PREROUTING`/`OUTPUT -> gd-T-pre`/`gd-T-out -> gd-T-<id>`: NetIn DNAT rules; the
@@ -14,8 +16,9 @@
 //!   every container from the pool, one per container of a static subnet outside it), and for
 //!   loopback-sourced traffic DNATed towards a container.
 //!
-//! So a container without NetIn and from the pool lives in the filter table only: its create
-//! and destroy are one transaction each, not two (a commit costs this kernel about 7 ms).
+//! So a routed container from the pool without NetOut or NetIn has no rules of its own: its
+//! create and destroy need no transaction (each one reads and validates the whole ruleset,
+//! and they run one at a time).
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -38,8 +41,39 @@ pub struct ContainerRules {
     /// The host interface holding the subnet's gateway address: the subnet's bridge, or the
     /// host end of the veth for a routed /30.
     pub gateway_if: String,
+    /// A /30 of its own, routed through the host end of its veth (no bridge).
+    pub routed: bool,
     pub container_ip: Ipv4Addr,
     pub subnet: Cidr,
+}
+
+impl ContainerRules {
+    /// The container's filter chain is made by its first NetOut rule rather than at create:
+    /// until then the shared forward chain's catch-all sends its traffic to the default
+    /// chain, which is all its own chain would do. True for a routed /30 from the pool: its
+    /// subnet's only other address is the gateway (the host, reached through INPUT) and the
+    /// pool's MASQUERADE rule covers it. So a create and a destroy need no firewall
+    /// transaction, and those were serial and cost more with every container (the whole
+    /// ruleset is read and validated): at 3,000 containers they were the create's
+    /// bottleneck.
+    pub fn chain_optional(&self) -> bool {
+        self.in_pool && self.routed
+    }
+}
+
+/// A container of a previous run whose rules are taken over.
+pub struct Kept<'a> {
+    pub rules: &'a ContainerRules,
+    /// It had NetOut rules, so its filter chain was made (see
+    /// [`ContainerRules::chain_optional`]).
+    pub had_netout: bool,
+}
+
+impl Kept<'_> {
+    /// Whether its rules are whole, given whether its filter chain exists.
+    pub fn whole(&self, chain: bool) -> bool {
+        chain || (self.rules.chain_optional() && !self.had_netout)
+    }
 }
 
 /// Attempts at taking over a previous run's firewall (see [`Firewall::take_over`]).
@@ -258,11 +292,7 @@ impl Firewall {
     /// those of the `kept` containers (taken over by a restart), (re)install the shared chains
     /// (`global`, from [`Firewall::global_script`]) and the kept containers' jumps into theirs,
     /// so their traffic is never cut. Returns the `iptables-save` output it started from.
-    pub async fn take_over(
-        &self,
-        kept: &[&ContainerRules],
-        global: String,
-    ) -> Result<String, NetError> {
+    pub async fn take_over(&self, kept: &[Kept<'_>], global: String) -> Result<String, NetError> {
         // A killed predecessor's last `iptables-restore` (a destroy being reclaimed) may still
         // commit between our snapshot and our transaction, which then names a chain or rule
         // that is gone: start again from a fresh snapshot.
@@ -280,23 +310,24 @@ impl Firewall {
         self.take_over_once(kept, global).await
     }
 
-    async fn take_over_once(
-        &self,
-        kept: &[&ContainerRules],
-        global: String,
-    ) -> Result<String, NetError> {
+    async fn take_over_once(&self, kept: &[Kept<'_>], global: String) -> Result<String, NetError> {
         let saved = {
             let _g = self.queue.lock.lock().await;
             cmd::run(&self.save, &[], None).await?
         };
         // A container whose chain is gone cannot be kept (the caller drops it too).
-        let kept: Vec<&ContainerRules> = kept
+        let kept: Vec<(&ContainerRules, bool)> = kept
             .iter()
-            .copied()
-            .filter(|c| has_chain(&saved, "filter", &c.chain))
+            .map(|k| (k, has_chain(&saved, "filter", &k.rules.chain)))
+            .filter(|(k, chain)| k.whole(*chain))
+            .map(|(k, chain)| (k.rules, chain))
             .collect();
-        let keep: HashSet<String> = kept.iter().map(|c| c.chain.clone()).collect();
-        let cleanup = if keep.is_empty() {
+        let keep: HashSet<String> = kept
+            .iter()
+            .filter(|(_, chain)| *chain)
+            .map(|(c, _)| c.chain.clone())
+            .collect();
+        let cleanup = if kept.is_empty() {
             cleanup_script(&saved, &self.prefix)
         } else {
             let globals: Vec<String> = GLOBAL_CHAINS.iter().map(|g| self.global(g)).collect();
@@ -307,10 +338,11 @@ impl Firewall {
         }
         let links: Vec<(&ContainerRules, bool)> = kept
             .iter()
-            .map(|c| (*c, has_nat_chain(&saved, &c.chain)))
+            .filter(|(_, chain)| *chain)
+            .map(|(c, _)| (*c, has_nat_chain(&saved, &c.chain)))
             .collect();
         let relink = self.relink_script(&links);
-        if keep.is_empty() {
+        if kept.is_empty() {
             // Nothing's traffic to keep flowing: remove, then build anew, as two transactions
             // (no chain is deleted and made again in one).
             if !cleanup.is_empty() {
@@ -391,6 +423,9 @@ impl Firewall {
             s += &format!(":{c} - [0:0]\n");
         }
         s += &format!("-I FORWARD 1 -j {fwd}\n-I INPUT 1 -j {input}\n");
+        // Containers without a filter chain of their own (see
+        // `ContainerRules::chain_optional`); each chain's jump goes above this.
+        s += &format!("-A {fwd} -i {br} -g {def}\n");
         s += &format!("-A {fwd} -o {br} -j ACCEPT\n");
         s += &format!("-A {def} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
         for d in dns {
@@ -464,19 +499,24 @@ impl Firewall {
         self.apply(s).await
     }
 
-    /// Remove a container's chains and every rule pointing at them; `nat_chain`: a NetIn made
+    /// Remove a container's chains and every rule pointing at them; `filter_chain`: it has
+    /// its filter chain (see [`ContainerRules::chain_optional`]); `nat_chain`: a NetIn made
     /// the container's nat chain.
     pub async fn remove_container(
         &self,
         c: &ContainerRules,
+        filter_chain: bool,
         nat_chain: bool,
     ) -> Result<(), NetError> {
-        let mut s = format!(
-            "*filter\n-D {} {}\n-F {2}\n-X {2}\nCOMMIT\n",
-            self.global("fwd"),
-            self.forward_link(c),
-            c.chain
-        );
+        let mut s = String::new();
+        if filter_chain {
+            s += &format!(
+                "*filter\n-D {} {}\n-F {2}\n-X {2}\nCOMMIT\n",
+                self.global("fwd"),
+                self.forward_link(c),
+                c.chain
+            );
+        }
         let mut nat = String::new();
         if !c.in_pool {
             nat += &format!("-D {}\n", self.masquerade(c));
@@ -489,6 +529,9 @@ impl Firewall {
         }
         if !nat.is_empty() {
             s += &format!("*nat\n{nat}COMMIT\n");
+        }
+        if s.is_empty() {
+            return Ok(());
         }
         self.apply(s).await
     }

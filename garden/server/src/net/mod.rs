@@ -33,7 +33,6 @@ mod host_ports;
 pub mod hosts;
 mod netlink;
 pub mod pool;
-pub mod spawner;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -134,6 +133,7 @@ pub struct Bandwidth {
 #[derive(Debug, Default)]
 struct Progress {
     link: bool,
+    /// Its filter chain exists (see [`ContainerRules::chain_optional`]).
     firewall: bool,
     /// A NetIn made the container's nat chain.
     nat_chain: bool,
@@ -201,6 +201,7 @@ fn attached(cfg: &NetConfig, links_prefix: &str, chain_prefix: &str, lease: Leas
             } else {
                 format!("{links_prefix}b{}", lease.subnet.hex())
             },
+            routed,
             container_ip: lease.container_ip,
             subnet: lease.subnet,
         },
@@ -228,6 +229,8 @@ pub struct KeptNetwork {
     pub handle: String,
     pub subnet: Cidr,
     pub container_ip: Ipv4Addr,
+    /// It was given NetOut rules (at create or later), so it had a filter chain.
+    pub had_netout: bool,
 }
 
 impl Network {
@@ -258,6 +261,7 @@ impl Network {
                 Ok(()) => adopted.push((
                     k.handle.clone(),
                     attached(&cfg, &links_prefix, firewall.prefix(), lease),
+                    k.had_netout,
                 )),
                 Err(e) => {
                     tracing::warn!(handle = k.handle, error = %e, "address of a kept container")
@@ -268,27 +272,38 @@ impl Network {
         dns.extend(cfg.additional_dns_servers.iter().copied());
         let global =
             firewall.global_script(cfg.pool, &cfg.deny_networks, &dns, cfg.allow_host_access);
-        let kept_rules: Vec<&ContainerRules> = adopted.iter().map(|(_, a)| &a.rules).collect();
+        let kept_rules: Vec<firewall::Kept> = adopted
+            .iter()
+            .map(|(_, a, had_netout)| firewall::Kept {
+                rules: &a.rules,
+                had_netout: *had_netout,
+            })
+            .collect();
         let saved = firewall.take_over(&kept_rules, global).await?;
         // A container whose chain is gone cannot be kept.
-        let adopted: Vec<(String, Attached)> = adopted
+        let adopted: Vec<(String, Attached, bool)> = adopted
             .into_iter()
-            .filter(|(handle, a)| {
-                let whole = firewall::has_chain(&saved, "filter", &a.rules.chain);
-                if !whole {
+            .filter_map(|(handle, a, had_netout)| {
+                let chain = firewall::has_chain(&saved, "filter", &a.rules.chain);
+                let kept = firewall::Kept {
+                    rules: &a.rules,
+                    had_netout,
+                };
+                if !kept.whole(chain) {
                     tracing::warn!(
                         handle,
                         chain = a.rules.chain,
                         "firewall chain of a kept container is gone"
                     );
                     ips.release(&a.lease);
+                    return None;
                 }
-                whole
+                Some((handle, a, chain))
             })
             .collect();
         let keep_links: HashSet<String> = adopted
             .iter()
-            .flat_map(|(_, a)| [a.host_if.clone(), a.rules.gateway_if.clone()])
+            .flat_map(|(_, a, _)| [a.host_if.clone(), a.rules.gateway_if.clone()])
             .collect();
         for name in bridge::list(&links_prefix) {
             if keep_links.contains(&name) {
@@ -302,7 +317,7 @@ impl Network {
         // Anti-spoofing rules are rebuilt: a previous run's go, kept bridged containers get
         // theirs again.
         antispoof::remove_all(&format!("{links_prefix}h")).await;
-        for (handle, a) in adopted {
+        for (handle, a, chain) in adopted {
             let mapped = firewall::netin_mappings(&saved, &a.rules.chain);
             let nat_chain = firewall::has_nat_chain(&saved, &a.rules.chain);
             for m in &mapped {
@@ -313,7 +328,7 @@ impl Network {
             {
                 let mut p = a.progress.lock().expect("progress lock");
                 p.link = true;
-                p.firewall = true;
+                p.firewall = chain;
                 p.nat_chain = nat_chain;
             }
             *a.mapped.lock().expect("mapped lock") = mapped;
@@ -455,6 +470,9 @@ impl Network {
             bridge::configure_inside(netns, a.lease.container_ip, &a.lease.subnet).await
         };
         let rules = async {
+            if netout.is_empty() && a.rules.chain_optional() {
+                return Ok(());
+            }
             a.progress.lock().expect("progress lock").firewall = true;
             let r = self.firewall.add_container(&a.rules, &expanded).await;
             if r.is_err() {
@@ -590,7 +608,13 @@ impl Network {
         let a = self.get(handle)?;
         let expanded = firewall::expand(handle, rules);
         let _op = a.op.lock().await;
-        self.firewall.add_netout(&a.rules.chain, &expanded).await
+        if rules.is_empty() || a.progress.lock().expect("progress lock").firewall {
+            return self.firewall.add_netout(&a.rules.chain, &expanded).await;
+        }
+        // The first NetOut of a container without a chain makes it (all or nothing).
+        self.firewall.add_container(&a.rules, &expanded).await?;
+        a.progress.lock().expect("progress lock").firewall = true;
+        Ok(())
     }
 
     pub fn info(&self, handle: &str) -> Option<NetInfo> {
@@ -688,9 +712,12 @@ impl Network {
         };
         // Rules and links are independent: remove both at once.
         let rules = async {
-            if fw {
-                self.firewall.remove_container(&a.rules, nat_chain).await?;
-                a.progress.lock().expect("progress lock").firewall = false;
+            if fw || nat_chain {
+                self.firewall
+                    .remove_container(&a.rules, fw, nat_chain)
+                    .await?;
+                let mut p = a.progress.lock().expect("progress lock");
+                (p.firewall, p.nat_chain) = (false, false);
             }
             Ok::<(), NetError>(())
         };

@@ -25,29 +25,6 @@ pub struct InitFds<'a> {
     pub go: &'a OwnedFd,
 }
 
-/// garden-init's program, arguments and environment, made before clone (the child may not
-/// allocate).
-struct InitExec {
-    bin: CString,
-    argv0: CString,
-    bundle: CString,
-    path_env: CString,
-}
-
-impl InitExec {
-    fn new(init_bin: &Path, bundle: &Path) -> nix::Result<InitExec> {
-        let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)
-        };
-        Ok(InitExec {
-            bin: c(init_bin)?,
-            argv0: CString::new("garden-init").expect("static string"),
-            bundle: c(bundle)?,
-            path_env: CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string"),
-        })
-    }
-}
-
 /// In the child: 0 = `null`, 1 and 2 = `log`, 3 = `ready`, the `high` duplicates of the
 /// passed descriptors from `first_passed` on, and `go` right after them. Returns where `go`
 /// now is; `_exit(126)` if a dup2 fails.
@@ -131,20 +108,79 @@ unsafe fn wait_then_exec(go: i32, opened: &[CString], userns: bool, exec: &InitE
 /// Clone garden-init into new mount, pid, uts, ipc and net namespaces, and a new user
 /// namespace when `userns`. It waits for a byte on `fds.go` (EOF = abort) before it becomes
 /// container root (in a user namespace) and execs. Returns its host pid.
+///
+/// Through the [`spawner`](crate::spawner) when there is one: a clone copies the caller's
+/// descriptor table and page tables, and the child then closes every descriptor it got, so
+/// cloning gardend itself cost more the more containers it held (`copy_page_range`,
+/// `unmap_page_range`, `filp_flush`: about a fifth of the CPU at 3,000 containers). The
+/// spawner is small and holds a handful of descriptors; its clone is gardend's child all the
+/// same (`CLONE_PARENT`).
 pub fn spawn_init(
     init_bin: &Path,
     bundle: &Path,
     fds: &InitFds<'_>,
     userns: bool,
 ) -> nix::Result<i32> {
+    let exec = InitExec::new(init_bin, bundle)?;
+    if let Some(pid) = crate::spawner::spawn_init(&exec.bin, &exec.bundle, fds, userns) {
+        return pid.map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
+    }
+    let passed: Vec<i32> = fds.passed.iter().map(|f| f.as_raw_fd()).collect();
+    let raw = RawInitFds {
+        ready: fds.ready.as_raw_fd(),
+        log: fds.log.as_raw_fd(),
+        go: fds.go.as_raw_fd(),
+        passed: &passed,
+    };
+    clone_init(&exec, &raw, fds.opened, userns, CloneFlags::empty())
+}
+
+/// [`InitFds`] as raw descriptors (in the process that clones).
+pub(crate) struct RawInitFds<'a> {
+    pub ready: i32,
+    pub log: i32,
+    pub go: i32,
+    pub passed: &'a [i32],
+}
+
+/// garden-init's program and bundle, as [`spawn_init`] and the spawner pass them.
+pub(crate) struct InitExec {
+    bin: CString,
+    argv0: CString,
+    bundle: CString,
+    path_env: CString,
+}
+
+impl InitExec {
+    fn new(init_bin: &Path, bundle: &Path) -> nix::Result<InitExec> {
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes()).map_err(|_| nix::errno::Errno::EINVAL)
+        };
+        Ok(InitExec::from_c(c(init_bin)?, c(bundle)?))
+    }
+
+    pub(crate) fn from_c(bin: CString, bundle: CString) -> InitExec {
+        InitExec {
+            bin,
+            argv0: CString::new("garden-init").expect("static string"),
+            bundle,
+            path_env: CString::new("PATH=/usr/sbin:/usr/bin:/sbin:/bin").expect("static string"),
+        }
+    }
+}
+
+/// The clone itself, in gardend (no spawner) or in the spawner (`extra` = `CLONE_PARENT`).
+pub(crate) fn clone_init(
+    exec: &InitExec,
+    fds: &RawInitFds<'_>,
+    opened: &[CString],
+    userns: bool,
+    extra: CloneFlags,
+) -> nix::Result<i32> {
     // Everything the child touches is prepared here: after clone in a multi-threaded process
     // the child may only make async-signal-safe calls (no allocation).
-    let exec = InitExec::new(init_bin, bundle)?;
-    let ready_fd = fds.ready.as_raw_fd();
-    let log_fd = fds.log.as_raw_fd();
-    let go_fd = fds.go.as_raw_fd();
-    let passed_fds: Vec<i32> = fds.passed.iter().map(|f| f.as_raw_fd()).collect();
-    let opened = fds.opened;
+    let (ready_fd, log_fd, go_fd) = (fds.ready, fds.log, fds.go);
+    let passed_fds = fds.passed;
     // Scratch for the passed fds' high duplicates, allocated before clone.
     let mut high = vec![-1i32; passed_fds.len()];
     let mut stack = vec![0u8; 256 * 1024];
@@ -152,7 +188,8 @@ pub fn spawn_init(
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET;
+        | CloneFlags::CLONE_NEWNET
+        | extra;
     if userns {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
@@ -171,7 +208,7 @@ pub fn spawn_init(
             if null < 0 || ready < 0 || log < 0 || go < 0 {
                 libc::_exit(126);
             }
-            for (h, fd) in high.iter_mut().zip(&passed_fds) {
+            for (h, fd) in high.iter_mut().zip(passed_fds) {
                 *h = libc::fcntl(*fd, libc::F_DUPFD, 100);
                 if *h < 0 {
                     libc::_exit(126);
@@ -181,7 +218,7 @@ pub fn spawn_init(
             // pipe's write end included, so that its close reads as EOF here) is closed.
             let go_at = place_fds(null, log, ready, 4 + opened.len() as i32, &high, go);
             libc::syscall(libc::SYS_close_range, go_at as u32 + 1, u32::MAX, 0u32);
-            wait_then_exec(go_at, opened, userns, &exec)
+            wait_then_exec(go_at, opened, userns, exec)
         }
     });
     // SAFETY: the callback only performs async-signal-safe calls (see above).

@@ -2,7 +2,7 @@
 //! die. Nothing here knows about HTTP or Garden's wire types beyond limits.
 
 mod client;
-mod clone;
+pub(crate) mod clone;
 mod pea;
 pub mod pidfd;
 pub mod userns;

@@ -1,5 +1,5 @@
-//! Host programs (ip, iptables-restore) started by a helper process forked before gardend opens
-//! anything.
+//! Host programs (ip, iptables-restore) and containers' garden-init started by a helper
+//! process forked before gardend opens anything.
 //!
 //! Every fork or posix_spawn copies the caller's descriptor table, and every exec then closes
 //! each close-on-exec entry one by one: about 1 µs per open descriptor here. gardend holds two
@@ -9,9 +9,19 @@
 //! `CLONE_PARENT`, so the program is gardend's own child (waited for through a pidfd), and
 //! hands gardend the pidfd.
 //!
-//! Protocol on a SEQPACKET socket pair, one exchange at a time: gardend sends the program and
-//! its arguments (NUL-separated) with the child's stdin, stdout and stderr (SCM_RIGHTS); the
-//! spawner answers a zero errno with the pidfd, or the errno of the failed clone or exec.
+//! garden-init is cloned from the spawner for the same reason (see
+//! [`runtime::clone::spawn_init`](crate::runtime::clone::spawn_init)): a clone of gardend
+//! copied its page tables and descriptor table, then closed every descriptor again.
+//!
+//! Protocol on a SEQPACKET socket pair, one exchange at a time; a request is NUL-terminated
+//! fields, the first naming its kind, with descriptors (SCM_RIGHTS):
+//! - `exec`, the program and its arguments; the child's stdin, stdout and stderr. Answer: a
+//!   zero errno and the child's pid, with its pidfd; or the errno of the failed exec (with the
+//!   pidfd, to reap it) or clone.
+//! - `init`, `1` or `0` (a user namespace or not), garden-init's binary, the bundle, then the
+//!   directories the child opens; the ready pipe, the log, the go pipe and the passed mounts
+//!   (see [`InitFds`](crate::runtime::clone::InitFds)). Answer: a zero errno and garden-init's
+//!   pid, or the clone's errno.
 
 use std::ffi::CString;
 use std::io::{IoSlice, IoSliceMut};
@@ -28,6 +38,10 @@ static SPAWNER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
 
 /// Largest request (program and arguments).
 const MAX_REQUEST: usize = 64 * 1024;
+
+/// Most descriptors in one request: the kernel's limit per SCM_RIGHTS message (SCM_MAX_FD)
+/// is 253. An init with more passed mounts is cloned by gardend itself.
+const MAX_FDS: usize = 250;
 
 /// Fork the spawner. Must run while gardend is single-threaded (first thing in `main`, before
 /// the async runtime), as the child keeps running Rust code after the fork. Without a
@@ -79,41 +93,105 @@ pub fn spawn(
     args: &[&str],
     stdio: [&OwnedFd; 3],
 ) -> Option<std::io::Result<OwnedFd>> {
+    let fields: Vec<&[u8]> = std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(str::as_bytes)
+        .collect();
+    let fds = stdio.map(|f| f.as_raw_fd());
+    match exchange("exec", &fields, &fds)? {
+        Err(e) => Some(Err(e)),
+        Ok(Answer {
+            errno: 0,
+            pidfd: Some(fd),
+            ..
+        }) => Some(Ok(fd)),
+        Ok(Answer { errno: 0, .. }) => {
+            Some(Err(std::io::Error::other("the spawner sent no pidfd")))
+        }
+        Ok(Answer { errno, pidfd, .. }) => {
+            // A child whose exec failed is ours (CLONE_PARENT) and already exiting: reap it.
+            if let Some(fd) = pidfd {
+                let _ = wait(&fd);
+            }
+            Some(Err(std::io::Error::from_raw_os_error(errno)))
+        }
+    }
+}
+
+/// Clone garden-init through the spawner (see [`crate::runtime::clone::spawn_init`]); its pid,
+/// a child of gardend. `None`: no working spawner, or too many descriptors for one message
+/// (clone it directly).
+pub(crate) fn spawn_init(
+    bin: &std::ffi::CStr,
+    bundle: &std::ffi::CStr,
+    fds: &crate::runtime::clone::InitFds<'_>,
+    userns: bool,
+) -> Option<std::io::Result<i32>> {
+    if fds.passed.len() + 3 > MAX_FDS {
+        return None;
+    }
+    let mut fields: Vec<&[u8]> = vec![
+        if userns { b"1" } else { b"0" },
+        bin.to_bytes(),
+        bundle.to_bytes(),
+    ];
+    fields.extend(fds.opened.iter().map(|c| c.to_bytes()));
+    let raw: Vec<RawFd> = [fds.ready, fds.log, fds.go]
+        .into_iter()
+        .chain(fds.passed.iter())
+        .map(|f| f.as_raw_fd())
+        .collect();
+    match exchange("init", &fields, &raw)? {
+        Err(e) => Some(Err(e)),
+        Ok(Answer { errno: 0, pid, .. }) => Some(Ok(pid)),
+        Ok(Answer { errno, .. }) => Some(Err(std::io::Error::from_raw_os_error(errno))),
+    }
+}
+
+/// What the spawner answered.
+struct Answer {
+    errno: i32,
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+/// One request and its answer. `None`: there is no working spawner (logged); `Some(Err)`: a
+/// request the spawner cannot take.
+fn exchange(kind: &str, fields: &[&[u8]], fds: &[RawFd]) -> Option<std::io::Result<Answer>> {
     let sock = SPAWNER.get()?;
     let mut request = Vec::new();
-    for part in std::iter::once(program).chain(args.iter().copied()) {
-        if part.contains('\0') {
+    for part in std::iter::once(kind.as_bytes()).chain(fields.iter().copied()) {
+        if part.contains(&0) {
             return Some(Err(std::io::Error::from_raw_os_error(libc::EINVAL)));
         }
-        request.extend_from_slice(part.as_bytes());
+        request.extend_from_slice(part);
         request.push(0);
     }
     if request.len() > MAX_REQUEST {
         return Some(Err(std::io::Error::from_raw_os_error(libc::E2BIG)));
     }
     let sock = sock.lock().unwrap_or_else(|p| p.into_inner());
-    let fds = stdio.map(|f| f.as_raw_fd());
     let sent = sendmsg::<()>(
         sock.as_raw_fd(),
         &[IoSlice::new(&request)],
-        &[ControlMessage::ScmRights(&fds)],
+        &[ControlMessage::ScmRights(fds)],
         MsgFlags::empty(),
         None,
     );
     if let Err(e) = sent {
-        tracing::warn!(error = %e, "the program spawner is gone; starting programs directly");
+        tracing::warn!(error = %e, "the spawner is gone; starting programs directly");
         return None;
     }
-    let mut errno = [0u8; 4];
+    let mut answer = [0u8; 8];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let mut iov = [IoSliceMut::new(&mut errno)];
+    let mut iov = [IoSliceMut::new(&mut answer)];
     let received = match recvmsg::<()>(
         sock.as_raw_fd(),
         &mut iov,
         Some(&mut cmsg),
         MsgFlags::MSG_CMSG_CLOEXEC,
     ) {
-        Ok(msg) if msg.bytes == 4 => msg
+        Ok(msg) if msg.bytes == 8 => msg
             .cmsgs()
             .ok()
             .into_iter()
@@ -123,23 +201,18 @@ pub fn spawn(
                 _ => None,
             }),
         Ok(_) | Err(_) => {
-            tracing::warn!("the program spawner did not answer; starting programs directly");
+            tracing::warn!("the spawner did not answer; starting programs directly");
             return None;
         }
     };
     // SAFETY: a descriptor just received through SCM_RIGHTS, owned by nobody else.
     let pidfd = received.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-    match (i32::from_ne_bytes(errno), pidfd) {
-        (0, Some(fd)) => Some(Ok(fd)),
-        (0, None) => Some(Err(std::io::Error::other("the spawner sent no pidfd"))),
-        (e, child) => {
-            // A child whose exec failed is ours (CLONE_PARENT) and already exiting: reap it.
-            if let Some(fd) = child {
-                let _ = wait(&fd);
-            }
-            Some(Err(std::io::Error::from_raw_os_error(e)))
-        }
-    }
+    let word = |i: usize| i32::from_ne_bytes(answer[i..i + 4].try_into().expect("4 bytes"));
+    Some(Ok(Answer {
+        errno: word(0),
+        pid: word(4),
+        pidfd,
+    }))
 }
 
 /// Reap our child `pidfd` (blocks until it exits); its exit code, or 128 + the signal that
@@ -177,9 +250,9 @@ pub fn wait(pidfd: &OwnedFd) -> std::io::Result<i32> {
 fn serve(sock: RawFd) -> ! {
     let mut buf = vec![0u8; MAX_REQUEST];
     loop {
-        let mut cmsg = nix::cmsg_space!([RawFd; 3]);
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let (len, fds) =
+        let (len, fds, truncated) =
             match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                 Ok(msg) if msg.bytes == 0 => exit(),
                 Ok(msg) => {
@@ -196,20 +269,26 @@ fn serve(sock: RawFd) -> ! {
                         // SAFETY: descriptors just received, owned by nobody else.
                         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
                         .collect();
-                    (msg.bytes, fds)
+                    let truncated = msg
+                        .flags
+                        .intersects(MsgFlags::MSG_CTRUNC | MsgFlags::MSG_TRUNC);
+                    (msg.bytes, fds, truncated)
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => exit(),
             };
-        let answer = match <[OwnedFd; 3]>::try_from(fds) {
-            Ok(stdio) => fork_exec(&buf[..len], &stdio),
-            Err(_) => Err(libc::EINVAL),
+        let answer = if truncated {
+            Err(libc::E2BIG)
+        } else {
+            serve_one(&buf[..len], fds)
         };
-        let (errno, pidfd) = match answer {
-            Ok((fd, errno)) => (errno, Some(fd)),
-            Err(e) => (e, None),
+        let (errno, pid, pidfd) = match answer {
+            Ok((pid, pidfd, errno)) => (errno, pid, pidfd),
+            Err(e) => (e, 0, None),
         };
-        let bytes = errno.to_ne_bytes();
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&errno.to_ne_bytes());
+        bytes[4..].copy_from_slice(&pid.to_ne_bytes());
         let iov = [IoSlice::new(&bytes)];
         let raw: Vec<RawFd> = pidfd.iter().map(|f| f.as_raw_fd()).collect();
         let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
@@ -220,6 +299,52 @@ fn serve(sock: RawFd) -> ! {
         if sendmsg::<()>(sock, &iov, &cmsgs, MsgFlags::empty(), None).is_err() {
             exit();
         }
+    }
+}
+
+/// One request: (pid, pidfd if any, errno of a failed exec), or the errno of the request.
+/// The received descriptors are closed on return, so that only the child holds them.
+fn serve_one(request: &[u8], fds: Vec<OwnedFd>) -> Result<(i32, Option<OwnedFd>, i32), i32> {
+    let fields: Vec<&[u8]> = request
+        .strip_suffix(&[0])
+        .ok_or(libc::EINVAL)?
+        .split(|b| *b == 0)
+        .collect();
+    let cstring = |b: &[u8]| CString::new(b).map_err(|_| libc::EINVAL);
+    match fields.split_first() {
+        Some((&b"exec", argv)) => {
+            let stdio = <[OwnedFd; 3]>::try_from(fds).map_err(|_| libc::EINVAL)?;
+            let argv: Vec<CString> = argv.iter().map(|a| cstring(a)).collect::<Result<_, _>>()?;
+            fork_exec(&argv, &stdio)
+        }
+        Some((&b"init", [userns, bin, bundle, opened @ ..])) => {
+            if fds.len() < 3 {
+                return Err(libc::EINVAL);
+            }
+            let opened: Vec<CString> = opened
+                .iter()
+                .map(|p| cstring(p))
+                .collect::<Result<_, _>>()?;
+            let exec = crate::runtime::clone::InitExec::from_c(cstring(bin)?, cstring(bundle)?);
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            let passed = &raw[3..];
+            let init_fds = crate::runtime::clone::RawInitFds {
+                ready: raw[0],
+                log: raw[1],
+                go: raw[2],
+                passed,
+            };
+            crate::runtime::clone::clone_init(
+                &exec,
+                &init_fds,
+                &opened,
+                *userns == b"1",
+                nix::sched::CloneFlags::CLONE_PARENT,
+            )
+            .map(|pid| (pid, None, 0))
+            .map_err(|e| e as i32)
+        }
+        _ => Err(libc::EINVAL),
     }
 }
 
@@ -243,14 +368,9 @@ struct CloneArgs {
 }
 
 /// Fork the program as gardend's child (`CLONE_PARENT`) and wait until it has exec'd
-/// (`CLONE_VFORK`): its pidfd with 0, or with the errno of a failed exec (then gardend reaps
-/// it); or the errno of the clone.
-fn fork_exec(request: &[u8], stdio: &[OwnedFd; 3]) -> Result<(OwnedFd, i32), i32> {
-    let argv: Vec<CString> = request
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| CString::new(s).map_err(|_| libc::EINVAL))
-        .collect::<Result<_, _>>()?;
+/// (`CLONE_VFORK`): (its pid, its pidfd, 0 or the errno of a failed exec (then gardend reaps
+/// it)); or the errno of the clone.
+fn fork_exec(argv: &[CString], stdio: &[OwnedFd; 3]) -> Result<(i32, Option<OwnedFd>, i32), i32> {
     if argv.is_empty() {
         return Err(libc::EINVAL);
     }
@@ -294,9 +414,10 @@ fn fork_exec(request: &[u8], stdio: &[OwnedFd; 3]) -> Result<(OwnedFd, i32), i32
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     // With CLONE_VFORK the child has exec'd (closing the pipe) or failed by now.
     let mut errno = [0u8; 4];
+    let pid = pid as i32;
     match nix::unistd::read(&err_r, &mut errno) {
-        Ok(4) => Ok((pidfd, i32::from_ne_bytes(errno))),
-        _ => Ok((pidfd, 0)),
+        Ok(4) => Ok((pid, Some(pidfd), i32::from_ne_bytes(errno))),
+        _ => Ok((pid, Some(pidfd), 0)),
     }
 }
 
