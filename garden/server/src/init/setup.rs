@@ -85,10 +85,10 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
     )?;
+    make_dev(root, c.privileged)?;
     if !c.privileged {
         mask_proc(root)?;
     }
-    make_dev(root, c.privileged)?;
     super::userns::mount_mqueue(root)?;
     prepare_tmp(root)?;
     match &c.pea {
@@ -350,29 +350,49 @@ fn mask_proc(root: &Path) -> Result<()> {
             )?;
         }
     }
-    // Directories hidden under an empty read-only tmpfs, as Guardian does (firmware tables
-    // and SCSI rescans are the host's).
+    // Directories hidden under an empty read-only directory, as Guardian does with a tmpfs
+    // each (firmware tables and SCSI rescans are the host's). The directory is made on the
+    // /dev tmpfs and removed once bound: no file system of its own (see `make_dev`).
     let hidden = [
         proc.join("acpi"),
         proc.join("scsi"),
         root.join("sys/firmware"),
     ];
+    let empty = root.join("dev/.mask");
+    ctx(fs::create_dir(&empty), || {
+        "create the masking directory".into()
+    })?;
+    ctx(
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o555)),
+        || "chmod the masking directory".into(),
+    )?;
     for p in hidden {
         let dir = p.strip_prefix(root).unwrap_or(&p).display().to_string();
         if p.is_dir() {
-            ctx(
-                mount(
-                    Some("tmpfs"),
-                    &p,
-                    Some("tmpfs"),
-                    MsFlags::MS_RDONLY,
-                    None::<&str>,
-                ),
-                || format!("mask /{dir}"),
-            )?;
+            bind_read_only(&empty, &p).map_err(|e| format!("mask /{dir}: {e}"))?;
         }
     }
-    Ok(())
+    ctx(fs::remove_dir(&empty), || {
+        "remove the masking directory".into()
+    })
+}
+
+/// Bind `src` on `dst` read-only (and without suid, devices or exec).
+fn bind_read_only(src: &Path, dst: &Path) -> Result<()> {
+    ctx(
+        mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>),
+        || "bind".into(),
+    )?;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    ctx(
+        mount(None::<&str>, dst, None::<&str>, flags, None::<&str>),
+        || "remount read-only".into(),
+    )
 }
 
 fn make_dev(root: &Path, privileged: bool) -> Result<()> {
@@ -452,18 +472,42 @@ fn make_dev(root: &Path, privileged: bool) -> Result<()> {
             format!("symlink /dev/{link}")
         })?;
     }
+    // /dev/shm is a directory of the /dev tmpfs bound on itself (so it has its own mount
+    // flags; the mount table shows it as `tmpfs`, as Guardian's does and clients grep for),
+    // not a tmpfs of its own: every superblock on the host costs each cgroup made or removed
+    // later (the kernel sizes a memory cgroup's shrinker data by the number of superblocks,
+    // and walks every superblock's LRU lists when one goes), so a container's tmpfs mounts
+    // (/dev, /dev/shm and one per masked directory, 4 of 9 superblocks) are now one.
+    // /dev/shm shares /dev's 64 MiB, where the device nodes take no room.
     let shm = dev.join("shm");
     ctx(fs::create_dir_all(&shm), || "create /dev/shm".into())?;
     ctx(
-        // Source `tmpfs`, as Guardian's mount table shows it (clients grep for it).
+        fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777)),
+        || "chmod /dev/shm".into(),
+    )?;
+    ctx(
         mount(
-            Some("tmpfs"),
+            Some(&shm),
             &shm,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=1777,size=65536k"),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
         ),
-        || "mount /dev/shm".into(),
+        || "bind /dev/shm".into(),
+    )?;
+    ctx(
+        mount(
+            None::<&str>,
+            &shm,
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ),
+        || "remount /dev/shm".into(),
     )?;
     Ok(())
 }
