@@ -129,6 +129,9 @@ pub struct IpPool {
     subnets: BTreeMap<Cidr, BTreeSet<u32>>,
     /// IPs held across all subnets (what `subnets` holds, counted as it changes).
     addresses: u64,
+    /// Every /30 of the dynamic range below this index is taken: the search for the lowest
+    /// free one starts here instead of at the range's start (it walked every container's).
+    lowest_free: u32,
 }
 
 impl IpPool {
@@ -142,6 +145,7 @@ impl IpPool {
             dynamic,
             subnets: BTreeMap::new(),
             addresses: 0,
+            lowest_free: 0,
         };
         pool.publish();
         Ok(pool)
@@ -220,12 +224,13 @@ impl IpPool {
 
     fn acquire_dynamic(&mut self) -> Result<Lease, NetError> {
         let base = self.dynamic.network;
-        for i in 0..self.capacity() as u32 {
+        for i in self.lowest_free..self.capacity() as u32 {
             let subnet = Cidr {
                 network: base + i * 4,
                 prefix: 30,
             };
             if !self.subnets.contains_key(&subnet) {
+                self.lowest_free = i + 1;
                 let ip = subnet.network + 2;
                 self.take(subnet, ip);
                 return Ok(Lease {
@@ -292,6 +297,10 @@ impl IpPool {
         let empty = ips.is_empty();
         if empty {
             self.subnets.remove(&lease.subnet);
+            if self.dynamic.contains_cidr(&lease.subnet) && lease.subnet.prefix == 30 {
+                let i = (lease.subnet.network - self.dynamic.network) / 4;
+                self.lowest_free = self.lowest_free.min(i);
+            }
         }
         self.publish();
         empty
@@ -420,6 +429,23 @@ mod tests {
         assert_eq!(b.container_ip, "10.254.0.6".parse::<Ipv4Addr>().unwrap());
         assert!(p.release(&a));
         assert_eq!(p.acquire("").unwrap(), a);
+        // Always the lowest free /30, whatever order they come back in; claims (kept
+        // containers) are skipped.
+        let c = p.acquire("").unwrap();
+        let d = p.acquire("").unwrap();
+        p.release(&d);
+        p.release(&b);
+        assert_eq!(p.acquire("").unwrap(), b);
+        p.claim(&d).unwrap();
+        let e = p.acquire("").unwrap();
+        assert_eq!(e.container_ip, "10.254.0.18".parse::<Ipv4Addr>().unwrap());
+        assert!(c.container_ip < d.container_ip && d.container_ip < e.container_ip);
+        for _ in 0..251 {
+            p.acquire("").unwrap();
+        }
+        assert!(p.acquire("").is_err(), "full");
+        p.release(&c);
+        assert_eq!(p.acquire("").unwrap(), c);
     }
 
     #[test]
