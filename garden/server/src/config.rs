@@ -41,6 +41,13 @@ pub struct Config {
     /// garden-init, a cgroup, a /30 and its firewall chain; 0 = none.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub warm_containers: usize,
+    /// Destroyed containers whose network, cgroup, disk and bundle are freed at once; the
+    /// others wait their turn (Destroy answers before that either way). Each cgroup removal
+    /// costs the kernel time in proportion to every file system mounted on the host, so
+    /// without a bound a burst of destroys left no CPU for the destroys and creates still
+    /// arriving.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reclaim_concurrency: u32,
     /// debug, info, warn or error.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,

@@ -22,11 +22,23 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Handles whose resources are still being reclaimed, each with a flag set when it is done.
-#[derive(Default)]
 pub(super) struct Reclaiming {
     pending: std::sync::Mutex<std::collections::HashMap<String, watch::Receiver<bool>>>,
     /// Woken whenever a reclamation ends (room for a Create waiting on max-containers).
     ended: tokio::sync::Notify,
+    /// Reclamations that may run at once (`--reclaim-concurrency`).
+    slots: tokio::sync::Semaphore,
+}
+
+impl Reclaiming {
+    /// At most `concurrency` reclamations run at once.
+    pub(super) fn new(concurrency: u32) -> Reclaiming {
+        Reclaiming {
+            pending: Default::default(),
+            ended: Default::default(),
+            slots: tokio::sync::Semaphore::new(concurrency.max(1) as usize),
+        }
+    }
 }
 
 impl Reclaiming {
@@ -136,6 +148,7 @@ impl Garden {
         };
         let handle = handle.to_string();
         tokio::spawn(async move {
+            let _slot = me.reclaiming.slots.acquire().await;
             me.reclaim(&c, t).await;
             me.reclaiming.end(&handle, done);
             me.warm.poke();

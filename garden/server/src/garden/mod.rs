@@ -218,6 +218,7 @@ impl Garden {
             tracing::error!(error = %e, "invalid id mapping; using Guardian's default");
             rootfs::IdMapping::guardian(1, None, 1, None).expect("the default mapping is valid")
         });
+        let reclaiming = destroy::Reclaiming::new(config.reclaim_concurrency);
         Arc::new_cyclic(|me| Garden {
             me: me.clone(),
             config,
@@ -226,7 +227,7 @@ impl Garden {
             images,
             containers: RwLock::default(),
             reserved: Mutex::default(),
-            reclaiming: destroy::Reclaiming::default(),
+            reclaiming,
             next_stream: AtomicU64::new(1),
             image_sizes: Mutex::default(),
             ownership: std::sync::OnceLock::new(),

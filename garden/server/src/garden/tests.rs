@@ -219,6 +219,40 @@ async fn a_failed_reclamation_step_is_retried_and_holds_the_handle_until_done() 
     );
 }
 
+/// Destroys answer at once however many there are; their reclamations run at most
+/// `--reclaim-concurrency` at a time, and all of them finish.
+#[tokio::test]
+async fn reclamations_run_a_bounded_number_at_a_time() {
+    let t = setup_with(Config {
+        reclaim_concurrency: 2,
+        ..Config::default()
+    });
+    t.fake.slow_releases(Duration::from_millis(200));
+    let handles: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    for h in &handles {
+        json::<serde_json::Value>(t.create(h, 0).await);
+    }
+    for h in &handles {
+        json::<serde_json::Value>(
+            t.garden
+                .handle(Request::Destroy { handle: h.clone() })
+                .await,
+        );
+    }
+    // Every destroy answered while (at least) the ones waiting for a slot are still queued.
+    assert!(t.garden.reclaiming.len() >= 4, "{}", t.garden.reclaiming.len());
+    assert!(t.list().await.is_empty());
+    t.garden.reclaiming.wait_all().await;
+    assert_eq!(t.fake.most_concurrent_releases(), 2);
+    let released = t
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| matches!(c, Call::ReleaseNetwork(_)))
+        .count();
+    assert_eq!(released, 6);
+}
+
 #[tokio::test]
 async fn a_create_waits_for_room_held_only_by_a_reclamation() {
     let t = setup_with(Config {

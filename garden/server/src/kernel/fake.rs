@@ -76,6 +76,11 @@ pub enum Kind {
 pub struct Fake {
     calls: Arc<Mutex<Vec<Call>>>,
     failures: Mutex<HashMap<Kind, usize>>,
+    /// How long each network release takes (none: at once).
+    release_delay: Mutex<Option<std::time::Duration>>,
+    /// Network releases under way, and the most there ever were at once.
+    releasing: Arc<std::sync::atomic::AtomicUsize>,
+    most_releasing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Fake {
@@ -85,6 +90,16 @@ impl Fake {
 
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().expect("calls lock").clone()
+    }
+
+    /// Each network release takes `delay` from now on.
+    pub fn slow_releases(&self, delay: std::time::Duration) {
+        *self.release_delay.lock().expect("delay lock") = Some(delay);
+    }
+
+    /// The most network releases that ran at once.
+    pub fn most_concurrent_releases(&self) -> usize {
+        self.most_releasing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The next `n` calls of `kind` fail.
@@ -175,10 +190,20 @@ impl Kernel for Fake {
     }
 
     fn release_network<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, Result<()>> {
-        ready(self.record(
-            Call::ReleaseNetwork(handle.into()),
-            Some(Kind::ReleaseNetwork),
-        ))
+        let delay = *self.release_delay.lock().expect("delay lock");
+        Box::pin(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.releasing.fetch_add(1, SeqCst) + 1;
+            self.most_releasing.fetch_max(now, SeqCst);
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            self.releasing.fetch_sub(1, SeqCst);
+            self.record(
+                Call::ReleaseNetwork(handle.into()),
+                Some(Kind::ReleaseNetwork),
+            )
+        })
     }
 
     fn net_in<'a>(
