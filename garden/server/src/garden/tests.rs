@@ -240,7 +240,11 @@ async fn reclamations_run_a_bounded_number_at_a_time() {
         );
     }
     // Every destroy answered while (at least) the ones waiting for a slot are still queued.
-    assert!(t.garden.reclaiming.len() >= 4, "{}", t.garden.reclaiming.len());
+    assert!(
+        t.garden.reclaiming.len() >= 4,
+        "{}",
+        t.garden.reclaiming.len()
+    );
     assert!(t.list().await.is_empty());
     t.garden.reclaiming.wait_all().await;
     assert_eq!(t.fake.most_concurrent_releases(), 2);

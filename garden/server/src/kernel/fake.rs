@@ -99,7 +99,8 @@ impl Fake {
 
     /// The most network releases that ran at once.
     pub fn most_concurrent_releases(&self) -> usize {
-        self.most_releasing.load(std::sync::atomic::Ordering::SeqCst)
+        self.most_releasing
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The next `n` calls of `kind` fail.
