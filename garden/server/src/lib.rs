@@ -27,5 +27,4 @@ pub mod quota;
 pub mod runtime;
 pub mod server;
 pub mod service;
-pub mod spawner;
 pub mod telemetry;

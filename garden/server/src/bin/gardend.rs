@@ -12,11 +12,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    // While gardend is single-threaded: the spawner is forked from it (see `spawner`), after
+    // While gardend is single-threaded: the spawner is forked from it (see `runtime::spawner`), after
     // the open file limit is raised (garden-init inherits the spawner's); without one,
     // programs and garden-init are started directly, only more slowly.
     let nofile = garden_server::kernel::raise_nofile_limit();
-    let spawner = garden_server::spawner::start();
+    let spawner = garden_server::runtime::spawner::start();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -95,7 +95,7 @@ fn finish(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Run the program through the [`spawner`](crate::spawner) (no copy of gardend's descriptor
+/// Run the program through the [`spawner`](crate::runtime::spawner) (no copy of gardend's descriptor
 /// table per program); `None` when there is no spawner.
 async fn run_spawned(
     program: &Path,
@@ -118,7 +118,7 @@ async fn run_spawned(
         );
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            crate::spawner::spawn(&program, &args, [&in_r, &out_w, &err_w])
+            crate::runtime::spawner::spawn(&program, &args, [&in_r, &out_w, &err_w])
         })
         .await
         .ok()??
@@ -178,7 +178,7 @@ impl Child {
                 .map_err(|e| e.into_parts().1)?;
         let _ = ready.readable().await?;
         let pidfd = ready.into_inner();
-        crate::spawner::wait(&pidfd)
+        crate::runtime::spawner::wait(&pidfd)
     }
 }
 
@@ -197,7 +197,7 @@ impl Drop for Child {
             }
             let _ = std::thread::Builder::new()
                 .name("reap".into())
-                .spawn(move || crate::spawner::wait(&pidfd));
+                .spawn(move || crate::runtime::spawner::wait(&pidfd));
         }
     }
 }

@@ -109,7 +109,7 @@ unsafe fn wait_then_exec(go: i32, opened: &[CString], userns: bool, exec: &InitE
 /// namespace when `userns`. It waits for a byte on `fds.go` (EOF = abort) before it becomes
 /// container root (in a user namespace) and execs. Returns its host pid.
 ///
-/// Through the [`spawner`](crate::spawner) when there is one: a clone copies the caller's
+/// Through the [`spawner`](crate::runtime::spawner) when there is one: a clone copies the caller's
 /// descriptor table and page tables, and the child then closes every descriptor it got, so
 /// cloning gardend itself cost more the more containers it held (`copy_page_range`,
 /// `unmap_page_range`, `filp_flush`: about a fifth of the CPU at 3,000 containers). The
@@ -122,7 +122,7 @@ pub fn spawn_init(
     userns: bool,
 ) -> nix::Result<i32> {
     let exec = InitExec::new(init_bin, bundle)?;
-    if let Some(pid) = crate::spawner::spawn_init(&exec.bin, &exec.bundle, fds, userns) {
+    if let Some(pid) = crate::runtime::spawner::spawn_init(&exec.bin, &exec.bundle, fds, userns) {
         return pid.map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)));
     }
     let passed: Vec<i32> = fds.passed.iter().map(|f| f.as_raw_fd()).collect();

@@ -5,6 +5,7 @@ mod client;
 pub(crate) mod clone;
 mod pea;
 pub mod pidfd;
+pub mod spawner;
 pub mod userns;
 
 use std::io::Write;
