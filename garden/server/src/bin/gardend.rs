@@ -12,9 +12,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    // While gardend is single-threaded: the spawner is forked from it (see `runtime::spawner`), after
-    // the open file limit is raised (garden-init inherits the spawner's); without one,
-    // programs and garden-init are started directly, only more slowly.
+    // While gardend is single-threaded: the spawner is forked from it (see
+    // `runtime::spawner`), after the open file limit is raised (garden-init inherits the
+    // spawner's); without one, programs and garden-init are started directly, only more
+    // slowly.
     let nofile = garden_server::kernel::raise_nofile_limit();
     let spawner = garden_server::runtime::spawner::start();
     tokio::runtime::Builder::new_multi_thread()
@@ -40,7 +41,7 @@ async fn run(
     }
     tracing::debug!(?config, "configuration");
     if let Err(e) = spawner {
-        tracing::warn!(error = %e, "cannot fork the program spawner; starting programs directly");
+        tracing::warn!(error = %e, "cannot fork the spawner; starting programs and garden-init directly");
     }
     match nofile {
         // Each container holds descriptors (its init's pidfd and socket): the limit bounds
