@@ -369,7 +369,9 @@ fn mask_proc(root: &Path) -> Result<()> {
     for p in hidden {
         let dir = p.strip_prefix(root).unwrap_or(&p).display().to_string();
         if p.is_dir() {
-            bind_read_only(&empty, &p).map_err(|e| format!("mask /{dir}: {e}"))?;
+            let flags =
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            bind_with_flags(&empty, &p, flags).map_err(|e| format!("mask /{dir}: {e}"))?;
         }
     }
     ctx(fs::remove_dir(&empty), || {
@@ -377,21 +379,17 @@ fn mask_proc(root: &Path) -> Result<()> {
     })
 }
 
-/// Bind `src` on `dst` read-only (and without suid, devices or exec).
-fn bind_read_only(src: &Path, dst: &Path) -> Result<()> {
+/// Bind `src` on `dst`, the new mount with exactly `flags` (a bind takes mount flags only
+/// when remounted).
+fn bind_with_flags(src: &Path, dst: &Path, flags: MsFlags) -> Result<()> {
     ctx(
         mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>),
         || "bind".into(),
     )?;
-    let flags = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
     ctx(
         mount(None::<&str>, dst, None::<&str>, flags, None::<&str>),
-        || "remount read-only".into(),
+        || "remount".into(),
     )
 }
 
@@ -485,30 +483,12 @@ fn make_dev(root: &Path, privileged: bool) -> Result<()> {
         fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777)),
         || "chmod /dev/shm".into(),
     )?;
-    ctx(
-        mount(
-            Some(&shm),
-            &shm,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        ),
-        || "bind /dev/shm".into(),
-    )?;
-    ctx(
-        mount(
-            None::<&str>,
-            &shm,
-            None::<&str>,
-            MsFlags::MS_BIND
-                | MsFlags::MS_REMOUNT
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        ),
-        || "remount /dev/shm".into(),
-    )?;
+    bind_with_flags(
+        &shm,
+        &shm,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    )
+    .map_err(|e| format!("/dev/shm: {e}"))?;
     Ok(())
 }
 

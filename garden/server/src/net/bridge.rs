@@ -85,8 +85,10 @@ fn write_host_conf(dev: &str, key: &str, value: &str) -> Result<(), NetError> {
     })
 }
 
-fn write_conf(family: Family, dev: &str, key: &str, value: &str) -> std::io::Result<()> {
-    use std::io::Write;
+/// The host's `/proc/sys/net/<family>/conf`, opened once. Opened by a runtime thread, which
+/// lives in the host's network namespace (only the short-lived `netns-config` threads enter
+/// containers').
+fn conf_dir(family: Family) -> &'static std::io::Result<OwnedFd> {
     type Dir = std::sync::OnceLock<std::io::Result<OwnedFd>>;
     static IPV4: Dir = std::sync::OnceLock::new();
     static IPV6: Dir = std::sync::OnceLock::new();
@@ -94,9 +96,7 @@ fn write_conf(family: Family, dev: &str, key: &str, value: &str) -> std::io::Res
         Family::Ipv4 => (&IPV4, "ipv4"),
         Family::Ipv6 => (&IPV6, "ipv6"),
     };
-    // Opened by a runtime thread, which lives in the host's network namespace (only the
-    // short-lived `netns-config` threads enter containers').
-    let conf = dir.get_or_init(|| {
+    dir.get_or_init(|| {
         nix::fcntl::open(
             format!("/proc/sys/net/{name}/conf").as_str(),
             nix::fcntl::OFlag::O_PATH
@@ -105,8 +105,12 @@ fn write_conf(family: Family, dev: &str, key: &str, value: &str) -> std::io::Res
             nix::sys::stat::Mode::empty(),
         )
         .map_err(std::io::Error::from)
-    });
-    let conf = conf
+    })
+}
+
+fn write_conf(family: Family, dev: &str, key: &str, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let conf = conf_dir(family)
         .as_ref()
         .map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;
     let fd = nix::fcntl::openat(
@@ -125,16 +129,15 @@ fn write_conf(family: Family, dev: &str, key: &str, value: &str) -> std::io::Res
 /// `fib6_ifdown`: about 10% of the samples in `perf` at 3,000 containers, even with no
 /// link-local address). Packets the container sends over IPv6 are dropped on arrival.
 fn no_ipv6(dev: &str) -> std::io::Result<()> {
-    match write_conf(Family::Ipv6, dev, "disable_ipv6", "1") {
-        // A kernel without IPv6 (`ipv6.disable=1`) has no /proc/sys/net/ipv6: nothing to do.
-        Err(e)
-            if e.kind() == std::io::ErrorKind::NotFound
-                && !Path::new("/proc/sys/net/ipv6").exists() =>
-        {
-            Ok(())
-        }
-        r => r,
+    // A kernel without IPv6 (`ipv6.disable=1`) has no /proc/sys/net/ipv6: nothing to do. (Its
+    // absence is learnt once, not by a path lookup per create.)
+    if conf_dir(Family::Ipv6)
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return Ok(());
     }
+    write_conf(Family::Ipv6, dev, "disable_ipv6", "1")
 }
 
 /// Bridge (when `new_bridge`) and veth pair in one `ip` run; the container end goes straight

@@ -95,8 +95,8 @@ fn finish(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Run the program through the [`spawner`](crate::runtime::spawner) (no copy of gardend's descriptor
-/// table per program); `None` when there is no spawner.
+/// Run the program through the [`spawner`](crate::runtime::spawner) (no copy of gardend's
+/// descriptor table per program); `None` when there is no spawner.
 async fn run_spawned(
     program: &Path,
     args: &[&str],

@@ -109,9 +109,9 @@ unsafe fn wait_then_exec(go: i32, opened: &[CString], userns: bool, exec: &InitE
 /// namespace when `userns`. It waits for a byte on `fds.go` (EOF = abort) before it becomes
 /// container root (in a user namespace) and execs. Returns its host pid.
 ///
-/// Through the [`spawner`](crate::runtime::spawner) when there is one: a clone copies the caller's
-/// descriptor table and page tables, and the child then closes every descriptor it got, so
-/// cloning gardend itself cost more the more containers it held (`copy_page_range`,
+/// Through the [`spawner`](crate::runtime::spawner) when there is one: a clone copies the
+/// caller's descriptor table and page tables, and the child then closes every descriptor it
+/// got, so cloning gardend itself cost more the more containers it held (`copy_page_range`,
 /// `unmap_page_range`, `filp_flush`: about a fifth of the CPU at 3,000 containers). The
 /// spawner is small and holds a handful of descriptors; its clone is gardend's child all the
 /// same (`CLONE_PARENT`).
