@@ -324,6 +324,12 @@ impl Drop for Gardend {
             .join();
         }
         self.stop();
+        // gardend unmounts the depot's tmpfs when it stops with no container left; a test
+        // that failed may have left some, and the temporary directory must go.
+        if let Ok(depot) = std::ffi::CString::new(self.depot.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2 with a valid C string; failure (not a mount) is ignored.
+            unsafe { libc::umount2(depot.as_ptr(), libc::MNT_DETACH) };
+        }
     }
 }
 
@@ -349,7 +355,25 @@ pub fn leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     if bundle.exists() {
         found.push(format!("depot dir: {}", bundle.display()));
     }
+    // Its writable layer, `<state>/writable/<handle>.<stamp>.<n>`.
+    let prefix = format!("{handle}.");
+    let layers = std::fs::read_dir(gardend.tmp.path().join("writable"));
+    for e in layers.into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            found.push(format!("writable layer: {}", e.path().display()));
+        }
+    }
     found
+}
+
+/// The writable layers on disk (`<state>/writable/`) of every container and pea of `gardend`.
+pub fn writable_layers(gardend: &Gardend) -> Vec<String> {
+    let dir = std::fs::read_dir(gardend.tmp.path().join("writable"));
+    dir.into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Host pids of processes whose command line mentions `needle` (e.g. a container's bundle

@@ -840,3 +840,79 @@ fn a_stopped_gardend_leaves_its_containers_to_the_next() {
         destroy_all_and_check(&mut g, &[]).await;
     });
 }
+
+/// The depot is a tmpfs gardend mounts (bundles never touch the disk) and writable layers are
+/// on disk: after a reboot (here: every garden-init killed and the tmpfs gone) the next
+/// gardend finds no record and removes the layers nobody names.
+#[test]
+fn after_a_reboot_the_layers_left_on_disk_are_swept() {
+    e2e::require_root!();
+    let mut g = Gardend::start();
+    let rt = rt();
+    let c = g.client();
+    let fs_type = |dir: &std::path::Path| {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(fs_type(&g.depot), "tmpfs");
+    rt.block_on(async {
+        c.create(&container_spec("rebooted")).await.expect("create");
+        let (status, _) = e2e::sh_combined(&c, "rebooted", "echo kept > /data").await;
+        assert_eq!(status, 0);
+    });
+    let layers = e2e::writable_layers(&g);
+    assert_eq!(layers.len(), 1, "{layers:?}");
+    let upper = std::fs::canonicalize(g.depot.join("rebooted/upper")).expect("upper");
+    assert!(
+        upper.starts_with(g.tmp.path().join("writable")),
+        "{upper:?}"
+    );
+    assert_eq!(
+        fs_type(&upper),
+        fs_type(g.tmp.path()),
+        "layer off the depot's tmpfs"
+    );
+    assert_eq!(
+        std::fs::read_to_string(upper.join("data")).unwrap(),
+        "kept\n"
+    );
+    g.kill9();
+    let init = g.init_pid("rebooted");
+    // SAFETY: plain kill(2) of the container init the record names.
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{init}/stat"))
+        .is_ok_and(|s| s.contains("garden-init") && !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "init {init} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ok = Command::new("umount").arg(&g.depot).status().unwrap();
+    assert!(ok.success(), "umount the depot");
+    g.restart();
+    let log = g.log();
+    assert!(
+        log.contains("removed a writable layer no container names"),
+        "{log}"
+    );
+    assert_eq!(fs_type(&g.depot), "tmpfs");
+    assert!(
+        e2e::writable_layers(&g).is_empty(),
+        "{:?}",
+        e2e::writable_layers(&g)
+    );
+    rt.block_on(async {
+        assert!(c.list(&[]).await.unwrap().is_empty());
+        let left = leaks_after("rebooted", &g, Duration::from_secs(5));
+        assert!(left.is_empty(), "{left:#?}\n{log}");
+        c.create(&container_spec("after")).await.expect("create");
+        let (status, out) = e2e::sh_combined(&c, "after", "cat /data 2>&1; true").await;
+        assert_eq!(status, 0);
+        assert!(!out.contains("kept"), "{out}");
+        destroy_all_and_check(&mut g, &["rebooted".into()]).await;
+    });
+}

@@ -490,6 +490,12 @@ async fn destroy_kills_running_peas_and_leaves_nothing() {
     assert!(left.is_empty(), "{left:?}");
     assert!(pea_cgroups(&g).is_empty(), "{:?}", pea_cgroups(&g));
     assert!(e2e::garden_inits_in(&g.cgroup_parent, None).is_empty());
+    // The peas' writable layers went with the container's.
+    assert!(
+        e2e::writable_layers(&g).is_empty(),
+        "{:?}",
+        e2e::writable_layers(&g)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

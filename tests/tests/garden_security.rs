@@ -73,10 +73,12 @@ fn a_setuid_binary_in_a_writable_layer_is_useless_on_the_host() {
             !run.status.success() && !stdout.contains("root:"),
             "host user nobody ran the container's setuid binary: {stdout}"
         );
-        // The depot and the default rootfs always exist; the image stores once used.
+        // The depot, the default rootfs and the writable layers always exist; the image
+        // stores once used.
         for (dir, always) in [
             (g.depot.clone(), true),
             (g.tmp.path().join("rootfs"), true),
+            (g.tmp.path().join("writable"), true),
             (g.tmp.path().join("layers"), false),
             (g.tmp.path().join("images"), false),
         ] {

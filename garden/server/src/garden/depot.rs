@@ -173,11 +173,11 @@ pub(super) fn exit_codes(bundle: &Path) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Remove a bundle and the writable layer it points to.
 pub(super) async fn remove_dir_all_blocking(dir: PathBuf) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("remove {}: {e}", dir.display())),
+    tokio::task::spawn_blocking(move || {
+        crate::runtime::depot_fs::remove_bundle(&dir)
+            .map_err(|e| format!("remove {}: {e}", dir.display()))
     })
     .await
     .map_err(|e| e.to_string())?

@@ -139,7 +139,8 @@ fn du(dir: &Path) -> (u64, u64) {
     let mut bytes = 0;
     let mut inodes = 0;
     let mut stack = vec![dir.to_path_buf()];
-    let dev = std::fs::symlink_metadata(dir).map(|m| m.dev()).unwrap_or(0);
+    // Followed: a bundle's `upper` may be a symlink to its layer.
+    let dev = std::fs::metadata(dir).map(|m| m.dev()).unwrap_or(0);
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;

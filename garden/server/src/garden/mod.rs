@@ -93,7 +93,8 @@ pub struct Garden {
 fn keep_private(depot: &Path, state_dir: &Path) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
-    let owned = ["layers", "images", "rootfs", "quota", "disk"].map(|d| state_dir.join(d));
+    let owned =
+        ["layers", "images", "rootfs", "quota", "disk", "writable"].map(|d| state_dir.join(d));
     for dir in std::iter::once(depot.to_path_buf()).chain(owned) {
         if dir.is_dir() {
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
@@ -134,6 +135,8 @@ impl Garden {
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
         // Before anything of the host (cgroups, chains, links, layers) is touched.
         let ownership = owner::claim(&state_dir, &config.depot, &config.cgroup_parent)?;
+        let depot_fs = crate::runtime::depot_fs::prepare(&config.depot, &state_dir);
+        tracing::info!(?depot_fs, depot = %config.depot.display(), "depot");
         let images = Arc::new(open_store(&config).context("open the image layer store")?);
         let default_rootfs = match &config.default_rootfs {
             Some(uri) if !uri.is_empty() => {

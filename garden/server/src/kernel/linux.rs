@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ use crate::runtime::{self, pidfd::PidFd, Runtime};
 
 /// This host, for real.
 pub struct Linux {
+    /// Its tmpfs is unmounted when gardend stops with no container left.
+    depot: PathBuf,
     runtime: Runtime,
     network: Network,
     disk: Disk,
@@ -96,6 +98,7 @@ impl Linux {
             .await
             .context("set up container networking")?;
         Ok(Linux {
+            depot: config.depot.clone(),
             runtime,
             network,
             disk,
@@ -139,21 +142,21 @@ impl Linux {
                 self.remove_stale_cgroup(&name);
             }
         }
-        let Ok(entries) = std::fs::read_dir(depot) else {
-            return;
-        };
-        for e in entries.flatten() {
+        let entries = std::fs::read_dir(depot).into_iter().flatten().flatten();
+        for e in entries {
             let handle = e.file_name().to_string_lossy().into_owned();
             if keep.bundles.contains(&handle) || !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            match std::fs::remove_dir_all(e.path()) {
+            match runtime::depot_fs::remove_bundle(&e.path()) {
                 Ok(()) => {
                     tracing::info!(handle, "removed a depot directory left by a previous run")
                 }
                 Err(e) => tracing::warn!(handle, error = %e, "remove stale bundle"),
             }
         }
+        let kept: Vec<_> = keep.bundles.iter().map(|h| depot.join(h)).collect();
+        runtime::depot_fs::sweep_layers(&kept);
     }
 
     fn remove_stale_cgroup(&self, handle: &str) {
@@ -437,6 +440,9 @@ impl Kernel for Linux {
                 self.runtime.cgroups().remove_parent();
             }
             self.disk.shutdown();
+            if empty {
+                runtime::depot_fs::release(&self.depot);
+            }
         })
     }
 }

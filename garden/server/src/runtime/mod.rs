@@ -3,6 +3,7 @@
 
 mod client;
 pub(crate) mod clone;
+pub mod depot_fs;
 mod pea;
 pub mod pidfd;
 pub mod spawner;
@@ -767,12 +768,8 @@ pub type SandboxRef = Arc<Sandbox>;
 /// container root (garden-init in its namespace) binds its socket in the bundle, records
 /// exits and builds the overlay: those directories are its own.
 pub(crate) fn prepare_bundle(bundle: &Path, ids: Option<&IdMapping>) -> Result<()> {
-    for d in [
-        upper_dir(bundle),
-        bundle.join("work"),
-        rootfs_dir(bundle),
-        processes_dir(bundle),
-    ] {
+    depot_fs::make_layer(bundle).map_err(io_err("create the writable layer of", bundle))?;
+    for d in [rootfs_dir(bundle), processes_dir(bundle)] {
         std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
     }
     if let Some(ids) = ids {

@@ -595,10 +595,10 @@ async fn cleanup(bundle: &Path, cgroup: Option<ContainerCgroup>) {
         remove_patiently(cg).await;
     }
     let bundle = bundle.to_path_buf();
-    let _ = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&bundle) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %bundle.display(), error = %e, "remove a pea's bundle"),
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = super::depot_fs::remove_bundle(&bundle) {
+            tracing::warn!(path = %bundle.display(), error = %e, "remove a pea's bundle");
+        }
     })
     .await;
 }
