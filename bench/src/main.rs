@@ -264,6 +264,20 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
     report
         .environment
         .push(("load at start".into(), loadavg.join(" ")));
+    // Host state that earlier runs leave and that slows every container create: memory
+    // cgroups (dying ones included: a removed memory cgroup lingers while pages charged to
+    // it stay cached, each holding per-superblock tables) and unreclaimable kernel slab.
+    if let Some(n) = memory_cgroups() {
+        report
+            .environment
+            .push(("memory cgroups at start".into(), n.to_string()));
+    }
+    if let Some(kib) = meminfo_kib("SUnreclaim") {
+        report.environment.push((
+            "unreclaimable slab at start".into(),
+            format!("{} MiB", kib / 1024),
+        ));
+    }
     let hybrid = peers::hybrid_unified_mounted();
     report.environment.push((
         "cgroups".into(),
@@ -879,4 +893,21 @@ mod tests {
         assert!(!cli.wants(Scenario::Streaming));
         assert!(Cli::parse_from(["bench"]).wants(Scenario::Streaming));
     }
+}
+
+/// `num_cgroups` of the memory controller in /proc/cgroups (live and dying ones).
+fn memory_cgroups() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/cgroups").ok()?;
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"memory"))
+        .and_then(|f| f.get(2)?.parse().ok())
+}
+
+/// A `/proc/meminfo` field, in KiB.
+fn meminfo_kib(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
