@@ -853,6 +853,23 @@ fn write_bundles(
     })
 }
 
+/// `num_cgroups` of the memory controller in /proc/cgroups (live and dying ones).
+fn memory_cgroups() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/cgroups").ok()?;
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"memory"))
+        .and_then(|f| f.get(2)?.parse().ok())
+}
+
+/// A `/proc/meminfo` field, in KiB.
+fn meminfo_kib(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -893,21 +910,4 @@ mod tests {
         assert!(!cli.wants(Scenario::Streaming));
         assert!(Cli::parse_from(["bench"]).wants(Scenario::Streaming));
     }
-}
-
-/// `num_cgroups` of the memory controller in /proc/cgroups (live and dying ones).
-fn memory_cgroups() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/cgroups").ok()?;
-    text.lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&"memory"))
-        .and_then(|f| f.get(2)?.parse().ok())
-}
-
-/// A `/proc/meminfo` field, in KiB.
-fn meminfo_kib(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
