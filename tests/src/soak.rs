@@ -246,8 +246,15 @@ pub async fn run(g: &Gardend, duration: Duration, workers: usize, seed: u64) -> 
         leaks.push(format!("process {pid} under the depot: {cmd}"));
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mountinfo.lines().filter(|l| l.contains(&depot)) {
+    // The depot's own tmpfs stays while gardend runs; anything under it is a container's.
+    let own = format!(" {depot} ");
+    for line in mountinfo.lines().filter(|l| {
+        l.contains(&depot) && !(l.contains(&own) && l.contains(" - tmpfs gardend-depot "))
+    }) {
         leaks.push(format!("mount: {line}"));
+    }
+    for layer in crate::writable_layers(g) {
+        leaks.push(format!("writable layer: {layer}"));
     }
     for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()

@@ -36,6 +36,20 @@ fn read_from(addr: (Ipv4Addr, u16)) -> String {
     }
 }
 
+/// SIGKILL a container's garden-init (as a reboot or the OOM killer would) and wait until it
+/// is dead.
+fn kill_init(init: i32) {
+    // SAFETY: plain kill(2) of the container init the record names.
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{init}/stat"))
+        .is_ok_and(|s| s.contains("garden-init") && !s.contains(") Z "))
+    {
+        assert!(Instant::now() < deadline, "init {init} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Start a process in the background (its output is not read).
 async fn spawn(c: &Client, handle: &str, id: &str, script: &str) {
     let spec = ProcessSpec {
@@ -472,27 +486,30 @@ fn kill9_during_concurrent_creates_leaves_whole_containers_or_nothing() {
     let mut g = Gardend::start();
     let rt = rt();
     let c = g.client();
-    let handles: Vec<String> = (0..16).map(|i| format!("burst-{i:02}")).collect();
+    let handles: Vec<String> = (0..24).map(|i| format!("burst-{i:02}")).collect();
     let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let pid = g.pid() as i32;
     rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for h in &handles {
             let (c, h, done) = (c.clone(), h.clone(), done.clone());
             set.spawn(async move {
                 if c.create(&container_spec(&h)).await.is_ok() {
-                    done.lock().unwrap().push(h);
+                    let mut done = done.lock().unwrap();
+                    if done.is_empty() {
+                        // Kill the moment the first create completes (creates take a couple
+                        // of milliseconds: a poll would come too late): the others are at
+                        // every stage.
+                        // SAFETY: plain kill(2) of the gardend this test started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                    done.push(h);
                 }
             });
         }
-        // Kill as soon as the first create completes: the others are at every stage.
-        let first = e2e::eventually(Duration::from_secs(60), || {
-            let n = done.lock().unwrap().len();
-            async move { n > 0 }
-        })
-        .await;
-        assert!(first, "no create completed");
-        g.kill9();
         while set.join_next().await.is_some() {}
+        assert!(!done.lock().unwrap().is_empty(), "no create completed");
+        g.kill9();
     });
     g.restart();
     let log = g.log();
@@ -760,15 +777,7 @@ fn containers_broken_while_gardend_was_down_are_removed() {
     )
     .unwrap();
     let init = record["init_pid"].as_i64().unwrap() as i32;
-    // SAFETY: plain kill(2) of the container init the record names.
-    unsafe { libc::kill(init, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{init}/stat"))
-        .is_ok_and(|s| s.contains("garden-init") && !s.contains(") Z "))
-    {
-        assert!(Instant::now() < deadline, "init {init} survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill_init(init);
     let fwd = format!("{prefix}fwd");
     let rules = Command::new("iptables")
         .args(["-S", &fwd])
@@ -882,15 +891,7 @@ fn after_a_reboot_the_layers_left_on_disk_are_swept() {
     );
     g.kill9();
     let init = g.init_pid("rebooted");
-    // SAFETY: plain kill(2) of the container init the record names.
-    unsafe { libc::kill(init, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(format!("/proc/{init}/stat"))
-        .is_ok_and(|s| s.contains("garden-init") && !s.contains(") Z "))
-    {
-        assert!(Instant::now() < deadline, "init {init} survived SIGKILL");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    kill_init(init);
     let ok = Command::new("umount").arg(&g.depot).status().unwrap();
     assert!(ok.success(), "umount the depot");
     g.restart();

@@ -173,10 +173,13 @@ pub(super) fn exit_codes(bundle: &Path) -> Vec<(String, i32)> {
         .collect()
 }
 
-/// Remove a bundle and the writable layer it points to.
+/// Remove a bundle (`<depot>/<name>`) and the writable layers it points to, in
+/// `<state dir>/writable` (the state directory is the depot's parent).
 pub(super) async fn remove_dir_all_blocking(dir: PathBuf) -> Result<(), String> {
+    let depot = dir.parent().unwrap_or(Path::new("/"));
+    let layers = crate::runtime::depot_fs::layers_dir(depot.parent().unwrap_or(depot));
     tokio::task::spawn_blocking(move || {
-        crate::runtime::depot_fs::remove_bundle(&dir)
+        crate::runtime::depot_fs::remove_bundle(&dir, &layers)
             .map_err(|e| format!("remove {}: {e}", dir.display()))
     })
     .await

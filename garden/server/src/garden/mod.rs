@@ -135,7 +135,7 @@ impl Garden {
         let state_dir = config.depot.parent().unwrap_or(&config.depot).to_path_buf();
         // Before anything of the host (cgroups, chains, links, layers) is touched.
         let ownership = owner::claim(&state_dir, &config.depot, &config.cgroup_parent)?;
-        let depot_fs = crate::runtime::depot_fs::prepare(&config.depot, &state_dir);
+        let (depot_fs, layers) = crate::runtime::depot_fs::prepare(&config.depot, &state_dir);
         tracing::info!(?depot_fs, depot = %config.depot.display(), "depot");
         let images = Arc::new(open_store(&config).context("open the image layer store")?);
         let default_rootfs = match &config.default_rootfs {
@@ -166,7 +166,7 @@ impl Garden {
                 had_netout: !record.spec.netout_rules.is_empty() || !mutable.net_out.is_empty(),
             })
             .collect();
-        let linux = Linux::open(&config, &state_dir, &kept).await?;
+        let linux = Linux::open(&config, &state_dir, layers, &kept).await?;
         keep_private(&config.depot, &state_dir)?;
         let (survivors, lost): (Vec<_>, Vec<_>) = survivors
             .into_iter()

@@ -26,6 +26,8 @@ use crate::runtime::{self, pidfd::PidFd, Runtime};
 pub struct Linux {
     /// Its tmpfs is unmounted when gardend stops with no container left.
     depot: PathBuf,
+    /// `<state dir>/writable`, swept at start.
+    layers_dir: PathBuf,
     runtime: Runtime,
     network: Network,
     disk: Disk,
@@ -58,9 +60,11 @@ impl Linux {
     /// Probe cgroups, find garden-init, set up the disk quota backend and networking, keeping
     /// what belongs to `survivors`. Call [`Linux::sweep`] for the rest a previous run left
     /// before creating containers.
+    /// `layers`: where writable layers go, when the depot is a tmpfs.
     pub async fn open(
         config: &Config,
         state_dir: &Path,
+        layers: Option<PathBuf>,
         survivors: &[Survivor],
     ) -> anyhow::Result<Linux> {
         let layout = Layout::detect().context("detect cgroup layout")?;
@@ -69,7 +73,8 @@ impl Linux {
             .context("create parent cgroups")?
             .with_cpu_quota_per_share(config.cpu_quota_per_share);
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
-        let runtime = Runtime::new(cgroups, init_bin, state_dir);
+        let runtime = Runtime::new(cgroups, init_bin, state_dir).with_layers(layers);
+        let layers_dir = runtime::depot_fs::layers_dir(state_dir);
         let (state_dir, store_size) = (state_dir.to_path_buf(), config.disk_store_size);
         let keep: Vec<String> = survivors.iter().map(|s| s.handle.clone()).collect();
         let disk =
@@ -99,6 +104,7 @@ impl Linux {
             .context("set up container networking")?;
         Ok(Linux {
             depot: config.depot.clone(),
+            layers_dir,
             runtime,
             network,
             disk,
@@ -148,7 +154,7 @@ impl Linux {
             if keep.bundles.contains(&handle) || !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            match runtime::depot_fs::remove_bundle(&e.path()) {
+            match self.runtime.remove_bundle(&e.path()) {
                 Ok(()) => {
                     tracing::info!(handle, "removed a depot directory left by a previous run")
                 }
@@ -156,7 +162,7 @@ impl Linux {
             }
         }
         let kept: Vec<_> = keep.bundles.iter().map(|h| depot.join(h)).collect();
-        runtime::depot_fs::sweep_layers(&kept);
+        runtime::depot_fs::sweep_layers(&self.layers_dir, &kept);
     }
 
     fn remove_stale_cgroup(&self, handle: &str) {

@@ -17,10 +17,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 
-/// The writable-layer root, set once the depot is a tmpfs.
-static LAYERS: OnceLock<PathBuf> = OnceLock::new();
+/// The source name of the depot's tmpfs, by which a gardend knows it mounted it.
+const SOURCE: &str = "gardend-depot";
 /// With the time, keeps layer names unique.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -35,19 +34,19 @@ pub enum DepotFs {
     Disk,
 }
 
-/// Make the depot a tmpfs if it is empty, and put writable layers under `state_dir`.
-pub fn prepare(depot: &Path, state_dir: &Path) -> DepotFs {
+/// `<state dir>/writable`: the writable layers of containers whose bundles are on a tmpfs.
+pub fn layers_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("writable")
+}
+
+/// Make the depot a tmpfs if it is empty; with the depot a tmpfs, the directory writable
+/// layers go to (made, under `state_dir`).
+pub fn prepare(depot: &Path, state_dir: &Path) -> (DepotFs, Option<PathBuf>) {
     let kind = if is_tmpfs(depot) {
         DepotFs::Tmpfs
     } else if std::fs::read_dir(depot).is_ok_and(|mut d| d.next().is_none()) {
         let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV;
-        match nix::mount::mount(
-            Some("gardend-depot"),
-            depot,
-            Some("tmpfs"),
-            flags,
-            Some("mode=0700"),
-        ) {
+        match nix::mount::mount(Some(SOURCE), depot, Some("tmpfs"), flags, Some("mode=0700")) {
             Ok(()) => DepotFs::Mounted,
             Err(e) => {
                 tracing::warn!(depot = %depot.display(), error = %e, "cannot mount a tmpfs on the depot; bundles stay on disk");
@@ -59,19 +58,20 @@ pub fn prepare(depot: &Path, state_dir: &Path) -> DepotFs {
         spread_subdirectories(depot);
         DepotFs::Disk
     };
-    if kind != DepotFs::Disk {
-        let root = state_dir.join("writable");
-        match std::fs::create_dir_all(&root) {
-            Ok(()) => {
-                spread_subdirectories(&root);
-                let _ = LAYERS.set(root);
-            }
-            Err(e) => {
-                tracing::warn!(dir = %root.display(), error = %e, "cannot create the writable-layer directory; layers stay in the bundles");
-            }
+    if kind == DepotFs::Disk {
+        return (kind, None);
+    }
+    let root = layers_dir(state_dir);
+    match std::fs::create_dir_all(&root) {
+        Ok(()) => {
+            spread_subdirectories(&root);
+            (kind, Some(root))
+        }
+        Err(e) => {
+            tracing::warn!(dir = %root.display(), error = %e, "cannot create the writable-layer directory; layers stay in the bundles");
+            (kind, None)
         }
     }
-    kind
 }
 
 /// ext4's `T` attribute (`chattr +T`): the directories made in `dir` are unrelated, so the
@@ -99,25 +99,39 @@ fn spread_subdirectories(dir: &Path) {
     }
 }
 
+/// Whether the mount at `depot` is the tmpfs a gardend mounted (its source names it).
+fn mounted_by_gardend(depot: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let depot = std::fs::canonicalize(depot).unwrap_or_else(|_| depot.to_path_buf());
+    let target = depot.to_string_lossy();
+    // Fields: id parent major:minor root mount-point options ... - fstype source options.
+    info.lines().any(|l| {
+        let mut halves = l.splitn(2, " - ");
+        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        let point = left.split(' ').nth(4).unwrap_or_default();
+        let mut fs = right.split(' ');
+        point == target && fs.next() == Some("tmpfs") && fs.next() == Some(SOURCE)
+    })
+}
+
 fn is_tmpfs(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
-/// The directory of writable layers, when bundles are on a tmpfs.
-pub fn layers_root() -> Option<&'static Path> {
-    LAYERS.get().map(PathBuf::as_path)
-}
-
-/// Give `bundle` its `upper` and `work` directories: on disk through symlinks when the depot
-/// is a tmpfs, in the bundle otherwise. Ones that exist (a quota backend's) are kept.
-pub(crate) fn make_layer(bundle: &Path) -> io::Result<()> {
+/// Give `bundle` its `upper` and `work` directories: in `layers` through symlinks when the
+/// depot is a tmpfs, in the bundle otherwise. Ones that exist (a quota backend's) are kept.
+pub(crate) fn make_layer(bundle: &Path, layers: Option<&Path>) -> io::Result<()> {
     std::fs::create_dir_all(bundle)?;
     let upper = bundle.join("upper");
     if upper.symlink_metadata().is_ok() {
         return std::fs::create_dir_all(bundle.join("work"));
     }
-    let Some(root) = layers_root() else {
+    let Some(root) = layers else {
         std::fs::create_dir_all(&upper)?;
         return std::fs::create_dir_all(bundle.join("work"));
     };
@@ -137,20 +151,19 @@ pub(crate) fn make_layer(bundle: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The layer directory `bundle`'s `upper` points to, if it is one of ours.
-fn layer_of(bundle: &Path) -> Option<PathBuf> {
-    let root = layers_root()?;
+/// The layer directory in `root` that `bundle`'s `upper` points to, if any.
+fn layer_of(bundle: &Path, root: &Path) -> Option<PathBuf> {
     let target = std::fs::read_link(bundle.join("upper")).ok()?;
     let dir = target.parent()?;
     (dir.parent() == Some(root)).then(|| dir.to_path_buf())
 }
 
-/// Remove `bundle` and the writable layers it and its peas point to (absent ones are not an
-/// error).
-pub fn remove_bundle(bundle: &Path) -> io::Result<()> {
+/// Remove `bundle` and the writable layers in `root` (see [`layers_dir`]) it and its peas
+/// point to (absent ones are not an error).
+pub fn remove_bundle(bundle: &Path, root: &Path) -> io::Result<()> {
     let peas = std::fs::read_dir(bundle.join("peas")).into_iter().flatten();
-    let layers = std::iter::once(layer_of(bundle))
-        .chain(peas.flatten().map(|p| layer_of(&p.path())))
+    let layers = std::iter::once(layer_of(bundle, root))
+        .chain(peas.flatten().map(|p| layer_of(&p.path(), root)))
         .flatten();
     for layer in layers.collect::<Vec<_>>() {
         match std::fs::remove_dir_all(&layer) {
@@ -164,15 +177,14 @@ pub fn remove_bundle(bundle: &Path) -> io::Result<()> {
     }
 }
 
-/// Remove the writable layers no bundle in `kept` (nor their peas) points to: those of
-/// containers a previous run lost, or of every container after a reboot emptied the tmpfs.
-pub fn sweep_layers(kept: &[PathBuf]) {
-    let Some(root) = layers_root() else { return };
+/// Remove the writable layers in `root` no bundle in `kept` (nor their peas) points to: those
+/// of containers a previous run lost, or of every container after a reboot emptied the tmpfs.
+pub fn sweep_layers(root: &Path, kept: &[PathBuf]) {
     let mut named = std::collections::HashSet::new();
     for bundle in kept {
-        named.extend(layer_of(bundle));
+        named.extend(layer_of(bundle, root));
         if let Ok(peas) = std::fs::read_dir(bundle.join("peas")) {
-            named.extend(peas.flatten().filter_map(|p| layer_of(&p.path())));
+            named.extend(peas.flatten().filter_map(|p| layer_of(&p.path(), root)));
         }
     }
     let Ok(entries) = std::fs::read_dir(root) else {
@@ -194,9 +206,10 @@ pub fn sweep_layers(kept: &[PathBuf]) {
 }
 
 /// Unmount the depot's tmpfs once gardend stops with no container left (containers that
-/// outlive gardend keep it for the next one).
+/// outlive gardend keep it for the next one). Only a tmpfs a gardend mounted: an operator's
+/// own stays.
 pub fn release(depot: &Path) {
-    if layers_root().is_none() || !is_tmpfs(depot) {
+    if !mounted_by_gardend(depot) {
         return;
     }
     if std::fs::read_dir(depot).is_ok_and(|mut d| d.next().is_some()) {

@@ -88,6 +88,10 @@ pub struct Runtime {
     templates: Arc<userns::Templates>,
     /// Where chown'd copies of lower layers go when a filesystem cannot be id-mapped.
     mapped_layers: PathBuf,
+    /// Where writable layers go when the depot is a tmpfs ([`depot_fs`]); `None`: in bundles.
+    layers: Option<PathBuf>,
+    /// What removal looks for layers in (`<state dir>/writable`, whichever the layout).
+    layers_dir: PathBuf,
 }
 
 /// A running container at the kernel level: garden-init (pid 1) and its cgroup.
@@ -150,7 +154,20 @@ impl Runtime {
             init_bin,
             templates: Arc::default(),
             mapped_layers: state_dir.join("mapped-layers"),
+            layers: None,
+            layers_dir: depot_fs::layers_dir(state_dir),
         }
+    }
+
+    /// Put writable layers in `layers` (the depot is a tmpfs) instead of in the bundles.
+    pub fn with_layers(mut self, layers: Option<PathBuf>) -> Runtime {
+        self.layers = layers;
+        self
+    }
+
+    /// Remove a bundle and the writable layers it and its peas point to.
+    pub fn remove_bundle(&self, bundle: &Path) -> std::io::Result<()> {
+        depot_fs::remove_bundle(bundle, &self.layers_dir)
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -164,7 +181,7 @@ impl Runtime {
         spec: &SandboxSpec,
     ) -> Result<(Sandbox, mpsc::UnboundedReceiver<(String, i32)>)> {
         let bundle = &spec.bundle;
-        prepare_bundle(bundle, spec.ids.as_ref())?;
+        prepare_bundle(bundle, spec.ids.as_ref(), self.layers.as_deref())?;
         let lowers = self.lowers(&spec.lower_dirs, spec.ids.as_ref()).await?;
         let cgroup = self.cgroups.create(&spec.handle, &spec.resources)?;
         match self.start(spec, &cgroup, lowers).await {
@@ -767,8 +784,12 @@ pub type SandboxRef = Arc<Sandbox>;
 /// directories, the root mount point and the process records. With a user namespace,
 /// container root (garden-init in its namespace) binds its socket in the bundle, records
 /// exits and builds the overlay: those directories are its own.
-pub(crate) fn prepare_bundle(bundle: &Path, ids: Option<&IdMapping>) -> Result<()> {
-    depot_fs::make_layer(bundle).map_err(io_err("create the writable layer of", bundle))?;
+pub(crate) fn prepare_bundle(
+    bundle: &Path,
+    ids: Option<&IdMapping>,
+    layers: Option<&Path>,
+) -> Result<()> {
+    depot_fs::make_layer(bundle, layers).map_err(io_err("create the writable layer of", bundle))?;
     for d in [rootfs_dir(bundle), processes_dir(bundle)] {
         std::fs::create_dir_all(&d).map_err(io_err("create", &d))?;
     }

@@ -230,7 +230,7 @@ impl Peas {
                     let _ =
                         tokio::task::spawn_blocking(move || kill_in_namespace(&cg, r.mnt)).await;
                 }
-                cleanup(&bundle, own.then_some(cgroup)).await;
+                cleanup(&self.runtime, &bundle, own.then_some(cgroup)).await;
                 continue;
             };
             let socket = super::socket_path(&bundle);
@@ -243,7 +243,7 @@ impl Peas {
                     let mnt = record.mnt;
                     let cg = cgroup.clone();
                     let _ = tokio::task::spawn_blocking(move || kill_in_namespace(&cg, mnt)).await;
-                    cleanup(&bundle, own.then_some(cgroup)).await;
+                    cleanup(&self.runtime, &bundle, own.then_some(cgroup)).await;
                     continue;
                 }
             };
@@ -284,6 +284,7 @@ impl Peas {
         });
         self.live.lock().expect("peas lock").insert(id.clone(), pea);
         let left = Leftovers {
+            runtime: self.runtime.clone(),
             bundle,
             cgroup,
             own,
@@ -323,7 +324,7 @@ impl Peas {
         let (init, exited, cgroup, client, pea_exits, mnt) = match started {
             Ok(s) => s,
             Err(e) => {
-                cleanup(&bundle, None).await;
+                cleanup(&self.runtime, &bundle, None).await;
                 return Err(e);
             }
         };
@@ -334,7 +335,7 @@ impl Peas {
                 let _ = init.signal(libc::SIGKILL);
                 let mut exited = exited;
                 let _ = exited.wait_for(|e| *e).await;
-                cleanup(&bundle, own).await;
+                cleanup(&self.runtime, &bundle, own).await;
                 return Err(e);
             }
         };
@@ -364,7 +365,7 @@ impl Peas {
         mpsc::UnboundedReceiver<(String, i32)>,
         MountNs,
     )> {
-        super::prepare_bundle(bundle, c.ids)?;
+        super::prepare_bundle(bundle, c.ids, self.runtime.layers.as_deref())?;
         let etc_files = container_etc(c.init);
         let lowers = self.runtime.lowers(&spec.lower_dirs, c.ids).await?;
         // Exit codes go where the container's go, for a restarted gardend to find.
@@ -512,6 +513,7 @@ impl Peas {
 
 /// What is left of a pea once its init is gone.
 struct Leftovers {
+    runtime: Runtime,
     bundle: PathBuf,
     /// Where its processes are: its own cgroup or the container's.
     cgroup: ContainerCgroup,
@@ -556,7 +558,7 @@ async fn watch_pea(
     let _ = exited.wait_for(|e| *e).await;
     let (cgroup, mnt) = (left.cgroup.clone(), left.mnt);
     let _ = tokio::task::spawn_blocking(move || kill_in_namespace(&cgroup, mnt)).await;
-    cleanup(&left.bundle, left.own.then_some(left.cgroup)).await;
+    cleanup(&left.runtime, &left.bundle, left.own.then_some(left.cgroup)).await;
     live.lock().expect("peas lock").remove(&id);
     gone.send_replace(true);
     let status = status.unwrap_or(137);
@@ -590,13 +592,13 @@ fn kill_in_namespace(cgroup: &ContainerCgroup, mnt: MountNs) {
 }
 
 /// Remove a pea's cgroup (if its own) and its bundle: its writable layer.
-async fn cleanup(bundle: &Path, cgroup: Option<ContainerCgroup>) {
+async fn cleanup(runtime: &Runtime, bundle: &Path, cgroup: Option<ContainerCgroup>) {
     if let Some(cg) = cgroup {
         remove_patiently(cg).await;
     }
-    let bundle = bundle.to_path_buf();
+    let (runtime, bundle) = (runtime.clone(), bundle.to_path_buf());
     let _ = tokio::task::spawn_blocking(move || {
-        if let Err(e) = super::depot_fs::remove_bundle(&bundle) {
+        if let Err(e) = runtime.remove_bundle(&bundle) {
             tracing::warn!(path = %bundle.display(), error = %e, "remove a pea's bundle");
         }
     })
