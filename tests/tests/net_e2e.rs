@@ -456,10 +456,17 @@ async fn bandwidth_limit_slows_a_transfer() {
     for h in ["bw-free", "bw-limited"] {
         let host_ip = c.info(h).await.expect("info").host_ip;
         let script = format!("wget -q -O /tmp/got http://{host_ip}:{port}/ && wc -c < /tmp/got");
-        let t = Instant::now();
-        let (status, out) = run(&c, h, &script).await;
-        took.push(t.elapsed());
-        assert_eq!((status, out.trim()), (0, size.to_string().as_str()), "{h}");
+        // The free time is the best of two: it is measured around a whole Run, where one lost
+        // SYN (a 1 s retransmit) is enough to look like shaping.
+        let tries = if h == "bw-free" { 2 } else { 1 };
+        let mut best = Duration::MAX;
+        for _ in 0..tries {
+            let t = Instant::now();
+            let (status, out) = run(&c, h, &script).await;
+            best = best.min(t.elapsed());
+            assert_eq!((status, out.trim()), (0, size.to_string().as_str()), "{h}");
+        }
+        took.push(best);
     }
     assert_shaped("download", &took);
     // The other direction: the container sends 1 MiB to the host.
