@@ -61,7 +61,19 @@ async fn metrics_move_with_containers_and_logs_are_json() {
         .expect_err("unknown handle");
     c.destroy("tm-2").await.expect("destroy");
 
-    let after = scrape(&debug).await;
+    // Metrics of a request are recorded once it answered, and a destroyed container's address
+    // returns to the pool once its reclamation (in the background) is done: scrape until both
+    // show, then check everything on that scrape.
+    let settled = |text: &str| {
+        value(text, "garden_container_destroy_duration_seconds_count") == Some(1.0)
+            && value(text, "garden_network_pool_addresses_in_use") == Some(1.0)
+    };
+    let mut after = scrape(&debug).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !settled(&after) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = scrape(&debug).await;
+    }
     let get = |s: &str| value(&after, s);
     assert_eq!(get("garden_containers"), Some(1.0), "{after}");
     assert_eq!(
