@@ -459,6 +459,17 @@ pub fn all_leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     found
 }
 
+/// A NetOut rule that allows everything to one address.
+pub fn net_out_to(ip: &str) -> garden_api::NetOutRule {
+    garden_api::NetOutRule {
+        networks: vec![garden_api::IpRange {
+            start: ip.into(),
+            end: ip.into(),
+        }],
+        ..Default::default()
+    }
+}
+
 /// A container spec with only a handle.
 pub fn container_spec(handle: &str) -> garden_api::ContainerSpec {
     garden_api::ContainerSpec {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{container_spec, leaks_after, sh, Capture, Gardend};
 use garden_api::{
-    BindMount, ContainerSpec, DiskLimits, Limits, MemoryLimits, NetOutRule, ProcessSpec, TtySpec,
+    BindMount, ContainerSpec, DiskLimits, Limits, MemoryLimits, ProcessSpec, TtySpec,
 };
 use garden_client::{Client, ProcessIo};
 
@@ -169,13 +169,7 @@ fn full_spec(handle: &str, shared: &std::path::Path) -> ContainerSpec {
             host_port: 0,
             container_port: 8080,
         }],
-        netout_rules: vec![NetOutRule {
-            networks: vec![garden_api::IpRange {
-                start: "10.9.9.9".into(),
-                end: "10.9.9.9".into(),
-            }],
-            ..Default::default()
-        }],
+        netout_rules: vec![e2e::net_out_to("10.9.9.9")],
         bind_mounts: vec![BindMount {
             src_path: shared.display().to_string(),
             dst_path: "/mnt/shared".into(),
@@ -212,18 +206,9 @@ fn kill9_while_idle_adopts_every_container_whole() {
         c.set_property("whole", "later", "set after create")
             .await
             .unwrap();
-        c.net_out(
-            "whole",
-            &NetOutRule {
-                networks: vec![garden_api::IpRange {
-                    start: "10.8.8.8".into(),
-                    end: "10.8.8.8".into(),
-                }],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        c.net_out("whole", &e2e::net_out_to("10.8.8.8"))
+            .await
+            .unwrap();
         let port = c.net_in("whole", 0, 8081).await.unwrap().host_port;
         spawn(
             &c,
@@ -316,13 +301,7 @@ fn kill9_while_idle_adopts_every_container_whole() {
         assert!(!mapped(&after).iter().any(|(h, _)| *h == more.host_port));
         c.net_out(
             "whole",
-            &NetOutRule {
-                networks: vec![garden_api::IpRange {
-                    start: "10.7.7.7".into(),
-                    end: "10.7.7.7".into(),
-                }],
-                ..Default::default()
-            },
+            &e2e::net_out_to("10.7.7.7"),
         )
         .await
         .expect("net_out after restart");
@@ -750,18 +729,9 @@ fn containers_broken_while_gardend_was_down_are_removed() {
             c.create(&container_spec(h)).await.expect("create");
         }
         // Its first NetOut rule makes its chain.
-        c.net_out(
-            "unchained",
-            &NetOutRule {
-                networks: vec![garden_api::IpRange {
-                    start: "10.8.8.9".into(),
-                    end: "10.8.8.9".into(),
-                }],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        c.net_out("unchained", &e2e::net_out_to("10.8.8.9"))
+            .await
+            .unwrap();
         let p = c.properties("unchained").await.unwrap();
         (
             p["kawasaki.iptable-prefix"].clone(),

@@ -42,18 +42,9 @@ async fn metrics_move_with_containers_and_logs_are_json() {
     }
     // A plain create needs no firewall transaction; a container's first NetOut rule makes its
     // chain in one.
-    c.net_out(
-        "tm-1",
-        &garden_api::NetOutRule {
-            networks: vec![garden_api::IpRange {
-                start: "10.8.8.8".into(),
-                end: "10.8.8.8".into(),
-            }],
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("net_out");
+    c.net_out("tm-1", &e2e::net_out_to("10.8.8.8"))
+        .await
+        .expect("net_out");
     let (status, out) = sh_combined(&c, "tm-1", "echo hi").await;
     assert_eq!((status, out.as_str()), (0, "hi\n"));
     c.info("no-such-container")

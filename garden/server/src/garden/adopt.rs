@@ -104,7 +104,7 @@ impl Garden {
                 tracing::warn!(handle, error = %e, "could not adopt; removing the container");
                 let bundle = self.config.depot.join(&handle);
                 self.kernel.discard(&handle, &cgroup).await;
-                let _ = depot::remove_dir_all_blocking(bundle).await;
+                let _ = depot::remove_bundle_blocking(bundle).await;
             }
         }
     }

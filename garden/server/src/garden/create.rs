@@ -9,7 +9,7 @@ use std::time::Instant;
 use garden_api::{ContainerSpec, GardenError};
 
 use super::container::{validate_name, Container, State};
-use super::depot::{self, remove_dir_all_blocking};
+use super::depot::{self, remove_bundle_blocking};
 use super::grace::{grace_timer, Activity};
 use super::warm::Warm;
 use super::{convert, generic, kernel_error, validate, Garden, Result};
@@ -155,7 +155,7 @@ impl Garden {
             )
             .await;
         if let Err(e) = attached.map_err(kernel_error) {
-            let _ = remove_dir_all_blocking(bundle.clone()).await;
+            let _ = remove_bundle_blocking(bundle.clone()).await;
             return Err(e);
         }
         let ids = (!spec.privileged).then(|| self.ids.clone());
@@ -188,7 +188,7 @@ impl Garden {
             }),
             Err(e) => {
                 let _ = self.kernel.release_disk(name).await;
-                let _ = remove_dir_all_blocking(bundle.clone()).await;
+                let _ = remove_bundle_blocking(bundle.clone()).await;
                 let _ = self.kernel.release_network(name).await;
                 Err(kernel_error(e))
             }

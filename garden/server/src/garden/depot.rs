@@ -175,7 +175,7 @@ pub(super) fn exit_codes(bundle: &Path) -> Vec<(String, i32)> {
 
 /// Remove a bundle (`<depot>/<name>`) and the writable layers it points to, in
 /// `<state dir>/writable` (the state directory is the depot's parent).
-pub(super) async fn remove_dir_all_blocking(dir: PathBuf) -> Result<(), String> {
+pub(super) async fn remove_bundle_blocking(dir: PathBuf) -> Result<(), String> {
     let depot = dir.parent().unwrap_or(Path::new("/"));
     let layers = crate::runtime::depot_fs::layers_dir(depot.parent().unwrap_or(depot));
     tokio::task::spawn_blocking(move || {

@@ -14,7 +14,7 @@ use garden_api::GardenError;
 use tokio::sync::watch;
 
 use super::container::{Container, State};
-use super::depot::{mark_destroying, remove_dir_all_blocking};
+use super::depot::{mark_destroying, remove_bundle_blocking};
 use super::{Garden, Result};
 
 /// First pause before a failed reclamation is retried; doubled up to `RETRY_MAX`.
@@ -200,6 +200,6 @@ impl Garden {
             .release_disk(handle)
             .await
             .map_err(|e| format!("release disk: {e}"))?;
-        remove_dir_all_blocking(c.bundle.clone()).await
+        remove_bundle_blocking(c.bundle.clone()).await
     }
 }

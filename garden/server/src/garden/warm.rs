@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use garden_api::ContainerSpec;
 
-use super::depot::remove_dir_all_blocking;
+use super::depot::remove_bundle_blocking;
 use super::{convert, Garden};
 use crate::kernel::{Bandwidth, Exits, Sandbox};
 
@@ -222,7 +222,7 @@ impl Garden {
         if let Err(e) = self.kernel.release_disk(&w.name).await {
             tracing::warn!(warm = w.name, error = %e, "release a warm container's disk");
         }
-        if let Err(e) = remove_dir_all_blocking(w.bundle.clone()).await {
+        if let Err(e) = remove_bundle_blocking(w.bundle.clone()).await {
             tracing::warn!(warm = w.name, error = %e, "remove a warm container's bundle");
         }
         self.release_image(self.default_rootfs.lower_dirs.clone())

@@ -26,8 +26,6 @@ use crate::runtime::{self, pidfd::PidFd, Runtime};
 pub struct Linux {
     /// Its tmpfs is unmounted when gardend stops with no container left.
     depot: PathBuf,
-    /// `<state dir>/writable`, swept at start.
-    layers_dir: PathBuf,
     runtime: Runtime,
     network: Network,
     disk: Disk,
@@ -74,7 +72,6 @@ impl Linux {
             .with_cpu_quota_per_share(config.cpu_quota_per_share);
         let init_bin = runtime::find_init_bin(config.init_bin.as_deref())?;
         let runtime = Runtime::new(cgroups, init_bin, state_dir).with_layers(layers);
-        let layers_dir = runtime::depot_fs::layers_dir(state_dir);
         let (state_dir, store_size) = (state_dir.to_path_buf(), config.disk_store_size);
         let keep: Vec<String> = survivors.iter().map(|s| s.handle.clone()).collect();
         let disk =
@@ -104,7 +101,6 @@ impl Linux {
             .context("set up container networking")?;
         Ok(Linux {
             depot: config.depot.clone(),
-            layers_dir,
             runtime,
             network,
             disk,
@@ -162,7 +158,7 @@ impl Linux {
             }
         }
         let kept: Vec<_> = keep.bundles.iter().map(|h| depot.join(h)).collect();
-        runtime::depot_fs::sweep_layers(&self.layers_dir, &kept);
+        self.runtime.sweep_layers(&kept);
     }
 
     fn remove_stale_cgroup(&self, handle: &str) {

@@ -158,14 +158,21 @@ fn layer_of(bundle: &Path, root: &Path) -> Option<PathBuf> {
     (dir.parent() == Some(root)).then(|| dir.to_path_buf())
 }
 
+/// The layer directories in `root` that `bundle` and its peas point to.
+fn layers_named_by(bundle: &Path, root: &Path) -> Vec<PathBuf> {
+    let peas = std::fs::read_dir(super::pea::peas_dir(bundle))
+        .into_iter()
+        .flatten();
+    std::iter::once(layer_of(bundle, root))
+        .chain(peas.flatten().map(|p| layer_of(&p.path(), root)))
+        .flatten()
+        .collect()
+}
+
 /// Remove `bundle` and the writable layers in `root` (see [`layers_dir`]) it and its peas
 /// point to (absent ones are not an error).
 pub fn remove_bundle(bundle: &Path, root: &Path) -> io::Result<()> {
-    let peas = std::fs::read_dir(bundle.join("peas")).into_iter().flatten();
-    let layers = std::iter::once(layer_of(bundle, root))
-        .chain(peas.flatten().map(|p| layer_of(&p.path(), root)))
-        .flatten();
-    for layer in layers.collect::<Vec<_>>() {
+    for layer in layers_named_by(bundle, root) {
         match std::fs::remove_dir_all(&layer) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -180,13 +187,10 @@ pub fn remove_bundle(bundle: &Path, root: &Path) -> io::Result<()> {
 /// Remove the writable layers in `root` no bundle in `kept` (nor their peas) points to: those
 /// of containers a previous run lost, or of every container after a reboot emptied the tmpfs.
 pub fn sweep_layers(root: &Path, kept: &[PathBuf]) {
-    let mut named = std::collections::HashSet::new();
-    for bundle in kept {
-        named.extend(layer_of(bundle, root));
-        if let Ok(peas) = std::fs::read_dir(bundle.join("peas")) {
-            named.extend(peas.flatten().filter_map(|p| layer_of(&p.path(), root)));
-        }
-    }
+    let named: std::collections::HashSet<PathBuf> = kept
+        .iter()
+        .flat_map(|bundle| layers_named_by(bundle, root))
+        .collect();
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };

@@ -170,6 +170,11 @@ impl Runtime {
         depot_fs::remove_bundle(bundle, &self.layers_dir)
     }
 
+    /// Remove the writable layers no bundle in `kept` points to.
+    pub fn sweep_layers(&self, kept: &[PathBuf]) {
+        depot_fs::sweep_layers(&self.layers_dir, kept)
+    }
+
     pub fn cgroups(&self) -> &Cgroups {
         &self.cgroups
     }

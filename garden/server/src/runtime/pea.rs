@@ -38,7 +38,7 @@ pub struct PeaSpec {
 pub const PEA_CGROUP_PREFIX: &str = "pea-";
 
 /// `<bundle>/peas`: the bundles of a container's peas.
-fn peas_dir(bundle: &Path) -> PathBuf {
+pub(super) fn peas_dir(bundle: &Path) -> PathBuf {
     bundle.join("peas")
 }
 
