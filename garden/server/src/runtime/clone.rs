@@ -183,7 +183,6 @@ pub(crate) fn clone_init(
     let passed_fds = fds.passed;
     // Scratch for the passed fds' high duplicates, allocated before clone.
     let mut high = vec![-1i32; passed_fds.len()];
-    let mut stack = vec![0u8; 256 * 1024];
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
@@ -193,7 +192,25 @@ pub(crate) fn clone_init(
     if userns {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
-    let child = Box::new(|| -> isize {
+    // A fork-like clone (no new stack: the child goes on with a copy of this one). A fresh
+    // stack per clone had to be zeroed, and the caller's writes to it were copy-on-write
+    // faults while the previous child, still waiting for its go byte, shared those pages.
+    // SAFETY: no CLONE_VM, so the child has its own copy of the caller's memory; it only
+    // performs async-signal-safe calls (below) and never returns.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    if pid == 0 {
         // SAFETY: only open, fcntl, dup2, read, close_range, raw set*id syscalls, execve and
         // _exit run in the child, all async-signal-safe, on values prepared before clone.
         // (glibc's setresuid wrappers would try to signal threads that do not exist here.)
@@ -220,10 +237,8 @@ pub(crate) fn clone_init(
             libc::syscall(libc::SYS_close_range, go_at as u32 + 1, u32::MAX, 0u32);
             wait_then_exec(go_at, opened, userns, exec)
         }
-    });
-    // SAFETY: the callback only performs async-signal-safe calls (see above).
-    let pid = unsafe { clone(child, &mut stack, flags, Some(Signal::SIGCHLD as i32)) }?;
-    Ok(pid.as_raw())
+    }
+    Ok(pid as i32)
 }
 
 /// The container namespaces a pea's init joins: everything but mount.
