@@ -625,12 +625,23 @@ async fn scenarios(cli: &Cli, env: &Env, counts: &Counts, report: &mut Report) -
     if cli.wants(Scenario::Density) {
         let t = Instant::now();
         progress(&format!("density: {} containers", counts.density));
-        report.density = Some(env.density().await);
-        progress(&format!(
-            "density: done in {:.1} s",
-            t.elapsed().as_secs_f64()
-        ));
-        rss_checkpoint(env, report, "density");
+        if !cli.peers_only {
+            report.density = Some(env.density().await);
+            progress(&format!(
+                "density: done in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ));
+            rss_checkpoint(env, report, "density");
+        }
+        if !cli.no_peers {
+            let t = Instant::now();
+            progress(&format!("density: crun, {} containers", counts.density));
+            report.density_peers = env.density_peers().await;
+            progress(&format!(
+                "density: crun done in {:.1} s",
+                t.elapsed().as_secs_f64()
+            ));
+        }
     }
     if cli.wants(Scenario::Streaming) {
         let t = Instant::now();

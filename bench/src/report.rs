@@ -101,6 +101,16 @@ pub struct Density {
     pub reclaimed_ms: Option<f64>,
 }
 
+/// Scenario 5 for a peer (crun): the same ramp, without gardend's memory and List figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerDensity {
+    pub containers: usize,
+    pub create_all_ms: f64,
+    pub create_rate_top: f64,
+    pub destroy_all_ms: f64,
+    pub destroy_rate_top: f64,
+}
+
 impl Density {
     /// RSS growth per container in KiB (may be negative if the allocator returned memory).
     pub fn per_container_kib(&self) -> f64 {
@@ -126,6 +136,8 @@ pub struct Report {
     pub concurrent: Option<Vec<ConcurrentLevel>>,
     pub streaming: Option<Streaming>,
     pub density: Option<Outcome<Density>>,
+    /// The density ramp run by the peers (crun); empty when not run.
+    pub density_peers: Vec<(String, Outcome<PeerDensity>)>,
     pub agent: Option<Outcome<crate::agent::AgentFigures>>,
     pub images: Option<Outcome<crate::images::ImageFigures>>,
     /// gardend's RSS (KiB) at start and after each scenario.
@@ -331,6 +343,24 @@ pub fn to_json(r: &Report) -> Value {
         None => json!({"containers": null, "gardend_rss_mb": null, "error": NOT_RUN}),
     };
     root.insert("density".into(), density);
+    let peers: serde_json::Map<String, Value> = r
+        .density_peers
+        .iter()
+        .map(|(name, d)| {
+            let v = match d {
+                Ok(d) => json!({
+                    "containers": d.containers,
+                    "create_all_ms": num(d.create_all_ms),
+                    "create_per_s_top": num(d.create_rate_top),
+                    "destroy_all_ms": num(d.destroy_all_ms),
+                    "destroy_per_s_top": num(d.destroy_rate_top),
+                }),
+                Err(e) => json!({"containers": null, "error": e}),
+            };
+            (name.clone(), v)
+        })
+        .collect();
+    root.insert("density_peers".into(), Value::Object(peers));
     let agent = match &r.agent {
         Some(Ok(a)) => json!({
             "single_start_to_running": summary_json(Some(&Ok(a.single))),
@@ -607,6 +637,36 @@ pub fn to_markdown(r: &Report) -> String {
         }
         None => {}
     }
+    if !r.density_peers.is_empty() {
+        out.push_str("| same ramp | idle containers | create all ms | creates/s, last 10% | destroy all ms | destroys/s, first 10% |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|\n");
+        if let Some(Ok(d)) = &r.density {
+            let _ = writeln!(
+                out,
+                "| gardend | {} | {} | {:.0} | {} | {:.0} |",
+                d.containers,
+                fmt_ms(d.create_all_ms),
+                d.create_rate_top,
+                fmt_ms(d.destroy_all_ms),
+                d.destroy_rate_top
+            );
+        }
+        for (name, d) in &r.density_peers {
+            let _ = match d {
+                Ok(d) => writeln!(
+                    out,
+                    "| {name} | {} | {} | {:.0} | {} | {:.0} |",
+                    d.containers,
+                    fmt_ms(d.create_all_ms),
+                    d.create_rate_top,
+                    fmt_ms(d.destroy_all_ms),
+                    d.destroy_rate_top
+                ),
+                Err(e) => writeln!(out, "| {name} | {} | | | | |", cell(e)),
+            };
+        }
+        out.push('\n');
+    }
 
     match &r.agent {
         Some(Ok(a)) => {
@@ -785,6 +845,19 @@ mod tests {
                 destroy_rate_top: 150.0,
                 reclaimed_ms: Some(1500.0),
             })),
+            density_peers: vec![
+                (
+                    "crun".into(),
+                    Ok(PeerDensity {
+                        containers: 100,
+                        create_all_ms: 2000.0,
+                        create_rate_top: 40.0,
+                        destroy_all_ms: 3000.0,
+                        destroy_rate_top: 30.0,
+                    }),
+                ),
+                ("runc".into(), Err("runc failed | x".into())),
+            ],
             gardend_rss: vec![("start".into(), 8 * 1024), ("lifecycle".into(), 9 * 1024)],
             ..Report::default()
         }
@@ -822,6 +895,13 @@ mod tests {
         assert_eq!(v["density"]["gardend_rss_mb"], json!(20.0));
         assert_eq!(v["density"]["per_container_kb"], json!(102.4));
         assert_eq!(v["density"]["container_pss_mb"], json!(50.0));
+        assert_eq!(v["density_peers"]["crun"]["create_per_s_top"], json!(40.0));
+        assert_eq!(v["density_peers"]["crun"]["destroy_per_s_top"], json!(30.0));
+        assert_eq!(v["density_peers"]["runc"]["containers"], Value::Null);
+        assert!(v["density_peers"]["runc"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("runc failed"));
         assert_eq!(v["gardend_rss_mb_after"]["lifecycle"], json!(9.0));
     }
 
@@ -870,6 +950,15 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| create | gardend | 3 | 5.00 |"), "{md}");
+        assert!(
+            md.contains("| gardend | 100 | 1234 | 80 | 999.0 | 150 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| crun | 100 | 2000 | 40 | 3000 | 30 |"),
+            "{md}"
+        );
+        assert!(md.contains("| runc | runc failed \\| x | | | | |"), "{md}");
     }
 
     #[test]

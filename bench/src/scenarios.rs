@@ -20,7 +20,9 @@ use crate::cni::CniPeer;
 use crate::gardend;
 use crate::peers::{self, Peer};
 use crate::podman::Podman;
-use crate::report::{Concurrent, ConcurrentLevel, Density, Outcome, Row, Streaming, Throughput};
+use crate::report::{
+    Concurrent, ConcurrentLevel, Density, Outcome, PeerDensity, Row, Streaming, Throughput,
+};
 use crate::stats::{self, ms, Summary};
 
 /// How much of each scenario to do.
@@ -637,6 +639,38 @@ impl Env {
         .await
         .map_err(|e| format!("{e:#}"))
     }
+
+    /// Scenario 5 for crun: the same ramp of idle containers (`run --detach` of the sleep
+    /// bundle, `delete --force` to end), so that the host's own per-container costs at the
+    /// full count (network and mount namespaces, sysfs, cgroups, pivot_root) show next to
+    /// gardend's. runc is left out: the same kernel work, slower per container.
+    pub async fn density_peers(&self) -> Vec<(String, Outcome<PeerDensity>)> {
+        let mut out = vec![];
+        for (name, target) in &self.targets {
+            let peer = match target {
+                Ok(Target::Peer(p)) if p.kind == peers::Kind::Crun => p.clone(),
+                Ok(_) => continue,
+                Err(e) if name == "crun" => {
+                    out.push((name.clone(), Err(e.clone())));
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let sleep = match self.bundles() {
+                Ok(b) => b.sleep.clone(),
+                Err(e) => {
+                    out.push((name.clone(), Err(format!("{e:#}"))));
+                    continue;
+                }
+            };
+            self.quiesce().await;
+            let n = self.counts.density;
+            let ids: Vec<String> = (0..n).map(|_| self.peer_id()).collect();
+            let r = peer_density(peer, sleep, ids, self.counts.density_parallelism.max(1)).await;
+            out.push((name.clone(), r.map_err(|e| format!("{e:#}"))));
+        }
+        out
+    }
 }
 
 impl Env {
@@ -950,6 +984,83 @@ async fn density(
         create_rate_top,
         destroy_rate_top,
         reclaimed_ms,
+    })
+}
+
+/// `ids.len()` idle crun containers, `parallelism` invocations in flight, then all deleted.
+/// Every container that was made is deleted, even when a create failed.
+async fn peer_density(
+    peer: Arc<Peer>,
+    bundle: PathBuf,
+    ids: Vec<String>,
+    parallelism: usize,
+) -> Result<PeerDensity> {
+    let n = ids.len();
+    let queue = Arc::new(Mutex::new(ids));
+    let made = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let mut set = JoinSet::new();
+    let start = Instant::now();
+    for _ in 0..parallelism.min(n.max(1)) {
+        let (peer, bundle, queue, made) =
+            (peer.clone(), bundle.clone(), queue.clone(), made.clone());
+        set.spawn(async move {
+            loop {
+                let Some(id) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                    return Ok(());
+                };
+                let r = peer.run_detached(&bundle, &id).await;
+                // A failed `run` may still have left state behind: delete it with the rest.
+                made.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((id, Instant::now()));
+                r?;
+            }
+        });
+    }
+    let create_err = join_all(&mut set).await;
+    let create_all = start.elapsed();
+    let made: Vec<(String, Instant)> =
+        std::mem::take(&mut *made.lock().unwrap_or_else(|p| p.into_inner()));
+    let create_rate_top = top_rate(made.iter().map(|(_, t)| *t).collect(), start);
+    let queue = Arc::new(Mutex::new(
+        made.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
+    ));
+    let deleted = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let start = Instant::now();
+    for _ in 0..parallelism {
+        let (peer, queue, deleted) = (peer.clone(), queue.clone(), deleted.clone());
+        set.spawn(async move {
+            let mut first_err = None;
+            loop {
+                let Some(id) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+                    return first_err.map_or(Ok(()), Err);
+                };
+                match peer.delete(&id).await {
+                    Ok(_) => deleted
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(Instant::now()),
+                    Err(e) => first_err = first_err.or(Some(e)),
+                }
+            }
+        });
+    }
+    let delete_err = join_all(&mut set).await;
+    let destroy_all = start.elapsed();
+    let destroy_rate_top = bottom_rate(
+        std::mem::take(&mut *deleted.lock().unwrap_or_else(|p| p.into_inner())),
+        start,
+    );
+    if let Some(e) = create_err.or(delete_err) {
+        peer.cleanup().await;
+        bail!("{e}");
+    }
+    Ok(PeerDensity {
+        containers: n,
+        create_all_ms: ms(create_all),
+        create_rate_top,
+        destroy_all_ms: ms(destroy_all),
+        destroy_rate_top,
     })
 }
 
