@@ -798,6 +798,12 @@ async fn proc_shows_no_host_paths() {
             root.contains("lowerdir=/proc/self/fd/") && root.contains("upperdir=/proc/self/fd/"),
             "{handle}: the overlay's layers are named by descriptor: {root}"
         );
+        assert!(
+            root.split_whitespace().last().is_some_and(|o| o
+                .split(',')
+                .any(|o| o == "volatile" || o == "fsync=volatile")),
+            "{handle}: the writable layer is never synced (it does not outlive the host): {root}"
+        );
     }
     // The host side still sees garden-init in its container's cgroup.
     for handle in &specs {

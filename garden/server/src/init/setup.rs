@@ -170,6 +170,11 @@ fn mount_root(c: &InitConfig) -> Result<()> {
         c.upper_dir.display(),
         c.work_dir.display()
     );
+    // The writable layer never outlives the host (after a reboot the depot is gone and the
+    // layers are swept), so nothing in it is worth a sync: without `volatile` each unmount
+    // (every destroy) synced the whole host file system under the layer, and a container's
+    // fsync/syncfs did too.
+    data.push_str(",volatile");
     if c.user_namespace {
         // trusted.* xattrs are out of a user namespace's reach: opaque dirs are user.*.
         data.push_str(",userxattr");
