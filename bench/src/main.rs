@@ -278,6 +278,12 @@ async fn run(cli: &Cli, counts: Counts) -> Result<Report> {
             format!("{} MiB", kib / 1024),
         ));
     }
+    // The kernel's own access monitor: its rmap walks visit every process that maps a
+    // sampled page, so with thousands of containers (each init mapping the same binary and
+    // libraries) it took 10-20% of this host's CPU during the density ramp.
+    if let Some(damon) = damon_running() {
+        report.environment.push(("DAMON".into(), damon));
+    }
     let hybrid = peers::hybrid_unified_mounted();
     report.environment.push((
         "cgroups".into(),
@@ -871,6 +877,40 @@ fn memory_cgroups() -> Option<u64> {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|f| f.first() == Some(&"memory"))
         .and_then(|f| f.get(2)?.parse().ok())
+}
+
+/// The running DAMON contexts' operations and actions ("paddr: pageout"), from its sysfs
+/// admin tree; `None` when none runs (or DAMON is not built in).
+fn damon_running() -> Option<String> {
+    let kdamonds = std::path::Path::new("/sys/kernel/mm/damon/admin/kdamonds");
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let mut running = vec![];
+    for k in std::fs::read_dir(kdamonds).ok()?.flatten() {
+        let k = k.path();
+        if !k.is_dir() || read(k.join("state")).as_deref() != Some("on") {
+            continue;
+        }
+        let dirs = |p: std::path::PathBuf| {
+            std::fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+        };
+        for c in dirs(k.join("contexts")) {
+            let ops = read(c.join("operations")).unwrap_or_default();
+            let actions: Vec<String> = dirs(c.join("schemes"))
+                .filter_map(|s| read(s.join("action")))
+                .collect();
+            running.push(format!("{ops}: {}", actions.join("+")));
+        }
+    }
+    (!running.is_empty()).then(|| format!("on ({})", running.join(", ")))
 }
 
 /// A `/proc/meminfo` field, in KiB.
