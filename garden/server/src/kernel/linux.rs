@@ -386,13 +386,18 @@ impl Kernel for Linux {
         sandbox: &'a dyn Sandbox,
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let t = std::time::Instant::now();
+            let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
             let root = sandbox
                 .open_root()
                 .map_err(|e| KernelError::Other(format!("open container root: {e}")))?;
+            let opened_ms = ms(t);
             sandbox
                 .set_hostname(hostname)
                 .map_err(|e| KernelError::Other(format!("set the hostname: {e}")))?;
+            let hostname_ms = ms(t);
             self.network.rename(warm, handle)?;
+            let renamed_ms = ms(t);
             self.network.write_hosts(
                 handle,
                 hostname,
@@ -401,6 +406,14 @@ impl Kernel for Linux {
                     owner: sandbox.root_owner(),
                 },
             )?;
+            tracing::debug!(
+                handle,
+                opened_ms,
+                hostname_ms,
+                renamed_ms,
+                hosts_ms = ms(t),
+                "warm container renamed"
+            );
             Ok(())
         })
     }
