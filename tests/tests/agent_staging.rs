@@ -322,13 +322,16 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
 async fn stages_an_app_with_the_detected_buildpack_and_uploads_the_droplet() {
     e2e::require_root!();
     let fx = setup("staging: {environment: {FROM_CONFIG: config-value}}\n").await;
-    // The compile waits for a while so the log can be tailed while it runs.
+    // The compile waits for a while so the log can be tailed while it runs, and a little
+    // after its last line: the tail polls every 0.2 s, and a staging that ends sooner than
+    // that destroys the container (and the tail) before the line is read. Clients complete
+    // the log from the droplet's copy then (cellctl does); this test wants it from the tail.
     fx.files.put_bytes(
         "/bp/static.zip",
         &buildpack(
             "Static",
             "index.html",
-            "echo \"-----> Static buildpack compiling in $1 (GREETING=$GREETING)\"\necho \"env: $FROM_CONFIG $MEMORY_LIMIT $STAGING_TIMEOUT $CF_STACK $(id -un)\"\necho compiled > \"$1/compiled.txt\"\necho warm >> \"$2/cache.txt\"\nsleep 4\necho COMPILE-DONE",
+            "echo \"-----> Static buildpack compiling in $1 (GREETING=$GREETING)\"\necho \"env: $FROM_CONFIG $MEMORY_LIMIT $STAGING_TIMEOUT $CF_STACK $(id -un)\"\necho compiled > \"$1/compiled.txt\"\necho warm >> \"$2/cache.txt\"\nsleep 4\necho COMPILE-DONE\nsleep 1",
             "httpd -f -p $PORT -h .",
         ),
     );
