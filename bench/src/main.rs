@@ -882,26 +882,24 @@ fn memory_cgroups() -> Option<u64> {
 /// The running DAMON contexts' operations and actions ("paddr: pageout"), from its sysfs
 /// admin tree; `None` when none runs (or DAMON is not built in).
 fn damon_running() -> Option<String> {
-    let kdamonds = std::path::Path::new("/sys/kernel/mm/damon/admin/kdamonds");
     let read = |p: std::path::PathBuf| {
         std::fs::read_to_string(p)
             .ok()
             .map(|s| s.trim().to_string())
     };
+    let dirs = |p: std::path::PathBuf| {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+    };
     let mut running = vec![];
-    for k in std::fs::read_dir(kdamonds).ok()?.flatten() {
-        let k = k.path();
-        if !k.is_dir() || read(k.join("state")).as_deref() != Some("on") {
+    for k in dirs("/sys/kernel/mm/damon/admin/kdamonds".into()) {
+        if read(k.join("state")).as_deref() != Some("on") {
             continue;
         }
-        let dirs = |p: std::path::PathBuf| {
-            std::fs::read_dir(p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-        };
         for c in dirs(k.join("contexts")) {
             let ops = read(c.join("operations")).unwrap_or_default();
             let actions: Vec<String> = dirs(c.join("schemes"))

@@ -112,6 +112,17 @@ pub struct PeerDensity {
 }
 
 impl Density {
+    /// The figures every runtime's ramp has, for the "same ramp" table.
+    pub fn ramp(&self) -> PeerDensity {
+        PeerDensity {
+            containers: self.containers,
+            create_all_ms: self.create_all_ms,
+            create_rate_top: self.create_rate_top,
+            destroy_all_ms: self.destroy_all_ms,
+            destroy_rate_top: self.destroy_rate_top,
+        }
+    }
+
     /// RSS growth per container in KiB (may be negative if the allocator returned memory).
     pub fn per_container_kib(&self) -> f64 {
         if self.containers == 0 {
@@ -640,18 +651,11 @@ pub fn to_markdown(r: &Report) -> String {
     if !r.density_peers.is_empty() {
         out.push_str("| same ramp | idle containers | create all ms | creates/s, last 10% | destroy all ms | destroys/s, first 10% |\n");
         out.push_str("|---|---:|---:|---:|---:|---:|\n");
-        if let Some(Ok(d)) = &r.density {
-            let _ = writeln!(
-                out,
-                "| gardend | {} | {} | {:.0} | {} | {:.0} |",
-                d.containers,
-                fmt_ms(d.create_all_ms),
-                d.create_rate_top,
-                fmt_ms(d.destroy_all_ms),
-                d.destroy_rate_top
-            );
-        }
-        for (name, d) in &r.density_peers {
+        let gardend = match &r.density {
+            Some(Ok(d)) => Some(("gardend".to_string(), Ok(d.ramp()))),
+            _ => None,
+        };
+        for (name, d) in gardend.iter().chain(&r.density_peers) {
             let _ = match d {
                 Ok(d) => writeln!(
                     out,

@@ -645,31 +645,26 @@ impl Env {
     /// full count (network and mount namespaces, sysfs, cgroups, pivot_root) show next to
     /// gardend's. runc is left out: the same kernel work, slower per container.
     pub async fn density_peers(&self) -> Vec<(String, Outcome<PeerDensity>)> {
-        let mut out = vec![];
-        for (name, target) in &self.targets {
-            let peer = match target {
-                Ok(Target::Peer(p)) if p.kind == peers::Kind::Crun => p.clone(),
-                Ok(_) => continue,
-                Err(e) if name == "crun" => {
-                    out.push((name.clone(), Err(e.clone())));
-                    continue;
+        let Some((name, crun)) = self.targets.iter().find(|(n, _)| n == "crun") else {
+            return vec![];
+        };
+        let outcome = match crun {
+            Ok(Target::Peer(peer)) => match self.bundles() {
+                Ok(b) => {
+                    self.quiesce().await;
+                    let ids: Vec<String> =
+                        (0..self.counts.density).map(|_| self.peer_id()).collect();
+                    let parallelism = self.counts.density_parallelism.max(1);
+                    peer_density(peer.clone(), b.sleep.clone(), ids, parallelism)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
                 }
-                Err(_) => continue,
-            };
-            let sleep = match self.bundles() {
-                Ok(b) => b.sleep.clone(),
-                Err(e) => {
-                    out.push((name.clone(), Err(format!("{e:#}"))));
-                    continue;
-                }
-            };
-            self.quiesce().await;
-            let n = self.counts.density;
-            let ids: Vec<String> = (0..n).map(|_| self.peer_id()).collect();
-            let r = peer_density(peer, sleep, ids, self.counts.density_parallelism.max(1)).await;
-            out.push((name.clone(), r.map_err(|e| format!("{e:#}"))));
-        }
-        out
+                Err(e) => Err(format!("{e:#}")),
+            },
+            Ok(_) => Err("crun entry is not crun".into()),
+            Err(e) => Err(e.clone()),
+        };
+        vec![(name.clone(), outcome)]
     }
 }
 

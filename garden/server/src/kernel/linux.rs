@@ -387,17 +387,17 @@ impl Kernel for Linux {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let t = std::time::Instant::now();
-            let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
+            let ms = || t.elapsed().as_secs_f64() * 1e3;
             let root = sandbox
                 .open_root()
                 .map_err(|e| KernelError::Other(format!("open container root: {e}")))?;
-            let opened_ms = ms(t);
+            let opened_ms = ms();
             sandbox
                 .set_hostname(hostname)
                 .map_err(|e| KernelError::Other(format!("set the hostname: {e}")))?;
-            let hostname_ms = ms(t);
+            let hostname_ms = ms();
             self.network.rename(warm, handle)?;
-            let renamed_ms = ms(t);
+            let renamed_ms = ms();
             self.network.write_hosts(
                 handle,
                 hostname,
@@ -411,7 +411,7 @@ impl Kernel for Linux {
                 opened_ms,
                 hostname_ms,
                 renamed_ms,
-                hosts_ms = ms(t),
+                hosts_ms = ms(),
                 "warm container renamed"
             );
             Ok(())
