@@ -42,13 +42,50 @@ pub enum RuntimeError {
     Watch(std::io::Error),
     #[error("container setup failed: {0}")]
     Setup(String),
-    #[error("garden-init did not become ready within {0:?}")]
-    NotReady(Duration),
+    /// `state` says where it was stuck (see [`stuck_state`]), for a failure that may not repeat.
+    #[error("garden-init did not become ready within {timeout:?} ({state})")]
+    NotReady { timeout: Duration, state: String },
     #[error("connect to garden-init at {path}: {source}")]
     Connect {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Where a garden-init that never said ready is: its command name (still gardend's before
+/// the exec), the kernel function it sleeps in, its kernel stack's top frames and the end
+/// of its log. Best effort: whatever cannot be read is left out.
+fn stuck_state(pid: i32, log: &Path) -> String {
+    let read = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}")).ok();
+    let mut parts = Vec::new();
+    if let Some(comm) = read("comm") {
+        parts.push(format!("command {}", comm.trim()));
+    }
+    if let Some(wchan) = read("wchan").filter(|w| !w.is_empty() && w != "0") {
+        parts.push(format!("waiting in {wchan}"));
+    }
+    if let Some(stack) = read("stack") {
+        let frames: Vec<&str> = stack
+            .lines()
+            .take(6)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .collect();
+        if !frames.is_empty() {
+            parts.push(format!("stack {}", frames.join(" < ")));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(log) {
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+        if !tail.is_empty() {
+            parts.push(format!("log: {tail}"));
+        }
+    }
+    if parts.is_empty() {
+        "no state readable".to_string()
+    } else {
+        parts.join("; ")
+    }
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;
@@ -308,7 +345,10 @@ impl Runtime {
         let msg = match tokio::time::timeout(timeout, read_all(ready_r)).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(abort(RuntimeError::Setup(format!("read ready pipe: {e}")))),
-            Err(_) => return Err(abort(RuntimeError::NotReady(timeout))),
+            Err(_) => {
+                let state = stuck_state(init_process.pid(), &log_path);
+                return Err(abort(RuntimeError::NotReady { timeout, state }));
+            }
         };
         if msg != "ok" {
             let msg = if msg.is_empty() {
@@ -810,4 +850,30 @@ pub(crate) fn prepare_bundle(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stuck_state;
+
+    #[test]
+    fn stuck_state_names_the_process_and_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("init.log");
+        std::fs::write(&log, "first\n\nmount /: busy\nlast line\n").unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let state = stuck_state(child.id() as i32, &log);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(state.contains("command sleep"), "{state}");
+        assert!(
+            state.ends_with("log: first | mount /: busy | last line"),
+            "{state}"
+        );
+        let gone = stuck_state(i32::MAX, &dir.path().join("missing"));
+        assert_eq!(gone, "no state readable");
+    }
 }

@@ -469,7 +469,10 @@ impl Peas {
             let msg = match tokio::time::timeout(timeout, read_all(ready_r)).await {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => return Err(RuntimeError::Setup(format!("read ready pipe: {e}"))),
-                Err(_) => return Err(RuntimeError::NotReady(timeout)),
+                Err(_) => {
+                    let state = super::stuck_state(pid, &log_path);
+                    return Err(RuntimeError::NotReady { timeout, state });
+                }
             };
             if msg != "ok" {
                 return Err(RuntimeError::Setup(if msg.is_empty() {
