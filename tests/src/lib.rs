@@ -355,6 +355,12 @@ pub fn leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
     if bundle.exists() {
         found.push(format!("depot dir: {}", bundle.display()));
     }
+    // A destroyed container's mounts live on in its mount namespace until gardend closes its
+    // descriptor of it (in the background reclamation); the host's mount table never shows
+    // them. gardend holds no other mount namespace.
+    for ns in namespaces_held(gardend.pid() as i32, "mnt") {
+        found.push(format!("mount namespace held by gardend: {ns}"));
+    }
     // Its writable layer, `<state>/writable/<handle>.<stamp>.<n>`.
     let prefix = format!("{handle}.");
     let layers = std::fs::read_dir(gardend.tmp.path().join("writable"));
@@ -364,6 +370,38 @@ pub fn leaks(handle: &str, gardend: &Gardend) -> Vec<String> {
         }
     }
     found
+}
+
+/// The namespaces of `kind` (`mnt`, `net`, ...) that process `pid` holds descriptors of, as
+/// their links read (`mnt:[4026532840]`).
+pub fn namespaces_held(pid: i32, kind: &str) -> Vec<String> {
+    let prefix = format!("{kind}:[");
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter(|l| l.starts_with(&prefix))
+        .collect()
+}
+
+/// Host processes that hold the namespace `ns` (a link such as `mnt:[4026532840]`): as
+/// their own or through a descriptor.
+pub fn namespace_holders(ns: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let kind = ns.split(':').next().unwrap_or_default();
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let own = std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+                .map(|l| l.display().to_string() == ns)
+                .unwrap_or(false);
+            own || namespaces_held(*pid, kind).iter().any(|l| l == ns)
+        })
+        .collect()
 }
 
 /// The writable layers on disk (`<state>/writable/`) of every container and pea of `gardend`.

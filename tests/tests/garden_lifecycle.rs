@@ -298,6 +298,39 @@ async fn parallel_creates_runs_and_destroys() {
     }
 }
 
+/// Destroy answers before the container's file systems are shut down: gardend holds its
+/// mount namespace and closes it in the background. Once that settles, nothing on the host
+/// holds that namespace, so every mount of the container (the overlay over its writable
+/// layer, /proc, /sys, /dev) is gone, for a user-namespace container and a privileged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_releases_the_mount_namespace() {
+    e2e::require_root!();
+    let g = Gardend::start();
+    let c = g.client();
+    for (h, privileged) in [("e2e-mntns", false), ("e2e-mntns-priv", true)] {
+        c.create(&ContainerSpec {
+            privileged,
+            ..spec(h)
+        })
+        .await
+        .expect("create");
+        let out = run_output(&c, h, &sh("echo data > /tmp/f && cat /tmp/f"), None)
+            .await
+            .expect("run");
+        assert_eq!(out.stdout_text(), "data\n");
+        let pid = g.init_pid(h);
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+            .expect("garden-init's mount namespace")
+            .display()
+            .to_string();
+        assert!(e2e::namespace_holders(&ns).contains(&pid), "{ns}");
+        c.destroy(h).await.expect("destroy");
+        no_leaks(h, &g);
+        let holders = e2e::namespace_holders(&ns);
+        assert!(holders.is_empty(), "{h}: {ns} still held by {holders:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_containers_is_enforced() {
     e2e::require_root!();

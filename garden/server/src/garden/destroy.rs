@@ -1,5 +1,6 @@
-//! Destroy: kill every process and take the handle out of List, then answer; the network, the
-//! cgroup, the disk quota and the bundle are reclaimed in the background, in that order.
+//! Destroy: kill every process and take the handle out of List, then answer; the mounts, the
+//! network, the cgroup, the disk quota and the bundle are reclaimed in the background, in that
+//! order.
 //!
 //! The background half is strictly accounted: until it is done the handle stays reserved (a
 //! Create of the same handle waits for it, and it counts against max-containers), the address
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use garden_api::GardenError;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use super::container::{Container, State};
 use super::depot::{mark_destroying, remove_bundle_blocking};
@@ -20,6 +22,8 @@ use super::{Garden, Result};
 /// First pause before a failed reclamation is retried; doubled up to `RETRY_MAX`.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Destroyed containers whose mounts are unmounted at once.
+const UNMOUNT_CONCURRENCY: usize = 8;
 
 /// Handles whose resources are still being reclaimed, each with a flag set when it is done.
 pub(super) struct Reclaiming {
@@ -28,6 +32,9 @@ pub(super) struct Reclaiming {
     ended: tokio::sync::Notify,
     /// Reclamations that may run at once (`--reclaim-concurrency`).
     slots: tokio::sync::Semaphore,
+    /// Unmountings that may run at once: each holds a blocking thread, which other work
+    /// (file streaming, creates) shares.
+    unmount_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Reclaiming {
@@ -37,6 +44,7 @@ impl Reclaiming {
             pending: Default::default(),
             ended: Default::default(),
             slots: tokio::sync::Semaphore::new(concurrency.max(1) as usize),
+            unmount_slots: Arc::new(tokio::sync::Semaphore::new(UNMOUNT_CONCURRENCY)),
         }
     }
 }
@@ -123,7 +131,22 @@ impl Garden {
             .await
             .map_err(|e| GardenError::generic(e.to_string()))?;
         let t = Instant::now();
-        c.sandbox.kill().await;
+        let mounts = c.sandbox.kill_keeping_mounts().await;
+        // Unmounting starts now, beside the answer, not in a reclamation slot: it is most of
+        // a reclamation's time, and garden-init's exits (which did it before) ran unbounded.
+        let unmounting = mounts.map(|m| {
+            let slots = self.reclaiming.unmount_slots.clone();
+            tokio::spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                tokio::task::spawn_blocking(move || {
+                    let t = Instant::now();
+                    drop(m);
+                    t.elapsed()
+                })
+                .await
+                .unwrap_or_default()
+            })
+        });
         tracing::debug!(
             handle,
             ms = t.elapsed().as_secs_f64() * 1e3,
@@ -141,7 +164,7 @@ impl Garden {
         };
         let Some(me) = self.me.upgrade() else {
             // Shutting down: reclaim in line.
-            self.reclaim(&c, t).await;
+            self.reclaim(&c, t, unmounting).await;
             self.reclaiming.end(handle, done);
             self.warm.poke();
             return Ok(());
@@ -149,17 +172,35 @@ impl Garden {
         let handle = handle.to_string();
         tokio::spawn(async move {
             let _slot = me.reclaiming.slots.acquire().await;
-            me.reclaim(&c, t).await;
+            me.reclaim(&c, t, unmounting).await;
             me.reclaiming.end(&handle, done);
             me.warm.poke();
         });
         Ok(())
     }
 
-    /// Free a destroyed container's network, cgroup, disk and bundle, retrying a failed step
-    /// until it succeeds (each step is idempotent), then unpin its image.
-    async fn reclaim(&self, c: &Arc<Container>, started: Instant) {
+    /// Free a destroyed container's network, cgroup, disk and bundle once `unmounting` (the
+    /// close of its mount namespace) is done, retrying a failed step until it succeeds (each
+    /// step is idempotent), then unpin its image.
+    async fn reclaim(
+        &self,
+        c: &Arc<Container>,
+        started: Instant,
+        unmounting: Option<JoinHandle<Duration>>,
+    ) {
         let handle = c.handle.as_str();
+        let unmounted = match unmounting {
+            Some(task) => task.await.ok(),
+            None => None,
+        };
+        if let Some(took) = unmounted {
+            tracing::debug!(
+                handle,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                took_ms = took.as_secs_f64() * 1e3,
+                "unmounted"
+            );
+        }
         let mut pause = RETRY_FIRST;
         let mut attempt = 1u32;
         while let Err(e) = self.reclaim_once(c, started).await {

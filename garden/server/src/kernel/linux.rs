@@ -490,6 +490,10 @@ impl Sandbox for runtime::Sandbox {
         Box::pin(runtime::Sandbox::kill(self))
     }
 
+    fn kill_keeping_mounts(&self) -> BoxFuture<'_, Option<OwnedFd>> {
+        Box::pin(runtime::Sandbox::kill_keeping_mounts(self))
+    }
+
     fn is_idle(&self) -> bool {
         self.other_pids().is_empty()
     }

@@ -199,6 +199,15 @@ pub trait Sandbox: Send + Sync + 'static {
     fn has_exited(&self) -> bool;
     /// Kill every process of the container and wait until init is gone.
     fn kill(&self) -> BoxFuture<'_, ()>;
+    /// As [`kill`](Sandbox::kill), but the container's mounts outlive its processes: the
+    /// returned fd holds its mount namespace, and closing it unmounts them. Destroy answers
+    /// without waiting for file systems to shut down; its background reclamation closes it.
+    fn kill_keeping_mounts(&self) -> BoxFuture<'_, Option<OwnedFd>> {
+        Box::pin(async {
+            self.kill().await;
+            None
+        })
+    }
     /// No process but init left in the container.
     fn is_idle(&self) -> bool;
     /// An fd of the container's root directory, for path resolution inside it.

@@ -459,6 +459,19 @@ impl Sandbox {
         self.wait_exit().await;
     }
 
+    /// [`kill`](Sandbox::kill), holding the mount namespace first: then garden-init's exit
+    /// does not unmount the overlay, /proc, /sys, /dev and the rest (each file system's
+    /// shutdown: its dentries and inodes freed, its shrinker and LRU lists unregistered);
+    /// whoever closes the returned fd does. `None` if init is already gone.
+    pub async fn kill_keeping_mounts(&self) -> Option<OwnedFd> {
+        let mounts = self
+            .init_process
+            .open_in_proc("ns/mnt", nix::fcntl::OFlag::O_RDONLY)
+            .ok();
+        self.kill().await;
+        mounts
+    }
+
     /// garden-init's host pid when it started (for the record and logs; never signalled).
     pub fn init_pid(&self) -> i32 {
         self.init_process.pid()
