@@ -69,6 +69,7 @@ fn stuck_state(pid: i32, log: &Path) -> String {
             .lines()
             .take(6)
             .filter_map(|l| l.split_whitespace().nth(1))
+            .map(|f| f.split('+').next().unwrap_or(f))
             .collect();
         if !frames.is_empty() {
             parts.push(format!("stack {}", frames.join(" < ")));
@@ -874,14 +875,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("init.log");
         std::fs::write(&log, "first\n\nmount /: busy\nlast line\n").unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        let state = stuck_state(child.id() as i32, &log);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(state.contains("command sleep"), "{state}");
+        // A copy of this test that sleeps in pause(2), as a stuck garden-init would sleep.
+        // SAFETY: the child only calls pause and _exit, async-signal-safe.
+        let pid = match unsafe { nix::unistd::fork() }.unwrap() {
+            // SAFETY: as above.
+            nix::unistd::ForkResult::Child => unsafe {
+                libc::pause();
+                libc::_exit(0)
+            },
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        // Until it sleeps, its wchan is empty.
+        let mut state = String::new();
+        for _ in 0..100 {
+            state = stuck_state(pid.as_raw(), &log);
+            if state.contains("waiting in") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::wait::waitpid(pid, None).unwrap();
+        // The child is named after the thread that forked it.
+        let own = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+        let expected = format!("command {}; waiting in ", own.trim());
+        assert!(state.starts_with(&expected), "{state}");
+        assert!(state.contains("pause"), "{state}");
         assert!(
             state.ends_with("log: first | mount /: busy | last line"),
             "{state}"
