@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 source scripts/as-root.sh
 bash scripts/deps.sh
 cargo build --release -p garden-server -p gardenctl --bins
-exec target/release/gardend --depot /var/lib/gardend/depot "$@"
+# Where cargo put it: ./target unless CARGO_TARGET_DIR says otherwise.
+exec "${CARGO_TARGET_DIR:-target}/release/gardend" --depot /var/lib/gardend/depot "$@"
