@@ -912,7 +912,7 @@ fn damon_running() -> Option<String> {
 }
 
 /// A `/proc/meminfo` field, in KiB.
-fn meminfo_kib(field: &str) -> Option<u64> {
+pub(crate) fn meminfo_kib(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))

@@ -87,6 +87,10 @@ pub struct Density {
     /// Processes in the containers' cgroups (their inits, for idle containers) and their PSS.
     pub container_procs: usize,
     pub container_pss_kib: u64,
+    /// The host's unreclaimable kernel slab (`SUnreclaim`) before the first create and with
+    /// every container up: what the kernel holds for them beyond their processes (each new
+    /// memory cgroup gets a table sized by every superblock on the host).
+    pub slab_kib: Option<(u64, u64)>,
     pub create_all_ms: f64,
     /// Median of a few Lists with every container up.
     pub list_ms: f64,
@@ -342,6 +346,8 @@ pub fn to_json(r: &Report) -> Value {
             "per_container_kb": num(d.per_container_kib()),
             "container_processes": d.container_procs,
             "container_pss_mb": num(d.container_pss_kib as f64 / 1024.0),
+            "unreclaimable_slab_mb_before": d.slab_kib.map(|(b, _)| num(b as f64 / 1024.0)),
+            "unreclaimable_slab_mb_top": d.slab_kib.map(|(_, t)| num(t as f64 / 1024.0)),
             "create_all_ms": num(d.create_all_ms),
             "list_ms": num(d.list_ms),
             "listed": d.listed,
@@ -623,18 +629,23 @@ pub fn to_markdown(r: &Report) -> String {
 
     match &r.density {
         Some(Ok(d)) => {
-            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | container processes, PSS MiB | create all ms | list ms | destroy all ms | creates/s, last 10% | destroys/s, first 10% | reclaimed ms |\n");
-            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | container processes, PSS MiB | host unreclaimable slab MiB (before -> top) | create all ms | list ms | destroy all ms | creates/s, last 10% | destroys/s, first 10% | reclaimed ms |\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            let slab = d
+                .slab_kib
+                .map(|(b, t)| format!("{} -> {}", b / 1024, t / 1024))
+                .unwrap_or_else(|| "-".into());
             let _ =
                 writeln!(
                 out,
-                "| {} | {:.1} -> {:.1} | {:.1} | {}, {:.1} | {} | {} | {} | {:.0} | {:.0} | {} |\n",
+                "| {} | {:.1} -> {:.1} | {:.1} | {}, {:.1} | {} | {} | {} | {} | {:.0} | {:.0} | {} |\n",
                 d.containers,
                 d.baseline_rss_kib as f64 / 1024.0,
                 d.rss_kib as f64 / 1024.0,
                 d.per_container_kib(),
                 d.container_procs,
                 d.container_pss_kib as f64 / 1024.0,
+                slab,
                 fmt_ms(d.create_all_ms),
                 fmt_ms(d.list_ms),
                 fmt_ms(d.destroy_all_ms),
@@ -841,6 +852,7 @@ mod tests {
                 rss_kib: 20 * 1024,
                 container_procs: 100,
                 container_pss_kib: 50 * 1024,
+                slab_kib: Some((160 * 1024, 2200 * 1024)),
                 create_all_ms: 1234.5,
                 list_ms: 3.25,
                 listed: 100,
@@ -899,6 +911,8 @@ mod tests {
         assert_eq!(v["density"]["gardend_rss_mb"], json!(20.0));
         assert_eq!(v["density"]["per_container_kb"], json!(102.4));
         assert_eq!(v["density"]["container_pss_mb"], json!(50.0));
+        assert_eq!(v["density"]["unreclaimable_slab_mb_before"], json!(160.0));
+        assert_eq!(v["density"]["unreclaimable_slab_mb_top"], json!(2200.0));
         assert_eq!(v["density_peers"]["crun"]["create_per_s_top"], json!(40.0));
         assert_eq!(v["density_peers"]["crun"]["destroy_per_s_top"], json!(30.0));
         assert_eq!(v["density_peers"]["runc"]["containers"], Value::Null);
@@ -950,7 +964,9 @@ mod tests {
         assert!(md.contains("create failed: boom \\| bad |"), "{md}");
         assert!(!md.contains("second line"), "{md}");
         assert!(
-            md.contains("| 100 | 10.0 -> 20.0 | 102.4 | 100, 50.0 | 1234 | 3.25 | 999.0 |"),
+            md.contains(
+                "| 100 | 10.0 -> 20.0 | 102.4 | 100, 50.0 | 160 -> 2200 | 1234 | 3.25 | 999.0 |"
+            ),
             "{md}"
         );
         assert!(md.contains("| create | gardend | 3 | 5.00 |"), "{md}");

@@ -887,6 +887,7 @@ async fn density(
     let (pid, cgroup_parent) = proc.context("gardend's pid is unknown")?;
     let rss = || gardend::rss_kib(*pid);
     let baseline = rss()?;
+    let slab_before = crate::meminfo_kib("SUnreclaim");
     let handles = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let next = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
@@ -916,6 +917,7 @@ async fn density(
     let create_rate_top = top_rate(created.iter().map(|(_, t)| *t).collect(), start);
     let handles: Vec<String> = created.into_iter().map(|(h, _)| h).collect();
     let after = rss();
+    let slab_kib = slab_before.zip(crate::meminfo_kib("SUnreclaim"));
     let (init_procs, init_pss_kib) = gardend::cgroup_pss(cgroup_parent);
     let mut list_times = Vec::new();
     let mut listed = Err(anyhow::anyhow!("not listed"));
@@ -972,6 +974,7 @@ async fn density(
         rss_kib: after?,
         container_procs: init_procs,
         container_pss_kib: init_pss_kib,
+        slab_kib,
         create_all_ms: ms(create_all),
         list_ms,
         listed: listed.len(),
