@@ -386,15 +386,22 @@ pub fn namespaces_held(pid: i32, kind: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every process's pid on the host (the numeric entries of /proc).
+fn host_pids() -> Vec<i32> {
+    let dir = std::fs::read_dir("/proc");
+    dir.into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .collect()
+}
+
 /// Host processes that hold the namespace `ns` (a link such as `mnt:[4026532840]`): as
 /// their own or through a descriptor.
 pub fn namespace_holders(ns: &str) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let kind = ns.split(':').next().unwrap_or_default();
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    host_pids()
+        .into_iter()
         .filter(|pid| {
             let own = std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
                 .map(|l| l.display().to_string() == ns)
@@ -419,21 +426,11 @@ pub fn writable_layers(gardend: &Gardend) -> Vec<String> {
 pub fn processes_mentioning(needle: &str) -> Vec<(i32, String)> {
     let me = std::process::id() as i32;
     let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
+    for pid in host_pids() {
         if pid == me {
             continue;
         }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
@@ -452,17 +449,14 @@ pub fn garden_inits_in(cgroup_parent: &str, handle: Option<&str>) -> Vec<i32> {
         Some(h) => format!("/{cgroup_parent}/{h}"),
         None => format!("/{cgroup_parent}/"),
     };
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+    host_pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
             if comm.trim() != "garden-init" {
                 return None;
             }
-            let cgroups = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+            let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
             let member = cgroups.lines().any(|l| match handle {
                 Some(_) => l.ends_with(&suffix),
                 None => l.contains(&suffix),
