@@ -7,6 +7,7 @@
 mod agent;
 mod bundle;
 mod cni;
+mod cpu;
 mod gardend;
 mod images;
 mod netclean;

@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Map, Value};
 
+use crate::cpu::CpuPerOp;
 use crate::stats::Summary;
 
 /// The runtimes compared, in table order. gardend first: ratios are gardend / peer.
@@ -100,6 +101,8 @@ pub struct Density {
     pub create_rate_top: f64,
     /// Destroys per second over the first tenth of the destroys (with nearly all containers up).
     pub destroy_rate_top: f64,
+    /// The host's CPU time per create over the last tenth of the creates.
+    pub cpu_top: Option<CpuPerOp>,
     /// From the first Destroy until the containers' cgroups are gone (the reclamation that
     /// finishes in the background after each Destroy answered); `None` if it did not settle.
     pub reclaimed_ms: Option<f64>,
@@ -113,6 +116,8 @@ pub struct PeerDensity {
     pub create_rate_top: f64,
     pub destroy_all_ms: f64,
     pub destroy_rate_top: f64,
+    /// The host's CPU time per create over the last tenth of the creates.
+    pub cpu_top: Option<CpuPerOp>,
 }
 
 impl Density {
@@ -124,6 +129,7 @@ impl Density {
             create_rate_top: self.create_rate_top,
             destroy_all_ms: self.destroy_all_ms,
             destroy_rate_top: self.destroy_rate_top,
+            cpu_top: self.cpu_top,
         }
     }
 
@@ -354,6 +360,7 @@ pub fn to_json(r: &Report) -> Value {
             "destroy_all_ms": num(d.destroy_all_ms),
             "create_per_s_top": num(d.create_rate_top),
             "destroy_per_s_top": num(d.destroy_rate_top),
+            "cpu_per_create_top": cpu_json(d.cpu_top),
             "reclaimed_ms": d.reclaimed_ms.map(num),
         }),
         Some(Err(e)) => json!({"containers": null, "gardend_rss_mb": null, "error": e}),
@@ -371,6 +378,7 @@ pub fn to_json(r: &Report) -> Value {
                     "create_per_s_top": num(d.create_rate_top),
                     "destroy_all_ms": num(d.destroy_all_ms),
                     "destroy_per_s_top": num(d.destroy_rate_top),
+                    "cpu_per_create_top": cpu_json(d.cpu_top),
                 }),
                 Err(e) => json!({"containers": null, "error": e}),
             };
@@ -629,8 +637,8 @@ pub fn to_markdown(r: &Report) -> String {
 
     match &r.density {
         Some(Ok(d)) => {
-            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | container processes, PSS MiB | host unreclaimable slab MiB (before -> top) | create all ms | list ms | destroy all ms | creates/s, last 10% | destroys/s, first 10% | reclaimed ms |\n");
-            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            out.push_str("| idle containers | gardend RSS MiB (before -> after) | per container KiB | container processes, PSS MiB | host unreclaimable slab MiB (before -> top) | create all ms | list ms | destroy all ms | creates/s, last 10% | host CPU ms per create, last 10%: kernel + user (busy) | destroys/s, first 10% | reclaimed ms |\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             let slab = d
                 .slab_kib
                 .map(|(b, t)| format!("{} -> {}", b / 1024, t / 1024))
@@ -638,7 +646,7 @@ pub fn to_markdown(r: &Report) -> String {
             let _ =
                 writeln!(
                 out,
-                "| {} | {:.1} -> {:.1} | {:.1} | {}, {:.1} | {} | {} | {} | {} | {:.0} | {:.0} | {} |\n",
+                "| {} | {:.1} -> {:.1} | {:.1} | {}, {:.1} | {} | {} | {} | {} | {:.0} | {} | {:.0} | {} |\n",
                 d.containers,
                 d.baseline_rss_kib as f64 / 1024.0,
                 d.rss_kib as f64 / 1024.0,
@@ -650,6 +658,7 @@ pub fn to_markdown(r: &Report) -> String {
                 fmt_ms(d.list_ms),
                 fmt_ms(d.destroy_all_ms),
                 d.create_rate_top,
+                fmt_cpu(d.cpu_top),
                 d.destroy_rate_top,
                 d.reclaimed_ms.map(fmt_ms).unwrap_or_else(|| "did not settle".into())
             );
@@ -660,8 +669,8 @@ pub fn to_markdown(r: &Report) -> String {
         None => {}
     }
     if !r.density_peers.is_empty() {
-        out.push_str("| same ramp | idle containers | create all ms | creates/s, last 10% | destroy all ms | destroys/s, first 10% |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|\n");
+        out.push_str("| same ramp | idle containers | create all ms | creates/s, last 10% | host CPU ms per create, last 10%: kernel + user (busy) | destroy all ms | destroys/s, first 10% |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
         let gardend = match &r.density {
             Some(Ok(d)) => Some(("gardend".to_string(), Ok(d.ramp()))),
             _ => None,
@@ -670,14 +679,15 @@ pub fn to_markdown(r: &Report) -> String {
             let _ = match d {
                 Ok(d) => writeln!(
                     out,
-                    "| {name} | {} | {} | {:.0} | {} | {:.0} |",
+                    "| {name} | {} | {} | {:.0} | {} | {} | {:.0} |",
                     d.containers,
                     fmt_ms(d.create_all_ms),
                     d.create_rate_top,
+                    fmt_cpu(d.cpu_top),
                     fmt_ms(d.destroy_all_ms),
                     d.destroy_rate_top
                 ),
-                Err(e) => writeln!(out, "| {name} | {} | | | | |", cell(e)),
+                Err(e) => writeln!(out, "| {name} | {} | | | | | |", cell(e)),
             };
         }
         out.push('\n');
@@ -773,6 +783,28 @@ pub fn to_markdown(r: &Report) -> String {
     out
 }
 
+/// `kernel + user (busy%)`, ms per operation, or `-` without a window.
+fn fmt_cpu(c: Option<CpuPerOp>) -> String {
+    c.map_or_else(
+        || "-".into(),
+        |c| {
+            format!(
+                "{:.1} + {:.1} ({:.0}%)",
+                c.kernel_ms,
+                c.user_ms,
+                c.busy * 100.0
+            )
+        },
+    )
+}
+
+fn cpu_json(c: Option<CpuPerOp>) -> Value {
+    c.map_or(
+        Value::Null,
+        |c| json!({"kernel_ms": num(c.kernel_ms), "user_ms": num(c.user_ms), "busy": num(c.busy)}),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -859,6 +891,11 @@ mod tests {
                 destroy_all_ms: 999.0,
                 create_rate_top: 80.0,
                 destroy_rate_top: 150.0,
+                cpu_top: Some(CpuPerOp {
+                    kernel_ms: 14.9,
+                    user_ms: 1.5,
+                    busy: 0.93,
+                }),
                 reclaimed_ms: Some(1500.0),
             })),
             density_peers: vec![
@@ -870,6 +907,7 @@ mod tests {
                         create_rate_top: 40.0,
                         destroy_all_ms: 3000.0,
                         destroy_rate_top: 30.0,
+                        cpu_top: None,
                     }),
                 ),
                 ("runc".into(), Err("runc failed | x".into())),
@@ -913,6 +951,14 @@ mod tests {
         assert_eq!(v["density"]["container_pss_mb"], json!(50.0));
         assert_eq!(v["density"]["unreclaimable_slab_mb_before"], json!(160.0));
         assert_eq!(v["density"]["unreclaimable_slab_mb_top"], json!(2200.0));
+        assert_eq!(
+            v["density"]["cpu_per_create_top"],
+            json!({"kernel_ms": 14.9, "user_ms": 1.5, "busy": 0.93})
+        );
+        assert_eq!(
+            v["density_peers"]["crun"]["cpu_per_create_top"],
+            Value::Null
+        );
         assert_eq!(v["density_peers"]["crun"]["create_per_s_top"], json!(40.0));
         assert_eq!(v["density_peers"]["crun"]["destroy_per_s_top"], json!(30.0));
         assert_eq!(v["density_peers"]["runc"]["containers"], Value::Null);
@@ -965,20 +1011,23 @@ mod tests {
         assert!(!md.contains("second line"), "{md}");
         assert!(
             md.contains(
-                "| 100 | 10.0 -> 20.0 | 102.4 | 100, 50.0 | 160 -> 2200 | 1234 | 3.25 | 999.0 |"
+                "| 100 | 10.0 -> 20.0 | 102.4 | 100, 50.0 | 160 -> 2200 | 1234 | 3.25 | 999.0 | 80 | 14.9 + 1.5 (93%) | 150 |"
             ),
             "{md}"
         );
         assert!(md.contains("| create | gardend | 3 | 5.00 |"), "{md}");
         assert!(
-            md.contains("| gardend | 100 | 1234 | 80 | 999.0 | 150 |"),
+            md.contains("| gardend | 100 | 1234 | 80 | 14.9 + 1.5 (93%) | 999.0 | 150 |"),
             "{md}"
         );
         assert!(
-            md.contains("| crun | 100 | 2000 | 40 | 3000 | 30 |"),
+            md.contains("| crun | 100 | 2000 | 40 | - | 3000 | 30 |"),
             "{md}"
         );
-        assert!(md.contains("| runc | runc failed \\| x | | | | |"), "{md}");
+        assert!(
+            md.contains("| runc | runc failed \\| x | | | | | |"),
+            "{md}"
+        );
     }
 
     #[test]

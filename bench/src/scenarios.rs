@@ -17,6 +17,7 @@ use tokio::io::AsyncWrite;
 use tokio::task::JoinSet;
 
 use crate::cni::CniPeer;
+use crate::cpu::TopWindow;
 use crate::gardend;
 use crate::peers::{self, Peer};
 use crate::podman::Podman;
@@ -890,15 +891,17 @@ async fn density(
     let slab_before = crate::meminfo_kib("SUnreclaim");
     let handles = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let next = Arc::new(AtomicUsize::new(0));
+    let window = Arc::new(TopWindow::new(n));
     let mut set = JoinSet::new();
     let start = Instant::now();
     for _ in 0..parallelism.min(n.max(1)) {
-        let (c, handles, next) = (c.clone(), handles.clone(), next.clone());
+        let (c, handles, next, window) = (c.clone(), handles.clone(), next.clone(), window.clone());
         set.spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < n {
                 let h = c.create(&ContainerSpec::default()).await?;
                 let mut handles = handles.lock().unwrap_or_else(|p| p.into_inner());
                 handles.push((h, Instant::now()));
+                window.completed(handles.len());
             }
             Ok::<_, garden_client::ClientError>(())
         });
@@ -981,6 +984,7 @@ async fn density(
         destroy_all_ms: ms(destroy_all),
         create_rate_top,
         destroy_rate_top,
+        cpu_top: window.per_op(),
         reclaimed_ms,
     })
 }
@@ -996,11 +1000,17 @@ async fn peer_density(
     let n = ids.len();
     let queue = Arc::new(Mutex::new(ids));
     let made = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let window = Arc::new(TopWindow::new(n));
     let mut set = JoinSet::new();
     let start = Instant::now();
     for _ in 0..parallelism.min(n.max(1)) {
-        let (peer, bundle, queue, made) =
-            (peer.clone(), bundle.clone(), queue.clone(), made.clone());
+        let (peer, bundle, queue, made, window) = (
+            peer.clone(),
+            bundle.clone(),
+            queue.clone(),
+            made.clone(),
+            window.clone(),
+        );
         set.spawn(async move {
             loop {
                 let Some(id) = queue.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
@@ -1008,9 +1018,12 @@ async fn peer_density(
                 };
                 let r = peer.run_detached(&bundle, &id).await;
                 // A failed `run` may still have left state behind: delete it with the rest.
-                made.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((id, Instant::now()));
+                let mut made = made.lock().unwrap_or_else(|p| p.into_inner());
+                made.push((id, Instant::now()));
+                if r.is_ok() {
+                    window.completed(made.len());
+                }
+                drop(made);
                 r?;
             }
         });
@@ -1059,6 +1072,7 @@ async fn peer_density(
         create_rate_top,
         destroy_all_ms: ms(destroy_all),
         destroy_rate_top,
+        cpu_top: window.per_op(),
     })
 }
 
