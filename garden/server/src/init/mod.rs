@@ -1,8 +1,9 @@
 //! garden-init: pid 1 of every container.
 //!
-//! gardend clones it into new mount, pid, uts, ipc and net namespaces. It joins the
-//! container's cgroups, builds the root filesystem (overlay, /proc, /sys, /dev, tmpfs),
-//! pivots into it, tells gardend it is ready on fd 3, then serves spawn and signal requests
+//! gardend clones it into new mount, pid, uts, ipc and net namespaces. It builds the root
+//! filesystem (overlay, /proc, /sys, /dev, tmpfs), asks gardend on fd 3 to put it in the
+//! container's cgroups (`runtime::ready` says why only then), makes its cgroup namespace,
+//! pivots into the root, tells gardend it is ready on fd 3, then serves spawn and signal requests
 //! on a unix socket in the bundle directory. As the parent of every process it starts, it
 //! reaps them (and any orphan) at once and records exit codes in the bundle, so processes
 //! depend on neither gardend's liveness nor its sockets.
@@ -32,7 +33,7 @@ pub fn main() -> ! {
         Some(b) => std::path::PathBuf::from(b),
         None => fatal("usage: garden-init <bundle-dir>"),
     };
-    // SAFETY: gardend hands us the write end of the ready pipe as fd 3 and nothing else owns it.
+    // SAFETY: gardend hands us our end of the setup channel as fd 3 and nothing else owns it.
     let mut ready = unsafe { std::fs::File::from_raw_fd(3) };
     let config = match std::fs::read(bundle.join("init.json"))
         .map_err(|e| format!("read init.json: {e}"))
@@ -46,7 +47,7 @@ pub fn main() -> ! {
             std::process::exit(1);
         }
     };
-    let prepared = match setup::prepare(&config) {
+    let prepared = match setup::prepare(&config, &mut ready) {
         Ok(p) => p,
         Err(e) => {
             let _ = ready.write_all(e.as_bytes());

@@ -16,6 +16,11 @@ pub const MAX_PACKET: usize = 192 * 1024;
 /// At most this many fds travel with one message.
 pub const MAX_FDS: usize = 8;
 
+/// What garden-init sends on its setup channel (fd 3) once the container's root is built on
+/// disk: gardend then puts it in the container's cgroups and answers with one byte
+/// (`runtime::ready` says why the join waits until then).
+pub const JOIN: &[u8] = b"join\n";
+
 /// Everything garden-init needs to build the container, written by gardend to
 /// `<bundle>/init.json` before garden-init starts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,7 +40,7 @@ pub struct InitConfig {
     pub rootfs: PathBuf,
     pub hostname: String,
     pub bind_mounts: Vec<InitBindMount>,
-    /// `cgroup.procs` files garden-init writes itself into before anything else.
+    /// `cgroup.procs` files garden-init writes itself into when it joins its cgroups.
     pub cgroup_procs: Vec<PathBuf>,
     /// Where garden-init listens for gardend.
     pub socket: PathBuf,

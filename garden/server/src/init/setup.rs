@@ -1,8 +1,10 @@
-//! Building the container's world, in order: cgroups, private mounts, the overlay root, bind
-//! mounts, /proc, /sys, /dev, /dev/shm, /tmp (in the writable layer), hostname, the control socket, pivot_root,
-//! loopback. Each step's error names the step and the path.
+//! Building the container's world, in order: private mounts, the overlay root, bind mounts,
+//! /proc, /sys, /dev, /dev/shm, /tmp (in the writable layer), hostname, the control socket,
+//! the cgroups (joined by gardend when asked) and the cgroup namespace, pivot_root, loopback.
+//! Each step's error names the step and the path.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use nix::sys::socket::{
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::unistd::{chdir, pivot_root, sethostname};
 
-use super::proto::InitConfig;
+use super::proto::{self, InitConfig};
 
 /// What the supervisor needs once the container is built.
 pub struct Prepared {
@@ -36,21 +38,10 @@ fn ctx<T, E: std::fmt::Display>(
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
-pub fn prepare(c: &InitConfig) -> Result<Prepared> {
+/// Build the container. `gardend` is the setup channel (fd 3): see [`join_cgroups`].
+pub fn prepare(c: &InitConfig, gardend: &mut fs::File) -> Result<Prepared> {
     // init's OOM score is gardend's business (runtime::shield_from_oom): lowering it needs
     // CAP_SYS_RESOURCE in the host's user namespace.
-    for procs in &c.cgroup_procs {
-        ctx(fs::write(procs, "0"), || {
-            format!("join cgroup {}", procs.display())
-        })?;
-    }
-    // Rooted at the cgroups just joined: /proc/self/cgroup shows `/` instead of the host's
-    // hierarchy (gardend, in the host's namespace, still reads the full paths). Container
-    // processes may not make namespaces of their own (seccomp).
-    ctx(
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
-        || "unshare the cgroup namespace".into(),
-    )?;
     ctx(
         mount(
             None::<&str>,
@@ -138,6 +129,7 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         || format!("open {}", c.processes_dir.display()),
     )?;
 
+    join_cgroups(c, gardend)?;
     ctx(chdir(root), || format!("chdir {}", root.display()))?;
     ctx(pivot_root(".", "."), || "pivot_root".into())?;
     ctx(umount2(".", MntFlags::MNT_DETACH), || {
@@ -156,6 +148,32 @@ pub fn prepare(c: &InitConfig) -> Result<Prepared> {
         },
         pea: c.pea.is_some(),
     })
+}
+
+/// Everything that writes to the host's disk is done: ask gardend to put init in the
+/// container's cgroups, wait for its byte, and make the cgroup namespace there. The page cache
+/// the setup brought in is then not the container's, so the container's memory cgroup can go
+/// with it (see `runtime::ready`).
+fn join_cgroups(c: &InitConfig, gardend: &mut fs::File) -> Result<()> {
+    ctx(gardend.write_all(proto::JOIN), || {
+        "ask gardend to join the cgroups".into()
+    })?;
+    let mut answer = [0u8; 1];
+    ctx(gardend.read_exact(&mut answer), || {
+        "wait for gardend to join the cgroups".into()
+    })?;
+    for procs in &c.cgroup_procs {
+        ctx(fs::write(procs, "0"), || {
+            format!("join cgroup {}", procs.display())
+        })?;
+    }
+    // Rooted at the cgroups just joined: /proc/self/cgroup shows `/` instead of the host's
+    // hierarchy (gardend, in the host's namespace, still reads the full paths). Container
+    // processes may not make namespaces of their own (seccomp).
+    ctx(
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP),
+        || "unshare the cgroup namespace".into(),
+    )
 }
 
 fn mount_root(c: &InitConfig) -> Result<()> {

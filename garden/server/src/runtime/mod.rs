@@ -6,6 +6,7 @@ pub(crate) mod clone;
 pub mod depot_fs;
 mod pea;
 pub mod pidfd;
+mod ready;
 pub mod spawner;
 pub mod userns;
 
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::cgroups::{CgroupError, Cgroups, ContainerCgroup, Resources};
@@ -281,8 +281,7 @@ impl Runtime {
             rootfs: b.join("rootfs"),
             hostname: spec.hostname.clone(),
             bind_mounts: mounts.bind_mounts,
-            // gardend puts garden-init in its cgroups before it execs (container root in a
-            // user namespace may not write the host's cgroup files).
+            // gardend puts garden-init in its cgroups when it asks (`ready`).
             cgroup_procs: Vec::new(),
             socket: b.join("init.sock"),
             processes_dir: mounts.processes,
@@ -297,9 +296,7 @@ impl Runtime {
         )
         .map_err(io_err("write", &init_json))?;
 
-        let (ready_r, ready_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(RuntimeError::Clone)?;
+        let (ready_r, ready_w) = ready::channel().map_err(RuntimeError::Clone)?;
         let log_path = bundle.join("init.log");
         let log: OwnedFd = std::fs::OpenOptions::new()
             .create(true)
@@ -333,37 +330,38 @@ impl Runtime {
             let _ = init_process.signal(libc::SIGKILL);
             e
         };
-        if let Err(e) = prepare_child(&init_process, cgroup, spec.ids.as_ref()) {
-            return Err(abort(e));
+        if let Some(ids) = spec.ids.as_ref() {
+            if let Err(e) = write_id_maps(&init_process, ids) {
+                return Err(abort(e));
+            }
         }
         // Let it exec (a write to our own fresh pipe; the child holds the read end).
         if let Err(e) = nix::unistd::write(&go_w, b"g") {
             return Err(abort(RuntimeError::Clone(e)));
         }
         drop(go_w);
-        let joined = t0.elapsed();
+        let execed = t0.elapsed();
+        let mut joined = None;
         let timeout = Duration::from_secs(20);
-        let msg = match tokio::time::timeout(timeout, read_all(ready_r)).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => return Err(abort(RuntimeError::Setup(format!("read ready pipe: {e}")))),
+        let setup = ready::await_ready(ready_r, "garden-init", || {
+            let r = join_cgroups(&init_process, cgroup);
+            joined = Some(t0.elapsed());
+            r
+        });
+        match tokio::time::timeout(timeout, setup).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(abort(e)),
             Err(_) => {
                 let state = stuck_state(init_process.pid(), &log_path);
                 return Err(abort(RuntimeError::NotReady { timeout, state }));
             }
-        };
-        if msg != "ok" {
-            let msg = if msg.is_empty() {
-                "garden-init exited during setup".to_string()
-            } else {
-                msg
-            };
-            return Err(abort(RuntimeError::Setup(msg)));
         }
         tracing::debug!(
             handle = spec.handle,
-            joined_ms = joined.as_secs_f64() * 1e3,
+            execed_ms = execed.as_secs_f64() * 1e3,
+            joined_ms = joined.unwrap_or_default().as_secs_f64() * 1e3,
             ready_ms = t0.elapsed().as_secs_f64() * 1e3,
-            "garden-init started (joined: in its cgroups, id maps written)"
+            "garden-init started (execed: id maps written; joined: its root built, in its cgroups)"
         );
         let socket = socket_path(bundle);
         let (init, exits) = InitClient::connect(&socket).await.map_err(|source| {
@@ -733,20 +731,27 @@ impl Passed {
 /// Before garden-init execs: its cgroups and its id maps (its OOM shield is
 /// [`shield_from_oom`]). The child is blocked until we release it and unreaped, so its pid names it; its /proc
 /// files are opened through the pidfd all the same.
-fn prepare_child(init: &PidFd, cgroup: &ContainerCgroup, ids: Option<&IdMapping>) -> Result<()> {
+/// A user namespace's id maps, written before garden-init execs (it becomes container root
+/// then, which must be mapped).
+fn write_id_maps(init: &PidFd, ids: &IdMapping) -> Result<()> {
     let pid = init.pid();
-    for procs in cgroup.procs_files() {
-        std::fs::write(&procs, pid.to_string()).map_err(io_err("join cgroup", &procs))?;
-    }
     let write = |name: &str, text: &str| -> std::io::Result<()> {
         let fd = init.open_in_proc(name, nix::fcntl::OFlag::O_WRONLY)?;
         std::io::Write::write_all(&mut std::fs::File::from(fd), text.as_bytes())
     };
-    if let Some(ids) = ids {
-        for (name, ranges) in [("uid_map", &ids.uids), ("gid_map", &ids.gids)] {
-            let path = PathBuf::from(format!("/proc/{pid}/{name}"));
-            write(name, &IdMapping::map_file(ranges)).map_err(io_err("write", &path))?;
-        }
+    for (name, ranges) in [("uid_map", &ids.uids), ("gid_map", &ids.gids)] {
+        let path = PathBuf::from(format!("/proc/{pid}/{name}"));
+        write(name, &IdMapping::map_file(ranges)).map_err(io_err("write", &path))?;
+    }
+    Ok(())
+}
+
+/// Move an init into its cgroups, when it asks (see [`ready`] for why not earlier). gardend
+/// does it: container root in a user namespace may not write the host's cgroup files.
+fn join_cgroups(init: &PidFd, cgroup: &ContainerCgroup) -> Result<()> {
+    let pid = init.pid().to_string();
+    for procs in cgroup.procs_files() {
+        std::fs::write(&procs, &pid).map_err(io_err("join cgroup", &procs))?;
     }
     Ok(())
 }
@@ -808,14 +813,6 @@ async fn monitor(init: Arc<PidFd>, exited: watch::Sender<bool>, reap: bool) {
         }
     }
     let _ = exited.send(true);
-}
-
-async fn read_all(fd: OwnedFd) -> std::io::Result<String> {
-    let _ = fd.as_raw_fd();
-    let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
-    let mut buf = Vec::new();
-    rx.read_to_end(&mut buf).await?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Where garden-init is: an explicit path, or next to the running gardend.

@@ -16,8 +16,8 @@ use super::client::{InitClient, SpawnError};
 use super::clone::{self, JoinedNamespaces};
 use super::pidfd::PidFd;
 use super::{
-    io_err, monitor, processes_dir, read_all, shield_from_oom, InitIdentity, Mounts, Result,
-    RunningProcess, Runtime, RuntimeError,
+    io_err, monitor, processes_dir, shield_from_oom, InitIdentity, Mounts, Result, RunningProcess,
+    Runtime, RuntimeError,
 };
 use crate::cgroups::{ContainerCgroup, Resources, Stats};
 use crate::init::proto::{InitBindMount, InitConfig, PeaConfig, SpawnRequest};
@@ -416,10 +416,9 @@ impl Peas {
             }
             e
         };
-        let (ready_r, ready_w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-                .map_err(RuntimeError::Clone)
-                .map_err(undo_cgroup)?;
+        let (ready_r, ready_w) = super::ready::channel()
+            .map_err(RuntimeError::Clone)
+            .map_err(undo_cgroup)?;
         let log_path = bundle.join("init.log");
         let log: OwnedFd = std::fs::OpenOptions::new()
             .create(true)
@@ -461,25 +460,18 @@ impl Peas {
         let (exited_tx, exited) = watch::channel(false);
         tokio::spawn(monitor(Arc::new(watched), exited_tx, true));
         let started = async {
-            for procs in cgroup.procs_files() {
-                std::fs::write(&procs, pid.to_string()).map_err(io_err("join cgroup", &procs))?;
-            }
             nix::unistd::write(&go_w, b"g").map_err(RuntimeError::Clone)?;
+            drop(go_w);
             let timeout = Duration::from_secs(20);
-            let msg = match tokio::time::timeout(timeout, read_all(ready_r)).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(e)) => return Err(RuntimeError::Setup(format!("read ready pipe: {e}"))),
+            let setup = super::ready::await_ready(ready_r, "the pea's init", || {
+                super::join_cgroups(&init, &cgroup)
+            });
+            match tokio::time::timeout(timeout, setup).await {
+                Ok(r) => r?,
                 Err(_) => {
                     let state = super::stuck_state(pid, &log_path);
                     return Err(RuntimeError::NotReady { timeout, state });
                 }
-            };
-            if msg != "ok" {
-                return Err(RuntimeError::Setup(if msg.is_empty() {
-                    "the pea's init exited during setup".to_string()
-                } else {
-                    msg
-                }));
             }
             let mnt = MountNs::of(&init).map_err(io_err("stat", Path::new("ns/mnt")))?;
             let record = Record {
