@@ -76,6 +76,11 @@ fi
 pass "create with memory, pids and cpu limits"
 gardenctl create --handle free >/dev/null 2>&1 || fail "create a neighbour"
 CG=/sys/fs/cgroup/garden/lim
+# garden-init joins the cgroup once the root is built: its setup's page cache is not charged.
+check "no page cache charged to a new container (memory.stat file)" \
+    [ "$(awk '$1 == "file" { print $2 }' $CG/memory.stat)" = 0 ]
+out=$(gardenctl run free -- cat /proc/self/cgroup 2>&1)
+has_output "a container's /proc/self/cgroup is its own cgroup namespace's root" "^0::/$" "$out"
 check "memory.max = 64 MiB" [ "$(cat $CG/memory.max)" = 67108864 ]
 check "memory.swap.max = 0" [ "$(cat $CG/memory.swap.max 2>/dev/null || echo 0)" = 0 ]
 check "pids.max = 50" [ "$(cat $CG/pids.max)" = 50 ]
