@@ -343,8 +343,8 @@ impl Runtime {
         let execed = t0.elapsed();
         let mut joined = None;
         let timeout = Duration::from_secs(20);
-        let setup = ready::await_ready(ready_r, "garden-init", || {
-            let r = join_cgroups(&init_process, cgroup);
+        let setup = ready::await_ready(ready_r, "garden-init", async {
+            let r = join_cgroups(init_process.pid(), cgroup).await;
             joined = Some(t0.elapsed());
             r
         });
@@ -746,14 +746,22 @@ fn write_id_maps(init: &PidFd, ids: &IdMapping) -> Result<()> {
     Ok(())
 }
 
-/// Move an init into its cgroups, when it asks (see [`ready`] for why not earlier). gardend
-/// does it: container root in a user namespace may not write the host's cgroup files.
-fn join_cgroups(init: &PidFd, cgroup: &ContainerCgroup) -> Result<()> {
-    let pid = init.pid().to_string();
-    for procs in cgroup.procs_files() {
-        std::fs::write(&procs, &pid).map_err(io_err("join cgroup", &procs))?;
-    }
-    Ok(())
+/// Move an init (our child, alive and waiting for the answer) into its cgroups, when it asks
+/// (see [`ready`] for why not earlier). gardend does it: container root in a user namespace
+/// may not write the host's cgroup files. In a blocking thread: each write migrates a task,
+/// which can wait for an RCU grace period (several ms here, one per v1 hierarchy), and a
+/// reactor thread held that long stalls every request it serves.
+async fn join_cgroups(pid: i32, cgroup: &ContainerCgroup) -> Result<()> {
+    let files = cgroup.procs_files();
+    tokio::task::spawn_blocking(move || {
+        let pid = pid.to_string();
+        for procs in files {
+            std::fs::write(&procs, &pid).map_err(io_err("join cgroup", &procs))?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| RuntimeError::Setup(format!("join cgroups: {e}")))?
 }
 
 /// The container's OOM killer must pick one of its processes, never pid 1 (which takes the

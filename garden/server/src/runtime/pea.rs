@@ -463,9 +463,11 @@ impl Peas {
             nix::unistd::write(&go_w, b"g").map_err(RuntimeError::Clone)?;
             drop(go_w);
             let timeout = Duration::from_secs(20);
-            let setup = super::ready::await_ready(ready_r, "the pea's init", || {
-                super::join_cgroups(&init, &cgroup)
-            });
+            let setup = super::ready::await_ready(
+                ready_r,
+                "the pea's init",
+                super::join_cgroups(pid, &cgroup),
+            );
             match tokio::time::timeout(timeout, setup).await {
                 Ok(r) => r?,
                 Err(_) => {

@@ -36,13 +36,15 @@ pub fn channel() -> nix::Result<(OwnedFd, OwnedFd)> {
     Ok((ours, theirs))
 }
 
-/// Follow garden-init's setup on `ours`: run `join` when it asks, then wait for its "ok".
+/// Follow garden-init's setup on `ours`: run `join` when it asks (a future, not polled
+/// before; joining waits for RCU grace periods, so it belongs off the reactor's threads), then
+/// wait for its "ok".
 /// `who` names it in the error when it goes away without a word. The caller bounds the wait
 /// and kills the init on an error.
 pub async fn await_ready(
     ours: OwnedFd,
     who: &str,
-    join: impl FnOnce() -> Result<(), RuntimeError>,
+    join: impl std::future::Future<Output = Result<(), RuntimeError>>,
 ) -> Result<(), RuntimeError> {
     let io = |e: std::io::Error| RuntimeError::Setup(format!("read {who}'s setup channel: {e}"));
     let mut s =
@@ -55,7 +57,7 @@ pub async fn await_ready(
         }
     }
     let mut rest = if said.starts_with(JOIN) {
-        join()?;
+        join.await?;
         // A failed write means it is gone: what it said before going is the better error.
         let _ = s.write_all(b"g").await;
         said.split_off(JOIN.len())
@@ -79,7 +81,7 @@ mod tests {
     /// Play garden-init on the other end: `script` gets its end of the channel.
     async fn run(
         script: impl FnOnce(std::fs::File) + Send + 'static,
-        join: impl FnOnce() -> Result<(), RuntimeError>,
+        join: impl std::future::Future<Output = Result<(), RuntimeError>>,
     ) -> Result<(), RuntimeError> {
         let (ours, theirs) = channel().expect("socketpair");
         let init = std::thread::spawn(move || script(std::fs::File::from(theirs)));
@@ -101,7 +103,7 @@ mod tests {
                 assert_eq!(&b, b"g");
                 f.write_all(b"ok").unwrap();
             },
-            || {
+            async {
                 joins.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             },
@@ -115,14 +117,14 @@ mod tests {
     async fn a_failure_before_the_join_is_reported_without_joining() {
         let r = run(
             |mut f| f.write_all(b"mount overlay: EINVAL").unwrap(),
-            || panic!("must not join"),
+            async { panic!("must not join") },
         )
         .await;
         assert!(
             matches!(&r, Err(RuntimeError::Setup(m)) if m == "mount overlay: EINVAL"),
             "{r:?}"
         );
-        let r = run(drop, || panic!("must not join")).await;
+        let r = run(drop, async { panic!("must not join") }).await;
         assert!(
             matches!(&r, Err(RuntimeError::Setup(m)) if m == "garden-init exited during setup"),
             "{r:?}"
@@ -138,7 +140,7 @@ mod tests {
                 f.read_exact(&mut b).unwrap();
                 f.write_all(b"pivot_root: EBUSY").unwrap();
             },
-            || Ok(()),
+            async { Ok(()) },
         )
         .await;
         assert!(
@@ -156,7 +158,7 @@ mod tests {
                 // gardend drops its end without answering: garden-init gives up.
                 assert_eq!(f.read(&mut b).unwrap(), 0);
             },
-            || Err(RuntimeError::Setup("join cgroup: ENOENT".into())),
+            async { Err(RuntimeError::Setup("join cgroup: ENOENT".into())) },
         )
         .await;
         assert!(
