@@ -90,6 +90,21 @@ mod tests {
         r
     }
 
+    /// As garden-init: ask to join; how many bytes gardend answered (0: it gave up).
+    fn ask(f: &mut std::fs::File) -> usize {
+        f.write_all(JOIN).unwrap();
+        let mut b = [0u8; 1];
+        f.read(&mut b).unwrap()
+    }
+
+    /// The message of a setup error.
+    fn why(r: &Result<(), RuntimeError>) -> Option<&str> {
+        match r {
+            Err(RuntimeError::Setup(m)) => Some(m),
+            _ => None,
+        }
+    }
+
     #[tokio::test]
     async fn joins_once_asked_then_waits_for_ok() {
         let joins = AtomicUsize::new(0);
@@ -120,50 +135,31 @@ mod tests {
             async { panic!("must not join") },
         )
         .await;
-        assert!(
-            matches!(&r, Err(RuntimeError::Setup(m)) if m == "mount overlay: EINVAL"),
-            "{r:?}"
-        );
+        assert_eq!(why(&r), Some("mount overlay: EINVAL"), "{r:?}");
         let r = run(drop, async { panic!("must not join") }).await;
-        assert!(
-            matches!(&r, Err(RuntimeError::Setup(m)) if m == "garden-init exited during setup"),
-            "{r:?}"
-        );
+        assert_eq!(why(&r), Some("garden-init exited during setup"), "{r:?}");
     }
 
     #[tokio::test]
     async fn a_failure_after_the_join_is_reported() {
         let r = run(
             |mut f| {
-                f.write_all(JOIN).unwrap();
-                let mut b = [0u8; 1];
-                f.read_exact(&mut b).unwrap();
+                assert_eq!(ask(&mut f), 1);
                 f.write_all(b"pivot_root: EBUSY").unwrap();
             },
             async { Ok(()) },
         )
         .await;
-        assert!(
-            matches!(&r, Err(RuntimeError::Setup(m)) if m == "pivot_root: EBUSY"),
-            "{r:?}"
-        );
+        assert_eq!(why(&r), Some("pivot_root: EBUSY"), "{r:?}");
     }
 
     #[tokio::test]
     async fn a_failed_join_is_returned_and_the_init_sees_eof() {
-        let r = run(
-            |mut f| {
-                f.write_all(JOIN).unwrap();
-                let mut b = [0u8; 1];
-                // gardend drops its end without answering: garden-init gives up.
-                assert_eq!(f.read(&mut b).unwrap(), 0);
-            },
-            async { Err(RuntimeError::Setup("join cgroup: ENOENT".into())) },
-        )
+        // gardend drops its end without answering: garden-init gives up.
+        let r = run(|mut f| assert_eq!(ask(&mut f), 0), async {
+            Err(RuntimeError::Setup("join cgroup: ENOENT".into()))
+        })
         .await;
-        assert!(
-            matches!(&r, Err(RuntimeError::Setup(m)) if m == "join cgroup: ENOENT"),
-            "{r:?}"
-        );
+        assert_eq!(why(&r), Some("join cgroup: ENOENT"), "{r:?}");
     }
 }
