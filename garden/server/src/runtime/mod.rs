@@ -342,19 +342,14 @@ impl Runtime {
         drop(go_w);
         let execed = t0.elapsed();
         let mut joined = None;
-        let timeout = Duration::from_secs(20);
-        let setup = ready::await_ready(ready_r, "garden-init", async {
-            let r = join_cgroups(init_process.pid(), cgroup).await;
+        let pid = init_process.pid();
+        let setup = ready::await_ready_in_time(ready_r, "garden-init", pid, &log_path, async {
+            let r = join_cgroups(pid, cgroup).await;
             joined = Some(t0.elapsed());
             r
         });
-        match tokio::time::timeout(timeout, setup).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(abort(e)),
-            Err(_) => {
-                let state = stuck_state(init_process.pid(), &log_path);
-                return Err(abort(RuntimeError::NotReady { timeout, state }));
-            }
+        if let Err(e) = setup.await {
+            return Err(abort(e));
         }
         tracing::debug!(
             handle = spec.handle,
@@ -728,11 +723,9 @@ impl Passed {
     }
 }
 
-/// Before garden-init execs: its cgroups and its id maps (its OOM shield is
-/// [`shield_from_oom`]). The child is blocked until we release it and unreaped, so its pid names it; its /proc
-/// files are opened through the pidfd all the same.
 /// A user namespace's id maps, written before garden-init execs (it becomes container root
-/// then, which must be mapped).
+/// then, which must be mapped). The child is blocked until we release it and unreaped, so its
+/// pid names it; its /proc files are opened through the pidfd all the same.
 fn write_id_maps(init: &PidFd, ids: &IdMapping) -> Result<()> {
     let pid = init.pid();
     let write = |name: &str, text: &str| -> std::io::Result<()> {

@@ -462,19 +462,14 @@ impl Peas {
         let started = async {
             nix::unistd::write(&go_w, b"g").map_err(RuntimeError::Clone)?;
             drop(go_w);
-            let timeout = Duration::from_secs(20);
-            let setup = super::ready::await_ready(
+            super::ready::await_ready_in_time(
                 ready_r,
                 "the pea's init",
+                pid,
+                &log_path,
                 super::join_cgroups(pid, &cgroup),
-            );
-            match tokio::time::timeout(timeout, setup).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    let state = super::stuck_state(pid, &log_path);
-                    return Err(RuntimeError::NotReady { timeout, state });
-                }
-            }
+            )
+            .await?;
             let mnt = MountNs::of(&init).map_err(io_err("stat", Path::new("ns/mnt")))?;
             let record = Record {
                 init: InitIdentity {

@@ -14,6 +14,8 @@
 //! after, none stays (bench/README.md, issue 19 step 7).
 
 use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,6 +71,27 @@ pub async fn await_ready(
         "ok" => Ok(()),
         "" => Err(RuntimeError::Setup(format!("{who} exited during setup"))),
         why => Err(RuntimeError::Setup(why.to_string())),
+    }
+}
+
+/// How long an init may take to build its container.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// [`await_ready`] for the init `pid`, bounded by [`SETUP_TIMEOUT`]: past it, the error says
+/// where the init hangs (its state and the tail of `log`).
+pub async fn await_ready_in_time(
+    ours: OwnedFd,
+    who: &str,
+    pid: i32,
+    log: &Path,
+    join: impl std::future::Future<Output = Result<(), RuntimeError>>,
+) -> Result<(), RuntimeError> {
+    match tokio::time::timeout(SETUP_TIMEOUT, await_ready(ours, who, join)).await {
+        Ok(r) => r,
+        Err(_) => Err(RuntimeError::NotReady {
+            timeout: SETUP_TIMEOUT,
+            state: super::stuck_state(pid, log),
+        }),
     }
 }
 
